@@ -1,0 +1,38 @@
+{
+  "targets": [
+    {
+      "target_name": "tarflow_cpu",
+      "sources": [
+        "native/common/tensor.cc",
+        "native/common/threads.cc",
+        "native/cpu/addon.cc",
+        "native/cpu/adamw.cc",
+        "native/cpu/attention.cc",
+        "native/cpu/coupling.cc",
+        "native/cpu/elementwise.cc",
+        "native/cpu/gemm.cc",
+        "native/cpu/layernorm.cc",
+        "native/cpu/linear.cc",
+        "native/cpu/reverse.cc",
+        "native/cpu/rng.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++20", "-O3", "-fexceptions", "-fno-math-errno", "-fopenmp-simd"],
+      "conditions": [
+        ["target_arch=='x64' and OS!='win'", {
+          "cflags_cc": ["<!(node -p \"process.env.TARFLOW_NATIVE_ARCH || '-march=native'\")"]
+        }],
+        ["OS=='mac'", {
+          "xcode_settings": {
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "CLANG_CXX_LANGUAGE_STANDARD": "c++20",
+            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno"]
+          }
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,121 @@
+/**
+ * Atomic file replacement: a reader (or a crash) sees either the old file or the complete new one, never a
+ * half-written checkpoint. The temp file lives in the target's folder because rename(2) is only atomic within
+ * one file system.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as nodePath from 'node:path';
+import { TarflowError } from './errors.js';
+
+function tempPathFor(path: string): string {
+  const dir = nodePath.dirname(path);
+  const base = nodePath.basename(path);
+  return nodePath.join(dir, `.${base}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+}
+
+// Some platforms and file systems (Windows, some network mounts) cannot fsync a directory; the rename has
+// still happened, so durability is merely best effort there rather than a reason to fail the write.
+function isIgnorableDirSyncError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EINVAL' || code === 'EISDIR' || code === 'EPERM' || code === 'EACCES' || code === 'ENOTSUP' || code === 'EBADF';
+}
+
+function wrapWriteError(path: string, err: unknown): TarflowError {
+  if (err instanceof TarflowError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const code = e?.code ? ` (${e.code})` : '';
+  return new TarflowError(
+    'ERR_TARFLOW_INVALID_ARGUMENT',
+    `${path}: could not write the file${code}: ${e?.message ?? String(err)}; check that the folder exists, is writable and has free space`,
+    { cause: err },
+  );
+}
+
+function checkPath(path: unknown): asserts path is string {
+  if (typeof path !== 'string' || path.length === 0) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `writeFileAtomic: path must be a non-empty string, got ${typeof path}; pass the destination file path`);
+  }
+}
+
+/** Writes `data` to `path` atomically (temp file in the same folder, fsync, rename, fsync the folder). */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  checkPath(path);
+  const tmp = tempPathFor(path);
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(tmp, 'wx', 0o644);
+    await handle.writeFile(data);
+    await handle.sync();
+    await handle.close();
+    handle = undefined;
+    await fsp.rename(tmp, path);
+  } catch (err) {
+    if (handle) await handle.close().catch(() => undefined);
+    await fsp.rm(tmp, { force: true }).catch(() => undefined);
+    throw wrapWriteError(path, err);
+  }
+  let dirHandle: fsp.FileHandle | undefined;
+  try {
+    dirHandle = await fsp.open(nodePath.dirname(path), 'r');
+    await dirHandle.sync();
+  } catch (err) {
+    if (!isIgnorableDirSyncError(err)) throw wrapWriteError(path, err);
+  } finally {
+    if (dirHandle) await dirHandle.close().catch(() => undefined);
+  }
+}
+
+/** Synchronous twin of {@link writeFileAtomic}, for exit handlers and other places that cannot await. */
+export function writeFileAtomicSync(path: string, data: Uint8Array | string): void {
+  checkPath(path);
+  const tmp = tempPathFor(path);
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(tmp, 'wx', 0o644);
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, path);
+  } catch (err) {
+    if (fd !== undefined) {
+      try { fs.closeSync(fd); } catch { /* already failing; the original error matters more */ }
+    }
+    try { fs.rmSync(tmp, { force: true }); } catch { /* best effort cleanup */ }
+    throw wrapWriteError(path, err);
+  }
+  let dirFd: number | undefined;
+  try {
+    dirFd = fs.openSync(nodePath.dirname(path), 'r');
+    fs.fsyncSync(dirFd);
+  } catch (err) {
+    if (!isIgnorableDirSyncError(err)) throw wrapWriteError(path, err);
+  } finally {
+    if (dirFd !== undefined) {
+      try { fs.closeSync(dirFd); } catch { /* nothing useful to do */ }
+    }
+  }
+}
+
+/**
+ * Reads a whole file for one of the format parsers, turning file-system failures into a TarflowError that
+ * says which file and what to do, so callers need not handle raw errno errors next to format errors.
+ */
+export async function readFileForParsing(path: string, what: string): Promise<Uint8Array> {
+  if (typeof path !== 'string' || path.length === 0) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: path must be a non-empty string, got ${typeof path}; pass the file path to read`);
+  }
+  try {
+    const b = await fsp.readFile(path);
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    let hint = 'check the path and permissions';
+    if (e?.code === 'ENOENT') hint = 'the file does not exist; check the path';
+    else if (e?.code === 'EISDIR') hint = 'the path is a folder; pass the path of the file inside it';
+    else if (e?.code === 'ERR_FS_FILE_TOO_LARGE') hint = 'the file is larger than Node can read into one buffer (2 GiB); split it into smaller files';
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${path}: could not read the ${what} file (${e?.code ?? 'error'}): ${hint}`, { cause: err });
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * Loading a native backend and choosing a device. Both addons export the same `Tensor` class and `ops` table;
+ * nothing above this file knows which one it drives.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+import { TarflowError } from './errors.js';
+
+export type DType = 'float32' | 'float64' | 'int32';
+export type FloatDType = 'float32' | 'float64';
+export type DeviceName = 'cpu' | 'cuda';
+export type DeviceOption = 'auto' | DeviceName;
+
+/** A handle to native memory. JavaScript never sees the pointer; data crosses through toArray/copyFrom. */
+export interface Tensor {
+  readonly shape: number[];
+  readonly dtype: DType;
+  readonly size: number;
+  readonly disposed: boolean;
+  toArray(): Float32Array | Float64Array | Int32Array;
+  copyFrom(data: Float32Array | Float64Array | Int32Array): this;
+  /** A handle on elements [offset, offset + prod(shape)) of the same storage. */
+  view(offset: number, shape: number[]): Tensor;
+  fill(value: number): this;
+  dispose(): void;
+}
+
+export interface BlockReverseWeights {
+  projInWeight: Tensor;
+  projInBias: Tensor;
+  pos: Tensor;
+  classEmbed: Tensor | null;
+  projOutWeight: Tensor;
+  projOutBias: Tensor;
+  layers: Array<{
+    ln1Weight: Tensor; ln1Bias: Tensor; qkvWeight: Tensor; qkvBias: Tensor; projWeight: Tensor; projBias: Tensor;
+    ln2Weight: Tensor; ln2Bias: Tensor; fc1Weight: Tensor; fc1Bias: Tensor; fc2Weight: Tensor; fc2Bias: Tensor;
+  }>;
+}
+
+export interface BlockReverseOptions {
+  flip: boolean;
+  nvp: boolean;
+  heads: number;
+  labels?: Tensor | null;
+  guidance?: number;
+  guideA?: boolean;
+  guideB?: boolean;
+  annealed?: boolean;
+  tempUncond?: number;
+  eps?: number;
+}
+
+/** The operation table. Outputs come first; every op writes into tensors the caller allocated. */
+export interface Ops {
+  copy(dst: Tensor, src: Tensor): void;
+  axpby(y: Tensor, x: Tensor, alpha: number, beta: number): void;
+  rowSumSquares(out: Tensor, x: Tensor): void;
+  sumSquares(x: Tensor): number;
+  allFinite(x: Tensor): boolean;
+  varUpdate(variance: Tensor, z: Tensor, rate: number): void;
+  mulBroadcast(x: Tensor, s: Tensor): void;
+  flipTokens(y: Tensor, x: Tensor): void;
+  patchify(out: Tensor, x: Tensor, patchSize: number): void;
+  unpatchify(out: Tensor, x: Tensor, patchSize: number): void;
+  gelu(y: Tensor, x: Tensor): void;
+  geluBackward(dx: Tensor, dy: Tensor, x: Tensor): void;
+  addPosClass(h: Tensor, pos: Tensor, classEmbed: Tensor | null, labels: Tensor | null, flip: boolean): void;
+  addPosClassBackward(dpos: Tensor, dclassEmbed: Tensor | null, dh: Tensor, labels: Tensor | null, flip: boolean): void;
+  layerNorm(y: Tensor, mean: Tensor, rstd: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void;
+  layerNormBackward(dx: Tensor, dweight: Tensor, dbias: Tensor, dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor, accumulateDx: boolean): void;
+  linear(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, accumulate: boolean): void;
+  linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean): void;
+  attention(out: Tensor, probs: Tensor, qkv: Tensor, heads: number, temp: number): void;
+  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, probs: Tensor, heads: number, temp: number): void;
+  couplingForward(v: Tensor, logdet: Tensor, u: Tensor, o: Tensor, nvp: boolean, accumulateLogdet: boolean): void;
+  couplingBackward(du: Tensor, dout: Tensor, dv: Tensor, u: Tensor, o: Tensor, nvp: boolean, logdetGrad: number): void;
+  normal(out: Tensor, seed: number, stream: number, offset: number): void;
+  uniform(out: Tensor, seed: number, stream: number, offset: number): void;
+  adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, options: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number }): void;
+  blockReverse(x: Tensor, weights: BlockReverseWeights, options: BlockReverseOptions): void;
+  getThreads(): number;
+  setThreads(n: number): void;
+}
+
+export interface Backend {
+  readonly device: DeviceName;
+  readonly Tensor: new (dtype: DType, shape: number[], data?: Float32Array | Float64Array | Int32Array) => Tensor;
+  readonly ops: Ops;
+}
+
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const require = createRequire(import.meta.url);
+
+let cpuBackend: Backend | undefined;
+let cudaBackend: Backend | undefined;
+let cudaFailure: string | undefined;
+let warnedFallback = false;
+
+function loadCpu(): Backend {
+  if (!cpuBackend) {
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => { backend: string; Tensor: Backend['Tensor']; ops: Ops };
+    let addon;
+    try {
+      addon = nodeGypBuild(packageRoot);
+    } catch (err) {
+      throw new TarflowError('ERR_TARFLOW_DEVICE',
+        `the CPU addon is not built (${(err as Error).message.split('\n')[0]}); run 'npm install' (or 'npm run build:native') in ${packageRoot}`,
+        { cause: err });
+    }
+    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: addon.ops };
+  }
+  return cpuBackend;
+}
+
+function tryLoadCuda(): Backend | undefined {
+  if (cudaBackend || cudaFailure) return cudaBackend;
+  const path = join(packageRoot, 'build', 'cuda', 'Release', 'tarflow_cuda.node');
+  if (!existsSync(path)) {
+    cudaFailure = 'the CUDA addon is not built (nvcc was not found when the package was installed)';
+    return undefined;
+  }
+  try {
+    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; deviceCount?: () => number };
+    const count = addon.deviceCount ? addon.deviceCount() : 0;
+    if (count < 1) {
+      cudaFailure = 'the CUDA addon loaded but no GPU answered';
+      return undefined;
+    }
+    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: addon.ops };
+  } catch (err) {
+    cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;
+  }
+  return cudaBackend;
+}
+
+/** Resolves 'auto' | 'cpu' | 'cuda' (default: TARFLOW_DEVICE, else 'auto') to a loaded backend. */
+export function getBackend(device?: DeviceOption): Backend {
+  const requested = (device ?? (process.env.TARFLOW_DEVICE as DeviceOption | undefined) ?? 'auto') as string;
+  if (requested === 'cpu') return loadCpu();
+  if (requested === 'cuda') {
+    const cuda = tryLoadCuda();
+    if (!cuda) throw new TarflowError('ERR_TARFLOW_DEVICE', `device 'cuda' was requested but ${cudaFailure}; use device 'cpu' or 'auto'`);
+    return cuda;
+  }
+  if (requested !== 'auto') {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `device must be 'auto', 'cpu' or 'cuda', got '${requested}' (check TARFLOW_DEVICE)`);
+  }
+  const cuda = tryLoadCuda();
+  if (cuda) return cuda;
+  if (!warnedFallback && !process.env.TARFLOW_QUIET) {
+    warnedFallback = true;
+    process.emitWarning(`tarflow: running on the CPU: ${cudaFailure}.`, { code: 'TARFLOW_CPU_FALLBACK' });
+  }
+  return loadCpu();
+}

@@ -1,0 +1,143 @@
+/**
+ * Checkpoints: safetensors files whose tensor names are the reference PyTorch state_dict (so they load there with
+ * load_state_dict, and converted reference checkpoints load here), with the model config in the metadata.
+ */
+import type { FloatDType } from './backend.js';
+import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
+import { TarflowError } from './errors.js';
+import { TarFlow, type ModelOptions } from './model.js';
+import {
+  bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
+  type SafetensorsFile, type SafetensorsTensor,
+} from './safetensors.js';
+
+export interface SaveOptions {
+  /** Storage precision of the weights: 'F32' (default) or 'BF16' (half the size; for sampling models). */
+  dtype?: 'F32' | 'BF16';
+  /** Extra metadata entries (strings). */
+  metadata?: Record<string, string>;
+}
+
+function hostFloat32(a: Float32Array | Float64Array | Int32Array): Float32Array {
+  return a instanceof Float32Array ? a : Float32Array.from(a);
+}
+
+/** The reference state_dict of a model: parameters, the `var` buffer and each block's `attn_mask`. */
+export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<string, SafetensorsTensor> {
+  const out = new Map<string, SafetensorsTensor>();
+  const make = (data: Float32Array, shape: number[]) => (dtype === 'BF16' ? bf16Tensor(data, shape) : f32Tensor(data, shape));
+  const flat = hostFloat32(model.params.flat.toArray());
+  for (const s of model.specs) out.set(s.name, make(flat.slice(s.offset, s.offset + s.size), s.shape));
+  const { tokens, patchDim } = model.shape;
+  // var stays float32 even in bf16 files: it scales every latent at sampling time.
+  out.set('var', f32Tensor(hostFloat32(model.variance.toArray()), [tokens, patchDim]));
+  const mask = new Float32Array(tokens * tokens);
+  for (let i = 0; i < tokens; i++) for (let j = 0; j <= i; j++) mask[i * tokens + j] = 1;
+  for (let k = 0; k < model.config.numBlocks; k++) out.set(`blocks.${k}.attn_mask`, make(mask, [tokens, tokens]));
+  return out;
+}
+
+/**
+ * Copies a state_dict (names after `prefix`) into the model. Every parameter must be present with its exact
+ * shape; `attn_mask` buffers are accepted and ignored; anything else is an error that names it.
+ */
+export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTensor>, prefix = '', source = 'checkpoint'): void {
+  const expected = new Map(model.specs.map((s) => [s.name, s]));
+  const host = model.dtype === 'float64' ? new Float64Array(model.params.flat.size) : new Float32Array(model.params.flat.size);
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  let variance: Float32Array | Float64Array | null = null;
+  for (const [fullName, t] of tensors) {
+    if (!fullName.startsWith(prefix)) continue;
+    const name = fullName.slice(prefix.length);
+    if (/^blocks\.\d+\.attn_mask$/.test(name)) continue;
+    const convert = (x: SafetensorsTensor) => (model.dtype === 'float64' ? toFloat64(x) : toFloat32(x));
+    if (name === 'var') {
+      const { tokens, patchDim } = model.shape;
+      if (t.shape.length !== 2 || t.shape[0] !== tokens || t.shape[1] !== patchDim) {
+        problems.push(`'var' has shape [${t.shape}] but the config needs [${tokens}, ${patchDim}]`);
+      } else variance = convert(t);
+      continue;
+    }
+    const spec = expected.get(name);
+    if (!spec) {
+      problems.push(`unexpected tensor '${name}'`);
+      continue;
+    }
+    if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
+      problems.push(`'${name}' has shape [${t.shape}] but the config needs [${spec.shape}]`);
+      continue;
+    }
+    let values: Float32Array | Float64Array;
+    try {
+      values = convert(t);
+    } catch (err) {
+      problems.push(`'${name}': ${(err as Error).message}`);
+      continue;
+    }
+    host.set(values, spec.offset);
+    seen.add(name);
+  }
+  for (const name of expected.keys()) if (!seen.has(name)) problems.push(`missing tensor '${name}'`);
+  if (problems.length) {
+    const shown = problems.slice(0, 8).join('; ') + (problems.length > 8 ? `; and ${problems.length - 8} more` : '');
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source} does not match the model config: ${shown}. Check that the config (or --config file) is the one the checkpoint was trained with.`);
+  }
+  model.params.flat.copyFrom(host);
+  if (variance) model.variance.copyFrom(variance);
+  else model.variance.fill(1);
+}
+
+/** Writes the model as a reference-compatible safetensors checkpoint, atomically. */
+export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
+  const metadata: Record<string, string> = {
+    config: JSON.stringify(toReferenceConfig(model.config)),
+    format: 'tarflow',
+    ...options.metadata,
+  };
+  await writeSafetensors(path, stateDict(model, options.dtype ?? 'F32'), metadata);
+}
+
+/** The config stored in a checkpoint's metadata, or null when it has none. */
+export function configFromMetadata(file: SafetensorsFile, source: string): TarFlowConfig | null {
+  const raw = file.metadata.config;
+  if (raw === undefined) return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source}: the metadata 'config' entry is not valid JSON`);
+  }
+  return fromReferenceConfig(parsed);
+}
+
+export interface LoadOptions extends ModelOptions {
+  /** Config for checkpoints without metadata (for example converted from the reference PyTorch code). */
+  config?: Partial<TarFlowConfig> | Record<string, unknown>;
+}
+
+/** Loads a checkpoint into a new model. A `.pth`/`.pt` pickle is refused: loading one could execute code. */
+export async function loadModel(path: string, options: LoadOptions = {}): Promise<TarFlow> {
+  if (/\.(pth|pt|ckpt|pkl|bin)$/i.test(path)) {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
+      `${path} looks like a pickled PyTorch file, which tarflow never loads (unpickling can run code). Convert it in Python: ` +
+      `from safetensors.torch import save_file; save_file(torch.load(p, map_location='cpu'), 'model.safetensors'), then pass --config with the model's config JSON.`);
+  }
+  const file = await readSafetensors(path);
+  const fromFile = configFromMetadata(file, path);
+  const config = options.config ? fromReferenceConfig(options.config) : fromFile;
+  if (!config) {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
+      `${path} has no config in its metadata; pass the model config (a JSON object with in_channels, img_size, patch_size, channels, num_blocks, layers_per_block, nvp, num_classes)`);
+  }
+  const model = new TarFlow(config, { ...options, noInit: true });
+  try {
+    loadStateDict(model, file.tensors, '', path);
+  } catch (err) {
+    model.dispose();
+    throw err;
+  }
+  return model;
+}
+
+export type { FloatDType };

@@ -1,0 +1,404 @@
+/**
+ * The TarFlow model (see ../shared/docs/tarflow-spec.md): patchify, N flow blocks of causal Transformer layers
+ * with an affine autoregressive coupling, alternating patch order. Forward (data -> latent, with log-dets) saves
+ * what the explicit backward needs; the sequential inverse with guidance samples; a score step denoises.
+ *
+ * Every computation is a call into the backend's op table on native tensors; this file only sequences them.
+ */
+import type { Backend, FloatDType, Tensor } from './backend.js';
+import { getBackend, type DeviceOption } from './backend.js';
+import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from './config.js';
+import { TarflowError } from './errors.js';
+import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
+
+export const LN_EPS = 1e-5;
+export const VAR_RATE = 0.1;
+
+export interface ModelOptions {
+  device?: DeviceOption;
+  /** Working precision: 'float32' (default) or 'float64' (gradient checks). */
+  dtype?: FloatDType;
+  /** Seed of the reference initialisation. */
+  seed?: number;
+  /** Skip the random initialisation (the caller loads weights). */
+  noInit?: boolean;
+}
+
+export interface GuidanceOptions {
+  /** Guidance weight w (0 = none). */
+  guidance?: number;
+  /** Which coupling parameters to guide: 'ab' (default), 'a' or 'b'. */
+  guideWhat?: 'ab' | 'a' | 'b';
+  /** Attention temperature tau_u of the unconditional pass. */
+  attnTemp?: number;
+  /** g_i = w (i+1)/(T-1) instead of a constant w. */
+  annealed?: boolean;
+}
+
+/** Saved activations of one layer. */
+interface LayerActs {
+  ln1: Tensor; mean1: Tensor; rstd1: Tensor; qkv: Tensor; probs: Tensor; att: Tensor;
+  mid: Tensor; ln2: Tensor; mean2: Tensor; rstd2: Tensor; fc1: Tensor; act: Tensor;
+}
+
+/** Activations of one block; `hs[l]` is the input of layer l and hs[L] the input of proj_out. */
+interface BlockActs {
+  up: Tensor;
+  hs: Tensor[];
+  layers: LayerActs[];
+  o: Tensor;
+  v: Tensor;
+  out: Tensor;
+}
+
+/** All buffers of a forward and backward at one batch size, allocated once and reused every step. */
+export class Workspace {
+  readonly tensors: Tensor[] = [];
+  readonly x: Tensor;
+  readonly labels: Tensor;
+  readonly patches: Tensor;
+  readonly blocks: BlockActs[] = [];
+  readonly logdet: Tensor;
+  readonly sumsq: Tensor;
+  // backward scratch
+  readonly dz: Tensor;
+  readonly dIn: Tensor[] = [];
+  readonly dv: Tensor;
+  readonly dup: Tensor;
+  readonly dout: Tensor;
+  readonly dh: Tensor;
+  readonly dln: Tensor;
+  readonly datt: Tensor;
+  readonly dqkv: Tensor;
+  readonly dact: Tensor;
+  readonly dx: Tensor;
+
+  constructor(backend: Backend, cfg: TarFlowConfig, s: ModelShape, readonly batch: number, dtype: FloatDType) {
+    const B = batch, T = s.tokens, D = s.patchDim, W = cfg.channels, H = s.heads, F = s.hidden;
+    const t = (shape: number[], dt: FloatDType | 'int32' = dtype) => {
+      const x = new backend.Tensor(dt, shape);
+      this.tensors.push(x);
+      return x;
+    };
+    this.x = t([B, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
+    this.labels = t([B], 'int32');
+    this.patches = t([B, T, D]);
+    for (let k = 0; k < cfg.numBlocks; k++) {
+      const flip = k % 2 === 1;
+      const prevOut = k === 0 ? this.patches : this.blocks[k - 1].out;
+      const hs = [t([B, T, W])];
+      const layers: LayerActs[] = [];
+      for (let l = 0; l < cfg.layersPerBlock; l++) {
+        layers.push({
+          ln1: t([B, T, W]), mean1: t([B, T]), rstd1: t([B, T]), qkv: t([B, T, 3 * W]), probs: t([B, H, T, T]),
+          att: t([B, T, W]), mid: t([B, T, W]), ln2: t([B, T, W]), mean2: t([B, T]), rstd2: t([B, T]),
+          fc1: t([B, T, F]), act: t([B, T, F]),
+        });
+        hs.push(t([B, T, W]));
+      }
+      const v = t([B, T, D]);
+      this.blocks.push({ up: flip ? t([B, T, D]) : prevOut, hs, layers, o: t([B, T, s.outDim]), v, out: flip ? t([B, T, D]) : v });
+      this.dIn.push(t([B, T, D]));
+    }
+    this.logdet = t([B]);
+    this.sumsq = t([B]);
+    this.dz = t([B, T, D]);
+    this.dv = t([B, T, D]);
+    this.dup = t([B, T, D]);
+    this.dout = t([B, T, s.outDim]);
+    this.dh = t([B, T, W]);
+    this.dln = t([B, T, W]);
+    this.datt = t([B, T, W]);
+    this.dqkv = t([B, T, 3 * W]);
+    this.dact = t([B, T, F]);
+    this.dx = t([B, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
+  }
+
+  /** The latent z = f(x) after forward(). */
+  get z(): Tensor {
+    return this.blocks[this.blocks.length - 1].out;
+  }
+
+  dispose(): void {
+    for (const t of this.tensors) t.dispose();
+  }
+}
+
+export interface ForwardResult {
+  /** Training loss 0.5*mean(z^2) - mean(logdet). */
+  loss: number;
+  /** Per-sample log-determinant (already divided by T*D). */
+  logdet: Float64Array;
+}
+
+export class TarFlow {
+  readonly config: TarFlowConfig;
+  readonly shape: ModelShape;
+  readonly backend: Backend;
+  readonly dtype: FloatDType;
+  readonly specs: ParamSpec[];
+  readonly params: ParamSet;
+  /** The VP prior's running variance (T, D); ones for NVP models. */
+  readonly variance: Tensor;
+  private workspaces = new Map<number, Workspace>();
+  private disposedFlag = false;
+
+  constructor(config: Partial<TarFlowConfig>, options: ModelOptions = {}) {
+    this.config = validateConfig(config);
+    this.shape = modelShape(this.config);
+    this.backend = getBackend(options.device);
+    this.dtype = options.dtype ?? 'float32';
+    if (this.dtype !== 'float32' && this.dtype !== 'float64') {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dtype must be 'float32' or 'float64', got '${this.dtype as string}'`);
+    }
+    this.specs = parameterLayout(this.config);
+    this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
+    this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
+    if (!options.noInit) this.initialize(options.seed ?? 0);
+  }
+
+  get disposed(): boolean {
+    return this.disposedFlag;
+  }
+
+  get ops() {
+    return this.backend.ops;
+  }
+
+  /** Number of trainable parameters. */
+  get parameterCount(): number {
+    return this.specs.reduce((a, s) => a + s.size, 0);
+  }
+
+  /** The reference initialisation, reproducible from `seed`: each parameter draws from its own stream. */
+  initialize(seed: number): void {
+    this.assertAlive();
+    const scratchFor = (n: number) => new this.backend.Tensor(this.dtype, [n]);
+    this.specs.forEach((s, i) => {
+      const view = this.params.get(s.name);
+      if (s.init.kind === 'const') {
+        view.fill(s.init.value);
+        return;
+      }
+      const scratch = scratchFor(s.size);
+      if (s.init.kind === 'normal') {
+        this.ops.normal(scratch, seed, 1000 + i, 0);
+        this.ops.axpby(view, scratch, s.init.std, 0);
+      } else {
+        this.ops.uniform(scratch, seed, 1000 + i, 0);
+        const u = scratch.toArray();
+        const bound = s.init.bound;
+        for (let j = 0; j < u.length; j++) u[j] = (2 * u[j] - 1) * bound;
+        view.copyFrom(u);
+      }
+      scratch.dispose();
+    });
+    this.variance.fill(1);
+  }
+
+  /** The workspace for batch size B (allocated on first use, then reused). */
+  workspace(batch: number): Workspace {
+    this.assertAlive();
+    let ws = this.workspaces.get(batch);
+    if (!ws) {
+      // Keep one workspace: a new batch size (the last, partial batch of an epoch) replaces the old one.
+      if (this.workspaces.size >= 2) this.releaseWorkspaces();
+      ws = new Workspace(this.backend, this.config, this.shape, batch, this.dtype);
+      this.workspaces.set(batch, ws);
+    }
+    return ws;
+  }
+
+  releaseWorkspaces(): void {
+    for (const ws of this.workspaces.values()) ws.dispose();
+    this.workspaces.clear();
+  }
+
+  /** Writes images (B*C*S*S floats in [-1,1]) and labels (-1 = dropped/none) into the workspace inputs. */
+  setInputs(ws: Workspace, images: Float32Array | Float64Array, labels?: Int32Array | null): void {
+    const expected = ws.x.size;
+    if (images.length !== expected) {
+      const { inChannels: C, imgSize: S } = this.config;
+      throw new TarflowError('ERR_TARFLOW_SHAPE', `images must hold ${ws.batch} x ${C} x ${S} x ${S} = ${expected} values, got ${images.length}`);
+    }
+    const data = this.dtype === 'float32' ? (images instanceof Float32Array ? images : Float32Array.from(images)) : images instanceof Float64Array ? images : Float64Array.from(images);
+    ws.x.copyFrom(data);
+    this.setLabels(ws, labels);
+  }
+
+  setLabels(ws: Workspace, labels?: Int32Array | null): void {
+    if (this.config.numClasses === 0) {
+      ws.labels.fill(-1);
+      return;
+    }
+    if (!labels) {
+      ws.labels.fill(-1);
+      return;
+    }
+    if (labels.length !== ws.batch) {
+      throw new TarflowError('ERR_TARFLOW_SHAPE', `labels must hold one label per image (${ws.batch}), got ${labels.length}`);
+    }
+    for (let i = 0; i < labels.length; i++) {
+      const y = labels[i];
+      if (!Number.isInteger(y) || y >= this.config.numClasses || y < -1) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `label ${y} of image ${i} is out of range: the model has ${this.config.numClasses} classes (0..${this.config.numClasses - 1}, or -1 for none)`);
+      }
+    }
+    ws.labels.copyFrom(labels);
+  }
+
+  /** z = f(x) for the workspace inputs; saves the activations the backward needs. */
+  forward(ws: Workspace): ForwardResult {
+    this.assertAlive();
+    const ops = this.ops;
+    const cfg = this.config;
+    const { heads } = this.shape;
+    const labels = cfg.numClasses > 0 ? ws.labels : null;
+    ops.patchify(ws.patches, ws.x, cfg.patchSize);
+    for (let k = 0; k < cfg.numBlocks; k++) {
+      const p = this.params.blocks[k];
+      const a = ws.blocks[k];
+      const flip = k % 2 === 1;
+      const input = k === 0 ? ws.patches : ws.blocks[k - 1].out;
+      if (flip) ops.flipTokens(a.up, input);
+      ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false);
+      ops.addPosClass(a.hs[0], p.pos, p.classEmbed, labels, flip);
+      for (let l = 0; l < cfg.layersPerBlock; l++) {
+        const w = p.layers[l];
+        const s = a.layers[l];
+        ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.hs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
+        ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false);
+        ops.attention(s.att, s.probs, s.qkv, heads, 1);
+        ops.copy(s.mid, a.hs[l]);
+        ops.linear(s.mid, s.att, w.projWeight, w.projBias, true);
+        ops.layerNorm(s.ln2, s.mean2, s.rstd2, s.mid, w.ln2Weight, w.ln2Bias, LN_EPS);
+        ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false);
+        ops.gelu(s.act, s.fc1);
+        ops.copy(a.hs[l + 1], s.mid);
+        ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true);
+      }
+      ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false);
+      ops.couplingForward(a.v, ws.logdet, a.up, a.o, cfg.nvp, k > 0);
+      if (flip) ops.flipTokens(a.out, a.v);
+    }
+    const B = ws.batch;
+    const n = this.shape.tokens * this.shape.patchDim;
+    const logdet = Float64Array.from(ws.logdet.toArray());
+    const meanLogdet = logdet.reduce((x, y) => x + y, 0) / B;
+    const loss = (0.5 * ops.sumSquares(ws.z)) / (B * n) - meanLogdet;
+    return { loss, logdet };
+  }
+
+  /**
+   * Backward of the training loss through the last forward(): accumulates parameter gradients into `grads`
+   * (when given) and leaves dLoss/dx in ws.dx. `grads` must be zeroed by the caller at the start of a step.
+   */
+  backward(ws: Workspace, grads: ParamSet | null): void {
+    this.assertAlive();
+    const ops = this.ops;
+    const cfg = this.config;
+    const { heads, tokens, patchDim } = this.shape;
+    const B = ws.batch;
+    const labels = cfg.numClasses > 0 ? ws.labels : null;
+    ops.axpby(ws.dz, ws.z, 1 / (B * tokens * patchDim), 0);
+    let dOut = ws.dz;
+    for (let k = cfg.numBlocks - 1; k >= 0; k--) {
+      const p = this.params.blocks[k];
+      const g: BlockTensors | null = grads ? grads.blocks[k] : null;
+      const a = ws.blocks[k];
+      const flip = k % 2 === 1;
+      const dv = flip ? ws.dv : dOut;
+      if (flip) ops.flipTokens(ws.dv, dOut);
+      ops.couplingBackward(ws.dup, ws.dout, dv, a.up, a.o, cfg.nvp, -1 / B);
+      const L = cfg.layersPerBlock;
+      ops.linearBackward(ws.dh, g?.projOutWeight ?? null, g?.projOutBias ?? null, ws.dout, a.hs[L], p.projOutWeight, false);
+      for (let l = L - 1; l >= 0; l--) {
+        const w = p.layers[l];
+        const gw = g ? g.layers[l] : null;
+        const s = a.layers[l];
+        ops.linearBackward(ws.dact, gw?.fc2Weight ?? null, gw?.fc2Bias ?? null, ws.dh, s.act, w.fc2Weight, false);
+        ops.geluBackward(ws.dact, ws.dact, s.fc1);
+        ops.linearBackward(ws.dln, gw?.fc1Weight ?? null, gw?.fc1Bias ?? null, ws.dact, s.ln2, w.fc1Weight, false);
+        this.layerNormBackward(ws.dh, gw?.ln2Weight, gw?.ln2Bias, ws.dln, s.mid, s.mean2, s.rstd2, w.ln2Weight);
+        ops.linearBackward(ws.datt, gw?.projWeight ?? null, gw?.projBias ?? null, ws.dh, s.att, w.projWeight, false);
+        ops.attentionBackward(ws.dqkv, ws.datt, s.qkv, s.probs, heads, 1);
+        ops.linearBackward(ws.dln, gw?.qkvWeight ?? null, gw?.qkvBias ?? null, ws.dqkv, s.ln1, w.qkvWeight, false);
+        this.layerNormBackward(ws.dh, gw?.ln1Weight, gw?.ln1Bias, ws.dln, a.hs[l], s.mean1, s.rstd1, w.ln1Weight);
+      }
+      if (g) ops.addPosClassBackward(g.pos, g.classEmbed, ws.dh, labels, flip);
+      ops.linearBackward(ws.dup, g?.projInWeight ?? null, g?.projInBias ?? null, ws.dh, a.up, p.projInWeight, true);
+      const dIn = ws.dIn[k];
+      if (flip) ops.flipTokens(dIn, ws.dup);
+      else ops.copy(dIn, ws.dup);
+      dOut = dIn;
+    }
+    ops.unpatchify(ws.dx, dOut, cfg.patchSize);
+  }
+
+  private scratchNorm?: { w: Tensor; b: Tensor };
+  private layerNormBackward(dx: Tensor, dw: Tensor | undefined, db: Tensor | undefined, dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, w: Tensor): void {
+    // Without a gradient set (denoising needs only dL/dx) the weight gradients go to a throwaway buffer.
+    if (!dw || !db) {
+      if (!this.scratchNorm) {
+        this.scratchNorm = { w: new this.backend.Tensor(this.dtype, [this.config.channels]), b: new this.backend.Tensor(this.dtype, [this.config.channels]) };
+      }
+      dw = this.scratchNorm.w;
+      db = this.scratchNorm.b;
+    }
+    this.ops.layerNormBackward(dx, dw, db, dy, x, mean, rstd, w, true);
+  }
+
+  /** Per-image bits/dim of the workspace inputs (images dequantized by the caller), after forward(). */
+  bitsPerDim(ws: Workspace, logdet: Float64Array): Float64Array {
+    const n = this.shape.tokens * this.shape.patchDim;
+    this.ops.rowSumSquares(ws.sumsq, ws.z);
+    const ss = ws.sumsq.toArray();
+    const out = new Float64Array(ws.batch);
+    const c = 0.5 * Math.log(2 * Math.PI) + Math.log(128);
+    for (let b = 0; b < ws.batch; b++) out[b] = (0.5 * ss[b] / n + c - logdet[b]) / Math.LN2;
+    return out;
+  }
+
+  /**
+   * The exact inverse: latents (B, T, D) -> images (B, C, S, S), written into `out`. `latents` is overwritten.
+   * Multiplies by sqrt(var) first (the VP prior), then inverts blocks N-1..0 with guidance per the spec.
+   */
+  reverse(latents: Tensor, out: Tensor, labels: Tensor | null, guidance: GuidanceOptions = {}): void {
+    this.assertAlive();
+    const cfg = this.config;
+    const w = guidance.guidance ?? 0;
+    const what = guidance.guideWhat ?? 'ab';
+    if (!(w >= 0) || !Number.isFinite(w)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `guidance must be a finite number >= 0, got ${w}`);
+    if (what !== 'ab' && what !== 'a' && what !== 'b') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `guideWhat must be 'ab', 'a' or 'b', got '${what as string}'`);
+    const tau = guidance.attnTemp ?? 1;
+    if (!(tau > 0) || !Number.isFinite(tau)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `attnTemp must be a finite number > 0, got ${tau}`);
+    const sqrtVar = new this.backend.Tensor(this.dtype, this.variance.shape);
+    const v = this.variance.toArray();
+    for (let i = 0; i < v.length; i++) v[i] = Math.sqrt(v[i]);
+    sqrtVar.copyFrom(v as Float32Array);
+    this.ops.mulBroadcast(latents, sqrtVar);
+    sqrtVar.dispose();
+    for (let k = cfg.numBlocks - 1; k >= 0; k--) {
+      this.ops.blockReverse(latents, this.params.blocks[k], {
+        flip: k % 2 === 1, nvp: cfg.nvp, heads: this.shape.heads, labels: cfg.numClasses > 0 ? labels : null,
+        guidance: w, guideA: what.includes('a'), guideB: what.includes('b'), annealed: guidance.annealed ?? false,
+        tempUncond: tau, eps: LN_EPS,
+      });
+    }
+    this.ops.unpatchify(out, latents, cfg.patchSize);
+  }
+
+  private assertAlive(): void {
+    if (this.disposedFlag) throw new TarflowError('ERR_TARFLOW_DISPOSED', 'this model was disposed; create or load a new one');
+  }
+
+  dispose(): void {
+    if (this.disposedFlag) return;
+    this.releaseWorkspaces();
+    this.scratchNorm?.w.dispose();
+    this.scratchNorm?.b.dispose();
+    this.params.dispose();
+    this.variance.dispose();
+    this.disposedFlag = true;
+  }
+}

@@ -1,0 +1,20 @@
+// Glue for exporting an op: the function body runs inside tf::guard, so any failure becomes a JS exception.
+#pragma once
+#include <napi.h>
+
+#include "errors.h"
+#include "tensor.h"
+
+#define TF_OP(name)                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
+  static Napi::Value name(const Napi::CallbackInfo& info) {             \
+    return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
+  }                                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+
+namespace tf {
+using Registrar = void (*)(Napi::Env, Napi::Object);
+inline void export_op(Napi::Env env, Napi::Object ops, const char* js_name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {
+  ops.Set(js_name, Napi::Function::New(env, fn, js_name));
+}
+}  // namespace tf

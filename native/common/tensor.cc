@@ -1,0 +1,293 @@
+#include "tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace tf {
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::I32: return "int32";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType d) { return d == DType::F64 ? 8 : 4; }
+
+static DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::F32;
+  if (s == "float64") return DType::F64;
+  if (s == "int32") return DType::I32;
+  throw Error("ERR_TARFLOW_DTYPE", "unknown dtype '" + s + "'; use 'float32', 'float64' or 'int32'");
+}
+
+// 64-byte alignment: whole cache lines, and aligned AVX-512 loads for every tensor that starts a buffer.
+Storage::Storage(size_t n) : bytes(n) {
+  size_t rounded = ((n ? n : 1) + 63) / 64 * 64;
+  data = std::aligned_alloc(64, rounded);
+  if (!data) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor");
+  std::memset(data, 0, rounded);
+}
+Storage::~Storage() { std::free(data); }
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+std::string Tensor::describe() const { return std::string(dtype_name(dtype_)) + shape_string(shape_); }
+
+struct TensorClass {
+  Napi::FunctionReference constructor;
+};
+
+// Marker passed as the constructor's first argument when C++ builds a handle around existing storage.
+struct AdoptRequest {
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::shared_ptr<Storage> storage;
+  size_t offset;
+};
+
+Napi::Function Tensor::Init(Napi::Env env) {
+  Napi::Function cls = DefineClass(env, "Tensor", {
+      InstanceAccessor<&Tensor::GetShape>("shape"),
+      InstanceAccessor<&Tensor::GetDType>("dtype"),
+      InstanceAccessor<&Tensor::GetSize>("size"),
+      InstanceAccessor<&Tensor::GetDisposed>("disposed"),
+      InstanceMethod<&Tensor::ToArray>("toArray"),
+      InstanceMethod<&Tensor::CopyFrom>("copyFrom"),
+      InstanceMethod<&Tensor::View>("view"),
+      InstanceMethod<&Tensor::Fill>("fill"),
+      InstanceMethod<&Tensor::Dispose>("dispose"),
+  });
+  auto* holder = new TensorClass();
+  holder->constructor = Napi::Persistent(cls);
+  env.SetInstanceData<TensorClass>(holder);
+  return cls;
+}
+
+Napi::Object Tensor::NewInstance(Napi::Env env, DType dtype, const std::vector<int64_t>& shape,
+                                 std::shared_ptr<Storage> storage, size_t offset) {
+  AdoptRequest req{dtype, shape, std::move(storage), offset};
+  auto* holder = env.GetInstanceData<TensorClass>();
+  return holder->constructor.New({Napi::External<AdoptRequest>::New(env, &req)});
+}
+
+static std::vector<int64_t> parse_shape(const Napi::Value& v) {
+  if (!v.IsArray()) throw arg_error("shape must be an array of non-negative integers");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<int64_t> shape;
+  int64_t n = 1;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value e = a.Get(i);
+    double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > 9e15)
+      throw arg_error("shape must be an array of non-negative integers, got element " + std::to_string(i) + " = " + e.ToString().Utf8Value());
+    shape.push_back(static_cast<int64_t>(d));
+    n *= shape.back();
+    if (n > (int64_t(1) << 40)) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "tensor shape " + shape_string(shape) + " is too large");
+  }
+  return shape;
+}
+
+static int64_t product(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+// new Tensor(dtype, shape[, typedArray]) allocates zeroed storage (and copies the data when given).
+Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) {
+  Napi::Env env = info.Env();
+  try {
+    if (info.Length() == 1 && info[0].IsExternal()) {
+      auto* req = info[0].As<Napi::External<AdoptRequest>>().Data();
+      dtype_ = req->dtype;
+      shape_ = req->shape;
+      numel_ = product(shape_);
+      storage_ = req->storage;
+      offset_ = req->offset;
+      return;
+    }
+    if (info.Length() < 2 || !info[0].IsString())
+      throw arg_error("new Tensor(dtype, shape[, data]): dtype must be 'float32', 'float64' or 'int32'");
+    dtype_ = parse_dtype(info[0].As<Napi::String>().Utf8Value());
+    shape_ = parse_shape(info[1]);
+    numel_ = product(shape_);
+    storage_ = std::make_shared<Storage>(static_cast<size_t>(numel_) * dtype_size(dtype_));
+    accounted_bytes_ = static_cast<int64_t>(storage_->bytes);
+    Napi::MemoryManagement::AdjustExternalMemory(env, accounted_bytes_);
+    if (info.Length() >= 3 && !info[2].IsUndefined() && !info[2].IsNull()) CopyFrom(info);  // data sits at index 2
+  } catch (const Error& e) {
+    throw to_js_error(env, e.code, e.what());
+  } catch (const std::bad_alloc&) {
+    throw to_js_error(env, "ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate a tensor of shape " + shape_string(shape_));
+  }
+}
+
+Tensor::~Tensor() { storage_.reset(); }
+
+void Tensor::Finalize(Napi::Env env) { release(env); }
+
+void Tensor::release(Napi::Env env) {
+  if (accounted_bytes_) {
+    Napi::MemoryManagement::AdjustExternalMemory(env, -accounted_bytes_);
+    accounted_bytes_ = 0;
+  }
+  storage_.reset();
+}
+
+Napi::Value Tensor::GetShape(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env(), shape_.size());
+  for (size_t i = 0; i < shape_.size(); ++i) a.Set(i, Napi::Number::New(info.Env(), static_cast<double>(shape_[i])));
+  return a;
+}
+Napi::Value Tensor::GetDType(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), dtype_name(dtype_)); }
+Napi::Value Tensor::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(numel_)); }
+Napi::Value Tensor::GetDisposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed()); }
+
+static void check_alive(const Tensor* t, const char* what) {
+  if (t->disposed()) throw Error("ERR_TARFLOW_DISPOSED", std::string(what) + ": the tensor was disposed; create a new one");
+}
+
+Napi::Value Tensor::ToArray(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    check_alive(this, "toArray");
+    Napi::Env env = info.Env();
+    size_t bytes = static_cast<size_t>(numel_) * dtype_size(dtype_);
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, bytes);
+    if (bytes) std::memcpy(buf.Data(), data<char>(), bytes);
+    switch (dtype_) {
+      case DType::F32: return Napi::Float32Array::New(env, numel_, buf, 0);
+      case DType::F64: return Napi::Float64Array::New(env, numel_, buf, 0);
+      default: return Napi::Int32Array::New(env, numel_, buf, 0);
+    }
+  });
+}
+
+// copyFrom(typedArray): the array's element type must match the dtype and its length the size.
+Napi::Value Tensor::CopyFrom(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    check_alive(this, "copyFrom");
+    Napi::Value v = info.Length() >= 3 ? info[2] : info[0];
+    if (!v.IsTypedArray()) throw arg_error("copyFrom: expected a typed array matching the tensor dtype " + describe());
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    napi_typedarray_type want = dtype_ == DType::F32 ? napi_float32_array : dtype_ == DType::F64 ? napi_float64_array : napi_int32_array;
+    static const char* names[] = {"Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
+                                  "Uint32Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array"};
+    if (ta.TypedArrayType() != want) {
+      int k = static_cast<int>(ta.TypedArrayType());
+      throw Error("ERR_TARFLOW_DTYPE", std::string("copyFrom: a ") + dtype_name(dtype_) + " tensor needs a " +
+                                           names[want] + ", got a " + (k >= 0 && k < 11 ? names[k] : "typed array"));
+    }
+    if (static_cast<int64_t>(ta.ElementLength()) != numel_)
+      throw shape_error("copyFrom: tensor " + describe() + " has " + std::to_string(numel_) + " elements, the array has " +
+                        std::to_string(ta.ElementLength()));
+    const char* src = static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    if (numel_) std::memcpy(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
+    return info.This();
+  });
+}
+
+// view(offset, shape): a handle on elements [offset, offset + prod(shape)) of the same storage.
+Napi::Value Tensor::View(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    check_alive(this, "view");
+    int64_t off = int_arg(info, 0, "offset");
+    std::vector<int64_t> shape = parse_shape(info[1]);
+    int64_t n = product(shape);
+    if (off < 0 || off + n > numel_)
+      throw shape_error("view: elements [" + std::to_string(off) + ", " + std::to_string(off + n) + ") fall outside tensor " + describe());
+    return NewInstance(info.Env(), dtype_, shape, storage_, offset_ + static_cast<size_t>(off));
+  });
+}
+
+Napi::Value Tensor::Fill(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    check_alive(this, "fill");
+    double v = number_arg(info, 0, "value");
+    if (dtype_ == DType::F32) { float* p = data<float>(); for (int64_t i = 0; i < numel_; ++i) p[i] = static_cast<float>(v); }
+    else if (dtype_ == DType::F64) { double* p = data<double>(); for (int64_t i = 0; i < numel_; ++i) p[i] = v; }
+    else { int32_t* p = data<int32_t>(); for (int64_t i = 0; i < numel_; ++i) p[i] = static_cast<int32_t>(v); }
+    return info.This();
+  });
+}
+
+// dispose() drops this handle's reference to the storage at once; views and the parent keep it alive until
+// all of them are disposed or collected.
+Napi::Value Tensor::Dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+Tensor* tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Tensor* t = optional_tensor_arg(info, i, name);
+  if (!t) throw arg_error(std::string("argument '") + name + "' must be a Tensor, got nothing");
+  return t;
+}
+
+static Tensor* unwrap_tensor(Napi::Value v, const char* name) {
+  if (v.IsUndefined() || v.IsNull()) return nullptr;
+  auto* holder = v.Env().GetInstanceData<TensorClass>();
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(holder->constructor.Value()))
+    throw arg_error(std::string("argument '") + name + "' must be a Tensor");
+  Tensor* t = Napi::ObjectWrap<Tensor>::Unwrap(v.As<Napi::Object>());
+  if (t->disposed()) throw Error("ERR_TARFLOW_DISPOSED", std::string("argument '") + name + "' is a disposed tensor");
+  return t;
+}
+
+Tensor* optional_tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return i < info.Length() ? unwrap_tensor(info[i], name) : nullptr;
+}
+
+Tensor* tensor_prop(const Napi::Object& obj, const char* key, bool optional) {
+  Tensor* t = unwrap_tensor(obj.Get(key), key);
+  if (!t && !optional) throw arg_error(std::string("missing tensor '") + key + "'");
+  return t;
+}
+
+double number_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsNumber()) throw arg_error(std::string("argument '") + name + "' must be a number");
+  return info[i].As<Napi::Number>().DoubleValue();
+}
+
+int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  double d = number_arg(info, i, name);
+  if (d != static_cast<double>(static_cast<int64_t>(d))) throw arg_error(std::string("argument '") + name + "' must be an integer");
+  return static_cast<int64_t>(d);
+}
+
+bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsBoolean()) throw arg_error(std::string("argument '") + name + "' must be a boolean");
+  return info[i].As<Napi::Boolean>().Value();
+}
+
+void expect_dtype(const Tensor* t, DType d, const char* name) {
+  if (t->dtype() != d)
+    throw Error("ERR_TARFLOW_DTYPE", std::string(name) + " must be " + dtype_name(d) + ", got " + t->describe());
+}
+
+void expect_same_dtype(const Tensor* a, const Tensor* b, const char* name_a, const char* name_b) {
+  if (a->dtype() != b->dtype())
+    throw Error("ERR_TARFLOW_DTYPE", std::string(name_a) + " is " + a->describe() + " but " + name_b + " is " + b->describe() +
+                                         "; all float tensors of one call must share a dtype");
+}
+
+void expect_shape(const Tensor* t, const std::vector<int64_t>& shape, const char* name) {
+  if (t->shape() != shape)
+    throw shape_error(std::string(name) + " must have shape " + shape_string(shape) + ", got " + t->describe());
+}
+
+void expect_numel(const Tensor* t, int64_t n, const char* name) {
+  if (t->numel() != n)
+    throw shape_error(std::string(name) + " must have " + std::to_string(n) + " elements, got " + t->describe());
+}
+
+}  // namespace tf

@@ -1,0 +1,97 @@
+// A tensor is a handle to native memory: dtype, shape, and a view (offset + length) into shared storage.
+// JavaScript holds handles, never pointers; data crosses only through toArray()/copyFrom(). Views let the
+// parameters, gradients and optimizer moments each live in one contiguous buffer (one AdamW pass, one
+// checkpoint copy) while every layer still sees its own named tensor.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+
+namespace tf {
+
+enum class DType { F32, F64, I32 };
+
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  explicit Storage(size_t bytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+class Tensor : public Napi::ObjectWrap<Tensor> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  static Napi::Object NewInstance(Napi::Env env, DType dtype, const std::vector<int64_t>& shape,
+                                  std::shared_ptr<Storage> storage, size_t offset);
+  explicit Tensor(const Napi::CallbackInfo& info);
+  ~Tensor() override;
+  void Finalize(Napi::Env env) override;
+
+  DType dtype() const { return dtype_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t numel() const { return numel_; }
+  int64_t dim(int i) const { return shape_[i < 0 ? shape_.size() + i : i]; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  bool disposed() const { return !storage_; }
+  std::string describe() const;  // "float32[4, 16, 12]"
+
+  template <typename T>
+  T* data() const {
+    return reinterpret_cast<T*>(static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_));
+  }
+
+ private:
+  Napi::Value GetShape(const Napi::CallbackInfo& info);
+  Napi::Value GetDType(const Napi::CallbackInfo& info);
+  Napi::Value GetSize(const Napi::CallbackInfo& info);
+  Napi::Value GetDisposed(const Napi::CallbackInfo& info);
+  Napi::Value ToArray(const Napi::CallbackInfo& info);
+  Napi::Value CopyFrom(const Napi::CallbackInfo& info);
+  Napi::Value View(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Fill(const Napi::CallbackInfo& info);
+
+  void release(Napi::Env env);
+
+  DType dtype_ = DType::F32;
+  std::vector<int64_t> shape_;
+  int64_t numel_ = 0;
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;
+  int64_t accounted_bytes_ = 0;  // reported to V8 so the GC feels native memory pressure
+};
+
+// Argument unpacking shared by every op: each helper names the argument in its error message.
+Tensor* tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+Tensor* optional_tensor_arg(const Napi::CallbackInfo& info, size_t i, const char* name);  // null/undefined -> nullptr
+double number_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+Tensor* tensor_prop(const Napi::Object& obj, const char* key, bool optional = false);
+
+// Shape and dtype checks with messages that say what was expected and what came.
+void expect_dtype(const Tensor* t, DType d, const char* name);
+void expect_same_dtype(const Tensor* a, const Tensor* b, const char* name_a, const char* name_b);
+void expect_shape(const Tensor* t, const std::vector<int64_t>& shape, const char* name);
+void expect_numel(const Tensor* t, int64_t n, const char* name);
+std::string shape_string(const std::vector<int64_t>& shape);
+
+// Calls f.template operator()<T>() with T = float or double according to the dtype.
+template <typename F>
+auto dispatch_float(DType d, F&& f) {
+  if (d == DType::F32) return f.template operator()<float>();
+  if (d == DType::F64) return f.template operator()<double>();
+  throw Error("ERR_TARFLOW_DTYPE", "this operation needs float32 or float64 tensors");
+}
+
+}  // namespace tf

@@ -1,0 +1,132 @@
+// Causal multi-head self-attention over patch tokens, training form.
+// qkv is the output of one linear layer: columns [0,W) queries, [W,2W) keys, [2W,3W) values; head j uses
+// columns [64j, 64j+64) of each. Logits are q.k / (sqrt(headDim) * temp).
+// The softmax probabilities are saved for the backward: at the sequence lengths a CPU trains on, the T x T
+// matrix per head is small next to the MLP activations, and reusing it makes the backward two GEMMs cheaper.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/op.h"
+#include "../common/threads.h"
+#include "gemm.h"
+
+namespace tf {
+namespace {
+
+struct AttnDims {
+  int64_t B, T, W, H, hd;
+};
+
+AttnDims attn_dims(Tensor* qkv, int64_t heads) {
+  if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
+  int64_t W = qkv->dim(2) / 3;
+  if (heads <= 0 || W % heads) throw arg_error("heads (" + std::to_string(heads) + ") must divide the width " + std::to_string(W));
+  return {qkv->dim(0), qkv->dim(1), W, heads, W / heads};
+}
+
+// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
+TF_OP(attention) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* probs = tensor_arg(info, 1, "probs");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  int64_t heads = int_arg(info, 3, "heads");
+  double temp = number_arg(info, 4, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(out, {d.B, d.T, d.W}, "out");
+  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
+  expect_same_dtype(out, qkv, "out", "qkv");
+  expect_same_dtype(probs, qkv, "probs", "qkv");
+  dispatch_float(qkv->dtype(), [&]<typename T>() {
+    const T* base = qkv->data<T>();
+    T* op = out->data<T>();
+    T* pp = probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+    const int64_t ld = 3 * d.W;
+    parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
+      for (int64_t bh = s; bh < e; ++bh) {
+        int64_t b = bh / d.H, h = bh % d.H;
+        const T* q = base + b * d.T * ld + h * d.hd;
+        const T* k = q + d.W;
+        const T* v = q + 2 * d.W;
+        T* P = pp + bh * d.T * d.T;
+        gemm<T>(false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, false);
+        for (int64_t i = 0; i < d.T; ++i) {
+          T* row = P + i * d.T;
+          T mx = -std::numeric_limits<T>::infinity();
+          for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
+          T sum = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            row[j] = std::exp(row[j] - mx);
+            sum += row[j];
+          }
+          T inv = T(1) / sum;
+          for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+          for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
+        }
+        gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), op + b * d.T * d.W + h * d.hd, d.W, false);
+      }
+    });
+  });
+  return info.Env().Undefined();
+}
+
+// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp): dqkv is overwritten.
+TF_OP(attentionBackward) {
+  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
+  Tensor* dout = tensor_arg(info, 1, "dout");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  Tensor* probs = tensor_arg(info, 3, "probs");
+  int64_t heads = int_arg(info, 4, "heads");
+  double temp = number_arg(info, 5, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(dqkv, qkv->shape(), "dqkv");
+  expect_shape(dout, {d.B, d.T, d.W}, "dout");
+  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
+  for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
+  dispatch_float(qkv->dtype(), [&]<typename T>() {
+    const T* base = qkv->data<T>();
+    T* gbase = dqkv->data<T>();
+    const T* go = dout->data<T>();
+    const T* pp = probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+    const int64_t ld = 3 * d.W;
+    parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
+      std::vector<T> dS(static_cast<size_t>(d.T * d.T));
+      for (int64_t bh = s; bh < e; ++bh) {
+        int64_t b = bh / d.H, h = bh % d.H;
+        const T* q = base + b * d.T * ld + h * d.hd;
+        const T* k = q + d.W;
+        const T* v = q + 2 * d.W;
+        T* dq = gbase + b * d.T * ld + h * d.hd;
+        T* dk = dq + d.W;
+        T* dv = dq + 2 * d.W;
+        const T* dO = go + b * d.T * d.W + h * d.hd;
+        const T* P = pp + bh * d.T * d.T;
+        // dP = dO V^T, then the softmax backward dS = P * (dP - sum_j P dP), row by row.
+        gemm<T>(false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS.data(), d.T, false);
+        for (int64_t i = 0; i < d.T; ++i) {
+          T* row = dS.data() + i * d.T;
+          const T* prow = P + i * d.T;
+          T dot = 0;
+          for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
+          for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
+          for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
+        }
+        gemm<T>(true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, false);
+        gemm<T>(false, false, d.T, d.hd, d.T, scale, dS.data(), d.T, k, ld, T(0), dq, ld, false);
+        gemm<T>(true, false, d.T, d.hd, d.T, scale, dS.data(), d.T, q, ld, T(0), dk, ld, false);
+      }
+    });
+  });
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void register_attention(Napi::Env env, Napi::Object ops) {
+  export_op(env, ops, "attention", attention);
+  export_op(env, ops, "attentionBackward", attentionBackward);
+}
+
+}  // namespace tf

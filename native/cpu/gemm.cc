@@ -1,0 +1,461 @@
+// Packed, cache-blocked GEMM (GotoBLAS/BLIS-style layering, written for this project).
+//
+// Layering, outermost first, for one thread's rectangle of C:
+//   jc: columns of C in blocks of NC  -> the packed B block (KC x NC) is sized to stay in L2
+//   pc: K in blocks of kc             -> kc depends only on K, which fixes every element's summation order
+//   ir: rows of C in panels of MR     -> one packed A panel (MR x kc) is reused from L1 across the whole jr sweep
+//   jr: columns in panels of NR       -> micro-kernel: MR x NR accumulators held in registers for all of kc
+// A panels are packed just in time (one at a time) rather than as an MC block: with the ir-outer order the
+// A panel is the L1-resident operand and B streams from L2, which the hardware prefetcher handles well.
+//
+// Threads get disjoint rectangles of C (split over M and/or N, never over K), each running the serial
+// algorithm above; so a C element's value never depends on how many threads there are.
+#include "gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "../common/threads.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace tf {
+namespace {
+
+// How the micro-kernel folds its accumulators into C. kOverwrite never reads C (beta == 0 on the first K block).
+enum UpdateMode { kOverwrite = 0, kAccumulate = 1, kScale = 2 };
+
+// ---------------------------------------------------------------------------------------------------------
+// Micro-kernels. Each computes acc = sum_k a[k*MR + r] * b[k*NR + j] over packed panels, then updates the
+// mr x nr corner of C. Edge tiles run the same arithmetic as interior ones (masked loads/stores, not a
+// different code path), so an element's result does not depend on where a thread split puts tile edges.
+
+#if defined(__AVX512F__)
+
+// 14 x 32: 28 zmm accumulators + 2 B vectors + 1 broadcast = 31 of 32 registers. Per k step, 28 FMAs
+// against 16 loads keeps the FMA pipes the bottleneck. NV = 1 gives a 14 x 16 kernel for C with at most 16
+// columns (dX of the 16-wide layer), where the wide kernel would waste half its lanes.
+constexpr int kMRf = 14, kNRf = 32, kNRfNarrow = 16;
+
+// kDirectA: read A straight from row-major storage (row stride lda) instead of a packed panel. For narrow N
+// the A panel is used by only a couple of kernel calls, so transposing it into a packed panel costs as much
+// as the multiply itself.
+template <bool kDirectA, int NV>
+void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
+                int64_t ldc, float alpha, float beta, int mode, int mr, int nr) {
+  constexpr int NR = 16 * NV;
+  __m512 acc[kMRf][NV];
+#pragma GCC unroll 14
+  for (int r = 0; r < kMRf; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 14
+    for (int r = 0; r < kMRf; ++r) {
+      __m512 av = _mm512_set1_ps(kDirectA ? a[r * lda] : a[r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+    a += kDirectA ? 1 : kMRf;
+    b += NR;
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  __mmask16 m[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int w = nr - 16 * v;
+    m[v] = w >= 16 ? __mmask16(0xFFFF) : w <= 0 ? __mmask16(0) : __mmask16((1u << w) - 1);
+  }
+  // The update is spelled with explicit FMAs: left as mul + add, the compiler may contract it in one kernel
+  // instantiation and not another, and results would then depend on which kernel a thread split picked.
+#pragma GCC unroll 14
+  for (int r = 0; r < kMRf; ++r) {
+    if (r >= mr) break;
+    float* cr = c + r * ldc;
+    for (int v = 0; v < NV; ++v) {
+      __m512 x;
+      if (nr == NR) {
+        if (mode == kOverwrite) x = _mm512_mul_ps(va, acc[r][v]);
+        else if (mode == kAccumulate) x = _mm512_fmadd_ps(va, acc[r][v], _mm512_loadu_ps(cr + 16 * v));
+        else x = _mm512_fmadd_ps(va, acc[r][v], _mm512_mul_ps(vb, _mm512_loadu_ps(cr + 16 * v)));
+        _mm512_storeu_ps(cr + 16 * v, x);
+      } else {
+        if (mode == kOverwrite) x = _mm512_mul_ps(va, acc[r][v]);
+        else if (mode == kAccumulate) x = _mm512_fmadd_ps(va, acc[r][v], _mm512_maskz_loadu_ps(m[v], cr + 16 * v));
+        else x = _mm512_fmadd_ps(va, acc[r][v], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v)));
+        _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
+      }
+    }
+  }
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+// 6 x 16: 12 ymm accumulators + 2 B vectors + 1 broadcast within the 16 ymm registers.
+constexpr int kMRf = 6, kNRf = 16, kNRfNarrow = 16;
+
+template <bool kDirectA, int NV>
+void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
+                int64_t ldc, float alpha, float beta, int mode, int mr, int nr) {
+  __m256 acc[kMRf][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMRf; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < kMRf; ++r) {
+      __m256 av = _mm256_broadcast_ss(kDirectA ? a + r * lda : a + r);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+    a += kDirectA ? 1 : kMRf;
+    b += kNRf;
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+#pragma GCC unroll 6
+  for (int r = 0; r < kMRf; ++r) {
+    if (r >= mr) break;
+    float* cr = c + r * ldc;
+    __m256 v0, v1;
+    if (mode == kOverwrite) {
+      v0 = _mm256_mul_ps(va, acc[r][0]);
+      v1 = _mm256_mul_ps(va, acc[r][1]);
+    } else if (mode == kAccumulate) {
+      v0 = _mm256_fmadd_ps(va, acc[r][0], _mm256_maskload_ps(cr, m0));
+      v1 = _mm256_fmadd_ps(va, acc[r][1], _mm256_maskload_ps(cr + 8, m1));
+    } else {
+      v0 = _mm256_fmadd_ps(va, acc[r][0], _mm256_mul_ps(vb, _mm256_maskload_ps(cr, m0)));
+      v1 = _mm256_fmadd_ps(va, acc[r][1], _mm256_mul_ps(vb, _mm256_maskload_ps(cr + 8, m1)));
+    }
+    _mm256_maskstore_ps(cr, m0, v0);
+    _mm256_maskstore_ps(cr + 8, m1, v1);
+  }
+}
+
+#endif
+
+template <typename T>
+inline T madd(T a, T b, T c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  volatile T p = a * b;  // volatile blocks contraction so every column rounds the same way
+  return p + c;
+#endif
+}
+
+// Portable kernel: used for double everywhere and for float when no SIMD path was compiled in. Plain loops
+// over a fixed-size accumulator block, which compilers vectorise along NR.
+template <typename T, int MR, int NR, bool kDirectA>
+void kernel_generic(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b, T* c, int64_t ldc,
+                    T alpha, T beta, int mode, int mr, int nr) {
+  T acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) acc[r][j] = T(0);
+  for (int64_t k = 0; k < kc; ++k) {
+    for (int r = 0; r < MR; ++r) {
+      const T av = kDirectA ? a[r * lda] : a[r];
+      for (int j = 0; j < NR; ++j) acc[r][j] += av * b[j];
+    }
+    a += kDirectA ? 1 : MR;
+    b += NR;
+  }
+  for (int r = 0; r < mr; ++r) {
+    T* cr = c + r * ldc;
+    // Explicit fma (when the target has it): the compiler must not contract the vectorised body and the
+    // scalar tail differently, or an element's value would depend on its column position in the tile.
+    for (int j = 0; j < nr; ++j) {
+      if (mode == kOverwrite) cr[j] = alpha * acc[r][j];
+      else cr[j] = madd(alpha, acc[r][j], mode == kAccumulate ? cr[j] : beta * cr[j]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-type blocking. KC bounds the packed panels' depth; NC bounds the packed B block (KC x NC in L2).
+
+template <typename T>
+struct Blocking;
+
+template <>
+struct Blocking<float> {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  static constexpr int MR = kMRf, NR = kNRf, NR_NARROW = kNRfNarrow;
+  static constexpr bool kInPlaceA = true;
+  template <bool kDirectA, int W>
+  static void kernel(int64_t kc, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, float alpha,
+                     float beta, int mode, int mr, int nr) {
+    kernel_f32<kDirectA, W / 16>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
+  }
+#else
+  static constexpr int MR = 4, NR = 16, NR_NARROW = 16;
+  // GCC 12 vectorises the generic kernel's in-place A reads across k and over-reads past the last row.
+  static constexpr bool kInPlaceA = false;
+  template <bool kDirectA, int W>
+  static void kernel(int64_t kc, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, float alpha,
+                     float beta, int mode, int mr, int nr) {
+    kernel_generic<float, MR, W, kDirectA>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
+  }
+#endif
+  static constexpr int64_t KC = 384, NC = 512, MC = 16 * MR;
+};
+
+template <>
+struct Blocking<double> {
+  static constexpr int MR = 4, NR = 16, NR_NARROW = 16;
+  template <bool kDirectA, int W>
+  static void kernel(int64_t kc, const double* a, int64_t lda, const double* b, double* c, int64_t ldc,
+                     double alpha, double beta, int mode, int mr, int nr) {
+    kernel_generic<double, MR, W, kDirectA>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
+  }
+  static constexpr int64_t KC = 256, NC = 256, MC = 16 * MR;
+  static constexpr bool kInPlaceA = false;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing. Panels are k-major (MR or NR values per k step) and zero-padded to full width, so the kernel
+// never branches on edges inside its k loop.
+
+// d[0..W) = s[0..n) followed by zeros (n <= W). The contiguous-copy packs are dominated by this; left to
+// itself the compiler turns it into a memmove call per k step.
+template <typename T, int W>
+inline void copy_pad(T* __restrict d, const T* __restrict s, int n) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    for (int o = 0; o < W; o += 16) {
+      const int width = W - o < 16 ? W - o : 16, c = n - o < 0 ? 0 : n - o > width ? width : n - o;
+      const __mmask16 lm = __mmask16((1u << c) - 1), sm = __mmask16((1u << width) - 1);
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(d) + o, sm,
+                            _mm512_maskz_loadu_ps(lm, reinterpret_cast<const float*>(s) + o));
+    }
+    return;
+  }
+#endif
+  int i = 0;
+  for (; i < n; ++i) d[i] = s[i];
+  for (; i < W; ++i) d[i] = T(0);
+}
+
+// transA: op(A)[i, k] = a[k * lda + i]. Packs mc rows (all of this block's MR-panels at once) x kc, walking
+// each source row once across the whole block: panel-by-panel packing would read every source row in
+// MR-wide strided slivers, which the prefetchers handle badly.
+template <typename T, int MR>
+void pack_a_block_trans(const T* a, int64_t lda, int64_t mc, int64_t kc, T* __restrict dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = a + k * lda;
+    T* d = dst + k * MR;
+    for (int64_t ir = 0; ir < mc; ir += MR, d += MR * kc)
+      copy_pad<T, MR>(d, src + ir, static_cast<int>(std::min<int64_t>(MR, mc - ir)));
+  }
+}
+
+// !transA: op(A)[i, k] = a[i * lda + k]; packs one panel of mr (<= MR) rows x kc: a gather across the rows,
+// walked in k chunks so each row's cache lines stay hot while they are transposed.
+template <typename T, int MR>
+void pack_a_panel(const T* a, int64_t lda, int mr, int64_t kc, T* __restrict dst) {
+  constexpr int64_t kChunk = 16;
+  for (int64_t k0 = 0; k0 < kc; k0 += kChunk) {
+    const int64_t k1 = std::min(kc, k0 + kChunk);
+    for (int r = 0; r < mr; ++r) {
+      const T* src = a + r * lda;
+      for (int64_t k = k0; k < k1; ++k) dst[k * MR + r] = src[k];
+    }
+    for (int r = mr; r < MR; ++r)
+      for (int64_t k = k0; k < k1; ++k) dst[k * MR + r] = T(0);
+  }
+}
+
+// b points at op(B)[k0, j0]; packs kc x nc into NR-wide panels (panel p at dst + p * NR * kc).
+template <typename T, int NR>
+void pack_b(bool transB, const T* b, int64_t ldb, int64_t nc, int64_t kc, T* __restrict dst) {
+  if (!transB) {
+    // op(B)[k, j] = b[k * ldb + j]: walk each source row once across all panels.
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = b + k * ldb;
+      T* d = dst + k * NR;
+      for (int64_t jr = 0; jr < nc; jr += NR, d += NR * kc)
+        copy_pad<T, NR>(d, src + jr, static_cast<int>(std::min<int64_t>(NR, nc - jr)));
+    }
+    return;
+  }
+  // op(B)[k, j] = b[j * ldb + k]: transpose nr rows of b into each panel.
+  constexpr int64_t kChunk = 16;
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+    T* d = dst + jr * kc;
+    for (int64_t k0 = 0; k0 < kc; k0 += kChunk) {
+      const int64_t k1 = std::min(kc, k0 + kChunk);
+      for (int j = 0; j < nr; ++j) {
+        const T* src = b + (jr + j) * ldb;
+        for (int64_t k = k0; k < k1; ++k) d[k * NR + j] = src[k];
+      }
+      for (int j = nr; j < NR; ++j)
+        for (int64_t k = k0; k < k1; ++k) d[k * NR + j] = T(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scratch: one growable, 64-byte aligned buffer per thread and purpose, so steady-state calls never allocate.
+
+struct Scratch {
+  void* p = nullptr;
+  size_t cap = 0;
+  ~Scratch() { std::free(p); }
+  void* get(size_t bytes) {
+    if (bytes > cap) {
+      std::free(p);
+      cap = (bytes + 63) & ~size_t(63);
+      p = std::aligned_alloc(64, cap);
+      if (!p) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+};
+
+thread_local Scratch scratch_a, scratch_b;
+
+// K block size: a function of K alone (never of M, N or thread count), balanced so the last block is not a
+// sliver.
+template <typename T>
+int64_t k_block(int64_t K) {
+  const int64_t nb = (K + Blocking<T>::KC - 1) / Blocking<T>::KC;
+  return (K + nb - 1) / nb;
+}
+
+template <typename T, int NR>
+void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  using Bk = Blocking<T>;
+  constexpr int MR = Bk::MR;
+  const int64_t kcb = k_block<T>(K);
+  const int64_t ncb = std::min<int64_t>(Bk::NC, (N + NR - 1) / NR * NR);
+  const int64_t mcb = transA ? std::min<int64_t>(Bk::MC, (M + MR - 1) / MR * MR) : MR;
+  T* ap = static_cast<T*>(scratch_a.get(sizeof(T) * mcb * kcb));
+  T* bp = static_cast<T*>(scratch_b.get(sizeof(T) * kcb * ncb));
+  const int first_mode = beta == T(0) ? kOverwrite : beta == T(1) ? kAccumulate : kScale;
+  // Reading A in place skips the transposing pack, whose cost rivals the multiply when N is narrow. It loses
+  // when lda is a multiple of 4 KiB: the MR rows then alias to one L1 set and evict each other.
+  static const int direct_env = getenv("GEMM_DIRECT") ? atoi(getenv("GEMM_DIRECT")) : 1;
+  const bool direct_a = Bk::kInPlaceA && !transA && direct_env && (direct_env == 2 || (lda * sizeof(T)) % 4096 != 0 || N <= 2 * NR);
+
+  for (int64_t jc = 0; jc < N; jc += ncb) {
+    const int64_t nc = std::min(ncb, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kcb) {
+      const int64_t kc = std::min(kcb, K - pc);
+      const int mode = pc == 0 ? first_mode : kAccumulate;
+      pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, bp);
+      for (int64_t ic = 0; ic < M; ic += mcb) {
+        const int64_t mc = std::min(mcb, M - ic);
+        if (transA) pack_a_block_trans<T, MR>(A + pc * lda + ic, lda, mc, kc, ap);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+          T* crow = C + (ic + ir) * ldc + jc;
+          if (direct_a && mr == MR) {
+            const T* asrc = A + (ic + ir) * lda + pc;
+            for (int64_t jr = 0; jr < nc; jr += NR) {
+              const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+              Bk::template kernel<true, NR>(kc, asrc, lda, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+            }
+            continue;
+          }
+          const T* panel = ap + ir * kc;
+          if (!transA) {
+            pack_a_panel<T, MR>(A + (ic + ir) * lda + pc, lda, mr, kc, ap);
+            panel = ap;
+          }
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+            Bk::template kernel<false, NR>(kc, panel, 0, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Results do not depend on the panel width chosen here: both kernels accumulate each element over k in order
+// and apply the same update.
+template <typename T>
+void gemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (N <= Blocking<T>::NR_NARROW)
+    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// C = beta * C for the degenerate cases (K == 0 or alpha == 0), honouring "beta == 0 never reads C".
+template <typename T>
+void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* cr = C + i * ldc;
+    if (beta == T(0)) std::fill(cr, cr + N, T(0));
+    else if (beta != T(1))
+      for (int64_t j = 0; j < N; ++j) cr[j] *= beta;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == T(0)) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  const int64_t mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
+  int nt = parallel ? num_threads() : 1;
+  // Below ~256K FMAs the pool's wake-up latency costs more than a second core saves.
+  if (static_cast<double>(M) * N * K < 262144.0) nt = 1;
+
+  // Split C into tm x tn rectangles (tm * tn = nt). Each thread repacks its own A rows and B columns, so pick
+  // the split minimising per-thread work: its tile area (load balance) plus a packing term per row/column.
+  int tm = 1, tn = 1;
+  if (nt > 1) {
+    double best = -1;
+    for (int a = 1; a <= nt; ++a) {
+      if (nt % a) continue;
+      const int b = nt / a;
+      if (a > mt || b > ntl) continue;
+      const double rows = static_cast<double>((mt + a - 1) / a) * MR, cols = static_cast<double>((ntl + b - 1) / b) * NR;
+      const double cost = rows * cols + 16.0 * (rows + cols);
+      if (best < 0 || cost < best) best = cost, tm = a, tn = b;
+    }
+  }
+  if (tm * tn == 1) {
+    gemm_serial<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  parallel_for(tm * tn, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t ci = t / tn, cj = t % tn;
+      const int64_t i0 = mt * ci / tm * MR, i1 = std::min(M, mt * (ci + 1) / tm * MR);
+      const int64_t j0 = ntl * cj / tn * NR, j1 = std::min(N, ntl * (cj + 1) / tn * NR);
+      if (i0 >= i1 || j0 >= j1) continue;
+      const T* a = transA ? A + i0 : A + i0 * lda;
+      const T* b = transB ? B + j0 * ldb : B + j0;
+      gemm_serial<T>(transA, transB, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta, C + i0 * ldc + j0, ldc);
+    }
+  });
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                          int64_t, float, float*, int64_t, bool);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                           int64_t, double, double*, int64_t, bool);
+
+}  // namespace tf

@@ -1,0 +1,27 @@
+// General matrix multiply for the CPU backend.
+//
+// Why our own: the addon ships with no BLAS. The float path is a packed, cache-blocked, register-tiled kernel
+// (AVX-512 or AVX2+FMA when the build targets them, plain C++ otherwise); the double path exists for float64
+// gradient checks and only needs to be right.
+//
+// Determinism: every C element is accumulated in the same order (K blocks of a size that depends only on K, in
+// increasing k) whatever the thread count, so results are bit-identical for any TARFLOW_THREADS.
+#pragma once
+#include <cstdint>
+
+namespace tf {
+
+// Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, where op(X) = X or X^T.
+// A is M x K (lda >= K) when !transA, K x M (lda >= M) when transA; B is K x N (ldb >= N) when !transB,
+// N x K (ldb >= K) when transB. beta == 0 means C is overwritten and never read (garbage/NaN in C is fine).
+// parallel=false runs on the calling thread only (for use inside other parallel kernels).
+template <typename T>
+void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true);
+
+extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                                 const float*, int64_t, float, float*, int64_t, bool);
+extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                                  const double*, int64_t, double, double*, int64_t, bool);
+
+}  // namespace tf

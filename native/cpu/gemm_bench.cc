@@ -1,0 +1,205 @@
+// Standalone correctness check and benchmark for tf::gemm (not part of the addon).
+//   g++ -O3 -march=native -std=c++17 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
+//       native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
+// Options: --quick (checks only), --bench-only, --filter SUBSTRING (benchmarks whose name contains it),
+// --seconds S (time per benchmark, default 0.05 s per trial).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../common/threads.h"
+#include "gemm.h"
+
+namespace {
+
+std::mt19937_64 rng(12345);
+std::string bench_filter;
+double trial_seconds = 0.05;
+
+template <typename T>
+std::vector<T> rand_vec(size_t n) {
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(rng));
+  return v;
+}
+
+template <typename T>
+int check_case(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t pad, T alpha, T beta, bool parallel) {
+  const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+  auto A = rand_vec<T>(static_cast<size_t>((ta ? K : M) * lda));
+  auto B = rand_vec<T>(static_cast<size_t>((tb ? N : K) * ldb));
+  auto C = rand_vec<T>(static_cast<size_t>(M * ldc));
+  if (beta == T(0))  // beta == 0 must not read C: poison it.
+    for (auto& x : C) x = std::numeric_limits<T>::quiet_NaN();
+  auto C0 = C;
+  tf::gemm<T>(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc, parallel);
+  double max_err = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0, sa = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double a = ta ? A[k * lda + i] : A[i * lda + k];
+        const double b = tb ? B[j * ldb + k] : B[k * ldb + j];
+        s += a * b;
+        sa += std::fabs(a * b);
+      }
+      double ref = double(alpha) * s + (beta == T(0) ? 0.0 : double(beta) * double(C0[i * ldc + j]));
+      double scale = std::fabs(double(alpha)) * sa + (beta == T(0) ? 0.0 : std::fabs(double(beta) * C0[i * ldc + j])) + 1e-30;
+      double err = std::fabs(double(C[i * ldc + j]) - ref) / scale;
+      if (!(err <= max_err)) max_err = std::isnan(err) ? 1e30 : std::max(max_err, err);
+    }
+    // Padding columns must be untouched.
+    for (int64_t j = N; j < ldc; ++j) {
+      const T x = C[i * ldc + j], y = C0[i * ldc + j];
+      if (!(x == y || (std::isnan(x) && std::isnan(y)))) max_err = 1e30;
+    }
+  }
+  const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+  if (max_err > tol) {
+    std::printf("FAIL %s ta=%d tb=%d M=%lld N=%lld K=%lld pad=%lld alpha=%g beta=%g par=%d err=%g\n",
+                sizeof(T) == 4 ? "f32" : "f64", ta, tb, (long long)M, (long long)N, (long long)K, (long long)pad,
+                double(alpha), double(beta), parallel, max_err);
+    return 1;
+  }
+  return 0;
+}
+
+// Same inputs, 1 thread vs the pool: must be bit-identical.
+int check_thread_invariance(bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
+  const int64_t lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
+  auto A = rand_vec<float>(static_cast<size_t>(M * K));
+  auto B = rand_vec<float>(static_cast<size_t>(N * K));
+  auto C1 = rand_vec<float>(static_cast<size_t>(M * N));
+  auto C2 = C1;
+  tf::gemm<float>(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 1.0f, C1.data(), ldc, false);
+  tf::gemm<float>(ta, tb, M, N, K, 0.7f, A.data(), lda, B.data(), ldb, 1.0f, C2.data(), ldc, true);
+  if (std::memcmp(C1.data(), C2.data(), C1.size() * sizeof(float)) != 0) {
+    std::printf("FAIL thread invariance ta=%d tb=%d M=%lld N=%lld K=%lld\n", ta, tb, (long long)M, (long long)N,
+                (long long)K);
+    return 1;
+  }
+  return 0;
+}
+
+int run_checks() {
+  int fails = 0, cases = 0;
+  const int64_t sizes[] = {1, 7, 33, 100, 257};
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (int64_t M : sizes)
+        for (int64_t N : sizes)
+          for (int64_t K : {int64_t(1), int64_t(7), int64_t(100), int64_t(257)}) {
+            const int64_t pad = (M + N + K) % 3 == 0 ? 0 : 5;
+            const bool par = (M + N) % 2 == 0;
+            const float alphas[] = {1.0f, -0.5f}, betas[] = {0.0f, 1.0f, 0.3f};
+            const float alpha = alphas[(M + K) % 2], beta = betas[(N + K) % 3];
+            fails += check_case<float>(ta, tb, M, N, K, pad, alpha, beta, par);
+            fails += check_case<double>(ta, tb, M, N, K, pad, double(alpha), double(beta), !par);
+            cases += 2;
+          }
+  // Deep K (several K blocks), wide N (several N blocks), and the model's shapes at reduced M.
+  const int64_t big[][3] = {{50, 70, 1000}, {33, 1100, 65}, {300, 384, 128}, {500, 128, 512}, {384, 128, 1300},
+                            {98, 16, 128},  {700, 32, 128}, {128, 49, 64},   {49, 49, 64},     {1000, 16, 128}};
+  for (auto& s : big)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (int par = 0; par < 2; ++par) {
+          fails += check_case<float>(ta, tb, s[0], s[1], s[2], 3, 1.0f, par ? 1.0f : 0.0f, par);
+          fails += check_case<double>(ta, tb, s[0], s[1], s[2], 0, 0.5, 0.25, par);
+          cases += 2;
+        }
+  // Degenerate K / alpha.
+  fails += check_case<float>(false, false, 9, 9, 0, 1, 1.0f, 0.5f, true);
+  fails += check_case<float>(false, true, 9, 9, 5, 1, 0.0f, 0.0f, true);
+  cases += 2;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      fails += check_thread_invariance(ta, tb, 1000, 384, 1000);
+      fails += check_thread_invariance(ta, tb, 100, 1000, 129);
+      fails += check_thread_invariance(ta, tb, 384, 128, 3000);
+      fails += check_thread_invariance(ta, tb, 20, 40, 400);  // N split leaves a narrow-kernel half
+      fails += check_thread_invariance(ta, tb, 12544 / 8, 16, 128);
+      cases += 5;
+    }
+  std::printf("correctness: %d cases, %d failures (threads=%d)\n", cases, fails, tf::num_threads());
+  return fails;
+}
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, bool parallel = true) {
+  if (!bench_filter.empty() && std::string(name).find(bench_filter) == std::string::npos) return;
+  const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+  auto A = rand_vec<float>(static_cast<size_t>(M * K));
+  auto B = rand_vec<float>(static_cast<size_t>(N * K));
+  std::vector<float> C(static_cast<size_t>(M * N), 0.0f);
+  const double flops = 2.0 * M * N * K;
+  auto run = [&] { tf::gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C.data(), N, parallel); };
+  run();
+  int reps = std::max(1, static_cast<int>(trial_seconds * 1e11 / flops));
+  double best = 1e30;
+  for (int trial = 0; trial < 5; ++trial) {
+    double t0 = now();
+    for (int r = 0; r < reps; ++r) run();
+    best = std::min(best, (now() - t0) / reps);
+  }
+  std::printf("%-34s ta=%d tb=%d M=%6lld N=%5lld K=%6lld  %8.3f ms  %7.1f GFLOP/s\n", name, ta, tb, (long long)M,
+              (long long)N, (long long)K, best * 1e3, flops / best * 1e-9);
+}
+
+void run_bench() {
+  std::printf("benchmark (threads=%d)\n", tf::num_threads());
+  bench("square 1024", false, false, 1024, 1024, 1024, 0.0f);
+  bench("square 1024 (A^T B^T)", true, true, 1024, 1024, 1024, 0.0f);
+  const int64_t M = 256 * 49;
+  const int64_t shapes[][2] = {{384, 128}, {128, 128}, {512, 128}, {128, 512}, {32, 128}, {128, 16}};
+  for (auto& s : shapes) {
+    const int64_t N = s[0], K = s[1];
+    char nm[64];
+    std::snprintf(nm, sizeof nm, "fwd  (N=%lld,K=%lld)", (long long)N, (long long)K);
+    bench(nm, false, true, M, N, K, 0.0f);
+    std::snprintf(nm, sizeof nm, "dX   (N=%lld,K=%lld)", (long long)N, (long long)K);
+    bench(nm, false, false, M, K, N, 0.0f);
+    std::snprintf(nm, sizeof nm, "dW   (N=%lld,K=%lld)", (long long)N, (long long)K);
+    bench(nm, true, false, N, K, M, 1.0f);
+  }
+  for (int64_t rows : {100, 1000}) {
+    char nm[64];
+    std::snprintf(nm, sizeof nm, "decode M=%lld (384,128)", (long long)rows);
+    bench(nm, false, true, rows, 384, 128, 0.0f);
+    std::snprintf(nm, sizeof nm, "decode M=%lld (128,512)", (long long)rows);
+    bench(nm, false, true, rows, 128, 512, 0.0f);
+    std::snprintf(nm, sizeof nm, "decode M=%lld (384,128) serial", (long long)rows);
+    bench(nm, false, true, rows, 384, 128, 0.0f, false);
+  }
+  bench("attn QK^T 49x49x64 serial", false, true, 49, 49, 64, 0.0f, false);
+  bench("attn PV 49x64x49 serial", false, false, 49, 64, 49, 0.0f, false);
+  bench("attn QK^T 256x256x64 serial", false, true, 256, 256, 64, 0.0f, false);
+  bench("attn QK^T 1024x1024x64 serial", false, true, 1024, 1024, 64, 0.0f, false);
+  bench("attn PV 1024x64x1024 serial", false, false, 1024, 64, 1024, 0.0f, false);
+  bench("square 1024 serial", false, false, 1024, 1024, 1024, 0.0f, false);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, bench_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--bench-only")) bench_only = true;
+    if (!std::strcmp(argv[i], "--filter") && i + 1 < argc) bench_filter = argv[++i];
+    if (!std::strcmp(argv[i], "--seconds") && i + 1 < argc) trial_seconds = std::atof(argv[++i]);
+  }
+  int fails = bench_only ? 0 : run_checks();
+  if (!quick) run_bench();
+  return fails ? 1 : 0;
+}
