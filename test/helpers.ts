@@ -30,3 +30,45 @@ export function relError(a: Num, b: Num): number {
   if (!Number.isFinite(num)) return Infinity;
   return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-12);
 }
+
+/** mulberry32: a tiny deterministic generator in [0, 1) for choosing test entries and values. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Standard normal draws from a mulberry32 stream (Box-Muller). */
+export function gaussian(seed: number): () => number {
+  const u = mulberry32(seed);
+  return () => Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
+}
+
+interface RandomizableModel {
+  specs: Array<{ name: string; offset: number; size: number; shape: number[] }>;
+  params: { flat: { toArray(): Float32Array | Float64Array | Int32Array; copyFrom(d: Float32Array | Float64Array): unknown } };
+  ops: { normal(out: unknown, seed: number, stream: number, offset: number): void };
+}
+
+/**
+ * Gives every parameter a non-trivial value (a fresh model's proj_out weight is zero, which hides most of the
+ * network from gradients and from the inverse): N(0,1) noise from the native generator, then per tensor
+ * LayerNorm weights 1 + 0.1 n, proj_out weights `outScale * n`, everything else `scale * n`.
+ */
+export function randomizeParams(model: RandomizableModel, seed: number, scale = 0.05, outScale = 0.02): void {
+  model.ops.normal(model.params.flat, seed, 77, 0);
+  const noise = model.params.flat.toArray() as Float32Array | Float64Array;
+  // the alignment padding between tensors stays zero, as in a fresh or loaded model
+  const a = noise instanceof Float32Array ? new Float32Array(noise.length) : new Float64Array(noise.length);
+  for (const s of model.specs) {
+    const isNormW = /norm\.weight$/.test(s.name);
+    const k = isNormW ? 0.1 : /proj_out\.weight$/.test(s.name) ? outScale : /norm\.bias$/.test(s.name) ? 0.1 : scale;
+    for (let i = s.offset; i < s.offset + s.size; i++) a[i] = (isNormW ? 1 : 0) + k * noise[i];
+  }
+  model.params.flat.copyFrom(a);
+}

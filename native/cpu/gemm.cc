@@ -5,8 +5,9 @@
 //   pc: K in blocks of kc             -> kc depends only on K, which fixes every element's summation order
 //   ir: rows of C in panels of MR     -> one packed A panel (MR x kc) is reused from L1 across the whole jr sweep
 //   jr: columns in panels of NR       -> micro-kernel: MR x NR accumulators held in registers for all of kc
-// A panels are packed just in time (one at a time) rather than as an MC block: with the ir-outer order the
-// A panel is the L1-resident operand and B streams from L2, which the hardware prefetcher handles well.
+// With the ir-outer order the A panel is the L1-resident operand and B streams from L2, which the hardware
+// prefetcher handles well; so row-major A is packed just in time, one panel at a time (or not at all, for
+// narrow N), and only transposed A is packed as an MC-row block, to read its source rows contiguously.
 //
 // Threads get disjoint rectangles of C (split over M and/or N, never over K), each running the serial
 // algorithm above; so a C element's value never depends on how many threads there are.
@@ -22,6 +23,12 @@
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+
+// GCC 12's AVX-512 headers seed masked intrinsics with a self-initialised _mm512_undefined_ps(), which
+// -Wmaybe-uninitialized reports at every inlined shuffle; the warning is about the header, not this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace tf {
@@ -204,6 +211,8 @@ struct Blocking<float> {
     kernel_generic<float, MR, W, kDirectA>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
   }
 #endif
+  // KC: a 14 x 384 A panel (21 KiB) sits in L1 during its jr sweep; NC: the 384 x 512 B block (768 KiB)
+  // stays in the 1 MiB L2. Neither was sensitive in tuning (256..512, 256..1024 within noise).
   static constexpr int64_t KC = 384, NC = 512, MC = 16 * MR;
 };
 
@@ -243,6 +252,57 @@ inline void copy_pad(T* __restrict d, const T* __restrict s, int n) {
   for (; i < W; ++i) d[i] = T(0);
 }
 
+// Transposing packs: dst[k * stride + i] = src[i * ld + k] for i < n (zero for n <= i < W), k < kc. With
+// AVX-512 this runs as 16 x 16 register transposes (three shuffle stages), several times faster than the
+// scalar gather it replaces; the forward pass's W^T operand and small-M calls lean on it.
+template <typename T, int W>
+void pack_transpose(const T* src, int64_t ld, int n, int64_t kc, T* __restrict dst, int64_t stride) {
+  int64_t k0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && W <= 16) {
+    const __mmask16 sm = __mmask16((1u << W) - 1);
+    for (; k0 + 16 <= kc; k0 += 16) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < n ? _mm512_loadu_ps(reinterpret_cast<const float*>(src) + i * ld + k0) : _mm512_setzero_ps();
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      // r[4i + c] now holds, in 128-bit lane l, rows 4i..4i+3 of column 4l + c; a 4 x 4 transpose of lanes
+      // finishes the job.
+      float* d = reinterpret_cast<float*>(dst) + k0 * stride;
+      for (int c = 0; c < 4; ++c) {
+        const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        _mm512_mask_storeu_ps(d + (0 + c) * stride, sm, _mm512_shuffle_f32x4(u0, u2, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm512_mask_storeu_ps(d + (4 + c) * stride, sm, _mm512_shuffle_f32x4(u0, u2, _MM_SHUFFLE(3, 1, 3, 1)));
+        _mm512_mask_storeu_ps(d + (8 + c) * stride, sm, _mm512_shuffle_f32x4(u1, u3, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm512_mask_storeu_ps(d + (12 + c) * stride, sm, _mm512_shuffle_f32x4(u1, u3, _MM_SHUFFLE(3, 1, 3, 1)));
+      }
+    }
+  }
+#endif
+  constexpr int64_t kChunk = 16;
+  for (; k0 < kc; k0 += kChunk) {
+    const int64_t k1 = std::min(kc, k0 + kChunk);
+    for (int i = 0; i < n; ++i) {
+      const T* row = src + i * ld;
+      for (int64_t k = k0; k < k1; ++k) dst[k * stride + i] = row[k];
+    }
+    for (int i = n; i < W; ++i)
+      for (int64_t k = k0; k < k1; ++k) dst[k * stride + i] = T(0);
+  }
+}
+
 // transA: op(A)[i, k] = a[k * lda + i]. Packs mc rows (all of this block's MR-panels at once) x kc, walking
 // each source row once across the whole block: panel-by-panel packing would read every source row in
 // MR-wide strided slivers, which the prefetchers handle badly.
@@ -260,16 +320,7 @@ void pack_a_block_trans(const T* a, int64_t lda, int64_t mc, int64_t kc, T* __re
 // walked in k chunks so each row's cache lines stay hot while they are transposed.
 template <typename T, int MR>
 void pack_a_panel(const T* a, int64_t lda, int mr, int64_t kc, T* __restrict dst) {
-  constexpr int64_t kChunk = 16;
-  for (int64_t k0 = 0; k0 < kc; k0 += kChunk) {
-    const int64_t k1 = std::min(kc, k0 + kChunk);
-    for (int r = 0; r < mr; ++r) {
-      const T* src = a + r * lda;
-      for (int64_t k = k0; k < k1; ++k) dst[k * MR + r] = src[k];
-    }
-    for (int r = mr; r < MR; ++r)
-      for (int64_t k = k0; k < k1; ++k) dst[k * MR + r] = T(0);
-  }
+  pack_transpose<T, MR>(a, lda, mr, kc, dst, MR);
 }
 
 // b points at op(B)[k0, j0]; packs kc x nc into NR-wide panels (panel p at dst + p * NR * kc).
@@ -285,19 +336,14 @@ void pack_b(bool transB, const T* b, int64_t ldb, int64_t nc, int64_t kc, T* __r
     }
     return;
   }
-  // op(B)[k, j] = b[j * ldb + k]: transpose nr rows of b into each panel.
-  constexpr int64_t kChunk = 16;
+  // op(B)[k, j] = b[j * ldb + k]: transpose nr rows of b into each panel, 16 columns at a time.
+  constexpr int kW = NR < 16 ? NR : 16;
   for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
     T* d = dst + jr * kc;
-    for (int64_t k0 = 0; k0 < kc; k0 += kChunk) {
-      const int64_t k1 = std::min(kc, k0 + kChunk);
-      for (int j = 0; j < nr; ++j) {
-        const T* src = b + (jr + j) * ldb;
-        for (int64_t k = k0; k < k1; ++k) d[k * NR + j] = src[k];
-      }
-      for (int j = nr; j < NR; ++j)
-        for (int64_t k = k0; k < k1; ++k) d[k * NR + j] = T(0);
+    for (int h = 0; h < NR; h += kW) {
+      const int64_t left = nc - jr - h;
+      const int n = static_cast<int>(left < 0 ? 0 : left > kW ? kW : left);
+      pack_transpose<T, kW>(b + (jr + h) * ldb, ldb, n, kc, d + h, NR);
     }
   }
 }
@@ -334,8 +380,8 @@ int64_t k_block(int64_t K) {
 }
 
 template <typename T, int NR>
-void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR;
   const int64_t kcb = k_block<T>(K);
@@ -344,10 +390,11 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
   T* ap = static_cast<T*>(scratch_a.get(sizeof(T) * mcb * kcb));
   T* bp = static_cast<T*>(scratch_b.get(sizeof(T) * kcb * ncb));
   const int first_mode = beta == T(0) ? kOverwrite : beta == T(1) ? kAccumulate : kScale;
-  // Reading A in place skips the transposing pack, whose cost rivals the multiply when N is narrow. It loses
-  // when lda is a multiple of 4 KiB: the MR rows then alias to one L1 set and evict each other.
-  static const int direct_env = getenv("GEMM_DIRECT") ? atoi(getenv("GEMM_DIRECT")) : 1;
-  const bool direct_a = Bk::kInPlaceA && !transA && direct_env && (direct_env == 2 || (lda * sizeof(T)) % 4096 != 0 || N <= 2 * NR);
+  // Reading A in place skips the transposing pack, which costs about as much as the multiply once N is no
+  // wider than one panel (each packed A element would feed just NR FMAs). For wider N the packed panel wins
+  // (contiguous broadcasts, no TLB/set pressure from MR row streams). Never when lda is a multiple of 4 KiB:
+  // the MR rows would alias to one L1 set and evict each other.
+  const bool direct_a = Bk::kInPlaceA && !transA && N <= NR && (lda * sizeof(T)) % 4096 != 0;
 
   for (int64_t jc = 0; jc < N; jc += ncb) {
     const int64_t nc = std::min(ncb, N - jc);
@@ -419,8 +466,9 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   const int64_t mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
   int nt = parallel ? num_threads() : 1;
-  // Below ~256K FMAs the pool's wake-up latency costs more than a second core saves.
-  if (static_cast<double>(M) * N * K < 262144.0) nt = 1;
+  // Waking the pool costs tens of microseconds (measured ~50 us per parallel_for on the 2-core VM), which
+  // is what ~4M FMAs take on one core; below that a second core cannot pay for itself.
+  if (static_cast<double>(M) * N * K < 4.0e6) nt = 1;
 
   // Split C into tm x tn rectangles (tm * tn = nt). Each thread repacks its own A rows and B columns, so pick
   // the split minimising per-thread work: its tile area (load balance) plus a packing term per row/column.

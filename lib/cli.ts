@@ -1,0 +1,398 @@
+#!/usr/bin/env node
+/**
+ * The `tarflow` command: train, sample, eval, score and demo. Progress goes to stderr (a live bar on a
+ * terminal, plain lines otherwise); results go to stdout, as JSON with --json.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { join } from 'node:path';
+import { TarflowError } from './errors.js';
+import { evaluate, sample, score, train, type JobOptions } from './jobs.js';
+import type { Progress } from './tasks.js';
+import { readConfigFile } from './tasks.js';
+
+type Values = Record<string, string | boolean | undefined>;
+
+interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  help: Record<string, string>;
+  run(v: Values, job: JobOptions, json: boolean): Promise<unknown>;
+}
+
+const common = {
+  json: { type: 'boolean' },
+  device: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const commonHelp = {
+  json: 'print the result as JSON on stdout (progress stays on stderr)',
+  device: "'auto' (default), 'cpu' or 'cuda' (or set TARFLOW_DEVICE)",
+  help: 'show this help',
+};
+
+function num(v: Values, name: string, opts: { int?: boolean; min?: number; max?: number } = {}): number | undefined {
+  const raw = v[name];
+  if (raw === undefined) return undefined;
+  const x = Number(raw);
+  const bad = typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(x) || (opts.int && !Number.isInteger(x)) ||
+    (opts.min !== undefined && x < opts.min) || (opts.max !== undefined && x > opts.max);
+  if (bad) {
+    const range = [opts.int ? 'an integer' : 'a number', opts.min !== undefined ? `>= ${opts.min}` : '', opts.max !== undefined ? `<= ${opts.max}` : ''].filter(Boolean).join(' ');
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--${name} must be ${range}, got '${String(raw)}'`);
+  }
+  return x;
+}
+
+function str(v: Values, name: string): string | undefined {
+  const raw = v[name];
+  return typeof raw === 'string' ? raw : undefined;
+}
+
+function device(v: Values): 'auto' | 'cpu' | 'cuda' | undefined {
+  const d = str(v, 'device');
+  if (d !== undefined && d !== 'auto' && d !== 'cpu' && d !== 'cuda') {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--device must be auto, cpu or cuda, got '${d}'`);
+  }
+  return d;
+}
+
+function labelsArg(v: Values): number[] | number | undefined {
+  const raw = str(v, 'labels');
+  if (raw === undefined) return undefined;
+  const parts = raw.split(',').map((s) => s.trim());
+  const nums = parts.map((p) => Number(p));
+  if (parts.some((p) => p === '') || nums.some((n) => !Number.isInteger(n))) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--labels must be a class index or a comma-separated list of them, got '${raw}'`);
+  }
+  return nums.length === 1 ? nums[0] : nums;
+}
+
+function guidanceArgs(v: Values) {
+  const what = str(v, 'guide-what');
+  if (what !== undefined && what !== 'ab' && what !== 'a' && what !== 'b') {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--guide-what must be ab, a or b, got '${what}'`);
+  }
+  return {
+    guidance: num(v, 'guidance', { min: 0 }),
+    guideWhat: what as 'ab' | 'a' | 'b' | undefined,
+    attnTemp: num(v, 'attn-temp', { min: 1e-6 }),
+    annealed: v.annealed === true,
+  };
+}
+
+const trainOptions = {
+  dataset: { type: 'string' }, labels: { type: 'string' }, preset: { type: 'string' }, config: { type: 'string' },
+  unconditional: { type: 'boolean' }, out: { type: 'string' }, resume: { type: 'boolean' }, epochs: { type: 'string' },
+  steps: { type: 'string' }, 'batch-size': { type: 'string' }, lr: { type: 'string' }, 'min-lr': { type: 'string' },
+  'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
+  noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
+  'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
+  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' },
+  ...common,
+} as const;
+
+const trainHelp: Record<string, string> = {
+  dataset: "'mnist' (default) or a .npy file of uint8 images (N,H,W) or (N,C,H,W)",
+  labels: '.npy file of integer labels for a .npy dataset',
+  preset: "model size: 'tiny' (default; a few minutes on a CPU) or 'small' (the reference MNIST model)",
+  config: 'JSON file with a full model config (overrides --preset)',
+  unconditional: 'train without labels',
+  out: 'output folder (default runs/<dataset>-<preset>)',
+  resume: 'continue the run saved in --out',
+  epochs: 'passes over the data (default 1)',
+  steps: 'total optimizer steps (overrides --epochs)',
+  'batch-size': 'images per step (default 256)',
+  lr: 'peak learning rate (default 2e-3)',
+  'min-lr': 'learning rate at the ends of the schedule (default 1e-6)',
+  'warmup-steps': 'linear warm-up steps (default: one epoch)',
+  'weight-decay': 'AdamW weight decay (default 1e-4)',
+  beta1: 'AdamW beta1 (default 0.9)',
+  beta2: 'AdamW beta2 (default 0.95)',
+  noise: "'gaussian' noise augmentation (default) or 'uniform' dequantization (for likelihood models)",
+  sigma: 'Gaussian noise level (default 0.1)',
+  'label-drop': 'probability of dropping a label, for guidance (default 0.1)',
+  hflip: 'random horizontal flips (natural images only)',
+  'clip-grad-norm': 'clip the gradient norm to this value',
+  'max-nonfinite-steps': 'stop after this many non-finite steps in a row (default 50)',
+  seed: 'seed of the data order, noise and initialisation (default 0)',
+  'checkpoint-every': 'save every N steps (default 500)',
+  'sample-every': 'write a sample grid every N steps (default: only at the end)',
+  'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
+};
+
+function trainSpecFrom(v: Values) {
+  const preset = (str(v, 'preset') ?? 'tiny') as 'tiny' | 'small';
+  if (preset !== 'tiny' && preset !== 'small') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--preset must be tiny or small, got '${preset as string}'`);
+  const dataset = str(v, 'dataset') ?? 'mnist';
+  const noise = str(v, 'noise');
+  if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--noise must be gaussian or uniform, got '${noise}'`);
+  const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/^.*[\\/]/, '').replace(/\.npy$/i, '');
+  return {
+    dataset, labels: str(v, 'labels'), preset, conditional: v.unconditional ? false : undefined,
+    out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
+    epochs: num(v, 'epochs', { min: 1e-9 }), steps: num(v, 'steps', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
+    lr: num(v, 'lr', { min: 0 }), minLr: num(v, 'min-lr', { min: 0 }), warmupSteps: num(v, 'warmup-steps', { int: true, min: 0 }),
+    weightDecay: num(v, 'weight-decay', { min: 0 }), beta1: num(v, 'beta1', { min: 0, max: 0.999999 }), beta2: num(v, 'beta2', { min: 0, max: 0.999999 }),
+    noise: noise as 'gaussian' | 'uniform' | undefined, sigma: num(v, 'sigma', { min: 0 }), labelDrop: num(v, 'label-drop', { min: 0, max: 1 }),
+    hflip: v.hflip === true, clipGradNorm: num(v, 'clip-grad-norm', { min: 0 }), maxNonFiniteSteps: num(v, 'max-nonfinite-steps', { int: true, min: 1 }),
+    seed: num(v, 'seed', { int: true, min: 0 }), checkpointEvery: num(v, 'checkpoint-every', { int: true, min: 1 }),
+    sampleEvery: num(v, 'sample-every', { int: true, min: 0 }), evalImages: num(v, 'eval-images', { int: true, min: 0 }), device: device(v),
+  };
+}
+
+function printTrainSummary(r: Awaited<ReturnType<typeof train>>, json: boolean) {
+  if (json) return;
+  const lines = [
+    r.aborted ? `stopped at step ${r.steps}; resume with --resume --out ${r.out}` : `trained ${r.steps} steps (${r.epochs.toFixed(2)} epochs) in ${r.seconds.toFixed(1)} s, ${r.imagesPerSecond.toFixed(0)} images/s`,
+    `final loss ${r.finalLoss.toFixed(4)}${r.skippedSteps ? `, ${r.skippedSteps} non-finite steps skipped` : ''}`,
+    r.testBitsPerDim !== null ? `test bits/dim: ${r.testBitsPerDim.toFixed(4)}` : '',
+    `checkpoint: ${r.checkpoint}`,
+    r.samples ? `samples: ${r.samples}` : '',
+  ];
+  process.stdout.write(lines.filter(Boolean).join('\n') + '\n');
+}
+
+const commands: Record<string, Command> = {
+  train: {
+    summary: 'train a model on MNIST or a .npy dataset',
+    usage: 'tarflow train [--dataset mnist|FILE.npy] [--preset tiny|small] [--epochs N] [--out DIR] [--resume] ...',
+    options: trainOptions,
+    help: { ...trainHelp, ...commonHelp },
+    async run(v, job, json) {
+      const spec = trainSpecFrom(v);
+      if (str(v, 'config')) (spec as Record<string, unknown>).config = await readConfigFile(str(v, 'config')!);
+      const r = await train(spec, job);
+      printTrainSummary(r, json);
+      return r;
+    },
+  },
+  sample: {
+    summary: 'generate images from a checkpoint (guidance, denoising)',
+    usage: 'tarflow sample --checkpoint FILE [--count N] [--labels 3|0,1,2] [--guidance W] [--denoise SIGMA] [--out grid.png|DIR]',
+    options: {
+      checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, labels: { type: 'string' },
+      guidance: { type: 'string' }, 'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' },
+      denoise: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' }, cols: { type: 'string' },
+      ...common,
+    },
+    help: {
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
+      labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
+      guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level (the training sigma)',
+      seed: 'noise seed (default 0)', 'batch-size': 'images per batch (default 256)', out: 'a .png grid (default samples.png) or a folder for one PNG per image',
+      cols: 'grid columns', ...commonHelp,
+    },
+    async run(v, job, json) {
+      const checkpoint = str(v, 'checkpoint');
+      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'sample needs --checkpoint FILE (a .safetensors file written by tarflow train)');
+      const labels = labelsArg(v);
+      const count = num(v, 'count', { int: true, min: 1 }) ?? (Array.isArray(labels) ? labels.length : 100);
+      const r = await sample({
+        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, labels, ...guidanceArgs(v),
+        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
+        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', { int: true, min: 1 }), device: device(v),
+      }, job);
+      if (!json) {
+        process.stdout.write(`wrote ${r.count} samples to ${r.out} in ${r.seconds.toFixed(2)} s (${r.imagesPerSecond.toFixed(1)} images/s)` +
+          (r.redraws.length ? `; ${r.redraws.length} non-finite samples redrawn` : '') + '\n');
+      }
+      return r;
+    },
+  },
+  eval: {
+    summary: 'test-set bits/dim of a checkpoint',
+    usage: 'tarflow eval --checkpoint FILE [--dataset mnist|FILE.npy] [--split test|train] [--limit N]',
+    options: {
+      checkpoint: { type: 'string' }, config: { type: 'string' }, dataset: { type: 'string' }, labels: { type: 'string' },
+      split: { type: 'string' }, limit: { type: 'string' }, 'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
+    },
+    help: {
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', dataset: "'mnist' (default) or a .npy file",
+      labels: 'labels .npy for a .npy dataset', split: "MNIST split: 'test' (default) or 'train'", limit: 'use only the first N images',
+      'batch-size': 'images per batch (default 500)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
+    },
+    async run(v, job, json) {
+      const checkpoint = str(v, 'checkpoint');
+      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'eval needs --checkpoint FILE');
+      const split = str(v, 'split') ?? 'test';
+      if (split !== 'test' && split !== 'train') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--split must be test or train, got '${split}'`);
+      const r = await evaluate({
+        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, dataset: str(v, 'dataset'), labels: str(v, 'labels'),
+        split, limit: num(v, 'limit', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
+      }, job);
+      if (!json) process.stdout.write(`bits/dim: ${r.bitsPerDim.toFixed(4)} over ${r.images} images (${r.seconds.toFixed(1)} s)\n`);
+      return r;
+    },
+  },
+  score: {
+    summary: 'per-image bits/dim of the images in a .npy file',
+    usage: 'tarflow score --checkpoint FILE --images FILE.npy [--labels FILE.npy] [--config FILE.json] [--json]',
+    options: {
+      checkpoint: { type: 'string' }, config: { type: 'string' }, images: { type: 'string' }, labels: { type: 'string' },
+      'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
+    },
+    help: {
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', images: '.npy of uint8 images (N,H,W) or (N,C,H,W)',
+      labels: '.npy of integer labels (conditional models)', 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
+    },
+    async run(v, job, json) {
+      const checkpoint = str(v, 'checkpoint');
+      const images = str(v, 'images');
+      if (!checkpoint || !images) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'score needs --checkpoint FILE and --images FILE.npy');
+      const r = await score({
+        checkpoint, images, labels: str(v, 'labels'), config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined,
+        batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
+      }, job);
+      if (!json) {
+        process.stdout.write(r.bitsPerDim.map((b, i) => `${i}\t${b.toFixed(4)}`).join('\n') + `\nmean\t${r.mean.toFixed(4)}\n`);
+      }
+      return r;
+    },
+  },
+  demo: {
+    summary: 'train the tiny preset on MNIST for a few minutes, report test bits/dim, write guided denoised samples',
+    usage: 'tarflow demo [--out DIR] [--epochs N]',
+    options: { out: { type: 'string' }, epochs: { type: 'string' }, steps: { type: 'string' }, ...common },
+    help: { out: 'output folder (default runs/demo)', epochs: 'passes over MNIST (default 1)', steps: 'optimizer steps (overrides --epochs)', ...commonHelp },
+    async run(v, job, json) {
+      const out = str(v, 'out') ?? join('runs', 'demo');
+      const { rm } = await import('node:fs/promises');
+      await rm(join(out, 'train-state.safetensors'), { force: true });
+      const r = await train({
+        dataset: 'mnist', preset: 'tiny', out, epochs: num(v, 'epochs', { min: 1e-9 }) ?? 1, steps: num(v, 'steps', { int: true, min: 1 }),
+        batchSize: 256, lr: 2e-3, noise: 'gaussian', sigma: 0.1, labelDrop: 0.1, sampleGuidance: 2, device: device(v), seed: 0,
+      }, job);
+      printTrainSummary(r, json);
+      return r;
+    },
+  },
+};
+
+function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return '--:--';
+  s = Math.round(s);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return (h ? `${h}:${String(m).padStart(2, '0')}` : `${m}`) + `:${String(sec).padStart(2, '0')}`;
+}
+
+/** A live bar on a terminal; plain lines (at most every 5 s, and at the end) otherwise. */
+function progressReporter(): { onProgress: (p: Progress) => void; onLog: (m: string) => void; end: () => void } {
+  const tty = process.stderr.isTTY === true;
+  let lastPlain = 0;
+  let live = false;
+  const unit = (p: Progress) => (p.task === 'train' ? 'steps' : 'img');
+  return {
+    onProgress(p) {
+      if (p.message) {
+        if (live) process.stderr.write('\n');
+        live = false;
+        process.stderr.write(`${p.message}\n`);
+      }
+      const pct = p.total ? (100 * p.done) / p.total : 0;
+      const rate = p.rate ? `${p.rate >= 10 ? p.rate.toFixed(0) : p.rate.toFixed(2)} ${unit(p)}/s` : '';
+      const extra = [p.loss !== undefined ? `loss ${p.loss.toFixed(4)}` : '', p.lr !== undefined ? `lr ${p.lr.toExponential(2)}` : '', rate,
+        p.etaSeconds !== undefined ? `ETA ${formatSeconds(p.etaSeconds)}` : ''].filter(Boolean).join('  ');
+      if (tty) {
+        const width = 24;
+        const filled = Math.round((width * pct) / 100);
+        process.stderr.write(`\r${p.task.padEnd(8)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.done}/${p.total}  ${extra}\x1b[K`);
+        live = true;
+        if (p.done >= p.total) {
+          process.stderr.write('\n');
+          live = false;
+        }
+      } else {
+        const now = Date.now();
+        if (now - lastPlain >= 5000 || p.done >= p.total) {
+          lastPlain = now;
+          process.stderr.write(`${p.task} ${p.done}/${p.total} (${pct.toFixed(1)}%) ${extra}\n`);
+        }
+      }
+    },
+    onLog(m) {
+      if (live) process.stderr.write('\n');
+      live = false;
+      process.stderr.write(`${m}\n`);
+    },
+    end() {
+      if (live) process.stderr.write('\n');
+    },
+  };
+}
+
+function usage(): string {
+  const lines = ['usage: tarflow <command> [options]', '', 'commands:'];
+  for (const [name, c] of Object.entries(commands)) lines.push(`  ${name.padEnd(8)} ${c.summary}`);
+  lines.push('', "'tarflow <command> --help' lists a command's options.");
+  return lines.join('\n');
+}
+
+function commandHelp(name: string, c: Command): string {
+  const lines = [`usage: ${c.usage}`, '', c.summary, '', 'options:'];
+  for (const [opt, spec] of Object.entries(c.options)) {
+    const flag = `--${opt}${spec.type === 'string' ? ' VALUE' : ''}`;
+    lines.push(`  ${flag.padEnd(28)} ${c.help[opt] ?? ''}`);
+  }
+  void name;
+  return lines.join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage() + '\n');
+    return name ? 0 : 1;
+  }
+  const cmd = commands[name];
+  if (!cmd) {
+    process.stderr.write(`tarflow: unknown command '${name}'\n\n${usage()}\n`);
+    return 2;
+  }
+  let values: Values;
+  try {
+    values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false }).values as Values;
+  } catch (err) {
+    process.stderr.write(`tarflow ${name}: ${(err as Error).message}\n\n${commandHelp(name, cmd)}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(commandHelp(name, cmd) + '\n');
+    return 0;
+  }
+  const json = values.json === true;
+  const reporter = progressReporter();
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSigint = () => {
+    interrupts++;
+    if (interrupts === 1) {
+      reporter.onLog('interrupted: finishing the current step and saving (Ctrl-C again to quit at once)');
+      controller.abort();
+    } else {
+      process.exit(130);
+    }
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    const result = await cmd.run(values, { onProgress: reporter.onProgress, onLog: reporter.onLog, signal: controller.signal }, json);
+    reporter.end();
+    if (json) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+    return interrupts > 0 ? 130 : 0;
+  } catch (err) {
+    reporter.end();
+    const e = err as Error & { code?: string };
+    if (json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERR_TARFLOW_NATIVE', message: e.message } }) + '\n');
+    process.stderr.write(`tarflow ${name}: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
+    return e instanceof TarflowError || e.code?.startsWith('ERR_TARFLOW') ? 1 : 70;
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
+const invokedDirectly = process.argv[1] && import.meta.url === new URL(`file://${(await import('node:fs')).realpathSync(process.argv[1])}`).href;
+if (invokedDirectly) {
+  main(process.argv.slice(2)).then((code) => process.exit(code));
+}

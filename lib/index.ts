@@ -1,0 +1,21 @@
+/**
+ * tarflow: TarFlow normalizing flows (Zhai et al., 2024) on native kernels.
+ *
+ * High level (async, on a worker thread): train, sample, evaluate, score.
+ * Low level (synchronous, on the calling thread): TarFlow, Trainer, generate, denoise, scoreImages.
+ */
+export { TarflowError, type TarflowErrorCode } from './errors.js';
+export { getBackend, type Backend, type Tensor, type DeviceOption, type DType, type FloatDType, type Ops } from './backend.js';
+export { PRESETS, validateConfig, modelShape, toReferenceConfig, fromReferenceConfig, type TarFlowConfig, type ReferenceConfig, type PresetName } from './config.js';
+export { TarFlow, Workspace, type ModelOptions, type GuidanceOptions, type ForwardResult } from './model.js';
+export { ParamSet, parameterLayout } from './params.js';
+export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type StepResult } from './train.js';
+export { generate, denoise, resolveLabels, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';
+export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from './evaluate.js';
+export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
+export { loadMnist, loadNpyDataset, loadDataset, makeDataset, type ImageDataset } from './data.js';
+export { train, sample, evaluate, score, type JobOptions } from './jobs.js';
+export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec } from './tasks.js';
+export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './safetensors.js';
+export { readNpy, writeNpy, parseNpy } from './npy.js';
+export { encodePng, writePng, imageGrid } from './png.js';

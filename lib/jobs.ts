@@ -1,0 +1,78 @@
+/**
+ * The asynchronous API: each long task runs on a worker thread, so the caller's event loop never blocks.
+ * Progress arrives through callbacks; an AbortSignal stops the task between two steps (training then saves a
+ * checkpoint and its state, so it can be resumed).
+ */
+import { Worker } from 'node:worker_threads';
+import { TarflowError, type TarflowErrorCode } from './errors.js';
+import {
+  runEvaluate, runSample, runScore, runTrain,
+  type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type TaskContext, type TrainSpec, type TrainSummary,
+} from './tasks.js';
+import type { TaskName } from './worker.js';
+
+export interface JobOptions {
+  onProgress?: (progress: Progress) => void;
+  onLog?: (message: string) => void;
+  signal?: AbortSignal;
+  /** Run on the calling thread instead of a worker (blocks the event loop between awaits; for debugging). */
+  inline?: boolean;
+}
+
+function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Promise<T> {
+  if (options.signal?.aborted) return Promise.reject(new TarflowError('ERR_TARFLOW_ABORTED', `${task} was aborted before it started`));
+  if (options.inline) {
+    const ctx: TaskContext = {
+      progress: (p) => options.onProgress?.(p),
+      log: (m) => options.onLog?.(m),
+      aborted: () => options.signal?.aborted ?? false,
+    };
+    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore } as const;
+    return (runners[task] as (s: unknown, c: TaskContext) => Promise<T>)(spec, ctx);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const abortFlag = new SharedArrayBuffer(4);
+    const flag = new Int32Array(abortFlag);
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { task, spec, abortFlag } });
+    let settled = false;
+    const onAbort = () => Atomics.store(flag, 0, 1);
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      options.signal?.removeEventListener('abort', onAbort);
+      fn();
+    };
+    worker.on('message', (msg: { type: string; progress?: Progress; message?: string; value?: T; error?: { message: string; code?: string } }) => {
+      if (msg.type === 'progress') options.onProgress?.(msg.progress!);
+      else if (msg.type === 'log') options.onLog?.(msg.message!);
+      else if (msg.type === 'result') finish(() => resolve(msg.value as T));
+      else if (msg.type === 'error') {
+        const e = msg.error!;
+        finish(() => reject(e.code?.startsWith('ERR_TARFLOW') ? new TarflowError(e.code as TarflowErrorCode, e.message) : new Error(e.message)));
+      }
+    });
+    worker.on('error', (err) => finish(() => reject(err)));
+    worker.on('exit', (code) => finish(() => reject(new TarflowError('ERR_TARFLOW_NATIVE', `the ${task} worker exited with code ${code} before finishing`))));
+  });
+}
+
+/** Trains a model (see TrainSpec); resolves when training, evaluation and the final sample grid are done. */
+export function train(spec: TrainSpec, options?: JobOptions): Promise<TrainSummary> {
+  return runJob('train', spec, options);
+}
+
+/** Samples images from a checkpoint to a PNG grid or a folder of PNGs. */
+export function sample(spec: SampleSpec, options?: JobOptions): Promise<SampleSummary> {
+  return runJob('sample', spec, options);
+}
+
+/** Dataset-average bits/dim of a checkpoint. */
+export function evaluate(spec: EvaluateSpec, options?: JobOptions): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
+  return runJob('evaluate', spec, options);
+}
+
+/** Per-image bits/dim of the images in a .npy file. */
+export function score(spec: ScoreSpec, options?: JobOptions): Promise<{ bitsPerDim: number[]; mean: number }> {
+  return runJob('score', spec, options);
+}

@@ -1,0 +1,368 @@
+/**
+ * The long-running tasks behind the CLI and the async API: training with checkpoints and resume, sampling to
+ * PNG, dataset bits/dim, per-image scores. Each takes a plain, serialisable spec (so it can run on a worker
+ * thread) and a context that reports progress and says when to stop.
+ */
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loadModel, saveModel } from './checkpoint.js';
+import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
+import { loadDataset, loadNpyDataset, type ImageDataset } from './data.js';
+import type { DeviceOption, FloatDType } from './backend.js';
+import { TarflowError } from './errors.js';
+import { evaluateBpd, scoreImages } from './evaluate.js';
+import { TarFlow } from './model.js';
+import { imageGrid, writePng } from './png.js';
+import { generate, type GenerateOptions } from './sampling.js';
+import { Trainer, type TrainOptions } from './train.js';
+
+export interface Progress {
+  task: 'train' | 'sample' | 'evaluate' | 'score';
+  /** Units done and total (steps for training, images otherwise). */
+  done: number;
+  total: number;
+  /** Units per second over the recent past. */
+  rate?: number;
+  etaSeconds?: number;
+  loss?: number;
+  lr?: number;
+  message?: string;
+}
+
+export interface TaskContext {
+  progress(p: Progress): void;
+  log(message: string): void;
+  aborted(): boolean;
+}
+
+export interface TrainSpec extends TrainOptions {
+  /** 'mnist' or a path to a .npy file of uint8 images. */
+  dataset?: string;
+  /** Labels .npy for a .npy dataset. */
+  labels?: string;
+  /** Model size preset (default 'tiny'), or an explicit config. */
+  preset?: PresetName;
+  config?: Partial<TarFlowConfig> | Record<string, unknown>;
+  /** Class-conditional (default: true when the dataset has labels). */
+  conditional?: boolean;
+  /** Output folder for checkpoint.safetensors, train-state.safetensors and sample grids. */
+  out: string;
+  /** Continue from out/train-state.safetensors. */
+  resume?: boolean;
+  /** Save a checkpoint and training state every N steps (default 500) and at the end. */
+  checkpointEvery?: number;
+  /** Write a sample grid every N steps (0 = only at the end; default 0). */
+  sampleEvery?: number;
+  /** Test-set bits/dim at the end on this many test images (0 = skip; default: all). */
+  evalImages?: number;
+  device?: DeviceOption;
+  dtype?: FloatDType;
+  /** Weight initialisation seed (default: the training seed). */
+  initSeed?: number;
+  /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
+  sampleGuidance?: number;
+}
+
+export interface TrainSummary {
+  out: string;
+  checkpoint: string;
+  steps: number;
+  epochs: number;
+  finalLoss: number;
+  skippedSteps: number;
+  seconds: number;
+  imagesPerSecond: number;
+  testBitsPerDim: number | null;
+  samples: string | null;
+  aborted: boolean;
+  resumedFromStep: number;
+}
+
+export interface SampleSpec extends Omit<GenerateOptions, 'onProgress' | 'signal' | 'labels'> {
+  checkpoint: string;
+  config?: Record<string, unknown>;
+  labels?: number[] | number;
+  /** A .png file (one grid) or a folder (one PNG per image). */
+  out: string;
+  device?: DeviceOption;
+  /** Columns of the grid (default ceil(sqrt(count)) or numClasses for conditional models). */
+  cols?: number;
+}
+
+export interface SampleSummary {
+  out: string;
+  count: number;
+  seconds: number;
+  imagesPerSecond: number;
+  redraws: Array<{ index: number; attempt: number }>;
+}
+
+export interface EvaluateSpec {
+  checkpoint: string;
+  config?: Record<string, unknown>;
+  dataset?: string;
+  labels?: string;
+  split?: 'train' | 'test';
+  limit?: number;
+  batchSize?: number;
+  seed?: number;
+  device?: DeviceOption;
+}
+
+export interface ScoreSpec {
+  checkpoint: string;
+  config?: Record<string, unknown>;
+  images: string;
+  labels?: string;
+  batchSize?: number;
+  seed?: number;
+  device?: DeviceOption;
+}
+
+/** Measures a smoothed rate and ETA for progress reports. */
+class RateMeter {
+  private readonly start = performance.now();
+  private last = performance.now();
+  private lastDone: number;
+  private rate = 0;
+  constructor(private readonly startDone = 0) {
+    this.lastDone = startDone;
+  }
+  update(done: number, total: number): { rate: number; etaSeconds: number } {
+    const now = performance.now();
+    const dt = (now - this.last) / 1000;
+    if (dt > 0 && done > this.lastDone) {
+      const r = (done - this.lastDone) / dt;
+      this.rate = this.rate === 0 ? r : 0.8 * this.rate + 0.2 * r;
+      this.last = now;
+      this.lastDone = done;
+    }
+    return { rate: this.rate, etaSeconds: this.rate > 0 ? (total - done) / this.rate : Infinity };
+  }
+  seconds(): number {
+    return (performance.now() - this.start) / 1000;
+  }
+  get startedAt(): number {
+    return this.startDone;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
+  const conditional = spec.conditional ?? data.labels !== null;
+  if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `a conditional model needs labels, but ${data.name} has none`);
+  if (spec.config) return fromReferenceConfig(spec.config);
+  const presetName = spec.preset ?? 'tiny';
+  const preset = PRESETS[presetName];
+  if (!preset) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `unknown preset '${presetName as string}'; use ${Object.keys(PRESETS).join(' or ')}`);
+  let patchSize: number = preset.patchSize;
+  if (data.size % patchSize !== 0) {
+    const fit = [4, 2, 8, 1].find((p) => data.size % p === 0)!;
+    patchSize = fit;
+  }
+  return fromReferenceConfig({
+    inChannels: data.channels, imgSize: data.size, patchSize, channels: preset.channels, numBlocks: preset.numBlocks,
+    layersPerBlock: preset.layersPerBlock, nvp: true, numClasses: conditional ? Math.max(data.numClasses, 1) : 0,
+  });
+}
+
+/** Writes a grid of `count` samples (with guidance and denoising as given) to `path`. */
+async function writeSampleGrid(model: TarFlow, path: string, options: Omit<GenerateOptions, 'count'> & { count?: number; cols?: number }): Promise<void> {
+  const n = options.count ?? (model.config.numClasses > 0 ? model.config.numClasses * 10 : 100);
+  const result = generate(model, { ...options, count: n });
+  const { inChannels: C, imgSize: S } = model.config;
+  const cols = options.cols ?? (model.config.numClasses > 0 ? Math.min(n, model.config.numClasses) : Math.ceil(Math.sqrt(n)));
+  const grid = imageGrid(result.images, n, C, S, S, { cols });
+  await writePng(path, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
+}
+
+export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
+  if (!spec.out) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'train needs an output folder (out)');
+  await mkdir(spec.out, { recursive: true });
+  const data = await loadDataset(spec.dataset ?? 'mnist', 'train', spec.labels);
+  const statePath = join(spec.out, 'train-state.safetensors');
+  const ckptPath = join(spec.out, 'checkpoint.safetensors');
+  const config = modelConfigFor(spec, data);
+  const seed = spec.seed ?? 0;
+  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, seed: spec.initSeed ?? seed });
+  const trainer = new Trainer(model, data, spec);
+  try {
+    let resumedFrom = 0;
+    if (spec.resume) {
+      if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `--resume: ${statePath} does not exist; start without --resume`);
+      await trainer.loadState(statePath);
+      resumedFrom = trainer.step;
+      ctx.log(`resumed from step ${trainer.step} of ${trainer.totalSteps}`);
+    } else if (await exists(statePath)) {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a training run; pass --resume to continue it or choose another --out folder`);
+    }
+    ctx.log(`model: ${model.parameterCount.toLocaleString('en-US')} parameters on ${model.backend.device}; ` +
+      `${trainer.totalSteps} steps of ${trainer.options.batchSize} images (${(trainer.totalSteps / trainer.stepsPerEpoch).toFixed(2)} epochs of ${data.name})`);
+    const every = spec.checkpointEvery ?? 500;
+    const sampleEvery = spec.sampleEvery ?? 0;
+    const guidance = spec.sampleGuidance ?? (config.numClasses > 0 ? 2 : 0);
+    const denoiseSigma = trainer.options.noise === 'gaussian' && trainer.options.sigma > 0 ? trainer.options.sigma : undefined;
+    const save = async () => {
+      await saveModel(ckptPath, model, { metadata: { step: String(trainer.step) } });
+      await trainer.saveState(statePath);
+    };
+    const meter = new RateMeter(trainer.step);
+    let lastLoss = NaN;
+    let aborted = false;
+    while (!trainer.done) {
+      if (ctx.aborted()) {
+        aborted = true;
+        break;
+      }
+      const r = trainer.trainStep();
+      if (!r.skipped) lastLoss = r.loss;
+      const { rate, etaSeconds } = meter.update(trainer.step, trainer.totalSteps);
+      ctx.progress({ task: 'train', done: trainer.step, total: trainer.totalSteps, rate, etaSeconds, loss: r.loss, lr: r.lr,
+        message: r.skipped ? `step ${r.step} skipped (non-finite loss or gradient)` : undefined });
+      if (trainer.step % every === 0 && !trainer.done) await save();
+      if (sampleEvery > 0 && trainer.step % sampleEvery === 0 && !trainer.done) {
+        await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), { guidance, denoiseSigma, seed: 1 });
+      }
+    }
+    await save();
+    const seconds = meter.seconds();
+    const stepsRun = trainer.step - resumedFrom;
+    let testBpd: number | null = null;
+    let samples: string | null = null;
+    if (!aborted) {
+      const evalImages = spec.evalImages ?? Infinity;
+      if (evalImages > 0 && (spec.dataset ?? 'mnist') === 'mnist') {
+        const test = await loadDataset('mnist', 'test');
+        const n = Math.min(evalImages, test.count);
+        const r = evaluateBpd(model, test, { limit: n, batchSize: 500, onProgress: (done, total) => ctx.progress({ task: 'evaluate', done, total }) });
+        testBpd = r.bitsPerDim;
+      }
+      samples = join(spec.out, 'samples.png');
+      await writeSampleGrid(model, samples, { guidance, denoiseSigma, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
+    }
+    return {
+      out: spec.out, checkpoint: ckptPath, steps: trainer.step, epochs: trainer.step / trainer.stepsPerEpoch, finalLoss: lastLoss,
+      skippedSteps: trainer.skippedSteps, seconds, imagesPerSecond: seconds > 0 ? (stepsRun * trainer.options.batchSize) / seconds : 0,
+      testBitsPerDim: testBpd, samples, aborted, resumedFromStep: resumedFrom,
+    };
+  } finally {
+    trainer.dispose();
+    model.dispose();
+  }
+}
+
+async function openModel(checkpoint: string, config: Record<string, unknown> | undefined, device?: DeviceOption): Promise<TarFlow> {
+  return loadModel(checkpoint, { device, config });
+}
+
+export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
+  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  try {
+    const meter = new RateMeter();
+    const controller = new AbortController();
+    const poll = () => {
+      if (ctx.aborted()) controller.abort();
+    };
+    const opts: GenerateOptions = {
+      ...spec, labels: spec.labels,
+      onProgress: (done, total) => {
+        poll();
+        const { rate, etaSeconds } = meter.update(done, total);
+        ctx.progress({ task: 'sample', done, total, rate, etaSeconds });
+      },
+      signal: controller.signal,
+    };
+    const { inChannels: C, imgSize: S } = model.config;
+    const per = C * S * S;
+    const result = generate(model, opts);
+    if (/\.png$/i.test(spec.out)) {
+      const cols = spec.cols ?? (model.config.numClasses > 0 && spec.labels === undefined ? Math.min(spec.count, model.config.numClasses) : Math.ceil(Math.sqrt(spec.count)));
+      const grid = imageGrid(result.images, spec.count, C, S, S, { cols });
+      await writePng(spec.out, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
+    } else {
+      await mkdir(spec.out, { recursive: true });
+      const start = spec.startIndex ?? 0;
+      for (let i = 0; i < spec.count; i++) {
+        const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });
+        const label = result.labels ? `-class${result.labels[i]}` : '';
+        await writePng(join(spec.out, `sample-${String(start + i).padStart(6, '0')}${label}.png`), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
+      }
+    }
+    const seconds = meter.seconds();
+    return { out: spec.out, count: spec.count, seconds, imagesPerSecond: spec.count / seconds, redraws: result.redraws };
+  } finally {
+    model.dispose();
+  }
+}
+
+export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
+  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  try {
+    const data = await loadDataset(spec.dataset ?? 'mnist', spec.split ?? 'test', spec.labels);
+    const meter = new RateMeter();
+    const controller = new AbortController();
+    const r = evaluateBpd(model, data, {
+      limit: spec.limit, batchSize: spec.batchSize ?? 500, seed: spec.seed, signal: controller.signal,
+      onProgress: (done, total) => {
+        if (ctx.aborted()) controller.abort();
+        ctx.progress({ task: 'evaluate', done, total, ...meter.update(done, total) });
+      },
+    });
+    return { ...r, seconds: meter.seconds() };
+  } finally {
+    model.dispose();
+  }
+}
+
+export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bitsPerDim: number[]; mean: number }> {
+  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  try {
+    const data = await loadNpyDataset(spec.images, spec.labels);
+    if (data.channels !== model.config.inChannels || data.size !== model.config.imgSize) {
+      throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);
+    }
+    const labels = model.config.numClasses > 0 ? data.labels : null;
+    if (labels) {
+      for (const y of labels) {
+        if (y >= model.config.numClasses) throw new TarflowError('ERR_TARFLOW_DATA', `label ${y} is out of range for a model with ${model.config.numClasses} classes`);
+      }
+    }
+    const controller = new AbortController();
+    const bpd = scoreImages(model, data.images, labels, {
+      batchSize: spec.batchSize, seed: spec.seed, signal: controller.signal,
+      onProgress: (done, total) => {
+        if (ctx.aborted()) controller.abort();
+        ctx.progress({ task: 'score', done, total });
+      },
+    });
+    const arr = Array.from(bpd);
+    return { bitsPerDim: arr, mean: arr.reduce((a, b) => a + b, 0) / arr.length };
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Reads a JSON config file (for checkpoints without metadata). */
+export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new TarflowError('ERR_TARFLOW_CONFIG', `cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
+    return v as Record<string, unknown>;
+  } catch (err) {
+    throw new TarflowError('ERR_TARFLOW_CONFIG', `${path} is not a JSON object: ${(err as Error).message}`);
+  }
+}

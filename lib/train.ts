@@ -1,0 +1,330 @@
+/**
+ * Training: AdamW with the warm-up + cosine schedule, noise augmentation (Gaussian) or uniform dequantization,
+ * label drop, optional horizontal flip and gradient clipping, skipping of non-finite steps, and the VP prior update.
+ *
+ * Every random choice is a pure function of (seed, step), so a run resumed from a saved state continues exactly
+ * as an uninterrupted run would, whatever the thread count.
+ */
+import type { Tensor } from './backend.js';
+import { fromReferenceConfig, toReferenceConfig } from './config.js';
+import { checkDatasetFits, epochPermutation, type ImageDataset } from './data.js';
+import { TarflowError } from './errors.js';
+import { TarFlow, VAR_RATE, type Workspace } from './model.js';
+import { ParamSet } from './params.js';
+import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsTensor } from './safetensors.js';
+
+export interface TrainOptions {
+  /** Images per step (default 256). */
+  batchSize?: number;
+  /** Number of passes over the data (default 1). Ignored when `steps` is given. */
+  epochs?: number;
+  /** Total optimizer steps; overrides epochs. */
+  steps?: number;
+  /** Peak learning rate (default 2e-3, the small MNIST setting; the paper uses 1e-4 for large models). */
+  lr?: number;
+  /** Learning rate at the start of warm-up and at the end of the cosine (default 1e-6). */
+  minLr?: number;
+  /** Warm-up steps (default: one epoch). */
+  warmupSteps?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** 'gaussian' noise augmentation x + sigma*eps (default) or 'uniform' dequantization (likelihood models). */
+  noise?: 'gaussian' | 'uniform';
+  /** Gaussian noise level (default 0.1, the MNIST setting). */
+  sigma?: number;
+  /** Probability of dropping a label for classifier-free guidance (default 0.1; conditional models only). */
+  labelDrop?: number;
+  /** Random horizontal flips (default false; not for digits). */
+  hflip?: boolean;
+  /** Clip the global gradient norm to this value (default: no clipping). */
+  clipGradNorm?: number;
+  /** Stop with an error after this many non-finite steps in a row (default 50). */
+  maxNonFiniteSteps?: number;
+  /** Seed of the data order and every noise draw (default 0). */
+  seed?: number;
+}
+
+export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'steps' | 'warmupSteps' | 'clipGradNorm'>> & {
+  steps: number;
+  warmupSteps: number;
+  clipGradNorm: number | null;
+};
+
+export interface StepResult {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  skipped: boolean;
+}
+
+// Streams of the counter-based generator, one per kind of random draw.
+const STREAM_NOISE = 11;
+const STREAM_LABEL_DROP = 12;
+const STREAM_FLIP = 13;
+
+export function resolveTrainOptions(o: TrainOptions, datasetSize: number): ResolvedTrainOptions {
+  const batchSize = o.batchSize ?? 256;
+  const num = (v: number | undefined, dflt: number, name: string, ok: (x: number) => boolean, what: string) => {
+    const x = v ?? dflt;
+    if (typeof x !== 'number' || !ok(x)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name} must be ${what}, got ${JSON.stringify(v)}`);
+    return x;
+  };
+  const int = (x: number) => Number.isInteger(x);
+  num(batchSize, 256, 'batchSize', (x) => int(x) && x >= 1, 'a positive integer');
+  if (batchSize > datasetSize) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `batchSize ${batchSize} is larger than the dataset (${datasetSize} images); use a smaller batch`);
+  }
+  const stepsPerEpoch = Math.floor(datasetSize / batchSize);
+  const epochs = num(o.epochs, 1, 'epochs', (x) => x > 0, 'a positive number');
+  const steps = o.steps !== undefined ? num(o.steps, 1, 'steps', (x) => int(x) && x >= 1, 'a positive integer') : Math.max(1, Math.round(epochs * stepsPerEpoch));
+  const noise = o.noise ?? 'gaussian';
+  if (noise !== 'gaussian' && noise !== 'uniform') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `noise must be 'gaussian' or 'uniform', got '${noise as string}'`);
+  return {
+    batchSize,
+    epochs,
+    steps,
+    lr: num(o.lr, 2e-3, 'lr', (x) => x > 0 && Number.isFinite(x), 'a positive number'),
+    minLr: num(o.minLr, 1e-6, 'minLr', (x) => x >= 0, 'a number >= 0'),
+    warmupSteps: num(o.warmupSteps, Math.min(stepsPerEpoch, steps), 'warmupSteps', (x) => int(x) && x >= 0, 'an integer >= 0'),
+    beta1: num(o.beta1, 0.9, 'beta1', (x) => x >= 0 && x < 1, 'in [0, 1)'),
+    beta2: num(o.beta2, 0.95, 'beta2', (x) => x >= 0 && x < 1, 'in [0, 1)'),
+    eps: num(o.eps, 1e-8, 'eps', (x) => x > 0, 'a positive number'),
+    weightDecay: num(o.weightDecay, 1e-4, 'weightDecay', (x) => x >= 0, 'a number >= 0'),
+    noise,
+    sigma: num(o.sigma, 0.1, 'sigma', (x) => x >= 0 && Number.isFinite(x), 'a number >= 0'),
+    labelDrop: num(o.labelDrop, 0.1, 'labelDrop', (x) => x >= 0 && x <= 1, 'in [0, 1]'),
+    hflip: o.hflip ?? false,
+    clipGradNorm: o.clipGradNorm === undefined || o.clipGradNorm === null ? null : num(o.clipGradNorm, 0, 'clipGradNorm', (x) => x > 0, 'a positive number'),
+    maxNonFiniteSteps: num(o.maxNonFiniteSteps, 50, 'maxNonFiniteSteps', (x) => int(x) && x >= 1, 'a positive integer'),
+    seed: num(o.seed, 0, 'seed', (x) => int(x) && x >= 0 && x < 2 ** 32, 'an integer in [0, 2^32)'),
+  };
+}
+
+/** Learning rate at `step` (0-based): linear warm-up from minLr to lr, then cosine back to minLr at the last step. */
+export function learningRate(o: Pick<ResolvedTrainOptions, 'lr' | 'minLr' | 'warmupSteps' | 'steps'>, step: number): number {
+  if (step < o.warmupSteps) return o.minLr + ((o.lr - o.minLr) * step) / o.warmupSteps;
+  const span = Math.max(1, o.steps - 1 - o.warmupSteps);
+  const t = Math.min(1, (step - o.warmupSteps) / span);
+  return o.minLr + 0.5 * (o.lr - o.minLr) * (1 + Math.cos(Math.PI * t));
+}
+
+export class Trainer {
+  readonly options: ResolvedTrainOptions;
+  readonly stepsPerEpoch: number;
+  readonly grads: ParamSet;
+  private readonly m: Tensor;
+  private readonly v: Tensor;
+  private readonly noiseBuf: Tensor;
+  private readonly dropBuf: Tensor;
+  private readonly hostImages: Float32Array | Float64Array;
+  private readonly hostLabels: Int32Array;
+  /** Steps taken so far (skipped ones included). */
+  step = 0;
+  /** Optimizer updates applied (AdamW's bias-correction count). */
+  updates = 0;
+  skippedSteps = 0;
+  private nonFiniteRun = 0;
+  private permutation: Uint32Array | null = null;
+  private permutationEpoch = -1;
+
+  constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {}) {
+    checkDatasetFits(data, model.config);
+    this.options = resolveTrainOptions(options, data.count);
+    this.stepsPerEpoch = Math.floor(data.count / this.options.batchSize);
+    const size = model.params.flat.size;
+    this.grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
+    this.m = new model.backend.Tensor(model.dtype, [size]);
+    this.v = new model.backend.Tensor(model.dtype, [size]);
+    const B = this.options.batchSize;
+    const per = data.channels * data.size * data.size;
+    this.noiseBuf = new model.backend.Tensor(model.dtype, [B * per]);
+    this.dropBuf = new model.backend.Tensor(model.dtype, [B]);
+    this.hostImages = model.dtype === 'float32' ? new Float32Array(B * per) : new Float64Array(B * per);
+    this.hostLabels = new Int32Array(B);
+  }
+
+  get totalSteps(): number {
+    return this.options.steps;
+  }
+
+  get epoch(): number {
+    return Math.floor(this.step / this.stepsPerEpoch);
+  }
+
+  get done(): boolean {
+    return this.step >= this.options.steps;
+  }
+
+  /** The dataset indices of step `s`. */
+  batchIndices(s: number): Uint32Array {
+    const epoch = Math.floor(s / this.stepsPerEpoch);
+    if (epoch !== this.permutationEpoch) {
+      this.permutation = epochPermutation(this.data.count, this.options.seed, epoch);
+      this.permutationEpoch = epoch;
+    }
+    const B = this.options.batchSize;
+    const start = (s % this.stepsPerEpoch) * B;
+    return this.permutation!.subarray(start, start + B);
+  }
+
+  /** Fills the workspace with step s's augmented batch. */
+  private prepareBatch(ws: Workspace, s: number): void {
+    const o = this.options;
+    const { channels: C, size: S } = this.data;
+    const per = C * S * S;
+    const B = o.batchSize;
+    const idx = this.batchIndices(s);
+    const ops = this.model.ops;
+    let flips: ArrayLike<number> | null = null;
+    if (o.hflip) {
+      ops.uniform(this.dropBuf, o.seed, STREAM_FLIP, s * B);
+      flips = this.dropBuf.toArray();
+    }
+    // Gaussian training maps p -> p/127.5 - 1; uniform dequantization maps p -> (p + U)/128 - 1.
+    const scale = o.noise === 'uniform' ? 1 / 128 : 1 / 127.5;
+    const x = this.hostImages;
+    const src = this.data.images;
+    for (let b = 0; b < B; b++) {
+      const base = idx[b] * per;
+      const flip = flips !== null && flips[b] < 0.5;
+      for (let c = 0; c < C; c++)
+        for (let r = 0; r < S; r++) {
+          const row = base + (c * S + r) * S;
+          const out = b * per + (c * S + r) * S;
+          for (let col = 0; col < S; col++) x[out + col] = src[row + (flip ? S - 1 - col : col)] * scale - 1;
+        }
+    }
+    ws.x.copyFrom(x);
+    if (o.noise === 'gaussian') {
+      if (o.sigma > 0) {
+        ops.normal(this.noiseBuf, o.seed, STREAM_NOISE, s * B * per);
+        ops.axpby(ws.x, this.noiseBuf, o.sigma, 1);
+      }
+    } else {
+      ops.uniform(this.noiseBuf, o.seed, STREAM_NOISE, s * B * per);
+      ops.axpby(ws.x, this.noiseBuf, 1 / 128, 1);
+    }
+    if (this.model.config.numClasses > 0) {
+      const labels = this.data.labels!;
+      let drops: ArrayLike<number> | null = null;
+      if (o.labelDrop > 0) {
+        ops.uniform(this.dropBuf, o.seed, STREAM_LABEL_DROP, s * B);
+        drops = this.dropBuf.toArray();
+      }
+      for (let b = 0; b < B; b++) this.hostLabels[b] = drops !== null && drops[b] < o.labelDrop ? -1 : labels[idx[b]];
+      ws.labels.copyFrom(this.hostLabels);
+    } else {
+      ws.labels.fill(-1);
+    }
+  }
+
+  /** One optimizer step. Non-finite losses or gradients skip the update (counted). */
+  trainStep(): StepResult {
+    if (this.done) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `training is complete (${this.options.steps} steps)`);
+    const o = this.options;
+    const model = this.model;
+    const ops = model.ops;
+    const ws = model.workspace(o.batchSize);
+    const s = this.step;
+    this.prepareBatch(ws, s);
+    this.grads.flat.fill(0);
+    const { loss } = model.forward(ws);
+    model.backward(ws, this.grads);
+    const lr = learningRate(o, s);
+    let gradNorm = Math.sqrt(ops.sumSquares(this.grads.flat));
+    const finite = Number.isFinite(loss) && Number.isFinite(gradNorm);
+    if (!finite) {
+      this.skippedSteps++;
+      this.nonFiniteRun++;
+      this.step++;
+      if (this.nonFiniteRun >= o.maxNonFiniteSteps) {
+        throw new TarflowError('ERR_TARFLOW_NON_FINITE', `${this.nonFiniteRun} training steps in a row had a non-finite loss or gradient (last at step ${s}); lower the learning rate or set clipGradNorm`);
+      }
+      return { step: s, loss, lr, gradNorm, skipped: true };
+    }
+    this.nonFiniteRun = 0;
+    if (o.clipGradNorm !== null && gradNorm > o.clipGradNorm) {
+      ops.axpby(this.grads.flat, this.grads.flat, o.clipGradNorm / gradNorm, 0);
+    }
+    this.updates++;
+    ops.adamw(model.params.flat, this.grads.flat, this.m, this.v, {
+      lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, step: this.updates,
+    });
+    if (!model.config.nvp) ops.varUpdate(model.variance, ws.z, VAR_RATE);
+    this.step++;
+    gradNorm = Number(gradNorm);
+    return { step: s, loss, lr, gradNorm, skipped: false };
+  }
+
+  /**
+   * Saves everything a resumed run needs (parameters, prior variance, optimizer moments, counters, options,
+   * config) in one safetensors file, written atomically.
+   */
+  async saveState(path: string): Promise<void> {
+    const model = this.model;
+    const f32 = (t: Tensor, shape: number[]): SafetensorsTensor => {
+      const a = t.toArray();
+      return f32Tensor(a instanceof Float32Array ? a : Float32Array.from(a), shape);
+    };
+    const size = model.params.flat.size;
+    const tensors: Record<string, SafetensorsTensor> = {
+      params: f32(model.params.flat, [size]),
+      var: f32(model.variance, model.variance.shape),
+      'adam.m': f32(this.m, [size]),
+      'adam.v': f32(this.v, [size]),
+    };
+    const meta = {
+      config: JSON.stringify(toReferenceConfig(model.config)),
+      format: 'tarflow-train-state',
+      train: JSON.stringify({
+        step: this.step, updates: this.updates, skippedSteps: this.skippedSteps, nonFiniteRun: this.nonFiniteRun,
+        options: this.options, dataset: { name: this.data.name, count: this.data.count }, dtype: model.dtype,
+      }),
+    };
+    if (model.dtype === 'float64') {
+      // float64 runs keep full precision so resume stays exact.
+      for (const [name, t] of [['params', model.params.flat], ['var', model.variance], ['adam.m', this.m], ['adam.v', this.v]] as const) {
+        const a = t.toArray() as Float64Array;
+        tensors[name] = { dtype: 'F64', shape: t.shape, data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) };
+      }
+    }
+    await writeSafetensors(path, tensors, meta);
+  }
+
+  /** Restores a state written by saveState into this trainer (same config, dataset size and batch size). */
+  async loadState(path: string): Promise<void> {
+    const file = await readSafetensors(path);
+    if (file.metadata.format !== 'tarflow-train-state' || !file.metadata.train) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
+    }
+    const cfg = fromReferenceConfig(JSON.parse(file.metadata.config ?? 'null'));
+    if (JSON.stringify(cfg) !== JSON.stringify(this.model.config)) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config; resume with the same preset/config`);
+    }
+    const train = JSON.parse(file.metadata.train) as { step: number; updates: number; skippedSteps: number; nonFiniteRun: number; dataset: { count: number }; options: ResolvedTrainOptions };
+    if (train.dataset.count !== this.data.count || train.options.batchSize !== this.options.batchSize || train.options.seed !== this.options.seed) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);
+    }
+    const read = (name: string, into: Tensor) => {
+      const t = file.tensors.get(name);
+      if (!t || t.shape.reduce((a, b) => a * b, 1) !== into.size) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path}: tensor '${name}' is missing or has the wrong size`);
+      into.copyFrom(this.model.dtype === 'float64' ? toFloat64(t) : toFloat32(t));
+    };
+    read('params', this.model.params.flat);
+    read('var', this.model.variance);
+    read('adam.m', this.m);
+    read('adam.v', this.v);
+    this.step = train.step;
+    this.updates = train.updates;
+    this.skippedSteps = train.skippedSteps;
+    this.nonFiniteRun = train.nonFiniteRun;
+  }
+
+  dispose(): void {
+    this.grads.dispose();
+    for (const t of [this.m, this.v, this.noiseBuf, this.dropBuf]) t.dispose();
+  }
+}
