@@ -24,7 +24,7 @@ export interface TrainOptions {
   lr?: number;
   /** Learning rate at the start of warm-up and at the end of the cosine (default 1e-6). */
   minLr?: number;
-  /** Warm-up steps (default: one epoch). */
+  /** Warm-up steps (default: one epoch, at most a quarter of the run). */
   warmupSteps?: number;
   beta1?: number;
   beta2?: number;
@@ -88,7 +88,8 @@ export function resolveTrainOptions(o: TrainOptions, datasetSize: number): Resol
     steps,
     lr: num(o.lr, 2e-3, 'lr', (x) => x > 0 && Number.isFinite(x), 'a positive number'),
     minLr: num(o.minLr, 1e-6, 'minLr', (x) => x >= 0, 'a number >= 0'),
-    warmupSteps: num(o.warmupSteps, Math.min(stepsPerEpoch, steps), 'warmupSteps', (x) => int(x) && x >= 0, 'an integer >= 0'),
+    // The paper warms up over one epoch; a run of only a few epochs keeps most of its steps for the cosine.
+    warmupSteps: num(o.warmupSteps, Math.min(stepsPerEpoch, Math.floor(steps / 4)), 'warmupSteps', (x) => int(x) && x >= 0, 'an integer >= 0'),
     beta1: num(o.beta1, 0.9, 'beta1', (x) => x >= 0 && x < 1, 'in [0, 1)'),
     beta2: num(o.beta2, 0.95, 'beta2', (x) => x >= 0 && x < 1, 'in [0, 1)'),
     eps: num(o.eps, 1e-8, 'eps', (x) => x > 0, 'a positive number'),

@@ -5,12 +5,28 @@
 #include "errors.h"
 #include "tensor.h"
 
+#ifdef TF_BACKEND_CUDA
+// The CUDA addon checks that the backend is usable before every op and surfaces launch errors after it.
+#include "device_memory.h"
+#define TF_OP(name)                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
+  static Napi::Value name(const Napi::CallbackInfo& info) {             \
+    return tf::guard(info.Env(), [&]() {                                \
+      tf::backend_enter();                                              \
+      Napi::Value result = name##_impl(info);                           \
+      tf::backend_leave();                                              \
+      return result;                                                    \
+    });                                                                 \
+  }                                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+#else
 #define TF_OP(name)                                                     \
   static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
   static Napi::Value name(const Napi::CallbackInfo& info) {             \
     return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
   }                                                                     \
   static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+#endif
 
 namespace tf {
 using Registrar = void (*)(Napi::Env, Napi::Object);

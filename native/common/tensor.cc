@@ -4,6 +4,10 @@
 #include <cstring>
 #include <sstream>
 
+#ifdef TF_BACKEND_CUDA
+#include "device_memory.h"
+#endif
+
 namespace tf {
 
 const char* dtype_name(DType d) {
@@ -24,6 +28,11 @@ static DType parse_dtype(const std::string& s) {
   throw Error("ERR_TARFLOW_DTYPE", "unknown dtype '" + s + "'; use 'float32', 'float64' or 'int32'");
 }
 
+#ifdef TF_BACKEND_CUDA
+// GPU memory (cudaMalloc alignment is 256 bytes), zeroed on the addon's stream.
+Storage::Storage(size_t n) : bytes(n) { data = mem::alloc_zeroed(n); }
+Storage::~Storage() { mem::release(data); }
+#else
 // 64-byte alignment: whole cache lines, and aligned AVX-512 loads for every tensor that starts a buffer.
 Storage::Storage(size_t n) : bytes(n) {
   size_t rounded = ((n ? n : 1) + 63) / 64 * 64;
@@ -32,6 +41,7 @@ Storage::Storage(size_t n) : bytes(n) {
   std::memset(data, 0, rounded);
 }
 Storage::~Storage() { std::free(data); }
+#endif
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream s;
@@ -163,7 +173,11 @@ Napi::Value Tensor::ToArray(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     size_t bytes = static_cast<size_t>(numel_) * dtype_size(dtype_);
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, bytes);
+#ifdef TF_BACKEND_CUDA
+    if (bytes) mem::to_host(buf.Data(), data<char>(), bytes);
+#else
     if (bytes) std::memcpy(buf.Data(), data<char>(), bytes);
+#endif
     switch (dtype_) {
       case DType::F32: return Napi::Float32Array::New(env, numel_, buf, 0);
       case DType::F64: return Napi::Float64Array::New(env, numel_, buf, 0);
@@ -191,7 +205,11 @@ Napi::Value Tensor::CopyFrom(const Napi::CallbackInfo& info) {
       throw shape_error("copyFrom: tensor " + describe() + " has " + std::to_string(numel_) + " elements, the array has " +
                         std::to_string(ta.ElementLength()));
     const char* src = static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+#ifdef TF_BACKEND_CUDA
+    if (numel_) mem::from_host(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
+#else
     if (numel_) std::memcpy(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
+#endif
     return info.This();
   });
 }
@@ -213,9 +231,13 @@ Napi::Value Tensor::Fill(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     check_alive(this, "fill");
     double v = number_arg(info, 0, "value");
+#ifdef TF_BACKEND_CUDA
+    mem::fill(data<char>(), dtype_, numel_, v);
+#else
     if (dtype_ == DType::F32) { float* p = data<float>(); for (int64_t i = 0; i < numel_; ++i) p[i] = static_cast<float>(v); }
     else if (dtype_ == DType::F64) { double* p = data<double>(); for (int64_t i = 0; i < numel_; ++i) p[i] = v; }
     else { int32_t* p = data<int32_t>(); for (int64_t i = 0; i < numel_; ++i) p[i] = static_cast<int32_t>(v); }
+#endif
     return info.This();
   });
 }
