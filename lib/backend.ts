@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
-import { TarflowError } from './errors.js';
+import { TarflowError, type TarflowErrorCode } from './errors.js';
 
 export type DType = 'float32' | 'float64' | 'int32';
 export type FloatDType = 'float32' | 'float64';
@@ -99,6 +99,26 @@ let cudaBackend: Backend | undefined;
 let cudaFailure: string | undefined;
 let warnedFallback = false;
 
+/**
+ * Native ops throw plain Errors carrying a `code`; re-throwing them as TarflowError lets callers use one
+ * `instanceof` check for every failure the library reports.
+ */
+function wrapOps(raw: Ops): Ops {
+  const wrapped: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(raw as unknown as Record<string, (...a: unknown[]) => unknown>)) {
+    wrapped[name] = (...args: unknown[]) => {
+      try {
+        return fn(...args);
+      } catch (err) {
+        const e = err as Error & { code?: string };
+        if (e instanceof TarflowError || typeof e.code !== 'string' || !e.code.startsWith('ERR_TARFLOW')) throw err;
+        throw new TarflowError(e.code as TarflowErrorCode, `${name}: ${e.message}`);
+      }
+    };
+  }
+  return wrapped as unknown as Ops;
+}
+
 function loadCpu(): Backend {
   if (!cpuBackend) {
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => { backend: string; Tensor: Backend['Tensor']; ops: Ops };
@@ -110,7 +130,7 @@ function loadCpu(): Backend {
         `the CPU addon is not built (${(err as Error).message.split('\n')[0]}); run 'npm install' (or 'npm run build:native') in ${packageRoot}`,
         { cause: err });
     }
-    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: addon.ops };
+    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops) };
   }
   return cpuBackend;
 }
@@ -129,7 +149,7 @@ function tryLoadCuda(): Backend | undefined {
       cudaFailure = 'the CUDA addon loaded but no GPU answered';
       return undefined;
     }
-    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: addon.ops };
+    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops) };
   } catch (err) {
     cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;
   }

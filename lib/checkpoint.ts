@@ -66,6 +66,7 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
     }
     if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
       problems.push(`'${name}' has shape [${t.shape}] but the config needs [${spec.shape}]`);
+      seen.add(name);
       continue;
     }
     let values: Float32Array | Float64Array;
@@ -73,6 +74,7 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
       values = convert(t);
     } catch (err) {
       problems.push(`'${name}': ${(err as Error).message}`);
+      seen.add(name);
       continue;
     }
     host.set(values, spec.offset);

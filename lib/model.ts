@@ -372,12 +372,14 @@ export class TarFlow {
     if (what !== 'ab' && what !== 'a' && what !== 'b') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `guideWhat must be 'ab', 'a' or 'b', got '${what as string}'`);
     const tau = guidance.attnTemp ?? 1;
     if (!(tau > 0) || !Number.isFinite(tau)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `attnTemp must be a finite number > 0, got ${tau}`);
-    const sqrtVar = new this.backend.Tensor(this.dtype, this.variance.shape);
     const v = this.variance.toArray();
     for (let i = 0; i < v.length; i++) v[i] = Math.sqrt(v[i]);
-    sqrtVar.copyFrom(v as Float32Array);
-    this.ops.mulBroadcast(latents, sqrtVar);
-    sqrtVar.dispose();
+    const sqrtVar = new this.backend.Tensor(this.dtype, this.variance.shape, v);
+    try {
+      this.ops.mulBroadcast(latents, sqrtVar);
+    } finally {
+      sqrtVar.dispose();
+    }
     for (let k = cfg.numBlocks - 1; k >= 0; k--) {
       this.ops.blockReverse(latents, this.params.blocks[k], {
         flip: k % 2 === 1, nvp: cfg.nvp, heads: this.shape.heads, labels: cfg.numClasses > 0 ? labels : null,

@@ -25,7 +25,8 @@ class Pool {
     stop_workers();
     n = std::max(1, std::min(n, 256));
     stopping_ = false;
-    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i] { worker_loop(i + 1); });
+    // A new worker must not mistake the last finished job for a new one: it starts from the current generation.
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, gen = generation_] { worker_loop(i + 1, gen); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -72,8 +73,7 @@ class Pool {
     if (begin < end) (*job_)(begin, end);
   }
 
-  void worker_loop(int index) {
-    uint64_t seen = 0;
+  void worker_loop(int index, uint64_t seen) {
     in_parallel_region = true;
     for (;;) {
       std::unique_lock<std::mutex> lk(mu_);
