@@ -4,6 +4,7 @@
  * checkpoint and its state, so it can be resumed).
  */
 import { Worker } from 'node:worker_threads';
+import { getBackend, type DeviceOption } from './backend.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
 import {
   runEvaluate, runSample, runScore, runTrain,
@@ -30,10 +31,20 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
     const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore } as const;
     return (runners[task] as (s: unknown, c: TaskContext) => Promise<T>)(spec, ctx);
   }
+  // Resolve the device here: a bad device fails fast, and the CPU-fallback notice is printed once, not per worker.
+  const device = (spec as { device?: DeviceOption }).device;
+  try {
+    getBackend(device);
+  } catch (err) {
+    return Promise.reject(err);
+  }
   return new Promise<T>((resolve, reject) => {
     const abortFlag = new SharedArrayBuffer(4);
     const flag = new Int32Array(abortFlag);
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { task, spec, abortFlag } });
+    const worker = new Worker(new URL('./worker.js', import.meta.url), {
+      workerData: { task, spec, abortFlag },
+      env: { ...process.env, TARFLOW_QUIET: '1' },
+    });
     let settled = false;
     const onAbort = () => Atomics.store(flag, 0, 1);
     options.signal?.addEventListener('abort', onAbort, { once: true });

@@ -1,0 +1,129 @@
+/** The tarflow command and the async (worker-thread) API, end to end on a small .npy dataset. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import { serializeNpy } from '../lib/npy.js';
+import { train } from '../lib/jobs.js';
+import { repoRoot } from './helpers.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));
+const cli = join(repoRoot, 'dist', 'lib', 'cli.js');
+const N = 48, S = 8;
+
+const images = new Uint8Array(N * S * S);
+const labels = new Int32Array(N);
+for (let i = 0; i < N; i++) {
+  labels[i] = i % 3;
+  for (let p = 0; p < S * S; p++) images[i * S * S + p] = (p % S) >= labels[i] * 2 && (p % S) < labels[i] * 2 + 3 ? 220 : (i * 7 + p) % 25;
+}
+const imagesPath = join(dir, 'x.npy');
+const labelsPath = join(dir, 'y.npy');
+writeFileSync(imagesPath, serializeNpy(images, [N, S, S]));
+writeFileSync(labelsPath, serializeNpy(labels, [N]));
+
+function run(args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, TARFLOW_QUIET: '1' }, timeout: 120_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const runDir = join(dir, 'run');
+const baseTrain = ['train', '--dataset', imagesPath, '--labels', labelsPath, '--batch-size', '16', '--out', runDir, '--eval-images', '0'];
+
+test('train writes a checkpoint, its state and a sample grid, and reports JSON', () => {
+  const r = run([...baseTrain, '--steps', '4', '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.is(out.steps, 4);
+  assert.ok(Number.isFinite(out.finalLoss));
+  for (const f of ['checkpoint.safetensors', 'train-state.safetensors', 'samples.png']) assert.ok(existsSync(join(runDir, f)), f);
+  assert.match(r.stderr, /train 4\/4/);
+});
+
+test('train refuses to overwrite a run without --resume; --resume continues it', () => {
+  const again = run([...baseTrain, '--steps', '4']);
+  assert.is(again.code, 1);
+  assert.match(again.stderr, /--resume/);
+  const r = run([...baseTrain, '--steps', '6', '--resume', '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.is(out.resumedFromStep, 4);
+  assert.is(out.steps, 6);
+});
+
+test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
+  const grid = join(dir, 'grid.png');
+  const r = run(['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '6', '--guidance', '1.5', '--denoise', '0.1', '--out', grid, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const png = PNG.sync.read(readFileSync(grid));
+  // 3 columns (one per class) x 2 rows of 8x8 tiles with 2-pixel padding
+  assert.is(png.width, 3 * S + 4 * 2);
+  assert.is(png.height, 2 * S + 3 * 2);
+  const folder = join(dir, 'each');
+  const r2 = run(['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '4', '--labels', '2', '--out', folder]);
+  assert.is(r2.code, 0, r2.stderr);
+  const files = readdirSync(folder).sort();
+  assert.equal(files, ['sample-000000-class2.png', 'sample-000001-class2.png', 'sample-000002-class2.png', 'sample-000003-class2.png']);
+});
+
+test('eval and score report bits/dim', () => {
+  const e = run(['eval', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--dataset', imagesPath, '--labels', labelsPath, '--json']);
+  assert.is(e.code, 0, e.stderr);
+  const ev = JSON.parse(e.stdout);
+  assert.is(ev.images, N);
+  assert.ok(ev.bitsPerDim > 0 && ev.bitsPerDim < 20, String(ev.bitsPerDim));
+  const s = run(['score', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--images', imagesPath, '--labels', labelsPath, '--json']);
+  assert.is(s.code, 0, s.stderr);
+  const sc = JSON.parse(s.stdout);
+  assert.is(sc.bitsPerDim.length, N);
+  assert.ok(Math.abs(sc.mean - ev.bitsPerDim) < 1e-9, 'score and eval use the same dequantization noise');
+});
+
+test('bad command lines fail with a message that names the problem', () => {
+  const unknown = run(['trian']);
+  assert.is(unknown.code, 2);
+  assert.match(unknown.stderr, /unknown command 'trian'/);
+  const badNum = run(['train', '--steps', 'abc']);
+  assert.is(badNum.code, 1);
+  assert.match(badNum.stderr, /--steps must be an integer/);
+  const badFlag = run(['sample', '--bogus']);
+  assert.is(badFlag.code, 2);
+  assert.match(badFlag.stderr, /bogus/);
+  const noCkpt = run(['sample']);
+  assert.is(noCkpt.code, 1);
+  assert.match(noCkpt.stderr, /--checkpoint/);
+  const pth = run(['eval', '--checkpoint', join(dir, 'model.pth')]);
+  assert.is(pth.code, 1);
+  assert.match(pth.stderr, /pickle/);
+  const json = run(['eval', '--checkpoint', join(dir, 'missing.safetensors'), '--json']);
+  assert.is(json.code, 1);
+  assert.ok(JSON.parse(json.stdout).error.code.startsWith('ERR_TARFLOW'));
+  const help = run(['train', '--help']);
+  assert.is(help.code, 0);
+  assert.match(help.stdout, /--resume/);
+});
+
+test('async train runs on a worker, reports progress, stops on abort with a resumable state', async () => {
+  const out = join(dir, 'async');
+  const ac = new AbortController();
+  const seen: number[] = [];
+  const spec = { dataset: imagesPath, labels: labelsPath, batchSize: 16, steps: 50, out, evalImages: 0, seed: 3 };
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  const first = await train(spec, { signal: ac.signal, onProgress: (p) => { if (p.task === 'train') { seen.push(p.done); if (p.done === 2) ac.abort(); } } });
+  clearInterval(timer);
+  assert.ok(first.aborted);
+  assert.ok(first.steps >= 2 && first.steps < 50, `stopped at ${first.steps}`);
+  assert.ok(seen.length >= 2);
+  assert.ok(ticks > 0, 'the event loop kept running while the worker trained');
+  const second = await train({ ...spec, resume: true });
+  assert.not.ok(second.aborted);
+  assert.is(second.resumedFromStep, first.steps);
+  assert.is(second.steps, 50);
+});
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+test.run();
