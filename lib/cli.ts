@@ -256,13 +256,13 @@ const commands: Record<string, Command> = {
     summary: 'train the tiny preset on MNIST for a few minutes, report test bits/dim, write guided denoised samples',
     usage: 'tarflow demo [--out DIR] [--epochs N]',
     options: { out: { type: 'string' }, epochs: { type: 'string' }, steps: { type: 'string' }, ...common },
-    help: { out: 'output folder (default runs/demo)', epochs: 'passes over MNIST (default 1)', steps: 'optimizer steps (overrides --epochs)', ...commonHelp },
+    help: { out: 'output folder (default runs/demo)', epochs: 'passes over MNIST (default 2)', steps: 'optimizer steps (overrides --epochs)', ...commonHelp },
     async run(v, job, json) {
       const out = str(v, 'out') ?? join('runs', 'demo');
       const { rm } = await import('node:fs/promises');
       await rm(join(out, 'train-state.safetensors'), { force: true });
       const r = await train({
-        dataset: 'mnist', preset: 'tiny', out, epochs: num(v, 'epochs', { min: 1e-9 }) ?? 1, steps: num(v, 'steps', { int: true, min: 1 }),
+        dataset: 'mnist', preset: 'tiny', out, epochs: num(v, 'epochs', { min: 1e-9 }) ?? 2, steps: num(v, 'steps', { int: true, min: 1 }),
         batchSize: 256, lr: 2e-3, noise: 'gaussian', sigma: 0.1, labelDrop: 0.1, sampleGuidance: 2, device: device(v), seed: 0,
       }, job);
       printTrainSummary(r, json);

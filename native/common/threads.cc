@@ -4,14 +4,26 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TF_CPU_RELAX() _mm_pause()
+#else
+#define TF_CPU_RELAX() std::this_thread::yield()
+#endif
 
 namespace tf {
 namespace {
 
 thread_local bool in_parallel_region = false;
+
+// Workers spin briefly before sleeping: the sampler issues thousands of small parallel loops per second, and a
+// condition-variable wake-up (tens of microseconds) would cost more than many of those loops themselves.
+constexpr int kSpinIterations = 1000;
 
 class Pool {
  public:
@@ -26,7 +38,8 @@ class Pool {
     n = std::max(1, std::min(n, 256));
     stopping_ = false;
     // A new worker must not mistake the last finished job for a new one: it starts from the current generation.
-    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, gen = generation_] { worker_loop(i + 1, gen); });
+    uint64_t gen = generation_.load();
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, gen] { worker_loop(i + 1, gen); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -37,7 +50,12 @@ class Pool {
     if (chunks <= 1 || in_parallel_region || !busy.owns_lock()) {
       bool was = in_parallel_region;
       in_parallel_region = true;
-      fn(0, n);
+      try {
+        fn(0, n);
+      } catch (...) {
+        in_parallel_region = was;
+        throw;
+      }
       in_parallel_region = was;
       return;
     }
@@ -46,16 +64,22 @@ class Pool {
       job_ = &fn;
       job_n_ = n;
       job_chunks_ = chunks;
-      pending_ = static_cast<int>(chunks) - 1;
-      ++generation_;
+      error_ = nullptr;
+      pending_.store(static_cast<int>(chunks) - 1);
+      generation_.fetch_add(1);
     }
     cv_.notify_all();
     in_parallel_region = true;
     run_chunk(0);
     in_parallel_region = false;
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0 && spin < kSpinIterations; ++spin) TF_CPU_RELAX();
+    if (pending_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [this] { return pending_.load() == 0; });
+    }
     job_ = nullptr;
+    // A failure on any thread (an allocation, say) reaches the caller as an exception, never std::terminate.
+    if (error_) std::rethrow_exception(error_);
   }
 
  private:
@@ -70,21 +94,32 @@ class Pool {
 
   void run_chunk(int64_t c) {
     int64_t begin = job_n_ * c / job_chunks_, end = job_n_ * (c + 1) / job_chunks_;
-    if (begin < end) (*job_)(begin, end);
+    if (begin >= end) return;
+    try {
+      (*job_)(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
   }
 
   void worker_loop(int index, uint64_t seen) {
     in_parallel_region = true;
     for (;;) {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      if (index >= job_chunks_) continue;
-      lk.unlock();
+      for (int spin = 0; generation_.load(std::memory_order_acquire) == seen && spin < kSpinIterations && !stopping_flag_.load(); ++spin)
+        TF_CPU_RELAX();
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stopping_ || generation_.load() != seen; });
+        if (stopping_) return;
+        seen = generation_.load();
+        if (index >= job_chunks_) continue;
+      }
       run_chunk(index);
-      lk.lock();
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -92,10 +127,12 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stopping_ = true;
+      stopping_flag_.store(true);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
     workers_.clear();
+    stopping_flag_.store(false);
   }
 
   std::vector<std::thread> workers_;
@@ -104,8 +141,10 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0, job_chunks_ = 0;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopping_flag_{false};
+  std::exception_ptr error_;
   bool stopping_ = false;
 };
 

@@ -50,14 +50,17 @@ void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate
   int64_t N = w->dim(0), K = w->dim(1);
   gemm<T>(false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N);
   const T* bp = b->data<T>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < N; ++j) y[r * N + j] += bp[j];
+  parallel_for(rows, 16, [&](int64_t s, int64_t e) {
+    for (int64_t r = s; r < e; ++r)
+      for (int64_t j = 0; j < N; ++j) y[r * N + j] += bp[j];
+  });
 }
 
 template <typename T>
 void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64_t C, double eps) {
   const T *wp = w->data<T>(), *bp = b->data<T>();
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, 8, [&](int64_t s, int64_t e) {
+  for (int64_t r = s; r < e; ++r) {
     const T* xr = x + r * C;
     T m = 0, v = 0;
     for (int64_t i = 0; i < C; ++i) m += xr[i];
@@ -67,6 +70,7 @@ void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64
     T rs = T(1) / std::sqrt(v + T(eps));
     for (int64_t i = 0; i < C; ++i) y[r * C + i] = (xr[i] - m) * rs * wp[i] + bp[i];
   }
+  });
 }
 
 struct ReverseOptions {
@@ -159,7 +163,9 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
       dense(h.data(), att.data(), lw.projw, lw.projb, R, true);
       layer_norm_rows(ln.data(), h.data(), lw.ln2w, lw.ln2b, R, W, opt.eps);
       dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false);
-      for (auto& v : f) v = T(0.5) * v * (T(1) + std::erf(v * T(M_SQRT1_2)));
+      parallel_for(static_cast<int64_t>(f.size()), 4096, [&](int64_t s, int64_t e) {
+        for (int64_t j = s; j < e; ++j) f[j] = T(0.5) * f[j] * (T(1) + std::erf(f[j] * T(M_SQRT1_2)));
+      });
       dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true);
     }
     dense(o.data(), h.data(), w.outw, w.outb, R, false);
