@@ -221,6 +221,12 @@ export class TarFlow {
       const { inChannels: C, imgSize: S } = this.config;
       throw new TarflowError('ERR_TARFLOW_SHAPE', `images must hold ${ws.batch} x ${C} x ${S} x ${S} = ${expected} values, got ${images.length}`);
     }
+    for (let i = 0; i < images.length; i++) {
+      if (!Number.isFinite(images[i])) {
+        const per = expected / ws.batch;
+        throw new TarflowError('ERR_TARFLOW_DATA', `image ${Math.floor(i / per)} contains ${images[i]} at value ${i % per}; inputs must be finite (pixels scaled to [-1, 1])`);
+      }
+    }
     const data = this.dtype === 'float32' ? (images instanceof Float32Array ? images : Float32Array.from(images)) : images instanceof Float64Array ? images : Float64Array.from(images);
     ws.x.copyFrom(data);
     this.setLabels(ws, labels);
