@@ -8,6 +8,7 @@
 
 #include "../common/op.h"
 #include "../common/threads.h"
+#include "gelu.h"
 
 namespace tf {
 namespace {
@@ -229,7 +230,7 @@ TF_OP(gelu) {
     const T* xp = x->data<T>();
     T* yp = y->data<T>();
     parallel_for(x->numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) yp[i] = T(0.5) * xp[i] * (T(1) + std::erf(xp[i] * T(M_SQRT1_2)));
+      for (int64_t i = s; i < e; ++i) yp[i] = tf::gelu(xp[i]);
     });
   });
   return info.Env().Undefined();
@@ -247,14 +248,8 @@ TF_OP(geluBackward) {
     const T* xp = x->data<T>();
     const T* dyp = dy->data<T>();
     T* dxp = dx->data<T>();
-    const T inv_sqrt_2pi = T(0.3989422804014327);
     parallel_for(x->numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        T v = xp[i];
-        T cdf = T(0.5) * (T(1) + std::erf(v * T(M_SQRT1_2)));
-        T pdf = inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-        dxp[i] = dyp[i] * (cdf + v * pdf);
-      }
+      for (int64_t i = s; i < e; ++i) dxp[i] = dyp[i] * tf::gelu_grad(xp[i]);
     });
   });
   return info.Env().Undefined();

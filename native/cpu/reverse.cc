@@ -9,6 +9,7 @@
 
 #include "../common/op.h"
 #include "../common/threads.h"
+#include "gelu.h"
 #include "gemm.h"
 
 namespace tf {
@@ -164,7 +165,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
       layer_norm_rows(ln.data(), h.data(), lw.ln2w, lw.ln2b, R, W, opt.eps);
       dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false);
       parallel_for(static_cast<int64_t>(f.size()), 4096, [&](int64_t s, int64_t e) {
-        for (int64_t j = s; j < e; ++j) f[j] = T(0.5) * f[j] * (T(1) + std::erf(f[j] * T(M_SQRT1_2)));
+        for (int64_t j = s; j < e; ++j) f[j] = tf::gelu(f[j]);
       });
       dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true);
     }
