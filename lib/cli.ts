@@ -6,7 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { join } from 'node:path';
 import { TarflowError } from './errors.js';
-import { evaluate, sample, score, train, type JobOptions } from './jobs.js';
+import { evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import type { Progress } from './tasks.js';
 import { readConfigFile } from './tasks.js';
 
@@ -198,6 +198,42 @@ const commands: Record<string, Command> = {
       if (!json) {
         process.stdout.write(`wrote ${r.count} samples to ${r.out} in ${r.seconds.toFixed(2)} s (${r.imagesPerSecond.toFixed(1)} images/s)` +
           (r.redraws.length ? `; ${r.redraws.length} non-finite samples redrawn` : '') + '\n');
+      }
+      return r;
+    },
+  },
+  generate: {
+    summary: 'write many samples to disk in resumable shards (PNG files or .npz) with a manifest',
+    usage: 'tarflow generate --checkpoint FILE --count N --out DIR [--format png|npz] [--guidance W] [--denoise SIGMA] [--resume]',
+    options: {
+      checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
+      'shard-size': { type: 'string' }, labels: { type: 'string' }, guidance: { type: 'string' }, 'guide-what': { type: 'string' },
+      'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' }, seed: { type: 'string' },
+      'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...common,
+    },
+    help: {
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', count: 'number of images',
+      out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
+      'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
+      guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
+      'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...commonHelp,
+    },
+    async run(v, job, json) {
+      const checkpoint = str(v, 'checkpoint');
+      const out = str(v, 'out');
+      const count = num(v, 'count', { int: true, min: 1 });
+      if (!checkpoint || !out || count === undefined) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'generate needs --checkpoint FILE, --count N and --out DIR');
+      const format = str(v, 'format') ?? 'png';
+      if (format !== 'png' && format !== 'npz') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--format must be png or npz, got '${format}'`);
+      const r = await generateToDisk({
+        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, out, format,
+        shardSize: num(v, 'shard-size', { int: true, min: 1 }), labels: labelsArg(v), ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }),
+        seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), resume: v.resume === true, device: device(v),
+      }, job);
+      if (!json) {
+        process.stdout.write(`${r.images} images in ${out} (${r.generated} generated, ${r.skipped} already there) in ${r.seconds.toFixed(1)} s, ` +
+          `${r.imagesPerSecond.toFixed(1)} images/s${r.redraws ? `; ${r.redraws} non-finite samples redrawn` : ''}\n`);
       }
       return r;
     },

@@ -14,7 +14,9 @@ export { generate, denoise, resolveLabels, type GenerateOptions, type GenerateRe
 export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from './evaluate.js';
 export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
 export { loadMnist, loadNpyDataset, loadDataset, makeDataset, type ImageDataset } from './data.js';
-export { train, sample, evaluate, score, type JobOptions } from './jobs.js';
+export { train, sample, evaluate, score, generateToDisk, type JobOptions } from './jobs.js';
+export type { GenerateSpec, GenerateSummary, Manifest } from './batch-generate.js';
+export { readNpz, writeNpz, parseNpz, serializeNpz } from './npz.js';
 export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec } from './tasks.js';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './safetensors.js';
 export { readNpy, writeNpy, parseNpy } from './npy.js';

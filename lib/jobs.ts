@@ -11,6 +11,7 @@ import {
   type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type TaskContext, type TrainSpec, type TrainSummary,
 } from './tasks.js';
 import type { TaskName } from './worker.js';
+import { runGenerate, type GenerateSpec, type GenerateSummary } from './batch-generate.js';
 
 export interface JobOptions {
   onProgress?: (progress: Progress) => void;
@@ -28,7 +29,7 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
       log: (m) => options.onLog?.(m),
       aborted: () => options.signal?.aborted ?? false,
     };
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore } as const;
+    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate } as const;
     return (runners[task] as (s: unknown, c: TaskContext) => Promise<T>)(spec, ctx);
   }
   // Resolve the device here: a bad device fails fast, and the CPU-fallback notice is printed once, not per worker.
@@ -86,4 +87,9 @@ export function evaluate(spec: EvaluateSpec, options?: JobOptions): Promise<{ bi
 /** Per-image bits/dim of the images in a .npy file. */
 export function score(spec: ScoreSpec, options?: JobOptions): Promise<{ bitsPerDim: number[]; mean: number }> {
   return runJob('score', spec, options);
+}
+
+/** Writes `count` samples to disk in resumable shards (PNG files or .npz archives) with a manifest. */
+export function generateToDisk(spec: GenerateSpec, options?: JobOptions): Promise<GenerateSummary> {
+  return runJob('generate', spec, options);
 }

@@ -3,9 +3,10 @@
  * The abort flag is shared memory, so the task sees a cancel between two steps without yielding to its own loop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { runGenerate } from './batch-generate.js';
 import { runEvaluate, runSample, runScore, runTrain, type TaskContext } from './tasks.js';
 
-export type TaskName = 'train' | 'sample' | 'evaluate' | 'score';
+export type TaskName = 'train' | 'sample' | 'evaluate' | 'score' | 'generate';
 
 interface WorkerInput {
   task: TaskName;
@@ -22,7 +23,7 @@ async function main(): Promise<void> {
     aborted: () => Atomics.load(flag, 0) !== 0,
   };
   try {
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore } as const;
+    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate } as const;
     const value = await (runners[task] as (s: unknown, c: TaskContext) => Promise<unknown>)(spec, ctx);
     parentPort!.postMessage({ type: 'result', value });
   } catch (err) {

@@ -1,0 +1,174 @@
+/**
+ * Batch offline generation: thousands of samples written to disk in shards (PNG files or .npz archives of
+ * uint8 (N, H, W, C) under `arr_0`, the layout FID tools read), with a manifest that makes the run resumable.
+ * Image k depends only on (seed, k) and its label, so shards are the same whatever the batch size, and a resumed
+ * run skips the shards the manifest lists as finished.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from './atomic.js';
+import { loadModel } from './checkpoint.js';
+import { toReferenceConfig } from './config.js';
+import type { DeviceOption } from './backend.js';
+import { TarflowError } from './errors.js';
+import { writeNpz } from './npz.js';
+import { imageGrid, writePng } from './png.js';
+import { generate, resolveLabels, type GuidanceOptions } from './sampling.js';
+import type { TaskContext } from './tasks.js';
+
+export interface GenerateSpec extends GuidanceOptions {
+  checkpoint: string;
+  config?: Record<string, unknown>;
+  /** Number of images. */
+  count: number;
+  /** Output folder: shards plus manifest.json. */
+  out: string;
+  /** 'png' (one file per image) or 'npz' (one archive per shard). */
+  format?: 'png' | 'npz';
+  /** Images per shard (default 1000). */
+  shardSize?: number;
+  batchSize?: number;
+  /** One class for every image, a list (one per image), or undefined: classes in turn (uniform over classes). */
+  labels?: number | number[];
+  denoiseSigma?: number;
+  seed?: number;
+  device?: DeviceOption;
+  /** Continue the run described by out/manifest.json. */
+  resume?: boolean;
+}
+
+export interface ShardRecord {
+  index: number;
+  start: number;
+  count: number;
+  files: string[];
+  /** Samples that came out NaN/Inf and were redrawn: their index and the noise stream attempt used. */
+  redraws: Array<{ index: number; attempt: number }>;
+}
+
+export interface Manifest {
+  format: 'tarflow-generate';
+  version: 1;
+  checkpoint: string;
+  config: ReturnType<typeof toReferenceConfig>;
+  options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out'>;
+  count: number;
+  shardSize: number;
+  shards: ShardRecord[];
+  complete: boolean;
+}
+
+export interface GenerateSummary {
+  out: string;
+  images: number;
+  generated: number;
+  skipped: number;
+  seconds: number;
+  imagesPerSecond: number;
+  redraws: number;
+  shards: number;
+}
+
+function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
+  return {
+    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: spec.labels, denoiseSigma: spec.denoiseSigma,
+    seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
+  };
+}
+
+export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
+  const count = spec.count;
+  if (!Number.isInteger(count) || count < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `count must be a positive integer, got ${count}`);
+  const format = spec.format ?? 'png';
+  if (format !== 'png' && format !== 'npz') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `format must be png or npz, got '${format as string}'`);
+  const shardSize = spec.shardSize ?? 1000;
+  if (!Number.isInteger(shardSize) || shardSize < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `shardSize must be a positive integer, got ${shardSize}`);
+  await mkdir(spec.out, { recursive: true });
+  const manifestPath = join(spec.out, 'manifest.json');
+  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
+  try {
+    const options = shardOptions(spec, count);
+    let manifest: Manifest;
+    let existing: Manifest | null = null;
+    try {
+      existing = JSON.parse(await readFile(manifestPath, 'utf8')) as Manifest;
+    } catch {
+      existing = null;
+    }
+    const config = toReferenceConfig(model.config);
+    if (existing) {
+      if (!spec.resume) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; pass --resume to continue it or choose another --out folder`);
+      }
+      if (existing.format !== 'tarflow-generate' || JSON.stringify(existing.options) !== JSON.stringify(options) ||
+          JSON.stringify(existing.config) !== JSON.stringify(config)) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another --out folder`);
+      }
+      manifest = existing;
+    } else {
+      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, config, options, count, shardSize, shards: [], complete: false };
+    }
+    // Validate labels up front (a bad list fails before any work).
+    resolveLabels(model, count, spec.labels);
+    const { inChannels: C, imgSize: S } = model.config;
+    const per = C * S * S;
+    const done = new Set(manifest.shards.map((s) => s.index));
+    const nShards = Math.ceil(count / shardSize);
+    const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
+    const start = performance.now();
+    let generated = 0;
+    let rate = 0;
+    for (let k = 0; k < nShards; k++) {
+      if (done.has(k)) continue;
+      if (ctx.aborted()) throw new TarflowError('ERR_TARFLOW_ABORTED', `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and '--resume' continues`);
+      const s0 = k * shardSize;
+      const n = Math.min(shardSize, count - s0);
+      const labels = spec.labels === undefined ? undefined : typeof spec.labels === 'number' ? spec.labels : spec.labels.slice(s0, s0 + n);
+      const t0 = performance.now();
+      const result = generate(model, {
+        ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize,
+        onProgress: (d) => {
+          const elapsed = (performance.now() - start) / 1000;
+          const total = generated + d;
+          const r = elapsed > 0 ? total / elapsed : 0;
+          ctx.progress({ task: 'sample', done: skipped + total, total: count, rate: r, etaSeconds: r > 0 ? (count - skipped - total) / r : Infinity });
+        },
+      });
+      rate = n / ((performance.now() - t0) / 1000);
+      const files: string[] = [];
+      if (format === 'npz') {
+        // (N, C, H, W) -> (N, H, W, C)
+        const hwc = new Uint8Array(n * per);
+        for (let i = 0; i < n; i++)
+          for (let c = 0; c < C; c++)
+            for (let p = 0; p < S * S; p++) hwc[i * per + p * C + c] = result.images[i * per + c * S * S + p];
+        const file = `shard-${String(k).padStart(5, '0')}.npz`;
+        const arrays: Record<string, { data: Uint8Array | Int32Array; shape: number[] }> = { arr_0: { data: hwc, shape: [n, S, S, C] } };
+        if (result.labels) arrays.labels = { data: result.labels, shape: [n] };
+        await writeNpz(join(spec.out, file), arrays);
+        files.push(file);
+      } else {
+        for (let i = 0; i < n; i++) {
+          const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });
+          const file = `${String(s0 + i).padStart(6, '0')}${result.labels ? `-class${result.labels[i]}` : ''}.png`;
+          await writePng(join(spec.out, file), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
+          files.push(file);
+        }
+      }
+      manifest.shards.push({ index: k, start: s0, count: n, files, redraws: result.redraws });
+      manifest.shards.sort((a, b) => a.index - b.index);
+      generated += n;
+      await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));
+    }
+    manifest.complete = true;
+    await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));
+    const seconds = (performance.now() - start) / 1000;
+    void rate;
+    return {
+      out: spec.out, images: count, generated, skipped, seconds, imagesPerSecond: seconds > 0 ? generated / seconds : 0,
+      redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards,
+    };
+  } finally {
+    model.dispose();
+  }
+}

@@ -1,0 +1,127 @@
+/** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { saveModel } from '../lib/checkpoint.js';
+import { TarFlow } from '../lib/model.js';
+import { generate } from '../lib/sampling.js';
+import { generateToDisk } from '../lib/jobs.js';
+import { parseNpz, serializeNpz } from '../lib/npz.js';
+import type { Manifest } from '../lib/batch-generate.js';
+import { TarflowError } from '../lib/errors.js';
+import { randomizeParams } from './helpers.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'tarflow-gen-'));
+const ckpt = join(dir, 'model.safetensors');
+const cfg = { inChannels: 3, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 4 };
+
+test.before(async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  randomizeParams(model, 11, 0.02);
+  await saveModel(ckpt, model);
+  model.dispose();
+});
+
+const base = { checkpoint: ckpt, count: 23, shardSize: 10, format: 'npz' as const, guidance: 1.5, seed: 4 };
+
+test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batch size', async () => {
+  const a = join(dir, 'a'), b = join(dir, 'b');
+  const ra = await generateToDisk({ ...base, out: a, batchSize: 3 });
+  const rb = await generateToDisk({ ...base, out: b, batchSize: 23 });
+  assert.is(ra.generated, 23);
+  assert.is(rb.shards, 3);
+  for (const shard of ['shard-00000.npz', 'shard-00001.npz', 'shard-00002.npz']) {
+    assert.ok(readFileSync(join(a, shard)).equals(readFileSync(join(b, shard))), `${shard} differs between batch sizes`);
+  }
+  const arrays = parseNpz(readFileSync(join(a, 'shard-00002.npz')));
+  const x = arrays.get('arr_0')!;
+  assert.equal(x.shape, [3, 8, 8, 3]);
+  assert.is(x.dtype, 'u1');
+  assert.equal(Array.from(arrays.get('labels')!.data as Int32Array), [0, 1, 2], 'images 20..22 cycle through the classes');
+  // Image 21 as generate() makes it, in (C, H, W) order, must match the shard's (H, W, C) layout.
+  const model = new TarFlow(cfg, { device: 'cpu', noInit: true });
+  const { loadModel } = await import('../lib/checkpoint.js');
+  const loaded = await loadModel(ckpt, { device: 'cpu' });
+  const one = generate(loaded, { count: 1, startIndex: 21, guidance: 1.5, seed: 4 });
+  const data = x.data as Uint8Array;
+  let same = true;
+  for (let c = 0; c < 3; c++) for (let p = 0; p < 64; p++) if (one.images[c * 64 + p] !== data[1 * 192 + p * 3 + c]) same = false;
+  assert.ok(same, 'image 21 differs from a direct draw of sample 21');
+  model.dispose(); loaded.dispose();
+});
+
+test('an interrupted run resumes from the manifest and ends with the same shards', async () => {
+  const full = join(dir, 'a');
+  const cut = join(dir, 'cut');
+  await generateToDisk({ ...base, out: cut, batchSize: 5 });
+  // Simulate a run killed after two shards: the manifest lists two, the third file is gone.
+  const manifest = JSON.parse(readFileSync(join(cut, 'manifest.json'), 'utf8')) as Manifest;
+  manifest.shards = manifest.shards.slice(0, 2);
+  manifest.complete = false;
+  writeFileSync(join(cut, 'manifest.json'), JSON.stringify(manifest));
+  unlinkSync(join(cut, 'shard-00002.npz'));
+  try {
+    await generateToDisk({ ...base, out: cut });
+    assert.unreachable('an existing run without resume must be refused');
+  } catch (err) {
+    assert.instance(err, TarflowError);
+    assert.match((err as Error).message, /--resume/);
+  }
+  const r = await generateToDisk({ ...base, out: cut, resume: true, batchSize: 7 });
+  assert.is(r.skipped, 20);
+  assert.is(r.generated, 3);
+  assert.ok(readFileSync(join(cut, 'shard-00002.npz')).equals(readFileSync(join(full, 'shard-00002.npz'))));
+  const done = JSON.parse(readFileSync(join(cut, 'manifest.json'), 'utf8')) as Manifest;
+  assert.ok(done.complete);
+  assert.is(done.shards.length, 3);
+  try {
+    await generateToDisk({ ...base, out: cut, resume: true, guidance: 3 });
+    assert.unreachable('resume with other options must be refused');
+  } catch (err) {
+    assert.match((err as Error).message, /other options/);
+  }
+});
+
+test('png format writes one file per image with its class in the name', async () => {
+  const out = join(dir, 'png');
+  const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });
+  assert.is(r.generated, 5);
+  for (let i = 0; i < 5; i++) assert.ok(existsSync(join(out, `${String(i).padStart(6, '0')}-class3.png`)));
+});
+
+test('a sample that stays NaN/Inf is never written: the run fails with a clear error', async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  // A huge log-scale bias overflows exp(a) in the inverse: every draw becomes Inf.
+  const bias = model.params.get('blocks.1.proj_out.bias');
+  const b = bias.toArray();
+  for (let i = 0; i < 48; i++) b[i] = 200;
+  bias.copyFrom(b as Float32Array);
+  try {
+    generate(model, { count: 2, maxRedraws: 2 });
+    assert.unreachable('expected ERR_TARFLOW_NON_FINITE');
+  } catch (err) {
+    assert.is((err as TarflowError).code, 'ERR_TARFLOW_NON_FINITE');
+    assert.match((err as Error).message, /sample 0 was NaN\/Inf in 3 draws/);
+  }
+  model.dispose();
+});
+
+test('npz reader rejects damaged archives', () => {
+  const good = serializeNpz({ arr_0: { data: new Uint8Array([1, 2, 3, 4]), shape: [2, 2] } });
+  assert.equal(Array.from(parseNpz(good).get('arr_0')!.data as Uint8Array), [1, 2, 3, 4]);
+  const flipped = good.slice();
+  flipped[100] ^= 0xff; // inside the member's data: CRC must catch it
+  for (const bad of [good.subarray(0, 40), flipped, new Uint8Array(10)]) {
+    try {
+      parseNpz(bad);
+      assert.unreachable('accepted a damaged archive');
+    } catch (err) {
+      assert.is((err as TarflowError).code, 'ERR_TARFLOW_FILE_FORMAT');
+    }
+  }
+});
+
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+test.run();
