@@ -82,6 +82,8 @@ export interface Ops {
   adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, options: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number }): void;
   blockReverse(x: Tensor, weights: BlockReverseWeights, options: BlockReverseOptions): void;
   getThreads(): number;
+  /** Live native buffers and handles (handles are freed when the garbage collector finalizes them). */
+  nativeMemory(): { buffers: number; bytes: number; handles: number };
   setThreads(n: number): void;
 }
 

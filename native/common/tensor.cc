@@ -1,5 +1,8 @@
 #include "tensor.h"
 
+#include <sys/mman.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -28,19 +31,52 @@ static DType parse_dtype(const std::string& s) {
   throw Error("ERR_TARFLOW_DTYPE", "unknown dtype '" + s + "'; use 'float32', 'float64' or 'int32'");
 }
 
+namespace {
+std::atomic<int64_t> live_storages{0}, live_bytes{0};
+}
+
+std::atomic<int64_t> live_handles{0};
+StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load()}; }
+
 #ifdef TF_BACKEND_CUDA
 // GPU memory (cudaMalloc alignment is 256 bytes), zeroed on the addon's stream.
-Storage::Storage(size_t n) : bytes(n) { data = mem::alloc_zeroed(n); }
-Storage::~Storage() { mem::release(data); }
+Storage::Storage(size_t n) : bytes(n) {
+  data = mem::alloc_zeroed(n);
+  live_storages++;
+  live_bytes += static_cast<int64_t>(n);
+}
+Storage::~Storage() {
+  mem::release(data);
+  live_storages--;
+  live_bytes -= static_cast<int64_t>(bytes);
+}
 #else
-// 64-byte alignment: whole cache lines, and aligned AVX-512 loads for every tensor that starts a buffer.
+// Buffers of a page or more come straight from mmap: the kernel hands out zeroed pages lazily, and munmap returns them at
+// once. Through malloc, the small allocations N-API makes between two tensors land in the freed holes and the
+// heap grows without bound over create/dispose cycles. Small buffers use aligned_alloc (64 bytes: whole cache
+// lines, aligned AVX-512 loads).
+constexpr size_t kMmapThreshold = 4096;
+
 Storage::Storage(size_t n) : bytes(n) {
   size_t rounded = ((n ? n : 1) + 63) / 64 * 64;
-  data = std::aligned_alloc(64, rounded);
-  if (!data) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor");
-  std::memset(data, 0, rounded);
+  if (rounded >= kMmapThreshold) {
+    void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    data = p == MAP_FAILED ? nullptr : p;
+  } else {
+    data = std::aligned_alloc(64, rounded);
+    if (data) std::memset(data, 0, rounded);
+  }
+  if (!data) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor; reduce the batch or model size");
+  live_storages++;
+  live_bytes += static_cast<int64_t>(n);
 }
-Storage::~Storage() { std::free(data); }
+Storage::~Storage() {
+  size_t rounded = ((bytes ? bytes : 1) + 63) / 64 * 64;
+  if (rounded >= kMmapThreshold) munmap(data, rounded);
+  else std::free(data);
+  live_storages--;
+  live_bytes -= static_cast<int64_t>(bytes);
+}
 #endif
 
 std::string shape_string(const std::vector<int64_t>& shape) {
@@ -115,6 +151,7 @@ static int64_t product(const std::vector<int64_t>& s) {
 
 // new Tensor(dtype, shape[, typedArray]) allocates zeroed storage (and copies the data when given).
 Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) {
+  live_handles++;
   Napi::Env env = info.Env();
   try {
     if (info.Length() == 1 && info[0].IsExternal()) {
@@ -142,7 +179,10 @@ Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) 
   }
 }
 
-Tensor::~Tensor() { storage_.reset(); }
+Tensor::~Tensor() {
+  storage_.reset();
+  live_handles--;
+}
 
 void Tensor::Finalize(Napi::Env env) { release(env); }
 

@@ -19,6 +19,14 @@ enum class DType { F32, F64, I32 };
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 
+// Live native buffers, for leak tests and diagnostics.
+struct StorageStats {
+  int64_t buffers;
+  int64_t bytes;
+  int64_t handles;  // Tensor handles not yet collected by the garbage collector
+};
+StorageStats storage_stats();
+
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;

@@ -19,6 +19,15 @@ namespace {
 
 TF_OP(getThreads) { return Napi::Number::New(info.Env(), num_threads()); }
 
+TF_OP(nativeMemory) {
+  StorageStats st = storage_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
+  o.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(st.bytes)));
+  o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
+  return o;
+}
+
 TF_OP(setThreads) {
   int64_t n = int_arg(info, 0, "threads");
   if (n < 1 || n > 256) throw arg_error("threads must be between 1 and 256, got " + std::to_string(n));
@@ -37,6 +46,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     r(env, ops);
   export_op(env, ops, "getThreads", getThreads);
   export_op(env, ops, "setThreads", setThreads);
+  export_op(env, ops, "nativeMemory", nativeMemory);
   exports.Set("ops", ops);
   return exports;
 }
