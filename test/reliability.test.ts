@@ -69,7 +69,8 @@ test('models and their workspaces are freed by dispose', async () => {
   }
   await tick();
   const growth = rssMiB() - before;
-  assert.is(ops.nativeMemory().buffers, buffersBefore, 'every native buffer is released by dispose');
+  const after = ops.nativeMemory().buffers;
+  assert.ok(after <= buffersBefore, `${after - buffersBefore} native buffers outlived dispose`);
   assert.ok(growth < 32, `RSS grew by ${growth.toFixed(1)} MiB`);
 });
 
