@@ -139,16 +139,17 @@ function loadCpu(): Backend {
 
 function tryLoadCuda(): Backend | undefined {
   if (cudaBackend || cudaFailure) return cudaBackend;
-  const path = join(packageRoot, 'build', 'cuda', 'Release', 'tarflow_cuda.node');
+  const path = join(packageRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
   if (!existsSync(path)) {
     cudaFailure = 'the CUDA addon is not built (nvcc was not found when the package was installed)';
     return undefined;
   }
   try {
-    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; deviceCount?: () => number };
+    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; deviceCount?: () => number; deviceInfo?: () => { reason?: string } };
     const count = addon.deviceCount ? addon.deviceCount() : 0;
     if (count < 1) {
-      cudaFailure = 'the CUDA addon loaded but no GPU answered';
+      const reason = addon.deviceInfo?.().reason;
+      cudaFailure = `the CUDA addon loaded but no GPU answered${reason ? ` (${reason})` : ''}`;
       return undefined;
     }
     cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops) };

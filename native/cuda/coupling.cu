@@ -1,0 +1,157 @@
+// The affine autoregressive coupling of one flow block: the CUDA twin of native/cpu/coupling.cc.
+//   v_0 = u_0,  v_i = (u_i - b_{i-1}) * exp(-a_{i-1}) for i >= 1;  logdet = -mean(a) over the T*D entries.
+// exp runs in the working precision (fp32 for float32), as on the CPU. The log-determinant is one block per
+// sample with a fixed-order tree sum.
+#include "../common/op.h"
+#include "device.cuh"
+
+namespace tf {
+namespace {
+
+struct CouplingDims {
+  int64_t B, T, D, Do;
+};
+
+CouplingDims coupling_dims(Tensor* u, Tensor* o, bool nvp) {
+  if (u->ndim() != 3) throw shape_error("u must be [B, T, D], got " + u->describe());
+  int64_t B = u->dim(0), T = u->dim(1), D = u->dim(2), Do = nvp ? 2 * D : D;
+  expect_shape(o, {B, T, Do}, nvp ? "o (NVP: 2D outputs per token)" : "o (VP: D outputs per token)");
+  expect_same_dtype(u, o, "u", "o");
+  return {B, T, D, Do};
+}
+
+template <typename T>
+__global__ void coupling_forward_kernel(T* v, const T* u, const T* o, int64_t B, int64_t Tn, int64_t D, bool nvp) {
+  const int64_t Do = nvp ? 2 * D : D;
+  TF_GRID_LOOP(idx, B * Tn * D) {
+    int64_t k = idx % D, i = (idx / D) % Tn, b = idx / (Tn * D);
+    if (i == 0) {
+      v[idx] = u[idx];
+      continue;
+    }
+    const T* orow = o + (b * Tn + i - 1) * Do;
+    T a = nvp ? orow[k] : T(0);
+    T shift = nvp ? orow[D + k] : orow[k];
+    v[idx] = (u[idx] - shift) * exp(-a);
+  }
+}
+
+template <typename T>
+__global__ void logdet_kernel(T* logdet, const T* o, int64_t Tn, int64_t D, bool accumulate) {
+  T* sh = shared_as<T>();
+  const int64_t b = blockIdx.x, n = (Tn - 1) * D;
+  T s = T(0);
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) s += o[(b * Tn + e / D) * 2 * D + e % D];
+  s = block_sum(s, sh);
+  if (threadIdx.x == 0) {
+    T ld = -s / T(Tn * D);
+    logdet[b] = accumulate ? logdet[b] + ld : ld;
+  }
+}
+
+// VP blocks have a = 0: the log-determinant is -0, written or added the way the CPU does.
+template <typename T>
+__global__ void logdet_zero_kernel(T* logdet, int64_t B, bool accumulate) {
+  TF_GRID_LOOP(b, B) {
+    T ld = -T(0) / T(1);
+    logdet[b] = accumulate ? logdet[b] + ld : ld;
+  }
+}
+
+template <typename T>
+__global__ void coupling_backward_kernel(T* du, T* go, const T* gv, const T* u, const T* o, int64_t B, int64_t Tn,
+                                         int64_t D, bool nvp, T da_logdet) {
+  const int64_t Do = nvp ? 2 * D : D;
+  TF_GRID_LOOP(idx, B * Tn * D) {
+    int64_t k = idx % D, i = (idx / D) % Tn, b = idx / (Tn * D);
+    T g = gv[idx];
+    if (i == 0) {
+      du[idx] = g;
+    } else {
+      const T* orow = o + (b * Tn + i - 1) * Do;
+      T* grow = go + (b * Tn + i - 1) * Do;
+      T a = nvp ? orow[k] : T(0);
+      T shift = nvp ? orow[D + k] : orow[k];
+      T sc = exp(-a);
+      du[idx] = g * sc;
+      if (nvp) {
+        grow[D + k] = -g * sc;
+        grow[k] = -g * (u[idx] - shift) * sc + da_logdet;
+      } else {
+        grow[k] = -g * sc;
+      }
+    }
+    // The last token's outputs parameterise nothing.
+    if (i == Tn - 1) {
+      T* last = go + (b * Tn + Tn - 1) * Do;
+      last[k] = T(0);
+      if (nvp) last[D + k] = T(0);
+    }
+  }
+}
+
+// couplingForward(v, logdet[B], u, o, nvp, accumulateLogdet)
+TF_OP(couplingForward) {
+  Tensor* v = tensor_arg(info, 0, "v");
+  Tensor* logdet = tensor_arg(info, 1, "logdet");
+  Tensor* u = tensor_arg(info, 2, "u");
+  Tensor* o = tensor_arg(info, 3, "o");
+  bool nvp = bool_arg(info, 4, "nvp");
+  bool accumulate = bool_arg(info, 5, "accumulateLogdet");
+  CouplingDims d = coupling_dims(u, o, nvp);
+  expect_shape(v, u->shape(), "v");
+  expect_numel(logdet, d.B, "logdet");
+  expect_same_dtype(v, u, "v", "u");
+  expect_same_dtype(logdet, u, "logdet", "u");
+  if (d.B == 0) return info.Env().Undefined();
+  dispatch_float(u->dtype(), [&]<typename T>() {
+    cudaStream_t s = cuda::stream();
+    int64_t n = d.B * d.T * d.D;
+    if (n > 0) {
+      coupling_forward_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, s>>>(v->data<T>(), u->data<T>(), o->data<T>(), d.B, d.T, d.D, nvp);
+      cuda::check_launch("couplingForward");
+    }
+    if (nvp && d.T * d.D > 0) {
+      if (d.B > 2147483647) throw shape_error("couplingForward: batch too large");
+      logdet_kernel<T><<<static_cast<unsigned>(d.B), 256, 256 * sizeof(T), s>>>(logdet->data<T>(), o->data<T>(), d.T, d.D, accumulate);
+    } else {
+      logdet_zero_kernel<T><<<cuda::blocks_for(d.B, 128), 128, 0, s>>>(logdet->data<T>(), d.B, accumulate);
+    }
+    cuda::check_launch("couplingForward (logdet)");
+  });
+  return info.Env().Undefined();
+}
+
+// couplingBackward(du, do, dv, u, o, nvp, logdetGrad): du and do are overwritten.
+TF_OP(couplingBackward) {
+  Tensor* du = tensor_arg(info, 0, "du");
+  Tensor* dout = tensor_arg(info, 1, "do");
+  Tensor* dv = tensor_arg(info, 2, "dv");
+  Tensor* u = tensor_arg(info, 3, "u");
+  Tensor* o = tensor_arg(info, 4, "o");
+  bool nvp = bool_arg(info, 5, "nvp");
+  double logdet_grad = number_arg(info, 6, "logdetGrad");
+  CouplingDims d = coupling_dims(u, o, nvp);
+  expect_shape(du, u->shape(), "du");
+  expect_shape(dv, u->shape(), "dv");
+  expect_shape(dout, o->shape(), "do");
+  for (Tensor* t : {du, dout, dv}) expect_same_dtype(t, u, "gradient", "u");
+  int64_t n = d.B * d.T * d.D;
+  if (n == 0) return info.Env().Undefined();
+  dispatch_float(u->dtype(), [&]<typename T>() {
+    const T da_logdet = T(-logdet_grad / double(d.T * d.D));
+    coupling_backward_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(
+        du->data<T>(), dout->data<T>(), dv->data<T>(), u->data<T>(), o->data<T>(), d.B, d.T, d.D, nvp, da_logdet);
+    cuda::check_launch("couplingBackward");
+  });
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void register_coupling(Napi::Env env, Napi::Object ops) {
+  export_op(env, ops, "couplingForward", couplingForward);
+  export_op(env, ops, "couplingBackward", couplingBackward);
+}
+
+}  // namespace tf

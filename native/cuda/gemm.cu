@@ -1,0 +1,129 @@
+// Tiled shared-memory GEMM for float and double: the reference GPU path, written for correctness and clarity.
+// Each 256-thread block computes a 64 x 64 tile of C, stepping over K in slices of 16 staged through shared memory;
+// each thread owns a 4 x 4 set of outputs spaced 16 apart, so the stores of a warp are contiguous.
+//
+// TODO(perf): a tensor-core path (bf16 inputs, fp32 accumulation via mma/wgmma) for the mixed-precision mode, and
+// double buffering with cp.async; that is a later issue. This kernel is what the parity tests check it against.
+#include "gemm.cuh"
+
+namespace tf {
+namespace cuda {
+namespace {
+
+constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256, kPer = 4;
+
+template <typename T, bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, int64_t K, T alpha, const T* __restrict__ A,
+                                                        int64_t lda, const T* __restrict__ B, int64_t ldb, T beta, T* C,
+                                                        int64_t ldc, const T* __restrict__ bias, GemmBatch batch, int64_t z0) {
+  // +1 column of padding keeps the transposed stores into shared memory off a single bank.
+  __shared__ T As[kBK][kBM + 1];
+  __shared__ T Bs[kBK][kBN + 1];
+
+  const int64_t z = z0 + blockIdx.z;
+  const int64_t zo = z / batch.inner, zi = z % batch.inner;
+  A += zo * batch.a_outer + zi * batch.a_inner;
+  B += zo * batch.b_outer + zi * batch.b_inner;
+  C += zo * batch.c_outer + zi * batch.c_inner;
+
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
+
+  T acc[kPer][kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i)
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) acc[i][j] = T(0);
+
+  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+    // Each thread loads 4 elements of each tile; the index order follows the operand's contiguous dimension so a
+    // warp reads consecutive addresses.
+#pragma unroll
+    for (int l = 0; l < (kBM * kBK) / kThreads; ++l) {
+      int e = tid + l * kThreads;
+      int m, k;
+      if (kTransA) { k = e / kBM; m = e % kBM; }
+      else { m = e / kBK; k = e % kBK; }
+      int64_t gm = m0 + m, gk = k0 + k;
+      T v = T(0);
+      if (gm < M && gk < K) v = kTransA ? A[gk * lda + gm] : A[gm * lda + gk];
+      As[k][m] = v;
+    }
+#pragma unroll
+    for (int l = 0; l < (kBN * kBK) / kThreads; ++l) {
+      int e = tid + l * kThreads;
+      int n, k;
+      if (kTransB) { n = e / kBK; k = e % kBK; }
+      else { k = e / kBN; n = e % kBN; }
+      int64_t gn = n0 + n, gk = k0 + k;
+      T v = T(0);
+      if (gn < N && gk < K) v = kTransB ? B[gn * ldb + gk] : B[gk * ldb + gn];
+      Bs[k][n] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      T a[kPer], b[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    int64_t m = m0 + ty + 16 * i;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      int64_t n = n0 + tx + 16 * j;
+      if (n >= N) continue;
+      T v = alpha * acc[i][j];
+      if (beta != T(0)) v += beta * C[m * ldc + n];
+      if (bias) v += bias[n];
+      C[m * ldc + n] = v;
+    }
+  }
+}
+
+template <typename T, bool kTransA, bool kTransB>
+void launch(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+            int64_t ldc, const T* bias, const GemmBatch& batch) {
+  cudaStream_t s = stream();
+  dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN), static_cast<unsigned>((M + kBM - 1) / kBM), 1);
+  if (grid.y > 65535) throw Error("ERR_TARFLOW_SHAPE", "gemm: M = " + std::to_string(M) + " rows is beyond the grid limit");
+  for (int64_t z0 = 0; z0 < batch.count; z0 += 65535) {
+    grid.z = static_cast<unsigned>(batch.count - z0 < 65535 ? batch.count - z0 : 65535);
+    gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, z0);
+    check_launch("gemm");
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const GemmBatch& batch) {
+  if (M <= 0 || N <= 0 || batch.count <= 0) return;
+  if (transA) {
+    if (transB) launch<T, true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
+    else launch<T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
+  } else {
+    if (transB) launch<T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
+    else launch<T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
+  }
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                          float, float*, int64_t, const float*, const GemmBatch&);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
+                           int64_t, double, double*, int64_t, const double*, const GemmBatch&);
+
+}  // namespace cuda
+}  // namespace tf

@@ -1,0 +1,182 @@
+// LayerNorm over the last dimension: the CUDA twin of native/cpu/layernorm.cc. One block per row; statistics in
+// the working precision's float (fp32 for float32, double for float64), two passes (mean, then variance) as on the
+// CPU. The weight and bias gradients are reduced through per-64-row partials in a fixed order: no float atomics.
+#include "../common/op.h"
+#include "layers.cuh"
+
+namespace tf {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int64_t kRowsPerBlock = 64;
+
+unsigned row_grid(int64_t rows) { return static_cast<unsigned>(rows < (1 << 30) ? rows : (1 << 30)); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ln_forward_kernel(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b,
+                                                              int64_t N, int64_t C, T eps) {
+  T* sh = shared_as<T>();
+  for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
+    const T* xr = x + r * C;
+    T s = T(0);
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
+    T m = block_sum(s, sh) / T(C);
+    T v = T(0);
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+      T d = xr[i] - m;
+      v += d * d;
+    }
+    v = block_sum(v, sh) / T(C);
+    T rs = T(1) / sqrt(v + eps);
+    T* yr = y + r * C;
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) yr[i] = (xr[i] - m) * rs * w[i] + b[i];
+    if (threadIdx.x == 0) {
+      if (mean) mean[r] = m;
+      if (rstd) rstd[r] = rs;
+    }
+  }
+}
+
+// partial[k] = (sum over rows of block k of dy * xhat, sum of dy), one column per thread.
+template <typename T>
+__global__ void ln_param_partial_kernel(T* partial, const T* dy, const T* x, const T* mean, const T* rstd, int64_t N, int64_t C) {
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, k = blockIdx.y;
+  if (i >= C) return;
+  int64_t end = (k + 1) * kRowsPerBlock < N ? (k + 1) * kRowsPerBlock : N;
+  T pw = T(0), pb = T(0);
+  for (int64_t r = k * kRowsPerBlock; r < end; ++r) {
+    T g = dy[r * C + i];
+    T xhat = (x[r * C + i] - mean[r]) * rstd[r];
+    pw += g * xhat;
+    pb += g;
+  }
+  partial[k * 2 * C + i] = pw;
+  partial[k * 2 * C + C + i] = pb;
+}
+
+template <typename T>
+__global__ void ln_param_reduce_kernel(T* dw, T* db, const T* partial, int64_t blocks, int64_t C) {
+  TF_GRID_LOOP(i, C) {
+    T aw = dw[i], ab = db[i];
+    for (int64_t k = 0; k < blocks; ++k) {
+      aw += partial[k * 2 * C + i];
+      ab += partial[k * 2 * C + C + i];
+    }
+    dw[i] = aw;
+    db[i] = ab;
+  }
+}
+
+// dx = (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)) * rstd, per row. dx may alias dy: each thread reads an
+// element before it writes the same element.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ln_dx_kernel(T* dx, const T* dy, const T* x, const T* mean, const T* rstd,
+                                                         const T* w, int64_t N, int64_t C, bool accumulate) {
+  T* sh = shared_as<T>();
+  for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
+    const T *xr = x + r * C, *g = dy + r * C;
+    T m = mean[r], rs = rstd[r];
+    T sg = T(0), sgx = T(0);
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+      T xhat = (xr[i] - m) * rs;
+      T gw = g[i] * w[i];
+      sg += gw;
+      sgx += gw * xhat;
+    }
+    sg = block_sum(sg, sh) / T(C);
+    sgx = block_sum(sgx, sh) / T(C);
+    T* dr = dx + r * C;
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+      T xhat = (xr[i] - m) * rs;
+      T v = (g[i] * w[i] - sg - xhat * sgx) * rs;
+      dr[i] = accumulate ? dr[i] + v : v;
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, const T* bias, int64_t N, int64_t C, double eps) {
+  if (N <= 0 || C <= 0) return;
+  ln_forward_kernel<T><<<row_grid(N), kThreads, kThreads * sizeof(T), stream()>>>(y, mean, rstd, x, weight, bias, N, C, T(eps));
+  check_launch("layerNorm");
+}
+
+template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t, int64_t, double);
+template void layer_norm_forward<double>(double*, double*, double*, const double*, const double*, const double*, int64_t, int64_t, double);
+
+}  // namespace cuda
+
+namespace {
+
+// layerNorm(y, mean, rstd, x, weight, bias, eps)
+TF_OP(layerNorm) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* mean = tensor_arg(info, 1, "mean");
+  Tensor* rstd = tensor_arg(info, 2, "rstd");
+  Tensor* x = tensor_arg(info, 3, "x");
+  Tensor* w = tensor_arg(info, 4, "weight");
+  Tensor* bias = tensor_arg(info, 5, "bias");
+  double eps = number_arg(info, 6, "eps");
+  int64_t C = x->dim(-1), N = x->numel() / C;
+  expect_numel(y, x->numel(), "y");
+  expect_numel(mean, N, "mean");
+  expect_numel(rstd, N, "rstd");
+  expect_numel(w, C, "weight");
+  expect_numel(bias, C, "bias");
+  for (Tensor* t : {y, mean, rstd, w, bias}) expect_same_dtype(t, x, "argument", "x");
+  dispatch_float(x->dtype(), [&]<typename T>() {
+    cuda::layer_norm_forward<T>(y->data<T>(), mean->data<T>(), rstd->data<T>(), x->data<T>(), w->data<T>(), bias->data<T>(), N, C, eps);
+  });
+  return info.Env().Undefined();
+}
+
+// layerNormBackward(dx, dweight, dbias, dy, x, mean, rstd, weight, accumulateDx)
+TF_OP(layerNormBackward) {
+  Tensor* dx = tensor_arg(info, 0, "dx");
+  Tensor* dw = tensor_arg(info, 1, "dweight");
+  Tensor* db = tensor_arg(info, 2, "dbias");
+  Tensor* dy = tensor_arg(info, 3, "dy");
+  Tensor* x = tensor_arg(info, 4, "x");
+  Tensor* mean = tensor_arg(info, 5, "mean");
+  Tensor* rstd = tensor_arg(info, 6, "rstd");
+  Tensor* w = tensor_arg(info, 7, "weight");
+  bool accumulate = bool_arg(info, 8, "accumulateDx");
+  int64_t C = x->dim(-1), N = x->numel() / C;
+  expect_numel(dx, x->numel(), "dx");
+  expect_numel(dy, x->numel(), "dy");
+  expect_numel(dw, C, "dweight");
+  expect_numel(db, C, "dbias");
+  expect_numel(w, C, "weight");
+  expect_numel(mean, N, "mean");
+  expect_numel(rstd, N, "rstd");
+  for (Tensor* t : {dx, dw, db, dy, mean, rstd, w}) expect_same_dtype(t, x, "argument", "x");
+  if (N <= 0 || C <= 0) return info.Env().Undefined();
+  dispatch_float(x->dtype(), [&]<typename T>() {
+    cudaStream_t s = cuda::stream();
+    int64_t blocks = (N + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock;
+    if (blocks > 65535) throw shape_error("layerNormBackward: too many rows: " + std::to_string(N));
+    T* partial = cuda::scratch_as<T>(0, blocks * 2 * C);
+    // The parameter gradients read dy before the dx kernel runs, so dx may alias dy.
+    cuda::ln_param_partial_kernel<T><<<dim3(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(blocks)), 128, 0, s>>>(
+        partial, dy->data<T>(), x->data<T>(), mean->data<T>(), rstd->data<T>(), N, C);
+    cuda::check_launch("layerNormBackward (parameter partials)");
+    cuda::ln_param_reduce_kernel<T><<<cuda::blocks_for(C, 128), 128, 0, s>>>(dw->data<T>(), db->data<T>(), partial, blocks, C);
+    cuda::check_launch("layerNormBackward (parameters)");
+    cuda::ln_dx_kernel<T><<<cuda::row_grid(N), cuda::kThreads, cuda::kThreads * sizeof(T), s>>>(
+        dx->data<T>(), dy->data<T>(), x->data<T>(), mean->data<T>(), rstd->data<T>(), w->data<T>(), N, C, accumulate);
+    cuda::check_launch("layerNormBackward (dx)");
+  });
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void register_layernorm(Napi::Env env, Napi::Object ops) {
+  export_op(env, ops, "layerNorm", layerNorm);
+  export_op(env, ops, "layerNormBackward", layerNormBackward);
+}
+
+}  // namespace tf

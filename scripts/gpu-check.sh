@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The one GPU check, for a machine with an NVIDIA GPU (and the device tool's kit:
+#   source .device-kit/enter.sh && bash scripts/gpu-check.sh).
+# Expects the CUDA addon already built (build-cuda/Release/tarflow_cuda.node; TARFLOW_GPU_CHECK_BUILD=1 rebuilds it
+# here first with npm run build:cuda) and compiled JavaScript in dist/ (npm run build).
+# Steps: device and addon check; the whole test suite with TARFLOW_DEVICE=cuda; the CUDA-vs-CPU parity test;
+# compute-sanitizer memcheck on a small training step and sampling run (when compute-sanitizer exists); a rough
+# timing of the same run on both backends. Full logs go to $OUT/gpu-check/ (or ./gpu-check-logs/); a short
+# table is printed last. Exits non-zero when any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+logs="${OUT:-$PWD}/gpu-check"
+[ -n "${OUT:-}" ] || logs="$PWD/gpu-check-logs"
+mkdir -p "$logs"
+results=()
+failed=0
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local log="$logs/$name.log" start end rc
+  start=$(date +%s.%N)
+  timeout "$limit" "$@" > "$log" 2>&1
+  rc=$?
+  end=$(date +%s.%N)
+  local secs
+  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+  local status=PASS
+  if [ $rc -ne 0 ]; then status="FAIL(rc=$rc)"; failed=1; fi
+  results+=("$(printf '%-22s %-12s %8ss  %s' "$name" "$status" "$secs" "$(tail -n 1 "$log" | cut -c1-80)")")
+  echo "== $name: $status ($secs s)"
+  if [ $rc -ne 0 ]; then tail -n 30 "$log"; fi
+}
+
+export TARFLOW_QUIET=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$logs/nvidia-smi.log" 2>&1 || true
+
+if [ "${TARFLOW_GPU_CHECK_BUILD:-0}" = "1" ]; then
+  step build 900 env TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90-real}" npm run build:cuda
+fi
+
+step addon 60 node -e "
+  const a = require('./build-cuda/Release/tarflow_cuda.node');
+  const info = a.deviceInfo();
+  console.log(JSON.stringify(info));
+  if (a.backend !== 'cuda' || a.deviceCount() < 1) process.exit(1);"
+
+# The suite with the CUDA backend as the default device (tests that pin 'cpu' stay on the CPU).
+step suite-cuda 600 env TARFLOW_DEVICE=cuda TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
+  node node_modules/uvu/bin.js dist/test '\.test\.js$'
+
+step parity 600 env TARFLOW_EXPECT_GPU=1 TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
+  node node_modules/uvu/bin.js dist/test 'cuda-parity\.test\.js$'
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$sanitizer" ]; then
+  # TARFLOW_CUDA_SYNC=1: every op waits, so a fault is reported by the op that caused it.
+  step memcheck 600 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool memcheck --error-exitcode 9 --print-limit 20 \
+    node scripts/gpu-smoke.mjs cuda 1
+  step racecheck 600 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool racecheck --error-exitcode 9 --print-limit 20 \
+    node scripts/gpu-smoke.mjs cuda 1
+else
+  results+=("$(printf '%-22s %-12s' memcheck 'SKIP (no compute-sanitizer)')")
+fi
+
+step smoke-cuda 300 node scripts/gpu-smoke.mjs cuda 20
+step smoke-cpu 300 node scripts/gpu-smoke.mjs cpu 5
+
+echo
+echo "GPU check ($(head -n 1 "$logs/nvidia-smi.log" 2>/dev/null)); logs in $logs"
+printf '%-22s %-12s %9s  %s\n' step status time "last line"
+for r in "${results[@]}"; do echo "$r"; done
+exit $failed

@@ -1,0 +1,421 @@
+/**
+ * The CUDA backend against the CPU backend (the reference): every op of the `Ops` table on random inputs of several
+ * shapes, float32 and float64, then whole golden models run with device 'cuda'.
+ *
+ * Without a GPU (CI, most developers) the comparisons are skipped, and the first test checks that they were
+ * skipped for the expected reason: the addon is not built (no nvcc) or it loaded and no GPU answered; never a
+ * load failure. TARFLOW_EXPECT_GPU=1 (scripts/gpu-check.sh) turns a skip into a failure.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { basename, join } from 'node:path';
+import { getBackend, type Backend, type BlockReverseWeights, type DType, type Ops, type Tensor } from '../lib/backend.js';
+import { readSafetensors, toFloat32, toInt32, type SafetensorsFile } from '../lib/safetensors.js';
+import { configFromMetadata, loadStateDict } from '../lib/checkpoint.js';
+import { TarFlow } from '../lib/model.js';
+import { ParamSet } from '../lib/params.js';
+import { gaussian, goldenFiles, mulberry32, relError, repoRoot } from './helpers.js';
+
+const addonPath = join(repoRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
+const expectGpu = process.env.TARFLOW_EXPECT_GPU === '1';
+
+let cuda: Backend | undefined;
+let skipReason = '';
+try {
+  cuda = getBackend('cuda');
+} catch (err) {
+  skipReason = (err as Error).message;
+}
+const cpu = getBackend('cpu');
+
+test('the CUDA backend loads, or is skipped because there is no GPU (not because it crashed)', () => {
+  if (cuda) {
+    assert.is(cuda.device, 'cuda');
+    return;
+  }
+  assert.ok(!expectGpu, `TARFLOW_EXPECT_GPU=1 but the CUDA backend is unavailable: ${skipReason}`);
+  assert.not.match(skipReason, /failed to load/, `the CUDA addon crashed on load: ${skipReason}`);
+  if (!existsSync(addonPath)) {
+    assert.match(skipReason, /not built/);
+    return;
+  }
+  assert.match(skipReason, /no GPU answered/);
+  // The addon itself: loads, says it is the CUDA backend, and reports zero devices with the runtime's reason.
+  const addon = createRequire(import.meta.url)(addonPath) as {
+    backend: string; deviceCount(): number; deviceInfo(): { count: number; reason: string | null }; ops: Record<string, unknown>;
+  };
+  assert.is(addon.backend, 'cuda');
+  assert.is(addon.deviceCount(), 0);
+  const info = addon.deviceInfo();
+  assert.is(info.count, 0);
+  assert.match(String(info.reason), /driver|no CUDA|device/i);
+  // Both addons export the same op table.
+  const cpuOps = Object.keys(cpu.ops).sort();
+  assert.equal(Object.keys(addon.ops).sort(), cpuOps);
+});
+
+test("TARFLOW_DEVICE=auto falls back to the CPU with one warning; TARFLOW_DEVICE=cuda throws ERR_TARFLOW_DEVICE", () => {
+  if (cuda) return;  // with a GPU both resolve to CUDA; nothing to check here
+  const backendJs = join(repoRoot, 'dist', 'lib', 'backend.js');
+  const script = `
+    const { getBackend } = await import(${JSON.stringify(backendJs)});
+    const a = getBackend(); getBackend();
+    let code = 'none';
+    try { getBackend('cuda'); } catch (e) { code = e.code; }
+    console.log(JSON.stringify({ device: a.device, code }));`;
+  const env = { ...process.env, TARFLOW_DEVICE: 'auto' } as Record<string, string | undefined>;
+  delete env.TARFLOW_QUIET;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: env as NodeJS.ProcessEnv, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { device: string; code: string };
+  assert.is(out.device, 'cpu');
+  assert.is(out.code, 'ERR_TARFLOW_DEVICE');
+  const warnings = r.stderr.split('\n').filter((l) => l.includes('running on the CPU'));
+  assert.is(warnings.length, 1, `expected one fallback warning, got:\n${r.stderr}`);
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Op parity. Each case builds the same inputs on both backends, runs the op on both, and compares the listed
+// outputs (and the return value) with a relative-norm error.
+
+type Arr = Float32Array | Float64Array | Int32Array;
+type Spec = { shape: number[]; dtype?: DType; data?: (n: number) => Arr };
+
+function randn(n: number, seed: number, dtype: DType, scale = 1): Arr {
+  const g = gaussian(seed);
+  const a = dtype === 'float64' ? new Float64Array(n) : new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = scale * g();
+  return a;
+}
+
+const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+
+function makeTensors(backend: Backend, specs: Spec[], arrays: Arr[]): Tensor[] {
+  return specs.map((s, i) => new backend.Tensor(s.dtype ?? 'float32', s.shape, arrays[i]));
+}
+
+let seedCounter = 1;
+function compareOp(name: string, dtype: 'float32' | 'float64', specs: Spec[], outputs: number[],
+                   run: (ops: Ops, t: Tensor[]) => unknown, tol = dtype === 'float64' ? 1e-12 : 1e-5) {
+  if (!cuda) return;
+  const arrays = specs.map((s) => (s.data ? s.data(size(s.shape)) : randn(size(s.shape), seedCounter++, s.dtype ?? dtype)));
+  const withDtype = specs.map((s) => ({ ...s, dtype: s.dtype ?? dtype }));
+  const tc = makeTensors(cpu, withDtype, arrays);
+  const tg = makeTensors(cuda, withDtype, arrays);
+  const rc = run(cpu.ops, tc);
+  const rg = run(cuda.ops, tg);
+  if (typeof rc === 'number') {
+    const err = Math.abs((rg as number) - rc) / Math.max(Math.abs(rc), 1e-12);
+    assert.ok(err < tol, `${name} (${dtype}): returned ${rg}, CPU ${rc} (relative error ${err.toExponential(2)})`);
+  } else if (typeof rc === 'boolean') {
+    assert.is(rg, rc, `${name} (${dtype}): returned ${rg}, CPU ${rc}`);
+  }
+  for (const o of outputs) {
+    const err = relError(tg[o].toArray(), tc[o].toArray());
+    assert.ok(err < tol, `${name} (${dtype}) output ${o} ${tc[o].dtype}${JSON.stringify(tc[o].shape)}: relative error ${err.toExponential(3)} >= ${tol}`);
+  }
+  for (const t of [...tc, ...tg]) t.dispose();
+}
+
+const labelsOf = (B: number, nCls: number, seed: number) => () => {
+  const u = mulberry32(seed);
+  const a = new Int32Array(B);
+  for (let b = 0; b < B; b++) a[b] = b === 1 ? -1 : Math.floor(u() * nCls);
+  return a;
+};
+
+const shapes = [
+  { B: 2, T: 5, W: 24, H: 2, D: 12 },
+  { B: 3, T: 17, W: 128, H: 2, D: 48 },
+  { B: 1, T: 64, W: 192, H: 3, D: 16 },
+];
+
+for (const dtype of ['float32', 'float64'] as const) {
+  for (const { B, T, W, H, D } of shapes) {
+    const tag = `${dtype} B=${B} T=${T} W=${W}`;
+
+    test(`elementwise ops: ${tag}`, () => {
+      if (!cuda) return;
+      const n = [B, T, D];
+      compareOp('copy', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.copy(t[0], t[1]));
+      compareOp('axpby', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.axpby(t[0], t[1], 0.7, -1.3));
+      compareOp('axpby beta=0', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.axpby(t[0], t[1], 2.5, 0));
+      compareOp('rowSumSquares', dtype, [{ shape: [B] }, { shape: n }], [0], (ops, t) => ops.rowSumSquares(t[0], t[1]));
+      compareOp('sumSquares', dtype, [{ shape: n }], [], (ops, t) => ops.sumSquares(t[0]));
+      compareOp('allFinite', dtype, [{ shape: n }], [], (ops, t) => ops.allFinite(t[0]));
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const data = (k: number) => { const a = randn(k, 5, dtype); a[k - 1] = bad; return a; };
+        compareOp(`allFinite(${bad})`, dtype, [{ shape: n, data }], [], (ops, t) => ops.allFinite(t[0]));
+      }
+      compareOp('varUpdate', dtype, [{ shape: [T, D] }, { shape: n }], [0], (ops, t) => ops.varUpdate(t[0], t[1], 0.1));
+      compareOp('mulBroadcast', dtype, [{ shape: n }, { shape: [T, D] }], [0], (ops, t) => ops.mulBroadcast(t[0], t[1]));
+      compareOp('flipTokens', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.flipTokens(t[0], t[1]));
+      compareOp('flipTokens int32', dtype, [{ shape: n, dtype: 'int32', data: (k) => Int32Array.from({ length: k }, (_, i) => i * 7 - 3) },
+        { shape: n, dtype: 'int32', data: (k) => Int32Array.from({ length: k }, (_, i) => i * 3 + 1) }], [0], (ops, t) => ops.flipTokens(t[0], t[1]));
+      compareOp('gelu', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.gelu(t[0], t[1]), dtype === 'float32' ? 1e-6 : 1e-12);
+      compareOp('geluBackward', dtype, [{ shape: n }, { shape: n }, { shape: n }], [0], (ops, t) => ops.geluBackward(t[0], t[1], t[2]), dtype === 'float32' ? 1e-6 : 1e-12);
+      compareOp('geluBackward in place', dtype, [{ shape: n }, { shape: n }], [0], (ops, t) => ops.geluBackward(t[0], t[0], t[1]), dtype === 'float32' ? 1e-6 : 1e-12);
+      for (const [C, S, P] of [[1, 8, 2], [3, 12, 4], [2, 16, 8]]) {
+        const G = S / P;
+        compareOp(`patchify ${C}x${S} P=${P}`, dtype, [{ shape: [B, G * G, C * P * P] }, { shape: [B, C, S, S] }], [0], (ops, t) => ops.patchify(t[0], t[1], P));
+        compareOp(`unpatchify ${C}x${S} P=${P}`, dtype, [{ shape: [B, C, S, S] }, { shape: [B, G * G, C * P * P] }], [0], (ops, t) => ops.unpatchify(t[0], t[1], P));
+      }
+    });
+
+    test(`rng and adamw: ${tag}`, () => {
+      if (!cuda) return;
+      const n = B * T * D + 3;
+      for (const [seed, stream, offset] of [[0, 0, 0], [12345, 77, 5], [2 ** 40 + 3, 2 ** 33, 2 ** 35 + 1]]) {
+        compareOp(`normal(${seed},${stream},${offset})`, dtype, [{ shape: [n] }], [0], (ops, t) => ops.normal(t[0], seed, stream, offset), dtype === 'float32' ? 1e-7 : 1e-13);
+        compareOp(`uniform(${seed},${stream},${offset})`, dtype, [{ shape: [n] }], [0], (ops, t) => ops.uniform(t[0], seed, stream, offset), 1e-15);
+      }
+      const positive = (k: number) => { const a = randn(k, 9, dtype); for (let i = 0; i < k; i++) a[i] = a[i] * a[i]; return a; };
+      for (const step of [1, 7]) {
+        compareOp(`adamw step ${step}`, dtype, [{ shape: [n] }, { shape: [n] }, { shape: [n] }, { shape: [n], data: positive }], [0, 2, 3],
+          (ops, t) => ops.adamw(t[0], t[1], t[2], t[3], { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 1e-4, step }));
+      }
+    });
+
+    test(`embeddings (addPosClass and backward): ${tag}`, () => {
+      if (!cuda) return;
+      const nCls = 5;
+      const lab = { shape: [B], dtype: 'int32' as DType, data: labelsOf(B, nCls, 3) };
+      for (const flip of [false, true]) {
+        compareOp(`addPosClass flip=${flip}`, dtype, [{ shape: [B, T, W] }, { shape: [T, W] }, { shape: [nCls, 1, W] }, lab], [0],
+          (ops, t) => ops.addPosClass(t[0], t[1], t[2], t[3], flip));
+        compareOp(`addPosClass no labels flip=${flip}`, dtype, [{ shape: [B, T, W] }, { shape: [T, W] }, { shape: [nCls, 1, W] }], [0],
+          (ops, t) => ops.addPosClass(t[0], t[1], t[2], null, flip));
+        compareOp(`addPosClass unconditional flip=${flip}`, dtype, [{ shape: [B, T, W] }, { shape: [T, W] }], [0],
+          (ops, t) => ops.addPosClass(t[0], t[1], null, null, flip));
+        compareOp(`addPosClassBackward flip=${flip}`, dtype, [{ shape: [T, W] }, { shape: [nCls, 1, W] }, { shape: [B, T, W] }, lab], [0, 1],
+          (ops, t) => ops.addPosClassBackward(t[0], t[1], t[2], t[3], flip));
+        compareOp(`addPosClassBackward unconditional flip=${flip}`, dtype, [{ shape: [T, W] }, { shape: [B, T, W] }], [0],
+          (ops, t) => ops.addPosClassBackward(t[0], null, t[1], null, flip));
+      }
+    });
+
+    test(`layerNorm and backward: ${tag}`, () => {
+      if (!cuda) return;
+      const x = [B, T, W];
+      compareOp('layerNorm', dtype, [{ shape: x }, { shape: [B, T] }, { shape: [B, T] }, { shape: x }, { shape: [W] }, { shape: [W] }], [0, 1, 2],
+        (ops, t) => ops.layerNorm(t[0], t[1], t[2], t[3], t[4], t[5], 1e-5));
+      // Inputs: dx, dweight, dbias (all with prior contents: gradients accumulate), dy, x, mean, rstd, weight, and
+      // bias plus an output buffer for the forward that produces a consistent mean/rstd.
+      const specs = [{ shape: x }, { shape: [W] }, { shape: [W] }, { shape: x }, { shape: x }, { shape: [B, T] }, { shape: [B, T] },
+        { shape: [W] }, { shape: [W] }, { shape: x }];
+      for (const acc of [false, true]) {
+        compareOp(`layerNormBackward accumulate=${acc}`, dtype, specs, [0, 1, 2], (ops, t) => {
+          ops.layerNorm(t[9], t[5], t[6], t[4], t[7], t[8], 1e-5);
+          ops.layerNormBackward(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], acc);
+        });
+      }
+      compareOp('layerNormBackward dx aliasing dy', dtype, specs, [0, 1, 2], (ops, t) => {
+        ops.layerNorm(t[9], t[5], t[6], t[4], t[7], t[8], 1e-5);
+        ops.layerNormBackward(t[3], t[1], t[2], t[3], t[4], t[5], t[6], t[7], false);
+        ops.copy(t[0], t[3]);
+      });
+    });
+
+    test(`linear and backward (gemm, all transpose cases): ${tag}`, () => {
+      if (!cuda) return;
+      const F = 4 * W;
+      for (const [K, N] of [[W, F], [F, W], [D, W], [W, 2 * D]]) {
+        for (const acc of [false, true]) {
+          compareOp(`linear ${K}->${N} accumulate=${acc}`, dtype, [{ shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }, { shape: [N] }], [0],
+            (ops, t) => ops.linear(t[0], t[1], t[2], t[3], acc));
+          compareOp(`linearBackward ${K}->${N} accumulate=${acc}`, dtype,
+            [{ shape: [B, T, K] }, { shape: [N, K] }, { shape: [N] }, { shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }], [0, 1, 2],
+            (ops, t) => ops.linearBackward(t[0], t[1], t[2], t[3], t[4], t[5], acc));
+        }
+        compareOp(`linear ${K}->${N} no bias`, dtype, [{ shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }], [0],
+          (ops, t) => ops.linear(t[0], t[1], t[2], null, false));
+        compareOp(`linearBackward ${K}->${N} dx only`, dtype, [{ shape: [B, T, K] }, { shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }], [0],
+          (ops, t) => ops.linearBackward(t[0], null, null, t[1], t[2], t[3], false));
+      }
+    });
+
+    test(`attention and backward: ${tag}`, () => {
+      if (!cuda) return;
+      for (const temp of [1, 0.7]) {
+        compareOp(`attention temp=${temp}`, dtype, [{ shape: [B, T, W] }, { shape: [B, H, T, T] }, { shape: [B, T, 3 * W] }], [0, 1],
+          (ops, t) => ops.attention(t[0], t[1], t[2], H, temp));
+        compareOp(`attentionBackward temp=${temp}`, dtype,
+          [{ shape: [B, T, 3 * W] }, { shape: [B, T, W] }, { shape: [B, T, 3 * W] }, { shape: [B, H, T, T] }, { shape: [B, T, W] }], [0],
+          (ops, t) => {
+            ops.attention(t[4], t[3], t[2], H, temp);  // real probabilities for the backward
+            ops.attentionBackward(t[0], t[1], t[2], t[3], H, temp);
+          });
+      }
+    });
+
+    test(`coupling forward and backward: ${tag}`, () => {
+      if (!cuda) return;
+      const small = (k: number) => randn(k, 11, dtype, 0.3);
+      for (const nvp of [true, false]) {
+        const Do = nvp ? 2 * D : D;
+        for (const acc of [false, true]) {
+          compareOp(`couplingForward nvp=${nvp} accumulate=${acc}`, dtype, [{ shape: [B, T, D] }, { shape: [B] }, { shape: [B, T, D] }, { shape: [B, T, Do], data: small }], [0, 1],
+            (ops, t) => ops.couplingForward(t[0], t[1], t[2], t[3], nvp, acc));
+        }
+        compareOp(`couplingBackward nvp=${nvp}`, dtype, [{ shape: [B, T, D] }, { shape: [B, T, Do] }, { shape: [B, T, D] }, { shape: [B, T, D] }, { shape: [B, T, Do], data: small }], [0, 1],
+          (ops, t) => ops.couplingBackward(t[0], t[1], t[2], t[3], t[4], nvp, -1 / B));
+      }
+    });
+
+    test(`blockReverse (sequential inverse with guidance variants): ${tag}`, () => {
+      if (!cuda) return;
+      const L = 2, F = 4 * W, nCls = 4;
+      for (const [nvp, cond, opts] of [
+        [true, false, {}],
+        [true, true, { guidance: 1.5 }],
+        [true, true, { guidance: 2, annealed: true, tempUncond: 0.7 }],
+        [true, false, { guidance: 0.8, tempUncond: 0.5 }],
+        [true, false, { guidance: 0.8, guideA: false, tempUncond: 1.5 }],
+        [false, true, { guidance: 1.2 }],
+      ] as const) {
+        for (const flip of [false, true]) {
+          const Do = nvp ? 2 * D : D;
+          const wSpecs: Spec[] = [
+            { shape: [W, D] }, { shape: [W] }, { shape: [T, W] }, { shape: [nCls, 1, W] }, { shape: [Do, W] }, { shape: [Do] },
+          ];
+          for (let l = 0; l < L; l++) {
+            wSpecs.push({ shape: [W] }, { shape: [W] }, { shape: [3 * W, W] }, { shape: [3 * W] }, { shape: [W, W] }, { shape: [W] },
+              { shape: [W] }, { shape: [W] }, { shape: [F, W] }, { shape: [F] }, { shape: [W, F] }, { shape: [W] });
+          }
+          // Scales that keep the inverse well conditioned: small weights, LayerNorm weights near 1.
+          const scaled = wSpecs.map((s, i) => ({
+            ...s,
+            data: (k: number) => {
+              const a = randn(k, 1000 + i, dtype, 0.05);
+              const isNormWeight = i >= 6 && ((i - 6) % 12 === 0 || (i - 6) % 12 === 6);
+              if (isNormWeight) for (let j = 0; j < k; j++) a[j] += 1;
+              return a;
+            },
+          }));
+          const specs: Spec[] = [{ shape: [B, T, D] }, { shape: [B], dtype: 'int32', data: labelsOf(B, nCls, 8) }, ...scaled];
+          compareOp(`blockReverse nvp=${nvp} cond=${cond} flip=${flip} ${JSON.stringify(opts)}`, dtype, specs, [0], (ops, t) => {
+            const w = t.slice(2);
+            const weights: BlockReverseWeights = {
+              projInWeight: w[0], projInBias: w[1], pos: w[2], classEmbed: cond ? w[3] : null, projOutWeight: w[4], projOutBias: w[5],
+              layers: Array.from({ length: L }, (_, l) => {
+                const o = 6 + 12 * l;
+                return {
+                  ln1Weight: w[o], ln1Bias: w[o + 1], qkvWeight: w[o + 2], qkvBias: w[o + 3], projWeight: w[o + 4], projBias: w[o + 5],
+                  ln2Weight: w[o + 6], ln2Bias: w[o + 7], fc1Weight: w[o + 8], fc1Bias: w[o + 9], fc2Weight: w[o + 10], fc2Bias: w[o + 11],
+                };
+              }),
+            };
+            ops.blockReverse(t[0], weights, { flip, nvp, heads: H, labels: cond ? t[1] : null, ...opts });
+          }, dtype === 'float32' ? 1e-4 : 1e-11);
+        }
+      }
+    });
+  }
+}
+
+test('getThreads/setThreads exist and do not throw', () => {
+  if (!cuda) return;
+  assert.type(cuda.ops.getThreads(), 'number');
+  cuda.ops.setThreads(2);
+});
+
+test('errors: shape mismatches and out-of-range labels become coded errors', () => {
+  if (!cuda) return;
+  const a = new cuda.Tensor('float32', [2, 3]);
+  const b = new cuda.Tensor('float32', [4]);
+  assert.throws(() => cuda!.ops.copy(a, b), (e: Error & { code?: string }) => e.code === 'ERR_TARFLOW_SHAPE');
+  const h = new cuda.Tensor('float32', [2, 3, 8]);
+  const pos = new cuda.Tensor('float32', [3, 8]);
+  const cls = new cuda.Tensor('float32', [2, 1, 8]);
+  const labels = new cuda.Tensor('int32', [2], new Int32Array([0, 5]));
+  assert.throws(() => cuda!.ops.addPosClass(h, pos, cls, labels, false), (e: Error & { code?: string }) => e.code === 'ERR_TARFLOW_INVALID_ARGUMENT');
+  // The backend is still usable after ordinary errors.
+  const c = new cuda.Tensor('float32', [4], new Float32Array([1, 2, 3, 4])).fill(2.5);
+  assert.equal(Array.from(c.toArray()), [2.5, 2.5, 2.5, 2.5]);
+  const v = c.view(1, [2]);
+  v.fill(-1);
+  assert.equal(Array.from(c.toArray()), [2.5, -1, -1, 2.5]);
+  for (const t of [a, b, h, pos, cls, labels, c, v]) t.dispose();
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Whole models: the golden files (reference PyTorch outputs) with device 'cuda', at the golden test's tolerances.
+
+const FWD_TOL = 1e-4;
+const SAMPLE_TOL = 1e-3;
+
+function goldenTensor(file: SafetensorsFile, name: string): Float32Array {
+  const t = file.tensors.get(name);
+  if (!t) throw new Error(`golden file lacks ${name}`);
+  return toFloat32(t);
+}
+
+function expectClose(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number) {
+  const err = relError(got, want);
+  assert.ok(err < tol, `${what}: relative error ${err.toExponential(3)} >= ${tol}`);
+}
+
+for (const path of goldenFiles()) {
+  test(`golden on CUDA: ${basename(path, '.safetensors')}: forward, gradients, AdamW, sampling`, async () => {
+    if (!cuda) return;
+    const file = await readSafetensors(path);
+    const config = configFromMetadata(file, path)!;
+    const model = new TarFlow(config, { device: 'cuda', noInit: true });
+    assert.is(model.backend.device, 'cuda');
+    loadStateDict(model, file.tensors, 'param.', path);
+
+    const x = goldenTensor(file, 'input.x');
+    const B = x.length / (config.inChannels * config.imgSize ** 2);
+    const ws = model.workspace(B);
+    const y = file.tensors.has('input.y') ? toInt32(file.tensors.get('input.y')!) : null;
+    model.setInputs(ws, x, y);
+    const { loss, logdet } = model.forward(ws);
+    expectClose('z', ws.z.toArray(), goldenTensor(file, 'output.z'), FWD_TOL);
+    expectClose('logdets', logdet, goldenTensor(file, 'output.logdets'), FWD_TOL);
+    expectClose('loss', [loss], goldenTensor(file, 'output.loss'), FWD_TOL);
+
+    const grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
+    model.backward(ws, grads);
+    expectClose('grad x', ws.dx.toArray(), goldenTensor(file, 'grad.x'), FWD_TOL);
+    for (const spec of model.specs) expectClose(`grad ${spec.name}`, grads.get(spec.name).toArray(), goldenTensor(file, `grad.${spec.name}`), FWD_TOL);
+
+    const m = new model.backend.Tensor(model.dtype, [model.params.flat.size]);
+    const v = new model.backend.Tensor(model.dtype, [model.params.flat.size]);
+    model.ops.adamw(model.params.flat, grads.flat, m, v, { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 1e-4, step: 1 });
+    for (const spec of model.specs) expectClose(`adamw ${spec.name}`, model.params.get(spec.name).toArray(), goldenTensor(file, `adamw1.${spec.name}`), FWD_TOL);
+    m.dispose(); v.dispose(); grads.dispose(); model.dispose();
+
+    // Sampling from a fresh copy of the golden parameters.
+    const sampler = new TarFlow(config, { device: 'cuda', noInit: true });
+    loadStateDict(sampler, file.tensors, 'param.', path);
+    const noise = goldenTensor(file, 'reverse.noise');
+    const { tokens, patchDim } = sampler.shape;
+    const Bs = noise.length / (tokens * patchDim);
+    const labels = file.tensors.has('reverse.y') ? new sampler.backend.Tensor('int32', [Bs], toInt32(file.tensors.get('reverse.y')!)) : null;
+    const variants: Record<string, { guidance?: number; guideWhat?: 'ab' | 'a' | 'b'; attnTemp?: number; annealed?: boolean }> = {
+      'reverse.plain': {},
+      'reverse.cfg': { guidance: 1.5 },
+      'reverse.cfg_annealed_temp': { guidance: 2, annealed: true, attnTemp: 0.7 },
+      'reverse.uncond_guided': { guidance: 0.8, attnTemp: 0.5 },
+      'reverse.uncond_guided_b_only': { guidance: 0.8, guideWhat: 'b', attnTemp: 1.5 },
+    };
+    let ran = 0;
+    for (const [key, opts] of Object.entries(variants)) {
+      if (!file.tensors.has(key)) continue;
+      const z = new sampler.backend.Tensor('float32', [Bs, tokens, patchDim], noise);
+      const out = new sampler.backend.Tensor('float32', [Bs, config.inChannels, config.imgSize, config.imgSize]);
+      sampler.reverse(z, out, labels, opts);
+      expectClose(key, out.toArray(), goldenTensor(file, key), SAMPLE_TOL);
+      z.dispose(); out.dispose();
+      ran++;
+    }
+    assert.ok(ran >= 2, 'expected at least two sampler outputs in the golden file');
+    labels?.dispose();
+    sampler.dispose();
+  });
+}
+
+test.run();
