@@ -54,26 +54,38 @@ interface BlockActs {
 /** All buffers of a forward and backward at one batch size, allocated once and reused every step. */
 export class Workspace {
   readonly tensors: Tensor[] = [];
-  readonly x: Tensor;
-  readonly labels: Tensor;
-  readonly patches: Tensor;
+  x!: Tensor;
+  labels!: Tensor;
+  patches!: Tensor;
   readonly blocks: BlockActs[] = [];
-  readonly logdet: Tensor;
-  readonly sumsq: Tensor;
+  logdet!: Tensor;
+  sumsq!: Tensor;
   // backward scratch
-  readonly dz: Tensor;
+  dz!: Tensor;
   readonly dIn: Tensor[] = [];
-  readonly dv: Tensor;
-  readonly dup: Tensor;
-  readonly dout: Tensor;
-  readonly dh: Tensor;
-  readonly dln: Tensor;
-  readonly datt: Tensor;
-  readonly dqkv: Tensor;
-  readonly dact: Tensor;
-  readonly dx: Tensor;
+  dv!: Tensor;
+  dup!: Tensor;
+  dout!: Tensor;
+  dh!: Tensor;
+  dln!: Tensor;
+  datt!: Tensor;
+  dqkv!: Tensor;
+  dact!: Tensor;
+  dx!: Tensor;
 
   constructor(backend: Backend, cfg: TarFlowConfig, s: ModelShape, readonly batch: number, dtype: FloatDType) {
+    try {
+      this.allocate(backend, cfg, s, dtype);
+    } catch (err) {
+      // A batch too large for memory must not strand the buffers allocated before the failing one.
+      this.dispose();
+      throw err;
+    }
+  }
+
+  // Definite assignment: every field below is set by allocate(), called only from the constructor.
+  private allocate(backend: Backend, cfg: TarFlowConfig, s: ModelShape, dtype: FloatDType): void {
+    const batch = this.batch;
     const B = batch, T = s.tokens, D = s.patchDim, W = cfg.channels, H = s.heads, F = s.hidden;
     const t = (shape: number[], dt: FloatDType | 'int32' = dtype) => {
       const x = new backend.Tensor(dt, shape);

@@ -15,6 +15,7 @@ import { getBackend } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
 import { parseSafetensors, readSafetensors } from '../lib/safetensors.js';
 import { serializeNpy } from '../lib/npy.js';
+import { parseNpz } from '../lib/npz.js';
 import { train } from '../lib/jobs.js';
 import { repoRoot } from './helpers.js';
 
@@ -171,6 +172,98 @@ test('SIGKILL at random moments never leaves a torn file; --resume reaches the u
     compared++;
   }
   assert.ok(compared > 10);
+});
+
+
+test('an allocation that cannot be met is an exception naming its size; the process stays usable', () => {
+  const b = getBackend('cpu');
+  try {
+    new b.Tensor('float32', [2 ** 40]); // 4 TiB
+    assert.unreachable('a 4 TiB tensor was allocated');
+  } catch (err) {
+    assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+    assert.match((err as Error).message, /4398046511104 bytes/);
+  }
+  const model = new TarFlow({ inChannels: 3, imgSize: 64, patchSize: 2, channels: 768, numBlocks: 8, layersPerBlock: 8 }, { device: 'cpu', noInit: true });
+  try {
+    model.workspace(1 << 16); // attention probabilities alone would need petabytes
+    assert.unreachable('an impossible workspace was allocated');
+  } catch (err) {
+    assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+  }
+  model.dispose();
+  const t = new b.Tensor('float32', [4]).fill(2);
+  assert.equal(Array.from(t.toArray()), [2, 2, 2, 2]);
+  t.dispose();
+});
+
+test('Ctrl-C (SIGINT) during training saves a resumable checkpoint and exits with 130', async () => {
+  const out = join(dir, 'sigint');
+  const child = cliTrain(out, 400, false);
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (/train \d+\/400/.test(stderr) && !child.killed) child.kill('SIGINT');
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  assert.is(code, 130, stderr);
+  assert.match(stderr, /interrupted/);
+  const state = await readSafetensors(join(out, 'train-state.safetensors'));
+  const step = JSON.parse(state.metadata.train).step as number;
+  assert.ok(step >= 1 && step < 400, `saved at step ${step}`);
+  await readSafetensors(join(out, 'checkpoint.safetensors'));
+});
+
+test('an AbortSignal stops sampling and generation between batches', async () => {
+  const { generateToDisk } = await import('../lib/jobs.js');
+  const ckpt = join(dir, 'ref', 'checkpoint.safetensors');
+  const ac = new AbortController();
+  const out = join(dir, 'gen-abort');
+  try {
+    await generateToDisk({ checkpoint: ckpt, count: 400, shardSize: 20, batchSize: 10, out, format: 'npz' }, {
+      signal: ac.signal,
+      onProgress: (p) => { if (p.done >= 40) ac.abort(); },
+    });
+    assert.unreachable('generation ran to the end despite the abort');
+  } catch (err) {
+    assert.is((err as { code?: string }).code, 'ERR_TARFLOW_ABORTED');
+  }
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { shards: unknown[]; complete: boolean };
+  assert.ok(manifest.shards.length >= 2 && manifest.shards.length < 20, `${manifest.shards.length} shards written`);
+  assert.not.ok(manifest.complete);
+  const r = await generateToDisk({ checkpoint: ckpt, count: 400, shardSize: 20, batchSize: 10, out, format: 'npz', resume: true });
+  assert.is(r.skipped + r.generated, 400);
+});
+
+test('SIGKILL during generation never leaves a torn shard or manifest; --resume completes the same shards', async () => {
+  const ckpt = join(dir, 'ref', 'checkpoint.safetensors');
+  const common = ['--checkpoint', ckpt, '--count', '20000', '--shard-size', '500', '--format', 'npz', '--batch-size', '100', '--guidance', '1', '--seed', '3'];
+  const cliGenerate = (out: string, resume: boolean) => spawn(process.execPath, [join(repoRoot, 'dist', 'lib', 'cli.js'), 'generate', ...common, '--out', out, ...(resume ? ['--resume'] : [])],
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TARFLOW_QUIET: '1' } });
+  const reference = join(dir, 'gen-ref');
+  assert.is(await new Promise((resolve) => cliGenerate(reference, false).on('exit', resolve)), 0);
+  const out = join(dir, 'gen-killed');
+  let seed = 777;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  let kills = 0;
+  for (let attempt = 0; attempt < (stress ? 10 : 3); attempt++) {
+    const child = cliGenerate(out, existsSync(join(out, 'manifest.json')));
+    const code = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => { child.kill('SIGKILL'); kills++; }, 250 + rand() * 600);
+      child.on('exit', (c) => { clearTimeout(timer); resolve(c); });
+    });
+    if (code === 0) break;
+    if (existsSync(join(out, 'manifest.json'))) {
+      const m = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { shards: Array<{ files: string[] }> };
+      for (const shard of m.shards) for (const f of shard.files) parseNpz(readFileSync(join(out, f)));
+    }
+  }
+  assert.ok(kills >= 1, 'no generation run was interrupted');
+  assert.is(await new Promise((resolve) => cliGenerate(out, true).on('exit', resolve)), 0);
+  for (let k = 0; k < 40; k++) { // 20000 images in shards of 500
+    const f = `shard-${String(k).padStart(5, '0')}.npz`;
+    assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(reference, f))), `${f} differs after kill and resume`);
+  }
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
