@@ -122,6 +122,8 @@ export class Trainer {
   private readonly dropBuf: Tensor;
   private readonly hostImages: Float32Array | Float64Array;
   private readonly hostLabels: Int32Array;
+  private readonly lutGaussian = Float64Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
+  private readonly lutUniform = Float64Array.from({ length: 256 }, (_, p) => p / 128 - 1);
   /** Steps taken so far (skipped ones included). */
   step = 0;
   /** Optimizer updates applied (AdamW's bias-correction count). */
@@ -185,18 +187,18 @@ export class Trainer {
       flips = this.dropBuf.toArray();
     }
     // Gaussian training maps p -> p/127.5 - 1; uniform dequantization maps p -> (p + U)/128 - 1.
-    const scale = o.noise === 'uniform' ? 1 / 128 : 1 / 127.5;
+    const lut = o.noise === 'uniform' ? this.lutUniform : this.lutGaussian;
     const x = this.hostImages;
     const src = this.data.images;
     for (let b = 0; b < B; b++) {
       const base = idx[b] * per;
-      const flip = flips !== null && flips[b] < 0.5;
-      for (let c = 0; c < C; c++)
-        for (let r = 0; r < S; r++) {
-          const row = base + (c * S + r) * S;
-          const out = b * per + (c * S + r) * S;
-          for (let col = 0; col < S; col++) x[out + col] = src[row + (flip ? S - 1 - col : col)] * scale - 1;
-        }
+      const out = b * per;
+      if (flips !== null && flips[b] < 0.5) {
+        for (let r = 0; r < C * S; r++)
+          for (let col = 0; col < S; col++) x[out + r * S + col] = lut[src[base + r * S + S - 1 - col]];
+      } else {
+        for (let i = 0; i < per; i++) x[out + i] = lut[src[base + i]];
+      }
     }
     ws.x.copyFrom(x);
     if (o.noise === 'gaussian') {

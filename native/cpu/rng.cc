@@ -1,5 +1,7 @@
 // Seeded noise: normal(out, seed, stream, offset) and uniform(out, seed, stream, offset) fill out[i] with element
 // offset + i of the stream. See common/philox.h for why the generator is counter-based.
+#include <cmath>
+
 #include "../common/op.h"
 #include "../common/philox.h"
 #include "../common/threads.h"
@@ -14,16 +16,38 @@ uint64_t u64_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return uint64_t(d);
 }
 
+// Element i of a stream comes from Philox block i/2 (normals: a Box-Muller pair) or i/4 (uniforms). Whole blocks
+// are computed once and all their values used; only a range's ragged ends fall back to the per-element form,
+// which gives the same numbers.
+template <typename T, bool kNormal>
+void fill_range(T* p, uint64_t seed, uint64_t stream, uint64_t first, int64_t n) {
+  constexpr uint64_t per = kNormal ? 2 : 4;
+  auto single = [&](uint64_t i) { return kNormal ? philox_normal(seed, stream, i) : philox_uniform(seed, stream, i); };
+  int64_t i = 0;
+  for (; i < n && (first + i) % per; ++i) p[i] = static_cast<T>(single(first + i));
+  for (; i + int64_t(per) <= n; i += per) {
+    uint64_t g = first + i;
+    Philox4 r = philox_block(seed, stream, g / per);
+    if constexpr (kNormal) {
+      double u1 = (double(r.v[0]) + 1.0) * (1.0 / 4294967296.0);
+      double u2 = double(r.v[1]) * (1.0 / 4294967296.0);
+      double radius = std::sqrt(-2.0 * std::log(u1)), angle = 6.283185307179586 * u2;
+      p[i] = static_cast<T>(radius * std::cos(angle));
+      p[i + 1] = static_cast<T>(radius * std::sin(angle));
+    } else {
+      for (int k = 0; k < 4; ++k) p[i + k] = static_cast<T>(double(r.v[k] >> 8) * (1.0 / 16777216.0));
+    }
+  }
+  for (; i < n; ++i) p[i] = static_cast<T>(single(first + i));
+}
+
 template <bool kNormal>
 Napi::Value fill_random(const Napi::CallbackInfo& info) {
   Tensor* out = tensor_arg(info, 0, "out");
   uint64_t seed = u64_arg(info, 1, "seed"), stream = u64_arg(info, 2, "stream"), offset = u64_arg(info, 3, "offset");
   dispatch_float(out->dtype(), [&]<typename T>() {
     T* p = out->data<T>();
-    parallel_for(out->numel(), 4096, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i)
-        p[i] = static_cast<T>(kNormal ? philox_normal(seed, stream, offset + i) : philox_uniform(seed, stream, offset + i));
-    });
+    parallel_for(out->numel(), 4096, [&](int64_t s, int64_t e) { fill_range<T, kNormal>(p + s, seed, stream, offset + s, e - s); });
   });
   return info.Env().Undefined();
 }
