@@ -140,7 +140,17 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
       model.reverse(z, out, lab, options);
       let x = Float32Array.from(out.toArray());
       if (options.denoiseSigma !== undefined && options.denoiseSigma > 0) {
+        // A non-finite sample will be redrawn; it must not stop the denoising of the others, whose score step
+        // does not depend on it (the loss is a per-sample sum). It goes through as zeros and comes back NaN.
+        const broken: number[] = [];
+        for (let i = 0; i < B; i++) {
+          if (!finite(x, i * per, per)) {
+            broken.push(i);
+            x.fill(0, i * per, (i + 1) * per);
+          }
+        }
         x = denoise(model, x, lab ? (lab.toArray() as Int32Array) : null, { sigma: options.denoiseSigma });
+        for (const i of broken) x.fill(NaN, i * per, (i + 1) * per);
       }
       return x;
     } finally {

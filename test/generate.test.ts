@@ -108,6 +108,28 @@ test('a sample that stays NaN/Inf is never written: the run fails with a clear e
   model.dispose();
 });
 
+test('with denoising, a non-finite sample is redrawn (not fed to the score step), and the others are denoised', () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  randomizeParams(model, 12, 0.02);
+  // A huge class-1 embedding rides the residual stream into proj_out: exp(a) overflows for class 1 only.
+  const cls = model.params.get('blocks.1.class_embed');
+  const e = cls.toArray();
+  for (let i = 64; i < 128; i++) e[i] = 1e4;
+  cls.copyFrom(e as Float32Array);
+  try {
+    generate(model, { count: 4, labels: [0, 1, 0, 2], denoiseSigma: 0.1, maxRedraws: 1 });
+    assert.unreachable('class 1 can never be finite');
+  } catch (err) {
+    assert.is((err as TarflowError).code, 'ERR_TARFLOW_NON_FINITE');
+    assert.match((err as Error).message, /sample 1 /);
+  }
+  const ok = generate(model, { count: 3, labels: [0, 2, 0], denoiseSigma: 0.1 });
+  const plain = generate(model, { count: 3, labels: [0, 2, 0] });
+  assert.is(ok.redraws.length, 0);
+  assert.not.equal(Array.from(ok.images), Array.from(plain.images), 'denoising changed the images');
+  model.dispose();
+});
+
 test('npz reader rejects damaged archives', () => {
   const good = serializeNpz({ arr_0: { data: new Uint8Array([1, 2, 3, 4]), shape: [2, 2] } });
   assert.equal(Array.from(parseNpz(good).get('arr_0')!.data as Uint8Array), [1, 2, 3, 4]);
