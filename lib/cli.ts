@@ -6,7 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { join } from 'node:path';
 import { TarflowError } from './errors.js';
-import { evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
+import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import type { Progress } from './tasks.js';
 import { readConfigFile } from './tasks.js';
 
@@ -69,6 +69,17 @@ function labelsArg(v: Values): number[] | number | undefined {
   return nums.length === 1 ? nums[0] : nums;
 }
 
+function labelBaseArg(v: Values): 0 | 1 | undefined {
+  const base = num(v, 'label-base', { int: true, min: 0, max: 1 });
+  return base as 0 | 1 | undefined;
+}
+
+const datasetHelp = "'mnist' (default), a .npy/.npz of uint8 images ((N,H,W), (N,C,H,W), (N,H,W,C) or flat (N,C*S*S) rows), " +
+  'a CIFAR-10 batch .bin or its folder, an IDX image file (labels from the *-labels-idx1-ubyte beside it), ' +
+  'or a folder of PNG/JPEG images (one subfolder per class, or flat for unlabelled data)';
+const labelsHelp = '.npy of integer labels for a .npy dataset (or an IDX label file); the other formats carry their own';
+const labelBaseHelp = '1 when .npy/.npz labels count from 1, as in downsampled ImageNet (default 0)';
+
 function guidanceArgs(v: Values) {
   const what = str(v, 'guide-what');
   if (what !== undefined && what !== 'ab' && what !== 'a' && what !== 'b') {
@@ -90,12 +101,16 @@ const trainOptions = {
   noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
   'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
   'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' },
+  'image-size': { type: 'string' }, channels: { type: 'string' }, 'label-base': { type: 'string' },
   ...common,
 } as const;
 
 const trainHelp: Record<string, string> = {
-  dataset: "'mnist' (default) or a .npy file of uint8 images (N,H,W) or (N,C,H,W)",
-  labels: '.npy file of integer labels for a .npy dataset',
+  dataset: datasetHelp,
+  labels: labelsHelp,
+  'image-size': 'side an image folder is resized and centre-cropped to (default 32, or the --config model\'s); a check for other formats',
+  channels: '1 (grey) or 3 (RGB) for an image folder (default 3); how flat .npy/.npz rows are split',
+  'label-base': labelBaseHelp,
   preset: "model size: 'tiny' (default; a few minutes on a CPU) or 'small' (the reference MNIST model)",
   config: 'JSON file with a full model config (overrides --preset)',
   unconditional: 'train without labels',
@@ -128,9 +143,13 @@ function trainSpecFrom(v: Values) {
   const dataset = str(v, 'dataset') ?? 'mnist';
   const noise = str(v, 'noise');
   if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--noise must be gaussian or uniform, got '${noise}'`);
-  const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/^.*[\\/]/, '').replace(/\.npy$/i, '');
+  // a folder given with a trailing slash still names the run after the folder
+  const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/[\\/]+$/, '').replace(/^.*[\\/]/, '').replace(/\.(npy|npz|bin)$/i, '') || 'data';
+  const channels = num(v, 'channels', { int: true, min: 1, max: 3 });
+  if (channels === 2) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', "--channels must be 1 (grey) or 3 (RGB), got '2'");
   return {
-    dataset, labels: str(v, 'labels'), preset, conditional: v.unconditional ? false : undefined,
+    dataset, labels: str(v, 'labels'), imageSize: num(v, 'image-size', { int: true, min: 1, max: 4096 }), channels, labelBase: labelBaseArg(v),
+    preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
     epochs: num(v, 'epochs', { min: 1e-9 }), steps: num(v, 'steps', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
     lr: num(v, 'lr', { min: 0 }), minLr: num(v, 'min-lr', { min: 0 }), warmupSteps: num(v, 'warmup-steps', { int: true, min: 0 }),
@@ -156,8 +175,8 @@ function printTrainSummary(r: Awaited<ReturnType<typeof train>>, json: boolean) 
 
 const commands: Record<string, Command> = {
   train: {
-    summary: 'train a model on MNIST or a .npy dataset',
-    usage: 'tarflow train [--dataset mnist|FILE.npy] [--preset tiny|small] [--epochs N] [--out DIR] [--resume] ...',
+    summary: 'train a model on MNIST, an array file (.npy, .npz, CIFAR-10, IDX) or a folder of images',
+    usage: 'tarflow train [--dataset mnist|FILE|DIR] [--image-size S --channels 1|3] [--preset tiny|small] [--epochs N] [--out DIR] [--resume] ...',
     options: trainOptions,
     help: { ...trainHelp, ...commonHelp },
     async run(v, job, json) {
@@ -238,16 +257,56 @@ const commands: Record<string, Command> = {
       return r;
     },
   },
+  'eval-samples': {
+    summary: 'kNN accuracy of conditional MNIST samples and their distance to the training set',
+    usage: 'tarflow eval-samples --checkpoint FILE [--count N] [--guidance W] [--denoise SIGMA] [--k K] [--json]',
+    options: {
+      checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, guidance: { type: 'string' },
+      'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' },
+      seed: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' }, ...common,
+    },
+    help: {
+      checkpoint: 'class-conditional MNIST checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata',
+      count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
+      'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
+      denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
+      k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...commonHelp,
+    },
+    async run(v, job, json) {
+      const checkpoint = str(v, 'checkpoint');
+      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'eval-samples needs --checkpoint FILE (a class-conditional MNIST model)');
+      const r = await evalSamples({
+        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count: num(v, 'count', { int: true, min: 1 }),
+        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', { int: true, min: 0 }),
+        k: num(v, 'k', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), device: device(v),
+      }, job);
+      if (!json) {
+        const pct = (x: number | null) => (x === null ? '-' : `${(100 * x).toFixed(1)}%`);
+        const dist = (d: { mean: number; min: number; median: number }) => `mean ${d.mean.toFixed(3)}, median ${d.median.toFixed(3)}, min ${d.min.toFixed(3)}`;
+        process.stdout.write([
+          `kNN accuracy (k = ${r.k}) of ${r.count} samples: ${pct(r.accuracy)}   (real test images: ${pct(r.testSetAccuracy)})`,
+          `per class: ${r.perClassAccuracy.map((a, d) => `${d}:${pct(a)}`).join('  ')}`,
+          `distance to nearest training image (pixels in [0,1]):`,
+          `  samples:          ${dist(r.nearestDistance)}`,
+          `  real test images: ${dist(r.trainingSetNearestBaseline)}`,
+          r.redraws ? `${r.redraws} non-finite samples redrawn` : '',
+        ].filter(Boolean).join('\n') + '\n');
+      }
+      return r;
+    },
+  },
   eval: {
     summary: 'test-set bits/dim of a checkpoint',
-    usage: 'tarflow eval --checkpoint FILE [--dataset mnist|FILE.npy] [--split test|train] [--limit N]',
+    usage: 'tarflow eval --checkpoint FILE [--dataset mnist|FILE|DIR] [--split test|train] [--limit N]',
     options: {
-      checkpoint: { type: 'string' }, config: { type: 'string' }, dataset: { type: 'string' }, labels: { type: 'string' },
+      checkpoint: { type: 'string' }, config: { type: 'string' }, dataset: { type: 'string' }, labels: { type: 'string' }, 'label-base': { type: 'string' },
       split: { type: 'string' }, limit: { type: 'string' }, 'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', dataset: "'mnist' (default) or a .npy file",
-      labels: 'labels .npy for a .npy dataset', split: "MNIST split: 'test' (default) or 'train'", limit: 'use only the first N images',
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata',
+      dataset: `${datasetHelp}; image folders are decoded at the model's size and channels`, labels: labelsHelp, 'label-base': labelBaseHelp,
+      split: "split of MNIST, a CIFAR-10 folder, an .npz with x_train/x_test or an image folder with train/ and test/: 'test' (default) or 'train'",
+      limit: 'use only the first N images',
       'batch-size': 'images per batch (default 500)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
     async run(v, job, json) {
@@ -257,29 +316,29 @@ const commands: Record<string, Command> = {
       if (split !== 'test' && split !== 'train') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--split must be test or train, got '${split}'`);
       const r = await evaluate({
         checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, dataset: str(v, 'dataset'), labels: str(v, 'labels'),
-        split, limit: num(v, 'limit', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
+        labelBase: labelBaseArg(v), split, limit: num(v, 'limit', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
       }, job);
       if (!json) process.stdout.write(`bits/dim: ${r.bitsPerDim.toFixed(4)} over ${r.images} images (${r.seconds.toFixed(1)} s)\n`);
       return r;
     },
   },
   score: {
-    summary: 'per-image bits/dim of the images in a .npy file',
-    usage: 'tarflow score --checkpoint FILE --images FILE.npy [--labels FILE.npy] [--config FILE.json] [--json]',
+    summary: 'per-image bits/dim of the images in a .npy file (or any dataset that eval reads)',
+    usage: 'tarflow score --checkpoint FILE --images FILE.npy|FILE|DIR [--labels FILE.npy] [--config FILE.json] [--json]',
     options: {
-      checkpoint: { type: 'string' }, config: { type: 'string' }, images: { type: 'string' }, labels: { type: 'string' },
+      checkpoint: { type: 'string' }, config: { type: 'string' }, images: { type: 'string' }, labels: { type: 'string' }, 'label-base': { type: 'string' },
       'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', images: '.npy of uint8 images (N,H,W) or (N,C,H,W)',
-      labels: '.npy of integer labels (conditional models)', 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
+      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
+      labels: '.npy of integer labels (conditional models)', 'label-base': labelBaseHelp, 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
     async run(v, job, json) {
       const checkpoint = str(v, 'checkpoint');
       const images = str(v, 'images');
       if (!checkpoint || !images) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'score needs --checkpoint FILE and --images FILE.npy');
       const r = await score({
-        checkpoint, images, labels: str(v, 'labels'), config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined,
+        checkpoint, images, labels: str(v, 'labels'), labelBase: labelBaseArg(v), config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined,
         batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
       }, job);
       if (!json) {

@@ -13,9 +13,14 @@ export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type Ste
 export { generate, denoise, resolveLabels, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';
 export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from './evaluate.js';
 export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
-export { loadMnist, loadNpyDataset, loadDataset, makeDataset, type ImageDataset } from './data.js';
-export { train, sample, evaluate, score, generateToDisk, type JobOptions } from './jobs.js';
+export { loadMnist, loadNpyDataset, loadNpzDataset, loadCifarDataset, loadIdxDataset, loadImageFolderDataset, loadDataset, makeDataset, type ImageDataset, type LoadOptions as DatasetLoadOptions } from './data.js';
+export { CIFAR10_CLASSES } from './cifar.js';
+export { train, sample, evaluate, score, generateToDisk, evalSamples, type JobOptions } from './jobs.js';
 export type { GenerateSpec, GenerateSummary, Manifest } from './batch-generate.js';
+export {
+  knnClassify, evaluateSamples, checkMnistConditional,
+  type KnnReference, type KnnOptions, type KnnResult, type EvaluateSamplesOptions, type SampleQuality, type DistanceStats, type EvalSamplesSpec,
+} from './sample-quality.js';
 export { readNpz, writeNpz, parseNpz, serializeNpz } from './npz.js';
 export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec } from './tasks.js';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './safetensors.js';

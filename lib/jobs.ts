@@ -12,6 +12,7 @@ import {
 } from './tasks.js';
 import type { TaskName } from './worker.js';
 import { runGenerate, type GenerateSpec, type GenerateSummary } from './batch-generate.js';
+import { runEvalSamples, type EvalSamplesSpec, type SampleQuality } from './sample-quality.js';
 
 export interface JobOptions {
   onProgress?: (progress: Progress) => void;
@@ -29,7 +30,7 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
       log: (m) => options.onLog?.(m),
       aborted: () => options.signal?.aborted ?? false,
     };
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate } as const;
+    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate, 'eval-samples': runEvalSamples } as const;
     return (runners[task] as (s: unknown, c: TaskContext) => Promise<T>)(spec, ctx);
   }
   // Resolve the device here: a bad device fails fast, and the CPU-fallback notice is printed once, not per worker.
@@ -92,4 +93,9 @@ export function score(spec: ScoreSpec, options?: JobOptions): Promise<{ bitsPerD
 /** Writes `count` samples to disk in resumable shards (PNG files or .npz archives) with a manifest. */
 export function generateToDisk(spec: GenerateSpec, options?: JobOptions): Promise<GenerateSummary> {
   return runJob('generate', spec, options);
+}
+
+/** kNN accuracy of class-conditional MNIST samples and their distance to the training set (see sample-quality.ts). */
+export function evalSamples(spec: EvalSamplesSpec, options?: JobOptions): Promise<SampleQuality> {
+  return runJob('eval-samples', spec, options);
 }

@@ -7,7 +7,7 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadModel, saveModel } from './checkpoint.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
-import { loadDataset, loadNpyDataset, type ImageDataset } from './data.js';
+import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType } from './backend.js';
 import { TarflowError } from './errors.js';
 import { evaluateBpd, scoreImages } from './evaluate.js';
@@ -36,10 +36,19 @@ export interface TaskContext {
 }
 
 export interface TrainSpec extends TrainOptions {
-  /** 'mnist' or a path to a .npy file of uint8 images. */
+  /**
+   * 'mnist', a .npy or .npz file of uint8 images, a CIFAR-10 batch file or folder, an IDX image file, or a folder
+   * of PNG/JPEG images (see loadDataset).
+   */
   dataset?: string;
-  /** Labels .npy for a .npy dataset. */
+  /** Labels .npy for a .npy dataset (or an IDX label file for an IDX dataset). */
   labels?: string;
+  /** Image side an image folder is resized and cropped to (default 32, or the config's); a check for other formats. */
+  imageSize?: number;
+  /** 1 (grey) or 3 (RGB) for an image folder (default 3, or the config's); how flat array rows are read. */
+  channels?: number;
+  /** 1 when the labels of a .npy/.npz dataset count from 1 (downsampled ImageNet); default 0. */
+  labelBase?: 0 | 1;
   /** Model size preset (default 'tiny'), or an explicit config. */
   preset?: PresetName;
   config?: Partial<TarFlowConfig> | Record<string, unknown>;
@@ -102,6 +111,7 @@ export interface EvaluateSpec {
   config?: Record<string, unknown>;
   dataset?: string;
   labels?: string;
+  labelBase?: 0 | 1;
   split?: 'train' | 'test';
   limit?: number;
   batchSize?: number;
@@ -112,8 +122,10 @@ export interface EvaluateSpec {
 export interface ScoreSpec {
   checkpoint: string;
   config?: Record<string, unknown>;
+  /** Any dataset loadDataset reads (its test split), usually a .npy file. */
   images: string;
   labels?: string;
+  labelBase?: 0 | 1;
   batchSize?: number;
   seed?: number;
   device?: DeviceOption;
@@ -156,6 +168,45 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * Loader options of a training run. An explicit config fixes the image shape an image folder is decoded to, so
+ * the folder fits the model; a contradicting --image-size/--channels is refused rather than silently overridden.
+ */
+function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext): LoadOptions {
+  let size = spec.imageSize;
+  let channels = spec.channels;
+  if (spec.config) {
+    const cfg = fromReferenceConfig(spec.config);
+    if ((size !== undefined && size !== cfg.imgSize) || (channels !== undefined && channels !== cfg.inChannels)) {
+      throw new TarflowError('ERR_TARFLOW_CONFIG', `the model config takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize} images but ` +
+        `--channels ${channels ?? cfg.inChannels} --image-size ${size ?? cfg.imgSize} were given; drop those options or change the config`);
+    }
+    size = cfg.imgSize;
+    channels = cfg.inChannels;
+  }
+  return { labels: spec.labels, size, channels, labelBase: spec.labelBase, ...decodeProgress(ctx) };
+}
+
+/**
+ * Decoding an image folder can take minutes, and the Progress tasks are the model's own, so it is reported as
+ * log lines at most every 5 s; an abort between images stops the decoding.
+ */
+function decodeProgress(ctx: TaskContext): Pick<LoadOptions, 'onProgress' | 'signal'> {
+  const controller = new AbortController();
+  let last = -Infinity;
+  return {
+    signal: controller.signal,
+    onProgress: (done, total) => {
+      if (ctx.aborted()) controller.abort();
+      const now = performance.now();
+      if (done === total || now - last >= 5000) {
+        last = now;
+        ctx.log(done === 0 ? `decoding ${total} images` : `decoded ${done}/${total} images`);
+      }
+    },
+  };
+}
+
 function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
   const conditional = spec.conditional ?? data.labels !== null;
   if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `a conditional model needs labels, but ${data.name} has none`);
@@ -187,7 +238,7 @@ async function writeSampleGrid(model: TarFlow, path: string, options: Omit<Gener
 export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
   if (!spec.out) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'train needs an output folder (out)');
   await mkdir(spec.out, { recursive: true });
-  const data = await loadDataset(spec.dataset ?? 'mnist', 'train', spec.labels);
+  const data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx));
   const statePath = join(spec.out, 'train-state.safetensors');
   const ckptPath = join(spec.out, 'checkpoint.safetensors');
   const config = modelConfigFor(spec, data);
@@ -306,7 +357,9 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
 export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
   const model = await openModel(spec.checkpoint, spec.config, spec.device);
   try {
-    const data = await loadDataset(spec.dataset ?? 'mnist', spec.split ?? 'test', spec.labels);
+    const data = await loadDataset(spec.dataset ?? 'mnist', spec.split ?? 'test', {
+      labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
+    });
     const meter = new RateMeter();
     const controller = new AbortController();
     const r = evaluateBpd(model, data, {
@@ -325,7 +378,9 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
 export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bitsPerDim: number[]; mean: number }> {
   const model = await openModel(spec.checkpoint, spec.config, spec.device);
   try {
-    const data = await loadNpyDataset(spec.images, spec.labels);
+    const data = await loadDataset(spec.images, 'test', {
+      labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
+    });
     if (data.channels !== model.config.inChannels || data.size !== model.config.imgSize) {
       throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);
     }

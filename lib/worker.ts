@@ -4,9 +4,10 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { runGenerate } from './batch-generate.js';
+import { runEvalSamples } from './sample-quality.js';
 import { runEvaluate, runSample, runScore, runTrain, type TaskContext } from './tasks.js';
 
-export type TaskName = 'train' | 'sample' | 'evaluate' | 'score' | 'generate';
+export type TaskName = 'train' | 'sample' | 'evaluate' | 'score' | 'generate' | 'eval-samples';
 
 interface WorkerInput {
   task: TaskName;
@@ -23,7 +24,7 @@ async function main(): Promise<void> {
     aborted: () => Atomics.load(flag, 0) !== 0,
   };
   try {
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate } as const;
+    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate, 'eval-samples': runEvalSamples } as const;
     const value = await (runners[task] as (s: unknown, c: TaskContext) => Promise<unknown>)(spec, ctx);
     parentPort!.postMessage({ type: 'result', value });
   } catch (err) {

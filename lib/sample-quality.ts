@@ -1,0 +1,399 @@
+/**
+ * Sample quality without downloaded networks: class-conditional MNIST samples are classified by k nearest
+ * neighbours over the MNIST training set (no learned weights, so nothing to download or trust), and each
+ * sample's distance to its nearest training image shows whether the model copies its training data.
+ *
+ * Distances come from ||q||^2 + ||r||^2 - 2 q.r, the cross term on the backend's GEMM (`linear`), in blocks so
+ * memory stays bounded whatever the number of queries. The float32 GEMM only screens candidates; the few
+ * nearest are re-ranked with exact integer distances on the host, so a copied image is at distance exactly 0
+ * and the result does not depend on the blocking.
+ */
+import type { Backend, DeviceOption, Tensor } from './backend.js';
+import { loadModel } from './checkpoint.js';
+import { loadMnist, type ImageDataset } from './data.js';
+import { TarflowError } from './errors.js';
+import type { GuidanceOptions, TarFlow } from './model.js';
+import { generate } from './sampling.js';
+import type { TaskContext } from './tasks.js';
+
+export interface KnnReference {
+  /** count * dim bytes, one image after another. */
+  images: Uint8Array;
+  labels: Int32Array;
+  count: number;
+  /** Pixels per image. */
+  dim: number;
+}
+
+export interface KnnOptions {
+  /** Queries per GEMM block (default 512). */
+  queryBlock?: number;
+  /** References per GEMM block (default 8192); the block's scores are queryBlock x referenceBlock floats. */
+  referenceBlock?: number;
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface KnnResult {
+  /** The majority label of the k nearest references; a tie goes to the tied class with the nearest member. */
+  labels: Int32Array;
+  /** Euclidean distance to the nearest reference, with pixels scaled to [0, 1]. */
+  nearestDistance: Float64Array;
+  /** Index of the nearest reference (the lower index when several are equally near). */
+  nearestIndex: Int32Array;
+}
+
+// Candidates kept per query beyond k: float32 rounding in the GEMM can swap references whose distances differ
+// by a few parts in 1e6, so a margin of extra candidates makes the exact re-rank see the true k nearest.
+const CANDIDATE_MARGIN = 16;
+
+function positiveInt(name: string, v: number): void {
+  if (!Number.isInteger(v) || v < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name} must be a positive integer, got ${v}`);
+}
+
+/** Exact squared distance in 0..255 pixel units (an integer, at most dim * 255^2). */
+function exactSquaredDistance(a: Uint8Array, aOff: number, b: Uint8Array, bOff: number, dim: number): number {
+  let s = 0;
+  for (let i = 0; i < dim; i++) {
+    const d = a[aOff + i] - b[bOff + i];
+    s += d * d;
+  }
+  return s;
+}
+
+function sumSquaresBytes(x: Uint8Array, off: number, dim: number): number {
+  let s = 0;
+  for (let i = 0; i < dim; i++) s += x[off + i] * x[off + i];
+  return s;
+}
+
+/** Copies images [start, start+n) into a float32 tensor, chunk by chunk so the host never holds them all as floats. */
+function uploadImages(backend: Backend, images: Uint8Array, start: number, n: number, dim: number): Tensor {
+  const t = new backend.Tensor('float32', [n, dim]);
+  const chunk = 4096;
+  try {
+    for (let s = 0; s < n; s += chunk) {
+      const m = Math.min(chunk, n - s);
+      // Raw 0..255 values: exactly representable, so every product in the GEMM is exact too.
+      const host = new Float32Array(images.subarray((start + s) * dim, (start + s + m) * dim));
+      const v = t.view(s * dim, [m, dim]);
+      try {
+        v.copyFrom(host);
+      } finally {
+        v.dispose();
+      }
+    }
+  } catch (err) {
+    t.dispose();
+    throw err;
+  }
+  return t;
+}
+
+/**
+ * Classifies `queries` (uint8 images of `reference.dim` pixels each) by their k nearest references in squared
+ * Euclidean distance, and reports each query's nearest reference and its distance.
+ */
+export function knnClassify(backend: Backend, reference: KnnReference, queries: Uint8Array, k = 3, opts: KnnOptions = {}): KnnResult {
+  const { images: refImages, labels: refLabels, count: R, dim } = reference;
+  positiveInt('reference.dim', dim);
+  positiveInt('reference.count', R);
+  if (refImages.length !== R * dim) {
+    throw new TarflowError('ERR_TARFLOW_SHAPE', `reference.images holds ${refImages.length} bytes, not ${R} images of ${dim} pixels`);
+  }
+  if (refLabels.length !== R) throw new TarflowError('ERR_TARFLOW_SHAPE', `reference.labels holds ${refLabels.length} labels for ${R} images`);
+  if (queries.length % dim !== 0) {
+    throw new TarflowError('ERR_TARFLOW_SHAPE', `queries hold ${queries.length} bytes, not a whole number of ${dim}-pixel images; pass images of the reference's size`);
+  }
+  positiveInt('k', k);
+  if (k > R) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `k = ${k} exceeds the ${R} reference images; use a smaller k`);
+  const queryBlock = opts.queryBlock ?? 512;
+  const referenceBlock = Math.min(opts.referenceBlock ?? 8192, R);
+  positiveInt('queryBlock', queryBlock);
+  positiveInt('referenceBlock', referenceBlock);
+
+  const Q = queries.length / dim;
+  const result: KnnResult = { labels: new Int32Array(Q), nearestDistance: new Float64Array(Q), nearestIndex: new Int32Array(Q) };
+  if (Q === 0) return result;
+  const m = Math.min(R, k + CANDIDATE_MARGIN);
+
+  // The bias adds -||r||^2 / 2, so the GEMM yields q.r - ||r||^2/2 = (||q||^2 - d^2) / 2: larger is nearer and
+  // ||q||^2, constant along a row, never needs computing.
+  const halfNorms = new Float32Array(R);
+  for (let r = 0; r < R; r++) halfNorms[r] = -0.5 * sumSquaresBytes(refImages, r * dim, dim);
+
+  const candScore = new Float64Array(queryBlock * m);
+  const candIdx = new Int32Array(queryBlock * m);
+  const exact: Array<{ d: number; i: number }> = Array.from({ length: m }, () => ({ d: 0, i: 0 }));
+  let refTensor: Tensor | undefined, biasTensor: Tensor | undefined, scoreTensor: Tensor | undefined;
+  try {
+    refTensor = uploadImages(backend, refImages, 0, R, dim);
+    biasTensor = new backend.Tensor('float32', [R], halfNorms);
+    // One score buffer for every block (the last blocks use a prefix of it).
+    scoreTensor = new backend.Tensor('float32', [Math.min(queryBlock, Q) * referenceBlock]);
+    for (let q0 = 0; q0 < Q; q0 += queryBlock) {
+      if (opts.signal?.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'the nearest-neighbour search was aborted');
+      const nq = Math.min(queryBlock, Q - q0);
+      candScore.fill(-Infinity);
+      candIdx.fill(-1);
+      const qTensor = uploadImages(backend, queries, q0, nq, dim);
+      try {
+        for (let r0 = 0; r0 < R; r0 += referenceBlock) {
+          const nr = Math.min(referenceBlock, R - r0);
+          const w = refTensor.view(r0 * dim, [nr, dim]);
+          const b = biasTensor.view(r0, [nr]);
+          const y = scoreTensor.view(0, [nq, nr]);
+          let scores: Float32Array;
+          try {
+            backend.ops.linear(y, qTensor, w, b, false);
+            scores = y.toArray() as Float32Array;
+          } finally {
+            y.dispose();
+            w.dispose();
+            b.dispose();
+          }
+          keepBest(scores, nq, nr, r0, m, candScore, candIdx);
+        }
+      } finally {
+        qTensor.dispose();
+      }
+      for (let qi = 0; qi < nq; qi++) {
+        const q = q0 + qi;
+        for (let c = 0; c < m; c++) {
+          const i = candIdx[qi * m + c];
+          exact[c].i = i;
+          exact[c].d = exactSquaredDistance(queries, q * dim, refImages, i * dim, dim);
+        }
+        exact.sort((a, b) => a.d - b.d || a.i - b.i);
+        result.nearestIndex[q] = exact[0].i;
+        result.nearestDistance[q] = Math.sqrt(exact[0].d) / 255;
+        result.labels[q] = vote(exact, k, refLabels);
+      }
+      opts.onProgress?.(Math.min(q0 + nq, Q), Q);
+    }
+  } finally {
+    refTensor?.dispose();
+    biasTensor?.dispose();
+    scoreTensor?.dispose();
+  }
+  return result;
+}
+
+/**
+ * Merges a block of scores (nq rows of nr, larger is nearer) into each row's m best, kept sorted in descending
+ * order in candScore/candIdx. A small function of its own so the hot loop stays optimised.
+ */
+function keepBest(scores: Float32Array, nq: number, nr: number, r0: number, m: number, candScore: Float64Array, candIdx: Int32Array): void {
+  for (let qi = 0; qi < nq; qi++) {
+    const base = qi * m;
+    const row = qi * nr;
+    let threshold = candScore[base + m - 1];
+    for (let j = 0; j < nr; j++) {
+      const s = scores[row + j];
+      if (!(s > threshold)) continue;
+      // Insertion into the sorted list: rare after the first few hundred references of a row.
+      let p = m - 1;
+      while (p > 0 && candScore[base + p - 1] < s) {
+        candScore[base + p] = candScore[base + p - 1];
+        candIdx[base + p] = candIdx[base + p - 1];
+        p--;
+      }
+      candScore[base + p] = s;
+      candIdx[base + p] = r0 + j;
+      threshold = candScore[base + m - 1];
+    }
+  }
+}
+
+/** Majority label of the first k (sorted nearest first); among tied labels, the one whose member comes first. */
+function vote(sorted: Array<{ i: number }>, k: number, labels: Int32Array): number {
+  const counts = new Map<number, number>();
+  let best = labels[sorted[0].i];
+  let bestCount = 0;
+  for (let c = 0; c < k; c++) counts.set(labels[sorted[c].i], (counts.get(labels[sorted[c].i]) ?? 0) + 1);
+  // Walking nearest first and replacing only on a strictly larger count keeps the nearest among tied labels.
+  for (let c = 0; c < k; c++) {
+    const l = labels[sorted[c].i];
+    const n = counts.get(l)!;
+    if (n > bestCount) {
+      best = l;
+      bestCount = n;
+    }
+  }
+  return best;
+}
+
+export interface DistanceStats {
+  mean: number;
+  min: number;
+  median: number;
+}
+
+function distanceStats(d: ArrayLike<number>): DistanceStats {
+  const sorted = Float64Array.from(d).sort();
+  const n = sorted.length;
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += sorted[i];
+  const median = n % 2 ? sorted[(n - 1) >> 1] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+  return { mean: sum / n, min: sorted[0], median };
+}
+
+export interface EvaluateSamplesOptions extends GuidanceOptions {
+  /** Samples to generate (default 1000); sample i has class i % 10. */
+  count?: number;
+  /** Denoise the samples with one score step at this noise level (the training sigma). */
+  denoiseSigma?: number;
+  /** Latent noise seed (default 0). */
+  seed?: number;
+  /** Neighbours that vote (default 3). */
+  k?: number;
+  /** Images per sampling batch (default 256). */
+  batchSize?: number;
+  /** The MNIST training and test sets, when the caller already has them loaded. */
+  train?: ImageDataset;
+  test?: ImageDataset;
+  knn?: Omit<KnnOptions, 'onProgress' | 'signal'>;
+  onProgress?: (phase: 'sample' | 'classify', done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface SampleQuality {
+  /** Samples generated and scored. */
+  count: number;
+  k: number;
+  /** Fraction of samples whose kNN label is the class they were generated for. */
+  accuracy: number;
+  /** Accuracy per digit 0..9 (null for a digit with no samples, when count < 10). */
+  perClassAccuracy: Array<number | null>;
+  /** Euclidean distance of each sample to its nearest training image, pixels in [0, 1]. */
+  nearestDistance: DistanceStats;
+  /**
+   * The same statistic for real held-out test images: samples much nearer the training set than this are
+   * likely copies; samples much farther are likely off the data manifold.
+   */
+  trainingSetNearestBaseline: DistanceStats;
+  /** kNN accuracy on the same real test images: the classifier's own ceiling (about 0.97 for k = 3). */
+  testSetAccuracy: number;
+  /** Real test images used for the baseline (the first min(count, 10000)). */
+  testImages: number;
+  /** Samples that came out NaN/Inf and were redrawn. */
+  redraws: number;
+  seconds: number;
+}
+
+/** Refuses models this evaluation cannot judge, naming what it needs. */
+export function checkMnistConditional(model: TarFlow): void {
+  const { inChannels, imgSize, numClasses } = model.config;
+  if (inChannels !== 1 || imgSize !== 28) {
+    throw new TarflowError('ERR_TARFLOW_SHAPE',
+      `eval-samples compares samples with MNIST digits (1 x 28 x 28), but the model makes ${inChannels} x ${imgSize} x ${imgSize} images; use a model trained on MNIST`);
+  }
+  if (numClasses !== 10) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT',
+      numClasses === 0
+        ? 'eval-samples needs a class-conditional model (it checks that a sample of digit d looks like a d), but this model is unconditional; train without --unconditional'
+        : `eval-samples needs a model conditioned on the 10 MNIST digits, but this one has ${numClasses} classes`);
+  }
+}
+
+/**
+ * Generates `count` class-conditional samples and scores them against MNIST: kNN accuracy (overall and per
+ * digit) and the distance to the nearest training image, next to the same numbers for real test images.
+ */
+export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOptions = {}): Promise<SampleQuality> {
+  checkMnistConditional(model);
+  const count = options.count ?? 1000;
+  positiveInt('count', count);
+  const k = options.k ?? 3;
+  positiveInt('k', k);
+  const start = performance.now();
+  const train = options.train ?? await loadMnist('train');
+  const test = options.test ?? await loadMnist('test');
+  for (const ds of [train, test]) {
+    if (ds.channels !== 1 || ds.size !== 28 || !ds.labels) {
+      throw new TarflowError('ERR_TARFLOW_DATA', `${ds.name} is not labelled 1 x 28 x 28 MNIST; pass the sets from loadMnist('train') and loadMnist('test')`);
+    }
+  }
+  const dim = 28 * 28;
+
+  // Generated in batches so an abort lands between two of them; image i depends only on (seed, i).
+  const samples = new Uint8Array(count * dim);
+  const batch = options.batchSize ?? 256;
+  positiveInt('batchSize', batch);
+  let redraws = 0;
+  for (let s = 0; s < count; s += batch) {
+    if (options.signal?.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'sample evaluation was aborted');
+    const n = Math.min(batch, count - s);
+    const r = generate(model, {
+      count: n, startIndex: s, batchSize: batch, seed: options.seed ?? 0, denoiseSigma: options.denoiseSigma,
+      guidance: options.guidance, guideWhat: options.guideWhat, attnTemp: options.attnTemp, annealed: options.annealed,
+    });
+    samples.set(r.images, s * dim);
+    redraws += r.redraws.length;
+    options.onProgress?.('sample', s + n, count);
+  }
+
+  // Samples and real test images go through one search, so the training set is uploaded once.
+  const nTest = Math.min(count, test.count);
+  const queries = new Uint8Array((count + nTest) * dim);
+  queries.set(samples);
+  queries.set(test.images.subarray(0, nTest * dim), count * dim);
+  const knn = knnClassify(model.backend, { images: train.images, labels: train.labels!, count: train.count, dim }, queries, k, {
+    ...options.knn, signal: options.signal, onProgress: (done, total) => options.onProgress?.('classify', done, total),
+  });
+
+  const correct = new Array<number>(10).fill(0);
+  const total = new Array<number>(10).fill(0);
+  for (let i = 0; i < count; i++) {
+    const want = i % 10;
+    total[want]++;
+    if (knn.labels[i] === want) correct[want]++;
+  }
+  let testCorrect = 0;
+  for (let i = 0; i < nTest; i++) if (knn.labels[count + i] === test.labels![i]) testCorrect++;
+  return {
+    count, k,
+    accuracy: correct.reduce((a, b) => a + b, 0) / count,
+    perClassAccuracy: correct.map((c, d) => (total[d] ? c / total[d] : null)),
+    nearestDistance: distanceStats(knn.nearestDistance.subarray(0, count)),
+    trainingSetNearestBaseline: distanceStats(knn.nearestDistance.subarray(count)),
+    testSetAccuracy: testCorrect / nTest,
+    testImages: nTest,
+    redraws,
+    seconds: (performance.now() - start) / 1000,
+  };
+}
+
+export interface EvalSamplesSpec extends GuidanceOptions {
+  checkpoint: string;
+  /** Config for a checkpoint without metadata. */
+  config?: Record<string, unknown>;
+  /** Samples (default 1000). */
+  count?: number;
+  denoiseSigma?: number;
+  seed?: number;
+  k?: number;
+  batchSize?: number;
+  device?: DeviceOption;
+}
+
+/** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
+export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {
+  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
+  try {
+    // The context is polled, not signalled, so the poll happens at each progress report (between batches).
+    const controller = new AbortController();
+    const t0 = performance.now();
+    return await evaluateSamples(model, {
+      count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
+      denoiseSigma: spec.denoiseSigma, seed: spec.seed, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
+      onProgress: (phase, done, total) => {
+        if (ctx.aborted()) controller.abort();
+        const elapsed = (performance.now() - t0) / 1000;
+        ctx.progress({ task: phase === 'sample' ? 'sample' : 'evaluate', done, total, rate: phase === 'sample' && elapsed > 0 ? done / elapsed : undefined });
+      },
+    });
+  } finally {
+    model.dispose();
+  }
+}

@@ -1,0 +1,406 @@
+/**
+ * Dataset readers: image folders (decoded with sharp), .npy/.npz layouts, CIFAR-10 batches, IDX pairs, and each
+ * way a file can be refused. Every fixture is written at test time into a temporary folder.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { loadDataset, imageArrayLayout, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { CIFAR10_CLASSES } from '../lib/cifar.js';
+import { serializeNpy, type NpyData } from '../lib/npy.js';
+import { serializeNpz } from '../lib/npz.js';
+import { repoRoot } from './helpers.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'tarflow-datasets-'));
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+
+type RGB = [number, number, number];
+
+/** A w x h RGB image whose colour is fill(x, y). */
+function rawImage(w: number, h: number, fill: (x: number, y: number) => RGB): Buffer {
+  const b = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) b.set(fill(x, y), 3 * (y * w + x));
+  return b;
+}
+
+async function writeImage(path: string, w: number, h: number, fill: (x: number, y: number) => RGB, format: 'png' | 'jpeg' = 'png'): Promise<void> {
+  const img = sharp(rawImage(w, h, fill), { raw: { width: w, height: h, channels: 3 } });
+  await (format === 'png' ? img.png() : img.jpeg({ quality: 95 })).toFile(path);
+}
+
+function folder(...parts: string[]): string {
+  const p = join(dir, ...parts);
+  mkdirSync(p, { recursive: true });
+  return p;
+}
+
+/** Pixel (c, y, x) of image n. */
+function px(ds: ImageDataset, n: number, c: number, y: number, x: number): number {
+  const S = ds.size;
+  return ds.images[((n * ds.channels + c) * S + y) * S + x]!;
+}
+
+function near(actual: number, expected: number, tol: number, what: string): void {
+  assert.ok(Math.abs(actual - expected) <= tol, `${what}: ${actual} is not within ${tol} of ${expected}`);
+}
+
+async function rejects(p: Promise<unknown>, code: string, pattern: RegExp): Promise<void> {
+  let err: (Error & { code?: string }) | undefined;
+  try {
+    await p;
+  } catch (e) {
+    err = e as Error & { code?: string };
+  }
+  assert.ok(err, `expected a rejection matching ${pattern}`);
+  assert.is(err!.code, code, err!.message);
+  assert.match(err!.message, pattern);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// image folders
+
+const RED: RGB = [255, 0, 0];
+const GREEN: RGB = [0, 255, 0];
+const BLUE: RGB = [0, 0, 255];
+const classRoot = folder('classes');
+
+test.before(async () => {
+  // class names chosen so that code-unit order (upper case first) differs from creation order and from locale order
+  const cat = folder('classes', 'cat');
+  const dog = folder('classes', 'dog');
+  const zebra = folder('classes', 'Zebra');
+  folder('classes', '.cache');
+  await writeImage(join(cat, 'wide.png'), 40, 30, () => RED);
+  await writeImage(join(dog, 'tall.jpg'), 30, 50, () => BLUE, 'jpeg');
+  // a true 1-channel PNG: the grey path of the decoder, not an RGB image that happens to be grey
+  await sharp(Buffer.alloc(20 * 20, 128), { raw: { width: 20, height: 20, channels: 1 } }).toColourspace('b-w').png().toFile(join(dog, 'grey.png'));
+  await sharp({ create: { width: 24, height: 24, channels: 4, background: { r: 200, g: 100, b: 50, alpha: 0.5 } } }).png().toFile(join(zebra, 'rgba.PNG'));
+  await writeImage(join(folder('classes', '.cache'), 'hidden.png'), 8, 8, () => GREEN);
+  writeFileSync(join(dog, 'notes.txt'), 'not an image');
+  writeFileSync(join(classRoot, '.DS_Store'), 'finder litter');
+});
+
+test('fixtures are what the tests claim: one grey PNG, one RGBA PNG', async () => {
+  assert.is((await sharp(join(classRoot, 'dog', 'grey.png')).metadata()).channels, 1);
+  assert.is((await sharp(join(classRoot, 'Zebra', 'rgba.PNG')).metadata()).channels, 4);
+});
+
+test('a class folder tree: classes sorted by name give the labels; other files and hidden entries are skipped', async () => {
+  const progress: Array<[number, number]> = [];
+  const ds = await loadDataset(classRoot, 'train', { size: 8, channels: 3, onProgress: (d, t) => progress.push([d, t]), concurrency: 2 });
+  assert.equal(ds.classNames, ['Zebra', 'cat', 'dog']);
+  assert.is(ds.numClasses, 3);
+  assert.is(ds.count, 4);
+  assert.is(ds.channels, 3);
+  assert.is(ds.size, 8);
+  // files in class order, then name order inside a class: rgba.PNG, wide.png, grey.png, tall.jpg
+  assert.equal(Array.from(ds.labels!), [0, 1, 2, 2]);
+  assert.equal(progress[0], [0, 4]);
+  assert.equal(progress[progress.length - 1], [4, 4]);
+  assert.ok(progress.every(([d], i) => i === 0 || d > progress[i - 1]![0]), 'progress only moves forward');
+  for (const [y, x] of [[0, 0], [4, 4], [7, 7]] as const) {
+    // RGBA: alpha dropped (PIL's convert('RGB')), not composited on black or white
+    near(px(ds, 0, 0, y, x), 200, 2, 'rgba R');
+    near(px(ds, 0, 1, y, x), 100, 2, 'rgba G');
+    near(px(ds, 0, 2, y, x), 50, 2, 'rgba B');
+    assert.equal([px(ds, 1, 0, y, x), px(ds, 1, 1, y, x), px(ds, 1, 2, y, x)], RED, 'png red');
+    assert.equal([px(ds, 2, 0, y, x), px(ds, 2, 1, y, x), px(ds, 2, 2, y, x)], [128, 128, 128], 'grey to RGB');
+    near(px(ds, 3, 0, y, x), 0, 8, 'jpeg R');
+    near(px(ds, 3, 2, y, x), 255, 8, 'jpeg B');
+  }
+});
+
+test('channels 1 converts to grey with ITU-R 601 luma, as PIL does', async () => {
+  const ds = await loadDataset(classRoot, 'train', { size: 6, channels: 1 });
+  assert.is(ds.channels, 1);
+  assert.is(ds.images.length, 4 * 36);
+  near(px(ds, 0, 0, 3, 3), Math.round(0.299 * 200 + 0.587 * 100 + 0.114 * 50), 2, 'rgba to grey');
+  assert.is(px(ds, 1, 0, 3, 3), 76, 'pure red is 76 in PIL, not the 127 of a CIE L* conversion');
+  assert.is(px(ds, 2, 0, 3, 3), 128, 'grey stays grey');
+  near(px(ds, 3, 0, 3, 3), 29, 3, 'blue jpeg');
+});
+
+test('resize on the shorter side, then centre-crop: a flat folder is unlabelled', async () => {
+  const flat = folder('flat');
+  // red | green | blue bands, 45 | 60 | 45 px: a centre crop keeps the middle 30 px, all green, while a squash would
+  // keep all three colours and a left crop red (the margin keeps the resampling kernel off the band edges)
+  await writeImage(join(flat, 'a_bands.png'), 150, 30, (x) => (x < 45 ? RED : x < 105 ? GREEN : BLUE));
+  // left half red, right half blue, wider than tall: the crop keeps both halves, in place
+  await writeImage(join(flat, 'b_split.png'), 80, 40, (x) => (x < 40 ? RED : BLUE));
+  // the same bands stacked: a tall image is cropped top and bottom
+  await writeImage(join(flat, 'c_tall.png'), 30, 150, (_x, y) => (y < 45 ? RED : y < 105 ? GREEN : BLUE));
+  const ds = await loadDataset(flat, 'train', { size: 10 });
+  assert.is(ds.labels, null);
+  assert.is(ds.classNames, undefined);
+  assert.is(ds.numClasses, 0);
+  assert.is(ds.count, 3);
+  for (const n of [0, 2]) {
+    for (let y = 0; y < 10; y++) {
+      for (let x = 0; x < 10; x++) {
+        near(px(ds, n, 1, y, x), 255, 3, `image ${n} green at ${y},${x}`);
+        near(px(ds, n, 0, y, x), 0, 3, `image ${n} red at ${y},${x}`);
+      }
+    }
+  }
+  // 80 x 40 -> 20 x 10, crop columns 5..14: the red/blue edge falls between output columns 4 and 5 (a left- or
+  // right-aligned crop would be all red or all blue; a mirrored one blue on the left)
+  for (let y = 0; y < 10; y++) {
+    for (const x of [0, 1]) assert.equal([px(ds, 1, 0, y, x), px(ds, 1, 2, y, x)], [255, 0], `left at ${y},${x}`);
+    for (const x of [8, 9]) assert.equal([px(ds, 1, 0, y, x), px(ds, 1, 2, y, x)], [0, 255], `right at ${y},${x}`);
+    assert.ok(px(ds, 1, 0, y, 3) > 200 && px(ds, 1, 2, y, 3) < 55, `still red just left of the edge at row ${y}`);
+    assert.ok(px(ds, 1, 2, y, 6) > 200 && px(ds, 1, 0, y, 6) < 55, `already blue just right of the edge at row ${y}`);
+  }
+});
+
+test('a root with train/ and test/ folders is read per split', async () => {
+  for (const [split, n] of [['train', 2], ['test', 1]] as const) {
+    for (const cls of ['x', 'y']) {
+      const d = folder('splits', split, cls);
+      for (let i = 0; i < n; i++) await writeImage(join(d, `${i}.png`), 8, 8, () => (cls === 'x' ? RED : BLUE));
+    }
+  }
+  const train = await loadDataset(join(dir, 'splits'), 'train', { size: 4 });
+  const testSplit = await loadDataset(join(dir, 'splits'), 'test', { size: 4 });
+  assert.equal(train.classNames, ['x', 'y']);
+  assert.equal(Array.from(train.labels!), [0, 0, 1, 1]);
+  assert.equal(Array.from(testSplit.labels!), [0, 1]);
+  assert.is(px(testSplit, 1, 2, 0, 0), 255);
+});
+
+test('image folder rejections: empty folder, no images, empty class, mixed layout, corrupt files, abort', async () => {
+  await rejects(loadDataset(folder('empty')), 'ERR_TARFLOW_DATA', /empty: the folder has no PNG or JPEG images/);
+  writeFileSync(join(folder('texts'), 'readme.md'), '# hi');
+  await rejects(loadDataset(join(dir, 'texts')), 'ERR_TARFLOW_DATA', /no PNG or JPEG images \(1 other file skipped, e\.g\. readme\.md\)/);
+  folder('emptyclass', 'a');
+  await writeImage(join(folder('emptyclass', 'b'), '1.png'), 4, 4, () => RED);
+  await rejects(loadDataset(join(dir, 'emptyclass')), 'ERR_TARFLOW_DATA', /class folder 'a' has no PNG or JPEG images/);
+  await writeImage(join(folder('mixed'), 'loose.png'), 4, 4, () => RED);
+  await writeImage(join(folder('mixed', 'cls'), '1.png'), 4, 4, () => RED);
+  await rejects(loadDataset(join(dir, 'mixed')), 'ERR_TARFLOW_DATA', /both loose images \(loose\.png.*\) and class folders \(cls\)/);
+
+  const corrupt = folder('corrupt', 'cls');
+  await writeImage(join(corrupt, 'a_good.png'), 16, 16, () => GREEN);
+  const jpeg = await sharp(rawImage(32, 32, (x, y) => [x * 8, y * 8, 99]), { raw: { width: 32, height: 32, channels: 3 } }).jpeg().toBuffer();
+  writeFileSync(join(corrupt, 'b_broken.jpg'), jpeg.subarray(0, jpeg.length >> 1));
+  await rejects(loadDataset(join(dir, 'corrupt'), 'train', { size: 8 }), 'ERR_TARFLOW_FILE_FORMAT', /b_broken\.jpg: cannot decode the image .*re-save it or delete it/);
+  // libjpeg only warns about stray bytes before a marker, and PIL loads such files, so they must not fail a dataset
+  const dqt = jpeg.indexOf(Buffer.from([0xff, 0xdb]));
+  const quirky = folder('quirky');
+  writeFileSync(join(quirky, 'stray.jpg'), Buffer.concat([jpeg.subarray(0, dqt), Buffer.from([1, 2, 3, 4]), jpeg.subarray(dqt)]));
+  const ok = await loadDataset(quirky, 'train', { size: 8 });
+  near(px(ok, 0, 2, 4, 4), 99, 12, 'stray-byte JPEG decodes');
+  const garbage = folder('garbage');
+  writeFileSync(join(garbage, 'fake.png'), 'this is text, not a PNG');
+  await rejects(loadDataset(garbage), 'ERR_TARFLOW_FILE_FORMAT', /fake\.png: cannot decode the image/);
+
+  await rejects(loadDataset(classRoot, 'train', { size: 8, channels: 2 }), 'ERR_TARFLOW_INVALID_ARGUMENT', /channels must be 1 \(grey\) or 3/);
+  const controller = new AbortController();
+  controller.abort();
+  await rejects(loadDataset(classRoot, 'train', { size: 8, signal: controller.signal }), 'ERR_TARFLOW_ABORTED', /aborted after 0 of 4 images/);
+  await rejects(loadDataset(classRoot, 'train', { labels: 'y.npy' }), 'ERR_TARFLOW_DATA', /takes its labels from its class folders; drop --labels/);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// arrays
+
+const N = 2, C = 3, S = 4;
+/** Reference images (N, C, S, S) with every value distinct, so any transposition error shows. */
+const chw = Uint8Array.from({ length: N * C * S * S }, (_, i) => (i * 5 + 3) % 251);
+function toHwc(src: Uint8Array, n: number, c: number, s: number): Uint8Array {
+  const out = new Uint8Array(src.length);
+  for (let k = 0; k < n; k++) for (let ch = 0; ch < c; ch++) for (let p = 0; p < s * s; p++) out[(k * s * s + p) * c + ch] = src[(k * c + ch) * s * s + p]!;
+  return out;
+}
+
+function npz(name: string, arrays: Record<string, { data: NpyData; shape: number[] }>): string {
+  const path = join(dir, name);
+  writeFileSync(path, serializeNpz(arrays));
+  return path;
+}
+
+async function load(path: string, split: 'train' | 'test' = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+  return loadDataset(path, split, options);
+}
+
+test('npz layouts: (N,C,H,W), (N,H,W,C), (N,H,W) and flat channel-first rows all read as (N,C,S,S)', async () => {
+  const nchw = await load(npz('nchw.npz', { images: { data: chw, shape: [N, C, S, S] }, labels: { data: Int32Array.from([1, 0]), shape: [N] } }));
+  assert.equal(Array.from(nchw.images), Array.from(chw));
+  assert.equal(Array.from(nchw.labels!), [1, 0]);
+  assert.is(nchw.channels, 3);
+  const nhwc = await load(npz('nhwc.npz', { x: { data: toHwc(chw, N, C, S), shape: [N, S, S, C] } }));
+  assert.equal(Array.from(nhwc.images), Array.from(chw));
+  assert.is(nhwc.labels, null);
+  const grey = await load(npz('nhw.npz', { data: { data: chw.subarray(0, N * S * S), shape: [N, S, S] }, y: { data: Uint8Array.from([3, 2]), shape: [N] } }));
+  assert.is(grey.channels, 1);
+  assert.equal(Array.from(grey.images), Array.from(chw.subarray(0, N * S * S)));
+  assert.equal(Array.from(grey.labels!), [3, 2]);
+  // flat rows as in Imagenet32/64: 48 = 3*4*4 is not a square, so RGB is inferred; labels are int64 counted from 1
+  const flat = await load(npz('flat.npz', { data: { data: chw, shape: [N, C * S * S] }, labels: { data: BigInt64Array.from([1n, 1000n]), shape: [N] } }), 'train', { labelBase: 1 });
+  assert.is(flat.channels, 3);
+  assert.is(flat.size, 4);
+  assert.equal(Array.from(flat.images), Array.from(chw));
+  assert.equal(Array.from(flat.labels!), [0, 999]);
+  assert.is(flat.numClasses, 1000);
+  // 16 values per row is 1 x 4 x 4 and cannot be 3 x S x S
+  const flatGrey = await load(npz('flatgrey.npz', { arr_0: { data: chw.subarray(0, 32), shape: [N, 16] } }));
+  assert.equal([flatGrey.channels, flatGrey.size], [1, 4]);
+});
+
+test('the (N,H,W,C) rule: channel-last only when the last dim is 1 or 3 and the second is not; channels breaks ties', () => {
+  assert.equal(imageArrayLayout([5, 32, 32, 3], 't'), { count: 5, channels: 3, size: 32, channelsLast: true });
+  assert.equal(imageArrayLayout([5, 3, 32, 32], 't'), { count: 5, channels: 3, size: 32, channelsLast: false });
+  assert.equal(imageArrayLayout([5, 1, 28, 28], 't'), { count: 5, channels: 1, size: 28, channelsLast: false });
+  assert.equal(imageArrayLayout([5, 3, 3, 3], 't'), { count: 5, channels: 3, size: 3, channelsLast: false });
+  assert.equal(imageArrayLayout([5, 3, 3, 1], 't', 1), { count: 5, channels: 1, size: 3, channelsLast: true });
+  assert.equal(imageArrayLayout([5, 12], 't', 3), { count: 5, channels: 3, size: 2, channelsLast: false });
+  assert.equal(imageArrayLayout([5, 3072], 't'), { count: 5, channels: 3, size: 32, channelsLast: false });
+  assert.equal(imageArrayLayout([5, 784], 't'), { count: 5, channels: 1, size: 28, channelsLast: false });
+});
+
+test('Keras-style x_train/x_test npz follows the split; .npy takes a labels path (the older call form)', async () => {
+  const path = npz('keras.npz', {
+    x_train: { data: chw.subarray(0, 2 * 16), shape: [2, 4, 4] }, y_train: { data: Uint8Array.from([7, 8]), shape: [2] },
+    x_test: { data: chw.subarray(0, 16), shape: [1, 4, 4] }, y_test: { data: Uint8Array.from([9]), shape: [1] },
+  });
+  assert.equal(Array.from((await load(path, 'train')).labels!), [7, 8]);
+  assert.equal(Array.from((await load(path, 'test')).labels!), [9]);
+  const x = join(dir, 'x.npy');
+  const y = join(dir, 'y.npy');
+  writeFileSync(x, serializeNpy(toHwc(chw, N, C, S), [N, S, S, C]));
+  writeFileSync(y, serializeNpy(BigInt64Array.from([4n, 2n]), [N]));
+  const ds = await loadDataset(x, 'train', y);
+  assert.equal(Array.from(ds.images), Array.from(chw));
+  assert.equal(Array.from(ds.labels!), [4, 2]);
+  assert.is(ds.numClasses, 5);
+});
+
+test('array rejections: label range, label count, non-square, bad rows, dtype, shape asked for, unknown file', async () => {
+  const img = { data: chw, shape: [N, C, S, S] };
+  await rejects(load(npz('base1.npz', { images: img, labels: { data: Int32Array.from([0, 5]), shape: [N] } }), 'train', { labelBase: 1 }),
+    'ERR_TARFLOW_DATA', /base1\.npz:labels: label 0 of image 0 is outside the declared range .*drop labelBase 1/);
+  await rejects(load(npz('neg.npz', { images: img, labels: { data: Int32Array.from([2, -1]), shape: [N] } })),
+    'ERR_TARFLOW_DATA', /neg\.npz:labels: label -1 of image 1 is outside the declared range/);
+  await rejects(load(npz('count.npz', { images: img, labels: { data: Int32Array.from([0, 1, 2]), shape: [3] } })),
+    'ERR_TARFLOW_DATA', /count\.npz:labels: labels must be shaped \(2,\) to match the 2 images, got \(3,\)/);
+  await rejects(load(npz('float.npz', { images: img, labels: { data: Float32Array.from([0, 1]), shape: [N] } })),
+    'ERR_TARFLOW_DTYPE', /float\.npz:labels: labels have floating-point dtype/);
+  await rejects(load(npz('both.npz', { images: img, labels: { data: Int32Array.from([0, 1]), shape: [N] }, y: { data: Int32Array.from([0, 1]), shape: [N] } })),
+    'ERR_TARFLOW_DATA', /both 'labels' and 'y'/);
+  await rejects(load(npz('rect.npz', { images: { data: new Uint8Array(2 * 4 * 5), shape: [2, 4, 5] } })), 'ERR_TARFLOW_DATA', /rect\.npz:images: images are 4 x 5 .*not square/);
+  await rejects(load(npz('rows.npz', { images: { data: new Uint8Array(2 * 50), shape: [2, 50] } })), 'ERR_TARFLOW_DATA', /rows of 50 values are neither 1 x S x S nor 3 x S x S/);
+  await rejects(load(npz('rgba.npz', { images: { data: new Uint8Array(2 * 4 * 4 * 4), shape: [2, 4, 4, 4] } })), 'ERR_TARFLOW_DATA', /neither 1 nor 3 channels.*RGBA/);
+  await rejects(load(npz('u16.npz', { images: { data: new Uint16Array(2 * 16), shape: [2, 4, 4] } })), 'ERR_TARFLOW_DATA', /images must be uint8 .*got 'u2'/);
+  await rejects(load(npz('nokey.npz', { a: img, b: img })), 'ERR_TARFLOW_DATA', /found no images among 'a', 'b'/);
+  await rejects(load(npz('size.npz', { images: img }), 'train', { size: 8 }), 'ERR_TARFLOW_SHAPE', /holds 3 x 4 x 4 images, not the 3 x 8 x 8 asked for/);
+  const csv = join(dir, 'table.csv');
+  writeFileSync(csv, '1,2,3\n');
+  await rejects(loadDataset(csv), 'ERR_TARFLOW_DATA', /table\.csv: unknown dataset file type/);
+  await rejects(loadDataset(join(dir, 'missing.npy')), 'ERR_TARFLOW_DATA', /missing\.npy: no such file or folder/);
+  const truncated = join(dir, 'trunc.npy');
+  writeFileSync(truncated, serializeNpy(chw, [N, C, S, S]).subarray(0, 100));
+  await rejects(loadDataset(truncated), 'ERR_TARFLOW_FILE_FORMAT', /trunc\.npy: .*the file is truncated/);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// CIFAR-10 and IDX
+
+/** A CIFAR-10 batch whose record k has label labels[k] and planes R = first + k, G = 100 + first + k, B = 200 + k. */
+function cifarBatch(labels: number[], first: number): Uint8Array {
+  const rec = 3073;
+  const b = new Uint8Array(labels.length * rec);
+  labels.forEach((label, k) => {
+    b[k * rec] = label;
+    b.fill(first + k, k * rec + 1, k * rec + 1 + 1024);
+    b.fill(100 + first + k, k * rec + 1 + 1024, k * rec + 1 + 2048);
+    b.fill(200 + k, k * rec + 1 + 2048, (k + 1) * rec);
+  });
+  return b;
+}
+
+test('CIFAR-10: a folder of batches by split (training batches in numeric order), or a single batch file', async () => {
+  const cifar = folder('cifar-10-batches-bin');
+  writeFileSync(join(cifar, 'data_batch_2.bin'), cifarBatch([9, 0], 3));
+  writeFileSync(join(cifar, 'data_batch_1.bin'), cifarBatch([3, 1, 4], 0));
+  writeFileSync(join(cifar, 'test_batch.bin'), cifarBatch([5], 50));
+  writeFileSync(join(cifar, 'batches.meta.txt'), CIFAR10_CLASSES.join('\n'));
+  const train = await loadDataset(cifar, 'train');
+  assert.is(train.count, 5);
+  assert.equal([train.channels, train.size], [3, 32]);
+  assert.equal(Array.from(train.labels!), [3, 1, 4, 9, 0]);
+  assert.equal(train.classNames, [...CIFAR10_CLASSES]);
+  assert.is(train.numClasses, 10);
+  for (let k = 0; k < 5; k++) assert.equal([px(train, k, 0, 5, 7), px(train, k, 1, 31, 0), px(train, k, 2, 0, 31)], [k, 100 + k, 200 + (k < 3 ? k : k - 3)]);
+  const testSplit = await loadDataset(cifar, 'test');
+  assert.equal([testSplit.count, testSplit.labels![0], px(testSplit, 0, 1, 0, 0)], [1, 5, 150]);
+  const one = await loadDataset(join(cifar, 'data_batch_2.bin'));
+  assert.equal(Array.from(one.labels!), [9, 0]);
+});
+
+test('CIFAR-10 rejections: truncated record, bad label, missing split, label base', async () => {
+  const trunc = join(dir, 'data_batch_7.bin');
+  writeFileSync(trunc, cifarBatch([1, 2], 0).subarray(0, 3073 + 1000));
+  await rejects(loadDataset(trunc), 'ERR_TARFLOW_FILE_FORMAT', /data_batch_7\.bin: 4073 bytes is not a whole number of 3073-byte CIFAR-10 records.*cut short after 1000 bytes/);
+  const bad = join(dir, 'bad_label.bin');
+  writeFileSync(bad, cifarBatch([1, 10], 0));
+  await rejects(loadDataset(bad), 'ERR_TARFLOW_DATA', /bad_label\.bin: record 1 has label 10, but CIFAR-10 labels are 0\.\.9/);
+  const onlyTrain = folder('cifar-train-only');
+  writeFileSync(join(onlyTrain, 'data_batch_1.bin'), cifarBatch([1], 0));
+  await rejects(loadDataset(onlyTrain, 'test'), 'ERR_TARFLOW_DATA', /none of the test split \(test_batch\.bin\)/);
+  await rejects(loadDataset(onlyTrain, 'train', { labelBase: 1 }), 'ERR_TARFLOW_INVALID_ARGUMENT', /labelBase 1 applies to \.npy\/\.npz labels only/);
+});
+
+function idx(dims: number[], data: Uint8Array): Uint8Array {
+  const head = Buffer.alloc(4 + 4 * dims.length);
+  head[2] = 0x08;
+  head[3] = dims.length;
+  dims.forEach((d, i) => head.writeUInt32BE(d, 4 + 4 * i));
+  return Buffer.concat([head, data]);
+}
+
+test('IDX: an image file takes its labels from the sibling label file when there is one', async () => {
+  const d = folder('idx');
+  const pixels = Uint8Array.from({ length: 3 * 25 }, (_, i) => i);
+  writeFileSync(join(d, 'train-images-idx3-ubyte'), idx([3, 5, 5], pixels));
+  writeFileSync(join(d, 'train-labels-idx1-ubyte'), idx([3], Uint8Array.from([2, 0, 1])));
+  const ds = await loadDataset(join(d, 'train-images-idx3-ubyte'));
+  assert.equal([ds.count, ds.channels, ds.size], [3, 1, 5]);
+  assert.equal(Array.from(ds.images), Array.from(pixels));
+  assert.equal(Array.from(ds.labels!), [2, 0, 1]);
+  writeFileSync(join(d, 'unlabelled-images-idx3-ubyte'), idx([3, 5, 5], pixels));
+  assert.is((await loadDataset(join(d, 'unlabelled-images-idx3-ubyte'))).labels, null);
+  writeFileSync(join(d, 'short-images-idx3-ubyte'), idx([3, 5, 5], pixels));
+  writeFileSync(join(d, 'short-labels-idx1-ubyte'), idx([2], Uint8Array.from([0, 1])));
+  await rejects(loadDataset(join(d, 'short-images-idx3-ubyte')), 'ERR_TARFLOW_DATA', /short-labels-idx1-ubyte: labels have dims \[2\] but .* holds 3 images/);
+  await rejects(loadDataset(join(d, 'train-labels-idx1-ubyte')), 'ERR_TARFLOW_DATA', /is an IDX label file; pass the image file/);
+  writeFileSync(join(d, 'cut-images-idx3-ubyte'), idx([3, 5, 5], pixels).subarray(0, 50));
+  await rejects(loadDataset(join(d, 'cut-images-idx3-ubyte')), 'ERR_TARFLOW_FILE_FORMAT', /cut-images-idx3-ubyte: .*the file is truncated/);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// through the command line: the model's shape reaches the folder decoder
+
+test('tarflow train and eval on an image folder decode at --image-size/--channels and the model\'s shape', () => {
+  const cli = join(repoRoot, 'dist', 'lib', 'cli.js');
+  const out = join(dir, 'run');
+  const run = (args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, TARFLOW_QUIET: '1' }, timeout: 60_000 });
+  const t = run(['train', '--dataset', classRoot, '--image-size', '8', '--channels', '1', '--steps', '2', '--batch-size', '4', '--out', out, '--eval-images', '0', '--json', '--device', 'cpu']);
+  assert.is(t.status, 0, t.stderr);
+  assert.is(JSON.parse(t.stdout).steps, 2);
+  assert.match(t.stderr, /decoding 4 images/);
+  const e = run(['eval', '--checkpoint', join(out, 'checkpoint.safetensors'), '--dataset', classRoot, '--json', '--device', 'cpu']);
+  assert.is(e.status, 0, e.stderr);
+  assert.is(JSON.parse(e.stdout).images, 4);
+  const bad = run(['train', '--dataset', npzPathForCli(), '--image-size', '8', '--steps', '1', '--out', join(dir, 'run2'), '--device', 'cpu']);
+  assert.is(bad.status, 1);
+  assert.match(bad.stderr, /holds 3 x 4 x 4 images, not the 3 x 8 x 8 asked for/);
+});
+
+function npzPathForCli(): string {
+  return npz('cli.npz', { images: { data: chw, shape: [N, C, S, S] } });
+}
+
+test.run();
