@@ -92,9 +92,27 @@ function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: nu
   model.dispose();
 }
 
+/** Batch preparation (shuffle, scaling, noise augmentation, label drop) as the trainer does it, per image. */
+async function loaderBench(): Promise<void> {
+  const data = await loadMnist('train');
+  const model = new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 }, { device, seed: 0 });
+  const trainer = new Trainer(model, data, { batchSize: 256, epochs: 2, seed: 0 });
+  const prepare = (trainer as unknown as { prepareBatch(ws: unknown, s: number): void }).prepareBatch.bind(trainer);
+  const ws = model.workspace(256);
+  for (let s = 0; s < 5; s++) prepare(ws, s);
+  const steps = quick ? 50 : 200;
+  const t0 = performance.now();
+  for (let s = 0; s < steps; s++) prepare(ws, s);
+  const seconds = (performance.now() - t0) / 1000;
+  console.log(`loader mnist batch 256 (shuffle, scale, Gaussian noise, label drop): ${((steps * 256) / seconds).toFixed(0)} images/s`);
+  trainer.dispose();
+  model.dispose();
+}
+
 console.log(`tarflow bench on ${backend.device}, ${backend.ops.getThreads()} threads${quick ? ' (quick)' : ''}`);
 const only = values.only;
 if (!only || only === 'gemm') await gemmSuite();
+if (!only || only === 'loader') await loaderBench();
 if (!only || only === 'train') {
   await trainingBench('small', 256, quick ? 2 : 5);
   await trainingBench('tiny', 256, quick ? 2 : 5);
