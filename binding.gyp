@@ -3,6 +3,8 @@
     {
       "target_name": "tarflow_cpu",
       "sources": [
+        "native/common/op_args.cc",
+        "native/common/op_table.cc",
         "native/common/tensor.cc",
         "native/common/threads.cc",
         "native/cpu/addon.cc",

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "../common/threads.h"
 #include "gelu.h"
 #include "gemm.h"
@@ -19,34 +21,15 @@ namespace {
 inline float fast_exp(float x) { return exp_approx(x); }
 inline double fast_exp(double x) { return std::exp(x); }
 
-struct AttnDims {
-  int64_t B, T, W, H, hd;
-};
-
-AttnDims attn_dims(Tensor* qkv, int64_t heads) {
-  if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
-  int64_t W = qkv->dim(2) / 3;
-  if (heads <= 0 || W % heads) throw arg_error("heads (" + std::to_string(heads) + ") must divide the width " + std::to_string(W));
-  return {qkv->dim(0), qkv->dim(1), W, heads, W / heads};
-}
-
 // attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
 TF_OP(attention) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* probs = tensor_arg(info, 1, "probs");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  int64_t heads = int_arg(info, 3, "heads");
-  double temp = number_arg(info, 4, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(out, {d.B, d.T, d.W}, "out");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  expect_same_dtype(out, qkv, "out", "qkv");
-  expect_same_dtype(probs, qkv, "probs", "qkv");
-  dispatch_float(qkv->dtype(), [&]<typename T>() {
-    const T* base = qkv->data<T>();
-    T* op = out->data<T>();
-    T* pp = probs->data<T>();
-    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+  const AttentionArgs args = parse_attention(info);
+  const AttnDims& d = args.d;
+  dispatch_float(args.qkv->dtype(), [&]<typename T>() {
+    const T* base = args.qkv->data<T>();
+    T* op = args.out->data<T>();
+    T* pp = args.probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
       for (int64_t bh = s; bh < e; ++bh) {
@@ -78,23 +61,14 @@ TF_OP(attention) {
 
 // attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp): dqkv is overwritten.
 TF_OP(attentionBackward) {
-  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
-  Tensor* dout = tensor_arg(info, 1, "dout");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  Tensor* probs = tensor_arg(info, 3, "probs");
-  int64_t heads = int_arg(info, 4, "heads");
-  double temp = number_arg(info, 5, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(dqkv, qkv->shape(), "dqkv");
-  expect_shape(dout, {d.B, d.T, d.W}, "dout");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
-  dispatch_float(qkv->dtype(), [&]<typename T>() {
-    const T* base = qkv->data<T>();
-    T* gbase = dqkv->data<T>();
-    const T* go = dout->data<T>();
-    const T* pp = probs->data<T>();
-    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+  const AttentionBackwardArgs args = parse_attention_backward(info);
+  const AttnDims& d = args.d;
+  dispatch_float(args.qkv->dtype(), [&]<typename T>() {
+    const T* base = args.qkv->data<T>();
+    T* gbase = args.dqkv->data<T>();
+    const T* go = args.dout->data<T>();
+    const T* pp = args.probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
       std::vector<T> dS(static_cast<size_t>(d.T * d.T));
@@ -129,9 +103,6 @@ TF_OP(attentionBackward) {
 
 }  // namespace
 
-void register_attention(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "attention", attention);
-  export_op(env, ops, "attentionBackward", attentionBackward);
-}
+void register_attention(Napi::Env env, Napi::Object ops) { TF_ATTENTION_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

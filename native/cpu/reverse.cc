@@ -8,43 +8,14 @@
 #include <vector>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "../common/threads.h"
 #include "gelu.h"
 #include "gemm.h"
 
 namespace tf {
 namespace {
-
-struct LayerWeights {
-  Tensor *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fc1w, *fc1b, *fc2w, *fc2b;
-};
-
-struct BlockWeights {
-  Tensor *inw, *inb, *pos, *cls, *outw, *outb;
-  std::vector<LayerWeights> layers;
-};
-
-BlockWeights read_weights(const Napi::Object& o) {
-  BlockWeights w;
-  w.inw = tensor_prop(o, "projInWeight");
-  w.inb = tensor_prop(o, "projInBias");
-  w.pos = tensor_prop(o, "pos");
-  w.cls = tensor_prop(o, "classEmbed", true);
-  w.outw = tensor_prop(o, "projOutWeight");
-  w.outb = tensor_prop(o, "projOutBias");
-  Napi::Value lv = o.Get("layers");
-  if (!lv.IsArray()) throw arg_error("blockReverse: weights.layers must be an array");
-  Napi::Array la = lv.As<Napi::Array>();
-  for (uint32_t i = 0; i < la.Length(); ++i) {
-    Napi::Value e = la.Get(i);
-    if (!e.IsObject()) throw arg_error("blockReverse: weights.layers[" + std::to_string(i) + "] must be an object");
-    Napi::Object l = e.As<Napi::Object>();
-    w.layers.push_back({tensor_prop(l, "ln1Weight"), tensor_prop(l, "ln1Bias"), tensor_prop(l, "qkvWeight"), tensor_prop(l, "qkvBias"),
-                        tensor_prop(l, "projWeight"), tensor_prop(l, "projBias"), tensor_prop(l, "ln2Weight"), tensor_prop(l, "ln2Bias"),
-                        tensor_prop(l, "fc1Weight"), tensor_prop(l, "fc1Bias"), tensor_prop(l, "fc2Weight"), tensor_prop(l, "fc2Bias")});
-  }
-  return w;
-}
 
 template <typename T>
 void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate) {
@@ -73,12 +44,6 @@ void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64
   }
   });
 }
-
-struct ReverseOptions {
-  bool flip = false, nvp = true, guide_a = true, guide_b = true, annealed = false;
-  int64_t heads = 1;
-  double guidance = 0, temp_uncond = 1, eps = 1e-5;
-};
 
 template <typename T>
 void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
@@ -193,76 +158,17 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
       for (int64_t k = 0; k < D; ++k) x[(b * Tn + (opt.flip ? Tn - 1 - t : t)) * D + k] = xs[(b * Tn + t) * D + k];
 }
 
-bool opt_bool(const Napi::Object& o, const char* k, bool dflt) {
-  Napi::Value v = o.Get(k);
-  if (v.IsUndefined()) return dflt;
-  if (!v.IsBoolean()) throw arg_error(std::string("blockReverse: option '") + k + "' must be a boolean");
-  return v.As<Napi::Boolean>().Value();
-}
-double opt_num(const Napi::Object& o, const char* k, double dflt) {
-  Napi::Value v = o.Get(k);
-  if (v.IsUndefined()) return dflt;
-  if (!v.IsNumber()) throw arg_error(std::string("blockReverse: option '") + k + "' must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-
 // blockReverse(x[B,T,D] (in place, natural token order), weights, options)
 TF_OP(blockReverse) {
-  Tensor* x = tensor_arg(info, 0, "x");
-  if (info.Length() < 3 || !info[1].IsObject() || !info[2].IsObject()) throw arg_error("blockReverse(x, weights, options)");
-  BlockWeights w = read_weights(info[1].As<Napi::Object>());
-  Napi::Object oo = info[2].As<Napi::Object>();
-  ReverseOptions opt;
-  opt.flip = opt_bool(oo, "flip", false);
-  opt.nvp = opt_bool(oo, "nvp", true);
-  opt.guide_a = opt_bool(oo, "guideA", true);
-  opt.guide_b = opt_bool(oo, "guideB", true);
-  opt.annealed = opt_bool(oo, "annealed", false);
-  opt.heads = static_cast<int64_t>(opt_num(oo, "heads", 1));
-  opt.guidance = opt_num(oo, "guidance", 0);
-  opt.temp_uncond = opt_num(oo, "tempUncond", 1);
-  opt.eps = opt_num(oo, "eps", 1e-5);
-  Tensor* labels = tensor_prop(oo, "labels", true);
-
-  if (x->ndim() != 3) throw shape_error("blockReverse: x must be [B, T, D], got " + x->describe());
-  int64_t B = x->dim(0), Tn = x->dim(1), D = x->dim(2), W = w.inw->dim(0);
-  expect_shape(w.inw, {W, D}, "projInWeight");
-  expect_shape(w.pos, {Tn, W}, "pos");
-  expect_shape(w.outw, {opt.nvp ? 2 * D : D, W}, "projOutWeight");
-  if (opt.heads <= 0 || W % opt.heads) throw arg_error("blockReverse: heads must divide the width");
-  if (labels) {
-    expect_dtype(labels, DType::I32, "labels");
-    expect_numel(labels, B, "labels");
-    int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
-    for (int64_t b = 0; b < B; ++b)
-      if (labels->data<int32_t>()[b] >= n_cls)
-        throw arg_error("blockReverse: label " + std::to_string(labels->data<int32_t>()[b]) + " is out of range for " + std::to_string(n_cls) + " classes");
-  }
-  for (Tensor* t : {w.inw, w.inb, w.pos, w.outw, w.outb}) expect_same_dtype(t, x, "weight", "x");
-  for (const auto& l : w.layers) {
-    int64_t F = l.fc1w->dim(0);
-    for (Tensor* t : {l.ln1w, l.ln1b, l.ln2w, l.ln2b, l.projb, l.fc2b}) expect_numel(t, W, "layer norm/bias");
-    expect_shape(l.qkvw, {3 * W, W}, "qkvWeight");
-    expect_numel(l.qkvb, 3 * W, "qkvBias");
-    expect_shape(l.projw, {W, W}, "projWeight");
-    expect_shape(l.fc1w, {F, W}, "fc1Weight");
-    expect_numel(l.fc1b, F, "fc1Bias");
-    expect_shape(l.fc2w, {W, F}, "fc2Weight");
-    if (F != w.layers[0].fc1w->dim(0)) throw shape_error("blockReverse: every layer must have the same MLP width");
-  }
-  expect_numel(w.inb, W, "projInBias");
-  expect_numel(w.outb, opt.nvp ? 2 * D : D, "projOutBias");
-  if (w.cls && (w.cls->numel() % W || w.cls->numel() == 0)) throw shape_error("classEmbed must be [numClasses, 1, W]");
-  for (const auto& l : w.layers)
-    for (Tensor* t : {l.ln1w, l.ln1b, l.qkvw, l.qkvb, l.projw, l.projb, l.ln2w, l.ln2b, l.fc1w, l.fc1b, l.fc2w, l.fc2b}) expect_same_dtype(t, x, "weight", "x");
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    block_reverse<T>(x->data<T>(), B, Tn, D, w, labels ? labels->data<int32_t>() : nullptr, opt);
+  const BlockReverseArgs args = parse_block_reverse(info);
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    block_reverse<T>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, args.labels ? args.labels->data<int32_t>() : nullptr, args.opt);
   });
   return info.Env().Undefined();
 }
 
 }  // namespace
 
-void register_reverse(Napi::Env env, Napi::Object ops) { export_op(env, ops, "blockReverse", blockReverse); }
+void register_reverse(Napi::Env env, Napi::Object ops) { TF_REVERSE_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

@@ -3,18 +3,13 @@
 #include <cmath>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "../common/philox.h"
 #include "../common/threads.h"
 
 namespace tf {
 namespace {
-
-uint64_t u64_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  double d = number_arg(info, i, name);
-  if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d)))
-    throw arg_error(std::string(name) + " must be an integer in [0, 2^53), got " + std::to_string(d));
-  return uint64_t(d);
-}
 
 // Element i of a stream comes from Philox block i/2 (normals: a Box-Muller pair) or i/4 (uniforms). Whole blocks
 // are computed once and all their values used; only a range's ragged ends fall back to the per-element form,
@@ -43,11 +38,12 @@ void fill_range(T* p, uint64_t seed, uint64_t stream, uint64_t first, int64_t n)
 
 template <bool kNormal>
 Napi::Value fill_random(const Napi::CallbackInfo& info) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  uint64_t seed = u64_arg(info, 1, "seed"), stream = u64_arg(info, 2, "stream"), offset = u64_arg(info, 3, "offset");
-  dispatch_float(out->dtype(), [&]<typename T>() {
-    T* p = out->data<T>();
-    parallel_for(out->numel(), 4096, [&](int64_t s, int64_t e) { fill_range<T, kNormal>(p + s, seed, stream, offset + s, e - s); });
+  const RandomArgs args = parse_random(info);
+  dispatch_float(args.out->dtype(), [&]<typename T>() {
+    T* p = args.out->data<T>();
+    parallel_for(args.out->numel(), 4096, [&](int64_t s, int64_t e) {
+      fill_range<T, kNormal>(p + s, args.seed, args.stream, args.offset + s, e - s);
+    });
   });
   return info.Env().Undefined();
 }
@@ -57,9 +53,6 @@ TF_OP(uniform) { return fill_random<false>(info); }
 
 }  // namespace
 
-void register_rng(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "normal", normal);
-  export_op(env, ops, "uniform", uniform);
-}
+void register_rng(Napi::Env env, Napi::Object ops) { TF_RNG_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "device.cuh"
 
 namespace tf {
@@ -22,29 +24,14 @@ __global__ void adamw_kernel(T* p, const T* g, T* m, T* v, int64_t n, T decay, T
 
 // adamw(params, grads, m, v, {lr, beta1, beta2, eps, weightDecay, step})  (step counts from 1)
 TF_OP(adamw) {
-  Tensor* p = tensor_arg(info, 0, "params");
-  Tensor* g = tensor_arg(info, 1, "grads");
-  Tensor* m = tensor_arg(info, 2, "m");
-  Tensor* v = tensor_arg(info, 3, "v");
-  if (info.Length() < 5 || !info[4].IsObject()) throw arg_error("adamw: options {lr, beta1, beta2, eps, weightDecay, step} are required");
-  Napi::Object o = info[4].As<Napi::Object>();
-  auto num = [&](const char* k) {
-    Napi::Value x = o.Get(k);
-    if (!x.IsNumber()) throw arg_error(std::string("adamw: option '") + k + "' must be a number");
-    return x.As<Napi::Number>().DoubleValue();
-  };
-  double lr = num("lr"), b1 = num("beta1"), b2 = num("beta2"), eps = num("eps"), wd = num("weightDecay"), step = num("step");
-  if (step < 1) throw arg_error("adamw: step counts from 1");
-  for (Tensor* t : {g, m, v}) {
-    expect_same_dtype(t, p, "optimizer buffer", "params");
-    expect_numel(t, p->numel(), "optimizer buffer");
-  }
+  const AdamWArgs args = parse_adamw(info);
+  const double lr = args.lr, b1 = args.beta1, b2 = args.beta2, eps = args.eps, wd = args.weight_decay, step = args.step;
   double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
-  int64_t n = p->numel();
+  int64_t n = args.params->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(p->dtype(), [&]<typename T>() {
+  dispatch_float(args.params->dtype(), [&]<typename T>() {
     adamw_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(
-        p->data<T>(), g->data<T>(), m->data<T>(), v->data<T>(), n, T(1 - lr * wd), T(b1), T(b2), T(lr / bc1),
+        args.params->data<T>(), args.grads->data<T>(), args.m->data<T>(), args.v->data<T>(), n, T(1 - lr * wd), T(b1), T(b2), T(lr / bc1),
         T(1 / std::sqrt(bc2)), T(eps));
   });
   return info.Env().Undefined();
@@ -52,6 +39,6 @@ TF_OP(adamw) {
 
 }  // namespace
 
-void register_adamw(Napi::Env env, Napi::Object ops) { export_op(env, ops, "adamw", adamw); }
+void register_adamw(Napi::Env env, Napi::Object ops) { TF_ADAMW_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

@@ -1,39 +1,20 @@
-// The CUDA backend's entry point: the same Tensor class and op table as the CPU addon (native/cpu/addon.cc), with
+// The CUDA backend's entry point: the same Tensor class and op table (native/common/op_table.h) as the CPU addon, with
 // every buffer in GPU memory. deviceCount() never throws: lib/backend.ts calls it to decide whether a GPU answers.
 #include <napi.h>
 
 #include "../common/op.h"
+#include "../common/op_table.h"
 #include "device.h"
 
 namespace tf {
-void register_elementwise(Napi::Env, Napi::Object);
-void register_layernorm(Napi::Env, Napi::Object);
-void register_linear(Napi::Env, Napi::Object);
-void register_attention(Napi::Env, Napi::Object);
-void register_coupling(Napi::Env, Napi::Object);
-void register_rng(Napi::Env, Napi::Object);
-void register_adamw(Napi::Env, Napi::Object);
-void register_reverse(Napi::Env, Napi::Object);
-
 namespace {
 
 // The GPU decides its own parallelism; the thread count exists for API parity with the CPU backend.
 TF_OP(getThreads) { return Napi::Number::New(info.Env(), 1); }
 
 TF_OP(setThreads) {
-  int64_t n = int_arg(info, 0, "threads");
-  if (n < 1 || n > 256) throw arg_error("threads must be between 1 and 256, got " + std::to_string(n));
+  parse_set_threads(info);  // checked as on the CPU, so a bad value fails alike on both backends
   return info.Env().Undefined();
-}
-
-// nativeMemory() -> { buffers, bytes, handles }: live device buffers, for leak tests (as in the CPU addon).
-TF_OP(nativeMemory) {
-  StorageStats st = storage_stats();
-  Napi::Object o = Napi::Object::New(info.Env());
-  o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
-  o.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(st.bytes)));
-  o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
-  return o;
 }
 
 Napi::Value DeviceCount(const Napi::CallbackInfo& info) {
@@ -77,14 +58,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tensor", Tensor::Init(env));
   exports.Set("deviceCount", Napi::Function::New(env, DeviceCount, "deviceCount"));
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo, "deviceInfo"));
-  Napi::Object ops = Napi::Object::New(env);
-  for (Registrar r : {register_elementwise, register_layernorm, register_linear, register_attention, register_coupling,
-                      register_rng, register_adamw, register_reverse})
-    r(env, ops);
-  export_op(env, ops, "getThreads", getThreads);
-  export_op(env, ops, "setThreads", setThreads);
-  export_op(env, ops, "nativeMemory", nativeMemory);
-  exports.Set("ops", ops);
+  exports.Set("ops", make_op_table(env, getThreads, setThreads));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
   napi_add_env_cleanup_hook(env, [](void*) { cuda::release_context(); }, nullptr);
   return exports;

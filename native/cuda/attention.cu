@@ -7,23 +7,14 @@
 #include <cmath>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "gemm.cuh"
 
 namespace tf {
 namespace {
 
 constexpr int kThreads = 128;
-
-struct AttnDims {
-  int64_t B, T, W, H, hd;
-};
-
-AttnDims attn_dims(Tensor* qkv, int64_t heads) {
-  if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
-  int64_t W = qkv->dim(2) / 3;
-  if (heads <= 0 || W % heads) throw arg_error("heads (" + std::to_string(heads) + ") must divide the width " + std::to_string(W));
-  return {qkv->dim(0), qkv->dim(1), W, heads, W / heads};
-}
 
 // Slices of one (sample, head): the sample stride is outer, the head stride inner.
 cuda::GemmBatch batch_of(const AttnDims& d, int64_t a_outer, int64_t a_inner, int64_t b_outer, int64_t b_inner,
@@ -75,30 +66,22 @@ unsigned row_grid(int64_t rows) { return static_cast<unsigned>(rows < (1 << 30) 
 
 // attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
 TF_OP(attention) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* probs = tensor_arg(info, 1, "probs");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  int64_t heads = int_arg(info, 3, "heads");
-  double temp = number_arg(info, 4, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(out, {d.B, d.T, d.W}, "out");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  expect_same_dtype(out, qkv, "out", "qkv");
-  expect_same_dtype(probs, qkv, "probs", "qkv");
+  const AttentionArgs args = parse_attention(info);
+  const AttnDims& d = args.d;
   if (d.B * d.T * d.W == 0) return info.Env().Undefined();
-  dispatch_float(qkv->dtype(), [&]<typename T>() {
-    const T* q = qkv->data<T>();
+  dispatch_float(args.qkv->dtype(), [&]<typename T>() {
+    const T* q = args.qkv->data<T>();
     const T* k = q + d.W;
     const T* v = q + 2 * d.W;
-    T* P = probs->data<T>();
-    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+    T* P = args.probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W, TT = d.T * d.T;
     cuda::gemm<T>(false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, nullptr,
                   batch_of(d, d.T * ld, d.hd, d.T * ld, d.hd, d.H * TT, TT));
     int64_t rows = d.B * d.H * d.T;
     causal_softmax_kernel<T><<<row_grid(rows), kThreads, kThreads * sizeof(T), cuda::stream()>>>(P, rows, d.T);
     cuda::check_launch("attention (softmax)");
-    cuda::gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), out->data<T>(), d.W, nullptr,
+    cuda::gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), args.out->data<T>(), d.W, nullptr,
                   batch_of(d, d.H * TT, TT, d.T * ld, d.hd, d.T * d.W, d.hd));
   });
   return info.Env().Undefined();
@@ -106,28 +89,19 @@ TF_OP(attention) {
 
 // attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp): dqkv is overwritten.
 TF_OP(attentionBackward) {
-  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
-  Tensor* dout = tensor_arg(info, 1, "dout");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  Tensor* probs = tensor_arg(info, 3, "probs");
-  int64_t heads = int_arg(info, 4, "heads");
-  double temp = number_arg(info, 5, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(dqkv, qkv->shape(), "dqkv");
-  expect_shape(dout, {d.B, d.T, d.W}, "dout");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
+  const AttentionBackwardArgs args = parse_attention_backward(info);
+  const AttnDims& d = args.d;
   if (d.B * d.T * d.W == 0) return info.Env().Undefined();
-  dispatch_float(qkv->dtype(), [&]<typename T>() {
-    const T* q = qkv->data<T>();
+  dispatch_float(args.qkv->dtype(), [&]<typename T>() {
+    const T* q = args.qkv->data<T>();
     const T* k = q + d.W;
     const T* v = q + 2 * d.W;
-    T* dq = dqkv->data<T>();
+    T* dq = args.dqkv->data<T>();
     T* dk = dq + d.W;
     T* dv = dq + 2 * d.W;
-    const T* dO = dout->data<T>();
-    const T* P = probs->data<T>();
-    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * temp));
+    const T* dO = args.dout->data<T>();
+    const T* P = args.probs->data<T>();
+    const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W, TT = d.T * d.T;
     T* dS = cuda::scratch_as<T>(1, d.B * d.H * TT);
     // dP = dO V^T, then the softmax backward turns it into dS in place.
@@ -149,9 +123,6 @@ TF_OP(attentionBackward) {
 
 }  // namespace
 
-void register_attention(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "attention", attention);
-  export_op(env, ops, "attentionBackward", attentionBackward);
-}
+void register_attention(Napi::Env env, Napi::Object ops) { TF_ATTENTION_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

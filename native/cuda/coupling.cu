@@ -3,22 +3,12 @@
 // exp runs in the working precision (fp32 for float32), as on the CPU. The log-determinant is one block per
 // sample with a fixed-order tree sum.
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "device.cuh"
 
 namespace tf {
 namespace {
-
-struct CouplingDims {
-  int64_t B, T, D, Do;
-};
-
-CouplingDims coupling_dims(Tensor* u, Tensor* o, bool nvp) {
-  if (u->ndim() != 3) throw shape_error("u must be [B, T, D], got " + u->describe());
-  int64_t B = u->dim(0), T = u->dim(1), D = u->dim(2), Do = nvp ? 2 * D : D;
-  expect_shape(o, {B, T, Do}, nvp ? "o (NVP: 2D outputs per token)" : "o (VP: D outputs per token)");
-  expect_same_dtype(u, o, "u", "o");
-  return {B, T, D, Do};
-}
 
 template <typename T>
 __global__ void coupling_forward_kernel(T* v, const T* u, const T* o, int64_t B, int64_t Tn, int64_t D, bool nvp) {
@@ -92,30 +82,21 @@ __global__ void coupling_backward_kernel(T* du, T* go, const T* gv, const T* u, 
 
 // couplingForward(v, logdet[B], u, o, nvp, accumulateLogdet)
 TF_OP(couplingForward) {
-  Tensor* v = tensor_arg(info, 0, "v");
-  Tensor* logdet = tensor_arg(info, 1, "logdet");
-  Tensor* u = tensor_arg(info, 2, "u");
-  Tensor* o = tensor_arg(info, 3, "o");
-  bool nvp = bool_arg(info, 4, "nvp");
-  bool accumulate = bool_arg(info, 5, "accumulateLogdet");
-  CouplingDims d = coupling_dims(u, o, nvp);
-  expect_shape(v, u->shape(), "v");
-  expect_numel(logdet, d.B, "logdet");
-  expect_same_dtype(v, u, "v", "u");
-  expect_same_dtype(logdet, u, "logdet", "u");
+  const CouplingForwardArgs args = parse_coupling_forward(info);
+  const CouplingDims& d = args.d;
   if (d.B == 0) return info.Env().Undefined();
-  dispatch_float(u->dtype(), [&]<typename T>() {
+  dispatch_float(args.u->dtype(), [&]<typename T>() {
     cudaStream_t s = cuda::stream();
     int64_t n = d.B * d.T * d.D;
     if (n > 0) {
-      coupling_forward_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, s>>>(v->data<T>(), u->data<T>(), o->data<T>(), d.B, d.T, d.D, nvp);
+      coupling_forward_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, s>>>(args.v->data<T>(), args.u->data<T>(), args.o->data<T>(), d.B, d.T, d.D, args.nvp);
       cuda::check_launch("couplingForward");
     }
-    if (nvp && d.T * d.D > 0) {
+    if (args.nvp && d.T * d.D > 0) {
       if (d.B > 2147483647) throw shape_error("couplingForward: batch too large");
-      logdet_kernel<T><<<static_cast<unsigned>(d.B), 256, 256 * sizeof(T), s>>>(logdet->data<T>(), o->data<T>(), d.T, d.D, accumulate);
+      logdet_kernel<T><<<static_cast<unsigned>(d.B), 256, 256 * sizeof(T), s>>>(args.logdet->data<T>(), args.o->data<T>(), d.T, d.D, args.accumulate);
     } else {
-      logdet_zero_kernel<T><<<cuda::blocks_for(d.B, 128), 128, 0, s>>>(logdet->data<T>(), d.B, accumulate);
+      logdet_zero_kernel<T><<<cuda::blocks_for(d.B, 128), 128, 0, s>>>(args.logdet->data<T>(), d.B, args.accumulate);
     }
     cuda::check_launch("couplingForward (logdet)");
   });
@@ -124,24 +105,14 @@ TF_OP(couplingForward) {
 
 // couplingBackward(du, do, dv, u, o, nvp, logdetGrad): du and do are overwritten.
 TF_OP(couplingBackward) {
-  Tensor* du = tensor_arg(info, 0, "du");
-  Tensor* dout = tensor_arg(info, 1, "do");
-  Tensor* dv = tensor_arg(info, 2, "dv");
-  Tensor* u = tensor_arg(info, 3, "u");
-  Tensor* o = tensor_arg(info, 4, "o");
-  bool nvp = bool_arg(info, 5, "nvp");
-  double logdet_grad = number_arg(info, 6, "logdetGrad");
-  CouplingDims d = coupling_dims(u, o, nvp);
-  expect_shape(du, u->shape(), "du");
-  expect_shape(dv, u->shape(), "dv");
-  expect_shape(dout, o->shape(), "do");
-  for (Tensor* t : {du, dout, dv}) expect_same_dtype(t, u, "gradient", "u");
+  const CouplingBackwardArgs args = parse_coupling_backward(info);
+  const CouplingDims& d = args.d;
   int64_t n = d.B * d.T * d.D;
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(u->dtype(), [&]<typename T>() {
-    const T da_logdet = T(-logdet_grad / double(d.T * d.D));
+  dispatch_float(args.u->dtype(), [&]<typename T>() {
+    const T da_logdet = T(-args.logdet_grad / double(d.T * d.D));
     coupling_backward_kernel<T><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(
-        du->data<T>(), dout->data<T>(), dv->data<T>(), u->data<T>(), o->data<T>(), d.B, d.T, d.D, nvp, da_logdet);
+        args.du->data<T>(), args.dout->data<T>(), args.dv->data<T>(), args.u->data<T>(), args.o->data<T>(), d.B, d.T, d.D, args.nvp, da_logdet);
     cuda::check_launch("couplingBackward");
   });
   return info.Env().Undefined();
@@ -149,9 +120,6 @@ TF_OP(couplingBackward) {
 
 }  // namespace
 
-void register_coupling(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "couplingForward", couplingForward);
-  export_op(env, ops, "couplingBackward", couplingBackward);
-}
+void register_coupling(Napi::Env env, Napi::Object ops) { TF_COUPLING_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

@@ -2,9 +2,10 @@
 // tree sums in a fixed order, then a final pass in block order; the only atomic-free "flag" is allFinite's, whose
 // result does not depend on which thread writes it.
 #include <cmath>
-#include <vector>
 
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "layers.cuh"
 
 namespace tf {
@@ -190,49 +191,40 @@ __global__ void dclass_kernel(T* dc, const T* ps, const int32_t* labels, int64_t
 
 // copy(dst, src)
 TF_OP(copy) {
-  Tensor* dst = tensor_arg(info, 0, "dst");
-  Tensor* src = tensor_arg(info, 1, "src");
-  expect_same_dtype(dst, src, "dst", "src");
-  expect_numel(dst, src->numel(), "dst");
-  size_t bytes = src->numel() * dtype_size(src->dtype());
-  if (bytes && dst->data<char>() != src->data<char>())
-    cuda::check(cudaMemcpyAsync(dst->data<char>(), src->data<char>(), bytes, cudaMemcpyDeviceToDevice, stream()), "copy");
+  const CopyArgs args = parse_copy(info);
+  size_t bytes = args.src->numel() * dtype_size(args.src->dtype());
+  if (bytes && args.dst->data<char>() != args.src->data<char>())
+    cuda::check(cudaMemcpyAsync(args.dst->data<char>(), args.src->data<char>(), bytes, cudaMemcpyDeviceToDevice, stream()), "copy");
   return info.Env().Undefined();
 }
 
 // axpby(y, x, alpha, beta): y = alpha * x + beta * y
 TF_OP(axpby) {
-  Tensor* y = tensor_arg(info, 0, "y");
-  Tensor* x = tensor_arg(info, 1, "x");
-  double alpha = number_arg(info, 2, "alpha"), beta = number_arg(info, 3, "beta");
-  expect_same_dtype(y, x, "y", "x");
-  expect_numel(y, x->numel(), "y");
-  int64_t n = x->numel();
+  const AxpbyArgs args = parse_axpby(info);
+  int64_t n = args.x->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    axpby_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(y->data<T>(), x->data<T>(), n, T(alpha), T(beta), beta == 0);
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    axpby_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<T>(), args.x->data<T>(), n, T(args.alpha), T(args.beta),
+                                                                        args.beta == 0);
   });
   return info.Env().Undefined();
 }
 
 // rowSumSquares(out[B], x[B, ...]): per-sample sum of squares, accumulated in double.
 TF_OP(rowSumSquares) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* x = tensor_arg(info, 1, "x");
-  expect_same_dtype(out, x, "out", "x");
-  int64_t B = x->dim(0), n = x->numel() / (B ? B : 1);
-  expect_numel(out, B, "out");
-  if (B == 0) return info.Env().Undefined();
-  if (B > 2147483647) throw shape_error("rowSumSquares: too many rows");
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    row_sum_squares_kernel<T><<<static_cast<unsigned>(B), kThreads, kThreads * sizeof(double), stream()>>>(out->data<T>(), x->data<T>(), n);
+  const RowSumSquaresArgs args = parse_row_sum_squares(info);
+  if (args.B == 0) return info.Env().Undefined();
+  if (args.B > 2147483647) throw shape_error("rowSumSquares: too many rows");
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    row_sum_squares_kernel<T><<<static_cast<unsigned>(args.B), kThreads, kThreads * sizeof(double), stream()>>>(args.out->data<T>(),
+                                                                                                              args.x->data<T>(), args.n);
   });
   return info.Env().Undefined();
 }
 
 // sumSquares(x) -> number (double accumulation over fixed chunks, then the chunks in order)
 TF_OP(sumSquares) {
-  Tensor* x = tensor_arg(info, 0, "x");
+  Tensor* x = parse_sum_squares(info).x;
   double total = dispatch_float(x->dtype(), [&]<typename T>() -> double {
     int64_t n = x->numel();
     if (n == 0) return 0.0;
@@ -251,7 +243,7 @@ TF_OP(sumSquares) {
 
 // allFinite(x) -> boolean
 TF_OP(allFinite) {
-  Tensor* x = tensor_arg(info, 0, "x");
+  Tensor* x = parse_all_finite(info).x;
   bool ok = dispatch_float(x->dtype(), [&]<typename T>() -> bool {
     int64_t n = x->numel();
     if (n == 0) return true;
@@ -268,204 +260,119 @@ TF_OP(allFinite) {
 
 // mulBroadcast(x[B, ...], s[...]): x[b] *= s for every leading index b.
 TF_OP(mulBroadcast) {
-  Tensor* x = tensor_arg(info, 0, "x");
-  Tensor* sc = tensor_arg(info, 1, "s");
-  expect_same_dtype(x, sc, "x", "s");
-  int64_t n = sc->numel();
-  if (n == 0 || x->numel() % n) throw shape_error("mulBroadcast: " + sc->describe() + " does not tile " + x->describe());
-  int64_t total = x->numel();
+  const MulBroadcastArgs args = parse_mul_broadcast(info);
+  int64_t total = args.x->numel();
   if (total == 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    mul_broadcast_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(x->data<T>(), sc->data<T>(), total, n);
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    mul_broadcast_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(args.x->data<T>(), args.s->data<T>(), total, args.n);
   });
   return info.Env().Undefined();
 }
 
 // varUpdate(var[T,D], z[B,T,D], rate): var += rate * (mean_b z^2 - var)
 TF_OP(varUpdate) {
-  Tensor* var = tensor_arg(info, 0, "var");
-  Tensor* z = tensor_arg(info, 1, "z");
-  double rate = number_arg(info, 2, "rate");
-  expect_same_dtype(var, z, "var", "z");
-  int64_t B = z->dim(0), n = var->numel();
-  expect_numel(z, B * n, "z");
+  const VarUpdateArgs args = parse_var_update(info);
+  const int64_t n = args.n;
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(z->dtype(), [&]<typename T>() {
-    var_update_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(var->data<T>(), z->data<T>(), B, n, rate);
+  dispatch_float(args.z->dtype(), [&]<typename T>() {
+    var_update_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.var->data<T>(), args.z->data<T>(), args.B, n, args.rate);
   });
   return info.Env().Undefined();
 }
 
 // flipTokens(y[B,T,D], x[B,T,D]): y[b,t] = x[b,T-1-t]
 TF_OP(flipTokens) {
-  Tensor* y = tensor_arg(info, 0, "y");
-  Tensor* x = tensor_arg(info, 1, "x");
-  expect_same_dtype(y, x, "y", "x");
-  if (x->ndim() != 3) throw shape_error("flipTokens: x must be [B, T, D], got " + x->describe());
-  expect_shape(y, x->shape(), "y");
-  if (y->data<char>() == x->data<char>()) throw arg_error("flipTokens: y and x must be different tensors");
-  int64_t n = x->numel();
+  const FlipTokensArgs args = parse_flip_tokens(info);
+  int64_t n = args.x->numel();
   if (n == 0) return info.Env().Undefined();
-  if (x->dtype() == DType::F64) {
-    flip_kernel<double><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(y->data<double>(), x->data<double>(), x->dim(0), x->dim(1), x->dim(2));
+  if (args.x->dtype() == DType::F64) {
+    flip_kernel<double><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<double>(), args.x->data<double>(), args.B, args.T, args.D);
   } else {
     // float32 and int32 are both 4-byte values: move them as bits.
-    flip_kernel<int32_t><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(y->data<int32_t>(), x->data<int32_t>(), x->dim(0), x->dim(1), x->dim(2));
+    flip_kernel<int32_t><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<int32_t>(), args.x->data<int32_t>(), args.B, args.T, args.D);
   }
   return info.Env().Undefined();
 }
 
-void check_patch_shapes(Tensor* patches, Tensor* image, int64_t P) {
-  if (image->ndim() != 4 || image->dim(2) != image->dim(3))
-    throw shape_error("image tensor must be [B, C, S, S], got " + image->describe());
-  int64_t B = image->dim(0), C = image->dim(1), S = image->dim(2);
-  if (P <= 0 || S % P) throw shape_error("patch size " + std::to_string(P) + " does not divide image size " + std::to_string(S));
-  expect_shape(patches, {B, (S / P) * (S / P), C * P * P}, "patches");
-  expect_same_dtype(patches, image, "patches", "image");
-}
-
 TF_OP(patchify) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* x = tensor_arg(info, 1, "x");
-  int64_t P = int_arg(info, 2, "patchSize");
-  check_patch_shapes(out, x, P);
-  int64_t n = x->numel();
+  const PatchArgs args = parse_patchify(info);
+  int64_t n = args.image->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    patch_kernel<T, true><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(out->data<T>(), x->data<T>(), x->dim(0), x->dim(1), x->dim(2), P);
+  dispatch_float(args.image->dtype(), [&]<typename T>() {
+    patch_kernel<T, true><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C,
+                                                                              args.S, args.P);
   });
   return info.Env().Undefined();
 }
 
 TF_OP(unpatchify) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* x = tensor_arg(info, 1, "x");
-  int64_t P = int_arg(info, 2, "patchSize");
-  check_patch_shapes(x, out, P);
-  int64_t n = out->numel();
+  const PatchArgs args = parse_unpatchify(info);
+  int64_t n = args.image->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    patch_kernel<T, false><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(x->data<T>(), out->data<T>(), out->dim(0), out->dim(1), out->dim(2), P);
+  dispatch_float(args.patches->dtype(), [&]<typename T>() {
+    patch_kernel<T, false><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C,
+                                                                               args.S, args.P);
   });
   return info.Env().Undefined();
 }
 
 TF_OP(gelu) {
-  Tensor* y = tensor_arg(info, 0, "y");
-  Tensor* x = tensor_arg(info, 1, "x");
-  expect_same_dtype(y, x, "y", "x");
-  expect_numel(y, x->numel(), "y");
-  dispatch_float(x->dtype(), [&]<typename T>() { cuda::gelu_forward<T>(y->data<T>(), x->data<T>(), x->numel()); });
+  const GeluArgs args = parse_gelu(info);
+  dispatch_float(args.x->dtype(), [&]<typename T>() { cuda::gelu_forward<T>(args.y->data<T>(), args.x->data<T>(), args.x->numel()); });
   return info.Env().Undefined();
 }
 
 TF_OP(geluBackward) {
-  Tensor* dx = tensor_arg(info, 0, "dx");
-  Tensor* dy = tensor_arg(info, 1, "dy");
-  Tensor* x = tensor_arg(info, 2, "x");
-  expect_same_dtype(dx, x, "dx", "x");
-  expect_same_dtype(dy, x, "dy", "x");
-  expect_numel(dx, x->numel(), "dx");
-  expect_numel(dy, x->numel(), "dy");
-  int64_t n = x->numel();
+  const GeluBackwardArgs args = parse_gelu_backward(info);
+  int64_t n = args.x->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    gelu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(dx->data<T>(), dy->data<T>(), x->data<T>(), n);
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    gelu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.dx->data<T>(), args.dy->data<T>(), args.x->data<T>(), n);
   });
   return info.Env().Undefined();
 }
 
-// Validates shapes and (on the host: one small copy) that every label is below the class count.
-void check_embed_args(Tensor* h, Tensor* pos, Tensor* cls, Tensor* labels, int64_t& B, int64_t& Tn, int64_t& W, int64_t& n_cls) {
-  if (h->ndim() != 3) throw shape_error("h must be [B, T, W], got " + h->describe());
-  B = h->dim(0), Tn = h->dim(1), W = h->dim(2);
-  expect_shape(pos, {Tn, W}, "pos");
-  expect_same_dtype(h, pos, "h", "pos");
-  n_cls = 0;
-  if (cls) {
-    if (cls->numel() % W || cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + cls->describe());
-    n_cls = cls->numel() / W;
-    expect_same_dtype(h, cls, "h", "classEmbed");
-  }
-  if (labels) {
-    expect_dtype(labels, DType::I32, "labels");
-    expect_numel(labels, B, "labels");
-    // TODO(perf): this waits for the stream once per call; a device-side check with a deferred error flag
-    // would keep the training step free of host round trips.
-    std::vector<int32_t> y(static_cast<size_t>(B));
-    cuda::copy_to_host(y.data(), labels->data<int32_t>(), B * sizeof(int32_t));
-    for (int64_t b = 0; b < B; ++b)
-      if (y[b] >= n_cls) throw Error("ERR_TARFLOW_INVALID_ARGUMENT", "label " + std::to_string(y[b]) + " of sample " + std::to_string(b) +
-                                                                        " is out of range: the model has " + std::to_string(n_cls) + " classes (use -1 for no label)");
-  }
-}
-
 // addPosClass(h[B,T,W], pos[T,W], classEmbed|null, labels|null, flip): h += pi(pos) + e(y)
 TF_OP(addPosClass) {
-  Tensor* h = tensor_arg(info, 0, "h");
-  Tensor* pos = tensor_arg(info, 1, "pos");
-  Tensor* cls = optional_tensor_arg(info, 2, "classEmbed");
-  Tensor* labels = optional_tensor_arg(info, 3, "labels");
-  bool flip = bool_arg(info, 4, "flip");
-  int64_t B, Tn, W, n_cls;
-  check_embed_args(h, pos, cls, labels, B, Tn, W, n_cls);
+  const AddPosClassArgs args = parse_add_pos_class(info);
+  const int64_t B = args.B, Tn = args.Tn, W = args.W;
   int64_t n = B * Tn * W;
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(h->dtype(), [&]<typename T>() {
-    const T* cp = cls ? cls->data<T>() : nullptr;
+  dispatch_float(args.h->dtype(), [&]<typename T>() {
+    const T* cp = args.cls ? args.cls->data<T>() : nullptr;
     T* mean = nullptr;
     if (cp) {
       mean = cuda::scratch_as<T>(0, W);
-      mean_class_kernel<T><<<blocks_for(W, kThreads), kThreads, 0, stream()>>>(mean, cp, n_cls, W);
+      mean_class_kernel<T><<<blocks_for(W, kThreads), kThreads, 0, stream()>>>(mean, cp, args.n_cls, W);
       cuda::check_launch("addPosClass (mean class)");
     }
     add_pos_class_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
-        h->data<T>(), pos->data<T>(), cp, mean, labels ? labels->data<int32_t>() : nullptr, B, Tn, W, flip);
+        args.h->data<T>(), args.pos->data<T>(), cp, mean, args.labels ? args.labels->data<int32_t>() : nullptr, B, Tn, W, args.flip);
   });
   return info.Env().Undefined();
 }
 
 // addPosClassBackward(dpos, dclassEmbed|null, dh, labels|null, flip): accumulates into dpos and dclassEmbed.
 TF_OP(addPosClassBackward) {
-  Tensor* dpos = tensor_arg(info, 0, "dpos");
-  Tensor* dcls = optional_tensor_arg(info, 1, "dclassEmbed");
-  Tensor* dh = tensor_arg(info, 2, "dh");
-  Tensor* labels = optional_tensor_arg(info, 3, "labels");
-  bool flip = bool_arg(info, 4, "flip");
-  int64_t B, Tn, W, n_cls;
-  check_embed_args(dh, dpos, dcls, labels, B, Tn, W, n_cls);
+  const AddPosClassBackwardArgs args = parse_add_pos_class_backward(info);
+  const int64_t B = args.B, Tn = args.Tn, W = args.W;
   if (Tn * W == 0) return info.Env().Undefined();
-  dispatch_float(dh->dtype(), [&]<typename T>() {
-    const T* g = dh->data<T>();
-    dpos_kernel<T><<<blocks_for(Tn * W, kThreads), kThreads, 0, stream()>>>(dpos->data<T>(), g, B, Tn, W, flip);
+  dispatch_float(args.dh->dtype(), [&]<typename T>() {
+    const T* g = args.dh->data<T>();
+    dpos_kernel<T><<<blocks_for(Tn * W, kThreads), kThreads, 0, stream()>>>(args.dpos->data<T>(), g, B, Tn, W, args.flip);
     cuda::check_launch("addPosClassBackward (pos)");
-    if (!dcls || B == 0) return;
+    if (!args.dcls || B == 0) return;
     T* ps = cuda::scratch_as<T>(0, B * W);
     per_sample_sum_kernel<T><<<blocks_for(B * W, kThreads), kThreads, 0, stream()>>>(ps, g, B, Tn, W);
     cuda::check_launch("addPosClassBackward (per sample)");
-    dclass_kernel<T><<<blocks_for(n_cls * W, kThreads), kThreads, 0, stream()>>>(
-        dcls->data<T>(), ps, labels ? labels->data<int32_t>() : nullptr, B, n_cls, W);
+    dclass_kernel<T><<<blocks_for(args.n_cls * W, kThreads), kThreads, 0, stream()>>>(
+        args.dcls->data<T>(), ps, args.labels ? args.labels->data<int32_t>() : nullptr, B, args.n_cls, W);
   });
   return info.Env().Undefined();
 }
 
 }  // namespace
 
-void register_elementwise(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "copy", copy);
-  export_op(env, ops, "axpby", axpby);
-  export_op(env, ops, "rowSumSquares", rowSumSquares);
-  export_op(env, ops, "sumSquares", sumSquares);
-  export_op(env, ops, "allFinite", allFinite);
-  export_op(env, ops, "varUpdate", varUpdate);
-  export_op(env, ops, "mulBroadcast", mulBroadcast);
-  export_op(env, ops, "flipTokens", flipTokens);
-  export_op(env, ops, "patchify", patchify);
-  export_op(env, ops, "unpatchify", unpatchify);
-  export_op(env, ops, "gelu", gelu);
-  export_op(env, ops, "geluBackward", geluBackward);
-  export_op(env, ops, "addPosClass", addPosClass);
-  export_op(env, ops, "addPosClassBackward", addPosClassBackward);
-}
+void register_elementwise(Napi::Env env, Napi::Object ops) { TF_ELEMENTWISE_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

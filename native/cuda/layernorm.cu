@@ -2,6 +2,8 @@
 // the working precision's float (fp32 for float32, double for float64), two passes (mean, then variance) as on the
 // CPU. The weight and bias gradients are reduced through per-64-row partials in a fixed order: no float atomics.
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "layers.cuh"
 
 namespace tf {
@@ -113,60 +115,33 @@ namespace {
 
 // layerNorm(y, mean, rstd, x, weight, bias, eps)
 TF_OP(layerNorm) {
-  Tensor* y = tensor_arg(info, 0, "y");
-  Tensor* mean = tensor_arg(info, 1, "mean");
-  Tensor* rstd = tensor_arg(info, 2, "rstd");
-  Tensor* x = tensor_arg(info, 3, "x");
-  Tensor* w = tensor_arg(info, 4, "weight");
-  Tensor* bias = tensor_arg(info, 5, "bias");
-  double eps = number_arg(info, 6, "eps");
-  int64_t C = x->dim(-1), N = x->numel() / C;
-  expect_numel(y, x->numel(), "y");
-  expect_numel(mean, N, "mean");
-  expect_numel(rstd, N, "rstd");
-  expect_numel(w, C, "weight");
-  expect_numel(bias, C, "bias");
-  for (Tensor* t : {y, mean, rstd, w, bias}) expect_same_dtype(t, x, "argument", "x");
-  dispatch_float(x->dtype(), [&]<typename T>() {
-    cuda::layer_norm_forward<T>(y->data<T>(), mean->data<T>(), rstd->data<T>(), x->data<T>(), w->data<T>(), bias->data<T>(), N, C, eps);
+  const LayerNormArgs args = parse_layer_norm(info);
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    cuda::layer_norm_forward<T>(args.y->data<T>(), args.mean->data<T>(), args.rstd->data<T>(), args.x->data<T>(), args.weight->data<T>(),
+                                args.bias->data<T>(), args.N, args.C, args.eps);
   });
   return info.Env().Undefined();
 }
 
 // layerNormBackward(dx, dweight, dbias, dy, x, mean, rstd, weight, accumulateDx)
 TF_OP(layerNormBackward) {
-  Tensor* dx = tensor_arg(info, 0, "dx");
-  Tensor* dw = tensor_arg(info, 1, "dweight");
-  Tensor* db = tensor_arg(info, 2, "dbias");
-  Tensor* dy = tensor_arg(info, 3, "dy");
-  Tensor* x = tensor_arg(info, 4, "x");
-  Tensor* mean = tensor_arg(info, 5, "mean");
-  Tensor* rstd = tensor_arg(info, 6, "rstd");
-  Tensor* w = tensor_arg(info, 7, "weight");
-  bool accumulate = bool_arg(info, 8, "accumulateDx");
-  int64_t C = x->dim(-1), N = x->numel() / C;
-  expect_numel(dx, x->numel(), "dx");
-  expect_numel(dy, x->numel(), "dy");
-  expect_numel(dw, C, "dweight");
-  expect_numel(db, C, "dbias");
-  expect_numel(w, C, "weight");
-  expect_numel(mean, N, "mean");
-  expect_numel(rstd, N, "rstd");
-  for (Tensor* t : {dx, dw, db, dy, mean, rstd, w}) expect_same_dtype(t, x, "argument", "x");
+  const LayerNormBackwardArgs args = parse_layer_norm_backward(info);
+  const int64_t N = args.N, C = args.C;
   if (N <= 0 || C <= 0) return info.Env().Undefined();
-  dispatch_float(x->dtype(), [&]<typename T>() {
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
     cudaStream_t s = cuda::stream();
     int64_t blocks = (N + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock;
     if (blocks > 65535) throw shape_error("layerNormBackward: too many rows: " + std::to_string(N));
     T* partial = cuda::scratch_as<T>(0, blocks * 2 * C);
     // The parameter gradients read dy before the dx kernel runs, so dx may alias dy.
     cuda::ln_param_partial_kernel<T><<<dim3(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(blocks)), 128, 0, s>>>(
-        partial, dy->data<T>(), x->data<T>(), mean->data<T>(), rstd->data<T>(), N, C);
+        partial, args.dy->data<T>(), args.x->data<T>(), args.mean->data<T>(), args.rstd->data<T>(), N, C);
     cuda::check_launch("layerNormBackward (parameter partials)");
-    cuda::ln_param_reduce_kernel<T><<<cuda::blocks_for(C, 128), 128, 0, s>>>(dw->data<T>(), db->data<T>(), partial, blocks, C);
+    cuda::ln_param_reduce_kernel<T><<<cuda::blocks_for(C, 128), 128, 0, s>>>(args.dweight->data<T>(), args.dbias->data<T>(), partial, blocks, C);
     cuda::check_launch("layerNormBackward (parameters)");
     cuda::ln_dx_kernel<T><<<cuda::row_grid(N), cuda::kThreads, cuda::kThreads * sizeof(T), s>>>(
-        dx->data<T>(), dy->data<T>(), x->data<T>(), mean->data<T>(), rstd->data<T>(), w->data<T>(), N, C, accumulate);
+        args.dx->data<T>(), args.dy->data<T>(), args.x->data<T>(), args.mean->data<T>(), args.rstd->data<T>(), args.weight->data<T>(), N, C,
+        args.accumulate);
     cuda::check_launch("layerNormBackward (dx)");
   });
   return info.Env().Undefined();
@@ -174,9 +149,6 @@ TF_OP(layerNormBackward) {
 
 }  // namespace
 
-void register_layernorm(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "layerNorm", layerNorm);
-  export_op(env, ops, "layerNormBackward", layerNormBackward);
-}
+void register_layernorm(Napi::Env env, Napi::Object ops) { TF_LAYERNORM_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

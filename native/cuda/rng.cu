@@ -3,18 +3,13 @@
 // (the Box-Muller step runs in double on both sides; the libm and CUDA double functions may differ in the last
 // bit, which float32 rounding absorbs almost always).
 #include "../common/op.h"
+#include "../common/op_args.h"
+#include "../common/op_table.h"
 #include "../common/philox.h"
 #include "device.cuh"
 
 namespace tf {
 namespace {
-
-uint64_t u64_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  double d = number_arg(info, i, name);
-  if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d)))
-    throw arg_error(std::string(name) + " must be an integer in [0, 2^53), got " + std::to_string(d));
-  return uint64_t(d);
-}
 
 template <typename T, bool kNormal>
 __global__ void random_kernel(T* p, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
@@ -26,12 +21,11 @@ __global__ void random_kernel(T* p, int64_t n, uint64_t seed, uint64_t stream, u
 
 template <bool kNormal>
 Napi::Value fill_random(const Napi::CallbackInfo& info) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  uint64_t seed = u64_arg(info, 1, "seed"), stream = u64_arg(info, 2, "stream"), offset = u64_arg(info, 3, "offset");
-  int64_t n = out->numel();
+  const RandomArgs args = parse_random(info);
+  int64_t n = args.out->numel();
   if (n == 0) return info.Env().Undefined();
-  dispatch_float(out->dtype(), [&]<typename T>() {
-    random_kernel<T, kNormal><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(out->data<T>(), n, seed, stream, offset);
+  dispatch_float(args.out->dtype(), [&]<typename T>() {
+    random_kernel<T, kNormal><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(args.out->data<T>(), n, args.seed, args.stream, args.offset);
   });
   return info.Env().Undefined();
 }
@@ -41,9 +35,6 @@ TF_OP(uniform) { return fill_random<false>(info); }
 
 }  // namespace
 
-void register_rng(Napi::Env env, Napi::Object ops) {
-  export_op(env, ops, "normal", normal);
-  export_op(env, ops, "uniform", uniform);
-}
+void register_rng(Napi::Env env, Napi::Object ops) { TF_RNG_OPS(TF_EXPORT_OP) }
 
 }  // namespace tf

@@ -1,0 +1,485 @@
+// The argument checks of every op (see op_args.h). The order of the checks is part of the behaviour: when several
+// arguments are wrong, the first failing check names the error, on both backends alike.
+#include "op_args.h"
+
+#include <string>
+
+#ifdef TF_BACKEND_CUDA
+#include "device_memory.h"
+#endif
+
+namespace tf {
+namespace {
+
+// Calls f(b, label) for each of the first B labels, read on the host. On the CUDA backend the labels live in device
+// memory: one small copy that waits for the stream.
+// TODO(perf): on the GPU this waits for the stream once per call; a device-side check with a deferred error flag
+// would keep the training step free of host round trips.
+template <typename F>
+void for_each_label(const Tensor* labels, int64_t B, F&& f) {
+#ifdef TF_BACKEND_CUDA
+  std::vector<int32_t> host(static_cast<size_t>(B));
+  mem::to_host(host.data(), labels->data<int32_t>(), B * sizeof(int32_t));
+  const int32_t* y = host.data();
+#else
+  const int32_t* y = labels->data<int32_t>();
+#endif
+  for (int64_t b = 0; b < B; ++b) f(b, y[b]);
+}
+
+void check_patch_shapes(Tensor* patches, Tensor* image, int64_t P) {
+  if (image->ndim() != 4 || image->dim(2) != image->dim(3))
+    throw shape_error("image tensor must be [B, C, S, S], got " + image->describe());
+  int64_t B = image->dim(0), C = image->dim(1), S = image->dim(2);
+  if (P <= 0 || S % P) throw shape_error("patch size " + std::to_string(P) + " does not divide image size " + std::to_string(S));
+  expect_shape(patches, {B, (S / P) * (S / P), C * P * P}, "patches");
+  expect_same_dtype(patches, image, "patches", "image");
+}
+
+PatchArgs patch_args(Tensor* patches, Tensor* image, int64_t P) {
+  check_patch_shapes(patches, image, P);
+  return {patches, image, image->dim(0), image->dim(1), image->dim(2), P};
+}
+
+// Shapes of the embedding ops, and that every label is below the class count.
+void check_embed_args(Tensor* h, Tensor* pos, Tensor* cls, Tensor* labels, int64_t& B, int64_t& Tn, int64_t& W, int64_t& n_cls) {
+  if (h->ndim() != 3) throw shape_error("h must be [B, T, W], got " + h->describe());
+  B = h->dim(0), Tn = h->dim(1), W = h->dim(2);
+  expect_shape(pos, {Tn, W}, "pos");
+  expect_same_dtype(h, pos, "h", "pos");
+  n_cls = 0;
+  if (cls) {
+    if (cls->numel() % W || cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + cls->describe());
+    n_cls = cls->numel() / W;
+    expect_same_dtype(h, cls, "h", "classEmbed");
+  }
+  if (labels) {
+    expect_dtype(labels, DType::I32, "labels");
+    expect_numel(labels, B, "labels");
+    for_each_label(labels, B, [&](int64_t b, int32_t y) {
+      if (y >= n_cls) throw Error("ERR_TARFLOW_INVALID_ARGUMENT", "label " + std::to_string(y) + " of sample " + std::to_string(b) +
+                                                                     " is out of range: the model has " + std::to_string(n_cls) + " classes (use -1 for no label)");
+    });
+  }
+}
+
+LinearDims linear_dims(Tensor* x, Tensor* w, const char* xname) {
+  if (w->ndim() != 2) throw shape_error("weight must be [out, in], got " + w->describe());
+  int64_t N = w->dim(0), K = w->dim(1);
+  if (K < 1) throw shape_error("weight needs at least one input column, got " + w->describe());
+  if (x->ndim() < 1 || x->dim(-1) != K)
+    throw shape_error(std::string(xname) + " must end in the weight's input size " + std::to_string(K) + ", got " + x->describe());
+  return {x->numel() / K, N, K};
+}
+
+AttnDims attn_dims(Tensor* qkv, int64_t heads) {
+  if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
+  int64_t W = qkv->dim(2) / 3;
+  if (heads <= 0 || W % heads) throw arg_error("heads (" + std::to_string(heads) + ") must divide the width " + std::to_string(W));
+  return {qkv->dim(0), qkv->dim(1), W, heads, W / heads};
+}
+
+CouplingDims coupling_dims(Tensor* u, Tensor* o, bool nvp) {
+  if (u->ndim() != 3) throw shape_error("u must be [B, T, D], got " + u->describe());
+  int64_t B = u->dim(0), T = u->dim(1), D = u->dim(2), Do = nvp ? 2 * D : D;
+  expect_shape(o, {B, T, Do}, nvp ? "o (NVP: 2D outputs per token)" : "o (VP: D outputs per token)");
+  expect_same_dtype(u, o, "u", "o");
+  return {B, T, D, Do};
+}
+
+uint64_t u64_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  double d = number_arg(info, i, name);
+  if (!(d >= 0) || d > 9007199254740991.0 || d != double(uint64_t(d)))
+    throw arg_error(std::string(name) + " must be an integer in [0, 2^53), got " + std::to_string(d));
+  return uint64_t(d);
+}
+
+BlockWeights read_weights(const Napi::Object& o) {
+  BlockWeights w;
+  w.inw = tensor_prop(o, "projInWeight");
+  w.inb = tensor_prop(o, "projInBias");
+  w.pos = tensor_prop(o, "pos");
+  w.cls = tensor_prop(o, "classEmbed", true);
+  w.outw = tensor_prop(o, "projOutWeight");
+  w.outb = tensor_prop(o, "projOutBias");
+  Napi::Value lv = o.Get("layers");
+  if (!lv.IsArray()) throw arg_error("blockReverse: weights.layers must be an array");
+  Napi::Array la = lv.As<Napi::Array>();
+  for (uint32_t i = 0; i < la.Length(); ++i) {
+    Napi::Value e = la.Get(i);
+    if (!e.IsObject()) throw arg_error("blockReverse: weights.layers[" + std::to_string(i) + "] must be an object");
+    Napi::Object l = e.As<Napi::Object>();
+    w.layers.push_back({tensor_prop(l, "ln1Weight"), tensor_prop(l, "ln1Bias"), tensor_prop(l, "qkvWeight"), tensor_prop(l, "qkvBias"),
+                        tensor_prop(l, "projWeight"), tensor_prop(l, "projBias"), tensor_prop(l, "ln2Weight"), tensor_prop(l, "ln2Bias"),
+                        tensor_prop(l, "fc1Weight"), tensor_prop(l, "fc1Bias"), tensor_prop(l, "fc2Weight"), tensor_prop(l, "fc2Bias")});
+  }
+  return w;
+}
+
+bool opt_bool(const Napi::Object& o, const char* k, bool dflt) {
+  Napi::Value v = o.Get(k);
+  if (v.IsUndefined()) return dflt;
+  if (!v.IsBoolean()) throw arg_error(std::string("blockReverse: option '") + k + "' must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+double opt_num(const Napi::Object& o, const char* k, double dflt) {
+  Napi::Value v = o.Get(k);
+  if (v.IsUndefined()) return dflt;
+  if (!v.IsNumber()) throw arg_error(std::string("blockReverse: option '") + k + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+}  // namespace
+
+// ---- elementwise ----
+
+CopyArgs parse_copy(const Napi::CallbackInfo& info) {
+  Tensor* dst = tensor_arg(info, 0, "dst");
+  Tensor* src = tensor_arg(info, 1, "src");
+  expect_same_dtype(dst, src, "dst", "src");
+  expect_numel(dst, src->numel(), "dst");
+  return {dst, src};
+}
+
+AxpbyArgs parse_axpby(const Napi::CallbackInfo& info) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* x = tensor_arg(info, 1, "x");
+  double alpha = number_arg(info, 2, "alpha"), beta = number_arg(info, 3, "beta");
+  expect_same_dtype(y, x, "y", "x");
+  expect_numel(y, x->numel(), "y");
+  return {y, x, alpha, beta};
+}
+
+RowSumSquaresArgs parse_row_sum_squares(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* x = tensor_arg(info, 1, "x");
+  expect_same_dtype(out, x, "out", "x");
+  int64_t B = x->dim(0), n = x->numel() / (B ? B : 1);
+  expect_numel(out, B, "out");
+  return {out, x, B, n};
+}
+
+ReduceArgs parse_sum_squares(const Napi::CallbackInfo& info) { return {tensor_arg(info, 0, "x")}; }
+ReduceArgs parse_all_finite(const Napi::CallbackInfo& info) { return {tensor_arg(info, 0, "x")}; }
+
+MulBroadcastArgs parse_mul_broadcast(const Napi::CallbackInfo& info) {
+  Tensor* x = tensor_arg(info, 0, "x");
+  Tensor* s = tensor_arg(info, 1, "s");
+  expect_same_dtype(x, s, "x", "s");
+  int64_t n = s->numel();
+  if (n == 0 || x->numel() % n) throw shape_error("mulBroadcast: " + s->describe() + " does not tile " + x->describe());
+  return {x, s, n};
+}
+
+VarUpdateArgs parse_var_update(const Napi::CallbackInfo& info) {
+  Tensor* var = tensor_arg(info, 0, "var");
+  Tensor* z = tensor_arg(info, 1, "z");
+  double rate = number_arg(info, 2, "rate");
+  expect_same_dtype(var, z, "var", "z");
+  int64_t B = z->dim(0), n = var->numel();
+  expect_numel(z, B * n, "z");
+  return {var, z, rate, B, n};
+}
+
+FlipTokensArgs parse_flip_tokens(const Napi::CallbackInfo& info) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* x = tensor_arg(info, 1, "x");
+  expect_same_dtype(y, x, "y", "x");
+  if (x->ndim() != 3) throw shape_error("flipTokens: x must be [B, T, D], got " + x->describe());
+  expect_shape(y, x->shape(), "y");
+  if (y->data<char>() == x->data<char>()) throw arg_error("flipTokens: y and x must be different tensors");
+  return {y, x, x->dim(0), x->dim(1), x->dim(2)};
+}
+
+PatchArgs parse_patchify(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* x = tensor_arg(info, 1, "x");
+  int64_t P = int_arg(info, 2, "patchSize");
+  return patch_args(out, x, P);
+}
+
+PatchArgs parse_unpatchify(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* x = tensor_arg(info, 1, "x");
+  int64_t P = int_arg(info, 2, "patchSize");
+  return patch_args(x, out, P);
+}
+
+GeluArgs parse_gelu(const Napi::CallbackInfo& info) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* x = tensor_arg(info, 1, "x");
+  expect_same_dtype(y, x, "y", "x");
+  expect_numel(y, x->numel(), "y");
+  return {y, x};
+}
+
+GeluBackwardArgs parse_gelu_backward(const Napi::CallbackInfo& info) {
+  Tensor* dx = tensor_arg(info, 0, "dx");
+  Tensor* dy = tensor_arg(info, 1, "dy");
+  Tensor* x = tensor_arg(info, 2, "x");
+  expect_same_dtype(dx, x, "dx", "x");
+  expect_same_dtype(dy, x, "dy", "x");
+  expect_numel(dx, x->numel(), "dx");
+  expect_numel(dy, x->numel(), "dy");
+  return {dx, dy, x};
+}
+
+AddPosClassArgs parse_add_pos_class(const Napi::CallbackInfo& info) {
+  AddPosClassArgs a;
+  a.h = tensor_arg(info, 0, "h");
+  a.pos = tensor_arg(info, 1, "pos");
+  a.cls = optional_tensor_arg(info, 2, "classEmbed");
+  a.labels = optional_tensor_arg(info, 3, "labels");
+  a.flip = bool_arg(info, 4, "flip");
+  check_embed_args(a.h, a.pos, a.cls, a.labels, a.B, a.Tn, a.W, a.n_cls);
+  return a;
+}
+
+AddPosClassBackwardArgs parse_add_pos_class_backward(const Napi::CallbackInfo& info) {
+  AddPosClassBackwardArgs a;
+  a.dpos = tensor_arg(info, 0, "dpos");
+  a.dcls = optional_tensor_arg(info, 1, "dclassEmbed");
+  a.dh = tensor_arg(info, 2, "dh");
+  a.labels = optional_tensor_arg(info, 3, "labels");
+  a.flip = bool_arg(info, 4, "flip");
+  check_embed_args(a.dh, a.dpos, a.dcls, a.labels, a.B, a.Tn, a.W, a.n_cls);
+  return a;
+}
+
+// ---- layernorm ----
+
+// The normalised (last) dimension; rows are counted by dividing by it, so an empty one is refused first.
+static int64_t last_dim(const Tensor* x, const char* name) {
+  if (x->ndim() < 1 || x->dim(-1) < 1) throw shape_error(std::string(name) + " needs a non-empty last dimension, got " + x->describe());
+  return x->dim(-1);
+}
+
+LayerNormArgs parse_layer_norm(const Napi::CallbackInfo& info) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* mean = tensor_arg(info, 1, "mean");
+  Tensor* rstd = tensor_arg(info, 2, "rstd");
+  Tensor* x = tensor_arg(info, 3, "x");
+  Tensor* w = tensor_arg(info, 4, "weight");
+  Tensor* bias = tensor_arg(info, 5, "bias");
+  double eps = number_arg(info, 6, "eps");
+  int64_t C = last_dim(x, "layerNorm: x"), N = x->numel() / C;
+  expect_numel(y, x->numel(), "y");
+  expect_numel(mean, N, "mean");
+  expect_numel(rstd, N, "rstd");
+  expect_numel(w, C, "weight");
+  expect_numel(bias, C, "bias");
+  for (Tensor* t : {y, mean, rstd, w, bias}) expect_same_dtype(t, x, "argument", "x");
+  return {y, mean, rstd, x, w, bias, eps, N, C};
+}
+
+LayerNormBackwardArgs parse_layer_norm_backward(const Napi::CallbackInfo& info) {
+  Tensor* dx = tensor_arg(info, 0, "dx");
+  Tensor* dw = tensor_arg(info, 1, "dweight");
+  Tensor* db = tensor_arg(info, 2, "dbias");
+  Tensor* dy = tensor_arg(info, 3, "dy");
+  Tensor* x = tensor_arg(info, 4, "x");
+  Tensor* mean = tensor_arg(info, 5, "mean");
+  Tensor* rstd = tensor_arg(info, 6, "rstd");
+  Tensor* w = tensor_arg(info, 7, "weight");
+  bool accumulate = bool_arg(info, 8, "accumulateDx");
+  int64_t C = last_dim(x, "layerNormBackward: x"), N = x->numel() / C;
+  expect_numel(dx, x->numel(), "dx");
+  expect_numel(dy, x->numel(), "dy");
+  expect_numel(dw, C, "dweight");
+  expect_numel(db, C, "dbias");
+  expect_numel(w, C, "weight");
+  expect_numel(mean, N, "mean");
+  expect_numel(rstd, N, "rstd");
+  for (Tensor* t : {dx, dw, db, dy, mean, rstd, w}) expect_same_dtype(t, x, "argument", "x");
+  return {dx, dw, db, dy, x, mean, rstd, w, accumulate, N, C};
+}
+
+// ---- linear ----
+
+LinearArgs parse_linear(const Napi::CallbackInfo& info) {
+  Tensor* y = tensor_arg(info, 0, "y");
+  Tensor* x = tensor_arg(info, 1, "x");
+  Tensor* w = tensor_arg(info, 2, "weight");
+  Tensor* b = optional_tensor_arg(info, 3, "bias");
+  bool accumulate = bool_arg(info, 4, "accumulate");
+  LinearDims d = linear_dims(x, w, "x");
+  expect_numel(y, d.M * d.N, "y");
+  if (y->dim(-1) != d.N) throw shape_error("y must end in the weight's output size " + std::to_string(d.N) + ", got " + y->describe());
+  expect_same_dtype(x, w, "x", "weight");
+  expect_same_dtype(y, w, "y", "weight");
+  if (b) {
+    expect_numel(b, d.N, "bias");
+    expect_same_dtype(b, w, "bias", "weight");
+  }
+  return {y, x, w, b, accumulate, d};
+}
+
+LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info) {
+  Tensor* dx = optional_tensor_arg(info, 0, "dx");
+  Tensor* dw = optional_tensor_arg(info, 1, "dweight");
+  Tensor* db = optional_tensor_arg(info, 2, "dbias");
+  Tensor* dy = tensor_arg(info, 3, "dy");
+  Tensor* x = tensor_arg(info, 4, "x");
+  Tensor* w = tensor_arg(info, 5, "weight");
+  bool accumulate = bool_arg(info, 6, "accumulateDx");
+  LinearDims d = linear_dims(x, w, "x");
+  expect_numel(dy, d.M * d.N, "dy");
+  for (Tensor* t : {dx, dw, db, dy, x})
+    if (t) expect_same_dtype(t, w, "gradient", "weight");
+  if (dx) expect_numel(dx, d.M * d.K, "dx");
+  if (dw) expect_numel(dw, d.N * d.K, "dweight");
+  if (db) expect_numel(db, d.N, "dbias");
+  return {dx, dw, db, dy, x, w, accumulate, d};
+}
+
+// ---- attention ----
+
+AttentionArgs parse_attention(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* probs = tensor_arg(info, 1, "probs");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  int64_t heads = int_arg(info, 3, "heads");
+  double temp = number_arg(info, 4, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(out, {d.B, d.T, d.W}, "out");
+  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
+  expect_same_dtype(out, qkv, "out", "qkv");
+  expect_same_dtype(probs, qkv, "probs", "qkv");
+  return {out, probs, qkv, temp, d};
+}
+
+AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info) {
+  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
+  Tensor* dout = tensor_arg(info, 1, "dout");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  Tensor* probs = tensor_arg(info, 3, "probs");
+  int64_t heads = int_arg(info, 4, "heads");
+  double temp = number_arg(info, 5, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(dqkv, qkv->shape(), "dqkv");
+  expect_shape(dout, {d.B, d.T, d.W}, "dout");
+  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
+  for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
+  return {dqkv, dout, qkv, probs, temp, d};
+}
+
+// ---- coupling ----
+
+CouplingForwardArgs parse_coupling_forward(const Napi::CallbackInfo& info) {
+  Tensor* v = tensor_arg(info, 0, "v");
+  Tensor* logdet = tensor_arg(info, 1, "logdet");
+  Tensor* u = tensor_arg(info, 2, "u");
+  Tensor* o = tensor_arg(info, 3, "o");
+  bool nvp = bool_arg(info, 4, "nvp");
+  bool accumulate = bool_arg(info, 5, "accumulateLogdet");
+  CouplingDims d = coupling_dims(u, o, nvp);
+  expect_shape(v, u->shape(), "v");
+  expect_numel(logdet, d.B, "logdet");
+  expect_same_dtype(v, u, "v", "u");
+  expect_same_dtype(logdet, u, "logdet", "u");
+  return {v, logdet, u, o, nvp, accumulate, d};
+}
+
+CouplingBackwardArgs parse_coupling_backward(const Napi::CallbackInfo& info) {
+  Tensor* du = tensor_arg(info, 0, "du");
+  Tensor* dout = tensor_arg(info, 1, "do");
+  Tensor* dv = tensor_arg(info, 2, "dv");
+  Tensor* u = tensor_arg(info, 3, "u");
+  Tensor* o = tensor_arg(info, 4, "o");
+  bool nvp = bool_arg(info, 5, "nvp");
+  double logdet_grad = number_arg(info, 6, "logdetGrad");
+  CouplingDims d = coupling_dims(u, o, nvp);
+  expect_shape(du, u->shape(), "du");
+  expect_shape(dv, u->shape(), "dv");
+  expect_shape(dout, o->shape(), "do");
+  for (Tensor* t : {du, dout, dv}) expect_same_dtype(t, u, "gradient", "u");
+  return {du, dout, dv, u, o, nvp, logdet_grad, d};
+}
+
+// ---- adamw ----
+
+AdamWArgs parse_adamw(const Napi::CallbackInfo& info) {
+  Tensor* p = tensor_arg(info, 0, "params");
+  Tensor* g = tensor_arg(info, 1, "grads");
+  Tensor* m = tensor_arg(info, 2, "m");
+  Tensor* v = tensor_arg(info, 3, "v");
+  if (info.Length() < 5 || !info[4].IsObject()) throw arg_error("adamw: options {lr, beta1, beta2, eps, weightDecay, step} are required");
+  Napi::Object o = info[4].As<Napi::Object>();
+  auto num = [&](const char* k) {
+    Napi::Value x = o.Get(k);
+    if (!x.IsNumber()) throw arg_error(std::string("adamw: option '") + k + "' must be a number");
+    return x.As<Napi::Number>().DoubleValue();
+  };
+  double lr = num("lr"), b1 = num("beta1"), b2 = num("beta2"), eps = num("eps"), wd = num("weightDecay"), step = num("step");
+  if (step < 1) throw arg_error("adamw: step counts from 1");
+  for (Tensor* t : {g, m, v}) {
+    expect_same_dtype(t, p, "optimizer buffer", "params");
+    expect_numel(t, p->numel(), "optimizer buffer");
+  }
+  return {p, g, m, v, lr, b1, b2, eps, wd, step};
+}
+
+// ---- rng ----
+
+RandomArgs parse_random(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  uint64_t seed = u64_arg(info, 1, "seed"), stream = u64_arg(info, 2, "stream"), offset = u64_arg(info, 3, "offset");
+  return {out, seed, stream, offset};
+}
+
+// ---- reverse ----
+
+BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
+  Tensor* x = tensor_arg(info, 0, "x");
+  if (info.Length() < 3 || !info[1].IsObject() || !info[2].IsObject()) throw arg_error("blockReverse(x, weights, options)");
+  BlockWeights w = read_weights(info[1].As<Napi::Object>());
+  Napi::Object oo = info[2].As<Napi::Object>();
+  ReverseOptions opt;
+  opt.flip = opt_bool(oo, "flip", false);
+  opt.nvp = opt_bool(oo, "nvp", true);
+  opt.guide_a = opt_bool(oo, "guideA", true);
+  opt.guide_b = opt_bool(oo, "guideB", true);
+  opt.annealed = opt_bool(oo, "annealed", false);
+  opt.heads = static_cast<int64_t>(opt_num(oo, "heads", 1));
+  opt.guidance = opt_num(oo, "guidance", 0);
+  opt.temp_uncond = opt_num(oo, "tempUncond", 1);
+  opt.eps = opt_num(oo, "eps", 1e-5);
+  Tensor* labels = tensor_prop(oo, "labels", true);
+
+  if (x->ndim() != 3) throw shape_error("blockReverse: x must be [B, T, D], got " + x->describe());
+  int64_t B = x->dim(0), Tn = x->dim(1), D = x->dim(2), W = w.inw->dim(0);
+  expect_shape(w.inw, {W, D}, "projInWeight");
+  expect_shape(w.pos, {Tn, W}, "pos");
+  expect_shape(w.outw, {opt.nvp ? 2 * D : D, W}, "projOutWeight");
+  if (opt.heads <= 0 || W % opt.heads) throw arg_error("blockReverse: heads must divide the width");
+  if (labels) {
+    expect_dtype(labels, DType::I32, "labels");
+    expect_numel(labels, B, "labels");
+    int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
+    for_each_label(labels, B, [&](int64_t, int32_t y) {
+      if (y >= n_cls)
+        throw arg_error("blockReverse: label " + std::to_string(y) + " is out of range for " + std::to_string(n_cls) + " classes");
+    });
+  }
+  for (Tensor* t : {w.inw, w.inb, w.pos, w.outw, w.outb}) expect_same_dtype(t, x, "weight", "x");
+  for (const auto& l : w.layers) {
+    int64_t F = l.fc1w->dim(0);
+    for (Tensor* t : {l.ln1w, l.ln1b, l.ln2w, l.ln2b, l.projb, l.fc2b}) expect_numel(t, W, "layer norm/bias");
+    expect_shape(l.qkvw, {3 * W, W}, "qkvWeight");
+    expect_numel(l.qkvb, 3 * W, "qkvBias");
+    expect_shape(l.projw, {W, W}, "projWeight");
+    expect_shape(l.fc1w, {F, W}, "fc1Weight");
+    expect_numel(l.fc1b, F, "fc1Bias");
+    expect_shape(l.fc2w, {W, F}, "fc2Weight");
+    if (F != w.layers[0].fc1w->dim(0)) throw shape_error("blockReverse: every layer must have the same MLP width");
+  }
+  expect_numel(w.inb, W, "projInBias");
+  expect_numel(w.outb, opt.nvp ? 2 * D : D, "projOutBias");
+  if (w.cls && (w.cls->numel() % W || w.cls->numel() == 0)) throw shape_error("classEmbed must be [numClasses, 1, W]");
+  for (const auto& l : w.layers)
+    for (Tensor* t : {l.ln1w, l.ln1b, l.qkvw, l.qkvb, l.projw, l.projb, l.ln2w, l.ln2b, l.fc1w, l.fc1b, l.fc2w, l.fc2b}) expect_same_dtype(t, x, "weight", "x");
+  return {x, std::move(w), opt, labels, B, Tn, D, W};
+}
+
+}  // namespace tf

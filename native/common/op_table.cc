@@ -1,0 +1,48 @@
+#include "op_table.h"
+
+#include <string>
+
+#include "op.h"
+
+namespace tf {
+void register_elementwise(Napi::Env, Napi::Object);
+void register_layernorm(Napi::Env, Napi::Object);
+void register_linear(Napi::Env, Napi::Object);
+void register_attention(Napi::Env, Napi::Object);
+void register_coupling(Napi::Env, Napi::Object);
+void register_rng(Napi::Env, Napi::Object);
+void register_adamw(Napi::Env, Napi::Object);
+void register_reverse(Napi::Env, Napi::Object);
+
+namespace {
+
+// nativeMemory() -> { buffers, bytes, handles }: live native (on CUDA: device) buffers, for leak tests.
+TF_OP(nativeMemory) {
+  StorageStats st = storage_stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
+  o.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(st.bytes)));
+  o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
+  return o;
+}
+
+}  // namespace
+
+Napi::Object make_op_table(Napi::Env env, OpFn get_threads, OpFn set_threads) {
+  Napi::Object ops = Napi::Object::New(env);
+  for (Registrar r : {register_elementwise, register_layernorm, register_linear, register_attention, register_coupling,
+                      register_rng, register_adamw, register_reverse})
+    r(env, ops);
+  export_op(env, ops, "getThreads", get_threads);
+  export_op(env, ops, "setThreads", set_threads);
+  export_op(env, ops, "nativeMemory", nativeMemory);
+  return ops;
+}
+
+int64_t parse_set_threads(const Napi::CallbackInfo& info) {
+  int64_t n = int_arg(info, 0, "threads");
+  if (n < 1 || n > 256) throw arg_error("threads must be between 1 and 256, got " + std::to_string(n));
+  return n;
+}
+
+}  // namespace tf
