@@ -117,14 +117,12 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
     const start = performance.now();
     let generated = 0;
-    let rate = 0;
     for (let k = 0; k < nShards; k++) {
       if (done.has(k)) continue;
       if (ctx.aborted()) throw new TarflowError('ERR_TARFLOW_ABORTED', `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and '--resume' continues`);
       const s0 = k * shardSize;
       const n = Math.min(shardSize, count - s0);
       const labels = spec.labels === undefined ? undefined : typeof spec.labels === 'number' ? spec.labels : spec.labels.slice(s0, s0 + n);
-      const t0 = performance.now();
       const result = generate(model, {
         ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize,
         onProgress: (d) => {
@@ -134,7 +132,6 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
           ctx.progress({ task: 'sample', done: skipped + total, total: count, rate: r, etaSeconds: r > 0 ? (count - skipped - total) / r : Infinity });
         },
       });
-      rate = n / ((performance.now() - t0) / 1000);
       const files: string[] = [];
       if (format === 'npz') {
         // (N, C, H, W) -> (N, H, W, C)
@@ -163,7 +160,6 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     manifest.complete = true;
     await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));
     const seconds = (performance.now() - start) / 1000;
-    void rate;
     return {
       out: spec.out, images: count, generated, skipped, seconds, imagesPerSecond: seconds > 0 ? generated / seconds : 0,
       redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards,

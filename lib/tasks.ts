@@ -137,7 +137,7 @@ class RateMeter {
   private last = performance.now();
   private lastDone: number;
   private rate = 0;
-  constructor(private readonly startDone = 0) {
+  constructor(startDone = 0) {
     this.lastDone = startDone;
   }
   update(done: number, total: number): { rate: number; etaSeconds: number } {
@@ -153,9 +153,6 @@ class RateMeter {
   }
   seconds(): number {
     return (performance.now() - this.start) / 1000;
-  }
-  get startedAt(): number {
-    return this.startDone;
   }
 }
 

@@ -237,7 +237,7 @@ export class Trainer {
     const { loss } = model.forward(ws);
     model.backward(ws, this.grads);
     const lr = learningRate(o, s);
-    let gradNorm = Math.sqrt(ops.sumSquares(this.grads.flat));
+    const gradNorm = Math.sqrt(ops.sumSquares(this.grads.flat));
     const finite = Number.isFinite(loss) && Number.isFinite(gradNorm);
     if (!finite) {
       this.skippedSteps++;
@@ -258,7 +258,6 @@ export class Trainer {
     });
     if (!model.config.nvp) ops.varUpdate(model.variance, ws.z, VAR_RATE);
     this.step++;
-    gradNorm = Number(gradNorm);
     return { step: s, loss, lr, gradNorm, skipped: false };
   }
 

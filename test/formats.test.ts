@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { createRequire } from 'node:module';
 import { PNG } from 'pngjs';
+import { seededRandom } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { writeFileAtomic, writeFileAtomicSync } from '../lib/atomic.js';
 import {
@@ -42,17 +43,8 @@ async function rejectsCode(p: Promise<unknown>, code: TarflowErrorCode): Promise
   assert.unreachable(`expected a TarflowError ${code}`);
 }
 
-/** mulberry32: tiny, deterministic, good enough to drive mutations. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Drives the mutations: the library's small deterministic generator. */
+const rng = seededRandom;
 
 function hex(s: string): Uint8Array {
   return new Uint8Array(Buffer.from(s, 'hex'));

@@ -1,5 +1,6 @@
 /** Shared test utilities: golden files, relative errors. */
 import { readdirSync, existsSync } from 'node:fs';
+import { seededRandom } from '../lib/data.js';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -31,17 +32,8 @@ export function relError(a: Num, b: Num): number {
   return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-12);
 }
 
-/** mulberry32: a tiny deterministic generator in [0, 1) for choosing test entries and values. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A tiny deterministic generator in [0, 1) for choosing test entries and values (the library's own). */
+export const mulberry32 = seededRandom;
 
 /** Standard normal draws from a mulberry32 stream (Box-Muller). */
 export function gaussian(seed: number): () => number {
