@@ -9,6 +9,7 @@ import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import type { Progress } from './tasks.js';
 import { readConfigFile } from './tasks.js';
+import { PRETRAINED, pretrainedPath } from './pretrained.js';
 
 type Values = Record<string, string | boolean | undefined>;
 
@@ -189,7 +190,7 @@ const commands: Record<string, Command> = {
   },
   sample: {
     summary: 'generate images from a checkpoint (guidance, denoising)',
-    usage: 'tarflow sample --checkpoint FILE [--count N] [--labels 3|0,1,2] [--guidance W] [--denoise SIGMA] [--out grid.png|DIR]',
+    usage: 'tarflow sample [--checkpoint FILE|mnist-cond] [--count N] [--labels 3|0,1,2] [--guidance W] [--denoise SIGMA] [--out grid.png|DIR]',
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, labels: { type: 'string' },
       guidance: { type: 'string' }, 'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' },
@@ -197,7 +198,8 @@ const commands: Record<string, Command> = {
       ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising)",
+      config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
       labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level (the training sigma)',
@@ -205,13 +207,18 @@ const commands: Record<string, Command> = {
       cols: 'grid columns', ...commonHelp,
     },
     async run(v, job, json) {
-      const checkpoint = str(v, 'checkpoint');
-      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'sample needs --checkpoint FILE (a .safetensors file written by tarflow train)');
+      // Without --checkpoint (or with the name of a shipped model) the package's own model samples, with the
+      // guidance and denoising it was trained for unless the flags say otherwise.
+      const given = str(v, 'checkpoint') ?? 'mnist-cond';
+      const shipped = PRETRAINED[given];
+      const checkpoint = shipped ? pretrainedPath(given) : given;
       const labels = labelsArg(v);
       const count = num(v, 'count', { int: true, min: 1 }) ?? (Array.isArray(labels) ? labels.length : 100);
+      const guidance = guidanceArgs(v);
+      if (shipped && guidance.guidance === undefined) guidance.guidance = shipped.guidance;
       const r = await sample({
-        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, labels, ...guidanceArgs(v),
-        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
+        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, labels, ...guidance,
+        denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma, seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', { int: true, min: 1 }), device: device(v),
       }, job);
       if (!json) {

@@ -69,6 +69,15 @@ test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
   assert.equal(files, ['sample-000000-class2.png', 'sample-000001-class2.png', 'sample-000002-class2.png', 'sample-000003-class2.png']);
 });
 
+test('sample without --checkpoint uses the shipped mnist-cond model (guided, denoised)', () => {
+  const out = join(dir, 'shipped.png');
+  const r = run(['sample', '--count', '10', '--out', out, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const png = PNG.sync.read(readFileSync(out));
+  assert.is(png.width, 10 * 28 + 11 * 2, 'one column per class');
+  assert.is(JSON.parse(r.stdout).count, 10);
+});
+
 test('eval and score report bits/dim', () => {
   const e = run(['eval', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--dataset', imagesPath, '--labels', labelsPath, '--json']);
   assert.is(e.code, 0, e.stderr);
@@ -92,9 +101,9 @@ test('bad command lines fail with a message that names the problem', () => {
   const badFlag = run(['sample', '--bogus']);
   assert.is(badFlag.code, 2);
   assert.match(badFlag.stderr, /bogus/);
-  const noCkpt = run(['sample']);
+  const noCkpt = run(['sample', '--checkpoint', join(dir, 'nowhere.safetensors'), '--out', join(dir, 'x.png')]);
   assert.is(noCkpt.code, 1);
-  assert.match(noCkpt.stderr, /--checkpoint/);
+  assert.match(noCkpt.stderr, /nowhere\.safetensors/);
   const pth = run(['eval', '--checkpoint', join(dir, 'model.pth')]);
   assert.is(pth.code, 1);
   assert.match(pth.stderr, /pickle/);
