@@ -11,13 +11,9 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { getBackend, type Backend, type BlockReverseWeights, type DType, type Ops, type Tensor } from '../lib/backend.js';
-import { readSafetensors, toFloat32, toInt32, type SafetensorsFile } from '../lib/safetensors.js';
-import { configFromMetadata, loadStateDict } from '../lib/checkpoint.js';
-import { TarFlow } from '../lib/model.js';
-import { ParamSet } from '../lib/params.js';
-import { gaussian, goldenFiles, mulberry32, relError, repoRoot } from './helpers.js';
+import { gaussian, mulberry32, relError, repoRoot } from './helpers.js';
 
 const addonPath = join(repoRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
 const expectGpu = process.env.TARFLOW_EXPECT_GPU === '1';
@@ -341,81 +337,6 @@ test('errors: shape mismatches and out-of-range labels become coded errors', () 
   for (const t of [a, b, h, pos, cls, labels, c, v]) t.dispose();
 });
 
-// ---------------------------------------------------------------------------------------------------------------
-// Whole models: the golden files (reference PyTorch outputs) with device 'cuda', at the golden test's tolerances.
-
-const FWD_TOL = 1e-4;
-const SAMPLE_TOL = 1e-3;
-
-function goldenTensor(file: SafetensorsFile, name: string): Float32Array {
-  const t = file.tensors.get(name);
-  if (!t) throw new Error(`golden file lacks ${name}`);
-  return toFloat32(t);
-}
-
-function expectClose(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number) {
-  const err = relError(got, want);
-  assert.ok(err < tol, `${what}: relative error ${err.toExponential(3)} >= ${tol}`);
-}
-
-for (const path of goldenFiles()) {
-  test(`golden on CUDA: ${basename(path, '.safetensors')}: forward, gradients, AdamW, sampling`, async () => {
-    if (!cuda) return;
-    const file = await readSafetensors(path);
-    const config = configFromMetadata(file, path)!;
-    const model = new TarFlow(config, { device: 'cuda', noInit: true });
-    assert.is(model.backend.device, 'cuda');
-    loadStateDict(model, file.tensors, 'param.', path);
-
-    const x = goldenTensor(file, 'input.x');
-    const B = x.length / (config.inChannels * config.imgSize ** 2);
-    const ws = model.workspace(B);
-    const y = file.tensors.has('input.y') ? toInt32(file.tensors.get('input.y')!) : null;
-    model.setInputs(ws, x, y);
-    const { loss, logdet } = model.forward(ws);
-    expectClose('z', ws.z.toArray(), goldenTensor(file, 'output.z'), FWD_TOL);
-    expectClose('logdets', logdet, goldenTensor(file, 'output.logdets'), FWD_TOL);
-    expectClose('loss', [loss], goldenTensor(file, 'output.loss'), FWD_TOL);
-
-    const grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
-    model.backward(ws, grads);
-    expectClose('grad x', ws.dx.toArray(), goldenTensor(file, 'grad.x'), FWD_TOL);
-    for (const spec of model.specs) expectClose(`grad ${spec.name}`, grads.get(spec.name).toArray(), goldenTensor(file, `grad.${spec.name}`), FWD_TOL);
-
-    const m = new model.backend.Tensor(model.dtype, [model.params.flat.size]);
-    const v = new model.backend.Tensor(model.dtype, [model.params.flat.size]);
-    model.ops.adamw(model.params.flat, grads.flat, m, v, { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 1e-4, step: 1 });
-    for (const spec of model.specs) expectClose(`adamw ${spec.name}`, model.params.get(spec.name).toArray(), goldenTensor(file, `adamw1.${spec.name}`), FWD_TOL);
-    m.dispose(); v.dispose(); grads.dispose(); model.dispose();
-
-    // Sampling from a fresh copy of the golden parameters.
-    const sampler = new TarFlow(config, { device: 'cuda', noInit: true });
-    loadStateDict(sampler, file.tensors, 'param.', path);
-    const noise = goldenTensor(file, 'reverse.noise');
-    const { tokens, patchDim } = sampler.shape;
-    const Bs = noise.length / (tokens * patchDim);
-    const labels = file.tensors.has('reverse.y') ? new sampler.backend.Tensor('int32', [Bs], toInt32(file.tensors.get('reverse.y')!)) : null;
-    const variants: Record<string, { guidance?: number; guideWhat?: 'ab' | 'a' | 'b'; attnTemp?: number; annealed?: boolean }> = {
-      'reverse.plain': {},
-      'reverse.cfg': { guidance: 1.5 },
-      'reverse.cfg_annealed_temp': { guidance: 2, annealed: true, attnTemp: 0.7 },
-      'reverse.uncond_guided': { guidance: 0.8, attnTemp: 0.5 },
-      'reverse.uncond_guided_b_only': { guidance: 0.8, guideWhat: 'b', attnTemp: 1.5 },
-    };
-    let ran = 0;
-    for (const [key, opts] of Object.entries(variants)) {
-      if (!file.tensors.has(key)) continue;
-      const z = new sampler.backend.Tensor('float32', [Bs, tokens, patchDim], noise);
-      const out = new sampler.backend.Tensor('float32', [Bs, config.inChannels, config.imgSize, config.imgSize]);
-      sampler.reverse(z, out, labels, opts);
-      expectClose(key, out.toArray(), goldenTensor(file, key), SAMPLE_TOL);
-      z.dispose(); out.dispose();
-      ran++;
-    }
-    assert.ok(ran >= 2, 'expected at least two sampler outputs in the golden file');
-    labels?.dispose();
-    sampler.dispose();
-  });
-}
+// Whole models on the golden files run in golden.test.ts, once per available device.
 
 test.run();

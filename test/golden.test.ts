@@ -9,6 +9,7 @@ import { basename } from 'node:path';
 import { readSafetensors, toFloat32, toInt32, type SafetensorsFile } from '../lib/safetensors.js';
 import { configFromMetadata, loadStateDict } from '../lib/checkpoint.js';
 import { TarFlow } from '../lib/model.js';
+import { getBackend, type DeviceName } from '../lib/backend.js';
 import { ParamSet } from '../lib/params.js';
 import { denoise } from '../lib/sampling.js';
 import { goldenFiles, relError } from './helpers.js';
@@ -32,19 +33,30 @@ function expectClose(what: string, got: ArrayLike<number>, want: ArrayLike<numbe
   assert.ok(err < tol, `${what}: relative error ${err.toExponential(3)} >= ${tol}`);
 }
 
-async function loadGolden(path: string) {
+/** The CPU always; the GPU too when the CUDA backend loads and a device answers. */
+function devices(): DeviceName[] {
+  try {
+    getBackend('cuda');
+    return ['cpu', 'cuda'];
+  } catch {
+    return ['cpu'];
+  }
+}
+
+async function loadGolden(path: string, device: DeviceName) {
   const file = await readSafetensors(path);
   const config = configFromMetadata(file, path)!;
-  const model = new TarFlow(config, { device: 'cpu', noInit: true });
+  const model = new TarFlow(config, { device, noInit: true });
   loadStateDict(model, file.tensors, 'param.', path);
   return { file, model, config };
 }
 
+for (const device of devices())
 for (const path of files) {
-  const name = basename(path, '.safetensors');
+  const name = `${basename(path, '.safetensors')} on ${device}`;
 
   test(`${name}: forward, loss, gradients and one AdamW step`, async () => {
-    const { file, model, config } = await loadGolden(path);
+    const { file, model, config } = await loadGolden(path, device);
     const x = tensor(file, 'input.x');
     const B = x.length / (config.inChannels * config.imgSize ** 2);
     const ws = model.workspace(B);
@@ -76,7 +88,7 @@ for (const path of files) {
   });
 
   test(`${name}: sampling (all guidance variants) and denoising`, async () => {
-    const { file, model, config } = await loadGolden(path);
+    const { file, model, config } = await loadGolden(path, device);
     const noise = tensor(file, 'reverse.noise');
     const { tokens, patchDim } = model.shape;
     const B = noise.length / (tokens * patchDim);
