@@ -14,10 +14,7 @@ namespace {
 
 template <typename T>
 __global__ void gelu_kernel(T* y, const T* x, int64_t n) {
-  TF_GRID_LOOP(i, n) {
-    T v = x[i];
-    y[i] = T(0.5) * v * (T(1) + erf(v * T(0.70710678118654752440)));
-  }
+  TF_GRID_LOOP(i, n) y[i] = gelu_value(x[i]);
 }
 
 }  // namespace
@@ -122,9 +119,8 @@ template <typename T>
 __global__ void gelu_backward_kernel(T* dx, const T* dy, const T* x, int64_t n) {
   TF_GRID_LOOP(i, n) {
     T v = x[i];
-    T cdf = T(0.5) * (T(1) + erf(v * T(0.70710678118654752440)));
     T pdf = T(0.3989422804014327) * exp(T(-0.5) * v * v);
-    dx[i] = dy[i] * (cdf + v * pdf);
+    dx[i] = dy[i] * (cuda::normal_cdf(v) + v * pdf);
   }
 }
 

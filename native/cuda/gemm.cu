@@ -15,19 +15,19 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256, kPer = 4;
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, int64_t K, T alpha, const T* __restrict__ A,
                                                         int64_t lda, const T* __restrict__ B, int64_t ldb, T beta, T* C,
-                                                        int64_t ldc, const T* __restrict__ bias, GemmBatch batch, int64_t z0) {
+                                                        int64_t ldc, const T* __restrict__ bias, GemmBatch batch, int64_t y0,
+                                                        int64_t z0) {
   // +1 column of padding keeps the transposed stores into shared memory off a single bank.
   __shared__ T As[kBK][kBM + 1];
   __shared__ T Bs[kBK][kBN + 1];
 
   const int64_t z = z0 + blockIdx.z;
-  const int64_t zo = z / batch.inner, zi = z % batch.inner;
-  A += zo * batch.a_outer + zi * batch.a_inner;
-  B += zo * batch.b_outer + zi * batch.b_inner;
-  C += zo * batch.c_outer + zi * batch.c_inner;
+  A += batch.a(z);
+  B += batch.b(z);
+  C += batch.c(z);
 
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
+  const int64_t m0 = (y0 + blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
 
   T acc[kPer][kPer];
 #pragma unroll
@@ -96,13 +96,10 @@ template <typename T, bool kTransA, bool kTransB>
 void launch(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
             int64_t ldc, const T* bias, const GemmBatch& batch) {
   cudaStream_t s = stream();
-  dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN), static_cast<unsigned>((M + kBM - 1) / kBM), 1);
-  if (grid.y > 65535) throw Error("ERR_TARFLOW_SHAPE", "gemm: M = " + std::to_string(M) + " rows is beyond the grid limit");
-  for (int64_t z0 = 0; z0 < batch.count; z0 += 65535) {
-    grid.z = static_cast<unsigned>(batch.count - z0 < 65535 ? batch.count - z0 : 65535);
-    gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, z0);
+  for_each_grid_chunk((N + kBN - 1) / kBN, (M + kBM - 1) / kBM, batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
+    gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, y0, z0);
     check_launch("gemm");
-  }
+  });
 }
 
 }  // namespace

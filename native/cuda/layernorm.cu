@@ -40,10 +40,11 @@ __global__ void __launch_bounds__(kThreads) ln_forward_kernel(T* y, T* mean, T* 
   }
 }
 
-// partial[k] = (sum over rows of block k of dy * xhat, sum of dy), one column per thread.
+// partial[k] = (sum over rows of block k of dy * xhat, sum of dy), one column per thread. Row blocks run along x
+// (no row count reaches its limit), columns along y.
 template <typename T>
 __global__ void ln_param_partial_kernel(T* partial, const T* dy, const T* x, const T* mean, const T* rstd, int64_t N, int64_t C) {
-  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, k = blockIdx.y;
+  int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, k = blockIdx.x;
   if (i >= C) return;
   int64_t end = (k + 1) * kRowsPerBlock < N ? (k + 1) * kRowsPerBlock : N;
   T pw = T(0), pb = T(0);
@@ -130,11 +131,11 @@ TF_OP(layerNormBackward) {
   if (N <= 0 || C <= 0) return info.Env().Undefined();
   dispatch_float(args.x->dtype(), [&]<typename T>() {
     cudaStream_t s = cuda::stream();
-    int64_t blocks = (N + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock;
-    if (blocks > 65535) throw shape_error("layerNormBackward: too many rows: " + std::to_string(N));
+    int64_t blocks = (N + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock, col_blocks = (C + 127) / 128;
+    if (col_blocks > 65535) throw shape_error("layerNormBackward: too many features: " + std::to_string(C));
     T* partial = cuda::scratch_as<T>(0, blocks * 2 * C);
     // The parameter gradients read dy before the dx kernel runs, so dx may alias dy.
-    cuda::ln_param_partial_kernel<T><<<dim3(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(blocks)), 128, 0, s>>>(
+    cuda::ln_param_partial_kernel<T><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(col_blocks)), 128, 0, s>>>(
         partial, args.dy->data<T>(), args.x->data<T>(), args.mean->data<T>(), args.rstd->data<T>(), N, C);
     cuda::check_launch("layerNormBackward (parameter partials)");
     cuda::ln_param_reduce_kernel<T><<<cuda::blocks_for(C, 128), 128, 0, s>>>(args.dweight->data<T>(), args.dbias->data<T>(), partial, blocks, C);

@@ -10,10 +10,11 @@ namespace {
 
 constexpr int64_t kRows = 256;  // rows per partial sum of the bias gradient (as on the CPU)
 
-// partial[k, j] = sum of g[r, j] over rows r of block k: each thread owns one column of one row block.
+// partial[k, j] = sum of g[r, j] over rows r of block k: each thread owns one column of one row block. Row blocks
+// run along x, whose limit (2^31 - 1) no row count reaches; columns along y.
 template <typename T>
 __global__ void bias_partial_kernel(T* partial, const T* g, int64_t M, int64_t N) {
-  int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, k = blockIdx.y;
+  int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, k = blockIdx.x;
   if (j >= N) return;
   int64_t end = (k + 1) * kRows < M ? (k + 1) * kRows : M;
   T acc = T(0);
@@ -52,11 +53,11 @@ TF_OP(linearBackward) {
     if (args.dx) cuda::gemm<T>(false, false, d.M, d.K, d.N, T(1), g, d.N, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0), args.dx->data<T>(), d.K);
     if (args.dweight) cuda::gemm<T>(true, false, d.N, d.K, d.M, T(1), g, d.N, args.x->data<T>(), d.K, T(1), args.dweight->data<T>(), d.K);
     if (args.dbias && d.M > 0 && d.N > 0) {
-      int64_t blocks = (d.M + kRows - 1) / kRows;
-      if (blocks > 65535) throw shape_error("linearBackward: too many rows for the bias reduction: " + std::to_string(d.M));
+      int64_t blocks = (d.M + kRows - 1) / kRows, col_blocks = (d.N + 127) / 128;
+      if (col_blocks > 65535) throw shape_error("linearBackward: too many output features for the bias reduction: " + std::to_string(d.N));
       T* partial = cuda::scratch_as<T>(0, blocks * d.N);
       cudaStream_t s = cuda::stream();
-      bias_partial_kernel<T><<<dim3(static_cast<unsigned>((d.N + 127) / 128), static_cast<unsigned>(blocks)), 128, 0, s>>>(partial, g, d.M, d.N);
+      bias_partial_kernel<T><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(col_blocks)), 128, 0, s>>>(partial, g, d.M, d.N);
       cuda::check_launch("linearBackward (bias partials)");
       bias_reduce_kernel<T><<<cuda::blocks_for(d.N, 128), 128, 0, s>>>(args.dbias->data<T>(), partial, blocks, d.N);
       cuda::check_launch("linearBackward (bias)");
