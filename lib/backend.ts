@@ -7,6 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
+import { checkOneOf } from './validate.js';
 
 export type DType = 'float32' | 'float64' | 'int32';
 export type FloatDType = 'float32' | 'float64';
@@ -161,15 +162,13 @@ function tryLoadCuda(): Backend | undefined {
 
 /** Resolves 'auto' | 'cpu' | 'cuda' (default: TARFLOW_DEVICE, else 'auto') to a loaded backend. */
 export function getBackend(device?: DeviceOption): Backend {
-  const requested = (device ?? (process.env.TARFLOW_DEVICE as DeviceOption | undefined) ?? 'auto') as string;
+  const name = device === undefined && process.env.TARFLOW_DEVICE !== undefined ? 'TARFLOW_DEVICE' : 'device';
+  const requested = checkOneOf(name, device ?? process.env.TARFLOW_DEVICE ?? 'auto', ['auto', 'cpu', 'cuda']);
   if (requested === 'cpu') return loadCpu();
   if (requested === 'cuda') {
     const cuda = tryLoadCuda();
     if (!cuda) throw new TarflowError('ERR_TARFLOW_DEVICE', `device 'cuda' was requested but ${cudaFailure}; use device 'cpu' or 'auto'`);
     return cuda;
-  }
-  if (requested !== 'auto') {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `device must be 'auto', 'cpu' or 'cuda', got '${requested}' (check TARFLOW_DEVICE)`);
   }
   const cuda = tryLoadCuda();
   if (cuda) return cuda;

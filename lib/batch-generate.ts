@@ -13,8 +13,9 @@ import type { DeviceOption } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, resolveLabels, type GuidanceOptions } from './sampling.js';
-import type { TaskContext } from './tasks.js';
+import { generate, resolveGenerateOptions, resolveLabels, type GuidanceOptions } from './sampling.js';
+import { checkCheckpointSpec, type TaskContext } from './tasks.js';
+import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
 
 export interface GenerateSpec extends GuidanceOptions {
   checkpoint: string;
@@ -77,12 +78,12 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
 }
 
 export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
-  const count = spec.count;
-  if (!Number.isInteger(count) || count < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `count must be a positive integer, got ${count}`);
-  const format = spec.format ?? 'png';
-  if (format !== 'png' && format !== 'npz') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `format must be png or npz, got '${format as string}'`);
-  const shardSize = spec.shardSize ?? 1000;
-  if (!Number.isInteger(shardSize) || shardSize < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `shardSize must be a positive integer, got ${shardSize}`);
+  checkCheckpointSpec(spec);
+  checkString('out', spec.out);
+  const { count } = resolveGenerateOptions(spec);
+  const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
+  const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
+  optional(spec.resume, (v) => checkBoolean('resume', v));
   await mkdir(spec.out, { recursive: true });
   const manifestPath = join(spec.out, 'manifest.json');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });

@@ -6,6 +6,7 @@ import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { TarFlow, type ModelOptions } from './model.js';
+import { checkOneOf } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -97,7 +98,7 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
     format: 'tarflow',
     ...options.metadata,
   };
-  await writeSafetensors(path, stateDict(model, options.dtype ?? 'F32'), metadata);
+  await writeSafetensors(path, stateDict(model, checkOneOf('dtype', options.dtype ?? 'F32', ['F32', 'BF16'] as const)), metadata);
 }
 
 /** The config stored in a checkpoint's metadata, or null when it has none. */
@@ -125,9 +126,9 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
       `${path} looks like a pickled PyTorch file, which tarflow never loads (unpickling can run code). Convert it in Python: ` +
       `from safetensors.torch import save_file; save_file(torch.load(p, map_location='cpu'), 'model.safetensors'), then pass --config with the model's config JSON.`);
   }
+  const given = options.config ? fromReferenceConfig(options.config) : null;
   const file = await readSafetensors(path);
-  const fromFile = configFromMetadata(file, path);
-  const config = options.config ? fromReferenceConfig(options.config) : fromFile;
+  const config = given ?? configFromMetadata(file, path);
   if (!config) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
       `${path} has no config in its metadata; pass the model config (a JSON object with in_channels, img_size, patch_size, channels, num_blocks, layers_per_block, nvp, num_classes)`);

@@ -7,18 +7,27 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { join } from 'node:path';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
-import type { Progress } from './tasks.js';
+import { SEED_RULE } from './model.js';
+import { PRESETS, type PresetName } from './config.js';
+import type { EvaluateSpec, Progress, SampleSpec, ScoreSpec, TrainSpec } from './tasks.js';
 import { readConfigFile } from './tasks.js';
-import { PRETRAINED, pretrainedPath } from './pretrained.js';
+import type { GenerateSpec } from './batch-generate.js';
+import type { EvalSamplesSpec } from './sample-quality.js';
+import { pretrainedPath, shippedModel } from './pretrained.js';
+import { trainOptionRules, type TrainOptions } from './train.js';
+import { checkNumberText, checkOneOf, checkString, describeValue, validationError, type NumberRule } from './validate.js';
 
-type Values = Record<string, string | boolean | undefined>;
+export type Values = Record<string, string | boolean | undefined>;
 
 interface Command {
   summary: string;
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
   help: Record<string, string>;
-  run(v: Values, job: JobOptions, json: boolean): Promise<unknown>;
+  /** The job's spec from the flags: every value checked, nothing loaded or run. */
+  spec(v: Values): object;
+  /** Runs the job (spec.config holds the --config file's contents, when one was given); each command names its spec type. */
+  run(spec: object, job: JobOptions, json: boolean): Promise<unknown>;
 }
 
 const common = {
@@ -33,46 +42,52 @@ const commonHelp = {
   help: 'show this help',
 };
 
-function num(v: Values, name: string, opts: { int?: boolean; min?: number; max?: number } = {}): number | undefined {
-  const raw = v[name];
-  if (raw === undefined) return undefined;
-  const x = Number(raw);
-  const bad = typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(x) || (opts.int && !Number.isInteger(x)) ||
-    (opts.min !== undefined && x < opts.min) || (opts.max !== undefined && x > opts.max);
-  if (bad) {
-    const range = [opts.int ? 'an integer' : 'a number', opts.min !== undefined ? `>= ${opts.min}` : '', opts.max !== undefined ? `<= ${opts.max}` : ''].filter(Boolean).join(' ');
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--${name} must be ${range}, got '${String(raw)}'`);
-  }
-  return x;
+const POSITIVE_INT = { integer: true, min: 1 } as const;
+const COUNT = { integer: true, min: 0 } as const;
+
+function num(v: Values, name: string, rule: NumberRule): number | undefined {
+  const raw = str(v, name);
+  return raw === undefined ? undefined : checkNumberText(`--${name}`, raw, rule);
 }
 
 function str(v: Values, name: string): string | undefined {
   const raw = v[name];
-  return typeof raw === 'string' ? raw : undefined;
+  return typeof raw === 'string' ? checkString(`--${name}`, raw) : undefined;
+}
+
+function missing(name: string, what: string): never {
+  throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `--${name}`, `${what} (the option is required)`, 'nothing');
+}
+
+function required(v: Values, name: string, what: string): string {
+  return str(v, name) ?? missing(name, what);
+}
+
+function oneOf<T extends string>(v: Values, name: string, allowed: readonly T[]): T | undefined {
+  const raw = str(v, name);
+  return raw === undefined ? undefined : checkOneOf(`--${name}`, raw, allowed);
 }
 
 function device(v: Values): 'auto' | 'cpu' | 'cuda' | undefined {
-  const d = str(v, 'device');
-  if (d !== undefined && d !== 'auto' && d !== 'cpu' && d !== 'cuda') {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--device must be auto, cpu or cuda, got '${d}'`);
-  }
-  return d;
+  return oneOf(v, 'device', ['auto', 'cpu', 'cuda']);
 }
+
+const INTEGER = /^[+-]?\d+$/;
 
 function labelsArg(v: Values): number[] | number | undefined {
   const raw = str(v, 'labels');
   if (raw === undefined) return undefined;
   const parts = raw.split(',').map((s) => s.trim());
-  const nums = parts.map((p) => Number(p));
-  if (parts.some((p) => p === '') || nums.some((n) => !Number.isInteger(n))) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--labels must be a class index or a comma-separated list of them, got '${raw}'`);
+  if (!parts.every((p) => INTEGER.test(p) && Number.isSafeInteger(Number(p)))) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', '--labels', 'a class index or a comma-separated list of them', describeValue(raw));
   }
+  const nums = parts.map(Number);
   return nums.length === 1 ? nums[0] : nums;
 }
 
 function labelBaseArg(v: Values): 0 | 1 | undefined {
-  const base = num(v, 'label-base', { int: true, min: 0, max: 1 });
-  return base as 0 | 1 | undefined;
+  const base = oneOf(v, 'label-base', ['0', '1']);
+  return base === undefined ? undefined : base === '1' ? 1 : 0;
 }
 
 const datasetHelp = "'mnist' (default), a .npy/.npz of uint8 images ((N,H,W), (N,C,H,W), (N,H,W,C) or flat (N,C*S*S) rows), " +
@@ -82,16 +97,25 @@ const labelsHelp = '.npy of integer labels for a .npy dataset (or an IDX label f
 const labelBaseHelp = '1 when .npy/.npz labels count from 1, as in downsampled ImageNet (default 0)';
 
 function guidanceArgs(v: Values) {
-  const what = str(v, 'guide-what');
-  if (what !== undefined && what !== 'ab' && what !== 'a' && what !== 'b') {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--guide-what must be ab, a or b, got '${what}'`);
-  }
   return {
     guidance: num(v, 'guidance', { min: 0 }),
-    guideWhat: what as 'ab' | 'a' | 'b' | undefined,
-    attnTemp: num(v, 'attn-temp', { min: 1e-6 }),
+    guideWhat: oneOf(v, 'guide-what', ['ab', 'a', 'b']),
+    attnTemp: num(v, 'attn-temp', { above: 0 }),
     annealed: v.annealed === true,
   };
+}
+
+/** The flags of the training options, each checked by the library's own rule. */
+const trainOptionFlags = {
+  epochs: 'epochs', steps: 'steps', 'batch-size': 'batchSize', lr: 'lr', 'min-lr': 'minLr', 'warmup-steps': 'warmupSteps',
+  'weight-decay': 'weightDecay', beta1: 'beta1', beta2: 'beta2', sigma: 'sigma', 'label-drop': 'labelDrop',
+  'clip-grad-norm': 'clipGradNorm', 'max-nonfinite-steps': 'maxNonFiniteSteps', seed: 'seed',
+} as const satisfies Record<string, keyof typeof trainOptionRules>;
+
+function trainOptionArgs(v: Values): TrainOptions {
+  const options: Record<string, number | undefined> = {};
+  for (const [flag, option] of Object.entries(trainOptionFlags)) options[option] = num(v, flag, trainOptionRules[option]);
+  return options;
 }
 
 const trainOptions = {
@@ -138,27 +162,20 @@ const trainHelp: Record<string, string> = {
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
 };
 
-function trainSpecFrom(v: Values) {
-  const preset = (str(v, 'preset') ?? 'tiny') as 'tiny' | 'small';
-  if (preset !== 'tiny' && preset !== 'small') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--preset must be tiny or small, got '${preset as string}'`);
+function trainSpecFrom(v: Values): TrainSpec {
+  const preset = oneOf(v, 'preset', Object.keys(PRESETS) as PresetName[]) ?? 'tiny';
   const dataset = str(v, 'dataset') ?? 'mnist';
-  const noise = str(v, 'noise');
-  if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--noise must be gaussian or uniform, got '${noise}'`);
   // a folder given with a trailing slash still names the run after the folder
   const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/[\\/]+$/, '').replace(/^.*[\\/]/, '').replace(/\.(npy|npz|bin)$/i, '') || 'data';
-  const channels = num(v, 'channels', { int: true, min: 1, max: 3 });
-  if (channels === 2) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', "--channels must be 1 (grey) or 3 (RGB), got '2'");
+  const channels = oneOf(v, 'channels', ['1', '3']);
   return {
-    dataset, labels: str(v, 'labels'), imageSize: num(v, 'image-size', { int: true, min: 1, max: 4096 }), channels, labelBase: labelBaseArg(v),
+    dataset, labels: str(v, 'labels'), imageSize: num(v, 'image-size', { integer: true, min: 1, max: 4096 }),
+    channels: channels === undefined ? undefined : Number(channels), labelBase: labelBaseArg(v),
     preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
-    epochs: num(v, 'epochs', { min: 1e-9 }), steps: num(v, 'steps', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
-    lr: num(v, 'lr', { min: 0 }), minLr: num(v, 'min-lr', { min: 0 }), warmupSteps: num(v, 'warmup-steps', { int: true, min: 0 }),
-    weightDecay: num(v, 'weight-decay', { min: 0 }), beta1: num(v, 'beta1', { min: 0, max: 0.999999 }), beta2: num(v, 'beta2', { min: 0, max: 0.999999 }),
-    noise: noise as 'gaussian' | 'uniform' | undefined, sigma: num(v, 'sigma', { min: 0 }), labelDrop: num(v, 'label-drop', { min: 0, max: 1 }),
-    hflip: v.hflip === true, clipGradNorm: num(v, 'clip-grad-norm', { min: 0 }), maxNonFiniteSteps: num(v, 'max-nonfinite-steps', { int: true, min: 1 }),
-    seed: num(v, 'seed', { int: true, min: 0 }), checkpointEvery: num(v, 'checkpoint-every', { int: true, min: 1 }),
-    sampleEvery: num(v, 'sample-every', { int: true, min: 0 }), evalImages: num(v, 'eval-images', { int: true, min: 0 }), device: device(v),
+    ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
+    checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
+    evalImages: num(v, 'eval-images', COUNT), device: device(v),
   };
 }
 
@@ -180,9 +197,8 @@ const commands: Record<string, Command> = {
     usage: 'tarflow train [--dataset mnist|FILE|DIR] [--image-size S --channels 1|3] [--preset tiny|small] [--epochs N] [--out DIR] [--resume] ...',
     options: trainOptions,
     help: { ...trainHelp, ...commonHelp },
-    async run(v, job, json) {
-      const spec = trainSpecFrom(v);
-      if (str(v, 'config')) (spec as Record<string, unknown>).config = await readConfigFile(str(v, 'config')!);
+    spec: trainSpecFrom,
+    async run(spec: TrainSpec, job, json) {
       const r = await train(spec, job);
       printTrainSummary(r, json);
       return r;
@@ -206,21 +222,22 @@ const commands: Record<string, Command> = {
       seed: 'noise seed (default 0)', 'batch-size': 'images per batch (default 256)', out: 'a .png grid (default samples.png) or a folder for one PNG per image',
       cols: 'grid columns', ...commonHelp,
     },
-    async run(v, job, json) {
+    spec(v): SampleSpec {
       // Without --checkpoint (or with the name of a shipped model) the package's own model samples, with the
       // guidance and denoising it was trained for unless the flags say otherwise.
       const given = str(v, 'checkpoint') ?? 'mnist-cond';
-      const shipped = PRETRAINED[given];
-      const checkpoint = shipped ? pretrainedPath(given) : given;
+      const shipped = shippedModel(given);
       const labels = labelsArg(v);
-      const count = num(v, 'count', { int: true, min: 1 }) ?? (Array.isArray(labels) ? labels.length : 100);
       const guidance = guidanceArgs(v);
-      if (shipped && guidance.guidance === undefined) guidance.guidance = shipped.guidance;
-      const r = await sample({
-        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, labels, ...guidance,
-        denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma, seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }),
-        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', { int: true, min: 1 }), device: device(v),
-      }, job);
+      return {
+        checkpoint: shipped ? pretrainedPath(given) : given, count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
+        ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
+        seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
+        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v),
+      };
+    },
+    async run(spec: SampleSpec, job, json) {
+      const r = await sample(spec, job);
       if (!json) {
         process.stdout.write(`wrote ${r.count} samples to ${r.out} in ${r.seconds.toFixed(2)} s (${r.imagesPerSecond.toFixed(1)} images/s)` +
           (r.redraws.length ? `; ${r.redraws.length} non-finite samples redrawn` : '') + '\n');
@@ -245,20 +262,19 @@ const commands: Record<string, Command> = {
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
       'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...commonHelp,
     },
-    async run(v, job, json) {
-      const checkpoint = str(v, 'checkpoint');
-      const out = str(v, 'out');
-      const count = num(v, 'count', { int: true, min: 1 });
-      if (!checkpoint || !out || count === undefined) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'generate needs --checkpoint FILE, --count N and --out DIR');
-      const format = str(v, 'format') ?? 'png';
-      if (format !== 'png' && format !== 'npz') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--format must be png or npz, got '${format}'`);
-      const r = await generateToDisk({
-        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count, out, format,
-        shardSize: num(v, 'shard-size', { int: true, min: 1 }), labels: labelsArg(v), ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }),
-        seed: num(v, 'seed', { int: true, min: 0 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), resume: v.resume === true, device: device(v),
-      }, job);
+    spec(v): GenerateSpec {
+      return {
+        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
+        out: required(v, 'out', 'an output folder'),
+        format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
+        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
+        resume: v.resume === true, device: device(v),
+      };
+    },
+    async run(spec: GenerateSpec, job, json) {
+      const r = await generateToDisk(spec, job);
       if (!json) {
-        process.stdout.write(`${r.images} images in ${out} (${r.generated} generated, ${r.skipped} already there) in ${r.seconds.toFixed(1)} s, ` +
+        process.stdout.write(`${r.images} images in ${spec.out} (${r.generated} generated, ${r.skipped} already there) in ${r.seconds.toFixed(1)} s, ` +
           `${r.imagesPerSecond.toFixed(1)} images/s${r.redraws ? `; ${r.redraws} non-finite samples redrawn` : ''}\n`);
       }
       return r;
@@ -279,14 +295,15 @@ const commands: Record<string, Command> = {
       denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
       k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...commonHelp,
     },
-    async run(v, job, json) {
-      const checkpoint = str(v, 'checkpoint');
-      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'eval-samples needs --checkpoint FILE (a class-conditional MNIST model)');
-      const r = await evalSamples({
-        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, count: num(v, 'count', { int: true, min: 1 }),
-        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', { int: true, min: 0 }),
-        k: num(v, 'k', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), device: device(v),
-      }, job);
+    spec(v): EvalSamplesSpec {
+      return {
+        checkpoint: required(v, 'checkpoint', 'a class-conditional MNIST checkpoint FILE'), count: num(v, 'count', POSITIVE_INT),
+        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
+        k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v),
+      };
+    },
+    async run(spec: EvalSamplesSpec, job, json) {
+      const r = await evalSamples(spec, job);
       if (!json) {
         const pct = (x: number | null) => (x === null ? '-' : `${(100 * x).toFixed(1)}%`);
         const dist = (d: { mean: number; min: number; median: number }) => `mean ${d.mean.toFixed(3)}, median ${d.median.toFixed(3)}, min ${d.min.toFixed(3)}`;
@@ -316,15 +333,15 @@ const commands: Record<string, Command> = {
       limit: 'use only the first N images',
       'batch-size': 'images per batch (default 500)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
-    async run(v, job, json) {
-      const checkpoint = str(v, 'checkpoint');
-      if (!checkpoint) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'eval needs --checkpoint FILE');
-      const split = str(v, 'split') ?? 'test';
-      if (split !== 'test' && split !== 'train') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `--split must be test or train, got '${split}'`);
-      const r = await evaluate({
-        checkpoint, config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined, dataset: str(v, 'dataset'), labels: str(v, 'labels'),
-        labelBase: labelBaseArg(v), split, limit: num(v, 'limit', { int: true, min: 1 }), batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
-      }, job);
+    spec(v): EvaluateSpec {
+      return {
+        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), dataset: str(v, 'dataset'), labels: str(v, 'labels'),
+        labelBase: labelBaseArg(v), split: oneOf(v, 'split', ['test', 'train']) ?? 'test', limit: num(v, 'limit', POSITIVE_INT),
+        batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
+      };
+    },
+    async run(spec: EvaluateSpec, job, json) {
+      const r = await evaluate(spec, job);
       if (!json) process.stdout.write(`bits/dim: ${r.bitsPerDim.toFixed(4)} over ${r.images} images (${r.seconds.toFixed(1)} s)\n`);
       return r;
     },
@@ -340,14 +357,14 @@ const commands: Record<string, Command> = {
       checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
       labels: '.npy of integer labels (conditional models)', 'label-base': labelBaseHelp, 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
-    async run(v, job, json) {
-      const checkpoint = str(v, 'checkpoint');
-      const images = str(v, 'images');
-      if (!checkpoint || !images) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'score needs --checkpoint FILE and --images FILE.npy');
-      const r = await score({
-        checkpoint, images, labels: str(v, 'labels'), labelBase: labelBaseArg(v), config: str(v, 'config') ? await readConfigFile(str(v, 'config')!) : undefined,
-        batchSize: num(v, 'batch-size', { int: true, min: 1 }), seed: num(v, 'seed', { int: true, min: 0 }), device: device(v),
-      }, job);
+    spec(v): ScoreSpec {
+      return {
+        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), images: required(v, 'images', 'an image FILE.npy (or any dataset eval reads)'),
+        labels: str(v, 'labels'), labelBase: labelBaseArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
+      };
+    },
+    async run(spec: ScoreSpec, job, json) {
+      const r = await score(spec, job);
       if (!json) {
         process.stdout.write(r.bitsPerDim.map((b, i) => `${i}\t${b.toFixed(4)}`).join('\n') + `\nmean\t${r.mean.toFixed(4)}\n`);
       }
@@ -359,14 +376,17 @@ const commands: Record<string, Command> = {
     usage: 'tarflow demo [--out DIR] [--epochs N]',
     options: { out: { type: 'string' }, epochs: { type: 'string' }, steps: { type: 'string' }, ...common },
     help: { out: 'output folder (default runs/demo)', epochs: 'passes over MNIST (default 2)', steps: 'optimizer steps (overrides --epochs)', ...commonHelp },
-    async run(v, job, json) {
-      const out = str(v, 'out') ?? join('runs', 'demo');
-      const { rm } = await import('node:fs/promises');
-      await rm(join(out, 'train-state.safetensors'), { force: true });
-      const r = await train({
-        dataset: 'mnist', preset: 'tiny', out, epochs: num(v, 'epochs', { min: 1e-9 }) ?? 2, steps: num(v, 'steps', { int: true, min: 1 }),
+    spec(v): TrainSpec {
+      return {
+        dataset: 'mnist', preset: 'tiny', out: str(v, 'out') ?? join('runs', 'demo'),
+        epochs: num(v, 'epochs', trainOptionRules.epochs) ?? 2, steps: num(v, 'steps', trainOptionRules.steps),
         batchSize: 256, lr: 2e-3, noise: 'gaussian', sigma: 0.1, labelDrop: 0.1, sampleGuidance: 2, device: device(v), seed: 0,
-      }, job);
+      };
+    },
+    async run(spec: TrainSpec, job, json) {
+      const { rm } = await import('node:fs/promises');
+      await rm(join(spec.out, 'train-state.safetensors'), { force: true });
+      const r = await train(spec, job);
       printTrainSummary(r, json);
       return r;
     },
@@ -432,39 +452,64 @@ function usage(): string {
   return lines.join('\n');
 }
 
-function commandHelp(name: string, c: Command): string {
+function commandHelp(c: Command): string {
   const lines = [`usage: ${c.usage}`, '', c.summary, '', 'options:'];
   for (const [opt, spec] of Object.entries(c.options)) {
     const flag = `--${opt}${spec.type === 'string' ? ' VALUE' : ''}`;
     lines.push(`  ${flag.padEnd(28)} ${c.help[opt] ?? ''}`);
   }
-  void name;
   return lines.join('\n');
 }
 
-export async function main(argv: string[]): Promise<number> {
+export type CommandLine =
+  | { kind: 'usage' }
+  | { kind: 'help'; command: string }
+  | { kind: 'run'; command: string; values: Values };
+
+/**
+ * Splits the arguments into a command and its flags. An unknown command or flag, a flag without its value and a
+ * stray positional argument are usage errors (exit code 2); the values themselves are checked by commandSpec.
+ */
+export function parseFlags(argv: readonly string[]): CommandLine {
   const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(usage() + '\n');
-    return name ? 0 : 1;
-  }
-  const cmd = commands[name];
-  if (!cmd) {
-    process.stderr.write(`tarflow: unknown command '${name}'\n\n${usage()}\n`);
-    return 2;
-  }
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') return { kind: 'usage' };
+  const command = checkOneOf('command', name, Object.keys(commands));
   let values: Values;
   try {
-    values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false }).values as Values;
+    values = parseArgs({ args: rest, options: commands[command].options, strict: true, allowPositionals: false }).values as Values;
   } catch (err) {
-    process.stderr.write(`tarflow ${name}: ${(err as Error).message}\n\n${commandHelp(name, cmd)}\n`);
+    if (!(err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) throw err;
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', (err as Error).message, { cause: err });
+  }
+  return values.help ? { kind: 'help', command } : { kind: 'run', command, values };
+}
+
+/** The spec a command's job runs with, from its flags: every value checked, nothing loaded or run. */
+export function commandSpec(line: { command: string; values: Values }): object {
+  return commands[line.command].spec(line.values);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let line: CommandLine;
+  try {
+    line = parseFlags(argv);
+  } catch (err) {
+    if (!(err instanceof TarflowError)) throw err;
+    const name = argv[0];
+    const known = Object.hasOwn(commands, name);
+    process.stderr.write(`tarflow${known ? ` ${name}` : ''}: ${err.message}\n\n${known ? commandHelp(commands[name]) : usage()}\n`);
     return 2;
   }
-  if (values.help) {
-    process.stdout.write(commandHelp(name, cmd) + '\n');
+  if (line.kind === 'usage') {
+    process.stdout.write(usage() + '\n');
+    return argv.length ? 0 : 1;
+  }
+  const cmd = commands[line.command];
+  if (line.kind === 'help') {
+    process.stdout.write(commandHelp(cmd) + '\n');
     return 0;
   }
-  const json = values.json === true;
+  const json = line.values.json === true;
   const reporter = progressReporter();
   const controller = new AbortController();
   let interrupts = 0;
@@ -479,7 +524,10 @@ export async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSigint);
   try {
-    const result = await cmd.run(values, { onProgress: reporter.onProgress, onLog: reporter.onLog, signal: controller.signal }, json);
+    const spec = commandSpec(line);
+    const configFile = str(line.values, 'config');
+    if (configFile !== undefined) (spec as { config?: Record<string, unknown> }).config = await readConfigFile(configFile);
+    const result = await cmd.run(spec, { onProgress: reporter.onProgress, onLog: reporter.onLog, signal: controller.signal }, json);
     reporter.end();
     if (json) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
     return interrupts > 0 ? 130 : 0;
@@ -487,7 +535,7 @@ export async function main(argv: string[]): Promise<number> {
     reporter.end();
     const e = err as Error & { code?: string };
     if (json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERR_TARFLOW_NATIVE', message: e.message } }) + '\n');
-    process.stderr.write(`tarflow ${name}: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
+    process.stderr.write(`tarflow ${line.command}: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
     return e instanceof TarflowError || e.code?.startsWith('ERR_TARFLOW') ? 1 : 70;
   } finally {
     process.off('SIGINT', onSigint);

@@ -2,7 +2,7 @@
  * Model configuration: the reference implementation's hyper-parameters, validated, plus the size presets.
  * In checkpoints the configuration is stored with the reference's snake_case names (toReferenceConfig).
  */
-import { TarflowError } from './errors.js';
+import { checkBoolean, checkNumber, checkObject, describeValue, validationError } from './validate.js';
 
 export interface TarFlowConfig {
   /** Image channels C (1 grey, 3 RGB). */
@@ -50,42 +50,63 @@ export interface ModelShape {
   hidden: number;
 }
 
-function positiveInt(v: unknown, name: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `config.${name} must be a positive integer, got ${JSON.stringify(v)}`);
+/** Layers (numBlocks x layersPerBlock) a model may have: far beyond published models, small enough to lay out. */
+const MAX_LAYERS = 4096;
+/** The native tensor limit: the parameters live in one tensor. */
+const MAX_PARAMETERS = 2 ** 40;
+
+const CONFIG_FIELDS = {
+  inChannels: 'in_channels', imgSize: 'img_size', patchSize: 'patch_size', channels: 'channels', numBlocks: 'num_blocks',
+  layersPerBlock: 'layers_per_block', nvp: 'nvp', numClasses: 'num_classes', headDim: 'head_dim', expansion: 'expansion',
+} as const satisfies Record<keyof TarFlowConfig, keyof ReferenceConfig>;
+type FieldName = (field: keyof TarFlowConfig) => string;
+
+const camelName: FieldName = (field) => `config.${field}`;
+const referenceName: FieldName = (field) => `config.${CONFIG_FIELDS[field]}`;
+
+/** Parameters of the model parameterLayout builds (its alignment padding aside). */
+function parameterCount(cfg: TarFlowConfig): number {
+  const { tokens, patchDim, outDim, hidden } = modelShape(cfg);
+  const W = cfg.channels;
+  const layer = 4 * W + (3 * W * W + 3 * W) + (W * W + W) + (hidden * W + hidden) + (W * hidden + W);
+  const block = (W * patchDim + W) + tokens * W + cfg.numClasses * W + cfg.layersPerBlock * layer + (outDim * W + outDim);
+  return cfg.numBlocks * block;
+}
+
+function checkFields(c: Record<string, unknown>, name: FieldName): TarFlowConfig {
+  const size = (field: keyof TarFlowConfig, value: unknown) => checkNumber(name(field), value, { integer: true, min: 1 }, 'ERR_TARFLOW_CONFIG');
+  const cfg: TarFlowConfig = {
+    inChannels: size('inChannels', c.inChannels),
+    imgSize: size('imgSize', c.imgSize),
+    patchSize: size('patchSize', c.patchSize),
+    channels: size('channels', c.channels),
+    numBlocks: size('numBlocks', c.numBlocks),
+    layersPerBlock: size('layersPerBlock', c.layersPerBlock),
+    nvp: checkBoolean(name('nvp'), c.nvp ?? true, 'ERR_TARFLOW_CONFIG'),
+    numClasses: checkNumber(name('numClasses'), c.numClasses ?? 0, { integer: true, min: 0 }, 'ERR_TARFLOW_CONFIG'),
+    headDim: size('headDim', c.headDim === undefined ? 64 : c.headDim),
+    expansion: size('expansion', c.expansion === undefined ? 4 : c.expansion),
+  };
+  const fail = (field: keyof TarFlowConfig, expected: string, hint?: string) =>
+    validationError('ERR_TARFLOW_CONFIG', name(field), expected, describeValue(cfg[field]), hint);
+  if (cfg.imgSize % cfg.patchSize !== 0) throw fail('patchSize', `a divisor of ${name('imgSize')} (${cfg.imgSize})`);
+  if (cfg.channels % cfg.headDim !== 0) throw fail('channels', `a multiple of ${name('headDim')} (${cfg.headDim})`);
+  if ((cfg.imgSize / cfg.patchSize) ** 2 < 2) throw fail('patchSize', `less than ${name('imgSize')} (${cfg.imgSize})`, 'the image must have at least 2 patches');
+  if (cfg.numBlocks > MAX_LAYERS) throw fail('numBlocks', `at most ${MAX_LAYERS}`);
+  const layersPerBlock = Math.floor(MAX_LAYERS / cfg.numBlocks);
+  if (cfg.layersPerBlock > layersPerBlock) {
+    throw fail('layersPerBlock', `at most ${layersPerBlock} with ${cfg.numBlocks} blocks (${MAX_LAYERS} layers in all)`);
   }
-  return v;
+  const parameters = parameterCount(cfg);
+  if (parameters > MAX_PARAMETERS) {
+    throw validationError('ERR_TARFLOW_CONFIG', 'config', 'a model of at most 2^40 parameters (the largest tensor)', `${parameters.toPrecision(3)} parameters`);
+  }
+  return cfg;
 }
 
 /** Fills defaults and checks every constraint, with a message that says which field and why. */
 export function validateConfig(c: Partial<TarFlowConfig>): TarFlowConfig {
-  if (!c || typeof c !== 'object') throw new TarflowError('ERR_TARFLOW_CONFIG', 'config must be an object');
-  const cfg: TarFlowConfig = {
-    inChannels: positiveInt(c.inChannels, 'inChannels'),
-    imgSize: positiveInt(c.imgSize, 'imgSize'),
-    patchSize: positiveInt(c.patchSize, 'patchSize'),
-    channels: positiveInt(c.channels, 'channels'),
-    numBlocks: positiveInt(c.numBlocks, 'numBlocks'),
-    layersPerBlock: positiveInt(c.layersPerBlock, 'layersPerBlock'),
-    nvp: c.nvp ?? true,
-    numClasses: c.numClasses ?? 0,
-    headDim: c.headDim === undefined ? 64 : positiveInt(c.headDim, 'headDim'),
-    expansion: c.expansion === undefined ? 4 : positiveInt(c.expansion, 'expansion'),
-  };
-  if (typeof cfg.nvp !== 'boolean') throw new TarflowError('ERR_TARFLOW_CONFIG', `config.nvp must be a boolean, got ${JSON.stringify(cfg.nvp)}`);
-  if (!Number.isInteger(cfg.numClasses) || cfg.numClasses < 0) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `config.numClasses must be 0 (unconditional) or a positive integer, got ${JSON.stringify(cfg.numClasses)}`);
-  }
-  if (cfg.imgSize % cfg.patchSize !== 0) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `config.patchSize ${cfg.patchSize} must divide config.imgSize ${cfg.imgSize}`);
-  }
-  if (cfg.channels % cfg.headDim !== 0) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `config.channels ${cfg.channels} must be a multiple of headDim ${cfg.headDim}`);
-  }
-  if ((cfg.imgSize / cfg.patchSize) ** 2 < 2) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `the image must have at least 2 patches; use a patchSize smaller than ${cfg.imgSize}`);
-  }
-  return cfg;
+  return checkFields(checkObject('config', c, 'ERR_TARFLOW_CONFIG'), camelName);
 }
 
 export function modelShape(cfg: TarFlowConfig): ModelShape {
@@ -114,27 +135,20 @@ export function toReferenceConfig(cfg: TarFlowConfig): ReferenceConfig {
   };
 }
 
-/** Accepts the reference's snake_case object (or this library's camelCase one). */
+/**
+ * Accepts the reference's snake_case object (or this library's camelCase one), from a config file or checkpoint
+ * metadata: any field beyond the known ones is refused, since a misspelt one would silently take its default.
+ */
 export function fromReferenceConfig(r: unknown): TarFlowConfig {
-  if (!r || typeof r !== 'object' || Array.isArray(r)) throw new TarflowError('ERR_TARFLOW_CONFIG', 'the model config must be a JSON object');
-  const o = r as Record<string, unknown>;
-  if ('inChannels' in o) return validateConfig(o as Partial<TarFlowConfig>);
-  const known = ['in_channels', 'img_size', 'patch_size', 'channels', 'num_blocks', 'layers_per_block', 'nvp', 'num_classes', 'head_dim', 'expansion'];
+  const o = checkObject('config', r, 'ERR_TARFLOW_CONFIG');
+  const camel = Object.hasOwn(o, 'inChannels');
+  const known: readonly string[] = camel ? Object.keys(CONFIG_FIELDS) : Object.values(CONFIG_FIELDS);
   for (const k of Object.keys(o)) {
-    if (!known.includes(k)) throw new TarflowError('ERR_TARFLOW_CONFIG', `unknown config field '${k}'; expected some of ${known.join(', ')}`);
+    if (!known.includes(k)) throw validationError('ERR_TARFLOW_CONFIG', 'config', `only the fields ${known.join(', ')}`, `the field ${describeValue(k)}`);
   }
-  return validateConfig({
-    inChannels: o.in_channels as number,
-    imgSize: o.img_size as number,
-    patchSize: o.patch_size as number,
-    channels: o.channels as number,
-    numBlocks: o.num_blocks as number,
-    layersPerBlock: o.layers_per_block as number,
-    nvp: o.nvp as boolean | undefined,
-    numClasses: o.num_classes as number | undefined,
-    headDim: o.head_dim as number | undefined,
-    expansion: o.expansion as number | undefined,
-  });
+  if (camel) return checkFields(o, camelName);
+  const fields = Object.fromEntries(Object.entries(CONFIG_FIELDS).map(([field, ref]) => [field, o[ref]]));
+  return checkFields(fields, referenceName);
 }
 
 /** Size presets for 28x28 grey digits (MNIST). `small` is the reference MNIST setting. */

@@ -5,7 +5,8 @@
 import type { ImageDataset } from './data.js';
 import { checkDatasetFits } from './data.js';
 import { TarflowError } from './errors.js';
-import type { TarFlow } from './model.js';
+import { SEED_RULE, type TarFlow } from './model.js';
+import { checkArray, checkBatch, checkNumber, checkObject, optional } from './validate.js';
 
 const STREAM_DEQUANT = 21;
 
@@ -19,6 +20,15 @@ export interface ScoreOptions {
   signal?: AbortSignal;
 }
 
+/** The batch size and dequantization seed of a scoring run, checked, with their defaults. */
+export function checkScoreOptions(options: Pick<ScoreOptions, 'batchSize' | 'seed'>): { batchSize: number; seed: number } {
+  checkObject('options', options);
+  return {
+    batchSize: checkNumber('batchSize', options.batchSize ?? 256, { integer: true, min: 1 }),
+    seed: checkNumber('seed', options.seed ?? 0, SEED_RULE),
+  };
+}
+
 /**
  * Per-image bits/dim of uint8 images (N*C*S*S bytes) under the model, with their labels for a conditional model
  * (null scores under the mean class embedding).
@@ -26,13 +36,11 @@ export interface ScoreOptions {
 export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Array | null, options: ScoreOptions = {}): Float64Array {
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
-  if (images.length % per !== 0 || images.length === 0) {
-    throw new TarflowError('ERR_TARFLOW_SHAPE', `images must hold N x ${C} x ${S} x ${S} bytes, got ${images.length}`);
-  }
-  const N = images.length / per;
-  if (labels && labels.length !== N) throw new TarflowError('ERR_TARFLOW_SHAPE', `got ${labels.length} labels for ${N} images`);
-  const batch = Math.min(options.batchSize ?? 256, N);
-  const seed = options.seed ?? 0;
+  checkArray('images', images, [Uint8Array]);
+  const N = checkBatch('images', images, per, `${C} x ${S} x ${S} uint8 images`);
+  model.checkLabels(labels, N);
+  const { batchSize, seed } = checkScoreOptions(options);
+  const batch = Math.min(batchSize, N);
   const out = new Float64Array(N);
   const noise = new model.backend.Tensor(model.dtype, [batch * per]);
   const host = model.dtype === 'float32' ? new Float32Array(batch * per) : new Float64Array(batch * per);
@@ -66,9 +74,12 @@ export interface EvaluateResult {
 
 /** Dataset-average bits/dim (conditional models use the dataset's labels). */
 export function evaluateBpd(model: TarFlow, data: ImageDataset, options: ScoreOptions & { limit?: number } = {}): EvaluateResult {
+  checkObject('data', data);
+  checkScoreOptions(options);
+  const limit = optional(options.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
   checkDatasetFits(data, model.config);
   const per = data.channels * data.size * data.size;
-  const n = Math.min(options.limit ?? data.count, data.count);
+  const n = Math.min(limit ?? data.count, data.count);
   const labels = model.config.numClasses > 0 && data.labels ? data.labels.subarray(0, n) : null;
   const bpd = scoreImages(model, data.images.subarray(0, n * per), labels, options);
   let sum = 0;

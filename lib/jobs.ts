@@ -10,6 +10,7 @@ import {
   runEvaluate, runSample, runScore, runTrain,
   type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type TaskContext, type TrainSpec, type TrainSummary,
 } from './tasks.js';
+import { checkObject } from './validate.js';
 import type { TaskName } from './worker.js';
 import { runGenerate, type GenerateSpec, type GenerateSummary } from './batch-generate.js';
 import { runEvalSamples, type EvalSamplesSpec, type SampleQuality } from './sample-quality.js';
@@ -23,6 +24,12 @@ export interface JobOptions {
 }
 
 function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Promise<T> {
+  try {
+    checkObject('spec', spec);
+    checkObject('options', options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
   if (options.signal?.aborted) return Promise.reject(new TarflowError('ERR_TARFLOW_ABORTED', `${task} was aborted before it started`));
   if (options.inline) {
     const ctx: TaskContext = {

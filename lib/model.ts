@@ -10,6 +10,9 @@ import { getBackend, type DeviceOption } from './backend.js';
 import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
+import {
+  checkArray, checkBoolean, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError,
+} from './validate.js';
 
 export const LN_EPS = 1e-5;
 export const VAR_RATE = 0.1;
@@ -33,6 +36,20 @@ export interface GuidanceOptions {
   attnTemp?: number;
   /** g_i = w (i+1)/(T-1) instead of a constant w. */
   annealed?: boolean;
+}
+
+/** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
+export const SEED_RULE = { integer: true, min: 0 } as const;
+
+/** Checks guidance options and fills their defaults (no guidance, both parameters guided, temperature 1). */
+export function resolveGuidance(o: GuidanceOptions): Required<GuidanceOptions> {
+  checkObject('options', o);
+  return {
+    guidance: checkNumber('guidance', o.guidance ?? 0, { min: 0 }),
+    guideWhat: checkOneOf('guideWhat', o.guideWhat ?? 'ab', ['ab', 'a', 'b']),
+    attnTemp: checkNumber('attnTemp', o.attnTemp ?? 1, { above: 0 }),
+    annealed: checkBoolean('annealed', o.annealed ?? false),
+  };
 }
 
 /** Saved activations of one layer. */
@@ -158,15 +175,15 @@ export class TarFlow {
   constructor(config: Partial<TarFlowConfig>, options: ModelOptions = {}) {
     this.config = validateConfig(config);
     this.shape = modelShape(this.config);
+    checkObject('options', options);
+    this.dtype = checkOneOf('dtype', options.dtype ?? 'float32', ['float32', 'float64']);
+    const seed = checkNumber('seed', options.seed ?? 0, SEED_RULE);
+    const init = !optional(options.noInit, (v) => checkBoolean('noInit', v));
     this.backend = getBackend(options.device);
-    this.dtype = options.dtype ?? 'float32';
-    if (this.dtype !== 'float32' && this.dtype !== 'float64') {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dtype must be 'float32' or 'float64', got '${this.dtype as string}'`);
-    }
     this.specs = parameterLayout(this.config);
     this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
     this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
-    if (!options.noInit) this.initialize(options.seed ?? 0);
+    if (init) this.initialize(seed);
   }
 
   get disposed(): boolean {
@@ -211,6 +228,7 @@ export class TarFlow {
   /** The workspace for batch size B (allocated on first use, then reused). */
   workspace(batch: number): Workspace {
     this.assertAlive();
+    checkNumber('batch', batch, { integer: true, min: 1 });
     let ws = this.workspaces.get(batch);
     if (!ws) {
       // Keep one workspace: a new batch size (the last, partial batch of an epoch) replaces the old one.
@@ -229,14 +247,14 @@ export class TarFlow {
   /** Writes images (B*C*S*S floats in [-1,1]) and labels (-1 = dropped/none) into the workspace inputs. */
   setInputs(ws: Workspace, images: Float32Array | Float64Array, labels?: Int32Array | null): void {
     const expected = ws.x.size;
-    if (images.length !== expected) {
-      const { inChannels: C, imgSize: S } = this.config;
-      throw new TarflowError('ERR_TARFLOW_SHAPE', `images must hold ${ws.batch} x ${C} x ${S} x ${S} = ${expected} values, got ${images.length}`);
-    }
+    const { inChannels: C, imgSize: S } = this.config;
+    checkArray('images', images, [Float32Array, Float64Array]);
+    checkLength('images', images, expected, `${ws.batch} x ${C} x ${S} x ${S} = ${expected} values (pixels scaled to [-1, 1])`);
+    this.checkLabels(labels, ws.batch);
     for (let i = 0; i < images.length; i++) {
       if (!Number.isFinite(images[i])) {
         const per = expected / ws.batch;
-        throw new TarflowError('ERR_TARFLOW_DATA', `image ${Math.floor(i / per)} contains ${images[i]} at value ${i % per}; inputs must be finite (pixels scaled to [-1, 1])`);
+        throw validationError('ERR_TARFLOW_DATA', `images[${i}]`, 'a finite value (pixels scaled to [-1, 1])', describeValue(images[i]), `value ${i % per} of image ${Math.floor(i / per)}`);
       }
     }
     const data = this.dtype === 'float32' ? (images instanceof Float32Array ? images : Float32Array.from(images)) : images instanceof Float64Array ? images : Float64Array.from(images);
@@ -245,24 +263,20 @@ export class TarFlow {
   }
 
   setLabels(ws: Workspace, labels?: Int32Array | null): void {
-    if (this.config.numClasses === 0) {
-      ws.labels.fill(-1);
-      return;
-    }
-    if (!labels) {
-      ws.labels.fill(-1);
-      return;
-    }
-    if (labels.length !== ws.batch) {
-      throw new TarflowError('ERR_TARFLOW_SHAPE', `labels must hold one label per image (${ws.batch}), got ${labels.length}`);
-    }
-    for (let i = 0; i < labels.length; i++) {
-      const y = labels[i];
-      if (!Number.isInteger(y) || y >= this.config.numClasses || y < -1) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `label ${y} of image ${i} is out of range: the model has ${this.config.numClasses} classes (0..${this.config.numClasses - 1}, or -1 for none)`);
-      }
-    }
-    ws.labels.copyFrom(labels);
+    this.checkLabels(labels, ws.batch);
+    if (this.config.numClasses === 0 || !labels) ws.labels.fill(-1);
+    else ws.labels.copyFrom(labels);
+  }
+
+  /**
+   * Checks the labels of a batch of `batch` images: an Int32Array of one class (or -1, none) per image, or
+   * null/undefined for none at all. An unconditional model ignores their values.
+   */
+  checkLabels(labels: Int32Array | null | undefined, batch: number): void {
+    if (labels === null || labels === undefined) return;
+    checkArray('labels', labels, [Int32Array]);
+    checkLength('labels', labels, batch, `${batch} labels (one per image)`);
+    if (this.config.numClasses > 0) checkLabels('labels', labels, this.config.numClasses, true);
   }
 
   /** z = f(x) for the workspace inputs; saves the activations the backward needs. */
@@ -384,12 +398,7 @@ export class TarFlow {
   reverse(latents: Tensor, out: Tensor, labels: Tensor | null, guidance: GuidanceOptions = {}): void {
     this.assertAlive();
     const cfg = this.config;
-    const w = guidance.guidance ?? 0;
-    const what = guidance.guideWhat ?? 'ab';
-    if (!(w >= 0) || !Number.isFinite(w)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `guidance must be a finite number >= 0, got ${w}`);
-    if (what !== 'ab' && what !== 'a' && what !== 'b') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `guideWhat must be 'ab', 'a' or 'b', got '${what as string}'`);
-    const tau = guidance.attnTemp ?? 1;
-    if (!(tau > 0) || !Number.isFinite(tau)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `attnTemp must be a finite number > 0, got ${tau}`);
+    const { guidance: w, guideWhat: what, attnTemp: tau, annealed } = resolveGuidance(guidance);
     const v = this.variance.toArray();
     for (let i = 0; i < v.length; i++) v[i] = Math.sqrt(v[i]);
     const sqrtVar = new this.backend.Tensor(this.dtype, this.variance.shape, v);
@@ -401,7 +410,7 @@ export class TarFlow {
     for (let k = cfg.numBlocks - 1; k >= 0; k--) {
       this.ops.blockReverse(latents, this.params.blocks[k], {
         flip: k % 2 === 1, nvp: cfg.nvp, heads: this.shape.heads, labels: cfg.numClasses > 0 ? labels : null,
-        guidance: w, guideA: what.includes('a'), guideB: what.includes('b'), annealed: guidance.annealed ?? false,
+        guidance: w, guideA: what.includes('a'), guideB: what.includes('b'), annealed,
         tempUncond: tau, eps: LN_EPS,
       });
     }

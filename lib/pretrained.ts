@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TarflowError } from './errors.js';
+import { describeValue, validationError } from './validate.js';
 
 export interface PretrainedModel {
   /** Path inside the package. */
@@ -27,12 +28,15 @@ export const PRETRAINED: Readonly<Record<string, PretrainedModel>> = {
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+/** The shipped model of that name, if there is one (inherited Object properties such as 'constructor' are not). */
+export function shippedModel(name: string): PretrainedModel | undefined {
+  return Object.hasOwn(PRETRAINED, name) ? PRETRAINED[name] : undefined;
+}
+
 /** The absolute path of a shipped model, or a clear error when the name is unknown or the file is missing. */
 export function pretrainedPath(name: string): string {
-  const entry = PRETRAINED[name];
-  if (!entry) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `no shipped model named '${name}'; the package ships ${Object.keys(PRETRAINED).join(', ')}`);
-  }
+  const entry = shippedModel(name);
+  if (!entry) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model', `the name of a shipped model (${Object.keys(PRETRAINED).join(', ')})`, describeValue(name));
   const path = join(packageRoot, entry.file);
   if (!existsSync(path)) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `the shipped model '${name}' is missing from this installation (${path}); pass --checkpoint FILE`);

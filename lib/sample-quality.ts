@@ -13,8 +13,9 @@ import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import type { GuidanceOptions, TarFlow } from './model.js';
-import { generate } from './sampling.js';
-import type { TaskContext } from './tasks.js';
+import { generate, resolveGenerateOptions } from './sampling.js';
+import { checkArray, checkLength, checkNumber, checkObject, optional, validationError } from './validate.js';
+import { checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
   /** count * dim bytes, one image after another. */
@@ -47,9 +48,7 @@ export interface KnnResult {
 // by a few parts in 1e6, so a margin of extra candidates makes the exact re-rank see the true k nearest.
 const CANDIDATE_MARGIN = 16;
 
-function positiveInt(name: string, v: number): void {
-  if (!Number.isInteger(v) || v < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name} must be a positive integer, got ${v}`);
-}
+const positiveInt = (name: string, v: unknown) => checkNumber(name, v, { integer: true, min: 1 });
 
 /** Exact squared distance in 0..255 pixel units (an integer, at most dim * 255^2). */
 function exactSquaredDistance(a: Uint8Array, aOff: number, b: Uint8Array, bOff: number, dim: number): number {
@@ -95,18 +94,18 @@ function uploadImages(backend: Backend, images: Uint8Array, start: number, n: nu
  * Euclidean distance, and reports each query's nearest reference and its distance.
  */
 export function knnClassify(backend: Backend, reference: KnnReference, queries: Uint8Array, k = 3, opts: KnnOptions = {}): KnnResult {
+  checkObject('reference', reference);
   const { images: refImages, labels: refLabels, count: R, dim } = reference;
   positiveInt('reference.dim', dim);
   positiveInt('reference.count', R);
-  if (refImages.length !== R * dim) {
-    throw new TarflowError('ERR_TARFLOW_SHAPE', `reference.images holds ${refImages.length} bytes, not ${R} images of ${dim} pixels`);
-  }
-  if (refLabels.length !== R) throw new TarflowError('ERR_TARFLOW_SHAPE', `reference.labels holds ${refLabels.length} labels for ${R} images`);
+  checkLength('reference.images', checkArray('reference.images', refImages, [Uint8Array]), R * dim, `${R} images of ${dim} pixels = ${R * dim} bytes`);
+  checkLength('reference.labels', checkArray('reference.labels', refLabels, [Int32Array]), R, `${R} labels (one per image)`);
+  checkArray('queries', queries, [Uint8Array]);
   if (queries.length % dim !== 0) {
-    throw new TarflowError('ERR_TARFLOW_SHAPE', `queries hold ${queries.length} bytes, not a whole number of ${dim}-pixel images; pass images of the reference's size`);
+    throw validationError('ERR_TARFLOW_SHAPE', 'queries', `a whole number of ${dim}-pixel images`, `${queries.length} bytes`, "pass images of the reference's size");
   }
-  positiveInt('k', k);
-  if (k > R) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `k = ${k} exceeds the ${R} reference images; use a smaller k`);
+  checkNumber('k', k, { integer: true, min: 1, max: R }, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  checkObject('options', opts);
   const queryBlock = opts.queryBlock ?? 512;
   const referenceBlock = Math.min(opts.referenceBlock ?? 8192, R);
   positiveInt('queryBlock', queryBlock);
@@ -302,10 +301,15 @@ export function checkMnistConditional(model: TarFlow): void {
  */
 export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOptions = {}): Promise<SampleQuality> {
   checkMnistConditional(model);
-  const count = options.count ?? 1000;
-  positiveInt('count', count);
-  const k = options.k ?? 3;
-  positiveInt('k', k);
+  checkObject('options', options);
+  const k = positiveInt('k', options.k ?? 3);
+  const dim = 28 * 28;
+  const sampling = {
+    seed: options.seed, denoiseSigma: options.denoiseSigma,
+    guidance: options.guidance, guideWhat: options.guideWhat, attnTemp: options.attnTemp, annealed: options.annealed,
+  };
+  // Checked before MNIST is read: generate() would only see them after.
+  const { count, batchSize: batch } = resolveGenerateOptions({ ...sampling, count: options.count ?? 1000, batchSize: options.batchSize }, dim);
   const start = performance.now();
   const train = options.train ?? await loadMnist('train');
   const test = options.test ?? await loadMnist('test');
@@ -314,20 +318,14 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
       throw new TarflowError('ERR_TARFLOW_DATA', `${ds.name} is not labelled 1 x 28 x 28 MNIST; pass the sets from loadMnist('train') and loadMnist('test')`);
     }
   }
-  const dim = 28 * 28;
 
   // Generated in batches so an abort lands between two of them; image i depends only on (seed, i).
   const samples = new Uint8Array(count * dim);
-  const batch = options.batchSize ?? 256;
-  positiveInt('batchSize', batch);
   let redraws = 0;
   for (let s = 0; s < count; s += batch) {
     if (options.signal?.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'sample evaluation was aborted');
     const n = Math.min(batch, count - s);
-    const r = generate(model, {
-      count: n, startIndex: s, batchSize: batch, seed: options.seed ?? 0, denoiseSigma: options.denoiseSigma,
-      guidance: options.guidance, guideWhat: options.guideWhat, attnTemp: options.attnTemp, annealed: options.annealed,
-    });
+    const r = generate(model, { ...sampling, count: n, startIndex: s, batchSize: batch });
     samples.set(r.images, s * dim);
     redraws += r.redraws.length;
     options.onProgress?.('sample', s + n, count);
@@ -379,6 +377,9 @@ export interface EvalSamplesSpec extends GuidanceOptions {
 
 /** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
 export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {
+  checkCheckpointSpec(spec);
+  optional(spec.k, (v) => positiveInt('k', v));
+  resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
   try {
     // The context is polled, not signalled, so the poll happens at each progress report (between batches).

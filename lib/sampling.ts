@@ -2,8 +2,10 @@
  * Generating images: latent noise from a seed, the exact sequential inverse with guidance, the optional score
  * step that denoises, and detection of non-finite samples.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { TarflowError } from './errors.js';
-import type { GuidanceOptions, TarFlow } from './model.js';
+import { SEED_RULE, resolveGuidance, type GuidanceOptions, type TarFlow } from './model.js';
+import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, describeValue, optional, validationError } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -19,17 +21,18 @@ export interface DenoiseOptions {
 export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array | null, options: DenoiseOptions): Float32Array {
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
-  if (images.length === 0 || images.length % per) {
-    throw new TarflowError('ERR_TARFLOW_SHAPE', `images must hold B x ${C} x ${S} x ${S} values, got ${images.length}`);
-  }
-  if (!(options.sigma >= 0)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `sigma must be >= 0, got ${options.sigma}`);
-  const B = images.length / per;
+  checkArray('images', images, [Float32Array]);
+  const B = checkBatch('images', images, per, `${C} x ${S} x ${S} images`);
+  model.checkLabels(labels, B);
+  checkObject('options', options);
+  const sigma = checkNumber('sigma', options.sigma, { min: 0 });
+  const lambda = checkNumber('lambda', options.lambda ?? 1);
   const ws = model.workspace(B);
   model.setInputs(ws, images, labels);
   model.forward(ws);
   model.backward(ws, null);
   const grad = ws.dx.toArray();
-  const step = (options.lambda ?? 1) * B * per * options.sigma * options.sigma;
+  const step = lambda * B * per * sigma * sigma;
   const out = new Float32Array(images.length);
   for (let i = 0; i < out.length; i++) out[i] = images[i] - step * grad[i];
   return out;
@@ -70,23 +73,40 @@ export function resolveLabels(model: TarFlow, count: number, labels: GenerateOpt
   const n = model.config.numClasses;
   if (n === 0) {
     if (labels !== undefined && !(typeof labels === 'number' && labels < 0)) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'the model is unconditional; do not pass labels');
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'labels', 'none (the model is unconditional)', describeValue(labels));
     }
     return null;
   }
-  const out = new Int32Array(count);
-  if (labels === undefined) for (let i = 0; i < count; i++) out[i] = (startIndex + i) % n;
-  else if (typeof labels === 'number') out.fill(labels);
-  else {
-    if (labels.length !== count) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `got ${labels.length} labels for ${count} images`);
-    out.set(labels);
+  if (labels === undefined) return Int32Array.from({ length: count }, (_, i) => (startIndex + i) % n);
+  if (typeof labels === 'number') {
+    checkLabels('labels', [labels], n, true);
+    return new Int32Array(count).fill(labels);
   }
-  for (let i = 0; i < count; i++) {
-    if (!Number.isInteger(out[i]) || out[i] < -1 || out[i] >= n) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `label ${out[i]} is out of range: the model has ${n} classes (0..${n - 1}, or -1 for unconditional)`);
-    }
+  if (!Array.isArray(labels) && !(labels instanceof Int32Array)) {
+    throw validationError('ERR_TARFLOW_DTYPE', 'labels', 'a class index, an array of them or an Int32Array', describeValue(labels));
   }
-  return out;
+  checkLength('labels', labels, count, `${count} labels (one per image)`);
+  // Checked before the copy: an Int32Array would turn 2.5 or 1e10 into some other, valid-looking class.
+  checkLabels('labels', labels, n, true);
+  return Int32Array.from(labels);
+}
+
+/** The largest image batch one result buffer holds. */
+const MAX_RESULT_BYTES = bufferConstants.MAX_LENGTH;
+
+/** The numeric options of generate() with their defaults, checked; a model is needed only for the labels. */
+export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1) {
+  checkObject('options', options);
+  const count = checkNumber('count', options.count, { integer: true, min: 1, max: Math.floor(MAX_RESULT_BYTES / imageBytes) });
+  return {
+    count,
+    seed: checkNumber('seed', options.seed ?? 0, SEED_RULE),
+    startIndex: checkNumber('startIndex', options.startIndex ?? 0, { integer: true, min: 0 }),
+    batchSize: checkNumber('batchSize', options.batchSize ?? 256, { integer: true, min: 1 }),
+    maxRedraws: checkNumber('maxRedraws', options.maxRedraws ?? 3, { integer: true, min: 0 }),
+    denoiseSigma: optional(options.denoiseSigma, (v) => checkNumber('denoiseSigma', v, { min: 0 })),
+    guidance: resolveGuidance(options),
+  };
 }
 
 function floatsToBytes(x: ArrayLike<number>, out: Uint8Array, offset: number): void {
@@ -106,16 +126,12 @@ function finite(x: ArrayLike<number>, start: number, n: number): boolean {
  * step. A sample that comes out NaN/Inf is redrawn from the next noise stream (recorded), never returned silently.
  */
 export function generate(model: TarFlow, options: GenerateOptions): GenerateResult {
-  const count = options.count;
-  if (!Number.isInteger(count) || count < 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `count must be a positive integer, got ${count}`);
-  const seed = options.seed ?? 0;
-  const start = options.startIndex ?? 0;
-  const batch = Math.min(options.batchSize ?? 256, count);
-  const maxRedraws = options.maxRedraws ?? 3;
-  const labels = resolveLabels(model, count, options.labels, start);
   const { inChannels: C, imgSize: S } = model.config;
   const { tokens: T, patchDim: D } = model.shape;
   const per = C * S * S;
+  const { count, seed, startIndex: start, batchSize, maxRedraws, denoiseSigma, guidance } = resolveGenerateOptions(options, per);
+  const batch = Math.min(batchSize, count);
+  const labels = resolveLabels(model, count, options.labels, start);
   const images = new Uint8Array(count * per);
   const redraws: GenerateResult['redraws'] = [];
   const Tensor = model.backend.Tensor;
@@ -137,9 +153,9 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
           row.dispose();
         });
       }
-      model.reverse(z, out, lab, options);
+      model.reverse(z, out, lab, guidance);
       let x = Float32Array.from(out.toArray());
-      if (options.denoiseSigma !== undefined && options.denoiseSigma > 0) {
+      if (denoiseSigma !== undefined && denoiseSigma > 0) {
         // A non-finite sample will be redrawn; it must not stop the denoising of the others, whose score step
         // does not depend on it (the loss is a per-sample sum). It goes through as zeros and comes back NaN.
         const broken: number[] = [];
@@ -149,7 +165,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
             x.fill(0, i * per, (i + 1) * per);
           }
         }
-        x = denoise(model, x, lab ? (lab.toArray() as Int32Array) : null, { sigma: options.denoiseSigma });
+        x = denoise(model, x, lab ? (lab.toArray() as Int32Array) : null, { sigma: denoiseSigma });
         for (const i of broken) x.fill(NaN, i * per, (i + 1) * per);
       }
       return x;

@@ -10,11 +10,12 @@ import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } fro
 import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType } from './backend.js';
 import { TarflowError } from './errors.js';
-import { evaluateBpd, scoreImages } from './evaluate.js';
-import { TarFlow } from './model.js';
+import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
+import { SEED_RULE, TarFlow } from './model.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, type GenerateOptions } from './sampling.js';
-import { Trainer, type TrainOptions } from './train.js';
+import { generate, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
+import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
+import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, validationError } from './validate.js';
 
 export interface Progress {
   task: 'train' | 'sample' | 'evaluate' | 'score';
@@ -204,13 +205,31 @@ function decodeProgress(ctx: TaskContext): Pick<LoadOptions, 'onProgress' | 'sig
   };
 }
 
+/**
+ * Checks everything a training run is told before it reads its data, so that a bad option (the sample
+ * guidance, say) is refused at once, not after the run.
+ */
+function checkTrainSpec(spec: TrainSpec): void {
+  checkObject('spec', spec);
+  checkString('out', spec.out);
+  checkTrainOptions(spec);
+  optional(spec.dataset, (v) => checkString('dataset', v));
+  optional(spec.config, (v) => fromReferenceConfig(v));
+  checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
+  for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
+  checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
+  optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));
+  optional(spec.checkpointEvery, (v) => checkNumber('checkpointEvery', v, { integer: true, min: 1 }));
+  optional(spec.sampleEvery, (v) => checkNumber('sampleEvery', v, { integer: true, min: 0 }));
+  optional(spec.evalImages, (v) => checkNumber('evalImages', v, { integer: true, min: 0 }));
+  optional(spec.sampleGuidance, (v) => checkNumber('sampleGuidance', v, { min: 0 }));
+}
+
 function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
   const conditional = spec.conditional ?? data.labels !== null;
   if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `a conditional model needs labels, but ${data.name} has none`);
   if (spec.config) return fromReferenceConfig(spec.config);
-  const presetName = spec.preset ?? 'tiny';
-  const preset = PRESETS[presetName];
-  if (!preset) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `unknown preset '${presetName as string}'; use ${Object.keys(PRESETS).join(' or ')}`);
+  const preset = PRESETS[spec.preset ?? 'tiny'];
   let patchSize: number = preset.patchSize;
   if (data.size % patchSize !== 0) {
     const fit = [4, 2, 8, 1].find((p) => data.size % p === 0)!;
@@ -233,7 +252,7 @@ async function writeSampleGrid(model: TarFlow, path: string, options: Omit<Gener
 }
 
 export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
-  if (!spec.out) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'train needs an output folder (out)');
+  checkTrainSpec(spec);
   await mkdir(spec.out, { recursive: true });
   const data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx));
   const statePath = join(spec.out, 'train-state.safetensors');
@@ -307,12 +326,23 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
   }
 }
 
-async function openModel(checkpoint: string, config: Record<string, unknown> | undefined, device?: DeviceOption): Promise<TarFlow> {
-  return loadModel(checkpoint, { device, config });
+/** The checkpoint tasks' common fields, checked before the checkpoint is read. */
+export function checkCheckpointSpec(spec: { checkpoint: string; config?: Record<string, unknown> }): void {
+  checkObject('spec', spec);
+  checkString('checkpoint', spec.checkpoint);
+  optional(spec.config, (v) => fromReferenceConfig(v));
+}
+
+async function openModel(spec: { checkpoint: string; config?: Record<string, unknown>; device?: DeviceOption }): Promise<TarFlow> {
+  return loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
 }
 
 export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
-  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  checkCheckpointSpec(spec);
+  checkString('out', spec.out);
+  resolveGenerateOptions(spec);
+  optional(spec.cols, (v) => checkNumber('cols', v, { integer: true, min: 1 }));
+  const model = await openModel(spec);
   try {
     const meter = new RateMeter();
     const controller = new AbortController();
@@ -352,7 +382,11 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
 }
 
 export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
-  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  checkCheckpointSpec(spec);
+  checkScoreOptions(spec);
+  checkOneOf('split', spec.split ?? 'test', ['train', 'test']);
+  optional(spec.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
+  const model = await openModel(spec);
   try {
     const data = await loadDataset(spec.dataset ?? 'mnist', spec.split ?? 'test', {
       labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
@@ -373,7 +407,10 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
 }
 
 export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bitsPerDim: number[]; mean: number }> {
-  const model = await openModel(spec.checkpoint, spec.config, spec.device);
+  checkCheckpointSpec(spec);
+  checkString('images', spec.images);
+  checkScoreOptions(spec);
+  const model = await openModel(spec);
   try {
     const data = await loadDataset(spec.images, 'test', {
       labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
@@ -382,11 +419,7 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bit
       throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);
     }
     const labels = model.config.numClasses > 0 ? data.labels : null;
-    if (labels) {
-      for (const y of labels) {
-        if (y >= model.config.numClasses) throw new TarflowError('ERR_TARFLOW_DATA', `label ${y} is out of range for a model with ${model.config.numClasses} classes`);
-      }
-    }
+    if (labels) checkLabels(`${data.name}: labels`, labels, model.config.numClasses, false, 'ERR_TARFLOW_DATA');
     const controller = new AbortController();
     const bpd = scoreImages(model, data.images, labels, {
       batchSize: spec.batchSize, seed: spec.seed, signal: controller.signal,
@@ -402,19 +435,26 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bit
   }
 }
 
-/** Reads a JSON config file (for checkpoints without metadata). */
+/** Reads a JSON config file (for checkpoints without metadata) and checks it is a model config. */
 export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `cannot read config file ${path}: ${(err as Error).message}`);
+    throw validationError('ERR_TARFLOW_CONFIG', `config file ${path}`, 'a readable file', (err as Error).message);
   }
+  return parseConfigText(text, `config file ${path}`);
+}
+
+/** The text of a config file as an object, checked as a model config (snake_case or camelCase names). */
+export function parseConfigText(text: string, source: string): Record<string, unknown> {
+  let value: unknown;
   try {
-    const v = JSON.parse(text) as unknown;
-    if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
-    return v as Record<string, unknown>;
+    value = JSON.parse(text);
   } catch (err) {
-    throw new TarflowError('ERR_TARFLOW_CONFIG', `${path} is not a JSON object: ${(err as Error).message}`);
+    throw validationError('ERR_TARFLOW_CONFIG', source, 'a JSON object', `invalid JSON (${(err as Error).message})`);
   }
+  const config = checkObject(source, value, 'ERR_TARFLOW_CONFIG');
+  fromReferenceConfig(config);
+  return config;
 }

@@ -11,6 +11,7 @@ import { checkDatasetFits, epochPermutation, type ImageDataset } from './data.js
 import { TarflowError } from './errors.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
+import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type NumberRule } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsTensor } from './safetensors.js';
 
 export interface TrainOptions {
@@ -65,43 +66,61 @@ const STREAM_NOISE = 11;
 const STREAM_LABEL_DROP = 12;
 const STREAM_FLIP = 13;
 
-export function resolveTrainOptions(o: TrainOptions, datasetSize: number): ResolvedTrainOptions {
-  const batchSize = o.batchSize ?? 256;
-  const num = (v: number | undefined, dflt: number, name: string, ok: (x: number) => boolean, what: string) => {
-    const x = v ?? dflt;
-    if (typeof x !== 'number' || !ok(x)) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name} must be ${what}, got ${JSON.stringify(v)}`);
-    return x;
+/** The bounds of each numeric option; the command line checks its flags against the same rules. */
+export const trainOptionRules = {
+  batchSize: { integer: true, min: 1 },
+  epochs: { above: 0 },
+  steps: { integer: true, min: 1 },
+  lr: { above: 0 },
+  minLr: { min: 0 },
+  warmupSteps: { integer: true, min: 0 },
+  beta1: { min: 0, below: 1 },
+  beta2: { min: 0, below: 1 },
+  eps: { above: 0 },
+  weightDecay: { min: 0 },
+  sigma: { min: 0 },
+  labelDrop: { min: 0, max: 1 },
+  clipGradNorm: { above: 0 },
+  maxNonFiniteSteps: { integer: true, min: 1 },
+  // the data order's generator takes a 32-bit seed
+  seed: { integer: true, min: 0, below: 2 ** 32 },
+} as const satisfies Record<string, NumberRule>;
+
+/** Checks every option and fills the defaults that do not depend on the dataset, so a run can refuse bad options before reading its data. */
+export function checkTrainOptions(o: TrainOptions) {
+  checkObject('options', o);
+  const num = (name: keyof typeof trainOptionRules) => optional(o[name], (v) => checkNumber(name, v, trainOptionRules[name]));
+  return {
+    batchSize: num('batchSize') ?? 256,
+    epochs: num('epochs') ?? 1,
+    steps: num('steps'),
+    lr: num('lr') ?? 2e-3,
+    minLr: num('minLr') ?? 1e-6,
+    warmupSteps: num('warmupSteps'),
+    beta1: num('beta1') ?? 0.9,
+    beta2: num('beta2') ?? 0.95,
+    eps: num('eps') ?? 1e-8,
+    weightDecay: num('weightDecay') ?? 1e-4,
+    noise: checkOneOf('noise', o.noise ?? 'gaussian', ['gaussian', 'uniform']),
+    sigma: num('sigma') ?? 0.1,
+    labelDrop: num('labelDrop') ?? 0.1,
+    hflip: checkBoolean('hflip', o.hflip ?? false),
+    clipGradNorm: o.clipGradNorm === null ? null : num('clipGradNorm') ?? null,
+    maxNonFiniteSteps: num('maxNonFiniteSteps') ?? 50,
+    seed: num('seed') ?? 0,
   };
-  const int = (x: number) => Number.isInteger(x);
-  num(batchSize, 256, 'batchSize', (x) => int(x) && x >= 1, 'a positive integer');
+}
+
+export function resolveTrainOptions(o: TrainOptions, datasetSize: number): ResolvedTrainOptions {
+  const checked = checkTrainOptions(o);
+  const { batchSize, epochs } = checked;
   if (batchSize > datasetSize) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `batchSize ${batchSize} is larger than the dataset (${datasetSize} images); use a smaller batch`);
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'batchSize', `at most the dataset size (${datasetSize} images)`, describeValue(batchSize), 'use a smaller batch');
   }
   const stepsPerEpoch = Math.floor(datasetSize / batchSize);
-  const epochs = num(o.epochs, 1, 'epochs', (x) => x > 0, 'a positive number');
-  const steps = o.steps !== undefined ? num(o.steps, 1, 'steps', (x) => int(x) && x >= 1, 'a positive integer') : Math.max(1, Math.round(epochs * stepsPerEpoch));
-  const noise = o.noise ?? 'gaussian';
-  if (noise !== 'gaussian' && noise !== 'uniform') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `noise must be 'gaussian' or 'uniform', got '${noise as string}'`);
-  return {
-    batchSize,
-    epochs,
-    steps,
-    lr: num(o.lr, 2e-3, 'lr', (x) => x > 0 && Number.isFinite(x), 'a positive number'),
-    minLr: num(o.minLr, 1e-6, 'minLr', (x) => x >= 0, 'a number >= 0'),
-    // The paper warms up over one epoch; a run of only a few epochs keeps most of its steps for the cosine.
-    warmupSteps: num(o.warmupSteps, Math.min(stepsPerEpoch, Math.floor(steps / 4)), 'warmupSteps', (x) => int(x) && x >= 0, 'an integer >= 0'),
-    beta1: num(o.beta1, 0.9, 'beta1', (x) => x >= 0 && x < 1, 'in [0, 1)'),
-    beta2: num(o.beta2, 0.95, 'beta2', (x) => x >= 0 && x < 1, 'in [0, 1)'),
-    eps: num(o.eps, 1e-8, 'eps', (x) => x > 0, 'a positive number'),
-    weightDecay: num(o.weightDecay, 1e-4, 'weightDecay', (x) => x >= 0, 'a number >= 0'),
-    noise,
-    sigma: num(o.sigma, 0.1, 'sigma', (x) => x >= 0 && Number.isFinite(x), 'a number >= 0'),
-    labelDrop: num(o.labelDrop, 0.1, 'labelDrop', (x) => x >= 0 && x <= 1, 'in [0, 1]'),
-    hflip: o.hflip ?? false,
-    clipGradNorm: o.clipGradNorm === undefined || o.clipGradNorm === null ? null : num(o.clipGradNorm, 0, 'clipGradNorm', (x) => x > 0, 'a positive number'),
-    maxNonFiniteSteps: num(o.maxNonFiniteSteps, 50, 'maxNonFiniteSteps', (x) => int(x) && x >= 1, 'a positive integer'),
-    seed: num(o.seed, 0, 'seed', (x) => int(x) && x >= 0 && x < 2 ** 32, 'an integer in [0, 2^32)'),
-  };
+  const steps = checked.steps ?? Math.max(1, Math.round(epochs * stepsPerEpoch));
+  // The paper warms up over one epoch; a run of only a few epochs keeps most of its steps for the cosine.
+  return { ...checked, steps, warmupSteps: checked.warmupSteps ?? Math.min(stepsPerEpoch, Math.floor(steps / 4)) };
 }
 
 /** Learning rate at `step` (0-based): linear warm-up from minLr to lr, then cosine back to minLr at the last step. */

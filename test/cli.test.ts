@@ -94,10 +94,10 @@ test('eval and score report bits/dim', () => {
 test('bad command lines fail with a message that names the problem', () => {
   const unknown = run(['trian']);
   assert.is(unknown.code, 2);
-  assert.match(unknown.stderr, /unknown command 'trian'/);
+  assert.match(unknown.stderr, /command: expected one of 'train', .*got "trian"/);
   const badNum = run(['train', '--steps', 'abc']);
   assert.is(badNum.code, 1);
-  assert.match(badNum.stderr, /--steps must be an integer/);
+  assert.match(badNum.stderr, /--steps: expected a positive integer, written in decimal, got "abc"/);
   const badFlag = run(['sample', '--bogus']);
   assert.is(badFlag.code, 2);
   assert.match(badFlag.stderr, /bogus/);

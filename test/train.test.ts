@@ -113,7 +113,7 @@ test('learning rate: warm-up from minLr to the peak, cosine back to minLr at the
 
 test('bad training options are rejected with the option named', () => {
   for (const [opts, re] of [
-    [{ batchSize: 0 }, /batchSize/], [{ batchSize: 1e6 }, /larger than the dataset/], [{ lr: -1 }, /lr/],
+    [{ batchSize: 0 }, /batchSize/], [{ batchSize: 1e6 }, /batchSize: expected at most the dataset size \(1000 images\), got 1000000; use a smaller batch/], [{ lr: -1 }, /lr/],
     [{ noise: 'salt' }, /noise/], [{ labelDrop: 2 }, /labelDrop/], [{ seed: -3 }, /seed/], [{ clipGradNorm: 0 }, /clipGradNorm/],
   ] as const) {
     try {

@@ -1,0 +1,425 @@
+/**
+ * Argument checking at every public entry point: bad shapes, dtypes, label ranges, batch sizes and option values
+ * are refused with a TarflowError whose message reads "<argument>: expected <what>, got <what came>", before any
+ * native work (no tensor allocated, no op called).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getBackend } from '../lib/backend.js';
+import { fromReferenceConfig, validateConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
+import { loadModel, saveModel } from '../lib/checkpoint.js';
+import { commandSpec, parseFlags } from '../lib/cli.js';
+import { makeDataset } from '../lib/data.js';
+import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
+import { evaluateBpd, scoreImages } from '../lib/evaluate.js';
+import { evalSamples, evaluate, generateToDisk, sample, score, train } from '../lib/jobs.js';
+import { TarFlow } from '../lib/model.js';
+import { evaluateSamples, knnClassify } from '../lib/sample-quality.js';
+import { denoise, generate, resolveLabels } from '../lib/sampling.js';
+import { readConfigFile } from '../lib/tasks.js';
+import { Trainer, resolveTrainOptions } from '../lib/train.js';
+import { describeValue } from '../lib/validate.js';
+
+const INVALID = 'ERR_TARFLOW_INVALID_ARGUMENT';
+const SHAPE = 'ERR_TARFLOW_SHAPE';
+const DTYPE = 'ERR_TARFLOW_DTYPE';
+const CONFIG = 'ERR_TARFLOW_CONFIG';
+
+/** What a refusal must say: the argument, (part of) the expectation and the rendered value that came. */
+interface Refusal {
+  code: TarflowErrorCode;
+  name: string;
+  expected: string;
+  got: string;
+}
+
+function checkRefusal(caught: unknown, want: Refusal): TarflowError {
+  if (!(caught instanceof TarflowError)) {
+    assert.unreachable(`expected a TarflowError ${want.code} naming ${want.name}, got ${caught === undefined ? 'no error' : String(caught)}`);
+  }
+  const err = caught as TarflowError;
+  assert.is(err.code, want.code, `wrong code; message: ${err.message}`);
+  assert.ok(err.message.startsWith(`${want.name}: expected `), `names '${want.name}': ${err.message}`);
+  assert.ok(err.message.includes(want.expected), `says what was expected (${want.expected}): ${err.message}`);
+  assert.ok(err.message.includes(`, got ${want.got}`), `says what came (${want.got}): ${err.message}`);
+  return err;
+}
+
+function refuses(fn: () => unknown, code: TarflowErrorCode, name: string, expected: string, got: string): TarflowError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (err) {
+    caught = err;
+  }
+  return checkRefusal(caught, { code, name, expected, got });
+}
+
+async function rejects(fn: () => Promise<unknown>, code: TarflowErrorCode, name: string, expected: string, got: string): Promise<TarflowError> {
+  let caught: unknown;
+  try {
+    await fn();
+  } catch (err) {
+    caught = err;
+  }
+  return checkRefusal(caught, { code, name, expected, got });
+}
+
+/**
+ * Counts the native work `fn` starts on `model`'s backend (tensors created, ops called) by swapping counting
+ * proxies into the backend for the call.
+ */
+function nativeWork(model: TarFlow, fn: () => unknown): number {
+  const backend = model.backend as unknown as { Tensor: object; ops: object };
+  const { Tensor, ops } = backend;
+  let calls = 0;
+  backend.Tensor = new Proxy(Tensor, { construct: (t, args, nt) => (calls++, Reflect.construct(t as never, args, nt)) });
+  backend.ops = new Proxy(ops, {
+    get: (t, key) => {
+      const v = Reflect.get(t, key) as unknown;
+      return typeof v === 'function' ? (...args: unknown[]) => (calls++, v.apply(t, args)) : v;
+    },
+  });
+  try {
+    fn();
+  } catch {
+    // the refusal itself is checked by the caller
+  } finally {
+    backend.Tensor = Tensor;
+    backend.ops = ops;
+  }
+  return calls;
+}
+
+/** The refusal, and that nothing native happened before it. */
+function refusesFirst(model: TarFlow, fn: () => unknown, code: TarflowErrorCode, name: string, expected: string, got: string): void {
+  refuses(fn, code, name, expected, got);
+  assert.is(nativeWork(model, fn), 0, `${name}: refused only after native work`);
+}
+
+const base: Partial<TarFlowConfig> = { inChannels: 1, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 2, layersPerBlock: 1 };
+const cond = new TarFlow({ ...base, numClasses: 3 }, { device: 'cpu', seed: 1 });
+const uncond = new TarFlow(base, { device: 'cpu', seed: 1 });
+const PER = 64;
+const dir = mkdtempSync(join(tmpdir(), 'tarflow-validation-'));
+
+test.after(() => {
+  cond.dispose();
+  uncond.dispose();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('describeValue renders any value briefly and never throws', () => {
+  assert.is(describeValue('x'.repeat(10_000)), `"${'x'.repeat(60)}"... (10000 characters)`);
+  assert.is(describeValue(NaN), 'NaN');
+  assert.is(describeValue(-Infinity), '-Infinity');
+  assert.is(describeValue(-0), '-0');
+  assert.is(describeValue(12n), '12n');
+  assert.is(describeValue(undefined), 'undefined');
+  assert.is(describeValue(null), 'null');
+  assert.is(describeValue(Symbol('s')), 'a symbol');
+  assert.is(describeValue(() => 1), 'a function');
+  assert.is(describeValue(new Float64Array(5)), 'a Float64Array of 5 values');
+  assert.is(describeValue('a\nb"\u0000'), '"a\\nb\\"\\u0000"');
+  assert.is(describeValue([1, 'two', [3, [4]], { a: 1 }, 5, 6]), '[1, "two", [3, [...]], {a: 1}, ... (6 items)]');
+  assert.is(describeValue(JSON.parse('{"__proto__": {"x": 1}, "a b": 2}')), '{__proto__: {x: 1}, "a b": 2}');
+  const cyclic: Record<string, unknown> = {};
+  cyclic.self = cyclic;
+  assert.is(describeValue(cyclic), '{self: {self: {...}}}');
+  const hostile = new Proxy({}, { ownKeys: () => { throw new Error('boom'); } });
+  assert.is(describeValue(hostile), 'an unreadable value');
+  assert.is(describeValue({ get x() { throw new Error('boom'); } }), 'an unreadable value');
+  assert.ok(describeValue(Array.from({ length: 1e6 }, (_, i) => 'y'.repeat(i % 100))).length < 400);
+});
+
+test('configs: every field is named as written, with what it must be and what it was', () => {
+  for (const [field, value, got] of [
+    ['inChannels', '1', '"1"'], ['imgSize', 8.5, '8.5'], ['patchSize', 0, '0'], ['channels', NaN, 'NaN'],
+    ['numBlocks', -2, '-2'], ['layersPerBlock', 1e300, '1e+300'], ['headDim', null, 'null'], ['expansion', 2n, '2n'],
+  ] as const) {
+    refuses(() => validateConfig({ ...base, [field]: value }), CONFIG, `config.${field}`, 'a positive integer', got);
+  }
+  refuses(() => validateConfig({ ...base, nvp: 'yes' as never }), CONFIG, 'config.nvp', 'true or false', '"yes"');
+  refuses(() => validateConfig({ ...base, numClasses: -1 }), CONFIG, 'config.numClasses', 'an integer >= 0', '-1');
+  refuses(() => validateConfig(null as never), CONFIG, 'config', 'an object', 'null');
+  refuses(() => validateConfig([] as never), CONFIG, 'config', 'an object', '[]');
+  refuses(() => validateConfig({ ...base, numBlocks: 5000 }), CONFIG, 'config.numBlocks', 'at most 4096', '5000');
+  refuses(() => validateConfig({ ...base, numBlocks: 64, layersPerBlock: 65 }), CONFIG, 'config.layersPerBlock', 'at most 64 with 64 blocks', '65');
+  refuses(() => validateConfig({ ...base, channels: 2 ** 22 }), CONFIG, 'config', 'at most 2^40 parameters', '4.22e+14 parameters');
+  // the reference's snake_case names are the ones a config file or checkpoint metadata uses
+  const ref = toReferenceConfig(validateConfig(base));
+  refuses(() => fromReferenceConfig({ ...ref, patch_size: 3 }), CONFIG, 'config.patch_size', 'a divisor of config.img_size (8)', '3');
+  refuses(() => fromReferenceConfig({ ...ref, head_dim: 48 }), CONFIG, 'config.channels', 'a multiple of config.head_dim (48)', '64');
+  refuses(() => fromReferenceConfig({ ...ref, patch_size: 8 }), CONFIG, 'config.patch_size', 'less than config.img_size (8)', '8; the image must have at least 2 patches');
+  refuses(() => fromReferenceConfig({ ...ref, numClasses: 3 }), CONFIG, 'config', 'only the fields in_channels', 'the field "numClasses"');
+  refuses(() => fromReferenceConfig({ ...base, num_classes: 3 }), CONFIG, 'config', 'only the fields inChannels', 'the field "num_classes"');
+  refuses(() => fromReferenceConfig(JSON.parse(`{"__proto__": {"in_channels": 1}, ${JSON.stringify(ref).slice(1)}`)), CONFIG, 'config', 'only the fields', 'the field "__proto__"');
+  refuses(() => fromReferenceConfig('{}'), CONFIG, 'config', 'an object', '"{}"');
+});
+
+test('config files: unreadable, not JSON, not an object or not a model config', async () => {
+  const write = (name: string, text: string) => {
+    const p = join(dir, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const missing = join(dir, 'none.json');
+  await rejects(() => readConfigFile(missing), CONFIG, `config file ${missing}`, 'a readable file', 'ENOENT');
+  const truncated = write('truncated.json', '{"in_channels": 1, "img_');
+  await rejects(() => readConfigFile(truncated), CONFIG, `config file ${truncated}`, 'a JSON object', 'invalid JSON (');
+  const list = write('list.json', '[1, 2]');
+  await rejects(() => readConfigFile(list), CONFIG, `config file ${list}`, 'an object', '[1, 2]');
+  const ref = toReferenceConfig(validateConfig(base));
+  const bad = write('bad.json', JSON.stringify({ ...ref, channels: '64' }));
+  await rejects(() => readConfigFile(bad), CONFIG, 'config.channels', 'a positive integer', '"64"');
+  const good = write('good.json', JSON.stringify(ref));
+  assert.equal(await readConfigFile(good), ref);
+});
+
+test('models: construction options, workspace batch sizes, device', () => {
+  refuses(() => new TarFlow(base, { device: 'cpu', dtype: 'bfloat16' as never }), INVALID, 'dtype', "one of 'float32', 'float64'", '"bfloat16"');
+  refuses(() => new TarFlow(base, { device: 'cpu', seed: -1 }), INVALID, 'seed', 'an integer >= 0', '-1');
+  refuses(() => new TarFlow(base, { device: 'cpu', noInit: 1 as never }), INVALID, 'noInit', 'true or false', '1');
+  refuses(() => new TarFlow(base, null as never), INVALID, 'options', 'an object', 'null');
+  refuses(() => new TarFlow(base, { device: 'gpu' as never }), INVALID, 'device', "one of 'auto', 'cpu', 'cuda'", '"gpu"');
+  refuses(() => getBackend('' as never), INVALID, 'device', "one of 'auto', 'cpu', 'cuda'", '""');
+  for (const [batch, got] of [[0, '0'], [2.5, '2.5'], [NaN, 'NaN'], [-3, '-3']] as const) {
+    refusesFirst(cond, () => cond.workspace(batch), INVALID, 'batch', 'a positive integer', got);
+  }
+});
+
+test('model inputs: image shapes and dtypes, label counts, dtypes and ranges', () => {
+  const ws = cond.workspace(2);
+  const images = new Float32Array(2 * PER);
+  refuses(() => cond.setInputs(ws, new Float32Array(2 * PER - 1)), SHAPE, 'images', '2 x 1 x 8 x 8 = 128 values (pixels scaled to [-1, 1])', '127');
+  refuses(() => cond.setInputs(ws, Array.from(images) as never), DTYPE, 'images', 'a Float32Array or a Float64Array', '[0, 0, 0, 0, ... (128 items)]');
+  refuses(() => cond.setInputs(ws, images, Int32Array.of(1)), SHAPE, 'labels', '2 labels (one per image)', '1');
+  refuses(() => cond.setInputs(ws, images, [0, 1] as never), DTYPE, 'labels', 'an Int32Array', '[0, 1]');
+  refuses(() => cond.setInputs(ws, images, Int32Array.of(0, 3)), INVALID, 'labels[1]', 'a class index in 0..2 (the model has 3 classes) or -1 for none', '3');
+  refuses(() => cond.setLabels(ws, Int32Array.of(-2, 0)), INVALID, 'labels[0]', 'a class index in 0..2', '-2');
+  images[PER + 5] = Infinity;
+  const err = refuses(() => cond.setInputs(ws, images), 'ERR_TARFLOW_DATA', `images[${PER + 5}]`, 'a finite value (pixels scaled to [-1, 1])', 'Infinity');
+  assert.match(err.message, /value 5 of image 1$/);
+});
+
+test('guidance options are checked before the inverse starts', () => {
+  const z = new cond.backend.Tensor('float32', [1, 4, 16]);
+  const out = new cond.backend.Tensor('float32', [1, 1, 8, 8]);
+  try {
+    for (const [options, name, expected, got] of [
+      [{ guidance: -0.5 }, 'guidance', 'a finite number >= 0', '-0.5'],
+      [{ guidance: Infinity }, 'guidance', 'a finite number >= 0', 'Infinity'],
+      [{ guideWhat: 'c' }, 'guideWhat', "one of 'ab', 'a', 'b'", '"c"'],
+      [{ attnTemp: 0 }, 'attnTemp', 'a positive finite number', '0'],
+      [{ annealed: 'yes' }, 'annealed', 'true or false', '"yes"'],
+    ] as const) {
+      refusesFirst(cond, () => cond.reverse(z, out, null, options as never), INVALID, name, expected, got);
+    }
+  } finally {
+    z.dispose();
+    out.dispose();
+  }
+});
+
+test('generate: every option is refused before any tensor is made', () => {
+  const ok = { count: 3 };
+  for (const [options, code, name, expected, got] of [
+    [{ count: 0 }, INVALID, 'count', 'an integer in [1, ', '0'],
+    [{ count: 2.5 }, INVALID, 'count', 'an integer in [1, ', '2.5'],
+    [{ count: '3' }, INVALID, 'count', 'an integer in [1, ', '"3"'],
+    [{ count: 2 ** 40 }, INVALID, 'count', `an integer in [1, ${Math.floor(2 ** 32 / PER)}]`, '1099511627776'],
+    [{ ...ok, seed: -1 }, INVALID, 'seed', 'an integer >= 0', '-1'],
+    [{ ...ok, seed: 2 ** 60 }, INVALID, 'seed', '(at most 2^53 - 1)', '1152921504606847000'],
+    [{ ...ok, startIndex: 0.5 }, INVALID, 'startIndex', 'an integer >= 0', '0.5'],
+    [{ ...ok, batchSize: 0 }, INVALID, 'batchSize', 'a positive integer', '0'],
+    [{ ...ok, maxRedraws: -1 }, INVALID, 'maxRedraws', 'an integer >= 0', '-1'],
+    [{ ...ok, denoiseSigma: NaN }, INVALID, 'denoiseSigma', 'a finite number >= 0', 'NaN'],
+    [{ ...ok, guidance: -1 }, INVALID, 'guidance', 'a finite number >= 0', '-1'],
+    [{ ...ok, guideWhat: 'ba' }, INVALID, 'guideWhat', "one of 'ab', 'a', 'b'", '"ba"'],
+    [{ ...ok, labels: 3 }, INVALID, 'labels[0]', 'a class index in 0..2 (the model has 3 classes) or -1 for none', '3'],
+    [{ ...ok, labels: [0, 1.5, 2] }, INVALID, 'labels[1]', 'a class index in 0..2', '1.5'],
+    [{ ...ok, labels: [0, 1] }, SHAPE, 'labels', '3 labels (one per image)', '2'],
+    [{ ...ok, labels: Float64Array.of(0, 1, 2) }, DTYPE, 'labels', 'a class index, an array of them or an Int32Array', 'a Float64Array of 3 values'],
+    [{ ...ok, labels: '0,1,2' }, DTYPE, 'labels', 'a class index, an array of them or an Int32Array', '"0,1,2"'],
+  ] as const) {
+    refusesFirst(cond, () => generate(cond, options as never), code, name, expected, got);
+  }
+  refusesFirst(cond, () => generate(cond, undefined as never), INVALID, 'options', 'an object', 'undefined');
+  refusesFirst(uncond, () => generate(uncond, { count: 2, labels: [0, 1] }), INVALID, 'labels', 'none (the model is unconditional)', '[0, 1]');
+  refuses(() => resolveLabels(cond, 2, 7), INVALID, 'labels[0]', 'a class index in 0..2', '7');
+  assert.equal(Array.from(resolveLabels(cond, 4, undefined, 2)!), [2, 0, 1, 2]);
+  assert.equal(Array.from(resolveLabels(cond, 2, -1)!), [-1, -1]);
+});
+
+test('denoise: images, labels and step options', () => {
+  const x = new Float32Array(2 * PER);
+  const sigma = { sigma: 0.1 };
+  refusesFirst(cond, () => denoise(cond, new Float64Array(2 * PER) as never, null, sigma), DTYPE, 'images', 'a Float32Array', 'a Float64Array of 128 values');
+  refusesFirst(cond, () => denoise(cond, new Float32Array(PER + 1), null, sigma), SHAPE, 'images', 'a whole, non-zero number of 1 x 8 x 8 images', '65 values');
+  refusesFirst(cond, () => denoise(cond, new Float32Array(0), null, sigma), SHAPE, 'images', 'a multiple of 64 values', '0 values');
+  refusesFirst(cond, () => denoise(cond, x, Int32Array.of(0, 5), sigma), INVALID, 'labels[1]', 'a class index in 0..2', '5');
+  refusesFirst(cond, () => denoise(cond, x, Int32Array.of(0), sigma), SHAPE, 'labels', '2 labels (one per image)', '1');
+  refusesFirst(cond, () => denoise(cond, x, null, { sigma: -0.1 }), INVALID, 'sigma', 'a finite number >= 0', '-0.1');
+  refusesFirst(cond, () => denoise(cond, x, null, {} as never), INVALID, 'sigma', 'a finite number >= 0', 'undefined');
+  refusesFirst(cond, () => denoise(cond, x, null, { sigma: 0.1, lambda: Infinity }), INVALID, 'lambda', 'a finite number', 'Infinity');
+});
+
+test('scoring: uint8 images, labels, batch size and seed; dataset limits', () => {
+  const bytes = new Uint8Array(3 * PER);
+  refusesFirst(cond, () => scoreImages(cond, new Float32Array(3 * PER) as never, null), DTYPE, 'images', 'a Uint8Array', 'a Float32Array of 192 values');
+  refusesFirst(cond, () => scoreImages(cond, new Uint8Array(100), null), SHAPE, 'images', '1 x 8 x 8 uint8 images (a multiple of 64 values)', '100 values');
+  refusesFirst(cond, () => scoreImages(cond, bytes, Int32Array.of(0, 1)), SHAPE, 'labels', '3 labels (one per image)', '2');
+  refusesFirst(cond, () => scoreImages(cond, bytes, Int32Array.of(0, 1, 9)), INVALID, 'labels[2]', 'a class index in 0..2', '9');
+  refusesFirst(cond, () => scoreImages(cond, bytes, null, { batchSize: 0 }), INVALID, 'batchSize', 'a positive integer', '0');
+  refusesFirst(cond, () => scoreImages(cond, bytes, null, { seed: 1.5 }), INVALID, 'seed', 'an integer >= 0', '1.5');
+  const data = makeDataset('toy', bytes, 3, 1, 8, Int32Array.of(0, 1, 2));
+  refusesFirst(cond, () => evaluateBpd(cond, data, { limit: 0 }), INVALID, 'limit', 'a positive integer', '0');
+  refusesFirst(cond, () => evaluateBpd(cond, data, { batchSize: -1 }), INVALID, 'batchSize', 'a positive integer', '-1');
+});
+
+test('training: options are refused before the trainer allocates', () => {
+  const data = makeDataset('toy', new Uint8Array(32 * PER), 32, 1, 8, Int32Array.from({ length: 32 }, (_, i) => i % 3));
+  for (const [options, name, expected, got] of [
+    [{ batchSize: 0 }, 'batchSize', 'a positive integer', '0'],
+    [{ batchSize: 33 }, 'batchSize', 'at most the dataset size (32 images)', '33; use a smaller batch'],
+    [{ epochs: Infinity }, 'epochs', 'a positive finite number', 'Infinity'],
+    [{ steps: 1.5 }, 'steps', 'a positive integer', '1.5'],
+    [{ lr: 0 }, 'lr', 'a positive finite number', '0'],
+    [{ minLr: -1e-6 }, 'minLr', 'a finite number >= 0', '-0.000001'],
+    [{ warmupSteps: -1 }, 'warmupSteps', 'an integer >= 0', '-1'],
+    [{ beta1: 1 }, 'beta1', 'a finite number in [0, 1)', '1'],
+    [{ beta2: '0.9' }, 'beta2', 'a finite number in [0, 1)', '"0.9"'],
+    [{ eps: 0 }, 'eps', 'a positive finite number', '0'],
+    [{ weightDecay: NaN }, 'weightDecay', 'a finite number >= 0', 'NaN'],
+    [{ noise: 'salt' }, 'noise', "one of 'gaussian', 'uniform'", '"salt"'],
+    [{ sigma: -1 }, 'sigma', 'a finite number >= 0', '-1'],
+    [{ labelDrop: 1.5 }, 'labelDrop', 'a finite number in [0, 1]', '1.5'],
+    [{ hflip: 1 }, 'hflip', 'true or false', '1'],
+    [{ clipGradNorm: 0 }, 'clipGradNorm', 'a positive finite number', '0'],
+    [{ maxNonFiniteSteps: 0 }, 'maxNonFiniteSteps', 'a positive integer', '0'],
+    [{ seed: 2 ** 32 }, 'seed', 'an integer in [0, 4294967296)', '4294967296'],
+  ] as const) {
+    const o = { batchSize: 16, ...(options as object) } as never;
+    refuses(() => resolveTrainOptions(o, 32), INVALID, name, expected, got);
+    assert.is(nativeWork(cond, () => new Trainer(cond, data, o)), 0, `${name}: the trainer allocated before refusing`);
+  }
+  refuses(() => resolveTrainOptions(null as never, 32), INVALID, 'options', 'an object', 'null');
+  assert.is(resolveTrainOptions({ batchSize: 16, clipGradNorm: null as never }, 32).clipGradNorm, null);
+});
+
+test('sample quality: kNN arguments and evaluateSamples options, before MNIST is read', async () => {
+  const backend = getBackend('cpu');
+  const ref = { images: new Uint8Array(4 * 16), labels: Int32Array.of(0, 1, 2, 3), count: 4, dim: 16 };
+  refuses(() => knnClassify(backend, ref, new Uint8Array(16), 5), INVALID, 'k', 'an integer in [1, 4]', '5');
+  refuses(() => knnClassify(backend, { ...ref, count: 5 }, new Uint8Array(16)), SHAPE, 'reference.images', '5 images of 16 pixels = 80 bytes', '64');
+  refuses(() => knnClassify(backend, { ...ref, labels: Int32Array.of(0) }, new Uint8Array(16)), SHAPE, 'reference.labels', '4 labels (one per image)', '1');
+  refuses(() => knnClassify(backend, { ...ref, labels: [0, 1, 2, 3] as never }, new Uint8Array(16)), DTYPE, 'reference.labels', 'an Int32Array', '[0, 1, 2, 3]');
+  refuses(() => knnClassify(backend, ref, new Uint8Array(17)), SHAPE, 'queries', 'a whole number of 16-pixel images', '17 bytes');
+  refuses(() => knnClassify(backend, ref, new Uint8Array(16), 1, { queryBlock: 0 }), INVALID, 'queryBlock', 'a positive integer', '0');
+  const mnistShaped = new TarFlow({ inChannels: 1, imgSize: 28, patchSize: 7, channels: 64, numBlocks: 1, layersPerBlock: 1, numClasses: 10 }, { device: 'cpu' });
+  try {
+    for (const [options, name, expected, got] of [
+      [{ count: 0 }, 'count', 'an integer in [1, ', '0'],
+      [{ k: 0 }, 'k', 'a positive integer', '0'],
+      [{ batchSize: 1.5 }, 'batchSize', 'a positive integer', '1.5'],
+      [{ guidance: -2 }, 'guidance', 'a finite number >= 0', '-2'],
+      [{ attnTemp: -1 }, 'attnTemp', 'a positive finite number', '-1'],
+      [{ seed: -5 }, 'seed', 'an integer >= 0', '-5'],
+    ] as const) {
+      await rejects(() => evaluateSamples(mnistShaped, options), INVALID, name, expected, got);
+    }
+  } finally {
+    mnistShaped.dispose();
+  }
+});
+
+test('async jobs refuse bad specs before loading a checkpoint or dataset', async () => {
+  const ckpt = join(dir, 'model.safetensors');
+  await saveModel(ckpt, cond);
+  const out = join(dir, 'out');
+  const inline = { inline: true };
+  await rejects(() => train(null as never), INVALID, 'spec', 'an object', 'null');
+  await rejects(() => train({ out: '' }, inline), INVALID, 'out', 'a non-empty string', '""');
+  // the dataset does not exist: each refusal below comes before it would be read
+  const missingData = { dataset: join(dir, 'none.npy'), out };
+  await rejects(() => train({ ...missingData, lr: -1 }, inline), INVALID, 'lr', 'a positive finite number', '-1');
+  await rejects(() => train({ ...missingData, sampleGuidance: -1 }, inline), INVALID, 'sampleGuidance', 'a finite number >= 0', '-1');
+  await rejects(() => train({ ...missingData, preset: 'huge' as never }, inline), INVALID, 'preset', "one of 'tiny', 'small'", '"huge"');
+  await rejects(() => train({ ...missingData, checkpointEvery: 0 }, inline), INVALID, 'checkpointEvery', 'a positive integer', '0');
+  await rejects(() => train({ ...missingData, config: { ...toReferenceConfig(cond.config), nvp: 1 } }, inline), CONFIG, 'config.nvp', 'true or false', '1');
+  // the checkpoint does not exist either: a bad option is named first
+  const missingCkpt = { checkpoint: join(dir, 'none.safetensors'), out: join(dir, 'grid.png') };
+  await rejects(() => sample({ ...missingCkpt, count: 0 }, inline), INVALID, 'count', 'an integer in [1, ', '0');
+  await rejects(() => sample({ ...missingCkpt, count: 2, cols: 0 }, inline), INVALID, 'cols', 'a positive integer', '0');
+  await rejects(() => sample({ ...missingCkpt, count: 2, guideWhat: 'x' as never }, inline), INVALID, 'guideWhat', "one of 'ab', 'a', 'b'", '"x"');
+  await rejects(() => sample({ ...missingCkpt, checkpoint: 7 as never, count: 2 }, inline), INVALID, 'checkpoint', 'a non-empty string', '7');
+  await rejects(() => generateToDisk({ ...missingCkpt, count: 4, format: 'gif' as never }, inline), INVALID, 'format', "one of 'png', 'npz'", '"gif"');
+  await rejects(() => generateToDisk({ ...missingCkpt, count: 4, shardSize: 0 }, inline), INVALID, 'shardSize', 'a positive integer', '0');
+  await rejects(() => evaluate({ checkpoint: missingCkpt.checkpoint, split: 'val' as never }, inline), INVALID, 'split', "one of 'train', 'test'", '"val"');
+  await rejects(() => evaluate({ checkpoint: missingCkpt.checkpoint, limit: -1 }, inline), INVALID, 'limit', 'a positive integer', '-1');
+  await rejects(() => score({ checkpoint: missingCkpt.checkpoint, images: '' }, inline), INVALID, 'images', 'a non-empty string', '""');
+  await rejects(() => score({ checkpoint: missingCkpt.checkpoint, images: 'x.npy', batchSize: 0 }, inline), INVALID, 'batchSize', 'a positive integer', '0');
+  await rejects(() => evalSamples({ checkpoint: missingCkpt.checkpoint, k: 0 }, inline), INVALID, 'k', 'a positive integer', '0');
+  await rejects(() => evalSamples({ checkpoint: missingCkpt.checkpoint, denoiseSigma: -1 }, inline), INVALID, 'denoiseSigma', 'a finite number >= 0', '-1');
+  await rejects(() => loadModel(ckpt, { device: 'cpu', config: { ...toReferenceConfig(cond.config), img_size: 9 } }), CONFIG, 'config.patch_size', 'a divisor of config.img_size (9)', '4');
+  // on a worker thread the refusal crosses back as the same TarflowError
+  await rejects(() => sample({ checkpoint: ckpt, out: join(dir, 'w.png'), count: 2, labels: 3 }), INVALID, 'labels[0]', 'a class index in 0..2', '3');
+});
+
+test('command line: each flag is named, with what it must be and what was typed', () => {
+  const spec = (...argv: string[]) => {
+    const line = parseFlags(argv);
+    if (line.kind !== 'run') throw new Error(`not a run: ${line.kind}`);
+    return commandSpec(line);
+  };
+  for (const [argv, name, expected, got] of [
+    [['train', '--steps', '0'], '--steps', 'a positive integer', '"0"'],
+    [['train', '--lr', '0x10'], '--lr', 'a positive finite number, written in decimal', '"0x10"'],
+    [['train', '--lr', '0'], '--lr', 'a positive finite number', '"0"'],
+    [['train', '--beta2', '1'], '--beta2', 'a finite number in [0, 1)', '"1"'],
+    [['train', '--seed', '4294967296'], '--seed', 'an integer in [0, 4294967296)', '"4294967296"'],
+    [['train', '--epochs', 'Infinity'], '--epochs', 'a positive finite number, written in decimal', '"Infinity"'],
+    [['train', '--channels', '2'], '--channels', "one of '1', '3'", '"2"'],
+    [['train', '--label-base', '2'], '--label-base', "one of '0', '1'", '"2"'],
+    [['train', '--preset', 'huge'], '--preset', "one of 'tiny', 'small'", '"huge"'],
+    [['train', '--noise', 'salt'], '--noise', "one of 'gaussian', 'uniform'", '"salt"'],
+    [['train', '--out', ''], '--out', 'a non-empty string', '""'],
+    [['train', '--image-size', '5000'], '--image-size', 'an integer in [1, 4096]', '"5000"'],
+    [['sample', '--count', ' 5'], '--count', 'a positive integer, written in decimal', '" 5"'],
+    [['sample', '--labels', '1,,2'], '--labels', 'a class index or a comma-separated list of them', '"1,,2"'],
+    [['sample', '--labels', '0x1'], '--labels', 'a class index or a comma-separated list of them', '"0x1"'],
+    [['sample', '--guidance=-1'], '--guidance', 'a finite number >= 0', '"-1"'],
+    [['sample', '--attn-temp', '0'], '--attn-temp', 'a positive finite number', '"0"'],
+    [['sample', '--guide-what', 'c'], '--guide-what', "one of 'ab', 'a', 'b'", '"c"'],
+    [['sample', '--device', 'tpu'], '--device', "one of 'auto', 'cpu', 'cuda'", '"tpu"'],
+    [['generate', '--checkpoint', 'm.safetensors', '--out', 'o'], '--count', 'the number of images (the option is required)', 'nothing'],
+    [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--format', 'gif'], '--format', "one of 'png', 'npz'", '"gif"'],
+    [['eval'], '--checkpoint', 'a model checkpoint FILE (the option is required)', 'nothing'],
+    [['eval', '--checkpoint', 'm', '--split', 'val'], '--split', "one of 'test', 'train'", '"val"'],
+    [['score', '--checkpoint', 'm'], '--images', 'the option is required', 'nothing'],
+    [['eval-samples', '--checkpoint', 'm', '--k=-1'], '--k', 'a positive integer', '"-1"'],
+    [['demo', '--epochs=-1'], '--epochs', 'a positive finite number', '"-1"'],
+  ] as const) {
+    refuses(() => spec(...argv), INVALID, name, expected, got);
+  }
+  refuses(() => parseFlags(['trian']), INVALID, 'command', "one of 'train', 'sample'", '"trian"');
+  refuses(() => parseFlags(['constructor']), INVALID, 'command', "one of 'train'", '"constructor"');
+  for (const argv of [['train', '--bogus'], ['train', '--steps'], ['sample', '--', 'x'], ['eval', '--json=1']]) {
+    try {
+      parseFlags(argv);
+      assert.unreachable(`accepted ${argv.join(' ')}`);
+    } catch (err) {
+      assert.instance(err, TarflowError);
+      assert.is((err as TarflowError).code, INVALID);
+    }
+  }
+  assert.equal(parseFlags(['help']), { kind: 'usage' });
+  assert.equal(parseFlags(['score', '-h']), { kind: 'help', command: 'score' });
+  const t = spec('train', '--lr', '1e-3', '--steps', '+20', '--channels', '3', '--label-base', '1', '--clip-grad-norm', '.5') as Record<string, unknown>;
+  assert.equal([t.lr, t.steps, t.channels, t.labelBase, t.clipGradNorm, t.out], [1e-3, 20, 3, 1, 0.5, join('runs', 'mnist-tiny')]);
+});
+
+test.run();
