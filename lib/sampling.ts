@@ -187,7 +187,9 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
       while (!finite(img, 0, per)) {
         attempt++;
         if (attempt > maxRedraws) {
-          throw new TarflowError('ERR_TARFLOW_NON_FINITE', `sample ${start + s + i} was NaN/Inf in ${maxRedraws + 1} draws; lower the guidance weight`);
+          throw new TarflowError('ERR_TARFLOW_NON_FINITE', `sample ${start + s + i} was NaN/Inf in ${maxRedraws + 1} draws; ${guidance.guidance > 0
+            ? 'lower the guidance weight'
+            : 'the inverse overflows float32, as it often does for likelihood models trained with uniform dequantization: sample from a model trained with Gaussian noise'}`);
         }
         redraws.push({ index: start + s + i, attempt });
         img = draw([start + s + i], [s + i], attempt);

@@ -241,14 +241,26 @@ function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
   });
 }
 
-/** Writes a grid of `count` samples (with guidance and denoising as given) to `path`. */
-async function writeSampleGrid(model: TarFlow, path: string, options: Omit<GenerateOptions, 'count'> & { count?: number; cols?: number }): Promise<void> {
+/**
+ * Writes a grid of `count` samples (with guidance and denoising as given) to `path`. A training run's grid is a
+ * by-product: when a sample stays non-finite (likelihood models often overflow in the inverse), the run says so and
+ * goes on without the grid (returns false) instead of failing after the checkpoint was saved.
+ */
+async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, options: Omit<GenerateOptions, 'count'> & { count?: number; cols?: number }): Promise<boolean> {
   const n = options.count ?? (model.config.numClasses > 0 ? model.config.numClasses * 10 : 100);
-  const result = generate(model, { ...options, count: n });
+  let result;
+  try {
+    result = generate(model, { ...options, count: n });
+  } catch (err) {
+    if ((err as TarflowError).code !== 'ERR_TARFLOW_NON_FINITE') throw err;
+    ctx.log(`no sample grid ${path}: ${(err as Error).message}`);
+    return false;
+  }
   const { inChannels: C, imgSize: S } = model.config;
   const cols = options.cols ?? (model.config.numClasses > 0 ? Math.min(n, model.config.numClasses) : Math.ceil(Math.sqrt(n)));
   const grid = imageGrid(result.images, n, C, S, S, { cols });
   await writePng(path, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
+  return true;
 }
 
 export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
@@ -296,7 +308,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
         message: r.skipped ? `step ${r.step} skipped (non-finite loss or gradient)` : undefined });
       if (trainer.step % every === 0 && !trainer.done) await save();
       if (sampleEvery > 0 && trainer.step % sampleEvery === 0 && !trainer.done) {
-        await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), { guidance, denoiseSigma, seed: 1 });
+        await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), ctx, { guidance, denoiseSigma, seed: 1 });
       }
     }
     await save();
@@ -312,8 +324,9 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
         const r = evaluateBpd(model, test, { limit: n, batchSize: 500, onProgress: (done, total) => ctx.progress({ task: 'evaluate', done, total }) });
         testBpd = r.bitsPerDim;
       }
-      samples = join(spec.out, 'samples.png');
-      await writeSampleGrid(model, samples, { guidance, denoiseSigma, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
+      const gridPath = join(spec.out, 'samples.png');
+      const written = await writeSampleGrid(model, gridPath, ctx, { guidance, denoiseSigma, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
+      samples = written ? gridPath : null;
     }
     return {
       out: spec.out, checkpoint: ckptPath, steps: trainer.step, epochs: trainer.step / trainer.stepsPerEpoch, finalLoss: lastLoss,

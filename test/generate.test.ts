@@ -104,6 +104,13 @@ test('a sample that stays NaN/Inf is never written: the run fails with a clear e
   } catch (err) {
     assert.is((err as TarflowError).code, 'ERR_TARFLOW_NON_FINITE');
     assert.match((err as Error).message, /sample 0 was NaN\/Inf in 3 draws/);
+    assert.match((err as Error).message, /Gaussian noise/, 'without guidance the hint names the likely cause, not the guidance');
+  }
+  try {
+    generate(model, { count: 1, labels: 0, guidance: 2, maxRedraws: 0 });
+    assert.unreachable('expected ERR_TARFLOW_NON_FINITE');
+  } catch (err) {
+    assert.match((err as Error).message, /lower the guidance weight/);
   }
   model.dispose();
 });
