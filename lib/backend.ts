@@ -13,6 +13,21 @@ export type DType = 'float32' | 'float64' | 'int32';
 export type FloatDType = 'float32' | 'float64';
 export type DeviceName = 'cpu' | 'cuda';
 export type DeviceOption = 'auto' | DeviceName;
+/**
+ * Working precision of the matrix products: 'fp32', or 'bf16' mixed precision (float32 tensors only): the inputs of
+ * every product are rounded to bf16, sums stay fp32 (tensor cores on the GPU; the CPU emulates the rounding).
+ */
+export type Precision = 'fp32' | 'bf16';
+
+/** The last, optional argument of the matrix ops. */
+export interface MatmulOptions {
+  precision?: Precision;
+}
+
+export interface LinearOptions extends MatmulOptions {
+  /** Also receives GELU(y) (y's shape): the MLP's activation from the same call. */
+  gelu?: Tensor | null;
+}
 
 /** A handle to native memory. JavaScript never sees the pointer; data crosses through toArray/copyFrom. */
 export interface Tensor {
@@ -72,10 +87,10 @@ export interface Ops {
   addPosClassBackward(dpos: Tensor, dclassEmbed: Tensor | null, dh: Tensor, labels: Tensor | null, flip: boolean): void;
   layerNorm(y: Tensor, mean: Tensor, rstd: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void;
   layerNormBackward(dx: Tensor, dweight: Tensor, dbias: Tensor, dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor, accumulateDx: boolean): void;
-  linear(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, accumulate: boolean): void;
-  linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean): void;
-  attention(out: Tensor, probs: Tensor, qkv: Tensor, heads: number, temp: number): void;
-  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, probs: Tensor, heads: number, temp: number): void;
+  linear(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, accumulate: boolean, options?: LinearOptions): void;
+  linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean, options?: MatmulOptions): void;
+  attention(out: Tensor, probs: Tensor, qkv: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
+  attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, probs: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
   couplingForward(v: Tensor, logdet: Tensor, u: Tensor, o: Tensor, nvp: boolean, accumulateLogdet: boolean): void;
   couplingBackward(du: Tensor, dout: Tensor, dv: Tensor, u: Tensor, o: Tensor, nvp: boolean, logdetGrad: number): void;
   normal(out: Tensor, seed: number, stream: number, offset: number): void;

@@ -5,7 +5,7 @@
  * Low level (synchronous, on the calling thread): TarFlow, Trainer, generate, denoise, scoreImages.
  */
 export { TarflowError, type TarflowErrorCode } from './errors.js';
-export { getBackend, type Backend, type Tensor, type DeviceOption, type DType, type FloatDType, type Ops } from './backend.js';
+export { getBackend, type Backend, type Tensor, type DeviceOption, type DType, type FloatDType, type Ops, type Precision } from './backend.js';
 export { PRESETS, validateConfig, modelShape, toReferenceConfig, fromReferenceConfig, type TarFlowConfig, type ReferenceConfig, type PresetName } from './config.js';
 export { TarFlow, Workspace, type ModelOptions, type GuidanceOptions, type ForwardResult } from './model.js';
 export { ParamSet, parameterLayout } from './params.js';

@@ -5,7 +5,7 @@
  *
  * Every computation is a call into the backend's op table on native tensors; this file only sequences them.
  */
-import type { Backend, FloatDType, Tensor } from './backend.js';
+import type { Backend, FloatDType, MatmulOptions, Precision, Tensor } from './backend.js';
 import { getBackend, type DeviceOption } from './backend.js';
 import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
@@ -21,6 +21,11 @@ export interface ModelOptions {
   device?: DeviceOption;
   /** Working precision: 'float32' (default) or 'float64' (gradient checks). */
   dtype?: FloatDType;
+  /**
+   * Matrix products in 'fp32' (default) or 'bf16' mixed precision (float32 only): bf16 inputs, fp32 sums, while
+   * weights, LayerNorm, softmax, exp, log-dets and the loss stay fp32. The sampler (reverse) always runs in fp32.
+   */
+  precision?: Precision;
   /** Seed of the reference initialisation. */
   seed?: number;
   /** Skip the random initialisation (the caller loads weights). */
@@ -165,6 +170,8 @@ export class TarFlow {
   readonly shape: ModelShape;
   readonly backend: Backend;
   readonly dtype: FloatDType;
+  readonly precision: Precision;
+  private readonly matmul: MatmulOptions;
   readonly specs: ParamSpec[];
   readonly params: ParamSet;
   /** The VP prior's running variance (T, D); ones for NVP models. */
@@ -177,10 +184,15 @@ export class TarFlow {
     this.shape = modelShape(this.config);
     checkObject('options', options);
     this.dtype = checkOneOf('dtype', options.dtype ?? 'float32', ['float32', 'float64']);
+    this.precision = checkOneOf('precision', options.precision ?? 'fp32', ['fp32', 'bf16']);
+    if (this.precision === 'bf16' && this.dtype !== 'float32') {
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'precision', "'fp32' with dtype 'float64'", "'bf16'", "bf16 mixed precision needs dtype 'float32'");
+    }
     const seed = checkNumber('seed', options.seed ?? 0, SEED_RULE);
     const init = !optional(options.noInit, (v) => checkBoolean('noInit', v));
     this.backend = getBackend(options.device);
     this.specs = parameterLayout(this.config);
+    this.matmul = { precision: this.precision };
     this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
     this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
     if (init) this.initialize(seed);
@@ -283,6 +295,7 @@ export class TarFlow {
   forward(ws: Workspace): ForwardResult {
     this.assertAlive();
     const ops = this.ops;
+    const mm = this.matmul;
     const cfg = this.config;
     const { heads } = this.shape;
     const labels = cfg.numClasses > 0 ? ws.labels : null;
@@ -293,23 +306,22 @@ export class TarFlow {
       const flip = k % 2 === 1;
       const input = k === 0 ? ws.patches : ws.blocks[k - 1].out;
       if (flip) ops.flipTokens(a.up, input);
-      ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false);
+      ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false, mm);
       ops.addPosClass(a.hs[0], p.pos, p.classEmbed, labels, flip);
       for (let l = 0; l < cfg.layersPerBlock; l++) {
         const w = p.layers[l];
         const s = a.layers[l];
         ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.hs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
-        ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false);
-        ops.attention(s.att, s.probs, s.qkv, heads, 1);
+        ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false, mm);
+        ops.attention(s.att, s.probs, s.qkv, heads, 1, mm);
         ops.copy(s.mid, a.hs[l]);
-        ops.linear(s.mid, s.att, w.projWeight, w.projBias, true);
+        ops.linear(s.mid, s.att, w.projWeight, w.projBias, true, mm);
         ops.layerNorm(s.ln2, s.mean2, s.rstd2, s.mid, w.ln2Weight, w.ln2Bias, LN_EPS);
-        ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false);
-        ops.gelu(s.act, s.fc1);
+        ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false, { ...mm, gelu: s.act });
         ops.copy(a.hs[l + 1], s.mid);
-        ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true);
+        ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true, mm);
       }
-      ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false);
+      ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false, mm);
       ops.couplingForward(a.v, ws.logdet, a.up, a.o, cfg.nvp, k > 0);
       if (flip) ops.flipTokens(a.out, a.v);
     }
@@ -328,6 +340,7 @@ export class TarFlow {
   backward(ws: Workspace, grads: ParamSet | null): void {
     this.assertAlive();
     const ops = this.ops;
+    const mm = this.matmul;
     const cfg = this.config;
     const { heads, tokens, patchDim } = this.shape;
     const B = ws.batch;
@@ -343,22 +356,22 @@ export class TarFlow {
       if (flip) ops.flipTokens(ws.dv, dOut);
       ops.couplingBackward(ws.dup, ws.dout, dv, a.up, a.o, cfg.nvp, -1 / B);
       const L = cfg.layersPerBlock;
-      ops.linearBackward(ws.dh, g?.projOutWeight ?? null, g?.projOutBias ?? null, ws.dout, a.hs[L], p.projOutWeight, false);
+      ops.linearBackward(ws.dh, g?.projOutWeight ?? null, g?.projOutBias ?? null, ws.dout, a.hs[L], p.projOutWeight, false, mm);
       for (let l = L - 1; l >= 0; l--) {
         const w = p.layers[l];
         const gw = g ? g.layers[l] : null;
         const s = a.layers[l];
-        ops.linearBackward(ws.dact, gw?.fc2Weight ?? null, gw?.fc2Bias ?? null, ws.dh, s.act, w.fc2Weight, false);
+        ops.linearBackward(ws.dact, gw?.fc2Weight ?? null, gw?.fc2Bias ?? null, ws.dh, s.act, w.fc2Weight, false, mm);
         ops.geluBackward(ws.dact, ws.dact, s.fc1);
-        ops.linearBackward(ws.dln, gw?.fc1Weight ?? null, gw?.fc1Bias ?? null, ws.dact, s.ln2, w.fc1Weight, false);
+        ops.linearBackward(ws.dln, gw?.fc1Weight ?? null, gw?.fc1Bias ?? null, ws.dact, s.ln2, w.fc1Weight, false, mm);
         this.layerNormBackward(ws.dh, gw?.ln2Weight, gw?.ln2Bias, ws.dln, s.mid, s.mean2, s.rstd2, w.ln2Weight);
-        ops.linearBackward(ws.datt, gw?.projWeight ?? null, gw?.projBias ?? null, ws.dh, s.att, w.projWeight, false);
-        ops.attentionBackward(ws.dqkv, ws.datt, s.qkv, s.probs, heads, 1);
-        ops.linearBackward(ws.dln, gw?.qkvWeight ?? null, gw?.qkvBias ?? null, ws.dqkv, s.ln1, w.qkvWeight, false);
+        ops.linearBackward(ws.datt, gw?.projWeight ?? null, gw?.projBias ?? null, ws.dh, s.att, w.projWeight, false, mm);
+        ops.attentionBackward(ws.dqkv, ws.datt, s.qkv, s.probs, heads, 1, mm);
+        ops.linearBackward(ws.dln, gw?.qkvWeight ?? null, gw?.qkvBias ?? null, ws.dqkv, s.ln1, w.qkvWeight, false, mm);
         this.layerNormBackward(ws.dh, gw?.ln1Weight, gw?.ln1Bias, ws.dln, a.hs[l], s.mean1, s.rstd1, w.ln1Weight);
       }
       if (g) ops.addPosClassBackward(g.pos, g.classEmbed, ws.dh, labels, flip);
-      ops.linearBackward(ws.dup, g?.projInWeight ?? null, g?.projInBias ?? null, ws.dh, a.up, p.projInWeight, true);
+      ops.linearBackward(ws.dup, g?.projInWeight ?? null, g?.projInBias ?? null, ws.dh, a.up, p.projInWeight, true, mm);
       const dIn = ws.dIn[k];
       if (flip) ops.flipTokens(dIn, ws.dup);
       else ops.copy(dIn, ws.dup);

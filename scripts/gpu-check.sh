@@ -3,10 +3,12 @@
 #   source .device-kit/enter.sh && bash scripts/gpu-check.sh).
 # Expects the CUDA addon already built (build-cuda/Release/tarflow_cuda.node; TARFLOW_GPU_CHECK_BUILD=1 rebuilds it
 # here first with npm run build:cuda) and compiled JavaScript in dist/ (npm run build).
-# Steps: device and addon check; the whole test suite with TARFLOW_DEVICE=cuda; the CUDA-vs-CPU parity test;
-# compute-sanitizer memcheck on a small training step and sampling run (when compute-sanitizer exists); a rough
-# timing of the same run on both backends. Full logs go to $OUT/gpu-check/ (or ./gpu-check-logs/); a short
-# table is printed last. Exits non-zero when any step failed.
+# Steps: device and addon check; the test suite with TARFLOW_DEVICE=cuda (bf16.test.js runs the bf16 GEMM's index
+# logic on the CPU there); the CUDA-vs-CPU parity test (float32, float64 and bf16: ops, grids past 65535 tiles,
+# whole models); compute-sanitizer memcheck, racecheck and synccheck on a small training step and sampling run in
+# fp32 and bf16 (when compute-sanitizer exists); a rough timing of that run per backend and precision. Full logs go
+# to $OUT/gpu-check/ (or ./gpu-check-logs/); a short table is printed last. Exits non-zero when any step failed.
+# Expected total: about 5 minutes on an H100/H200 (plus the build when asked for).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs="${OUT:-$PWD}/gpu-check"
@@ -45,26 +47,29 @@ step addon 60 node -e "
   console.log(JSON.stringify(info));
   if (a.backend !== 'cuda' || a.deviceCount() < 1) process.exit(1);"
 
-# The suite with the CUDA backend as the default device (tests that pin 'cpu' stay on the CPU).
+# The suite with the CUDA backend as the default device (tests that pin 'cpu' stay on the CPU); the parity file
+# runs in the next step, with a missing GPU made a failure.
 step suite-cuda 600 env TARFLOW_DEVICE=cuda TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
-  node node_modules/uvu/bin.js dist/test '\.test\.js$'
+  node node_modules/uvu/bin.js dist/test '^(?!cuda-parity).*\.test\.js$'
 
 step parity 600 env TARFLOW_EXPECT_GPU=1 TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
   node node_modules/uvu/bin.js dist/test 'cuda-parity\.test\.js$'
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ]; then
-  # TARFLOW_CUDA_SYNC=1: every op waits, so a fault is reported by the op that caused it.
-  step memcheck 600 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool memcheck --error-exitcode 9 --print-limit 20 \
-    node scripts/gpu-smoke.mjs cuda 1
-  step racecheck 600 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool racecheck --error-exitcode 9 --print-limit 20 \
-    node scripts/gpu-smoke.mjs cuda 1
+  # TARFLOW_CUDA_SYNC=1: every op waits, so a fault is reported by the op that caused it. synccheck: barriers
+  # reached by only part of a block.
+  for tool in memcheck racecheck synccheck; do
+    step "$tool" 300 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      node scripts/gpu-smoke.mjs cuda 1 both
+  done
 else
   results+=("$(printf '%-22s %-12s' memcheck 'SKIP (no compute-sanitizer)')")
 fi
 
-step smoke-cuda 300 node scripts/gpu-smoke.mjs cuda 20
-step smoke-cpu 300 node scripts/gpu-smoke.mjs cpu 5
+step smoke-cuda 300 node scripts/gpu-smoke.mjs cuda 20 fp32
+step smoke-cuda-bf16 300 node scripts/gpu-smoke.mjs cuda 20 bf16
+step smoke-cpu 300 node scripts/gpu-smoke.mjs cpu 5 fp32
 
 echo
 echo "GPU check ($(head -n 1 "$logs/nvidia-smi.log" 2>/dev/null)); logs in $logs"

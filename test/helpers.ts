@@ -1,6 +1,11 @@
 /** Shared test utilities: golden files, relative errors. */
 import { readdirSync, existsSync } from 'node:fs';
 import { seededRandom } from '../lib/data.js';
+import type { DeviceName, Precision } from '../lib/backend.js';
+import type { TarFlowConfig } from '../lib/config.js';
+import { TarFlow } from '../lib/model.js';
+import { ParamSet } from '../lib/params.js';
+import { bf16Tensor, toFloat32 } from '../lib/safetensors.js';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -63,4 +68,75 @@ export function randomizeParams(model: RandomizableModel, seed: number, scale = 
     for (let i = s.offset; i < s.offset + s.size; i++) a[i] = (isNormW ? 1 : 0) + k * noise[i];
   }
   model.params.flat.copyFrom(a);
+}
+
+/** x rounded to bf16 (round to nearest even), through the library's own bf16 conversion. */
+export function roundBf16(x: Float32Array): Float32Array {
+  return toFloat32(bf16Tensor(x, [x.length]));
+}
+
+export interface ForwardBackward {
+  loss: number;
+  logdet: Float64Array;
+  z: Float32Array | Float64Array;
+  /** Every parameter gradient, in the flat layout. */
+  grads: Float32Array | Float64Array;
+  /** dLoss/dx. */
+  dx: Float32Array | Float64Array;
+}
+
+/** One training forward and backward of `model` on a batch of images (B*C*S*S values in [-1, 1]). */
+export function forwardBackward(model: TarFlow, images: Float32Array, labels: Int32Array | null): ForwardBackward {
+  const { inChannels: C, imgSize: S } = model.config;
+  const ws = model.workspace(images.length / (C * S * S));
+  model.setInputs(ws, images, labels);
+  const grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
+  try {
+    const { loss, logdet } = model.forward(ws);
+    model.backward(ws, grads);
+    return { loss, logdet, z: ws.z.toArray() as Float32Array, grads: grads.flat.toArray() as Float32Array, dx: ws.dx.toArray() as Float32Array };
+  } finally {
+    grads.dispose();
+  }
+}
+
+export interface RunSpec {
+  device: DeviceName;
+  precision: Precision;
+}
+
+/**
+ * Relative errors of a float32 model run `a` against the same model run `b` (same parameters, same batch of images
+ * and labels, one forward and backward): latents, per-sample log-dets, loss, every gradient, dL/dx. Parameters are
+ * randomizeParams(scale), with the log-scale half of each proj_out bias shifted by 0.1 so that log-dets sit well
+ * away from zero, as a trained model's do (a mean of small values of both signs would make their relative error
+ * a measure of cancellation).
+ */
+export function modelErrors(cfg: Partial<TarFlowConfig>, batch: number, a: RunSpec, b: RunSpec, scale = 0.05, seed = 1): Record<'z' | 'logdet' | 'loss' | 'gradients' | 'dx', number> {
+  const ma = new TarFlow(cfg, { ...a, seed });
+  const mb = new TarFlow(cfg, { ...b, noInit: true });
+  try {
+    randomizeParams(ma, seed, scale);
+    const params = ma.params.flat.toArray() as Float32Array;
+    if (ma.config.nvp) {
+      for (const s of ma.specs.filter((t) => /proj_out\.bias$/.test(t.name))) for (let i = 0; i < s.size / 2; i++) params[s.offset + i] += 0.1;
+    }
+    ma.params.flat.copyFrom(params);
+    mb.params.flat.copyFrom(params);
+    const { inChannels: C, imgSize: S, numClasses } = ma.config;
+    const g = gaussian(seed + 1);
+    const images = Float32Array.from({ length: batch * C * S * S }, () => Math.max(-1, Math.min(1, 0.5 * g())));
+    const labels = numClasses > 0 ? Int32Array.from({ length: batch }, (_, i) => (i === 1 ? -1 : i % numClasses)) : null;
+    const ra = forwardBackward(ma, images, labels), rb = forwardBackward(mb, images, labels);
+    return {
+      z: relError(ra.z, rb.z),
+      logdet: relError(ra.logdet, rb.logdet),
+      loss: Math.abs(ra.loss - rb.loss) / Math.max(Math.abs(rb.loss), 1e-6),
+      gradients: relError(ra.grads, rb.grads),
+      dx: relError(ra.dx, rb.dx),
+    };
+  } finally {
+    ma.dispose();
+    mb.dispose();
+  }
 }

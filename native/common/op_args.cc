@@ -72,6 +72,29 @@ LinearDims linear_dims(Tensor* x, Tensor* w, const char* xname) {
   return {x->numel() / K, N, K};
 }
 
+// The options object of a matrix op (see op_args.h), argument i; absent means fp32 and no GELU output.
+struct MatmulOptions {
+  Precision precision = Precision::F32;
+  Tensor* gelu = nullptr;
+};
+MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const char* op, DType dtype, bool allow_gelu) {
+  MatmulOptions o;
+  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return o;
+  if (!info[i].IsObject()) throw arg_error(std::string(op) + ": options must be an object like {precision: 'bf16'}");
+  Napi::Object obj = info[i].As<Napi::Object>();
+  Napi::Value p = obj.Get("precision");
+  if (!p.IsUndefined()) {
+    std::string name = p.IsString() ? p.As<Napi::String>().Utf8Value() : "";
+    if (name == "bf16") o.precision = Precision::BF16;
+    else if (name != "fp32") throw arg_error(std::string(op) + ": precision must be 'fp32' or 'bf16'");
+  }
+  if (o.precision == Precision::BF16 && dtype != DType::F32)
+    throw arg_error(std::string(op) + ": precision 'bf16' needs float32 tensors, got " + dtype_name(dtype));
+  if (allow_gelu) o.gelu = tensor_prop(obj, "gelu", true);
+  else if (!obj.Get("gelu").IsUndefined()) throw arg_error(std::string(op) + ": has no gelu option");
+  return o;
+}
+
 AttnDims attn_dims(Tensor* qkv, int64_t heads) {
   if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
   int64_t W = qkv->dim(2) / 3;
@@ -312,7 +335,12 @@ LinearArgs parse_linear(const Napi::CallbackInfo& info) {
     expect_numel(b, d.N, "bias");
     expect_same_dtype(b, w, "bias", "weight");
   }
-  return {y, x, w, b, accumulate, d};
+  MatmulOptions o = matmul_options(info, 5, "linear", w->dtype(), true);
+  if (o.gelu) {
+    expect_shape(o.gelu, y->shape(), "gelu");
+    expect_same_dtype(o.gelu, w, "gelu", "weight");
+  }
+  return {y, x, w, b, accumulate, d, o.precision, o.gelu};
 }
 
 LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info) {
@@ -330,7 +358,7 @@ LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info) {
   if (dx) expect_numel(dx, d.M * d.K, "dx");
   if (dw) expect_numel(dw, d.N * d.K, "dweight");
   if (db) expect_numel(db, d.N, "dbias");
-  return {dx, dw, db, dy, x, w, accumulate, d};
+  return {dx, dw, db, dy, x, w, accumulate, d, matmul_options(info, 7, "linearBackward", w->dtype(), false).precision};
 }
 
 // ---- attention ----
@@ -346,7 +374,7 @@ AttentionArgs parse_attention(const Napi::CallbackInfo& info) {
   expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
   expect_same_dtype(out, qkv, "out", "qkv");
   expect_same_dtype(probs, qkv, "probs", "qkv");
-  return {out, probs, qkv, temp, d};
+  return {out, probs, qkv, temp, d, matmul_options(info, 5, "attention", qkv->dtype(), false).precision};
 }
 
 AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info) {
@@ -361,7 +389,7 @@ AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info) {
   expect_shape(dout, {d.B, d.T, d.W}, "dout");
   expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
   for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
-  return {dqkv, dout, qkv, probs, temp, d};
+  return {dqkv, dout, qkv, probs, temp, d, matmul_options(info, 6, "attentionBackward", qkv->dtype(), false).precision};
 }
 
 // ---- coupling ----

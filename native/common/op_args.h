@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "bf16.h"
 #include "tensor.h"
 
 namespace tf {
@@ -127,19 +128,27 @@ struct LinearDims {
   int64_t M, N, K;
 };
 
-// linear(y, x, weight, bias|null, accumulate)
+// The matrix ops (linear, attention and their backwards) end in an optional options object:
+//   {precision: 'fp32' (default) | 'bf16'}, and for linear also {gelu: Tensor}.
+// 'bf16' (float32 tensors only) rounds the inputs of every matrix product to bf16 and keeps fp32 sums (see bf16.h).
+// gelu: y's shape; receives GELU(y) as well, so the MLP's activation is the first GEMM's epilogue.
+
+// linear(y, x, weight, bias|null, accumulate, options?)
 struct LinearArgs {
   Tensor *y, *x, *weight, *bias;  // bias may be null
   bool accumulate;
   LinearDims d;
+  Precision precision;
+  Tensor* gelu;  // may be null
 };
 LinearArgs parse_linear(const Napi::CallbackInfo& info);
 
-// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx)
+// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, options?)
 struct LinearBackwardArgs {
   Tensor *dx, *dweight, *dbias, *dy, *x, *weight;  // dx, dweight and dbias may be null
   bool accumulate;
   LinearDims d;
+  Precision precision;
 };
 LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info);
 
@@ -150,19 +159,22 @@ struct AttnDims {
   int64_t B, T, W, H, hd;
 };
 
-// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
+// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp, options?): with bf16, both products
+// (q k^T and P v) take bf16 inputs; the softmax stays fp32.
 struct AttentionArgs {
   Tensor *out, *probs, *qkv;
   double temp;
   AttnDims d;
+  Precision precision;
 };
 AttentionArgs parse_attention(const Napi::CallbackInfo& info);
 
-// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp)
+// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp, options?)
 struct AttentionBackwardArgs {
   Tensor *dqkv, *dout, *qkv, *probs;
   double temp;
   AttnDims d;
+  Precision precision;
 };
 AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info);
 

@@ -1,6 +1,8 @@
 // Causal multi-head self-attention over patch tokens, training form.
 // qkv is the output of one linear layer: columns [0,W) queries, [W,2W) keys, [2W,3W) values; head j uses
 // columns [64j, 64j+64) of each. Logits are q.k / (sqrt(headDim) * temp).
+// With precision 'bf16' every product takes bf16 inputs (gemm.h's reference of the GPU's tensor-core path); the
+// softmax and its backward stay fp32.
 // The softmax probabilities are saved for the backward: at the sequence lengths a CPU trains on, the T x T
 // matrix per head is small next to the MLP activations, and reusing it makes the backward two GEMMs cheaper.
 #include <cmath>
@@ -21,7 +23,7 @@ namespace {
 inline float fast_exp(float x) { return exp_approx(x); }
 inline double fast_exp(double x) { return std::exp(x); }
 
-// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
+// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp, {precision}?)
 TF_OP(attention) {
   const AttentionArgs args = parse_attention(info);
   const AttnDims& d = args.d;
@@ -38,7 +40,7 @@ TF_OP(attention) {
         const T* k = q + d.W;
         const T* v = q + 2 * d.W;
         T* P = pp + bh * d.T * d.T;
-        gemm<T>(false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, false);
+        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, false);
         for (int64_t i = 0; i < d.T; ++i) {
           T* row = P + i * d.T;
           T mx = -std::numeric_limits<T>::infinity();
@@ -52,14 +54,14 @@ TF_OP(attention) {
           for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
           for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
         }
-        gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), op + b * d.T * d.W + h * d.hd, d.W, false);
+        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), op + b * d.T * d.W + h * d.hd, d.W, false);
       }
     });
   });
   return info.Env().Undefined();
 }
 
-// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp): dqkv is overwritten.
+// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp, {precision}?): dqkv is overwritten.
 TF_OP(attentionBackward) {
   const AttentionBackwardArgs args = parse_attention_backward(info);
   const AttnDims& d = args.d;
@@ -83,7 +85,7 @@ TF_OP(attentionBackward) {
         const T* dO = go + b * d.T * d.W + h * d.hd;
         const T* P = pp + bh * d.T * d.T;
         // dP = dO V^T, then the softmax backward dS = P * (dP - sum_j P dP), row by row.
-        gemm<T>(false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS.data(), d.T, false);
+        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS.data(), d.T, false);
         for (int64_t i = 0; i < d.T; ++i) {
           T* row = dS.data() + i * d.T;
           const T* prow = P + i * d.T;
@@ -92,9 +94,9 @@ TF_OP(attentionBackward) {
           for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
           for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
         }
-        gemm<T>(true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, false);
-        gemm<T>(false, false, d.T, d.hd, d.T, scale, dS.data(), d.T, k, ld, T(0), dq, ld, false);
-        gemm<T>(true, false, d.T, d.hd, d.T, scale, dS.data(), d.T, q, ld, T(0), dk, ld, false);
+        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, false);
+        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, scale, dS.data(), d.T, k, ld, T(0), dq, ld, false);
+        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, scale, dS.data(), d.T, q, ld, T(0), dk, ld, false);
       }
     });
   });

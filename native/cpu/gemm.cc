@@ -18,6 +18,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
+#include <type_traits>
+#include <vector>
 
 #include "../common/threads.h"
 
@@ -501,9 +504,37 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
   });
 }
 
+template <typename T>
+void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel) {
+  if (precision == Precision::F32) return gemm<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel);
+  if constexpr (!std::is_same_v<T, float>) {
+    throw std::invalid_argument("gemm: precision 'bf16' needs float32 operands");  // the ops' parsing refuses it first
+  } else {
+    // Only the rows x cols that op() reads are copied: a stored operand may be a strided slice (attention's heads).
+    auto rounded = [parallel](const float* src, int64_t rows, int64_t cols, int64_t ld) {
+      std::vector<float> out(static_cast<size_t>(rows * cols));
+      auto body = [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r)
+          for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = round_to_bf16(src[r * ld + c]);
+      };
+      if (parallel) parallel_for(rows, 64, body);
+      else body(0, rows);
+      return out;
+    };
+    const int64_t a_rows = transA ? K : M, a_cols = transA ? M : K, b_rows = transB ? N : K, b_cols = transB ? K : N;
+    const std::vector<float> a = rounded(A, a_rows, a_cols, lda), b = rounded(B, b_rows, b_cols, ldb);
+    gemm<float>(transA, transB, M, N, K, alpha, a.data(), a_cols, b.data(), b_cols, beta, C, ldc, parallel);
+  }
+}
+
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                           int64_t, float, float*, int64_t, bool);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
                            int64_t, double, double*, int64_t, bool);
+template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                          int64_t, float, float*, int64_t, bool);
+template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t, bool);
 
 }  // namespace tf

@@ -9,6 +9,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/bf16.h"
+
 namespace tf {
 
 // Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, where op(X) = X or X^T.
@@ -19,9 +21,21 @@ template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true);
 
+// The same product at a working precision. Precision::BF16 (float only) rounds op(A) and op(B) to bf16 and keeps
+// fp32 sums: the CPU reference of the GPU's tensor-core path (bf16 products are exact in fp32, so the two differ
+// only in the order of the sums). It rounds copies of the operands: a reference, not a fast path.
+template <typename T>
+void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true);
+
 extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                                  const float*, int64_t, float, float*, int64_t, bool);
 extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                                  const double*, int64_t, double, double*, int64_t, bool);
+
+extern template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                                 const float*, int64_t, float, float*, int64_t, bool);
+extern template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                   const double*, int64_t, double, double*, int64_t, bool);
 
 }  // namespace tf

@@ -16,14 +16,17 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// Slices of one (sample, head): the sample stride is outer, the head stride inner.
-cuda::GemmBatch batch_of(const AttnDims& d, int64_t a_outer, int64_t a_inner, int64_t b_outer, int64_t b_inner,
-                         int64_t c_outer, int64_t c_inner) {
-  cuda::GemmBatch g;
-  g.count = d.B * d.H;
-  g.inner = d.H;
-  g.a_outer = a_outer, g.a_inner = a_inner, g.b_outer = b_outer, g.b_inner = b_inner, g.c_outer = c_outer, g.c_inner = c_inner;
-  return g;
+// Slices of one (sample, head): the sample stride is outer, the head stride inner; every product of the op runs at
+// its precision.
+template <typename T>
+cuda::GemmOptions<T> batch_of(const AttnDims& d, Precision precision, int64_t a_outer, int64_t a_inner, int64_t b_outer,
+                              int64_t b_inner, int64_t c_outer, int64_t c_inner) {
+  cuda::GemmOptions<T> o{.precision = precision};
+  o.batch.count = d.B * d.H;
+  o.batch.inner = d.H;
+  o.batch.a_outer = a_outer, o.batch.a_inner = a_inner, o.batch.b_outer = b_outer, o.batch.b_inner = b_inner;
+  o.batch.c_outer = c_outer, o.batch.c_inner = c_inner;
+  return o;
 }
 
 // Causal softmax of each row of P in place: row i keeps columns j <= i, the rest become 0. One block per row.
@@ -64,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) softmax_backward_kernel(T* dS, const
 
 unsigned row_grid(int64_t rows) { return static_cast<unsigned>(rows < (1 << 30) ? rows : (1 << 30)); }
 
-// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp)
+// attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp, {precision}?)
 TF_OP(attention) {
   const AttentionArgs args = parse_attention(info);
   const AttnDims& d = args.d;
@@ -76,18 +79,18 @@ TF_OP(attention) {
     T* P = args.probs->data<T>();
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W, TT = d.T * d.T;
-    cuda::gemm<T>(false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, nullptr,
-                  batch_of(d, d.T * ld, d.hd, d.T * ld, d.hd, d.H * TT, TT));
+    cuda::gemm<T>(false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T,
+                  batch_of<T>(d, args.precision, d.T * ld, d.hd, d.T * ld, d.hd, d.H * TT, TT));
     int64_t rows = d.B * d.H * d.T;
     causal_softmax_kernel<T><<<row_grid(rows), kThreads, kThreads * sizeof(T), cuda::stream()>>>(P, rows, d.T);
     cuda::check_launch("attention (softmax)");
-    cuda::gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), args.out->data<T>(), d.W, nullptr,
-                  batch_of(d, d.H * TT, TT, d.T * ld, d.hd, d.T * d.W, d.hd));
+    cuda::gemm<T>(false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), args.out->data<T>(), d.W,
+                  batch_of<T>(d, args.precision, d.H * TT, TT, d.T * ld, d.hd, d.T * d.W, d.hd));
   });
   return info.Env().Undefined();
 }
 
-// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp): dqkv is overwritten.
+// attentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, probs, heads, temp, {precision}?): dqkv is overwritten.
 TF_OP(attentionBackward) {
   const AttentionBackwardArgs args = parse_attention_backward(info);
   const AttnDims& d = args.d;
@@ -105,18 +108,18 @@ TF_OP(attentionBackward) {
     const int64_t ld = 3 * d.W, TT = d.T * d.T;
     T* dS = cuda::scratch_as<T>(1, d.B * d.H * TT);
     // dP = dO V^T, then the softmax backward turns it into dS in place.
-    cuda::gemm<T>(false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS, d.T, nullptr,
-                  batch_of(d, d.T * d.W, d.hd, d.T * ld, d.hd, d.H * TT, TT));
+    cuda::gemm<T>(false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS, d.T,
+                  batch_of<T>(d, args.precision, d.T * d.W, d.hd, d.T * ld, d.hd, d.H * TT, TT));
     int64_t rows = d.B * d.H * d.T;
     softmax_backward_kernel<T><<<row_grid(rows), kThreads, kThreads * sizeof(T), cuda::stream()>>>(dS, P, rows, d.T);
     cuda::check_launch("attentionBackward (softmax)");
     // dV = P^T dO, dQ = scale dS K, dK = scale dS^T Q.
-    cuda::gemm<T>(true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, nullptr,
-                  batch_of(d, d.H * TT, TT, d.T * d.W, d.hd, d.T * ld, d.hd));
-    cuda::gemm<T>(false, false, d.T, d.hd, d.T, scale, dS, d.T, k, ld, T(0), dq, ld, nullptr,
-                  batch_of(d, d.H * TT, TT, d.T * ld, d.hd, d.T * ld, d.hd));
-    cuda::gemm<T>(true, false, d.T, d.hd, d.T, scale, dS, d.T, q, ld, T(0), dk, ld, nullptr,
-                  batch_of(d, d.H * TT, TT, d.T * ld, d.hd, d.T * ld, d.hd));
+    cuda::gemm<T>(true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld,
+                  batch_of<T>(d, args.precision, d.H * TT, TT, d.T * d.W, d.hd, d.T * ld, d.hd));
+    cuda::gemm<T>(false, false, d.T, d.hd, d.T, scale, dS, d.T, k, ld, T(0), dq, ld,
+                  batch_of<T>(d, args.precision, d.H * TT, TT, d.T * ld, d.hd, d.T * ld, d.hd));
+    cuda::gemm<T>(true, false, d.T, d.hd, d.T, scale, dS, d.T, q, ld, T(0), dk, ld,
+                  batch_of<T>(d, args.precision, d.H * TT, TT, d.T * ld, d.hd, d.T * ld, d.hd));
   });
   return info.Env().Undefined();
 }

@@ -9,28 +9,6 @@
 #include "layers.cuh"
 
 namespace tf {
-namespace cuda {
-namespace {
-
-template <typename T>
-__global__ void gelu_kernel(T* y, const T* x, int64_t n) {
-  TF_GRID_LOOP(i, n) y[i] = gelu_value(x[i]);
-}
-
-}  // namespace
-
-template <typename T>
-void gelu_forward(T* y, const T* x, int64_t n) {
-  if (n <= 0) return;
-  gelu_kernel<T><<<blocks_for(n, 256), 256, 0, stream()>>>(y, x, n);
-  check_launch("gelu");
-}
-
-template void gelu_forward<float>(float*, const float*, int64_t);
-template void gelu_forward<double>(double*, const double*, int64_t);
-
-}  // namespace cuda
-
 namespace {
 
 constexpr int kThreads = 256;
@@ -113,6 +91,11 @@ __global__ void patch_kernel(T* patches, T* image, int64_t B, int64_t C, int64_t
     if (kToPatches) patches[p] = image[idx];
     else image[idx] = patches[p];
   }
+}
+
+template <typename T>
+__global__ void gelu_kernel(T* y, const T* x, int64_t n) {
+  TF_GRID_LOOP(i, n) y[i] = cuda::gelu_value(x[i]);
 }
 
 template <typename T>
@@ -314,7 +297,11 @@ TF_OP(unpatchify) {
 
 TF_OP(gelu) {
   const GeluArgs args = parse_gelu(info);
-  dispatch_float(args.x->dtype(), [&]<typename T>() { cuda::gelu_forward<T>(args.y->data<T>(), args.x->data<T>(), args.x->numel()); });
+  int64_t n = args.x->numel();
+  if (n == 0) return info.Env().Undefined();
+  dispatch_float(args.x->dtype(), [&]<typename T>() {
+    gelu_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<T>(), args.x->data<T>(), n);
+  });
   return info.Env().Undefined();
 }
 

@@ -1,10 +1,12 @@
-// Tiled shared-memory GEMM for float and double: the reference GPU path, written for correctness and clarity.
-// Each 256-thread block computes a 64 x 64 tile of C, stepping over K in slices of 16 staged through shared memory;
-// each thread owns a 4 x 4 set of outputs spaced 16 apart, so the stores of a warp are contiguous.
+// Tiled shared-memory GEMM for float and double: the reference GPU path, written for correctness and clarity, and
+// the float32 path (it matches the CPU to float32 rounding). Each 256-thread block computes a 64 x 64 tile of C,
+// stepping over K in slices of 16 staged through shared memory; each thread owns a 4 x 4 set of outputs spaced 16
+// apart, so the stores of a warp are contiguous. Precision::BF16 goes to the tensor-core kernel (gemm_bf16.cu).
 //
-// TODO(perf): a tensor-core path (bf16 inputs, fp32 accumulation via mma/wgmma) for the mixed-precision mode, and
-// double buffering with cp.async; that is a later issue. This kernel is what the parity tests check it against.
+// TODO(perf): double buffering with cp.async for this path; a later issue.
 #include "gemm.cuh"
+
+#include <type_traits>
 
 namespace tf {
 namespace cuda {
@@ -15,8 +17,8 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256, kPer = 4;
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, int64_t K, T alpha, const T* __restrict__ A,
                                                         int64_t lda, const T* __restrict__ B, int64_t ldb, T beta, T* C,
-                                                        int64_t ldc, const T* __restrict__ bias, GemmBatch batch, int64_t y0,
-                                                        int64_t z0) {
+                                                        int64_t ldc, const T* __restrict__ bias, T* gelu, GemmBatch batch,
+                                                        int64_t y0, int64_t z0) {
   // +1 column of padding keeps the transposed stores into shared memory off a single bank.
   __shared__ T As[kBK][kBM + 1];
   __shared__ T Bs[kBK][kBN + 1];
@@ -25,6 +27,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, in
   A += batch.a(z);
   B += batch.b(z);
   C += batch.c(z);
+  if (gelu) gelu += batch.c(z);
 
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t m0 = (y0 + blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
@@ -83,44 +86,35 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, in
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       int64_t n = n0 + tx + 16 * j;
-      if (n >= N) continue;
-      T v = alpha * acc[i][j];
-      if (beta != T(0)) v += beta * C[m * ldc + n];
-      if (bias) v += bias[n];
-      C[m * ldc + n] = v;
+      if (n < N) store_result(acc[i][j], m, n, alpha, beta, C, ldc, bias, gelu);
     }
   }
-}
-
-template <typename T, bool kTransA, bool kTransB>
-void launch(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
-            int64_t ldc, const T* bias, const GemmBatch& batch) {
-  cudaStream_t s = stream();
-  for_each_grid_chunk((N + kBN - 1) / kBN, (M + kBM - 1) / kBM, batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
-    gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, y0, z0);
-    check_launch("gemm");
-  });
 }
 
 }  // namespace
 
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc, const T* bias, const GemmBatch& batch) {
-  if (M <= 0 || N <= 0 || batch.count <= 0) return;
-  if (transA) {
-    if (transB) launch<T, true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
-    else launch<T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
-  } else {
-    if (transB) launch<T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
-    else launch<T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch);
+          int64_t ldb, T beta, T* C, int64_t ldc, const GemmOptions<T>& o) {
+  if (M <= 0 || N <= 0 || o.batch.count <= 0) return;
+  if (o.precision == Precision::BF16) {
+    if constexpr (std::is_same_v<T, float>) return gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
+    else throw arg_error("gemm: bf16 precision needs float32 operands");
   }
+  cudaStream_t s = stream();
+  dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
+    for_each_grid_chunk((N + kBN - 1) / kBN, (M + kBM - 1) / kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
+      gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu, o.batch,
+                                                                 y0, z0);
+      check_launch("gemm");
+    });
+  });
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
-                          float, float*, int64_t, const float*, const GemmBatch&);
+                          float, float*, int64_t, const GemmOptions<float>&);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
-                           int64_t, double, double*, int64_t, const double*, const GemmBatch&);
+                           int64_t, double, double*, int64_t, const GemmOptions<double>&);
 
 }  // namespace cuda
 }  // namespace tf

@@ -2,7 +2,8 @@
 #pragma once
 #include <cstdint>
 
-#include "device.cuh"
+#include "../common/bf16.h"
+#include "layers.cuh"
 
 namespace tf {
 namespace cuda {
@@ -32,18 +33,54 @@ void for_each_grid_chunk(int64_t col_tiles, int64_t row_tiles, int64_t count, La
     }
 }
 
-// Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C (+ bias[N] on every row when bias is given).
+// Calls f.template operator()<kTransA, kTransB>() with the transposes as compile-time constants (one kernel each).
+template <typename F>
+void dispatch_transpose(bool transA, bool transB, F&& f) {
+  if (transA) {
+    if (transB) f.template operator()<true, true>();
+    else f.template operator()<true, false>();
+  } else {
+    if (transB) f.template operator()<false, true>();
+    else f.template operator()<false, false>();
+  }
+}
+
+// What a product adds around alpha * op(A) op(B) + beta * C, and how it multiplies.
+template <typename T>
+struct GemmOptions {
+  const T* bias = nullptr;  // + bias[n] on every row, after the beta term (the CPU's linear adds it last too)
+  T* gelu = nullptr;        // also writes GELU of each result here (same layout and batch strides as C)
+  GemmBatch batch;
+  Precision precision = Precision::F32;  // BF16: tensor cores, float only (gemm_bf16.cu)
+};
+
+// Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, then the options' epilogue.
 // A is M x K (lda >= K) when !transA, K x M (lda >= M) when transA; B is K x N (ldb >= N) when !transB, N x K
 // (ldb >= K) when transB. beta == 0 means C is overwritten and never read. Each C element is accumulated by one
-// thread in increasing k, so results are deterministic.
+// thread in a fixed order, so results are deterministic.
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr, const GemmBatch& batch = GemmBatch{});
+          int64_t ldb, T beta, T* C, int64_t ldc, const GemmOptions<T>& options = {});
 
 extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
-                                 int64_t, float, float*, int64_t, const float*, const GemmBatch&);
+                                 int64_t, float, float*, int64_t, const GemmOptions<float>&);
 extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                                  const double*, int64_t, double, double*, int64_t, const double*, const GemmBatch&);
+                                  const double*, int64_t, double, double*, int64_t, const GemmOptions<double>&);
+
+// The bf16 tensor-core path behind gemm(): operands rounded to bf16 as they are staged, fp32 accumulation.
+void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
+
+// One C element's epilogue, shared by both kernels: alpha * acc, + beta * C, + bias, then the GELU copy.
+template <typename T>
+__device__ __forceinline__ void store_result(T acc, int64_t m, int64_t n, T alpha, T beta, T* C, int64_t ldc,
+                                             const T* bias, T* gelu) {
+  T v = alpha * acc;
+  if (beta != T(0)) v += beta * C[m * ldc + n];
+  if (bias) v += bias[n];
+  C[m * ldc + n] = v;
+  if (gelu) gelu[m * ldc + n] = gelu_value(v);  // after C: gelu may alias C (the sampler's in-place MLP)
+}
 
 }  // namespace cuda
 }  // namespace tf

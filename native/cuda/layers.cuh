@@ -1,5 +1,5 @@
-// Launchers shared between layer files: the sampler (reverse.cu) runs the same LayerNorm and GELU kernels as
-// training, so the two paths cannot drift apart.
+// What layer files share, so that no two paths drift apart: the sampler (reverse.cu) runs the same LayerNorm kernel
+// as training, and the GELU op and the GEMM epilogue (training's MLP and the sampler's) evaluate one gelu_value.
 #pragma once
 #include <cstdint>
 
@@ -12,10 +12,6 @@ namespace cuda {
 template <typename T>
 void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, const T* bias, int64_t N, int64_t C, double eps);
 
-// y = GELU(x), exact erf form; y may alias x.
-template <typename T>
-void gelu_forward(T* y, const T* x, int64_t n);
-
 // Phi(x), the standard normal CDF, through erfc: 0.5 * (1 + erf(x / sqrt 2)) cancels for x << 0 and loses the
 // small values the CPU's gelu.h keeps (its float path is an erfc fit, its double path std::erfc).
 template <typename T>
@@ -23,7 +19,7 @@ __device__ __forceinline__ T normal_cdf(T x) {
   return T(0.5) * erfc(x * T(-0.70710678118654752440));
 }
 
-// GELU(x) = x * Phi(x): the elementwise op and the GEMM epilogue share this one definition.
+// GELU(x) = x * Phi(x), the exact (erf) form.
 template <typename T>
 __device__ __forceinline__ T gelu_value(T x) {
   return x * normal_cdf(x);

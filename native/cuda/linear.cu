@@ -1,5 +1,6 @@
 // Linear layers y = x W^T + b (W is (out, in)) and their backward: the CUDA twin of native/cpu/linear.cc.
-// The bias is added in the GEMM's epilogue, after the optional accumulation, as the CPU does it.
+// The bias is added in the GEMM's epilogue, after the optional accumulation, as the CPU does it; so is the GELU
+// of the gelu option.
 #include "../common/op.h"
 #include "../common/op_args.h"
 #include "../common/op_table.h"
@@ -32,26 +33,32 @@ __global__ void bias_reduce_kernel(T* db, const T* partial, int64_t blocks, int6
   }
 }
 
-// linear(y, x, weight, bias|null, accumulate)
+// linear(y, x, weight, bias|null, accumulate, {precision, gelu}?): bias and GELU in the GEMM's epilogue.
 TF_OP(linear) {
   const LinearArgs args = parse_linear(info);
   const LinearDims& d = args.d;
   dispatch_float(args.x->dtype(), [&]<typename T>() {
     cuda::gemm<T>(false, true, d.M, d.N, d.K, T(1), args.x->data<T>(), d.K, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0),
-                  args.y->data<T>(), d.N, args.bias ? args.bias->data<T>() : nullptr);
+                  args.y->data<T>(), d.N,
+                  {.bias = args.bias ? args.bias->data<T>() : nullptr, .gelu = args.gelu ? args.gelu->data<T>() : nullptr,
+                   .precision = args.precision});
   });
   return info.Env().Undefined();
 }
 
-// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx)
-// dweight += dy^T x and dbias += sum_rows dy (gradients accumulate over a step); dx = (or +=) dy W.
+// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, {precision}?)
+// dweight += dy^T x and dbias += sum_rows dy (gradients accumulate over a step); dx = (or +=) dy W. With bf16 the
+// two products run on the tensor cores; the bias gradient is an fp32 sum of dy.
 TF_OP(linearBackward) {
   const LinearBackwardArgs args = parse_linear_backward(info);
   const LinearDims& d = args.d;
   dispatch_float(args.weight->dtype(), [&]<typename T>() {
     const T* g = args.dy->data<T>();
-    if (args.dx) cuda::gemm<T>(false, false, d.M, d.K, d.N, T(1), g, d.N, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0), args.dx->data<T>(), d.K);
-    if (args.dweight) cuda::gemm<T>(true, false, d.N, d.K, d.M, T(1), g, d.N, args.x->data<T>(), d.K, T(1), args.dweight->data<T>(), d.K);
+    const cuda::GemmOptions<T> o{.precision = args.precision};
+    if (args.dx)
+      cuda::gemm<T>(false, false, d.M, d.K, d.N, T(1), g, d.N, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0), args.dx->data<T>(),
+                    d.K, o);
+    if (args.dweight) cuda::gemm<T>(true, false, d.N, d.K, d.M, T(1), g, d.N, args.x->data<T>(), d.K, T(1), args.dweight->data<T>(), d.K, o);
     if (args.dbias && d.M > 0 && d.N > 0) {
       int64_t blocks = (d.M + kRows - 1) / kRows, col_blocks = (d.N + 127) / 128;
       if (col_blocks > 65535) throw shape_error("linearBackward: too many output features for the bias reduction: " + std::to_string(d.N));

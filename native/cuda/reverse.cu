@@ -127,10 +127,12 @@ __global__ void update_kernel(T* xs, const T* o, int64_t i, int64_t B, int64_t T
   }
 }
 
+// y (+)= x W^T + b; with gelu, y becomes GELU of that (the MLP's first layer, in the GEMM's epilogue).
 template <typename T>
-void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate) {
+void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, bool gelu = false) {
   int64_t N = w->dim(0), K = w->dim(1);
-  cuda::gemm<T>(false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N, b->data<T>());
+  cuda::gemm<T>(false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N,
+                {.bias = b->data<T>(), .gelu = gelu ? y : nullptr});
 }
 
 template <typename T>
@@ -203,8 +205,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
       cuda::check_launch("blockReverse (attention)");
       dense(h, att, lw.projw, lw.projb, R, true);
       cuda::layer_norm_forward<T>(ln, mean, rstd, h, lw.ln2w->data<T>(), lw.ln2b->data<T>(), R, W, opt.eps);
-      dense(f, ln, lw.fc1w, lw.fc1b, R, false);
-      cuda::gelu_forward<T>(f, f, R * F);
+      dense(f, ln, lw.fc1w, lw.fc1b, R, false, true);
       dense(h, f, lw.fc2w, lw.fc2b, R, true);
     }
     dense(o, h, w.outw, w.outb, R, false);

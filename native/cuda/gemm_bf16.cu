@@ -1,0 +1,138 @@
+// The bf16 tensor-core GEMM behind cuda::gemm(..., {.precision = Precision::BF16}): mixed precision's matrix
+// products. Operands are read as fp32, rounded to bf16 (to nearest even) when they are staged in shared memory, and
+// multiplied by mma.sync.m16n8k16 into fp32 accumulators (sm_80 and newer); the epilogue (alpha, beta, bias, GELU)
+// is the float kernel's. The per-thread index logic is in mma_tile.h, which test/native/mma_tile_test.cc runs on
+// the CPU for every thread against an emulated mma.sync; gemm.cu's float kernel stays the reference path.
+//
+// Two shared stages: while the warps multiply one K slice, every thread holds its part of the next slice in
+// registers (its global loads in flight during the multiply) and stores it to the other stage afterwards, so one
+// __syncthreads per slice is enough: a stage is rewritten only after the barrier that ends its last reader's slice.
+//
+// TODO(perf): ldmatrix fragment loads, 128-bit global loads where aligned, wgmma on sm_90; later issues.
+#include <string>
+
+#include "gemm.cuh"
+#include "mma_tile.h"
+
+namespace tf {
+namespace cuda {
+namespace {
+
+// d += a b for one m16n8k16 tile, fragments as mma_tile.h lays them out.
+__device__ __forceinline__ void mma_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // unreachable: the host refuses bf16 below compute capability 8.0
+#endif
+}
+
+template <bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(mma::kThreads)
+    gemm_bf16_kernel(int64_t M, int64_t N, int64_t K, float alpha, const float* __restrict__ A, int64_t lda,
+                     const float* __restrict__ B, int64_t ldb, float beta, float* C, int64_t ldc,
+                     const float* __restrict__ bias, float* gelu, GemmBatch batch, int64_t y0, int64_t z0) {
+  using namespace mma;
+  __shared__ uint32_t stage[2][2][kStageWords];  // [stage][A, B^T]: 40 KiB
+
+  const int64_t z = z0 + blockIdx.z;
+  C += batch.c(z);
+  if (gelu) gelu += batch.c(z);
+  // B is staged as B^T (N rows of K), so both operands are "rows x K" to the staging code.
+  const Operand a{A + batch.a(z), lda, M, K, !kTransA};
+  const Operand b{B + batch.b(z), ldb, N, K, kTransB};
+  const int64_t m0 = (y0 + blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  float acc[kTilesM][kTilesN][4] = {};
+  float next_a[kPairs][2], next_b[kPairs][2];
+  auto fetch = [&](int64_t k0) {
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p) {
+      load_pair(a, m0, k0, stage_coord(tid, p, !kTransA), next_a[p][0], next_a[p][1]);
+      load_pair(b, n0, k0, stage_coord(tid, p, kTransB), next_b[p][0], next_b[p][1]);
+    }
+  };
+  auto put = [&](int s) {
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p) {
+      stage[s][0][stage_word(stage_coord(tid, p, !kTransA))] = pack_bf16x2(next_a[p][0], next_a[p][1]);
+      stage[s][1][stage_word(stage_coord(tid, p, kTransB))] = pack_bf16x2(next_b[p][0], next_b[p][1]);
+    }
+  };
+
+  const int64_t slices = (K + kBK - 1) / kBK;
+  fetch(0);
+  put(0);
+  __syncthreads();
+  for (int64_t t = 0; t < slices; ++t) {
+    const int cur = static_cast<int>(t & 1);
+    const bool more = t + 1 < slices;  // the same for every thread: the barrier below is reached by all
+    if (more) fetch((t + 1) * kBK);
+    const uint32_t* sa = stage[cur][0];
+    const uint32_t* sb = stage[cur][1];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      uint32_t af[kTilesM][4], bf[kTilesN][2];
+#pragma unroll
+      for (int mi = 0; mi < kTilesM; ++mi)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) af[mi][i] = sa[a_frag_word(warp, lane, mi, s, i)];
+#pragma unroll
+      for (int ni = 0; ni < kTilesN; ++ni)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) bf[ni][i] = sb[b_frag_word(warp, lane, ni, s, i)];
+#pragma unroll
+      for (int mi = 0; mi < kTilesM; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < kTilesN; ++ni) mma_16x8x16(acc[mi][ni], af[mi], bf[ni]);
+    }
+    if (more) put(cur ^ 1);
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < kTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < kTilesN; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + acc_row(warp, lane, mi, i), n = n0 + acc_col(warp, lane, ni, i);
+        if (m < M && n < N) store_result(acc[mi][ni][i], m, n, alpha, beta, C, ldc, bias, gelu);
+      }
+}
+
+// mma.sync with bf16 operands needs compute capability 8.0 (Ampere) or newer. Asked once per process: the backend
+// only uses the runtime's default device.
+void require_bf16_tensor_cores() {
+  static const int cc = [] {
+    int dev = 0, major = 0, minor = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+    return 10 * major + minor;
+  }();
+  if (cc < 80)
+    throw Error("ERR_TARFLOW_DEVICE", "precision 'bf16' needs a GPU of compute capability 8.0 or newer; this one is " +
+                                          std::to_string(cc / 10) + "." + std::to_string(cc % 10) + " (use precision 'fp32')");
+}
+
+}  // namespace
+
+void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
+  require_bf16_tensor_cores();
+  cudaStream_t s = stream();
+  dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
+    for_each_grid_chunk((N + mma::kBN - 1) / mma::kBN, (M + mma::kBM - 1) / mma::kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
+      gemm_bf16_kernel<kTransA, kTransB><<<grid, mma::kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu,
+                                                                         o.batch, y0, z0);
+      check_launch("gemm (bf16)");
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace tf

@@ -1,0 +1,126 @@
+// The per-thread index logic of the bf16 tensor-core GEMM (gemm_bf16.cu), in plain C++ so that a CPU program
+// (test/native/mma_tile_test.cc) runs exactly this logic for every thread of a block and checks the products:
+// which elements of A and B a thread stages into shared memory, which shared words it hands to mma.sync as
+// fragments, and which element of C each of its accumulators is.
+//
+// Block tile kBM x kBN, K in slices of kBK. 8 warps in a 2 x 4 grid; each warp owns a 64 x 32 tile of C, that is
+// 4 x 4 mma tiles of m16 n8, and steps through a slice in two k16 halves.
+//
+// Shared memory holds both operands K-contiguous, as 32-bit words of two bf16 (the lower k in the low half, as
+// the fragments want them): A as [m][k], B as [n][k], i.e. B^T. One row of a stage is kRowWords words: kBK / 2
+// of data and 4 of padding. With 20 words per row, the 8 rows a fragment load touches (groupID 0..7 at one
+// threadID_in_group) land in 8 different groups of 4 banks, so fragment loads are free of bank conflicts.
+#pragma once
+#include <cstdint>
+
+#include "../common/bf16.h"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#endif
+
+namespace tf {
+namespace mma {
+
+constexpr int kBM = 128, kBN = 128, kBK = 32, kThreads = 256;
+constexpr int kWarpsM = 2, kWarpsN = 4;
+constexpr int kWarpM = kBM / kWarpsM, kWarpN = kBN / kWarpsN;  // 64 x 32
+constexpr int kTilesM = kWarpM / 16, kTilesN = kWarpN / 8;     // 4 x 4 mma tiles per warp
+constexpr int kSteps = kBK / 16;                               // k16 steps per slice
+constexpr int kRowWords = kBK / 2 + 4;
+constexpr int kStageWords = kBM * kRowWords;  // one operand of one stage (kBM == kBN rows)
+constexpr int kPairs = kBM * kBK / 2 / kThreads;  // pairs of consecutive k a thread stages per operand per slice
+
+static_assert(kBM == kBN, "one stage layout serves both operands");
+static_assert(kWarpsM * kWarpsN * 32 == kThreads, "the warp grid covers the block");
+static_assert(kBM * kBK / 2 % kThreads == 0, "every thread stages the same number of pairs");
+
+// ---- Staging: global fp32 -> bf16 pairs in shared memory ----
+
+// An operand tile, seen as rows x k: A is M x K; B is seen as B^T, N x K. Row r, element k sits at
+// src[r * ld + k] when the operand is contiguous along k (A not transposed, B transposed), else at src[k * ld + r].
+struct Operand {
+  const float* src;
+  int64_t ld, rows, K;
+  bool k_contiguous;
+};
+
+// Pair p (0 <= p < kPairs) of thread tid: its row in the block tile and the even k of the pair in the slice.
+// A warp reads 2 rows x 32 consecutive k of a k-contiguous operand, or 32 consecutive rows at two k of the other
+// kind: consecutive addresses either way.
+struct PairCoord {
+  int row, k;
+};
+TF_HOST_DEVICE inline PairCoord stage_coord(int tid, int p, bool k_contiguous) {
+  const int e = tid + p * kThreads;
+  if (k_contiguous) return {e / (kBK / 2), 2 * (e % (kBK / 2))};
+  return {e % kBM, 2 * (e / kBM)};
+}
+
+// The two values of a pair (zeros outside the matrix, so the tails add nothing), for a tile whose first row is
+// row0 and a slice that starts at k0.
+TF_HOST_DEVICE inline void load_pair(const Operand& op, int64_t row0, int64_t k0, PairCoord c, float& lo, float& hi) {
+  const int64_t r = row0 + c.row, k = k0 + c.k;
+  lo = hi = 0.0f;
+  if (r >= op.rows) return;
+  if (op.k_contiguous) {
+    const float* p = op.src + r * op.ld + k;
+    if (k < op.K) lo = p[0];
+    if (k + 1 < op.K) hi = p[1];
+  } else {
+    const float* p = op.src + k * op.ld + r;
+    if (k < op.K) lo = p[0];
+    if (k + 1 < op.K) hi = p[op.ld];
+  }
+}
+
+// Where pair c goes in a stage: the word of its row that holds k and k + 1.
+TF_HOST_DEVICE inline int stage_word(PairCoord c) { return c.row * kRowWords + c.k / 2; }
+
+// Two floats as a bf16x2 word, lo in the low half; both round to nearest even.
+TF_HOST_DEVICE inline uint32_t pack_bf16x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__)
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (the low half) = lo
+  uint32_t w;
+  memcpy(&w, &v, sizeof w);
+  return w;
+#else
+  return uint32_t(bf16_bits(lo)) | (uint32_t(bf16_bits(hi)) << 16);
+#endif
+}
+
+// ---- Fragments of mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 ----
+// PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type": lane = 4 * groupID + threadID_in_group.
+// A (16 x 16): register i holds elements a(2i), a(2i+1): row groupID (+8 for odd i), k 2 * threadID_in_group
+//   (+8 for i >= 2) and the next k.
+// B (16 x 8, k x n): register i holds b(2i), b(2i+1): column groupID, k 2 * threadID_in_group (+8 for i = 1) and
+//   the next k.
+// C and D (16 x 8, fp32): element i at row groupID (+8 for i >= 2), column 2 * threadID_in_group + (i & 1).
+
+TF_HOST_DEVICE inline int a_frag_row(int lane, int i) { return (lane >> 2) + 8 * (i & 1); }
+TF_HOST_DEVICE inline int a_frag_k(int lane, int i) { return 2 * (lane & 3) + 8 * (i >> 1); }
+TF_HOST_DEVICE inline int b_frag_col(int lane) { return lane >> 2; }
+TF_HOST_DEVICE inline int b_frag_k(int lane, int i) { return 2 * (lane & 3) + 8 * i; }
+TF_HOST_DEVICE inline int c_frag_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+TF_HOST_DEVICE inline int c_frag_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+
+// The warp's 64 x 32 tile of C inside the block tile.
+TF_HOST_DEVICE inline int warp_row0(int warp) { return (warp % kWarpsM) * kWarpM; }
+TF_HOST_DEVICE inline int warp_col0(int warp) { return (warp / kWarpsM) * kWarpN; }
+
+// The stage word that is register i of the A fragment of mma tile row mi at k16 step s, for this lane.
+TF_HOST_DEVICE inline int a_frag_word(int warp, int lane, int mi, int s, int i) {
+  return (warp_row0(warp) + 16 * mi + a_frag_row(lane, i)) * kRowWords + (16 * s + a_frag_k(lane, i)) / 2;
+}
+
+// The stage word that is register i of the B fragment of mma tile column ni at k16 step s.
+TF_HOST_DEVICE inline int b_frag_word(int warp, int lane, int ni, int s, int i) {
+  return (warp_col0(warp) + 8 * ni + b_frag_col(lane)) * kRowWords + (16 * s + b_frag_k(lane, i)) / 2;
+}
+
+// Accumulator i of mma tile (mi, ni): its row and column in the block tile.
+TF_HOST_DEVICE inline int acc_row(int warp, int lane, int mi, int i) { return warp_row0(warp) + 16 * mi + c_frag_row(lane, i); }
+TF_HOST_DEVICE inline int acc_col(int warp, int lane, int ni, int i) { return warp_col0(warp) + 8 * ni + c_frag_col(lane, i); }
+
+}  // namespace mma
+}  // namespace tf

@@ -1,0 +1,135 @@
+/**
+ * bf16 mixed precision without a GPU: the index logic of the tensor-core GEMM, run on the CPU for every thread
+ * (test/native/mma_tile_test.cc); the CPU backend's emulation, which is the reference for the GPU's bf16 results
+ * (bf16-rounded inputs, fp32 sums: bit for bit the float32 product of rounded inputs); the fused GELU output; and a
+ * whole model in bf16 against float32. The GPU's bf16 kernels are compared with all of this in cuda-parity.test.ts.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getBackend, type MatmulOptions, type Tensor } from '../lib/backend.js';
+import { TarFlow } from '../lib/model.js';
+import { gaussian, modelErrors, relError, repoRoot, roundBf16 } from './helpers.js';
+
+const cpu = getBackend('cpu');
+const bf16: MatmulOptions = { precision: 'bf16' };
+
+test('the bf16 GEMM kernel\'s per-thread index logic, run on the CPU against the PTX fragment layouts', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tarflow-mma-'));
+  try {
+    const exe = join(dir, 'mma_tile_test');
+    const cxx = process.env.CXX ?? 'g++';
+    const source = join(repoRoot, 'test', 'native', 'mma_tile_test.cc');
+    const compile = (flags: string[]) => spawnSync(cxx, ['-std=c++17', '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, source], { encoding: 'utf8' });
+    // AddressSanitizer also catches reads outside the operands (rows past M, k past K), which change no result.
+    let built = compile(['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']);
+    if (built.error && (built.error as NodeJS.ErrnoException).code === 'ENOENT') {
+      console.warn(`  skipped: no C++ compiler (${cxx}) to build ${source}`);
+      return;
+    }
+    if (built.status !== 0 && /fsanitize|libasan|libubsan/.test(built.stderr)) built = compile(['-O2']);
+    assert.is(built.status, 0, `compiling ${source} failed:\n${built.stderr}`);
+    const run = spawnSync(exe, [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
+    assert.is(run.status, 0, `mma tile checks failed:\n${run.stderr}${run.stdout}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function randn(n: number, seed: number, scale = 1): Float32Array {
+  const g = gaussian(seed);
+  return Float32Array.from({ length: n }, () => scale * g());
+}
+
+const T = (shape: number[], data?: Float32Array): Tensor => new cpu.Tensor('float32', shape, data);
+const same = (a: Tensor, b: Tensor, what: string) => assert.equal(Array.from(a.toArray()), Array.from(b.toArray()), what);
+
+test('linear and linearBackward in bf16 are the float32 products of bf16-rounded inputs, bit for bit', () => {
+  const [B, Tn, K, N] = [3, 7, 40, 24];
+  const x = randn(B * Tn * K, 1), w = randn(N * K, 2, 0.2), b = randn(N, 3), dy = randn(B * Tn * N, 4), prior = randn(B * Tn * N, 5);
+  for (const accumulate of [false, true]) {
+    const y = T([B, Tn, N], prior), ref = T([B, Tn, N], prior);
+    cpu.ops.linear(y, T([B, Tn, K], x), T([N, K], w), T([N], b), accumulate, bf16);
+    cpu.ops.linear(ref, T([B, Tn, K], roundBf16(x)), T([N, K], roundBf16(w)), T([N], b), accumulate);
+    same(y, ref, `linear accumulate=${accumulate}`);
+  }
+  const dx = T([B, Tn, K]), dw = T([N, K]), db = T([N]);
+  cpu.ops.linearBackward(dx, dw, db, T([B, Tn, N], dy), T([B, Tn, K], x), T([N, K], w), false, bf16);
+  const rdx = T([B, Tn, K]), rdw = T([N, K]), rdb = T([N]);
+  cpu.ops.linearBackward(rdx, rdw, null, T([B, Tn, N], roundBf16(dy)), T([B, Tn, K], roundBf16(x)), T([N, K], roundBf16(w)), false);
+  cpu.ops.linearBackward(null, null, rdb, T([B, Tn, N], dy), T([B, Tn, K], x), T([N, K], w), false);  // the bias gradient stays fp32
+  same(dx, rdx, 'dx');
+  same(dw, rdw, 'dweight');
+  same(db, rdb, 'dbias');
+  // The rounding happened: bf16 differs from float32 at about 2^-9.
+  const f32 = T([B, Tn, K]);
+  cpu.ops.linearBackward(f32, null, null, T([B, Tn, N], dy), T([B, Tn, K], x), T([N, K], w), false);
+  const err = relError(dx.toArray(), f32.toArray());
+  assert.ok(err > 1e-4 && err < 1e-2, `bf16 vs float32 dx: relative error ${err}`);
+});
+
+test('linear with a gelu output equals linear then gelu, in both precisions', () => {
+  const [M, K, N] = [9, 16, 20];
+  const x = T([M, K], randn(M * K, 6)), w = T([N, K], randn(N * K, 7, 0.3)), b = T([N], randn(N, 8));
+  for (const precision of ['fp32', 'bf16'] as const) {
+    const y = T([M, N]), act = T([M, N]), y2 = T([M, N]), act2 = T([M, N]);
+    cpu.ops.linear(y, x, w, b, false, { precision, gelu: act });
+    cpu.ops.linear(y2, x, w, b, false, { precision });
+    cpu.ops.gelu(act2, y2);
+    same(y, y2, `${precision} pre-activation`);
+    same(act, act2, `${precision} activation`);
+  }
+});
+
+test('attention and its backward in bf16 stay within bf16 rounding of float32', () => {
+  const [B, Tn, W, H] = [2, 19, 128, 2];
+  const qkv = T([B, Tn, 3 * W], randn(B * Tn * 3 * W, 9)), dout = T([B, Tn, W], randn(B * Tn * W, 10));
+  const run = (options?: MatmulOptions) => {
+    const out = T([B, Tn, W]), probs = T([B, H, Tn, Tn]), dqkv = T([B, Tn, 3 * W]);
+    cpu.ops.attention(out, probs, qkv, H, 0.8, options);
+    cpu.ops.attentionBackward(dqkv, dout, qkv, probs, H, 0.8, options);
+    return [out.toArray(), probs.toArray(), dqkv.toArray()];
+  };
+  const a = run(bf16), b = run();
+  ['out', 'probs', 'dqkv'].forEach((name, i) => {
+    const err = relError(a[i], b[i]);
+    assert.ok(err > 1e-5 && err < 2e-2, `${name}: bf16 vs float32 relative error ${err}`);
+  });
+});
+
+test('bad precision options are refused with a coded error', () => {
+  const x = T([2, 4]), w = T([3, 4]), y = T([2, 3]);
+  const code = (fn: () => void) => {
+    try {
+      fn();
+    } catch (err) {
+      return (err as { code?: string }).code;
+    }
+    return 'none';
+  };
+  assert.is(code(() => cpu.ops.linear(y, x, w, null, false, { precision: 'fp16' as 'bf16' })), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  const d = (s: number[]) => new cpu.Tensor('float64', s);
+  assert.is(code(() => cpu.ops.linear(d([2, 3]), d([2, 4]), d([3, 4]), null, false, bf16)), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.is(code(() => cpu.ops.linear(y, x, w, null, false, { gelu: T([3, 2]) })), 'ERR_TARFLOW_SHAPE');
+  assert.is(code(() => cpu.ops.linearBackward(null, null, null, y, x, w, false, { gelu: y } as MatmulOptions)), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.is(code(() => new TarFlow({ inChannels: 1, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 },
+    { device: 'cpu', dtype: 'float64', precision: 'bf16' })), 'ERR_TARFLOW_INVALID_ARGUMENT');
+});
+
+test('a model in bf16 (CPU emulation) stays within 2e-2 of float32: latents, log-dets, loss, gradients, dL/dx', () => {
+  for (const [cfg, batch] of [
+    [{ inChannels: 1, imgSize: 8, patchSize: 2, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 3 }, 3],
+    [{ inChannels: 3, imgSize: 16, patchSize: 4, channels: 128, numBlocks: 2, layersPerBlock: 2, nvp: false }, 2],
+  ] as const) {
+    const errors = modelErrors(cfg, batch, { device: 'cpu', precision: 'bf16' }, { device: 'cpu', precision: 'fp32' });
+    for (const [name, err] of Object.entries(errors)) assert.ok(err < 2e-2, `${JSON.stringify(cfg)}: ${name} relative error ${err}`);
+    assert.ok(errors.gradients > 1e-5, 'bf16 gradients equal float32\'s: was bf16 applied?');
+  }
+  const bad = () => new TarFlow({ inChannels: 1, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 }, { device: 'cpu', precision: 'fp16' as 'bf16' });
+  assert.throws(bad, (e: { code?: string }) => e.code === 'ERR_TARFLOW_INVALID_ARGUMENT');
+});
+
+test.run();
