@@ -107,6 +107,8 @@ export interface Backend {
   readonly device: DeviceName;
   readonly Tensor: new (dtype: DType, shape: number[], data?: Float32Array | Float64Array | Int32Array) => Tensor;
   readonly ops: Ops;
+  /** Waits until the device has finished all queued work (a no-op on the CPU, whose ops return when done). */
+  synchronize(): void;
 }
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -121,7 +123,7 @@ let warnedFallback = false;
  * Native ops throw plain Errors carrying a `code`; re-throwing them as TarflowError lets callers use one
  * `instanceof` check for every failure the library reports.
  */
-function wrapOps(raw: Ops): Ops {
+function wrapOps<T extends object>(raw: T): T {
   const wrapped: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(raw as unknown as Record<string, (...a: unknown[]) => unknown>)) {
     wrapped[name] = (...args: unknown[]) => {
@@ -134,7 +136,7 @@ function wrapOps(raw: Ops): Ops {
       }
     };
   }
-  return wrapped as unknown as Ops;
+  return wrapped as T;
 }
 
 function loadCpu(): Backend {
@@ -148,7 +150,7 @@ function loadCpu(): Backend {
         `the CPU addon is not built (${(err as Error).message.split('\n')[0]}); run 'npm install' (or 'npm run build:native') in ${packageRoot}`,
         { cause: err });
     }
-    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops) };
+    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {} };
   }
   return cpuBackend;
 }
@@ -161,14 +163,14 @@ function tryLoadCuda(): Backend | undefined {
     return undefined;
   }
   try {
-    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; deviceCount?: () => number; deviceInfo?: () => { reason?: string } };
+    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; synchronize: () => void; deviceCount?: () => number; deviceInfo?: () => { reason?: string } };
     const count = addon.deviceCount ? addon.deviceCount() : 0;
     if (count < 1) {
       const reason = addon.deviceInfo?.().reason;
       cudaFailure = `the CUDA addon loaded but no GPU answered${reason ? ` (${reason})` : ''}`;
       return undefined;
     }
-    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops) };
+    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: wrapOps({ synchronize: addon.synchronize }).synchronize };
   } catch (err) {
     cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;
   }

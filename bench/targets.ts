@@ -1,0 +1,255 @@
+/**
+ * The speed targets of the GPU work (issue 4) as one table: the official PyTorch TarFlow on the H200, the goal, this
+ * project's measurement, and the floor each row is bound by, from the model's work (bench/cost.ts) over two rates
+ * measured in the same run: the bf16 matrix rate (the GEMM row) and the device copy rate.
+ *
+ * Every timing waits for the device (backend.synchronize) and is the median of repeated runs after warm-up, on
+ * fresh random inputs. On the CPU the ImageNet 64 rows would take hours, so they are skipped there and the kernel
+ * rows use smaller shapes; the table still shows what the code measures.
+ */
+import { type Backend, type Precision, type Tensor } from '../lib/backend.js';
+import { PRESETS, type TarFlowConfig } from '../lib/config.js';
+import { loadMnist, type ImageDataset } from '../lib/data.js';
+import { TarFlow } from '../lib/model.js';
+import { denoise, generate } from '../lib/sampling.js';
+import { Trainer } from '../lib/train.js';
+import { attentionBenchFlops, modelCost } from './cost.js';
+
+/** The ImageNet 64 likelihood model of the paper's table: patch 2, width 768, 8 blocks of 8 layers. */
+export const IMAGENET64: TarFlowConfig = {
+  inChannels: 3, imgSize: 64, patchSize: 2, channels: 768, numBlocks: 8, layersPerBlock: 8, nvp: true, numClasses: 0, headDim: 64, expansion: 4,
+};
+const MNIST_SMALL: TarFlowConfig = { inChannels: 1, imgSize: 28, numClasses: 10, nvp: true, headDim: 64, expansion: 4, ...PRESETS.small };
+
+interface Row {
+  work: string;
+  official: string;
+  goal: string;
+  ours: string;
+  /** The best this row could do at the measured rates, in the row's unit, and what bounds it. */
+  floor: string;
+  /** ours / floor for rates (1 = at the floor); empty where there is no floor. */
+  gap: string;
+}
+
+export interface TargetsOptions {
+  precision: Precision;
+  /** Largest seconds a sampling row may take; a longer one is measured on a smaller batch and says so. */
+  maxSeconds: number;
+  log: (line: string) => void;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Median seconds of `fn` over `repeats` runs after `warmup`; `prepare` (untimed) refreshes the inputs first. */
+function timeMedian(backend: Backend, fn: () => void, repeats: number, warmup = 1, prepare?: () => void): number {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + repeats; i++) {
+    prepare?.();
+    backend.synchronize();
+    const t0 = performance.now();
+    fn();
+    backend.synchronize();
+    if (i >= warmup) times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+function randomTensor(backend: Backend, shape: number[], seed: number): Tensor {
+  const t = new backend.Tensor('float32', shape);
+  backend.ops.normal(t, seed, 0, 0);
+  return t;
+}
+
+function syntheticImages(config: TarFlowConfig, count: number): ImageDataset {
+  const per = config.inChannels * config.imgSize * config.imgSize;
+  const images = new Uint8Array(count * per);
+  let s = 12345;
+  for (let i = 0; i < images.length; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    images[i] = s >>> 24;
+  }
+  return { name: 'random', images, labels: null, count, channels: config.inChannels, size: config.imgSize, numClasses: 0 };
+}
+
+/** Runs one measurement; a failure (out of memory, say) becomes the row's entry instead of ending the table. */
+function attempt(rows: Row[], work: string, official: string, goal: string, measure: () => Omit<Row, 'official' | 'goal' | 'work'> & { work?: string }): void {
+  try {
+    const r = measure();
+    rows.push({ work, official, goal, ...r });
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    rows.push({ work, official, goal, ours: `failed: ${e.code ?? e.name}`, floor: e.message.slice(0, 120), gap: '' });
+  }
+}
+
+const fmt = (v: number, unit: string, digits = 1) => (Number.isFinite(v) ? `${v.toFixed(digits)} ${unit}` : 'n/a');
+const ratio = (ours: number, floor: number) => (Number.isFinite(ours) && Number.isFinite(floor) && floor > 0 ? `${((100 * ours) / floor).toFixed(0)}%` : '');
+
+/** The copy rate in bytes/s (read + write) of one large device-to-device copy. */
+function copyRate(backend: Backend, values: number): number {
+  const a = randomTensor(backend, [values], 1), b = new backend.Tensor('float32', [values]);
+  try {
+    return (2 * 4 * values) / timeMedian(backend, () => backend.ops.copy(b, a), 5);
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
+
+function gemmRate(backend: Backend, n: number, precision: Precision): number {
+  const x = randomTensor(backend, [n, n], 1), w = randomTensor(backend, [n, n], 2), y = new backend.Tensor('float32', [n, n]);
+  try {
+    return (2 * n ** 3) / timeMedian(backend, () => backend.ops.linear(y, x, w, null, false, { precision }), 5);
+  } finally {
+    for (const t of [x, w, y]) t.dispose();
+  }
+}
+
+function attentionRates(backend: Backend, B: number, H: number, T: number, d: number, precision: Precision): { forward: number; forwardBackward: number } {
+  const W = H * d;
+  const qkv = randomTensor(backend, [B, T, 3 * W], 3), out = new backend.Tensor('float32', [B, T, W]);
+  const probs = new backend.Tensor('float32', [B, H, T, T]);
+  const dout = randomTensor(backend, [B, T, W], 4), dqkv = new backend.Tensor('float32', [B, T, 3 * W]);
+  const flops = attentionBenchFlops(B, H, T, d);
+  try {
+    const forward = () => backend.ops.attention(out, probs, qkv, H, 1, { precision });
+    const tf = timeMedian(backend, forward, 5);
+    const tfb = timeMedian(backend, () => {
+      forward();
+      backend.ops.attentionBackward(dqkv, dout, qkv, probs, H, 1, { precision });
+    }, 5);
+    return { forward: flops.forward / tf, forwardBackward: flops.forwardBackward / tfb };
+  } finally {
+    for (const t of [qkv, out, probs, dout, dqkv]) t.dispose();
+  }
+}
+
+/** Training images/s at batch B (median step) and the live native bytes once the step's memory is all allocated. */
+function trainRate(backend: Backend, config: TarFlowConfig, data: ImageDataset, B: number, steps: number, precision: Precision) {
+  const model = new TarFlow(config, { device: backend.device, seed: 0, precision });
+  const trainer = new Trainer(model, data, { batchSize: B, steps: steps + 2, seed: 0, noise: 'uniform' });
+  try {
+    trainer.trainStep(); // sizes the workspace
+    const bytes = backend.ops.nativeMemory().bytes;
+    const seconds = timeMedian(backend, () => trainer.trainStep(), steps, 0);
+    return { imagesPerSecond: B / seconds, bytes };
+  } finally {
+    trainer.dispose();
+    model.dispose();
+  }
+}
+
+/**
+ * Unguided exact sampling, images/s at `batch`. When a probe batch of 16 says the full batch would take longer
+ * than maxSeconds, the probe's rate is reported with its batch size instead.
+ */
+function samplingRate(model: TarFlow, batch: number, maxSeconds: number): { imagesPerSecond: number; batch: number } {
+  const run = (n: number) => timeMedian(model.backend, () => generate(model, { count: n, batchSize: n, seed: 7 }), 1, 0);
+  const probe = Math.min(16, batch);
+  const tProbe = run(probe);
+  if (probe === batch || tProbe * (batch / probe) > maxSeconds) return { imagesPerSecond: probe / tProbe, batch: probe };
+  run(batch); // warm-up at the full batch (workspace sizes)
+  return { imagesPerSecond: batch / run(batch), batch };
+}
+
+function denoiseRate(model: TarFlow, batch: number): number {
+  const per = model.config.inChannels * model.config.imgSize ** 2;
+  const images = new Float32Array(batch * per);
+  const refresh = () => {
+    for (let i = 0; i < images.length; i++) images[i] = Math.random() * 2 - 1;
+  };
+  return batch / timeMedian(model.backend, () => denoise(model, images, null, { sigma: 0.05 }), 3, 1, refresh);
+}
+
+export async function targetsTable(backend: Backend, o: TargetsOptions): Promise<Row[]> {
+  const gpu = backend.device === 'cuda';
+  const rows: Row[] = [];
+  const { precision } = o;
+  const gemmN = gpu ? 8192 : 1024;
+  o.log(`measuring the ${precision} matrix rate (GEMM ${gemmN}^3) and the copy rate`);
+  const matrix = gemmRate(backend, gemmN, precision);
+  const copy = copyRate(backend, gpu ? 1 << 28 : 1 << 24);
+  o.log(`matrix ${fmt(matrix / 1e12, 'TFLOP/s', 2)}, copy ${fmt(copy / 1e9, 'GB/s')}`);
+  const inet = modelCost(IMAGENET64);
+  const mnist = modelCost(MNIST_SMALL);
+  const onGpu = (work: string, official: string, goal: string, measure: Parameters<typeof attempt>[4]) => {
+    if (gpu) attempt(rows, work, official, goal, measure);
+    else rows.push({ work, official, goal, ours: 'skipped on the CPU', floor: '', gap: '' });
+  };
+  // The sampler keeps its KV cache in float32: 4 bytes per key or value read, and the batch shares weight reads.
+  const samplingFloor = (cost: typeof inet, cfg: TarFlowConfig, batch: number) => {
+    const tokenSteps = cfg.numBlocks * (cfg.imgSize / cfg.patchSize) ** 2;
+    return copy / (4 * cost.kvReadsPerImage + (4 * cost.weightsPerTokenStep * tokenSteps) / batch);
+  };
+
+  let inetBytes = NaN;
+  onGpu('training, ImageNet 64 model (patch 2, width 768, 8x8, batch 32)', '79.5 img/s eager, 96.9 torch.compile', '>= 130 img/s', () => {
+    o.log('training the ImageNet 64 model, batch 32');
+    const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 5, precision);
+    inetBytes = t.bytes;
+    const floor = matrix / inet.trainFlops;
+    return { ours: fmt(t.imagesPerSecond, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
+  });
+  onGpu('its device memory at batch 32 (live after a step)', '61 GiB peak', '<= 35 GiB', () => ({ ours: fmt(inetBytes / 2 ** 30, 'GiB'), floor: '', gap: '' }));
+
+  const mnistData = await loadMnist('train');
+  attempt(rows, 'training, MNIST small preset, batch 256', '6,000-8,000 img/s', '>= 25,000 img/s', () => {
+    o.log('training MNIST small, batch 256');
+    const t = trainRate(backend, MNIST_SMALL, mnistData, 256, gpu ? 10 : 3, precision);
+    const floor = matrix / mnist.trainFlops;
+    return { ours: fmt(t.imagesPerSecond, 'img/s', 0), floor: `${fmt(floor, 'img/s', 0)} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
+  });
+
+  const withModel = <T>(config: TarFlowConfig, use: (m: TarFlow) => T): T => {
+    const model = new TarFlow(config, { device: backend.device, seed: 0, precision });
+    try {
+      return use(model);
+    } finally {
+      model.dispose();
+    }
+  };
+  onGpu('exact sequential sampling, ImageNet 64 model, batch 256', '0.57 img/s', '>= 30 img/s', () => withModel(IMAGENET64, (model) => {
+    o.log('exact sampling, ImageNet 64 model');
+    const s = samplingRate(model, 256, o.maxSeconds);
+    const floor = samplingFloor(inet, IMAGENET64, s.batch);
+    return { ours: `${fmt(s.imagesPerSecond, 'img/s', 2)} at batch ${s.batch}`, floor: `${fmt(floor, 'img/s')} (KV cache reads)`, gap: ratio(s.imagesPerSecond, floor) };
+  }));
+  attempt(rows, 'sampling, MNIST small, batch 1000, no guidance', '2,466 img/s', '>= 25,000 img/s', () => withModel(MNIST_SMALL, (model) => {
+    o.log('sampling MNIST small, batch 1000, no guidance');
+    const s = samplingRate(model, 1000, o.maxSeconds);
+    const floor = samplingFloor(mnist, MNIST_SMALL, s.batch);
+    return { ours: `${fmt(s.imagesPerSecond, 'img/s', 0)} at batch ${s.batch}`, floor: `${fmt(floor, 'img/s', 0)} (KV cache and weight reads)`, gap: ratio(s.imagesPerSecond, floor) };
+  }));
+  onGpu('denoising step, ImageNet 64 model, batch 16', '103 img/s', '>= 200 img/s', () => withModel(IMAGENET64, (model) => {
+    o.log('denoising step, ImageNet 64 model, batch 16');
+    const d = denoiseRate(model, 16);
+    const floor = matrix / inet.denoiseFlops;
+    return { ours: fmt(d, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(d, floor) };
+  }));
+
+  rows.push({ work: `${precision} GEMM ${gemmN}^3`, official: '728 TFLOP/s (cuBLAS, 8192^3)', goal: '>= 620 TFLOP/s, own kernel',
+    ours: fmt(matrix / 1e12, 'TFLOP/s', 2), floor: '', gap: '' });
+
+  const [aB, aH, aT, ad] = gpu ? [32, 12, 1024, 64] : [2, 12, 256, 64];
+  attempt(rows, `causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`, '253 TFLOP/s fwd, 211 fwd+bwd (FlashAttention-2)', '>= 300 fwd, >= 250 fwd+bwd', () => {
+    o.log(`causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`);
+    const att = attentionRates(backend, aB, aH, aT, ad, precision);
+    return {
+      ours: `${fmt(att.forward / 1e12, 'fwd', 2)}, ${fmt(att.forwardBackward / 1e12, 'fwd+bwd TFLOP/s', 2)}`,
+      floor: `${fmt(matrix / 1e12, 'TFLOP/s', 2)} (matrix rate)`, gap: `${ratio(att.forward, matrix)} / ${ratio(att.forwardBackward, matrix)}`,
+    };
+  });
+  return rows;
+}
+
+/** The rows as a Markdown table. */
+export function formatTargets(rows: Row[]): string {
+  const head = ['work', 'official PyTorch (H200)', 'goal', 'tarflow', 'floor', 'of floor'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of rows) lines.push(`| ${[r.work, r.official, r.goal, r.ours, r.floor, r.gap].join(' | ')} |`);
+  return lines.join('\n');
+}
