@@ -331,12 +331,16 @@ for (const dtype of ['float32', 'float64'] as const) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// bf16 mixed precision. The tensor-core GEMM against the CPU's emulation (the same bf16-rounded inputs and fp32
-// sums, in another order): 1e-4 is far below bf16's own rounding (2^-9), so a wrong fragment, tail or transpose
-// shows at once. The shapes give every transpose the model uses (linear: A B^T, its backward: A B and A^T B;
-// attention adds batched slices), partial and multiple 128 x 128 tiles, K tails of one 32-wide slice.
+// bf16 mixed precision. The tensor-core GEMM against the CPU's emulation: the same bf16-rounded inputs and fp32
+// sums, in another order, so one product agrees to about 1e-6 and BF16_TOL is far below bf16's own rounding (2^-9):
+// a wrong fragment, tail or transpose shows at once. Attention rounds its fp32 intermediates (P, dS) to bf16 for
+// the next product, where a last-bit difference sometimes lands on the other side of a rounding boundary: perturbing
+// qkv by 3e-7 moved the CPU emulation's results by up to 2e-4, hence BF16_ATTN_TOL. The shapes give every transpose the model uses
+// (linear: A B^T, its backward: A B and A^T B; attention adds batched slices), partial and multiple 128 x 128 tiles,
+// K tails of one 32-wide slice.
 
 const BF16_TOL = 1e-4;
+const BF16_ATTN_TOL = 1e-3;
 const bf16: MatmulOptions = { precision: 'bf16' };
 
 for (const shape of [...shapes, { B: 3, T: 100, W: 192, H: 3, D: 48 }, { B: 2, T: 300, W: 128, H: 2, D: 12 }]) {
@@ -345,7 +349,7 @@ for (const shape of [...shapes, { B: 3, T: 100, W: 192, H: 3, D: 48 }, { B: 2, T
     if (cuda) checkLinear(shape, 'float32', bf16, BF16_TOL);
   });
   test(`bf16 attention and backward: ${tag}`, () => {
-    if (cuda) checkAttention(shape, 'float32', bf16, BF16_TOL);
+    if (cuda) checkAttention(shape, 'float32', bf16, BF16_ATTN_TOL);
   });
 }
 
@@ -363,14 +367,16 @@ test('grids beyond 65535 row tiles or (sample, head) pairs run in chunks, in bot
       (ops, t) => {
         ops.attention(t[0], t[1], t[2], 1, 1, { precision });
         ops.attentionBackward(t[3], t[4], t[2], t[1], 1, 1, { precision });
-      }, precision === 'bf16' ? BF16_TOL : 1e-5);
+      }, precision === 'bf16' ? BF16_ATTN_TOL : 1e-5);
   }
 });
 
-// Whole models: bf16 on the GPU against float32 on the CPU (the issue's bar: 2e-2 on latents, log-dets, loss and
-// gradients), and against the CPU's bf16 emulation (5e-3: only fp32 summation order and the rare bf16 rounding it
-// flips differ). Patch 2, 4 and 8; widths 64 to 768; up to 1024 tokens. Weight scales as a trained model's (std
-// about 1/sqrt(3 * width)); the CPU emulation measured all of these at or below 7e-3 against float32.
+// Whole models: bf16 on the GPU against float32 on the CPU, the issue's bar of 2e-2 on latents, log-dets, loss,
+// gradients and dL/dx. Patch 2, 4 and 8; widths 64 to 768; up to 1024 tokens; weight scales near a trained model's
+// (std about 1/sqrt(3 * width)). The CPU emulation measured these at or below 7e-3 against float32. Not against the
+// emulation itself: through a few layers, bf16 rounding amplifies last-bit differences to about 3e-3 (measured by
+// perturbing the input by 4e-7), so model-level agreement says little beyond the bound against float32; the
+// kernels' exactness is what the op tests above check.
 const bf16Models: Array<[Partial<TarFlowConfig>, number, number]> = [
   [{ inChannels: 1, imgSize: 64, patchSize: 2, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 10 }, 2, 0.05],
   [{ inChannels: 3, imgSize: 64, patchSize: 2, channels: 256, numBlocks: 2, layersPerBlock: 1, numClasses: 10 }, 2, 0.03],
@@ -381,14 +387,11 @@ const bf16Models: Array<[Partial<TarFlowConfig>, number, number]> = [
 ];
 
 for (const [cfg, batch, scale] of bf16Models) {
-  test(`bf16 model on CUDA vs float32 and vs bf16 on the CPU: ${JSON.stringify(cfg)} B=${batch}`, () => {
+  test(`bf16 model on CUDA vs float32 on the CPU: ${JSON.stringify(cfg)} B=${batch}`, () => {
     if (!cuda) return;
-    for (const [reference, tol] of [[{ device: 'cpu', precision: 'fp32' }, 2e-2], [{ device: 'cpu', precision: 'bf16' }, 5e-3]] as const) {
-      const errors = modelErrors(cfg, batch, { device: 'cuda', precision: 'bf16' }, reference, scale);
-      for (const [name, err] of Object.entries(errors)) {
-        assert.ok(err < tol, `against ${reference.precision} on the CPU: ${name} relative error ${err.toExponential(3)} >= ${tol}`);
-      }
-    }
+    const errors = modelErrors(cfg, batch, { device: 'cuda', precision: 'bf16' }, { device: 'cpu', precision: 'fp32' }, scale);
+    for (const [name, err] of Object.entries(errors)) assert.ok(err < 2e-2, `${name}: relative error ${err.toExponential(3)} >= 2e-2`);
+    assert.ok(errors.gradients > 1e-5, 'the gradients equal float32\'s: did bf16 run?');
   });
 }
 
