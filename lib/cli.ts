@@ -125,7 +125,7 @@ const trainOptions = {
   'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
   noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
   'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
-  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' },
+  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' },
   'image-size': { type: 'string' }, channels: { type: 'string' }, 'label-base': { type: 'string' },
   ...common,
 } as const;
@@ -160,6 +160,7 @@ const trainHelp: Record<string, string> = {
   'checkpoint-every': 'save every N steps (default 500)',
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
+  precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
 };
 
 function trainSpecFrom(v: Values): TrainSpec {
@@ -175,7 +176,7 @@ function trainSpecFrom(v: Values): TrainSpec {
     out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
     ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
     checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
-    evalImages: num(v, 'eval-images', COUNT), device: device(v),
+    evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']),
   };
 }
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { loadModel, saveModel } from './checkpoint.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
-import type { DeviceOption, FloatDType } from './backend.js';
+import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow } from './model.js';
@@ -67,6 +67,8 @@ export interface TrainSpec extends TrainOptions {
   evalImages?: number;
   device?: DeviceOption;
   dtype?: FloatDType;
+  /** Matrix products in 'fp32' (default) or 'bf16' mixed precision (see ModelOptions.precision). */
+  precision?: Precision;
   /** Weight initialisation seed (default: the training seed). */
   initSeed?: number;
   /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
@@ -218,6 +220,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
   for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
+  checkOneOf('precision', spec.precision ?? 'fp32', ['fp32', 'bf16']);
   optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));
   optional(spec.checkpointEvery, (v) => checkNumber('checkpointEvery', v, { integer: true, min: 1 }));
   optional(spec.sampleEvery, (v) => checkNumber('sampleEvery', v, { integer: true, min: 0 }));
@@ -271,7 +274,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
   const ckptPath = join(spec.out, 'checkpoint.safetensors');
   const config = modelConfigFor(spec, data);
   const seed = spec.seed ?? 0;
-  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, seed: spec.initSeed ?? seed });
+  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, precision: spec.precision, seed: spec.initSeed ?? seed });
   const trainer = new Trainer(model, data, spec);
   try {
     let resumedFrom = 0;

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The one GPU check, for a machine with an NVIDIA GPU (and the device tool's kit:
-#   source .device-kit/enter.sh && bash scripts/gpu-check.sh).
+# The one GPU check, for a machine with an NVIDIA GPU. Stage it here with scripts/gpu-kit.sh, which prints the device
+# command (it unpacks .device-kit/payload.tar.xz, then runs this script).
 # Expects the CUDA addon already built (build-cuda/Release/tarflow_cuda.node; TARFLOW_GPU_CHECK_BUILD=1 rebuilds it
 # here first with npm run build:cuda) and compiled JavaScript in dist/ (npm run build).
-# Steps: device and addon check; the test suite with TARFLOW_DEVICE=cuda (bf16.test.js runs the bf16 GEMM's index
-# logic on the CPU there); the CUDA-vs-CPU parity test (float32, float64 and bf16: ops, grids past 65535 tiles,
-# whole models); compute-sanitizer memcheck, racecheck and synccheck on a small training step and sampling run in
-# fp32 and bf16 (when compute-sanitizer exists); a rough timing of that run per backend and precision. Full logs go
-# to $OUT/gpu-check/ (or ./gpu-check-logs/); a short table is printed last. Exits non-zero when any step failed.
-# Expected total: about 5 minutes on an H100/H200 (plus the build when asked for).
+# Steps, most telling first: device and addon check; the CUDA-vs-CPU parity test (float32, float64 and bf16: ops,
+# grids past 65535 tiles, whole models); the test suite with TARFLOW_DEVICE=cuda; a rough timing of a small
+# training step and sampling run per backend and precision; the GPU targets table (npm run bench -- --only targets);
+# compute-sanitizer memcheck, racecheck and synccheck on the small run in fp32 and bf16 (when compute-sanitizer
+# exists). GPU_CHECK_STEPS="parity suite-cuda ..." runs only the named steps (addon always runs).
+# GPU_CHECK_BUDGET_S (default 540) bounds the whole run: each step gets at most what is left, and steps that no
+# longer fit are reported as skipped, so the table always prints within the device tool's per-call limit.
+# Full logs go to $OUT/gpu-check/ (or ./gpu-check-logs/); a short table is printed last. Exits non-zero when any
+# step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs="${OUT:-$PWD}/gpu-check"
@@ -16,10 +19,19 @@ logs="${OUT:-$PWD}/gpu-check"
 mkdir -p "$logs"
 results=()
 failed=0
+deadline=$(( $(date +%s) + ${GPU_CHECK_BUDGET_S:-540} ))
+golden="${TARFLOW_GOLDEN_DIR:-$([ -d .golden ] && echo "$PWD/.golden" || echo "$PWD/../shared/reference")}"
 
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [ "$name" != addon ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then return; fi
+  local left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt 15 ]; then
+    results+=("$(printf '%-22s %-12s' "$name" 'SKIP (out of time)')")
+    return
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
   local log="$logs/$name.log" start end rc
   start=$(date +%s.%N)
   timeout "$limit" "$@" > "$log" 2>&1
@@ -47,13 +59,21 @@ step addon 60 node -e "
   console.log(JSON.stringify(info));
   if (a.backend !== 'cuda' || a.deviceCount() < 1) process.exit(1);"
 
+step parity 600 env TARFLOW_EXPECT_GPU=1 TARFLOW_GOLDEN_DIR="$golden" \
+  node node_modules/uvu/bin.js dist/test 'cuda-parity\.test\.js$'
+
 # The suite with the CUDA backend as the default device (tests that pin 'cpu' stay on the CPU); the parity file
-# runs in the next step, with a missing GPU made a failure.
-step suite-cuda 600 env TARFLOW_DEVICE=cuda TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
+# ran in the step before, where a missing GPU is a failure.
+step suite-cuda 600 env TARFLOW_DEVICE=cuda TARFLOW_GOLDEN_DIR="$golden" \
   node node_modules/uvu/bin.js dist/test '^(?!cuda-parity).*\.test\.js$'
 
-step parity 600 env TARFLOW_EXPECT_GPU=1 TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$PWD/../shared/reference}" \
-  node node_modules/uvu/bin.js dist/test 'cuda-parity\.test\.js$'
+step smoke-cuda 300 node scripts/gpu-smoke.mjs cuda 20 fp32
+step smoke-cuda-bf16 300 node scripts/gpu-smoke.mjs cuda 20 bf16
+step smoke-cpu 300 node scripts/gpu-smoke.mjs cpu 5 fp32
+
+# The issue-4 table: every row in one process; rows that fail (out of memory, say) say so in the table.
+step targets 240 node dist/bench/run.js --device cuda --only targets --quick
+cat "$logs/targets.log" 2>/dev/null | sed -n '/^GPU targets/,$p'
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ]; then
@@ -66,10 +86,6 @@ if [ -n "$sanitizer" ]; then
 else
   results+=("$(printf '%-22s %-12s' memcheck 'SKIP (no compute-sanitizer)')")
 fi
-
-step smoke-cuda 300 node scripts/gpu-smoke.mjs cuda 20 fp32
-step smoke-cuda-bf16 300 node scripts/gpu-smoke.mjs cuda 20 bf16
-step smoke-cpu 300 node scripts/gpu-smoke.mjs cpu 5 fp32
 
 echo
 echo "GPU check ($(head -n 1 "$logs/nvidia-smi.log" 2>/dev/null)); logs in $logs"

@@ -54,6 +54,16 @@ test('train refuses to overwrite a run without --resume; --resume continues it',
   assert.is(out.steps, 6);
 });
 
+test('train --precision bf16 runs the matrix products in bf16: a loss near, but not equal to, the fp32 one', () => {
+  const losses = ['fp32', 'bf16'].map((precision) => {
+    const r = run([...baseTrain, '--steps', '3', '--json', '--precision', precision, '--out', join(dir, `precision-${precision}`)]);
+    assert.is(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout).finalLoss as number;
+  });
+  assert.is.not(losses[0], losses[1]);
+  assert.ok(Math.abs(losses[0] - losses[1]) < 2e-2 * Math.max(1, Math.abs(losses[0])), `fp32 ${losses[0]} vs bf16 ${losses[1]}`);
+});
+
 test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
   const grid = join(dir, 'grid.png');
   const r = run(['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '6', '--guidance', '1.5', '--denoise', '0.1', '--out', grid, '--json']);
