@@ -91,6 +91,10 @@ export interface Ops {
   linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean, options?: MatmulOptions): void;
   attention(out: Tensor, probs: Tensor, qkv: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
   attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, probs: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
+  /** attention without the T x T probabilities: saves each row's log-sum-exp of the logits, lse [B, H, T]. */
+  flashAttention(out: Tensor, lse: Tensor, qkv: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
+  /** attentionBackward from flashAttention's out and lse (probabilities recomputed tile by tile). */
+  flashAttentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
   couplingForward(v: Tensor, logdet: Tensor, u: Tensor, o: Tensor, nvp: boolean, accumulateLogdet: boolean): void;
   couplingBackward(du: Tensor, dout: Tensor, dv: Tensor, u: Tensor, o: Tensor, nvp: boolean, logdetGrad: number): void;
   normal(out: Tensor, seed: number, stream: number, offset: number): void;

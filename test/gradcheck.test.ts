@@ -1,7 +1,7 @@
 /**
  * Finite-difference gradient checks in float64: the model's explicit backward (dL/dx and every parameter
  * tensor) on tiny random models, NVP and VP, conditional and unconditional; and the native backward ops one by
- * one (attention at temperatures != 1, LayerNorm, GELU, the coupling, linear, the position/class embeddings).
+ * one (attention and its fused form at temperatures != 1, LayerNorm, GELU, the coupling, linear, the position/class embeddings).
  *
  * Derivatives use the fourth-order central difference (f(-2h) - 8 f(-h) + 8 f(h) - f(2h)) / 12h with h = 1e-4:
  * its truncation error (~h^4) and rounding error (~1e-16 / h) both sit far below the 1e-6 relative tolerance,
@@ -225,6 +225,26 @@ for (const temp of [0.6, 1, 1.7]) {
     ops.attentionBackward(dqkv, Rt, qkv, probs, heads, temp);
     checkInput('dqkv', qkv, Float64Array.from(dqkv.toArray()), L, Infinity, 1);
     [qkv, out, probs, Rt, dqkv].forEach((t) => t.dispose());
+  });
+
+  // T = 70 crosses several of the CPU reference's 16-key blocks of the online softmax.
+  test(`flashAttentionBackward matches finite differences (temp ${temp}, 3 heads of 4, T 5 and 70)`, () => {
+    for (const [B, T, count] of [[2, 5, Infinity], [1, 70, 200]]) {
+      const Wd = 12, heads = 3;
+      const qkv = T64([B, T, 3 * Wd], randomArray(B * T * 3 * Wd, 23, 0.8));
+      const out = T64([B, T, Wd]), lse = T64([B, heads, T]);
+      const R = randomArray(B * T * Wd, 24);
+      const Rt = T64([B, T, Wd], R);
+      const L = () => {
+        ops.flashAttention(out, lse, qkv, heads, temp);
+        return dot(R, out.toArray());
+      };
+      L();
+      const dqkv = T64([B, T, 3 * Wd]);
+      ops.flashAttentionBackward(dqkv, Rt, qkv, out, lse, heads, temp);
+      checkInput('dqkv', qkv, Float64Array.from(dqkv.toArray()), L, count, 2);
+      [qkv, out, lse, Rt, dqkv].forEach((t) => t.dispose());
+    }
   });
 }
 

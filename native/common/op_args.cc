@@ -392,6 +392,36 @@ AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info) {
   return {dqkv, dout, qkv, probs, temp, d, matmul_options(info, 6, "attentionBackward", qkv->dtype(), false).precision};
 }
 
+FlashAttentionArgs parse_flash_attention(const Napi::CallbackInfo& info) {
+  Tensor* out = tensor_arg(info, 0, "out");
+  Tensor* lse = tensor_arg(info, 1, "lse");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  int64_t heads = int_arg(info, 3, "heads");
+  double temp = number_arg(info, 4, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(out, {d.B, d.T, d.W}, "out");
+  expect_shape(lse, {d.B, d.H, d.T}, "lse");
+  for (Tensor* t : {out, lse}) expect_same_dtype(t, qkv, "argument", "qkv");
+  return {out, lse, qkv, temp, d, matmul_options(info, 5, "flashAttention", qkv->dtype(), false).precision};
+}
+
+FlashAttentionBackwardArgs parse_flash_attention_backward(const Napi::CallbackInfo& info) {
+  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
+  Tensor* dout = tensor_arg(info, 1, "dout");
+  Tensor* qkv = tensor_arg(info, 2, "qkv");
+  Tensor* out = tensor_arg(info, 3, "out");
+  Tensor* lse = tensor_arg(info, 4, "lse");
+  int64_t heads = int_arg(info, 5, "heads");
+  double temp = number_arg(info, 6, "temp");
+  AttnDims d = attn_dims(qkv, heads);
+  expect_shape(dqkv, qkv->shape(), "dqkv");
+  expect_shape(dout, {d.B, d.T, d.W}, "dout");
+  expect_shape(out, {d.B, d.T, d.W}, "out");
+  expect_shape(lse, {d.B, d.H, d.T}, "lse");
+  for (Tensor* t : {dqkv, dout, out, lse}) expect_same_dtype(t, qkv, "argument", "qkv");
+  return {dqkv, dout, qkv, out, lse, temp, d, matmul_options(info, 7, "flashAttentionBackward", qkv->dtype(), false).precision};
+}
+
 // ---- coupling ----
 
 CouplingForwardArgs parse_coupling_forward(const Napi::CallbackInfo& info) {

@@ -178,6 +178,27 @@ struct AttentionBackwardArgs {
 };
 AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info);
 
+// The fused form (FlashAttention-2): the same out, gradients and options as attention/attentionBackward, but the
+// forward saves only each row's log-sum-exp of the logits, lse [B, H, T], and the backward recomputes P from it.
+// flashAttention(out[B,T,W], lse[B,H,T], qkv[B,T,3W], heads, temp, options?)
+struct FlashAttentionArgs {
+  Tensor *out, *lse, *qkv;
+  double temp;
+  AttnDims d;
+  Precision precision;
+};
+FlashAttentionArgs parse_flash_attention(const Napi::CallbackInfo& info);
+
+// flashAttentionBackward(dqkv[B,T,3W], dout[B,T,W], qkv, out, lse, heads, temp, options?): out and lse are the
+// forward's.
+struct FlashAttentionBackwardArgs {
+  Tensor *dqkv, *dout, *qkv, *out, *lse;
+  double temp;
+  AttnDims d;
+  Precision precision;
+};
+FlashAttentionBackwardArgs parse_flash_attention_backward(const Napi::CallbackInfo& info);
+
 // ---- coupling ----
 
 // u is [B, T, D]; o is [B, T, Do] with Do = 2D (NVP: scale and shift) or D (VP: shift only).

@@ -9,6 +9,7 @@ void register_elementwise(Napi::Env, Napi::Object);
 void register_layernorm(Napi::Env, Napi::Object);
 void register_linear(Napi::Env, Napi::Object);
 void register_attention(Napi::Env, Napi::Object);
+void register_flash_attention(Napi::Env, Napi::Object);
 void register_coupling(Napi::Env, Napi::Object);
 void register_rng(Napi::Env, Napi::Object);
 void register_adamw(Napi::Env, Napi::Object);
@@ -30,7 +31,7 @@ TF_OP(nativeMemory) {
 
 Napi::Object make_op_table(Napi::Env env, OpFn get_threads, OpFn set_threads) {
   Napi::Object ops = Napi::Object::New(env);
-  for (Registrar r : {register_elementwise, register_layernorm, register_linear, register_attention, register_coupling,
+  for (Registrar r : {register_elementwise, register_layernorm, register_linear, register_attention, register_flash_attention, register_coupling,
                       register_rng, register_adamw, register_reverse})
     r(env, ops);
   export_op(env, ops, "getThreads", get_threads);

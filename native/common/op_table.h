@@ -15,6 +15,7 @@
 #define TF_LAYERNORM_OPS(X) X(layerNorm) X(layerNormBackward)
 #define TF_LINEAR_OPS(X) X(linear) X(linearBackward)
 #define TF_ATTENTION_OPS(X) X(attention) X(attentionBackward)
+#define TF_FLASH_ATTENTION_OPS(X) X(flashAttention) X(flashAttentionBackward)
 #define TF_COUPLING_OPS(X) X(couplingForward) X(couplingBackward)
 #define TF_RNG_OPS(X) X(normal) X(uniform)
 #define TF_ADAMW_OPS(X) X(adamw)
