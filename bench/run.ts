@@ -1,21 +1,25 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick]
+ * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample] [-- --workers N (data loader threads)]
  *
- * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; then whole steps:
- * training images/s for the `small` MNIST preset at batch 256, and the time to draw 100 unguided samples.
+ * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; the data loader's
+ * images/s; then whole steps: training images/s for the `small` MNIST preset at batch 256, and the time to draw
+ * 100 unguided samples.
  */
 import Benchmark from 'benchmark';
 import { parseArgs } from 'node:util';
 import { getBackend, type Backend, type DeviceOption } from '../lib/backend.js';
 import { PRESETS } from '../lib/config.js';
-import { loadMnist } from '../lib/data.js';
+import { loadMnist, makeDataset } from '../lib/data.js';
+import { BatchLoader } from '../lib/loader.js';
 import { TarFlow } from '../lib/model.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 
-const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' } } });
+const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' } } });
 const device = (values.device ?? 'auto') as DeviceOption;
 const quick = values.quick === true;
+/** Data loader threads (default: the loader's own default). */
+const workers = values.workers === undefined ? undefined : Number(values.workers);
 const backend = getBackend(device);
 
 function rand(b: Backend, shape: number[], seed: number) {
@@ -92,21 +96,57 @@ function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: nu
   model.dispose();
 }
 
-/** Batch preparation (shuffle, scaling, noise augmentation, label drop) as the trainer does it, per image. */
+/**
+ * The training data loader (shuffle, scaling, noise, label drop, flips, prepared on worker threads): images/s
+ * delivered to a consumer that takes each batch as soon as it has one, and the share of its time a consumer that
+ * is busy between batches for as long as the goal rate allows (a trainer running exactly at the goal) spends
+ * waiting for the next one: busy sleeping (a GPU trainer's host thread) or busy computing (a CPU trainer).
+ * Goals (issue 5): 100,000 MNIST images/s, and 10 times the ImageNet 64 model's training rate, 1,300 images/s
+ * of 64x64x3 (a synthetic dataset of that shape with the ImageNet 64 augmentation).
+ */
 async function loaderBench(): Promise<void> {
-  const data = await loadMnist('train');
-  const model = new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 }, { device, seed: 0 });
-  const trainer = new Trainer(model, data, { batchSize: 256, epochs: 2, seed: 0 });
-  const prepare = (trainer as unknown as { prepareBatch(ws: unknown, s: number): void }).prepareBatch.bind(trainer);
-  const ws = model.workspace(256);
-  for (let s = 0; s < 5; s++) prepare(ws, s);
-  const steps = quick ? 50 : 200;
-  const t0 = performance.now();
-  for (let s = 0; s < steps; s++) prepare(ws, s);
-  const seconds = (performance.now() - t0) / 1000;
-  console.log(`loader mnist batch 256 (shuffle, scale, Gaussian noise, label drop): ${((steps * 256) / seconds).toFixed(0)} images/s`);
-  trainer.dispose();
-  model.dispose();
+  const mnist = await loadMnist('train');
+  const count = 8192;
+  const rgb = makeDataset('synthetic 64x64x3', Uint8Array.from({ length: count * 3 * 64 * 64 }, (_, i) => (i * 2654435761) >>> 24),
+    count, 3, 64, Int32Array.from({ length: count }, (_, i) => i % 1000));
+  const cases = [
+    { data: mnist, goal: 100_000, augment: 'Gaussian noise 0.1, label drop 0.1', options: { sigma: 0.1, labelDrop: 0.1, hflip: false }, batches: quick ? 50 : 200 },
+    { data: rgb, goal: 1_300, augment: 'Gaussian noise 0.05, flips, label drop 0.1', options: { sigma: 0.05, labelDrop: 0.1, hflip: true }, batches: quick ? 8 : 30 },
+  ];
+  const rounds = quick ? 3 : 5;
+  const batchSize = 256;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  const consumers: Array<[string, (ms: number) => void]> = [
+    ['sleeping', (ms) => Atomics.wait(pause, 0, 0, ms)],
+    ['computing', (ms) => { for (const t0 = performance.now(); performance.now() - t0 < ms;); }],
+  ];
+  for (const { data, goal, augment, options, batches } of cases) {
+    const loader = new BatchLoader(data, { batchSize, seed: 0, noise: 'gaussian', ...options, workers });
+    let step = 0;
+    // the first batches include starting the threads
+    for (let i = 0; i < 4; i++) loader.batch(step++);
+    /** Takes `batches` batches, busy for `busy` between them; returns images/s and the share of the time spent waiting. */
+    const run = (busy?: (ms: number) => void) => {
+      let waited = 0;
+      const t0 = performance.now();
+      for (let i = 0; i < batches; i++) {
+        const w0 = performance.now();
+        loader.batch(step++);
+        waited += performance.now() - w0;
+        busy?.((1000 * batchSize) / goal);
+      }
+      const ms = performance.now() - t0;
+      return { rate: (batches * batchSize) / (ms / 1000), waiting: waited / ms };
+    };
+    const name = `loader ${data.name} batch ${batchSize} (${augment}), ${loader.workers} workers`;
+    const rate = median(Array.from({ length: rounds }, () => run().rate));
+    console.log(`${name}: ${rate.toFixed(0)} images/s to a waiting consumer (median of ${rounds}; goal ${goal.toLocaleString('en-US')}: ${rate >= goal ? 'met' : 'NOT met'}, ${(rate / goal).toFixed(1)}x)`);
+    for (const [kind, busy] of consumers) {
+      const waiting = median(Array.from({ length: rounds }, () => run(busy).waiting));
+      console.log(`${name}: a consumer ${kind} ${((1000 * batchSize) / goal).toFixed(1)} ms per batch (the goal rate) waits ${(100 * waiting).toFixed(1)}% of the time (median of ${rounds})`);
+    }
+    loader.dispose();
+  }
 }
 
 console.log(`tarflow bench on ${backend.device}, ${backend.ops.getThreads()} threads${quick ? ' (quick)' : ''}`);

@@ -7,8 +7,9 @@
  */
 import type { Tensor } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
-import { checkDatasetFits, epochPermutation, type ImageDataset } from './data.js';
+import { checkDatasetFits, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
+import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
 import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type NumberRule } from './validate.js';
@@ -60,11 +61,6 @@ export interface StepResult {
   gradNorm: number;
   skipped: boolean;
 }
-
-// Streams of the counter-based generator, one per kind of random draw.
-const STREAM_NOISE = 11;
-const STREAM_LABEL_DROP = 12;
-const STREAM_FLIP = 13;
 
 /** The bounds of each numeric option; the command line checks its flags against the same rules. */
 export const trainOptionRules = {
@@ -137,22 +133,18 @@ export class Trainer {
   readonly grads: ParamSet;
   private readonly m: Tensor;
   private readonly v: Tensor;
-  private readonly noiseBuf: Tensor;
-  private readonly dropBuf: Tensor;
-  private readonly hostImages: Float32Array | Float64Array;
-  private readonly hostLabels: Int32Array;
-  private readonly lutGaussian = Float64Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
-  private readonly lutUniform = Float64Array.from({ length: 256 }, (_, p) => p / 128 - 1);
+  private readonly order: EpochOrder;
+  private loader: BatchLoader | null = null;
   /** Steps taken so far (skipped ones included). */
   step = 0;
   /** Optimizer updates applied (AdamW's bias-correction count). */
   updates = 0;
   skippedSteps = 0;
   private nonFiniteRun = 0;
-  private permutation: Uint32Array | null = null;
-  private permutationEpoch = -1;
 
-  constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {}) {
+  /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
+  constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {},
+    private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     checkDatasetFits(data, model.config);
     this.options = resolveTrainOptions(options, data.count);
     this.stepsPerEpoch = Math.floor(data.count / this.options.batchSize);
@@ -160,12 +152,7 @@ export class Trainer {
     this.grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
     this.m = new model.backend.Tensor(model.dtype, [size]);
     this.v = new model.backend.Tensor(model.dtype, [size]);
-    const B = this.options.batchSize;
-    const per = data.channels * data.size * data.size;
-    this.noiseBuf = new model.backend.Tensor(model.dtype, [B * per]);
-    this.dropBuf = new model.backend.Tensor(model.dtype, [B]);
-    this.hostImages = model.dtype === 'float32' ? new Float32Array(B * per) : new Float64Array(B * per);
-    this.hostLabels = new Int32Array(B);
+    this.order = new EpochOrder(data.count, this.options.batchSize, this.options.seed);
   }
 
   get totalSteps(): number {
@@ -182,65 +169,17 @@ export class Trainer {
 
   /** The dataset indices of step `s`. */
   batchIndices(s: number): Uint32Array {
-    const epoch = Math.floor(s / this.stepsPerEpoch);
-    if (epoch !== this.permutationEpoch) {
-      this.permutation = epochPermutation(this.data.count, this.options.seed, epoch);
-      this.permutationEpoch = epoch;
-    }
-    const B = this.options.batchSize;
-    const start = (s % this.stepsPerEpoch) * B;
-    return this.permutation!.subarray(start, start + B);
+    return this.order.indices(s);
   }
 
-  /** Fills the workspace with step s's augmented batch. */
+  /** Fills the workspace with step s's augmented batch; the loader's threads start with the first step. */
   private prepareBatch(ws: Workspace, s: number): void {
-    const o = this.options;
-    const { channels: C, size: S } = this.data;
-    const per = C * S * S;
-    const B = o.batchSize;
-    const idx = this.batchIndices(s);
-    const ops = this.model.ops;
-    let flips: ArrayLike<number> | null = null;
-    if (o.hflip) {
-      ops.uniform(this.dropBuf, o.seed, STREAM_FLIP, s * B);
-      flips = this.dropBuf.toArray();
-    }
-    // Gaussian training maps p -> p/127.5 - 1; uniform dequantization maps p -> (p + U)/128 - 1.
-    const lut = o.noise === 'uniform' ? this.lutUniform : this.lutGaussian;
-    const x = this.hostImages;
-    const src = this.data.images;
-    for (let b = 0; b < B; b++) {
-      const base = idx[b] * per;
-      const out = b * per;
-      if (flips !== null && flips[b] < 0.5) {
-        for (let r = 0; r < C * S; r++)
-          for (let col = 0; col < S; col++) x[out + r * S + col] = lut[src[base + r * S + S - 1 - col]];
-      } else {
-        for (let i = 0; i < per; i++) x[out + i] = lut[src[base + i]];
-      }
-    }
-    ws.x.copyFrom(x);
-    if (o.noise === 'gaussian') {
-      if (o.sigma > 0) {
-        ops.normal(this.noiseBuf, o.seed, STREAM_NOISE, s * B * per);
-        ops.axpby(ws.x, this.noiseBuf, o.sigma, 1);
-      }
-    } else {
-      ops.uniform(this.noiseBuf, o.seed, STREAM_NOISE, s * B * per);
-      ops.axpby(ws.x, this.noiseBuf, 1 / 128, 1);
-    }
-    if (this.model.config.numClasses > 0) {
-      const labels = this.data.labels!;
-      let drops: ArrayLike<number> | null = null;
-      if (o.labelDrop > 0) {
-        ops.uniform(this.dropBuf, o.seed, STREAM_LABEL_DROP, s * B);
-        drops = this.dropBuf.toArray();
-      }
-      for (let b = 0; b < B; b++) this.hostLabels[b] = drops !== null && drops[b] < o.labelDrop ? -1 : labels[idx[b]];
-      ws.labels.copyFrom(this.hostLabels);
-    } else {
-      ws.labels.fill(-1);
-    }
+    this.loader ??= new BatchLoader(this.data, {
+      ...this.options, ...this.loaderOptions, dtype: this.model.dtype, labels: this.model.config.numClasses > 0,
+    });
+    const batch = this.loader.batch(s);
+    ws.x.copyFrom(batch.images);
+    ws.labels.copyFrom(batch.labels);
   }
 
   /** One optimizer step. Non-finite losses or gradients skip the update (counted). */
@@ -346,6 +285,8 @@ export class Trainer {
 
   dispose(): void {
     this.grads.dispose();
-    for (const t of [this.m, this.v, this.noiseBuf, this.dropBuf]) t.dispose();
+    this.m.dispose();
+    this.v.dispose();
+    this.loader?.dispose();
   }
 }

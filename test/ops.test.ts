@@ -51,6 +51,47 @@ test('noise: streams and seeds differ; moments are right', () => {
   for (const t of [a, s1, s2, s3]) t.dispose();
 });
 
+/** Philox4x32-10 block j of (seed, stream), in BigInt arithmetic: the reference the native generator must match. */
+function philoxBlock(seed: bigint, stream: bigint, j: bigint): number[] {
+  const M = 0xffffffffn;
+  let [c0, c1, c2, c3] = [j & M, j >> 32n, stream & M, stream >> 32n];
+  let [k0, k1] = [seed & M, seed >> 32n];
+  for (let round = 0; round < 10; round++) {
+    const p0 = 0xd2511f53n * c0, p1 = 0xcd9e8d57n * c2;
+    [c0, c1, c2, c3] = [((p1 >> 32n) ^ c1 ^ k0) & M, p1 & M, ((p0 >> 32n) ^ c3 ^ k1) & M, p0 & M];
+    k0 = (k0 + 0x9e3779b9n) & M;
+    k1 = (k1 + 0xbb67ae85n) & M;
+  }
+  return [c0, c1, c2, c3].map(Number);
+}
+
+test('normal: Box-Muller on words 0 and 1 of block i/2, within 3 float ulps of the double-precision formula', () => {
+  const seed = 2n ** 40n + 3n, stream = 77n, offset = 2 ** 35 + 1;
+  const n = 4000;
+  const t = new b.Tensor('float32', [n]);
+  b.ops.normal(t, Number(seed), Number(stream), offset);
+  const got = t.toArray();
+  t.dispose();
+  for (let k = 0; k < n; k++) {
+    const i = offset + k;
+    const [w0, w1] = philoxBlock(seed, stream, BigInt(Math.floor(i / 2)));
+    const radius = Math.sqrt(-2 * Math.log((w0 + 1) / 2 ** 32));
+    const angle = (2 * Math.PI * w1) / 2 ** 32;
+    const want = radius * (i % 2 ? Math.sin(angle) : Math.cos(angle));
+    assert.ok(Math.abs(got[k] - want) <= 3 * 2 ** -23 * Math.max(radius, 2 ** -20), `element ${i}: ${got[k]}, formula ${want}`);
+  }
+});
+
+test('normal: float32 and float64 tensors receive the same values', () => {
+  const n = 1001;
+  const f32 = new b.Tensor('float32', [n]), f64 = new b.Tensor('float64', [n]);
+  b.ops.normal(f32, 5, 6, 7);
+  b.ops.normal(f64, 5, 6, 7);
+  assert.equal(Array.from(f64.toArray()), Array.from(f32.toArray()));
+  f32.dispose();
+  f64.dispose();
+});
+
 test('noise does not depend on the thread count', () => {
   const before = b.ops.getThreads();
   const draw = () => {

@@ -1,6 +1,6 @@
 // Seeded noise: normal(out, seed, stream, offset) and uniform(out, seed, stream, offset) fill out[i] with element
 // offset + i of the stream. See common/philox.h for why the generator is counter-based.
-#include <cmath>
+#include <algorithm>
 
 #include "../common/op.h"
 #include "../common/op_args.h"
@@ -11,26 +11,36 @@
 namespace tf {
 namespace {
 
+// Blocks per pass: the Philox words of a pass stay in L1, and each of the two loops over them (generate, then
+// transform) is a plain loop the compiler vectorises.
+constexpr int64_t kBlocksPerPass = 256;
+
 // Element i of a stream comes from Philox block i/2 (normals: a Box-Muller pair) or i/4 (uniforms). Whole blocks
-// are computed once and all their values used; only a range's ragged ends fall back to the per-element form,
-// which gives the same numbers.
+// are computed once and all their values used; only a range's ragged ends use the per-element form, which
+// computes the same numbers.
 template <typename T, bool kNormal>
 void fill_range(T* p, uint64_t seed, uint64_t stream, uint64_t first, int64_t n) {
   constexpr uint64_t per = kNormal ? 2 : 4;
   auto single = [&](uint64_t i) { return kNormal ? philox_normal(seed, stream, i) : philox_uniform(seed, stream, i); };
   int64_t i = 0;
   for (; i < n && (first + i) % per; ++i) p[i] = static_cast<T>(single(first + i));
-  for (; i + int64_t(per) <= n; i += per) {
-    uint64_t g = first + i;
-    Philox4 r = philox_block(seed, stream, g / per);
-    if constexpr (kNormal) {
-      double u1 = (double(r.v[0]) + 1.0) * (1.0 / 4294967296.0);
-      double u2 = double(r.v[1]) * (1.0 / 4294967296.0);
-      double radius = std::sqrt(-2.0 * std::log(u1)), angle = 6.283185307179586 * u2;
-      p[i] = static_cast<T>(radius * std::cos(angle));
-      p[i + 1] = static_cast<T>(radius * std::sin(angle));
-    } else {
-      for (int k = 0; k < 4; ++k) p[i + k] = static_cast<T>(double(r.v[k] >> 8) * (1.0 / 16777216.0));
+  uint32_t words[4][kBlocksPerPass];
+  for (int64_t blocks; (blocks = std::min<int64_t>((n - i) / int64_t(per), kBlocksPerPass)) > 0; i += blocks * int64_t(per)) {
+    const uint64_t j0 = (first + i) / per;
+    for (int64_t b = 0; b < blocks; ++b) {
+      Philox4 r = philox_block(seed, stream, j0 + b);
+      for (int k = 0; k < int(per); ++k) words[k][b] = r.v[k];
+    }
+    T* out = p + i;
+    for (int64_t b = 0; b < blocks; ++b) {
+      if constexpr (kNormal) {
+        float radius = box_muller_radius(words[0][b]);
+        CosSin cs = turn_cos_sin(words[1][b]);
+        out[2 * b] = static_cast<T>(radius * cs.cos);
+        out[2 * b + 1] = static_cast<T>(radius * cs.sin);
+      } else {
+        for (int k = 0; k < 4; ++k) out[4 * b + k] = static_cast<T>(uniform_from_word(words[k][b]));
+      }
     }
   }
   for (; i < n; ++i) p[i] = static_cast<T>(single(first + i));

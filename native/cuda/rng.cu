@@ -1,7 +1,7 @@
 // Seeded noise on the GPU: normal(out, seed, stream, offset) and uniform(out, seed, stream, offset). The generator
-// is common/philox.h, compiled for the device: element offset + i of a stream is the same number the CPU draws
-// (the Box-Muller step runs in double on both sides; the libm and CUDA double functions may differ in the last
-// bit, which float32 rounding absorbs almost always).
+// is common/philox.h, compiled for the device: element offset + i of a stream is the same number the CPU draws,
+// bit for bit (the transforms use only exactly rounded float operations and explicit fmaf, so neither side's
+// library functions nor nvcc's multiply-add contraction can change a result).
 #include "../common/op.h"
 #include "../common/op_args.h"
 #include "../common/op_table.h"
