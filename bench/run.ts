@@ -1,21 +1,23 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample] [-- --workers N (data loader threads)]
+ * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
  *
  * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; the data loader's
  * images/s; then whole steps: training images/s for the `small` MNIST preset at batch 256, and the time to draw
- * 100 unguided samples.
+ * 100 unguided samples. Last, the GPU targets table (bench/targets.ts): by default on CUDA, with --only targets
+ * anywhere.
  */
 import Benchmark from 'benchmark';
 import { parseArgs } from 'node:util';
-import { getBackend, type Backend, type DeviceOption } from '../lib/backend.js';
+import { getBackend, type Backend, type DeviceOption, type Precision } from '../lib/backend.js';
 import { PRESETS } from '../lib/config.js';
 import { loadMnist, makeDataset } from '../lib/data.js';
 import { BatchLoader } from '../lib/loader.js';
 import { TarFlow } from '../lib/model.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
+import { formatTargets, targetsTable } from './targets.js';
 
-const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' } } });
+const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' }, precision: { type: 'string' } } });
 const device = (values.device ?? 'auto') as DeviceOption;
 const quick = values.quick === true;
 /** Data loader threads (default: the loader's own default). */
@@ -161,4 +163,10 @@ if (!only || only === 'sample') {
   samplingBench('small', 100, 0);
   samplingBench('small', 100, 2);
   samplingBench('tiny', 100, 0);
+}
+// The GPU targets table; on the CPU (slow, and its ImageNet 64 rows skipped) only when asked for.
+if (only === 'targets' || (!only && backend.device === 'cuda')) {
+  const precision = (values.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32')) as Precision;
+  const rows = await targetsTable(backend, { precision, maxSeconds: quick ? 20 : 120, log: (line) => console.log(`targets: ${line}`) });
+  console.log(`\nGPU targets (${precision}; floor = the model's work over the matrix and copy rates measured above)\n${formatTargets(rows)}`);
 }
