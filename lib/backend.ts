@@ -145,9 +145,9 @@ function wrapOps<T extends object>(raw: T): T {
 
 function loadCpu(): Backend {
   if (!cpuBackend) {
-    const nodeGypBuild = require('node-gyp-build') as (dir: string) => { backend: string; Tensor: Backend['Tensor']; ops: Ops };
     let addon;
     try {
+      const nodeGypBuild = require('node-gyp-build') as (dir: string) => { backend: string; Tensor: Backend['Tensor']; ops: Ops };
       addon = nodeGypBuild(packageRoot);
     } catch (err) {
       throw new TarflowError('ERR_TARFLOW_DEVICE',

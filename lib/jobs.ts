@@ -53,6 +53,8 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
     const worker = new Worker(new URL('./worker.js', import.meta.url), {
       workerData: { task, spec, abortFlag },
       env: { ...process.env, TARFLOW_QUIET: '1' },
+      // Some node flags stop a thread from starting (--input-type, as in 'node --input-type=module -e ...').
+      execArgv: [],
     });
     let settled = false;
     const onAbort = () => Atomics.store(flag, 0, 1);

@@ -6,7 +6,8 @@
  * as an uninterrupted run would, whatever the thread count.
  */
 import type { Tensor } from './backend.js';
-import { fromReferenceConfig, toReferenceConfig } from './config.js';
+import { toReferenceConfig } from './config.js';
+import { configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
@@ -125,6 +126,31 @@ export function learningRate(o: Pick<ResolvedTrainOptions, 'lr' | 'minLr' | 'war
   const span = Math.max(1, o.steps - 1 - o.warmupSteps);
   const t = Math.min(1, (step - o.warmupSteps) / span);
   return o.minLr + 0.5 * (o.lr - o.minLr) * (1 + Math.cos(Math.PI * t));
+}
+
+/**
+ * The counters of a training state's metadata, checked: a damaged or edited file is refused with the field that is
+ * wrong instead of resuming from nonsense.
+ */
+function readTrainMetadata(text: string, path: string) {
+  const field = `${path}: metadata 'train'`;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw validationError('ERR_TARFLOW_CHECKPOINT', field, 'JSON', `invalid JSON (${(err as Error).message})`);
+  }
+  const train = checkObject(field, value, 'ERR_TARFLOW_CHECKPOINT');
+  const count = (name: string, v: unknown) => checkNumber(`${field}.${name}`, v, { integer: true, min: 0 }, 'ERR_TARFLOW_CHECKPOINT');
+  const dataset = checkObject(`${field}.dataset`, train.dataset, 'ERR_TARFLOW_CHECKPOINT');
+  const options = checkObject(`${field}.options`, train.options, 'ERR_TARFLOW_CHECKPOINT');
+  const step = count('step', train.step);
+  const updates = count('updates', train.updates);
+  if (updates > step) throw validationError('ERR_TARFLOW_CHECKPOINT', `${field}.updates`, `at most step (${step})`, describeValue(updates));
+  return {
+    step, updates, skippedSteps: count('skippedSteps', train.skippedSteps), nonFiniteRun: count('nonFiniteRun', train.nonFiniteRun),
+    datasetCount: count('dataset.count', dataset.count), batchSize: count('options.batchSize', options.batchSize), seed: count('options.seed', options.seed),
+  };
 }
 
 export class Trainer {
@@ -260,12 +286,12 @@ export class Trainer {
     if (file.metadata.format !== 'tarflow-train-state' || !file.metadata.train) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
     }
-    const cfg = fromReferenceConfig(JSON.parse(file.metadata.config ?? 'null'));
+    const cfg = configFromMetadata(file, path);
     if (JSON.stringify(cfg) !== JSON.stringify(this.model.config)) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config; resume with the same preset/config`);
     }
-    const train = JSON.parse(file.metadata.train) as { step: number; updates: number; skippedSteps: number; nonFiniteRun: number; dataset: { count: number }; options: ResolvedTrainOptions };
-    if (train.dataset.count !== this.data.count || train.options.batchSize !== this.options.batchSize || train.options.seed !== this.options.seed) {
+    const train = readTrainMetadata(file.metadata.train, path);
+    if (train.datasetCount !== this.data.count || train.batchSize !== this.options.batchSize || train.seed !== this.options.seed) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);
     }
     const read = (name: string, into: Tensor) => {

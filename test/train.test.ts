@@ -9,6 +9,7 @@ import { TarFlow } from '../lib/model.js';
 import { Trainer, learningRate, resolveTrainOptions } from '../lib/train.js';
 import type { TarFlowConfig } from '../lib/config.js';
 import { TarflowError } from '../lib/errors.js';
+import { readSafetensors, writeSafetensors } from '../lib/safetensors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-train-'));
 
@@ -85,6 +86,29 @@ test('loadState refuses a state from another batch size or config', async () => 
   const t2 = new Trainer(m2, data, { batchSize: 16, steps: 4, seed: 7 });
   await assertRejects(() => t2.loadState(path), 'ERR_TARFLOW_CHECKPOINT', /different model config/);
   t.dispose(); other.dispose(); t2.dispose(); m.dispose(); m2.dispose();
+});
+
+test('loadState refuses damaged metadata, naming the field, instead of resuming from nonsense', async () => {
+  const data = toyData();
+  const m = new TarFlow(cfg(), { device: 'cpu' });
+  const t = runSteps(m, data, 2);
+  const path = join(dir, 'state-damaged.safetensors');
+  await t.saveState(path);
+  const file = await readSafetensors(path);
+  const train = JSON.parse(file.metadata.train);
+  const cases: Array<[string, RegExp]> = [
+    ['{"step": 2,', /metadata 'train': expected JSON, got invalid JSON/],
+    [JSON.stringify({ ...train, step: -1 }), /train'\.step: expected an integer >= 0, got -1/],
+    [JSON.stringify({ ...train, updates: 5 }), /train'\.updates: expected at most step \(2\), got 5/],
+    [JSON.stringify({ ...train, options: null }), /train'\.options: expected /],
+    [JSON.stringify({ ...train, dataset: { count: 'many' } }), /dataset\.count: expected an integer >= 0, got "many"/],
+  ];
+  for (const [text, message] of cases) {
+    const damaged = join(dir, 'state-damaged-2.safetensors');
+    await writeSafetensors(damaged, file.tensors, { ...file.metadata, train: text });
+    await assertRejects(() => t.loadState(damaged), 'ERR_TARFLOW_CHECKPOINT', message);
+  }
+  t.dispose(); m.dispose();
 });
 
 async function assertRejects(fn: () => Promise<unknown>, code: string, msg: RegExp) {
