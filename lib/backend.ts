@@ -102,8 +102,11 @@ export interface Ops {
   adamw(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, options: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number }): void;
   blockReverse(x: Tensor, weights: BlockReverseWeights, options: BlockReverseOptions): void;
   getThreads(): number;
-  /** Live native buffers and handles (handles are freed when the garbage collector finalizes them). */
-  nativeMemory(): { buffers: number; bytes: number; handles: number };
+  /**
+   * Live native (on CUDA: device) buffers and handles (handles are freed when the garbage collector finalizes
+   * them), and the most bytes live at once since the last call with resetPeak (or since the start).
+   */
+  nativeMemory(resetPeak?: boolean): { buffers: number; bytes: number; handles: number; peakBytes: number };
   setThreads(n: number): void;
 }
 

@@ -81,6 +81,21 @@ test('models and their workspaces are freed by dispose', async () => {
   assert.ok(growth < 32, `RSS grew by ${growth.toFixed(1)} MiB`);
 });
 
+test('nativeMemory reports the high-water mark of live bytes, and resetPeak starts a new one', () => {
+  const b = getBackend('cpu');
+  b.ops.nativeMemory(true);
+  const start = b.ops.nativeMemory(true);
+  assert.is(start.peakBytes, start.bytes, 'nothing was allocated since the reset');
+  const big = new b.Tensor('float32', [1 << 20]);
+  const small = new b.Tensor('float32', [1 << 10]);
+  big.dispose();
+  const during = b.ops.nativeMemory(true);
+  assert.is(during.bytes, start.bytes + 4 * (1 << 10));
+  assert.is(during.peakBytes, start.bytes + 4 * (1 << 20) + 4 * (1 << 10), 'both tensors were live at once');
+  small.dispose();
+  assert.is(b.ops.nativeMemory().peakBytes, during.bytes, 'the new mark starts at the bytes live when it was reset');
+});
+
 test('handles that are collected without dispose() are still freed', async () => {
   const b = getBackend('cpu');
   const make = () => {

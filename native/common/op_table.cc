@@ -17,13 +17,16 @@ void register_reverse(Napi::Env, Napi::Object);
 
 namespace {
 
-// nativeMemory() -> { buffers, bytes, handles }: live native (on CUDA: device) buffers, for leak tests.
+// nativeMemory(resetPeak?) -> { buffers, bytes, handles, peakBytes }: live native (on CUDA: device) buffers, for
+// leak tests, and their high-water mark, for memory benchmarks; resetPeak starts a new mark after reading.
 TF_OP(nativeMemory) {
   StorageStats st = storage_stats();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
   o.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(st.bytes)));
   o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
+  o.Set("peakBytes", Napi::Number::New(info.Env(), static_cast<double>(st.peak_bytes)));
+  if (info.Length() > 0 && info[0].ToBoolean().Value()) reset_peak_bytes();
   return o;
 }
 

@@ -32,23 +32,35 @@ static DType parse_dtype(const std::string& s) {
 }
 
 namespace {
-std::atomic<int64_t> live_storages{0}, live_bytes{0};
+std::atomic<int64_t> live_storages{0}, live_bytes{0}, peak_bytes{0};
+
+void count_allocation(size_t n) {
+  live_storages++;
+  int64_t now = live_bytes += static_cast<int64_t>(n);
+  int64_t peak = peak_bytes.load();
+  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
+  }
 }
 
+void count_release(size_t n) {
+  live_storages--;
+  live_bytes -= static_cast<int64_t>(n);
+}
+}  // namespace
+
 std::atomic<int64_t> live_handles{0};
-StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load()}; }
+StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load(), peak_bytes.load()}; }
+void reset_peak_bytes() { peak_bytes = live_bytes.load(); }
 
 #ifdef TF_BACKEND_CUDA
 // GPU memory (cudaMalloc alignment is 256 bytes), zeroed on the addon's stream.
 Storage::Storage(size_t n) : bytes(n) {
   data = mem::alloc_zeroed(n);
-  live_storages++;
-  live_bytes += static_cast<int64_t>(n);
+  count_allocation(n);
 }
 Storage::~Storage() {
   mem::release(data);
-  live_storages--;
-  live_bytes -= static_cast<int64_t>(bytes);
+  count_release(bytes);
 }
 #else
 // Buffers of a page or more come straight from mmap: the kernel hands out zeroed pages lazily, and munmap returns them at
@@ -67,15 +79,13 @@ Storage::Storage(size_t n) : bytes(n) {
     if (data) std::memset(data, 0, rounded);
   }
   if (!data) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor; reduce the batch or model size");
-  live_storages++;
-  live_bytes += static_cast<int64_t>(n);
+  count_allocation(n);
 }
 Storage::~Storage() {
   size_t rounded = ((bytes ? bytes : 1) + 63) / 64 * 64;
   if (rounded >= kMmapThreshold) munmap(data, rounded);
   else std::free(data);
-  live_storages--;
-  live_bytes -= static_cast<int64_t>(bytes);
+  count_release(bytes);
 }
 #endif
 

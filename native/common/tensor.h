@@ -24,8 +24,11 @@ struct StorageStats {
   int64_t buffers;
   int64_t bytes;
   int64_t handles;  // Tensor handles not yet collected by the garbage collector
+  int64_t peak_bytes;  // the most live bytes since the last reset_peak_bytes()
 };
 StorageStats storage_stats();
+// Starts a new peak at the present live bytes (to measure one step's high-water mark).
+void reset_peak_bytes();
 
 struct Storage {
   void* data = nullptr;
