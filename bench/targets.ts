@@ -109,22 +109,27 @@ function gemmRate(backend: Backend, n: number, precision: Precision): number {
   }
 }
 
-function attentionRates(backend: Backend, B: number, H: number, T: number, d: number, precision: Precision): { forward: number; forwardBackward: number } {
+// fused: flashAttention and its backward (saving lse [B,H,T]); otherwise attention (saving probs [B,H,T,T]).
+function attentionRates(backend: Backend, B: number, H: number, T: number, d: number, precision: Precision, fused: boolean): { forward: number; forwardBackward: number } {
   const W = H * d;
   const qkv = randomTensor(backend, [B, T, 3 * W], 3), out = new backend.Tensor('float32', [B, T, W]);
-  const probs = new backend.Tensor('float32', [B, H, T, T]);
+  const saved = new backend.Tensor('float32', fused ? [B, H, T] : [B, H, T, T]);
   const dout = randomTensor(backend, [B, T, W], 4), dqkv = new backend.Tensor('float32', [B, T, 3 * W]);
   const flops = attentionBenchFlops(B, H, T, d);
+  const mm = { precision };
   try {
-    const forward = () => backend.ops.attention(out, probs, qkv, H, 1, { precision });
+    const forward = fused ? () => backend.ops.flashAttention(out, saved, qkv, H, 1, mm) : () => backend.ops.attention(out, saved, qkv, H, 1, mm);
+    const backward = fused
+      ? () => backend.ops.flashAttentionBackward(dqkv, dout, qkv, out, saved, H, 1, mm)
+      : () => backend.ops.attentionBackward(dqkv, dout, qkv, saved, H, 1, mm);
     const tf = timeMedian(backend, forward, 5);
     const tfb = timeMedian(backend, () => {
       forward();
-      backend.ops.attentionBackward(dqkv, dout, qkv, probs, H, 1, { precision });
+      backward();
     }, 5);
     return { forward: flops.forward / tf, forwardBackward: flops.forwardBackward / tfb };
   } finally {
-    for (const t of [qkv, out, probs, dout, dqkv]) t.dispose();
+    for (const t of [qkv, out, saved, dout, dqkv]) t.dispose();
   }
 }
 
@@ -237,9 +242,12 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
   const [aB, aH, aT, ad] = gpu ? [32, 12, 1024, 64] : [2, 12, 256, 64];
   attempt(rows, `causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`, '253 TFLOP/s fwd, 211 fwd+bwd (FlashAttention-2)', '>= 300 fwd, >= 250 fwd+bwd', () => {
     o.log(`causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`);
-    const att = attentionRates(backend, aB, aH, aT, ad, precision);
+    // The fused ops are what the model trains with on CUDA; the unfused ones beside them for comparison.
+    const att = attentionRates(backend, aB, aH, aT, ad, precision, true);
+    const plain = attentionRates(backend, aB, aH, aT, ad, precision, false);
     return {
-      ours: `${fmt(att.forward / 1e12, 'fwd', 2)}, ${fmt(att.forwardBackward / 1e12, 'fwd+bwd TFLOP/s', 2)}`,
+      ours: `fused ${fmt(att.forward / 1e12, 'fwd', 2)}, ${fmt(att.forwardBackward / 1e12, 'fwd+bwd TFLOP/s', 2)} `
+        + `(unfused ${fmt(plain.forward / 1e12, 'fwd', 2)}, ${fmt(plain.forwardBackward / 1e12, 'fwd+bwd', 2)})`,
       floor: `${fmt(matrix / 1e12, 'TFLOP/s', 2)} (matrix rate)`, gap: `${ratio(att.forward, matrix)} / ${ratio(att.forwardBackward, matrix)}`,
     };
   });

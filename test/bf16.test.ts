@@ -6,37 +6,16 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { getBackend, type MatmulOptions, type Tensor } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
-import { gaussian, modelErrors, relError, repoRoot, roundBf16 } from './helpers.js';
+import { errorCode as code, gaussian, modelErrors, relError, roundBf16, runNativeCheck } from './helpers.js';
 
 const cpu = getBackend('cpu');
 const bf16: MatmulOptions = { precision: 'bf16' };
 
 test('the bf16 GEMM kernel\'s per-thread index logic, run on the CPU against the PTX fragment layouts', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'tarflow-mma-'));
-  try {
-    const exe = join(dir, 'mma_tile_test');
-    const cxx = process.env.CXX ?? 'g++';
-    const source = join(repoRoot, 'test', 'native', 'mma_tile_test.cc');
-    const compile = (flags: string[]) => spawnSync(cxx, ['-std=c++17', '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, source], { encoding: 'utf8' });
-    // AddressSanitizer also catches reads outside the operands (rows past M, k past K), which change no result.
-    let built = compile(['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']);
-    if (built.error && (built.error as NodeJS.ErrnoException).code === 'ENOENT') {
-      console.warn(`  skipped: no C++ compiler (${cxx}) to build ${source}`);
-      return;
-    }
-    if (built.status !== 0 && /fsanitize|libasan|libubsan/.test(built.stderr)) built = compile(['-O2']);
-    assert.is(built.status, 0, `compiling ${source} failed:\n${built.stderr}`);
-    const run = spawnSync(exe, [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
-    assert.is(run.status, 0, `mma tile checks failed:\n${run.stderr}${run.stdout}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const failure = runNativeCheck('mma_tile_test');
+  assert.ok(failure === null, failure ?? '');
 });
 
 function randn(n: number, seed: number, scale = 1): Float32Array {
@@ -102,14 +81,6 @@ test('attention and its backward in bf16 stay within bf16 rounding of float32', 
 
 test('bad precision options are refused with a coded error', () => {
   const x = T([2, 4]), w = T([3, 4]), y = T([2, 3]);
-  const code = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      return (err as { code?: string }).code;
-    }
-    return 'none';
-  };
   assert.is(code(() => cpu.ops.linear(y, x, w, null, false, { precision: 'fp16' as 'bf16' })), 'ERR_TARFLOW_INVALID_ARGUMENT');
   const d = (s: number[]) => new cpu.Tensor('float64', s);
   assert.is(code(() => cpu.ops.linear(d([2, 3]), d([2, 4]), d([3, 4]), null, false, bf16)), 'ERR_TARFLOW_INVALID_ARGUMENT');

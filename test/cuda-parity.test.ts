@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { getBackend, type Backend, type BlockReverseWeights, type DType, type MatmulOptions, type Ops, type Tensor } from '../lib/backend.js';
 import type { TarFlowConfig } from '../lib/config.js';
-import { gaussian, modelErrors, mulberry32, relError, repoRoot } from './helpers.js';
+import { errorCode, gaussian, modelErrors, mulberry32, relError, repoRoot } from './helpers.js';
 
 const addonPath = join(repoRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
 const expectGpu = process.env.TARFLOW_EXPECT_GPU === '1';
@@ -371,6 +371,54 @@ test('grids beyond 65535 row tiles or (sample, head) pairs run in chunks, in bot
         ops.attentionBackward(t[3], t[4], t[2], t[1], 1, 1, { precision });
       }, precision === 'bf16' ? BF16_ATTN_TOL : 1e-5);
   }
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused attention (flashAttention, float32 only on CUDA, head dims up to 64) against the CPU's reference of it: fp32
+// to float rounding; bf16 with the same rounding points (the CPU's online softmax steps through the GPU's 16-key
+// tiles), so only the order of fp32 sums differs and BF16_ATTN_TOL applies as for attention. T from 1 to 1024
+// (tails of the 64-row and 16-row tiles), up to 300 (sample, head) pairs, a head dim below 64, and 65537 pairs
+// (more than one grid axis of 65535 would hold).
+
+function checkFlash(B: number, T: number, W: number, H: number, precision: 'fp32' | 'bf16') {
+  const mm = { precision }, tol = precision === 'bf16' ? BF16_ATTN_TOL : 1e-5, tag = `${precision} B=${B} T=${T} W=${W} H=${H}`;
+  compareOp(`flashAttention ${tag}`, 'float32', [{ shape: [B, T, W] }, { shape: [B, H, T] }, { shape: [B, T, 3 * W] }], [0, 1],
+    (ops, t) => ops.flashAttention(t[0], t[1], t[2], H, 0.7, mm), tol);
+  compareOp(`flashAttentionBackward ${tag}`, 'float32',
+    [{ shape: [B, T, 3 * W] }, { shape: [B, T, W] }, { shape: [B, T, 3 * W] }, { shape: [B, T, W] }, { shape: [B, H, T] }], [0],
+    (ops, t) => {
+      ops.flashAttention(t[3], t[4], t[2], H, 0.7, mm);  // the forward's out and lse on each backend
+      ops.flashAttentionBackward(t[0], t[1], t[2], t[3], t[4], H, 0.7, mm);
+    }, tol);
+}
+
+for (const [B, T, H, hd] of [[3, 1, 2, 64], [25, 49, 12, 64], [4, 100, 3, 64], [2, 256, 4, 64], [1, 1024, 2, 64], [2, 70, 3, 16]]) {
+  test(`flashAttention and backward against the CPU reference: B=${B} T=${T} H=${H} head ${hd}`, () => {
+    if (!cuda) return;
+    for (const precision of ['fp32', 'bf16'] as const) checkFlash(B, T, H * hd, H, precision);
+  });
+}
+
+test('flashAttention over 65537 (sample, head) pairs; reproducible; coded errors for what the GPU kernels do not cover', () => {
+  if (!cuda) return;
+  for (const precision of ['fp32', 'bf16'] as const) checkFlash(65537, 3, 2, 1, precision);
+  const c = cuda;
+  const [B, T, W, H] = [2, 77, 128, 2];
+  const qkv = new c.Tensor('float32', [B, T, 3 * W], randn(B * T * 3 * W, 5, 'float32')), dout = new c.Tensor('float32', [B, T, W], randn(B * T * W, 6, 'float32'));
+  const grads = [0, 1].map(() => {
+    const out = new c.Tensor('float32', [B, T, W]), lse = new c.Tensor('float32', [B, H, T]), dqkv = new c.Tensor('float32', [B, T, 3 * W]);
+    c.ops.flashAttention(out, lse, qkv, H, 1);
+    c.ops.flashAttentionBackward(dqkv, dout, qkv, out, lse, H, 1);
+    const r = dqkv.toArray();
+    [out, lse, dqkv].forEach((t) => t.dispose());
+    return Array.from(r);
+  });
+  assert.equal(grads[0], grads[1], 'two runs of the backward differ');
+  const made: Tensor[] = [qkv, dout];
+  const t = (dtype: DType, shape: number[]) => made[made.push(new c.Tensor(dtype, shape)) - 1];
+  assert.is(errorCode(() => c.ops.flashAttention(t('float64', [1, 4, 64]), t('float64', [1, 1, 4]), t('float64', [1, 4, 192]), 1, 1)), 'ERR_TARFLOW_DTYPE');
+  assert.is(errorCode(() => c.ops.flashAttention(t('float32', [1, 4, 128]), t('float32', [1, 1, 4]), t('float32', [1, 4, 384]), 1, 1)), 'ERR_TARFLOW_SHAPE');
+  made.forEach((x) => x.dispose());
 });
 
 // Whole models: bf16 on the GPU against float32 on the CPU, the issue's bar of 2e-2 on latents, log-dets, loss,

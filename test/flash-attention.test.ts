@@ -1,15 +1,21 @@
 /**
- * Fused causal attention (flashAttention / flashAttentionBackward) without a GPU: the CPU reference against the
- * unfused attention ops: the same out and dqkv in float64, float32 and bf16, a log-sum-exp that matches the logits, and
+ * Fused causal attention (flashAttention / flashAttentionBackward) without a GPU: the CUDA kernels' per-thread
+ * logic run on the CPU for every thread (test/native/flash_tile_test.cc), and the CPU reference against the unfused
+ * attention ops: the same out and dqkv in float64, float32 and bf16, a log-sum-exp that matches the logits, and
  * coded errors for bad arguments. The finite-difference check of the backward is in gradcheck.test.ts; the GPU's
  * kernels are compared with this reference in cuda-parity.test.ts.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { getBackend, type DType, type MatmulOptions, type Tensor } from '../lib/backend.js';
-import { gaussian, relError } from './helpers.js';
+import { errorCode as code, gaussian, relError, runNativeCheck } from './helpers.js';
 
 const cpu = getBackend('cpu');
+
+test('the fused attention kernels\' per-thread logic, run on the CPU for every thread against naive attention', () => {
+  const failure = runNativeCheck('flash_tile_test');
+  assert.ok(failure === null, failure ?? '');
+});
 
 function randn(n: number, seed: number, scale = 1): number[] {
   const g = gaussian(seed);
@@ -70,14 +76,6 @@ test('lse is the log-sum-exp of each row\'s causal logits q.k / (sqrt(hd) temp)'
 
 test('bad flashAttention arguments are refused with coded errors', () => {
   const t = (shape: number[], dtype: DType = 'float32') => new cpu.Tensor(dtype, shape);
-  const code = (fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      return (err as { code?: string }).code;
-    }
-    return 'none';
-  };
   const [B, Tn, W, H] = [2, 5, 8, 2];
   const qkv = t([B, Tn, 3 * W]), out = t([B, Tn, W]), lse = t([B, H, Tn]), dqkv = t([B, Tn, 3 * W]);
   assert.is(code(() => cpu.ops.flashAttention(out, t([B, H, Tn, Tn]), qkv, H, 1)), 'ERR_TARFLOW_SHAPE');

@@ -1,5 +1,7 @@
 /** Shared test utilities: golden files, relative errors. */
-import { readdirSync, existsSync } from 'node:fs';
+import { readdirSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { seededRandom } from '../lib/data.js';
 import type { DeviceName, Precision } from '../lib/backend.js';
 import type { TarFlowConfig } from '../lib/config.js';
@@ -20,6 +22,42 @@ export function goldenFiles(): string[] {
   const dir = goldenDir();
   if (!existsSync(dir)) return [];
   return readdirSync(dir).filter((f) => /^golden-.*\.safetensors$/.test(f)).sort().map((f) => join(dir, f));
+}
+
+/**
+ * Compiles test/native/<name>.cc (a CPU emulation of a CUDA kernel's index logic) and runs it; returns null when
+ * it passed or no C++ compiler exists (with a warning), else the failure's text.
+ */
+export function runNativeCheck(name: string): string | null {
+  const dir = mkdtempSync(join(tmpdir(), `tarflow-${name}-`));
+  try {
+    const exe = join(dir, name);
+    const cxx = process.env.CXX ?? 'g++';
+    const source = join(repoRoot, 'test', 'native', `${name}.cc`);
+    const compile = (flags: string[]) => spawnSync(cxx, ['-std=c++17', '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, source], { encoding: 'utf8' });
+    // AddressSanitizer also catches reads outside the operands (rows past the matrix), which change no result.
+    let built = compile(['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']);
+    if (built.error && (built.error as NodeJS.ErrnoException).code === 'ENOENT') {
+      console.warn(`  skipped: no C++ compiler (${cxx}) to build ${source}`);
+      return null;
+    }
+    if (built.status !== 0 && /fsanitize|libasan|libubsan/.test(built.stderr)) built = compile(['-O2']);
+    if (built.status !== 0) return `compiling ${source} failed:\n${built.stderr}`;
+    const run = spawnSync(exe, [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
+    return run.status === 0 ? null : `${name} checks failed:\n${run.stderr}${run.stdout}`;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The `code` of the error fn throws, or 'none'. */
+export function errorCode(fn: () => void): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return (err as { code?: string }).code;
+  }
+  return 'none';
 }
 
 type Num = ArrayLike<number>;

@@ -50,21 +50,28 @@ void gather(std::vector<T>& dst, const T* src, int64_t ld, const AttnDims& d, Pr
     for (int64_t c = 0; c < d.hd; ++c) dst[t * d.hd + c] = operand(src[t * ld + c], precision);
 }
 
+// The operands q, k, v of head h of sample b.
+template <typename T>
+void gather_qkv(std::vector<T>& q, std::vector<T>& k, std::vector<T>& v, const T* qkv, int64_t b, int64_t h, const AttnDims& d,
+                Precision precision) {
+  const int64_t ld = 3 * d.W;
+  const T* src = qkv + b * d.T * ld + h * d.hd;
+  gather(q, src, ld, d, precision);
+  gather(k, src + d.W, ld, d, precision);
+  gather(v, src + 2 * d.W, ld, d, precision);
+}
+
 // flashAttention(out[B,T,W], lse[B,H,T], qkv[B,T,3W], heads, temp, {precision}?)
 TF_OP(flashAttention) {
   const FlashAttentionArgs args = parse_flash_attention(info);
   const AttnDims& d = args.d;
   dispatch_float(args.qkv->dtype(), [&]<typename T>() {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
-    const int64_t ld = 3 * d.W;
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
       std::vector<T> q, k, v, acc(static_cast<size_t>(d.hd)), logit(kKeyBlock);
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
-        const T* src = args.qkv->data<T>() + b * d.T * ld + h * d.hd;
-        gather(q, src, ld, d, args.precision);
-        gather(k, src + d.W, ld, d, args.precision);
-        gather(v, src + 2 * d.W, ld, d, args.precision);
+        gather_qkv(q, k, v, args.qkv->data<T>(), b, h, d, args.precision);
         T* out = args.out->data<T>() + b * d.T * d.W + h * d.hd;
         T* lse = args.lse->data<T>() + bh * d.T;
         for (int64_t i = 0; i < d.T; ++i) {
@@ -107,10 +114,7 @@ TF_OP(flashAttentionBackward) {
       std::vector<T> q, k, v, dO, o, D(static_cast<size_t>(d.T)), dq, dk, dv;
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
-        const T* src = args.qkv->data<T>() + b * d.T * ld + h * d.hd;
-        gather(q, src, ld, d, args.precision);
-        gather(k, src + d.W, ld, d, args.precision);
-        gather(v, src + 2 * d.W, ld, d, args.precision);
+        gather_qkv(q, k, v, args.qkv->data<T>(), b, h, d, args.precision);
         gather(dO, args.dout->data<T>() + b * d.T * d.W + h * d.hd, d.W, d, args.precision);
         gather(o, args.out->data<T>() + b * d.T * d.W + h * d.hd, d.W, d, Precision::F32);
         const T* lse = args.lse->data<T>() + bh * d.T;

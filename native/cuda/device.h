@@ -35,8 +35,8 @@ int device_count(std::string* why);
 
 // Per-instance growable device scratch. Slots are independent buffers; a pointer stays valid until the same slot
 // is requested again with a larger size. Work is stream-ordered, so reusing a slot in the next op is safe.
-// Slots in use: 0 row-block partial sums (linear, layerNorm) and embedding temporaries; 1 attention's dS;
-// 2 sumSquares partials; 3 allFinite's flag. An op must not take one slot twice.
+// Slots in use: 0 row-block partial sums (linear, layerNorm) and embedding temporaries; 1 attention's dS and
+// flashAttentionBackward's row dots; 2 sumSquares partials; 3 allFinite's flag. An op must not take one slot twice.
 void* scratch(int slot, size_t bytes);
 template <typename T>
 T* scratch_as(int slot, int64_t count) {
