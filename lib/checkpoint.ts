@@ -6,7 +6,7 @@ import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { TarFlow, type ModelOptions } from './model.js';
-import { checkOneOf } from './validate.js';
+import { checkOneOf, parseJson } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -105,13 +105,7 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
 export function configFromMetadata(file: SafetensorsFile, source: string): TarFlowConfig | null {
   const raw = file.metadata.config;
   if (raw === undefined) return null;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch {
-    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source}: the metadata 'config' entry is not valid JSON`);
-  }
-  return fromReferenceConfig(parsed);
+  return fromReferenceConfig(parseJson(`${source}: metadata 'config'`, raw, 'ERR_TARFLOW_CHECKPOINT'));
 }
 
 export interface LoadOptions extends ModelOptions {

@@ -15,7 +15,7 @@ import { SEED_RULE, TarFlow } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
-import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, validationError } from './validate.js';
+import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
 
 export interface Progress {
   task: 'train' | 'sample' | 'evaluate' | 'score';
@@ -464,13 +464,7 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
 
 /** The text of a config file as an object, checked as a model config (snake_case or camelCase names). */
 export function parseConfigText(text: string, source: string): Record<string, unknown> {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw validationError('ERR_TARFLOW_CONFIG', source, 'a JSON object', `invalid JSON (${(err as Error).message})`);
-  }
-  const config = checkObject(source, value, 'ERR_TARFLOW_CONFIG');
+  const config = checkObject(source, parseJson(source, text, 'ERR_TARFLOW_CONFIG'), 'ERR_TARFLOW_CONFIG');
   fromReferenceConfig(config);
   return config;
 }

@@ -13,7 +13,7 @@ import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
-import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type NumberRule } from './validate.js';
+import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsTensor } from './safetensors.js';
 
 export interface TrainOptions {
@@ -134,13 +134,7 @@ export function learningRate(o: Pick<ResolvedTrainOptions, 'lr' | 'minLr' | 'war
  */
 function readTrainMetadata(text: string, path: string) {
   const field = `${path}: metadata 'train'`;
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw validationError('ERR_TARFLOW_CHECKPOINT', field, 'JSON', `invalid JSON (${(err as Error).message})`);
-  }
-  const train = checkObject(field, value, 'ERR_TARFLOW_CHECKPOINT');
+  const train = checkObject(field, parseJson(field, text, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
   const count = (name: string, v: unknown) => checkNumber(`${field}.${name}`, v, { integer: true, min: 0 }, 'ERR_TARFLOW_CHECKPOINT');
   const dataset = checkObject(`${field}.dataset`, train.dataset, 'ERR_TARFLOW_CHECKPOINT');
   const options = checkObject(`${field}.options`, train.options, 'ERR_TARFLOW_CHECKPOINT');

@@ -95,6 +95,15 @@ function numberProblem(value: unknown, rule: NumberRule): string | null {
   return describeRule(rule) + unsafe;
 }
 
+/** JSON text parsed; text that is not JSON is refused as `<name>: expected JSON, got invalid JSON (<why>)`. */
+export function parseJson(name: string, text: string, code: Code = 'ERR_TARFLOW_INVALID_ARGUMENT'): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw validationError(code, name, 'JSON', `invalid JSON (${(err as Error).message})`);
+  }
+}
+
 /** A finite number (a safe integer when rule.integer) within the rule's bounds. */
 export function checkNumber(name: string, value: unknown, rule: NumberRule = {}, code: Code = 'ERR_TARFLOW_INVALID_ARGUMENT'): number {
   const problem = numberProblem(value, rule);

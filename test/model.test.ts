@@ -426,7 +426,7 @@ test('checkpoint errors: config mismatch, unknown field, truncated file, corrupt
   await rejectsCode(() => loadModel(corrupt2, { device: 'cpu' }), 'ERR_TARFLOW_FILE_FORMAT', /header is not valid JSON/);
   const garbageCfg = tmpPath('garbage-config.safetensors');
   await writeSafetensors(garbageCfg, stateDict(model), { config: '{not json' });
-  await rejectsCode(() => loadModel(garbageCfg, { device: 'cpu' }), 'ERR_TARFLOW_CHECKPOINT', /'config' entry is not valid JSON/);
+  await rejectsCode(() => loadModel(garbageCfg, { device: 'cpu' }), 'ERR_TARFLOW_CHECKPOINT', /metadata 'config': expected JSON, got invalid JSON/);
 
   for (const ext of ['pth', 'pt', 'PTH']) {
     const p = tmpPath(`model.${ext}`);

@@ -169,7 +169,7 @@ test('config files: unreadable, not JSON, not an object or not a model config', 
   const missing = join(dir, 'none.json');
   await rejects(() => readConfigFile(missing), CONFIG, `config file ${missing}`, 'a readable file', 'ENOENT');
   const truncated = write('truncated.json', '{"in_channels": 1, "img_');
-  await rejects(() => readConfigFile(truncated), CONFIG, `config file ${truncated}`, 'a JSON object', 'invalid JSON (');
+  await rejects(() => readConfigFile(truncated), CONFIG, `config file ${truncated}`, 'JSON', 'invalid JSON (');
   const list = write('list.json', '[1, 2]');
   await rejects(() => readConfigFile(list), CONFIG, `config file ${list}`, 'an object', '[1, 2]');
   const ref = toReferenceConfig(validateConfig(base));
