@@ -8,7 +8,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { getBackend, type DType, type MatmulOptions, type Tensor } from '../lib/backend.js';
-import { errorCode as code, gaussian, relError, runNativeCheck } from './helpers.js';
+import { TarFlow } from '../lib/model.js';
+import { errorCode as code, gaussian, modelErrors, relError, runNativeCheck } from './helpers.js';
 
 const cpu = getBackend('cpu');
 
@@ -86,6 +87,31 @@ test('bad flashAttention arguments are refused with coded errors', () => {
   assert.is(code(() => cpu.ops.flashAttentionBackward(dqkv, t([B, Tn, W + 1]), qkv, out, lse, H, 1)), 'ERR_TARFLOW_SHAPE');
   assert.is(code(() => cpu.ops.flashAttentionBackward(t([B, Tn, W]), out, qkv, out, lse, H, 1)), 'ERR_TARFLOW_SHAPE');
   [qkv, out, lse, dqkv].forEach((x) => x.dispose());
+});
+
+test('a model with fused attention equals the unfused one (CPU): latents, log-dets, loss, gradients, dL/dx', () => {
+  const cfg = { inChannels: 1, imgSize: 8, patchSize: 2, channels: 128, numBlocks: 2, layersPerBlock: 2, numClasses: 3 };
+  for (const [precision, tol] of [['fp32', 1e-5], ['bf16', 2e-2]] as const) {
+    const errors = modelErrors(cfg, 3, { device: 'cpu', precision, fusedAttention: true }, { device: 'cpu', precision, fusedAttention: false });
+    for (const [name, err] of Object.entries(errors)) assert.ok(err < tol, `${precision} ${name}: relative error ${err}`);
+  }
+});
+
+test('fused attention saves lse [B,H,T] instead of probs [B,H,T,T] in the workspace; off by default on the CPU', () => {
+  const cfg = { inChannels: 1, imgSize: 8, patchSize: 2, channels: 128, numBlocks: 2, layersPerBlock: 2 };
+  const bytes = (fusedAttention?: boolean) => {
+    const model = new TarFlow(cfg, { device: 'cpu', noInit: true, fusedAttention });
+    const before = cpu.ops.nativeMemory().bytes;
+    model.workspace(4);
+    const used = cpu.ops.nativeMemory().bytes - before;
+    assert.is(model.fusedAttention, fusedAttention ?? false);
+    model.dispose();
+    return used;
+  };
+  const [B, H, T, layers] = [4, 2, 16, 4];
+  assert.is(bytes(false) - bytes(true), layers * B * H * (T * T - T) * 4);
+  assert.is(bytes(), bytes(false));
+  assert.throws(() => new TarFlow(cfg, { device: 'cpu', fusedAttention: 'yes' as unknown as boolean }), (e: { code?: string }) => e.code === 'ERR_TARFLOW_INVALID_ARGUMENT');
 });
 
 test.run();

@@ -141,6 +141,7 @@ export function forwardBackward(model: TarFlow, images: Float32Array, labels: In
 export interface RunSpec {
   device: DeviceName;
   precision: Precision;
+  fusedAttention?: boolean;
 }
 
 /**
