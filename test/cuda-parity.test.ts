@@ -163,6 +163,54 @@ function checkAttention({ B, T, W, H }: Shape, dtype: 'float32' | 'float64', mm:
   }
 }
 
+// blockReverse cases: a random block of L = 2 layers (nCls classes) and the options the sampler passes.
+type ReverseOpts = { guidance?: number; annealed?: boolean; tempUncond?: number; guideA?: boolean };
+type ReverseCase = { B: number; T: number; W: number; H: number; D: number; nvp: boolean; cond: boolean; flip: boolean; opts: ReverseOpts };
+const reverseVariants: [boolean, boolean, ReverseOpts][] = [
+  [true, false, {}],
+  [true, true, { guidance: 1.5 }],
+  [true, true, { guidance: 2, annealed: true, tempUncond: 0.7 }],
+  [true, false, { guidance: 0.8, tempUncond: 0.5 }],
+  [true, false, { guidance: 0.8, guideA: false, tempUncond: 1.5 }],
+  [false, true, { guidance: 1.2 }],
+];
+const REVERSE_LAYERS = 2, REVERSE_CLASSES = 4;
+
+/** x, labels, then the block's weights, at scales that keep the inverse well conditioned (LayerNorm weights near 1). */
+function reverseSpecs({ B, T, W, D, nvp }: ReverseCase, dtype: DType): Spec[] {
+  const Do = nvp ? 2 * D : D, F = 4 * W;
+  const wSpecs: Spec[] = [{ shape: [W, D] }, { shape: [W] }, { shape: [T, W] }, { shape: [REVERSE_CLASSES, 1, W] }, { shape: [Do, W] }, { shape: [Do] }];
+  for (let l = 0; l < REVERSE_LAYERS; l++) {
+    wSpecs.push({ shape: [W] }, { shape: [W] }, { shape: [3 * W, W] }, { shape: [3 * W] }, { shape: [W, W] }, { shape: [W] },
+      { shape: [W] }, { shape: [W] }, { shape: [F, W] }, { shape: [F] }, { shape: [W, F] }, { shape: [W] });
+  }
+  const scaled = wSpecs.map((s, i) => ({
+    ...s,
+    data: (k: number) => {
+      const a = randn(k, 1000 + i, dtype, 0.05);
+      const isNormWeight = i >= 6 && ((i - 6) % 12 === 0 || (i - 6) % 12 === 6);
+      if (isNormWeight) for (let j = 0; j < k; j++) a[j] += 1;
+      return a;
+    },
+  }));
+  return [{ shape: [B, T, D] }, { shape: [B], dtype: 'int32', data: labelsOf(B, REVERSE_CLASSES, 8) }, ...scaled];
+}
+
+function runReverse(ops: Ops, t: Tensor[], { H, nvp, cond, flip, opts }: ReverseCase) {
+  const w = t.slice(2);
+  const weights: BlockReverseWeights = {
+    projInWeight: w[0], projInBias: w[1], pos: w[2], classEmbed: cond ? w[3] : null, projOutWeight: w[4], projOutBias: w[5],
+    layers: Array.from({ length: REVERSE_LAYERS }, (_, l) => {
+      const o = 6 + 12 * l;
+      return {
+        ln1Weight: w[o], ln1Bias: w[o + 1], qkvWeight: w[o + 2], qkvBias: w[o + 3], projWeight: w[o + 4], projBias: w[o + 5],
+        ln2Weight: w[o + 6], ln2Bias: w[o + 7], fc1Weight: w[o + 8], fc1Bias: w[o + 9], fc2Weight: w[o + 10], fc2Bias: w[o + 11],
+      };
+    }),
+  };
+  ops.blockReverse(t[0], weights, { flip, nvp, heads: H, labels: cond ? t[1] : null, ...opts });
+}
+
 const shapes: Shape[] = [
   { B: 2, T: 5, W: 24, H: 2, D: 12 },
   { B: 3, T: 17, W: 128, H: 2, D: 48 },
@@ -283,54 +331,77 @@ for (const dtype of ['float32', 'float64'] as const) {
 
     test(`blockReverse (sequential inverse with guidance variants): ${tag}`, () => {
       if (!cuda) return;
-      const L = 2, F = 4 * W, nCls = 4;
-      for (const [nvp, cond, opts] of [
-        [true, false, {}],
-        [true, true, { guidance: 1.5 }],
-        [true, true, { guidance: 2, annealed: true, tempUncond: 0.7 }],
-        [true, false, { guidance: 0.8, tempUncond: 0.5 }],
-        [true, false, { guidance: 0.8, guideA: false, tempUncond: 1.5 }],
-        [false, true, { guidance: 1.2 }],
-      ] as const) {
+      for (const [nvp, cond, opts] of reverseVariants) {
         for (const flip of [false, true]) {
-          const Do = nvp ? 2 * D : D;
-          const wSpecs: Spec[] = [
-            { shape: [W, D] }, { shape: [W] }, { shape: [T, W] }, { shape: [nCls, 1, W] }, { shape: [Do, W] }, { shape: [Do] },
-          ];
-          for (let l = 0; l < L; l++) {
-            wSpecs.push({ shape: [W] }, { shape: [W] }, { shape: [3 * W, W] }, { shape: [3 * W] }, { shape: [W, W] }, { shape: [W] },
-              { shape: [W] }, { shape: [W] }, { shape: [F, W] }, { shape: [F] }, { shape: [W, F] }, { shape: [W] });
-          }
-          // Scales that keep the inverse well conditioned: small weights, LayerNorm weights near 1.
-          const scaled = wSpecs.map((s, i) => ({
-            ...s,
-            data: (k: number) => {
-              const a = randn(k, 1000 + i, dtype, 0.05);
-              const isNormWeight = i >= 6 && ((i - 6) % 12 === 0 || (i - 6) % 12 === 6);
-              if (isNormWeight) for (let j = 0; j < k; j++) a[j] += 1;
-              return a;
-            },
-          }));
-          const specs: Spec[] = [{ shape: [B, T, D] }, { shape: [B], dtype: 'int32', data: labelsOf(B, nCls, 8) }, ...scaled];
-          compareOp(`blockReverse nvp=${nvp} cond=${cond} flip=${flip} ${JSON.stringify(opts)}`, dtype, specs, [0], (ops, t) => {
-            const w = t.slice(2);
-            const weights: BlockReverseWeights = {
-              projInWeight: w[0], projInBias: w[1], pos: w[2], classEmbed: cond ? w[3] : null, projOutWeight: w[4], projOutBias: w[5],
-              layers: Array.from({ length: L }, (_, l) => {
-                const o = 6 + 12 * l;
-                return {
-                  ln1Weight: w[o], ln1Bias: w[o + 1], qkvWeight: w[o + 2], qkvBias: w[o + 3], projWeight: w[o + 4], projBias: w[o + 5],
-                  ln2Weight: w[o + 6], ln2Bias: w[o + 7], fc1Weight: w[o + 8], fc1Bias: w[o + 9], fc2Weight: w[o + 10], fc2Bias: w[o + 11],
-                };
-              }),
-            };
-            ops.blockReverse(t[0], weights, { flip, nvp, heads: H, labels: cond ? t[1] : null, ...opts });
-          }, dtype === 'float32' ? 1e-4 : 1e-11);
+          const c: ReverseCase = { B, T, W, H, D, nvp, cond, flip, opts };
+          compareOp(`blockReverse nvp=${nvp} cond=${cond} flip=${flip} ${JSON.stringify(opts)}`, dtype, reverseSpecs(c, dtype), [0],
+            (ops, t) => runReverse(ops, t, c), dtype === 'float32' ? 1e-4 : 1e-11);
         }
       }
     });
   }
 }
+
+// The sampler's three paths (TARFLOW_CUDA_SAMPLER, native/cuda/reverse.cu): the CUDA Graph and the directly enqueued
+// steps with split-KV attention against the reference host loop on the GPU, and all three against the CPU. Token
+// counts give one step, a chunk of keys (64) and a tail, several chunks, and 1024 tokens (16 chunks, the ImageNet
+// 64 model's); every guidance variant (temperature of the unconditional rows, annealing), NVP and VP.
+function withSampler<R>(mode: string, fn: () => R): R {
+  const before = process.env.TARFLOW_CUDA_SAMPLER;
+  process.env.TARFLOW_CUDA_SAMPLER = mode;
+  try {
+    return fn();
+  } finally {
+    if (before === undefined) delete process.env.TARFLOW_CUDA_SAMPLER;
+    else process.env.TARFLOW_CUDA_SAMPLER = before;
+  }
+}
+
+function compareSamplers(c: ReverseCase, dtype: 'float32' | 'float64') {
+  const specs = reverseSpecs(c, dtype).map((s) => ({ ...s, dtype: s.dtype ?? dtype }));
+  const arrays = specs.map((s, i) => (s.data ? s.data(size(s.shape)) : randn(size(s.shape), 500 + i, s.dtype)));
+  const out: Record<string, ArrayLike<number>> = {};
+  for (const mode of ['cpu', 'reference', 'direct', 'graph']) {
+    const backend = mode === 'cpu' ? cpu : cuda!;
+    const t = makeTensors(backend, specs, arrays);
+    withSampler(mode, () => runReverse(backend.ops, t, c));
+    out[mode] = t[0].toArray();
+    for (const x of t) x.dispose();
+  }
+  const name = `blockReverse T=${c.T} nvp=${c.nvp} cond=${c.cond} flip=${c.flip} ${JSON.stringify(c.opts)} (${dtype})`;
+  const tolCpu = dtype === 'float32' ? 1e-4 : 1e-11, tolGpu = dtype === 'float32' ? 1e-5 : 1e-12;
+  for (const [mode, against, tol] of [['reference', 'cpu', tolCpu], ['direct', 'cpu', tolCpu], ['graph', 'cpu', tolCpu],
+    ['direct', 'reference', tolGpu], ['graph', 'reference', tolGpu], ['graph', 'direct', 0]] as const) {
+    const err = relError(out[mode], out[against]);
+    assert.ok(err <= tol, `${name}: ${mode} against ${against}: relative error ${err.toExponential(3)} > ${tol}`);
+  }
+}
+
+for (const dtype of ['float32', 'float64'] as const) {
+  test(`the sampler's CUDA Graph and split-KV steps against its reference loop and the CPU (${dtype})`, () => {
+    if (!cuda) return;
+    for (const T of [2, 3, 65, 200]) {
+      for (const [nvp, cond, opts] of reverseVariants) {
+        compareSamplers({ B: 3, T, W: 128, H: 2, D: 12, nvp, cond, flip: T % 2 === 1, opts }, dtype);
+      }
+    }
+    for (const [nvp, cond, opts] of reverseVariants.slice(0, 3)) {
+      compareSamplers({ B: 2, T: 1024, W: 128, H: 2, D: 12, nvp, cond, flip: false, opts }, dtype);
+    }
+  });
+}
+
+test('TARFLOW_CUDA_SAMPLER: an unknown path is a coded error; a graph is captured anew by each of 200 calls', () => {
+  if (!cuda) return;
+  const c: ReverseCase = { B: 2, T: 9, W: 24, H: 2, D: 4, nvp: true, cond: true, flip: false, opts: { guidance: 1 } };
+  const specs = reverseSpecs(c, 'float32').map((s) => ({ ...s, dtype: s.dtype ?? 'float32' }));
+  const arrays = specs.map((s, i) => (s.data ? s.data(size(s.shape)) : randn(size(s.shape), 900 + i, 'float32')));
+  const t = makeTensors(cuda, specs, arrays);
+  assert.is(errorCode(() => withSampler('fast', () => runReverse(cuda!.ops, t, c))), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  for (let k = 0; k < 200; k++) withSampler('graph', () => runReverse(cuda!.ops, t, c));
+  assert.ok(t[0].toArray().every(Number.isFinite));
+  for (const x of t) x.dispose();
+});
 
 // ---------------------------------------------------------------------------------------------------------------
 // bf16 mixed precision. The tensor-core GEMM against the CPU's emulation: the same bf16-rounded inputs and fp32

@@ -57,6 +57,12 @@ struct Context {
 
 thread_local Context* t_ctx = nullptr;
 
+std::string error_text(cudaError_t err) {
+  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+}
+
+}  // namespace
+
 bool sync_every_op() {
   static const bool on = [] {
     const char* v = std::getenv("TARFLOW_CUDA_SYNC");
@@ -64,12 +70,6 @@ bool sync_every_op() {
   }();
   return on;
 }
-
-std::string error_text(cudaError_t err) {
-  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
-}
-
-}  // namespace
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return;

@@ -26,6 +26,8 @@ void check(cudaError_t err, const char* what);
 // After a kernel launch: reports bad launch configurations at once (asynchronous faults come at the next sync).
 void check_launch(const char* what);
 void sync(const char* what);
+// TARFLOW_CUDA_SYNC=1: every op waits for its work (and nothing may be captured into a CUDA Graph).
+bool sync_every_op();
 // Throws ERR_TARFLOW_DEVICE when an earlier sticky error broke the backend.
 void ensure_usable();
 // Frees the calling thread's stream and scratch (at environment shutdown).
