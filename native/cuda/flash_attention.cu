@@ -4,8 +4,11 @@
 // (tiles, causal skipping, online softmax, gradients) is flash_tile.h's, which test/native/flash_tile_test.cc runs on
 // the CPU for every thread; these kernels only add the barriers and the stores.
 //
-// TODO(perf): these kernels run fp32 on CUDA cores; a bf16 tensor-core version (mma.sync tiles as in gemm_bf16.cu)
-// is what the throughput targets need. precision 'bf16' already rounds as that version will.
+// Under precision 'bf16' all three run on tensor cores (flash_mma.h: mma.sync m16n8k16, bf16 operands, fp32
+// accumulation), rounding where the scalar kernels and the CPU reference round.
+//
+// TODO(perf): double-buffered stages (the next tile's loads in flight during the products) and ldmatrix fragment
+// loads are the next steps toward the throughput targets.
 #include <cmath>
 #include <string>
 
@@ -13,7 +16,9 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "device.cuh"
+#include "flash_mma.h"
 #include "flash_tile.h"
+#include "gemm.cuh"
 
 namespace tf {
 namespace {
@@ -38,6 +43,122 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(T* out, T* lse,
     forward_tile(r, sQ, sK, sV, blk.row0, t * kStream, p, tid);
   }
   forward_end(r, out, lse, blk.bh, blk.row0, p, tid, Plain{});
+}
+
+// A thread's view of its warp for flash_mma.h: one lane, the hardware's mma.sync and quad shuffles.
+struct DeviceWarp {
+  static constexpr int L = 1;
+  int laneid;
+  __device__ int lane(int) const { return laneid; }
+  __device__ void mma(float (*d)[4], const uint32_t (*a)[4], const uint32_t (*b)[2]) const { mma::mma_16x8x16(d[0], a[0], b[0]); }
+  __device__ void quad_max(float (*v)[2]) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      v[0][h] = fmaxf(v[0][h], __shfl_xor_sync(0xffffffffu, v[0][h], 1));
+      v[0][h] = fmaxf(v[0][h], __shfl_xor_sync(0xffffffffu, v[0][h], 2));
+    }
+  }
+  __device__ void quad_sum(float (*v)[2]) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      v[0][h] += __shfl_xor_sync(0xffffffffu, v[0][h], 1);
+      v[0][h] += __shfl_xor_sync(0xffffffffu, v[0][h], 2);
+    }
+  }
+};
+
+// Where a thread of a tensor-core kernel stands: its warp, the block's (sample, head) pair and owned rows, the pair's
+// qkv slice, and the first of the warp's 16 owned rows.
+struct TcThread {
+  int tid, warp;
+  DeviceWarp w;
+  Block blk;
+  const float* q;
+  int64_t ld, r0;
+};
+__device__ TcThread tc_thread(const float* qkv, const Problem& p, bool owns_queries) {
+  const int tid = threadIdx.x, warp = tid / 32;
+  const Block blk = block_of(p, blockIdx.x, owns_queries);
+  return {tid, warp, DeviceWarp{tid % 32}, blk, qkv + p.qkv_slice(blk.bh), 3 * p.W, blk.row0 + 16 * warp};
+}
+
+__global__ void __launch_bounds__(tc::kThreads) flash_forward_bf16_kernel(float* out, float* lse, const float* qkv, Problem p) {
+  __shared__ uint32_t sQ[tc::kStageWords], sK[tc::kStageWords], sVt[tc::kStageWords];  // 27 KiB
+  const auto [tid, warp, w, blk, q, ld, i0] = tc_thread(qkv, p, true);
+  tc::stage_rows_bf16(sQ, q, ld, blk.row0, p, tid, Plain{});
+  __syncthreads();
+  tc::ForwardWarp<1> st;
+  tc::forward_begin(w, st, sQ, warp);
+  const int64_t tiles = tc::key_tiles(p, blk.row0);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t k0 = t * tc::kKeys;
+    __syncthreads();  // the previous tile's readers are done
+    tc::stage_rows_bf16(sK, q + p.W, ld, k0, p, tid, Plain{});
+    tc::stage_transposed_bf16(sVt, q + 2 * p.W, ld, k0, p, tid, Plain{});
+    __syncthreads();
+    const int steps = tc::query_steps(i0, k0);  // the same for the whole warp
+#pragma unroll
+    for (int b = 0; b < tc::kKeys / tc::kStep; ++b)
+      if (b < steps) tc::forward_step(w, st, sK, sVt, b, i0, k0, float(p.scale));
+  }
+  tc::forward_end(w, st, out, lse, blk.bh, i0, p, Plain{});
+}
+
+// dK, dV of the 64 keys a block owns; streams Q and dO 64 rows at a time, as rows and transposed.
+__global__ void __launch_bounds__(tc::kThreads) flash_dkdv_bf16_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                                                       const float* D, Problem p) {
+  __shared__ uint32_t sQ[tc::kStageWords], sdO[tc::kStageWords], sQt[tc::kStageWords], sdOt[tc::kStageWords];  // 36 KiB
+  __shared__ float sLse[tc::kKeys], sD[tc::kKeys];
+  const auto [tid, warp, w, blk, q, ld, j0] = tc_thread(qkv, p, false);
+  const float* dO = dout + p.out_slice(blk.bh);
+  // K and V pass through the Q and dO stages on their way to registers.
+  tc::stage_rows_bf16(sQ, q + p.W, ld, blk.row0, p, tid, Plain{});
+  tc::stage_rows_bf16(sdO, q + 2 * p.W, ld, blk.row0, p, tid, Plain{});
+  __syncthreads();
+  tc::KeyWarp<1> st;
+  tc::key_begin(w, st, sQ, sdO, warp);
+  for (int64_t q0 = blk.row0; q0 < p.T; q0 += tc::kKeys) {
+    __syncthreads();
+    tc::stage_rows_bf16(sQ, q, ld, q0, p, tid, Plain{});
+    tc::stage_rows_bf16(sdO, dO, p.W, q0, p, tid, Plain{});
+    tc::stage_transposed_bf16(sQt, q, ld, q0, p, tid, Plain{});
+    tc::stage_transposed_bf16(sdOt, dO, p.W, q0, p, tid, Plain{});
+    tc::stage_stats64(sLse, lse + blk.bh * p.T, q0, p, tid, Plain{});
+    tc::stage_stats64(sD, D + blk.bh * p.T, q0, p, tid, Plain{});
+    __syncthreads();
+    const int first = tc::key_first_step(j0, q0);
+#pragma unroll
+    for (int b = 0; b < tc::kKeys / tc::kStep; ++b)
+      if (b >= first) tc::key_step(w, st, sQ, sdO, sQt, sdOt, sLse, sD, b, j0, q0, p);
+  }
+  tc::key_end(w, st, dqkv, blk.bh, j0, p, Plain{});
+}
+
+// dQ of the 64 queries a block owns; streams K (as rows and transposed) and V 64 keys at a time.
+__global__ void __launch_bounds__(tc::kThreads) flash_dq_bf16_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                                                     const float* D, Problem p) {
+  __shared__ uint32_t sK[tc::kStageWords], sV[tc::kStageWords], sKt[tc::kStageWords];  // 27 KiB
+  const auto [tid, warp, w, blk, q, ld, i0] = tc_thread(qkv, p, true);
+  // Q and dO pass through the K and V stages on their way to registers.
+  tc::stage_rows_bf16(sK, q, ld, blk.row0, p, tid, Plain{});
+  tc::stage_rows_bf16(sV, dout + p.out_slice(blk.bh), p.W, blk.row0, p, tid, Plain{});
+  __syncthreads();
+  tc::QueryWarp<1> st;
+  tc::query_begin(w, st, sK, sV, lse + blk.bh * p.T, D + blk.bh * p.T, i0, warp, p);
+  const int64_t tiles = tc::key_tiles(p, blk.row0);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t k0 = t * tc::kKeys;
+    __syncthreads();
+    tc::stage_rows_bf16(sK, q + p.W, ld, k0, p, tid, Plain{});
+    tc::stage_rows_bf16(sV, q + 2 * p.W, ld, k0, p, tid, Plain{});
+    tc::stage_transposed_bf16(sKt, q + p.W, ld, k0, p, tid, Plain{});
+    __syncthreads();
+    const int steps = tc::query_steps(i0, k0);
+#pragma unroll
+    for (int b = 0; b < tc::kKeys / tc::kStep; ++b)
+      if (b < steps) tc::query_step(w, st, sK, sV, sKt, b, i0, k0, p);
+  }
+  tc::query_end(w, st, dqkv, blk.bh, i0, p, Plain{});
 }
 
 template <typename T>
@@ -115,7 +236,13 @@ TF_OP(flashAttention) {
   const FlashAttentionArgs args = parse_flash_attention(info);
   const Problem p = problem_of(args.qkv, args.d, args.temp, args.precision, "flashAttention");
   if (p.BH * p.T * p.W == 0) return info.Env().Undefined();
-  flash_forward_kernel<<<grid_of(p), kThreads, 0, cuda::stream()>>>(args.out->data<float>(), args.lse->data<float>(), args.qkv->data<float>(), p);
+  if (p.bf16) {
+    cuda::require_bf16_tensor_cores();
+    flash_forward_bf16_kernel<<<grid_of(p), tc::kThreads, 0, cuda::stream()>>>(args.out->data<float>(), args.lse->data<float>(),
+                                                                                 args.qkv->data<float>(), p);
+  } else {
+    flash_forward_kernel<<<grid_of(p), kThreads, 0, cuda::stream()>>>(args.out->data<float>(), args.lse->data<float>(), args.qkv->data<float>(), p);
+  }
   cuda::check_launch("flashAttention");
   return info.Env().Undefined();
 }
@@ -133,9 +260,16 @@ TF_OP(flashAttentionBackward) {
   cudaStream_t s = cuda::stream();
   row_dot_kernel<<<cuda::blocks_for(p.BH * p.T, 256), 256, 0, s>>>(D, dout, args.out->data<float>(), p);
   cuda::check_launch("flashAttentionBackward (row dots)");
-  flash_dkdv_kernel<<<grid_of(p), kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
-  cuda::check_launch("flashAttentionBackward (dK, dV)");
-  flash_dq_kernel<<<grid_of(p), kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
+  if (p.bf16) {
+    cuda::require_bf16_tensor_cores();
+    flash_dkdv_bf16_kernel<<<grid_of(p), tc::kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
+    cuda::check_launch("flashAttentionBackward (dK, dV)");
+    flash_dq_bf16_kernel<<<grid_of(p), tc::kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
+  } else {
+    flash_dkdv_kernel<<<grid_of(p), kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
+    cuda::check_launch("flashAttentionBackward (dK, dV)");
+    flash_dq_kernel<<<grid_of(p), kThreads, 0, s>>>(dqkv, dout, qkv, lse, D, p);
+  }
   cuda::check_launch("flashAttentionBackward (dQ)");
   return info.Env().Undefined();
 }

@@ -67,6 +67,9 @@ extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, c
 extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                   const double*, int64_t, double, double*, int64_t, const GemmOptions<double>&);
 
+// Throws ERR_TARFLOW_DEVICE below compute capability 8.0, where mma.sync has no bf16 form.
+void require_bf16_tensor_cores();
+
 // The bf16 tensor-core path behind gemm(): operands rounded to bf16 as they are staged, fp32 accumulation.
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);

@@ -18,17 +18,6 @@ namespace tf {
 namespace cuda {
 namespace {
 
-// d += a b for one m16n8k16 tile, fragments as mma_tile.h lays them out.
-__device__ __forceinline__ void mma_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  __trap();  // unreachable: the host refuses bf16 below compute capability 8.0
-#endif
-}
-
 template <bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(mma::kThreads)
     gemm_bf16_kernel(int64_t M, int64_t N, int64_t K, float alpha, const float* __restrict__ A, int64_t lda,
@@ -87,7 +76,7 @@ __global__ void __launch_bounds__(mma::kThreads)
 #pragma unroll
       for (int mi = 0; mi < kTilesM; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < kTilesN; ++ni) mma_16x8x16(acc[mi][ni], af[mi], bf[ni]);
+        for (int ni = 0; ni < kTilesN; ++ni) mma::mma_16x8x16(acc[mi][ni], af[mi], bf[ni]);
     }
     if (more) put(cur ^ 1);
     __syncthreads();
@@ -104,6 +93,8 @@ __global__ void __launch_bounds__(mma::kThreads)
       }
 }
 
+}  // namespace
+
 // mma.sync with bf16 operands needs compute capability 8.0 (Ampere) or newer. Asked once per process: the backend
 // only uses the runtime's default device.
 void require_bf16_tensor_cores() {
@@ -118,8 +109,6 @@ void require_bf16_tensor_cores() {
     throw Error("ERR_TARFLOW_DEVICE", "precision 'bf16' needs a GPU of compute capability 8.0 or newer; this one is " +
                                           std::to_string(cc / 10) + "." + std::to_string(cc % 10) + " (use precision 'fp32')");
 }
-
-}  // namespace
 
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {

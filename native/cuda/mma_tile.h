@@ -122,5 +122,18 @@ TF_HOST_DEVICE inline int b_frag_word(int warp, int lane, int ni, int s, int i) 
 TF_HOST_DEVICE inline int acc_row(int warp, int lane, int mi, int i) { return warp_row0(warp) + 16 * mi + c_frag_row(lane, i); }
 TF_HOST_DEVICE inline int acc_col(int warp, int lane, int ni, int i) { return warp_col0(warp) + 8 * ni + c_frag_col(lane, i); }
 
+#if defined(__CUDACC__)
+// d += a b for one m16n8k16 tile, fragments as laid out above.
+__device__ __forceinline__ void mma_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // unreachable: the host refuses bf16 below compute capability 8.0
+#endif
+}
+#endif
+
 }  // namespace mma
 }  // namespace tf

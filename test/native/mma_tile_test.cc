@@ -21,9 +21,11 @@
 #include <vector>
 
 #include "../../native/cuda/mma_tile.h"
+#include "mma_emulation.h"
 
 using namespace tf;
 using namespace tf::mma;
+using namespace tf::emu;
 
 namespace {
 
@@ -41,61 +43,9 @@ int failures = 0;
     }                                                           \
   } while (0)
 
-// ---- The PTX ISA's fragment description for mma.m16n8k16 with .bf16 A and B and .f32 C/D ----
-// groupID = %laneid >> 2, threadID_in_group = %laneid % 4. Elements are numbered low to high: register r of A
-// holds a(2r) in its low half and a(2r+1) in its high half, likewise for B.
-struct RowCol {
-  int row, col;
-};
-
-// A (16 x 16): row = groupID for ai with 0 <= i < 2 or 4 <= i < 6, else groupID + 8;
-//              col = threadID_in_group * 2 + (i & 1) for i < 4, else that + 8.
-RowCol spec_a(int lane, int i) {
-  const int group = lane >> 2, tig = lane % 4;
-  const int row = (i < 2 || (i >= 4 && i < 6)) ? group : group + 8;
-  const int col = i < 4 ? tig * 2 + (i & 1) : tig * 2 + (i & 1) + 8;
-  return {row, col};
-}
-
-// B (16 x 8, rows are k): row = threadID_in_group * 2 + (i & 1) for i < 2, else that + 8; col = groupID.
-RowCol spec_b(int lane, int i) {
-  const int group = lane >> 2, tig = lane % 4;
-  return {i < 2 ? tig * 2 + (i & 1) : tig * 2 + (i & 1) + 8, group};
-}
-
-// C, D (16 x 8): row = groupID for i < 2, else groupID + 8; col = threadID_in_group * 2 + (i & 1).
-RowCol spec_c(int lane, int i) {
-  const int group = lane >> 2, tig = lane % 4;
-  return {i < 2 ? group : group + 8, tig * 2 + (i & 1)};
-}
-
-float half_of(uint32_t word, int high) { return bf16_to_float(static_cast<uint16_t>(high ? word >> 16 : word & 0xffffu)); }
-
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for one warp: d += a b, from the lanes' registers.
-void warp_mma(float d[32][4], const uint32_t a[32][4], const uint32_t b[32][2]) {
-  float A[16][16], B[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int i = 0; i < 8; ++i) {
-      RowCol p = spec_a(lane, i);
-      A[p.row][p.col] = half_of(a[lane][i / 2], i % 2);
-    }
-    for (int i = 0; i < 4; ++i) {
-      RowCol p = spec_b(lane, i);
-      B[p.row][p.col] = half_of(b[lane][i / 2], i % 2);
-    }
-  }
-  for (int lane = 0; lane < 32; ++lane)
-    for (int i = 0; i < 4; ++i) {
-      RowCol p = spec_c(lane, i);
-      float s = d[lane][i];
-      for (int k = 0; k < 16; ++k) s += A[p.row][k] * B[k][p.col];
-      d[lane][i] = s;
-    }
-}
-
 // ---- 1. The header's maps against the description ----
 void check_fragment_maps() {
-  // The description covers each tile element exactly once (a check of the transcription above).
+  // The description covers each tile element exactly once (a check of the transcription in mma_emulation.h).
   int seen_a[16][16] = {}, seen_b[16][8] = {}, seen_c[16][8] = {};
   for (int lane = 0; lane < 32; ++lane) {
     for (int i = 0; i < 8; ++i) ++seen_a[spec_a(lane, i).row][spec_a(lane, i).col];
