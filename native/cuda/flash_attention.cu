@@ -7,8 +7,8 @@
 // Under precision 'bf16' all three run on tensor cores (flash_mma.h: mma.sync m16n8k16, bf16 operands, fp32
 // accumulation), rounding where the scalar kernels and the CPU reference round.
 //
-// TODO(perf): double-buffered stages (the next tile's loads in flight during the products) and ldmatrix fragment
-// loads are the next steps toward the throughput targets.
+// TODO(perf): double-buffered stages (the next tile's loads in flight during the products), ldmatrix fragment loads
+// and 32 rows per warp (two m16 tiles sharing each B fragment) are the next steps toward the throughput targets.
 #include <cmath>
 #include <string>
 

@@ -238,7 +238,9 @@ TF_HOST_DEVICE inline void forward_step(const Warp& w, ForwardWarp<Warp::L>& st,
     TF_UNROLL
     for (int h = 0; h < 2; ++h) {
       // Every row has seen key 0 by its first step, so m is finite here and the rescale of an empty start is 0.
-      const float r = exp_of(st.m[l][h] - mx[l][h]);
+      // Once the running max settles, most steps leave it as it was: their rescale (by exactly 1) is skipped.
+      if (mx[l][h] == st.m[l][h]) continue;
+      const float r = exp_of<true>(st.m[l][h] - mx[l][h]);
       st.m[l][h] = mx[l][h];
       st.l[l][h] *= r;
       TF_UNROLL
@@ -251,7 +253,7 @@ TF_HOST_DEVICE inline void forward_step(const Warp& w, ForwardWarp<Warp::L>& st,
     for (int j = 0; j < 2; ++j)
       TF_UNROLL
       for (int i = 0; i < 4; ++i) {
-        s[j][l][i] = exp_of(s[j][l][i] - mx[l][i >> 1]);
+        s[j][l][i] = exp_of<true>(s[j][l][i] - mx[l][i >> 1]);
         st.l[l][i >> 1] += s[j][l][i];
       }
   }
@@ -308,7 +310,7 @@ TF_HOST_DEVICE inline void probs_and_grads(const Warp& w, float (*s)[Warp::L][4]
       for (int i = 0; i < 4; ++i) {
         const int row = mma::c_frag_row(lane, i), col = 8 * j + mma::c_frag_col(lane, i);
         const QueryStats e = stats(l, i >> 1, col);
-        const float pij = (kRowsAreKeys ? gap + row - col : gap + col - row) <= 0 ? exp_of(scale * s[j][l][i] - e.lse) : 0.0f;
+        const float pij = (kRowsAreKeys ? gap + row - col : gap + col - row) <= 0 ? exp_of<true>(scale * s[j][l][i] - e.lse) : 0.0f;
         s[j][l][i] = pij;
         dp[j][l][i] = pij * (dp[j][l][i] - e.D);
       }
