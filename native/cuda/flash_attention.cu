@@ -7,8 +7,7 @@
 // Under precision 'bf16' all three run on tensor cores (flash_mma.h: mma.sync m16n8k16, bf16 operands, fp32
 // accumulation), rounding where the scalar kernels and the CPU reference round.
 //
-// TODO(perf): double-buffered stages (the next tile's loads in flight during the products), ldmatrix fragment loads
-// and 32 rows per warp (two m16 tiles sharing each B fragment) are the next steps toward the throughput targets.
+// TODO(perf): double-buffered stages (the next tile's loads in flight during the products) and 32 rows per warp (two m16 tiles sharing each B fragment) are the next steps toward the throughput targets.
 #include <cmath>
 #include <string>
 
@@ -51,6 +50,11 @@ struct DeviceWarp {
   int laneid;
   __device__ int lane(int) const { return laneid; }
   __device__ void mma(float (*d)[4], const uint32_t (*a)[4], const uint32_t (*b)[2]) const { mma::mma_16x8x16(d[0], a[0], b[0]); }
+  __device__ void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) const {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0][0]), "=r"(r[0][1]), "=r"(r[0][2]), "=r"(r[0][3])
+                 : "r"(static_cast<unsigned>(__cvta_generic_to_shared(at[0]))));
+  }
   __device__ void quad_max(float (*v)[2]) const {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {

@@ -22,7 +22,8 @@
 //
 // Shared memory holds bf16 pairs as 32-bit words, K-contiguous as mma.sync's operands want them: Q and K as
 // [row][d / 2], V transposed as [d][key / 2] (P V's B operand pairs consecutive keys). Rows are kWords = 36 words:
-// the 8 rows x 4 words of a fragment load fall in 32 different banks.
+// the 8 rows x 4 words of a fragment load fall in 32 different banks. B fragments come by ldmatrix.x4 (four
+// registers per instruction), A fragments (loaded once per block) by plain loads.
 #pragma once
 #include <cstdint>
 
@@ -100,11 +101,12 @@ TF_HOST_DEVICE inline void stage_stats64(float* sh, const float* stats, int64_t 
 TF_HOST_DEVICE inline int a_word(int warp, int lane, int s, int i) {
   return (16 * warp + mma::a_frag_row(lane, i)) * kWords + (16 * s + mma::a_frag_k(lane, i)) / 2;
 }
-// Register i of the B fragment whose n8 columns start at stage row n0 and whose k16 step starts at pair k0 / 2:
-// K for S (n = key, k = d) and V^T for O (n = d, k = key).
-TF_HOST_DEVICE inline int b_word(int lane, int n0, int k0, int i) {
-  return (n0 + mma::b_frag_col(lane)) * kWords + (k0 + mma::b_frag_k(lane, i)) / 2;
-}
+// The row address lane gives ldmatrix.x4 for four B fragment registers: matrix m (the rows named by lanes 8 m to
+// 8 m + 7) is the 8 x 8 block of a staged [n][k pair] tile at rows n0 + 8 (m / 2), words w0 + 4 (m % 2). Each lane
+// receives word threadID_in_group of row groupID of each matrix: register m is then register m % 2 of the B
+// fragment of the n8 tile at row n0 + 8 (m / 2), for the k16 step that starts at word w0. The 8 rows of one
+// matrix, 36 words apart, fall in 8 different groups of 4 banks.
+TF_HOST_DEVICE inline int b4_word(int lane, int n0, int w0) { return (n0 + 8 * (lane >> 4) + (lane & 7)) * kWords + w0 + 4 * ((lane >> 3) & 1); }
 
 // ---- Warp products shared by the kernels ----
 
@@ -127,21 +129,33 @@ TF_HOST_DEVICE inline void zero(float (*acc)[L][4]) {
       for (int i = 0; i < 4; ++i) acc[t][l][i] = 0.0f;
 }
 
+// Registers m of two n8 tiles' B fragments from one ldmatrix.x4 (b4_word), as two fragments.
+template <class Warp>
+TF_HOST_DEVICE inline void load_b4(const Warp& w, uint32_t (*lo)[2], uint32_t (*hi)[2], const uint32_t* sh, int n0, int w0) {
+  uint32_t f[Warp::L][4];
+  const uint32_t* at[Warp::L];
+  for (int l = 0; l < Warp::L; ++l) at[l] = sh + b4_word(w.lane(l), n0, w0);
+  w.ldmatrix_x4(f, at);
+  for (int l = 0; l < Warp::L; ++l) {
+    lo[l][0] = f[l][0];
+    lo[l][1] = f[l][1];
+    hi[l][0] = f[l][2];
+    hi[l][1] = f[l][3];
+  }
+}
+
 // c = A B^T for the 16 columns [16 b, 16 b + 16) of a staged [column][d pair] tile: A the warp's rows (fragments
 // a), c two n8 tiles.
 template <class Warp>
 TF_HOST_DEVICE inline void rows_by_staged(const Warp& w, float (*c)[Warp::L][4], const uint32_t (*a)[Warp::L][4], const uint32_t* sh, int b) {
-  uint32_t f[Warp::L][2];
+  uint32_t f0[Warp::L][2], f1[Warp::L][2];
   zero<Warp::L, 2>(c);
   TF_UNROLL
-  for (int j = 0; j < 2; ++j)
-    TF_UNROLL
-    for (int s = 0; s < kKSteps; ++s) {
-      for (int l = 0; l < Warp::L; ++l)
-        TF_UNROLL
-        for (int i = 0; i < 2; ++i) f[l][i] = sh[b_word(w.lane(l), 16 * b + 8 * j, 16 * s, i)];
-      w.mma(c[j], a[s], f);
-    }
+  for (int s = 0; s < kKSteps; ++s) {
+    load_b4(w, f0, f1, sh, 16 * b, 8 * s);
+    w.mma(c[0], a[s], f0);
+    w.mma(c[1], a[s], f1);
+  }
 }
 
 // Two n8 accumulator tiles (16 rows x 16 columns) as the A fragment of a k16 step, rounded to bf16: C elements
@@ -158,13 +172,12 @@ TF_HOST_DEVICE inline void c_to_a(uint32_t (*a)[4], const float (*c)[L][4]) {
 // acc (16 rows x 64 d) += A B for k16 step b of a staged transposed tile ([d][k pair]).
 template <class Warp>
 TF_HOST_DEVICE inline void accumulate(const Warp& w, float (*acc)[Warp::L][4], const uint32_t (*a)[4], const uint32_t* shT, int b) {
-  uint32_t f[Warp::L][2];
+  uint32_t f0[Warp::L][2], f1[Warp::L][2];
   TF_UNROLL
-  for (int t = 0; t < kDTiles; ++t) {
-    for (int l = 0; l < Warp::L; ++l)
-      TF_UNROLL
-      for (int i = 0; i < 2; ++i) f[l][i] = shT[b_word(w.lane(l), 8 * t, 16 * b, i)];
-    w.mma(acc[t], a, f);
+  for (int t = 0; t < kDTiles; t += 2) {
+    load_b4(w, f0, f1, shT, 8 * t, 8 * b);
+    w.mma(acc[t], a, f0);
+    w.mma(acc[t + 1], a, f1);
   }
 }
 
