@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx tsc -p .
-[ -f build/Release/tarflow_cpu.node ] || npx node-gyp rebuild
-[ -f build-cuda/Release/tarflow_cuda.node ] || TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90-real}" npm run build:cuda
+# Both builds are incremental, so what travels is never older than the sources.
+if [ -f build/Makefile ]; then make -C build -j 2 BUILDTYPE=Release > /dev/null; else npm run build:native > /dev/null; fi
+TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90-real}" npm run build:cuda > /dev/null
 bash ../shared/device/stage.sh > /dev/null
 rm -rf .golden && mkdir .golden
 cp "${TARFLOW_GOLDEN_DIR:-../shared/reference}"/golden-*.safetensors .golden/
