@@ -20,25 +20,12 @@
 #include <vector>
 
 #include "../../native/cuda/decode_tile.h"
+#include "check.h"
 
 using namespace tf;
 using namespace tf::decode;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(cond, ...)                                    \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      if (failures < 25) {                                  \
-        std::fprintf(stderr, "FAIL (line %d): ", __LINE__); \
-        std::fprintf(stderr, __VA_ARGS__);                  \
-        std::fputc('\n', stderr);                           \
-      }                                                     \
-      ++failures;                                           \
-    }                                                       \
-  } while (0)
 
 // The kernels' store into one output array, counting the writes to each element.
 template <typename T>

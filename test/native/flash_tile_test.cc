@@ -29,25 +29,12 @@
 #include "../../native/cuda/flash_mma.h"
 #include "../../native/cuda/flash_tile.h"
 #include "mma_emulation.h"
+#include "check.h"
 
 using namespace tf;
 using namespace tf::flash;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(cond, ...)                                    \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      if (failures < 25) {                                  \
-        std::fprintf(stderr, "FAIL (line %d): ", __LINE__); \
-        std::fprintf(stderr, __VA_ARGS__);                  \
-        std::fputc('\n', stderr);                           \
-      }                                                     \
-      ++failures;                                           \
-    }                                                       \
-  } while (0)
 
 // The kernels' store, counting the writes to each element of the registered output arrays.
 template <typename T>

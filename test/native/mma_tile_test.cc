@@ -22,26 +22,13 @@
 
 #include "../../native/cuda/mma_tile.h"
 #include "mma_emulation.h"
+#include "check.h"
 
 using namespace tf;
 using namespace tf::mma;
 using namespace tf::emu;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      if (failures < 25) {                                      \
-        std::fprintf(stderr, "FAIL (line %d): ", __LINE__);     \
-        std::fprintf(stderr, __VA_ARGS__);                      \
-        std::fputc('\n', stderr);                               \
-      }                                                         \
-      ++failures;                                               \
-    }                                                           \
-  } while (0)
 
 // ---- 1. The header's maps against the description ----
 void check_fragment_maps() {
