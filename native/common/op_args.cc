@@ -363,63 +363,69 @@ LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info) {
 
 // ---- attention ----
 
+namespace {
+
+// The layout all four attention ops share: their tensors first (one of them qkv, which fixes the dims), then
+// heads, temp and the options; every tensor has qkv's dtype. `t` holds the tensors in argument order.
+struct AttnCall {
+  std::vector<Tensor*> t;
+  double temp;
+  AttnDims d;
+  Precision precision;
+};
+
+AttnCall parse_attn_call(const Napi::CallbackInfo& info, std::initializer_list<const char*> names, const char* op) {
+  AttnCall c;
+  Tensor* qkv = nullptr;
+  for (const char* name : names) {
+    c.t.push_back(tensor_arg(info, static_cast<int>(c.t.size()), name));
+    if (std::string(name) == "qkv") qkv = c.t.back();
+  }
+  const int n = static_cast<int>(c.t.size());
+  int64_t heads = int_arg(info, n, "heads");
+  c.temp = number_arg(info, n + 1, "temp");
+  c.d = attn_dims(qkv, heads);
+  auto name = names.begin();
+  for (Tensor* x : c.t) expect_same_dtype(x, qkv, *name++, "qkv");
+  c.precision = matmul_options(info, n + 2, op, qkv->dtype(), false).precision;
+  return c;
+}
+
+}  // namespace
+
 AttentionArgs parse_attention(const Napi::CallbackInfo& info) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* probs = tensor_arg(info, 1, "probs");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  int64_t heads = int_arg(info, 3, "heads");
-  double temp = number_arg(info, 4, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(out, {d.B, d.T, d.W}, "out");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  expect_same_dtype(out, qkv, "out", "qkv");
-  expect_same_dtype(probs, qkv, "probs", "qkv");
-  return {out, probs, qkv, temp, d, matmul_options(info, 5, "attention", qkv->dtype(), false).precision};
+  AttnCall c = parse_attn_call(info, {"out", "probs", "qkv"}, "attention");
+  const AttnDims& d = c.d;
+  expect_shape(c.t[0], {d.B, d.T, d.W}, "out");
+  expect_shape(c.t[1], {d.B, d.H, d.T, d.T}, "probs");
+  return {c.t[0], c.t[1], c.t[2], c.temp, d, c.precision};
 }
 
 AttentionBackwardArgs parse_attention_backward(const Napi::CallbackInfo& info) {
-  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
-  Tensor* dout = tensor_arg(info, 1, "dout");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  Tensor* probs = tensor_arg(info, 3, "probs");
-  int64_t heads = int_arg(info, 4, "heads");
-  double temp = number_arg(info, 5, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(dqkv, qkv->shape(), "dqkv");
-  expect_shape(dout, {d.B, d.T, d.W}, "dout");
-  expect_shape(probs, {d.B, d.H, d.T, d.T}, "probs");
-  for (Tensor* t : {dqkv, dout, probs}) expect_same_dtype(t, qkv, "argument", "qkv");
-  return {dqkv, dout, qkv, probs, temp, d, matmul_options(info, 6, "attentionBackward", qkv->dtype(), false).precision};
+  AttnCall c = parse_attn_call(info, {"dqkv", "dout", "qkv", "probs"}, "attentionBackward");
+  const AttnDims& d = c.d;
+  expect_shape(c.t[0], c.t[2]->shape(), "dqkv");
+  expect_shape(c.t[1], {d.B, d.T, d.W}, "dout");
+  expect_shape(c.t[3], {d.B, d.H, d.T, d.T}, "probs");
+  return {c.t[0], c.t[1], c.t[2], c.t[3], c.temp, d, c.precision};
 }
 
 FlashAttentionArgs parse_flash_attention(const Napi::CallbackInfo& info) {
-  Tensor* out = tensor_arg(info, 0, "out");
-  Tensor* lse = tensor_arg(info, 1, "lse");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  int64_t heads = int_arg(info, 3, "heads");
-  double temp = number_arg(info, 4, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(out, {d.B, d.T, d.W}, "out");
-  expect_shape(lse, {d.B, d.H, d.T}, "lse");
-  for (Tensor* t : {out, lse}) expect_same_dtype(t, qkv, "argument", "qkv");
-  return {out, lse, qkv, temp, d, matmul_options(info, 5, "flashAttention", qkv->dtype(), false).precision};
+  AttnCall c = parse_attn_call(info, {"out", "lse", "qkv"}, "flashAttention");
+  const AttnDims& d = c.d;
+  expect_shape(c.t[0], {d.B, d.T, d.W}, "out");
+  expect_shape(c.t[1], {d.B, d.H, d.T}, "lse");
+  return {c.t[0], c.t[1], c.t[2], c.temp, d, c.precision};
 }
 
 FlashAttentionBackwardArgs parse_flash_attention_backward(const Napi::CallbackInfo& info) {
-  Tensor* dqkv = tensor_arg(info, 0, "dqkv");
-  Tensor* dout = tensor_arg(info, 1, "dout");
-  Tensor* qkv = tensor_arg(info, 2, "qkv");
-  Tensor* out = tensor_arg(info, 3, "out");
-  Tensor* lse = tensor_arg(info, 4, "lse");
-  int64_t heads = int_arg(info, 5, "heads");
-  double temp = number_arg(info, 6, "temp");
-  AttnDims d = attn_dims(qkv, heads);
-  expect_shape(dqkv, qkv->shape(), "dqkv");
-  expect_shape(dout, {d.B, d.T, d.W}, "dout");
-  expect_shape(out, {d.B, d.T, d.W}, "out");
-  expect_shape(lse, {d.B, d.H, d.T}, "lse");
-  for (Tensor* t : {dqkv, dout, out, lse}) expect_same_dtype(t, qkv, "argument", "qkv");
-  return {dqkv, dout, qkv, out, lse, temp, d, matmul_options(info, 7, "flashAttentionBackward", qkv->dtype(), false).precision};
+  AttnCall c = parse_attn_call(info, {"dqkv", "dout", "qkv", "out", "lse"}, "flashAttentionBackward");
+  const AttnDims& d = c.d;
+  expect_shape(c.t[0], c.t[2]->shape(), "dqkv");
+  expect_shape(c.t[1], {d.B, d.T, d.W}, "dout");
+  expect_shape(c.t[3], {d.B, d.T, d.W}, "out");
+  expect_shape(c.t[4], {d.B, d.H, d.T}, "lse");
+  return {c.t[0], c.t[1], c.t[2], c.t[3], c.t[4], c.temp, d, c.precision};
 }
 
 // ---- coupling ----
