@@ -47,6 +47,12 @@ export interface LoaderOptions extends AugmentOptions {
   prefetch?: number;
   /** Aborting stops the workers; a later batch() throws ERR_TARFLOW_ABORTED. */
   signal?: AbortSignal;
+  /**
+   * Seconds batch() waits while no worker replies at all before it gives up on them (default 120; a batch takes
+   * milliseconds). A worker that dies outside JavaScript (killed, out of memory) is otherwise never heard of: its
+   * exit is an event, and the thread blocked in batch() runs no events.
+   */
+  stallSeconds?: number;
 }
 
 export interface Batch {
@@ -275,13 +281,22 @@ class Threads {
     this.stopping = true;
     Threads.live!.delete(this);
     Atomics.store(this.control, CONTROL.closing, 1);
-    for (let busy; (busy = Atomics.load(this.control, CONTROL.busy)) !== 0;) Atomics.wait(this.control, CONTROL.busy, busy);
+    // Bounded: a worker that died inside a native call never lowers the count, and then there is nothing to wait for.
+    const deadline = performance.now() + STOP_WAIT_MS;
+    for (let busy; (busy = Atomics.load(this.control, CONTROL.busy)) !== 0 && performance.now() < deadline;) {
+      Atomics.wait(this.control, CONTROL.busy, busy, WAIT_SLICE_MS);
+    }
     for (const worker of this.workers) void worker.terminate();
     for (const port of this.ports) port.close();
   }
 }
 
 const abandoned = new FinalizationRegistry<Threads>((threads) => threads.stop());
+
+/** batch() waits in slices this long, to notice silence and suspension (see LoaderOptions.stallSeconds). */
+const WAIT_SLICE_MS = 1000;
+/** The longest stop() waits for batches being made (one takes milliseconds). */
+const STOP_WAIT_MS = 30_000;
 
 /**
  * Prepares the batches of one training run ahead of time; see the module comment. The augmentation options are
@@ -307,9 +322,11 @@ export class BatchLoader {
   private generation = 0;
   private failure: TarflowError | null = null;
   private disposed = false;
+  private readonly stallMs: number;
 
   constructor(data: ImageDataset, options: LoaderOptions) {
     const workers = (this.workers = checkNumber('workers', options.workers ?? defaultWorkers(), { integer: true, min: 0, max: 64 }));
+    this.stallMs = 1000 * checkNumber('stallSeconds', options.stallSeconds ?? 120, { above: 0 });
     this.prefetch = checkNumber('prefetch', options.prefetch ?? Math.max(2, 2 * workers), { integer: true, min: 1, max: 64 });
     this.end = options.steps ?? Infinity;
     this.stepsPerEpoch = Math.floor(data.count / options.batchSize);
@@ -340,6 +357,7 @@ export class BatchLoader {
     if (this.maker) return this.maker.make(step);
     if (!this.pending.has(step)) this.restartAt(step);
     this.topUp();
+    let quietSince = performance.now();
     for (;;) {
       // Read before taking replies: a reply posted after the read makes the wait return at once.
       const seen = Atomics.load(this.control, CONTROL.replies);
@@ -351,7 +369,18 @@ export class BatchLoader {
         this.topUp();
         return batch;
       }
-      Atomics.wait(this.control, CONTROL.replies, seen);
+      const before = performance.now();
+      const woke = Atomics.wait(this.control, CONTROL.replies, seen, WAIT_SLICE_MS) !== 'timed-out';
+      const now = performance.now();
+      // A slice that lasted far longer than asked means the process itself was stopped (a suspended laptop, a
+      // debugger), not the workers: the clock of silence starts again.
+      if (woke || now - before > 5 * WAIT_SLICE_MS) quietSince = now;
+      else if (now - quietSince > this.stallMs) {
+        this.failure = new TarflowError('ERR_TARFLOW_NATIVE', `the data loader's ${this.workers} worker thread(s) sent nothing for ` +
+          `${Math.round((now - quietSince) / 1000)} s while batch ${step} was awaited: a worker has probably died (out of memory?). ` +
+          'Run with fewer or no loader workers (workers: 0), or free memory, and resume.');
+        this.checkUsable();
+      }
     }
   }
 

@@ -171,6 +171,23 @@ test('bad loader options and steps are refused', () => {
   loader.dispose();
 });
 
+test('a worker that dies unheard of (its exit event cannot run while batch() waits) fails batch() after stallSeconds', () => {
+  const loader = new BatchLoader(toyData(), { ...augment, workers: 1, prefetch: 2, steps: 2, stallSeconds: 1.5 });
+  loader.batch(0);
+  // Let the worker finish step 1 and go idle: terminating it inside a native call is what stop() avoids.
+  const until = Date.now() + 300;
+  while (Date.now() < until) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  const worker = (loader as unknown as { threads: { workers: { terminate(): Promise<number> }[] } }).threads.workers[0];
+  void worker.terminate();
+  // No await between the termination and the wait: the exit is never delivered, as when a worker runs out of memory.
+  const t0 = Date.now();
+  assert.throws(() => loader.batch(0), (err: TarflowError) => err.code === 'ERR_TARFLOW_NATIVE' && /sent nothing for \d+ s .*batch 0/.test(err.message));
+  const waited = (Date.now() - t0) / 1000;
+  assert.ok(waited >= 1.4 && waited < 10, `gave up after ${waited} s, expected about 1.5`);
+  assert.throws(() => loader.batch(1), (err: TarflowError) => err.code === 'ERR_TARFLOW_NATIVE', 'the loader stays failed');
+  assert.throws(() => new BatchLoader(toyData(), { ...augment, stallSeconds: 0 }), (err: TarflowError) => err.code === 'ERR_TARFLOW_INVALID_ARGUMENT' && /stallSeconds/.test(err.message));
+});
+
 /** Runs an ES module script with node; returns its exit status, output and run time. */
 function runScript(script: string) {
   const t0 = Date.now();
