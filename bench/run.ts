@@ -1,10 +1,11 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
+ * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample|kv-cache|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
  *
  * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; the data loader's
  * images/s; then whole steps: training images/s for the `small` MNIST preset at batch 256, and the time to draw
- * 100 unguided samples. Last, the GPU targets table (bench/targets.ts): by default on CUDA, with --only targets
- * anywhere.
+ * 100 unguided samples. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
+ * samples (bench/kv-cache.ts; --count N samples, default 500). Last, the GPU targets table (bench/targets.ts): by
+ * default on CUDA, with --only targets anywhere.
  */
 import Benchmark from 'benchmark';
 import { parseArgs } from 'node:util';
@@ -15,9 +16,10 @@ import { BatchLoader } from '../lib/loader.js';
 import { TarFlow } from '../lib/model.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
+import { kvCacheAccuracy } from './kv-cache.js';
 import { formatTargets, targetsTable } from './targets.js';
 
-const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' }, precision: { type: 'string' } } });
+const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' } } });
 const device = (values.device ?? 'auto') as DeviceOption;
 const quick = values.quick === true;
 /** Data loader threads (default: the loader's own default). */
@@ -163,6 +165,10 @@ if (!only || only === 'sample') {
   samplingBench('small', 100, 0);
   samplingBench('small', 100, 2);
   samplingBench('tiny', 100, 0);
+}
+if (only === 'kv-cache') {
+  const count = values.count === undefined ? 500 : Number(values.count);
+  console.log(await kvCacheAccuracy(device, count, (line) => console.log(`kv-cache: ${line}`)));
 }
 // The GPU targets table; on the CPU (slow, and its ImageNet 64 rows skipped) only when asked for.
 if (only === 'targets' || (!only && backend.device === 'cuda')) {

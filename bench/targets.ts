@@ -186,10 +186,12 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
     if (gpu) attempt(rows, work, official, goal, measure);
     else rows.push({ work, official, goal, ours: 'skipped on the CPU', floor: '', gap: '' });
   };
-  // The sampler keeps its KV cache in float32: 4 bytes per key or value read, and the batch shares weight reads.
+  // The sampler's KV cache follows the precision (bf16: 2 bytes per key or value read, fp32: 4); weights stay fp32
+  // in memory and the batch shares their reads.
+  const kvBytes = precision === 'bf16' ? 2 : 4;
   const samplingFloor = (cost: typeof inet, cfg: TarFlowConfig, batch: number) => {
     const tokenSteps = cfg.numBlocks * (cfg.imgSize / cfg.patchSize) ** 2;
-    return copy / (4 * cost.kvReadsPerImage + (4 * cost.weightsPerTokenStep * tokenSteps) / batch);
+    return copy / (kvBytes * cost.kvReadsPerImage + (4 * cost.weightsPerTokenStep * tokenSteps) / batch);
   };
 
   let inetBytes = NaN;

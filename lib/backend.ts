@@ -67,6 +67,10 @@ export interface BlockReverseOptions {
   annealed?: boolean;
   tempUncond?: number;
   eps?: number;
+  /** Matrix products of the layers. */
+  precision?: Precision;
+  /** Storage of the cached keys and values. */
+  kvCache?: Precision;
 }
 
 /** The operation table. Outputs come first; every op writes into tensors the caller allocated. */

@@ -9,15 +9,15 @@ import { join } from 'node:path';
 import { writeFileAtomic } from './atomic.js';
 import { loadModel } from './checkpoint.js';
 import { toReferenceConfig } from './config.js';
-import type { DeviceOption } from './backend.js';
+import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, resolveGenerateOptions, resolveLabels, type GuidanceOptions } from './sampling.js';
+import { generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
 
-export interface GenerateSpec extends GuidanceOptions {
+export interface GenerateSpec extends ReverseOptions {
   checkpoint: string;
   config?: Record<string, unknown>;
   /** Number of images. */
@@ -34,6 +34,8 @@ export interface GenerateSpec extends GuidanceOptions {
   denoiseSigma?: number;
   seed?: number;
   device?: DeviceOption;
+  /** Matrix products of the sampler (see ModelOptions.precision); the KV cache follows unless kvCache is given. */
+  precision?: Precision;
   /** Continue the run described by out/manifest.json. */
   resume?: boolean;
 }
@@ -74,19 +76,29 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
   return {
     count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: spec.labels, denoiseSigma: spec.denoiseSigma,
     seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
+    // Recorded only when reduced: they move the images by rounding, so a resume must keep them (and a manifest
+    // written before they existed still matches a full-precision resume).
+    ...reducedPrecision(spec),
   };
+}
+
+function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 'kvCache'> {
+  const precision = spec.precision ?? 'fp32';
+  const kvCache = spec.kvCache ?? precision;
+  return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
 export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
   checkCheckpointSpec(spec);
   checkString('out', spec.out);
   const { count } = resolveGenerateOptions(spec);
+  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   optional(spec.resume, (v) => checkBoolean('resume', v));
   await mkdir(spec.out, { recursive: true });
   const manifestPath = join(spec.out, 'manifest.json');
-  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
+  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
     const options = shardOptions(spec, count);
     let manifest: Manifest;

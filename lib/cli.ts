@@ -105,6 +105,16 @@ function guidanceArgs(v: Values) {
   };
 }
 
+/** The precision of a sampler: its matrix products, and the storage of its KV cache (default: the same). */
+function samplerPrecisionArgs(v: Values) {
+  return { precision: oneOf(v, 'precision', ['fp32', 'bf16']), kvCache: oneOf(v, 'kv-cache', ['fp32', 'bf16']) };
+}
+const samplerPrecisionOptions = { precision: { type: 'string' }, 'kv-cache': { type: 'string' } } as const;
+const samplerPrecisionHelp = {
+  precision: "'fp32' (default) or 'bf16' matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
+  'kv-cache': "'fp32' or 'bf16' storage of the sampler's keys and values: half the memory and the bytes read per token (default: --precision)",
+};
+
 /** The flags of the training options, each checked by the library's own rule. */
 const trainOptionFlags = {
   epochs: 'epochs', steps: 'steps', 'batch-size': 'batchSize', lr: 'lr', 'min-lr': 'minLr', 'warmup-steps': 'warmupSteps',
@@ -212,7 +222,7 @@ const commands: Record<string, Command> = {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, labels: { type: 'string' },
       guidance: { type: 'string' }, 'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' },
       denoise: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' }, cols: { type: 'string' },
-      ...common,
+      ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: "model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising)",
@@ -221,7 +231,7 @@ const commands: Record<string, Command> = {
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level (the training sigma)',
       seed: 'noise seed (default 0)', 'batch-size': 'images per batch (default 256)', out: 'a .png grid (default samples.png) or a folder for one PNG per image',
-      cols: 'grid columns', ...commonHelp,
+      cols: 'grid columns', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): SampleSpec {
       // Without --checkpoint (or with the name of a shipped model) the package's own model samples, with the
@@ -234,7 +244,7 @@ const commands: Record<string, Command> = {
         checkpoint: shipped ? pretrainedPath(given) : given, count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
         seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
-        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v),
+        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: SampleSpec, job, json) {
@@ -253,7 +263,7 @@ const commands: Record<string, Command> = {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
       'shard-size': { type: 'string' }, labels: { type: 'string' }, guidance: { type: 'string' }, 'guide-what': { type: 'string' },
       'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' }, seed: { type: 'string' },
-      'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...common,
+      'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', count: 'number of images',
@@ -261,7 +271,7 @@ const commands: Record<string, Command> = {
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
-      'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...commonHelp,
+      'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): GenerateSpec {
       return {
@@ -269,7 +279,7 @@ const commands: Record<string, Command> = {
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
         denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
-        resume: v.resume === true, device: device(v),
+        resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: GenerateSpec, job, json) {
@@ -287,20 +297,20 @@ const commands: Record<string, Command> = {
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, guidance: { type: 'string' },
       'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' },
-      seed: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' }, ...common,
+      seed: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' }, ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: 'class-conditional MNIST checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata',
       count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
       'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
       denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
-      k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...commonHelp,
+      k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): EvalSamplesSpec {
       return {
         checkpoint: required(v, 'checkpoint', 'a class-conditional MNIST checkpoint FILE'), count: num(v, 'count', POSITIVE_INT),
         ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v),
+        k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: EvalSamplesSpec, job, json) {

@@ -23,7 +23,8 @@ export interface ModelOptions {
   dtype?: FloatDType;
   /**
    * Matrix products in 'fp32' (default) or 'bf16' mixed precision (float32 only): bf16 inputs, fp32 sums, while
-   * weights, LayerNorm, softmax, exp, log-dets and the loss stay fp32. The sampler (reverse) always runs in fp32.
+   * weights, LayerNorm, softmax, exp, log-dets and the loss stay fp32. The sampler's layers use it too, and its
+   * KV cache follows it unless ReverseOptions.kvCache says otherwise.
    */
   precision?: Precision;
   /** Seed of the reference initialisation. */
@@ -47,6 +48,16 @@ export interface GuidanceOptions {
   attnTemp?: number;
   /** g_i = w (i+1)/(T-1) instead of a constant w. */
   annealed?: boolean;
+}
+
+/** Options of the exact inverse (reverse, and so generate): guidance, and the storage of the sampler's KV cache. */
+export interface ReverseOptions extends GuidanceOptions {
+  /**
+   * Cached keys and values in 'fp32', or in 'bf16': half the memory, and half the bytes each token step reads,
+   * which bound large-batch sampling on the GPU (float32 models only). Default: the model's precision. Its effect
+   * on samples is measured by `npm run bench -- --only kv-cache`.
+   */
+  kvCache?: Precision;
 }
 
 /** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
@@ -424,10 +435,14 @@ export class TarFlow {
    * The exact inverse: latents (B, T, D) -> images (B, C, S, S), written into `out`. `latents` is overwritten.
    * Multiplies by sqrt(var) first (the VP prior), then inverts blocks N-1..0 with guidance per the spec.
    */
-  reverse(latents: Tensor, out: Tensor, labels: Tensor | null, guidance: GuidanceOptions = {}): void {
+  reverse(latents: Tensor, out: Tensor, labels: Tensor | null, options: ReverseOptions = {}): void {
     this.assertAlive();
     const cfg = this.config;
-    const { guidance: w, guideWhat: what, attnTemp: tau, annealed } = resolveGuidance(guidance);
+    const { guidance: w, guideWhat: what, attnTemp: tau, annealed } = resolveGuidance(options);
+    const kvCache = checkOneOf('kvCache', options.kvCache ?? this.precision, ['fp32', 'bf16']);
+    if (kvCache === 'bf16' && this.dtype !== 'float32') {
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'kvCache', "'fp32' with dtype 'float64'", "'bf16'", "a bf16 cache needs dtype 'float32'");
+    }
     const v = this.variance.toArray();
     for (let i = 0; i < v.length; i++) v[i] = Math.sqrt(v[i]);
     const sqrtVar = new this.backend.Tensor(this.dtype, this.variance.shape, v);
@@ -440,7 +455,7 @@ export class TarFlow {
       this.ops.blockReverse(latents, this.params.blocks[k], {
         flip: k % 2 === 1, nvp: cfg.nvp, heads: this.shape.heads, labels: cfg.numClasses > 0 ? labels : null,
         guidance: w, guideA: what.includes('a'), guideB: what.includes('b'), annealed,
-        tempUncond: tau, eps: LN_EPS,
+        tempUncond: tau, eps: LN_EPS, precision: this.precision, kvCache,
       });
     }
     this.ops.unpatchify(out, latents, cfg.patchSize);

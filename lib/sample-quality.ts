@@ -8,13 +8,13 @@
  * nearest are re-ranked with exact integer distances on the host, so a copied image is at distance exactly 0
  * and the result does not depend on the blocking.
  */
-import type { Backend, DeviceOption, Tensor } from './backend.js';
+import type { Backend, DeviceOption, Precision, Tensor } from './backend.js';
 import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
-import type { GuidanceOptions, TarFlow } from './model.js';
+import type { ReverseOptions, TarFlow } from './model.js';
 import { generate, resolveGenerateOptions } from './sampling.js';
-import { checkArray, checkLength, checkNumber, checkObject, optional, validationError } from './validate.js';
+import { checkArray, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError } from './validate.js';
 import { checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
@@ -237,7 +237,7 @@ function distanceStats(d: ArrayLike<number>): DistanceStats {
   return { mean: sum / n, min: sorted[0], median };
 }
 
-export interface EvaluateSamplesOptions extends GuidanceOptions {
+export interface EvaluateSamplesOptions extends ReverseOptions {
   /** Samples to generate (default 1000); sample i has class i % 10. */
   count?: number;
   /** Denoise the samples with one score step at this noise level (the training sigma). */
@@ -307,6 +307,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   const sampling = {
     seed: options.seed, denoiseSigma: options.denoiseSigma,
     guidance: options.guidance, guideWhat: options.guideWhat, attnTemp: options.attnTemp, annealed: options.annealed,
+    kvCache: options.kvCache,
   };
   // Checked before MNIST is read: generate() would only see them after.
   const { count, batchSize: batch } = resolveGenerateOptions({ ...sampling, count: options.count ?? 1000, batchSize: options.batchSize }, dim);
@@ -362,7 +363,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   };
 }
 
-export interface EvalSamplesSpec extends GuidanceOptions {
+export interface EvalSamplesSpec extends ReverseOptions {
   checkpoint: string;
   /** Config for a checkpoint without metadata. */
   config?: Record<string, unknown>;
@@ -373,21 +374,24 @@ export interface EvalSamplesSpec extends GuidanceOptions {
   k?: number;
   batchSize?: number;
   device?: DeviceOption;
+  /** Matrix products of the sampler (see ModelOptions.precision). */
+  precision?: Precision;
 }
 
 /** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
 export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {
   checkCheckpointSpec(spec);
   optional(spec.k, (v) => positiveInt('k', v));
+  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);
-  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
+  const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
     // The context is polled, not signalled, so the poll happens at each progress report (between batches).
     const controller = new AbortController();
     const t0 = performance.now();
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
-      denoiseSigma: spec.denoiseSigma, seed: spec.seed, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
+      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
       onProgress: (phase, done, total) => {
         if (ctx.aborted()) controller.abort();
         const elapsed = (performance.now() - t0) / 1000;

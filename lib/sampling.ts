@@ -3,9 +3,10 @@
  * step that denoises, and detection of non-finite samples.
  */
 import { constants as bufferConstants } from 'node:buffer';
+import type { Precision } from './backend.js';
 import { TarflowError } from './errors.js';
-import { SEED_RULE, resolveGuidance, type GuidanceOptions, type TarFlow } from './model.js';
-import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, describeValue, optional, validationError } from './validate.js';
+import { SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow } from './model.js';
+import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -38,11 +39,11 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
   return out;
 }
 
-export type { GuidanceOptions };
+export type { GuidanceOptions, ReverseOptions };
 
 const STREAM_LATENT = 31;
 
-export interface GenerateOptions extends GuidanceOptions {
+export interface GenerateOptions extends ReverseOptions {
   /** Number of images. */
   count: number;
   /** Class labels: one per image, or a single class for all; default: class k % numClasses for image k. */
@@ -106,6 +107,7 @@ export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1)
     maxRedraws: checkNumber('maxRedraws', options.maxRedraws ?? 3, { integer: true, min: 0 }),
     denoiseSigma: optional(options.denoiseSigma, (v) => checkNumber('denoiseSigma', v, { min: 0 })),
     guidance: resolveGuidance(options),
+    kvCache: optional(options.kvCache, (v) => checkOneOf<Precision>('kvCache', v, ['fp32', 'bf16'])),
   };
 }
 
@@ -129,7 +131,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   const { inChannels: C, imgSize: S } = model.config;
   const { tokens: T, patchDim: D } = model.shape;
   const per = C * S * S;
-  const { count, seed, startIndex: start, batchSize, maxRedraws, denoiseSigma, guidance } = resolveGenerateOptions(options, per);
+  const { count, seed, startIndex: start, batchSize, maxRedraws, denoiseSigma, guidance, kvCache } = resolveGenerateOptions(options, per);
   const batch = Math.min(batchSize, count);
   const labels = resolveLabels(model, count, options.labels, start);
   const images = new Uint8Array(count * per);
@@ -153,7 +155,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
           row.dispose();
         });
       }
-      model.reverse(z, out, lab, guidance);
+      model.reverse(z, out, lab, { ...guidance, kvCache });
       let x = Float32Array.from(out.toArray());
       if (denoiseSigma !== undefined && denoiseSigma > 0) {
         // A non-finite sample will be redrawn; it must not stop the denoising of the others, whose score step

@@ -97,6 +97,8 @@ export interface SampleSpec extends Omit<GenerateOptions, 'onProgress' | 'signal
   /** A .png file (one grid) or a folder (one PNG per image). */
   out: string;
   device?: DeviceOption;
+  /** Matrix products of the sampler (see ModelOptions.precision); the KV cache follows unless kvCache is given. */
+  precision?: Precision;
   /** Columns of the grid (default ceil(sqrt(count)) or numClasses for conditional models). */
   cols?: number;
 }
@@ -349,14 +351,15 @@ export function checkCheckpointSpec(spec: { checkpoint: string; config?: Record<
   optional(spec.config, (v) => fromReferenceConfig(v));
 }
 
-async function openModel(spec: { checkpoint: string; config?: Record<string, unknown>; device?: DeviceOption }): Promise<TarFlow> {
-  return loadModel(spec.checkpoint, { device: spec.device, config: spec.config });
+async function openModel(spec: { checkpoint: string; config?: Record<string, unknown>; device?: DeviceOption; precision?: Precision }): Promise<TarFlow> {
+  return loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
 }
 
 export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
   checkCheckpointSpec(spec);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
+  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   optional(spec.cols, (v) => checkNumber('cols', v, { integer: true, min: 1 }));
   const model = await openModel(spec);
   try {

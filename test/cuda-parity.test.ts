@@ -164,7 +164,7 @@ function checkAttention({ B, T, W, H }: Shape, dtype: 'float32' | 'float64', mm:
 }
 
 // blockReverse cases: a random block of L = 2 layers (nCls classes) and the options the sampler passes.
-type ReverseOpts = { guidance?: number; annealed?: boolean; tempUncond?: number; guideA?: boolean };
+type ReverseOpts = { guidance?: number; annealed?: boolean; tempUncond?: number; guideA?: boolean; precision?: 'fp32' | 'bf16'; kvCache?: 'fp32' | 'bf16' };
 type ReverseCase = { B: number; T: number; W: number; H: number; D: number; nvp: boolean; cond: boolean; flip: boolean; opts: ReverseOpts };
 const reverseVariants: [boolean, boolean, ReverseOpts][] = [
   [true, false, {}],
@@ -401,6 +401,45 @@ test('TARFLOW_CUDA_SAMPLER: an unknown path is a coded error; a graph is capture
   for (let k = 0; k < 200; k++) withSampler('graph', () => runReverse(cuda!.ops, t, c));
   assert.ok(t[0].toArray().every(Number.isFinite));
   for (const x of t) x.dispose();
+});
+
+// The reduced-precision sampler: bf16 products on the tensor cores and keys and values cached in bf16 (read in 16-byte
+// packs by the split kernel), against the CPU's emulation of both. Each must change the result by about bf16's
+// rounding (the CPU part, which runs everywhere, checks that), and the GPU must agree with the CPU far more closely
+// than that: the two differ in the order of fp32 sums, and so in the rare value that rounds to the other bf16.
+const SAMPLER_BF16_TOL = { kvCache: 2e-5, precision: 3e-4 };
+
+test("the bf16 sampler (tensor-core products, bf16 KV cache) against the CPU's emulation of it", () => {
+  const variants: [ReverseOpts, number][] = [
+    [{ kvCache: 'bf16' }, SAMPLER_BF16_TOL.kvCache],
+    [{ precision: 'bf16' }, SAMPLER_BF16_TOL.precision],
+    [{ precision: 'bf16', kvCache: 'bf16' }, SAMPLER_BF16_TOL.precision],
+  ];
+  for (const T of [3, 65, 200]) {
+    for (const [nvp, cond, opts] of reverseVariants.slice(0, 3)) {
+      for (const [reduced, tol] of variants) {
+        const c: ReverseCase = { B: 3, T, W: 128, H: 2, D: 12, nvp, cond, flip: T % 2 === 1, opts: { ...opts, ...reduced } };
+        const specs = reverseSpecs(c, 'float32').map((s) => ({ ...s, dtype: s.dtype ?? 'float32' }));
+        const arrays = specs.map((s, i) => (s.data ? s.data(size(s.shape)) : randn(size(s.shape), 700 + i, s.dtype)));
+        const run = (backend: Backend, rc: ReverseCase, mode = 'graph') => {
+          const t = makeTensors(backend, specs, arrays);
+          withSampler(mode, () => runReverse(backend.ops, t, rc));
+          const x = t[0].toArray();
+          for (const y of t) y.dispose();
+          return x;
+        };
+        const name = `blockReverse T=${T} ${JSON.stringify(c.opts)}`;
+        const want = run(cpu, c);
+        const effect = relError(run(cpu, { ...c, opts }), want);
+        assert.ok(effect > 5 * tol, `${name}: bf16 moved the CPU's result by only ${effect.toExponential(3)}; the GPU check (${tol}) would not see it ignored`);
+        if (!cuda) continue;
+        for (const mode of ['reference', 'graph']) {
+          const err = relError(run(cuda, c, mode), want);
+          assert.ok(err <= tol, `${name} (${mode}): relative error ${err.toExponential(3)} against the CPU > ${tol} (bf16 itself moves it ${effect.toExponential(3)})`);
+        }
+      }
+    }
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ const BASE_LINES: string[][] = [
   ['train', '--preset', 'small', '--epochs', '0.5', '--noise', 'uniform', '--label-drop', '0.2', '--clip-grad-norm', '1', '--channels', '3', '--image-size', '32', '--hflip'],
   ['sample', '--checkpoint', 'model.safetensors', '--count', '6', '--labels', '0,1,2', '--guidance', '1.5', '--denoise', '0.1', '--out', 'grid.png'],
   ['sample', '--count', '10', '--guide-what', 'a', '--attn-temp', '0.5', '--annealed', '--cols', '5', '--device', 'cpu'],
-  ['generate', '--checkpoint', 'm.safetensors', '--count', '100', '--out', 'gen', '--format', 'npz', '--shard-size', '10', '--resume'],
+  ['generate', '--checkpoint', 'm.safetensors', '--count', '100', '--out', 'gen', '--format', 'npz', '--shard-size', '10', '--resume', '--precision', 'bf16', '--kv-cache', 'bf16'],
   ['eval-samples', '--checkpoint', 'm.safetensors', '--count', '50', '--k', '5', '--batch-size', '25'],
   ['eval', '--checkpoint', 'm.safetensors', '--dataset', 'x.npy', '--split', 'train', '--limit', '100', '--label-base', '1'],
   ['score', '--checkpoint', 'm.safetensors', '--images', 'x.npy', '--batch-size', '8', '--seed', '0'],

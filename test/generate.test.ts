@@ -84,6 +84,25 @@ test('an interrupted run resumes from the manifest and ends with the same shards
   }
 });
 
+test('reduced precision is recorded in the manifest, and a resume must keep it', async () => {
+  const out = join(dir, 'bf16');
+  await generateToDisk({ ...base, out, count: 4, kvCache: 'bf16' });
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.equal([manifest.options.precision, manifest.options.kvCache], ['fp32', 'bf16']);
+  const plain = JSON.parse(readFileSync(join(dir, 'a', 'manifest.json'), 'utf8')) as Manifest;
+  assert.not.ok('kvCache' in plain.options, 'a full-precision manifest reads as before the option existed');
+  for (const other of [{}, { kvCache: 'bf16' as const, precision: 'bf16' as const }]) {
+    try {
+      await generateToDisk({ ...base, out, count: 4, resume: true, ...other });
+      assert.unreachable(`resume with ${JSON.stringify(other)} must be refused`);
+    } catch (err) {
+      assert.match((err as Error).message, /other options/);
+    }
+  }
+  const r = await generateToDisk({ ...base, out, count: 4, resume: true, kvCache: 'bf16' });
+  assert.is(r.skipped, 4);
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });

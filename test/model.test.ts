@@ -146,6 +146,44 @@ invCases.forEach((c, ci) => {
 });
 
 // ---------------------------------------------------------------------------------------------------------
+// reduced-precision sampling: bf16 matrix products and a bf16 KV cache (the GPU's fast sampler; the CPU is its
+// reference). Each moves the samples by about bf16's rounding, and must move them: an option that did nothing
+// would pass a closeness check alone.
+
+test('sampling with a bf16 KV cache and bf16 products stays within bf16 rounding of fp32, and differs from it', () => {
+  const cfg = { ...base, imgSize: 16, numBlocks: 2, layersPerBlock: 2, nvp: true, numClasses: 0 };
+  const fp32 = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  const bf16 = new TarFlow(cfg, { device: 'cpu', seed: 5, precision: 'bf16' });
+  for (const m of [fp32, bf16]) randomizeParams(m, 77, 0.05, 0.1);
+  const { tokens: T, patchDim: D } = fp32.shape;
+  const B = 2, n = B * T * D;
+  const g = gaussian(78);
+  const z = Float32Array.from({ length: n }, () => g());
+  const sample = (model: TarFlow, options: { kvCache?: 'fp32' | 'bf16' } = {}) => {
+    const Tz = new model.backend.Tensor('float32', [B, T, D], z);
+    const out = new model.backend.Tensor('float32', [B, 1, 16, 16]);
+    model.reverse(Tz, out, null, options);
+    const x = out.toArray();
+    Tz.dispose();
+    out.dispose();
+    return x;
+  };
+  const ref = sample(fp32);
+  const cases: [string, ArrayLike<number>][] = [
+    ['fp32 products, bf16 cache', sample(fp32, { kvCache: 'bf16' })],
+    ['bf16 products, fp32 cache', sample(bf16, { kvCache: 'fp32' })],
+    ['bf16 products and cache (the bf16 model\'s default)', sample(bf16)],
+  ];
+  for (const [name, x] of cases) {
+    const err = relError(x, ref);
+    assert.ok(err > 1e-6 && err < 2e-2, `${name}: relative difference from fp32 ${err.toExponential(3)}, expected in (1e-6, 2e-2)`);
+  }
+  assert.equal(Array.from(sample(bf16, { kvCache: 'bf16' })), Array.from(cases[2][1]), 'a bf16 model caches in bf16 by default');
+  fp32.dispose();
+  bf16.dispose();
+});
+
+// ---------------------------------------------------------------------------------------------------------
 // likelihood at initialisation
 
 for (const nvp of [true, false]) {

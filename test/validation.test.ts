@@ -215,12 +215,23 @@ test('guidance options are checked before the inverse starts', () => {
       [{ guideWhat: 'c' }, 'guideWhat', "one of 'ab', 'a', 'b'", '"c"'],
       [{ attnTemp: 0 }, 'attnTemp', 'a positive finite number', '0'],
       [{ annealed: 'yes' }, 'annealed', 'true or false', '"yes"'],
+      [{ kvCache: 'fp16' }, 'kvCache', "one of 'fp32', 'bf16'", '"fp16"'],
     ] as const) {
       refusesFirst(cond, () => cond.reverse(z, out, null, options as never), INVALID, name, expected, got);
     }
   } finally {
     z.dispose();
     out.dispose();
+  }
+  const m64 = new TarFlow(base, { device: 'cpu', dtype: 'float64', seed: 1 });
+  const z64 = new m64.backend.Tensor('float64', [1, 4, 16]);
+  const out64 = new m64.backend.Tensor('float64', [1, 1, 8, 8]);
+  try {
+    refusesFirst(m64, () => m64.reverse(z64, out64, null, { kvCache: 'bf16' }), INVALID, 'kvCache', "'fp32' with dtype 'float64'", "'bf16'");
+  } finally {
+    z64.dispose();
+    out64.dispose();
+    m64.dispose();
   }
 });
 
@@ -395,6 +406,8 @@ test('command line: each flag is named, with what it must be and what was typed'
     [['sample', '--attn-temp', '0'], '--attn-temp', 'a positive finite number', '"0"'],
     [['sample', '--guide-what', 'c'], '--guide-what', "one of 'ab', 'a', 'b'", '"c"'],
     [['sample', '--device', 'tpu'], '--device', "one of 'auto', 'cpu', 'cuda'", '"tpu"'],
+    [['sample', '--kv-cache', 'fp16'], '--kv-cache', "one of 'fp32', 'bf16'", '"fp16"'],
+    [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--precision', 'int8'], '--precision', "one of 'fp32', 'bf16'", '"int8"'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o'], '--count', 'the number of images (the option is required)', 'nothing'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--format', 'gif'], '--format', "one of 'png', 'npz'", '"gif"'],
     [['eval'], '--checkpoint', 'a model checkpoint FILE (the option is required)', 'nothing'],
@@ -416,6 +429,9 @@ test('command line: each flag is named, with what it must be and what was typed'
       assert.is((err as TarflowError).code, INVALID);
     }
   }
+  const reduced = spec('eval-samples', '--checkpoint', 'm', '--precision', 'bf16', '--kv-cache', 'fp32') as Record<string, unknown>;
+  assert.is(reduced.precision, 'bf16');
+  assert.is(reduced.kvCache, 'fp32');
   assert.equal(parseFlags(['help']), { kind: 'usage' });
   assert.equal(parseFlags(['score', '-h']), { kind: 'help', command: 'score' });
   const t = spec('train', '--lr', '1e-3', '--steps', '+20', '--channels', '3', '--label-base', '1', '--clip-grad-norm', '.5') as Record<string, unknown>;

@@ -39,4 +39,22 @@ TF_HOST_DEVICE inline float bf16_to_float(uint16_t b) {
 
 TF_HOST_DEVICE inline float round_to_bf16(float x) { return bf16_to_float(bf16_bits(x)); }
 
+// A bf16 value in memory: the sampler's KV cache may hold its keys and values in bf16, which halves the bytes
+// each token step reads (the step is bound by those reads) and the cache's memory. A distinct type, not a bare
+// uint16_t, so a cache of either kind is read through cache_value and never as an integer.
+struct Bf16 {
+  uint16_t bits;
+};
+
+// A cached key or value as the attention computes with it, and the conversion that stores one (round to nearest).
+TF_HOST_DEVICE inline float cache_value(float x) { return x; }
+TF_HOST_DEVICE inline double cache_value(double x) { return x; }
+TF_HOST_DEVICE inline float cache_value(Bf16 x) { return bf16_to_float(x.bits); }
+
+template <typename C, typename T>
+TF_HOST_DEVICE inline C to_cache(T x) {
+  if constexpr (sizeof(C) == sizeof(Bf16)) return Bf16{bf16_bits(static_cast<float>(x))};
+  else return static_cast<C>(x);
+}
+
 }  // namespace tf

@@ -72,6 +72,17 @@ LinearDims linear_dims(Tensor* x, Tensor* w, const char* xname) {
   return {x->numel() / K, N, K};
 }
 
+// A precision option ('fp32' when absent, or 'bf16', which only float32 tensors take).
+Precision precision_prop(const Napi::Object& obj, const char* key, const char* op, DType dtype) {
+  Napi::Value p = obj.Get(key);
+  if (p.IsUndefined()) return Precision::F32;
+  const std::string name = p.IsString() ? p.As<Napi::String>().Utf8Value() : "";
+  if (name != "bf16" && name != "fp32") throw arg_error(std::string(op) + ": " + key + " must be 'fp32' or 'bf16'");
+  if (name == "bf16" && dtype != DType::F32)
+    throw arg_error(std::string(op) + ": " + key + " 'bf16' needs float32 tensors, got " + dtype_name(dtype));
+  return name == "bf16" ? Precision::BF16 : Precision::F32;
+}
+
 // The options object of a matrix op (see op_args.h), argument i; absent means fp32 and no GELU output.
 struct MatmulOptions {
   Precision precision = Precision::F32;
@@ -82,14 +93,7 @@ MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const cha
   if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return o;
   if (!info[i].IsObject()) throw arg_error(std::string(op) + ": options must be an object like {precision: 'bf16'}");
   Napi::Object obj = info[i].As<Napi::Object>();
-  Napi::Value p = obj.Get("precision");
-  if (!p.IsUndefined()) {
-    std::string name = p.IsString() ? p.As<Napi::String>().Utf8Value() : "";
-    if (name == "bf16") o.precision = Precision::BF16;
-    else if (name != "fp32") throw arg_error(std::string(op) + ": precision must be 'fp32' or 'bf16'");
-  }
-  if (o.precision == Precision::BF16 && dtype != DType::F32)
-    throw arg_error(std::string(op) + ": precision 'bf16' needs float32 tensors, got " + dtype_name(dtype));
+  o.precision = precision_prop(obj, "precision", op, dtype);
   if (allow_gelu) o.gelu = tensor_prop(obj, "gelu", true);
   else if (!obj.Get("gelu").IsUndefined()) throw arg_error(std::string(op) + ": has no gelu option");
   return o;
@@ -509,6 +513,8 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   opt.guidance = opt_num(oo, "guidance", 0);
   opt.temp_uncond = opt_num(oo, "tempUncond", 1);
   opt.eps = opt_num(oo, "eps", 1e-5);
+  opt.precision = precision_prop(oo, "precision", "blockReverse", x->dtype());
+  opt.kv_cache = precision_prop(oo, "kvCache", "blockReverse", x->dtype());
   Tensor* labels = tensor_prop(oo, "labels", true);
 
   if (x->ndim() != 3) throw shape_error("blockReverse: x must be [B, T, D], got " + x->describe());

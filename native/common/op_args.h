@@ -256,6 +256,8 @@ struct ReverseOptions {
   bool flip = false, nvp = true, guide_a = true, guide_b = true, annealed = false;
   int64_t heads = 1;
   double guidance = 0, temp_uncond = 1, eps = 1e-5;
+  Precision precision = Precision::F32;  // of the layers' matrix products, as in training
+  Precision kv_cache = Precision::F32;   // storage of the cached keys and values (BF16: half the bytes per step)
 };
 
 // blockReverse(x[B,T,D] (in place, natural token order), weights, options). W is the block's width; every label

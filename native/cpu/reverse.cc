@@ -3,8 +3,13 @@
 // N-API crossings. With guidance the conditional and unconditional passes run as one stacked batch of 2B rows
 // (rows [0,B) conditional with temperature 1, rows [B,2B) with the mean class embedding and temperature tau_u),
 // and the guidance mix and the affine update happen here too.
+//
+// Precision (options precision and kvCache, float32 only): 'bf16' matrix products round their inputs as training's
+// do (gemm.h); a 'bf16' cache stores each key and value rounded to bf16, half the memory, and the attention reads
+// them back exactly as the GPU's does, so the CPU is the reference for both of the GPU's reduced-precision paths.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/op.h"
@@ -18,9 +23,9 @@ namespace tf {
 namespace {
 
 template <typename T>
-void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate) {
+void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision) {
   int64_t N = w->dim(0), K = w->dim(1);
-  gemm<T>(false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N);
+  gemm<T>(precision, false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N);
   const T* bp = b->data<T>();
   parallel_for(rows, 16, [&](int64_t s, int64_t e) {
     for (int64_t r = s; r < e; ++r)
@@ -45,7 +50,8 @@ void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64
   });
 }
 
-template <typename T>
+// C is the cache's storage: T, or Bf16 (float only).
+template <typename T, typename C>
 void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
   const int64_t W = w.inw->dim(0), L = static_cast<int64_t>(w.layers.size()), H = opt.heads, hd = W / H, F = w.layers.empty() ? 0 : w.layers[0].fc1w->dim(0);
   const int64_t Do = opt.nvp ? 2 * D : D;
@@ -74,7 +80,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
     }
   }
 
-  std::vector<T> kcache(static_cast<size_t>(L * R * Tn * W)), vcache(kcache.size());
+  std::vector<C> kcache(static_cast<size_t>(L * R * Tn * W)), vcache(kcache.size());
   std::vector<T> h(R * W), ln(R * W), qkv(R * 3 * W), att(R * W), f(R * F), o(R * Do), tok(R * D);
   const T* pos = w.pos->data<T>();
   const double scale_c = 1.0 / std::sqrt(double(hd));
@@ -82,7 +88,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   for (int64_t i = 0; i + 1 < Tn; ++i) {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < D; ++k) tok[r * D + k] = xs[((r % B) * Tn + i) * D + k];
-    dense(h.data(), tok.data(), w.inw, w.inb, R, false);
+    dense(h.data(), tok.data(), w.inw, w.inb, R, false, opt.precision);
     const T* prow = pos + (opt.flip ? Tn - 1 - i : i) * W;
     for (int64_t r = 0; r < R; ++r)
       for (int64_t j = 0; j < W; ++j) h[r * W + j] += prow[j] + row_embed[r * W + j];
@@ -90,13 +96,13 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
     for (int64_t l = 0; l < L; ++l) {
       const LayerWeights& lw = w.layers[l];
       layer_norm_rows(ln.data(), h.data(), lw.ln1w, lw.ln1b, R, W, opt.eps);
-      dense(qkv.data(), ln.data(), lw.qkvw, lw.qkvb, R, false);
-      T* kc = kcache.data() + l * R * Tn * W;
-      T* vc = vcache.data() + l * R * Tn * W;
+      dense(qkv.data(), ln.data(), lw.qkvw, lw.qkvb, R, false, opt.precision);
+      C* kc = kcache.data() + l * R * Tn * W;
+      C* vc = vcache.data() + l * R * Tn * W;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t j = 0; j < W; ++j) {
-          kc[(r * Tn + i) * W + j] = qkv[r * 3 * W + W + j];
-          vc[(r * Tn + i) * W + j] = qkv[r * 3 * W + 2 * W + j];
+          kc[(r * Tn + i) * W + j] = to_cache<C>(qkv[r * 3 * W + W + j]);
+          vc[(r * Tn + i) * W + j] = to_cache<C>(qkv[r * 3 * W + 2 * W + j]);
         }
       parallel_for(R * H, 4, [&](int64_t s, int64_t e) {
         std::vector<T> logits(i + 1);
@@ -106,9 +112,9 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
           const T* q = qkv.data() + r * 3 * W + hh * hd;
           T mx = -std::numeric_limits<T>::infinity();
           for (int64_t j = 0; j <= i; ++j) {
-            const T* kr = kc + (r * Tn + j) * W + hh * hd;
+            const C* kr = kc + (r * Tn + j) * W + hh * hd;
             T dot = 0;
-            for (int64_t c = 0; c < hd; ++c) dot += q[c] * kr[c];
+            for (int64_t c = 0; c < hd; ++c) dot += q[c] * T(cache_value(kr[c]));
             logits[j] = dot * scale;
             mx = std::max(mx, logits[j]);
           }
@@ -120,21 +126,21 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
           T* out = att.data() + r * W + hh * hd;
           for (int64_t c = 0; c < hd; ++c) out[c] = 0;
           for (int64_t j = 0; j <= i; ++j) {
-            const T* vr = vc + (r * Tn + j) * W + hh * hd;
+            const C* vr = vc + (r * Tn + j) * W + hh * hd;
             T p = logits[j] / sum;
-            for (int64_t c = 0; c < hd; ++c) out[c] += p * vr[c];
+            for (int64_t c = 0; c < hd; ++c) out[c] += p * T(cache_value(vr[c]));
           }
         }
       });
-      dense(h.data(), att.data(), lw.projw, lw.projb, R, true);
+      dense(h.data(), att.data(), lw.projw, lw.projb, R, true, opt.precision);
       layer_norm_rows(ln.data(), h.data(), lw.ln2w, lw.ln2b, R, W, opt.eps);
-      dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false);
+      dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false, opt.precision);
       parallel_for(static_cast<int64_t>(f.size()), 4096, [&](int64_t s, int64_t e) {
         for (int64_t j = s; j < e; ++j) f[j] = tf::gelu(f[j]);
       });
-      dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true);
+      dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true, opt.precision);
     }
-    dense(o.data(), h.data(), w.outw, w.outb, R, false);
+    dense(o.data(), h.data(), w.outw, w.outb, R, false, opt.precision);
 
     const T g = T(opt.annealed ? opt.guidance * double(i + 1) / double(Tn - 1) : opt.guidance);
     for (int64_t b = 0; b < B; ++b) {
@@ -161,8 +167,12 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
 // blockReverse(x[B,T,D] (in place, natural token order), weights, options)
 TF_OP(blockReverse) {
   const BlockReverseArgs args = parse_block_reverse(info);
+  const int32_t* labels = args.labels ? args.labels->data<int32_t>() : nullptr;
   dispatch_float(args.x->dtype(), [&]<typename T>() {
-    block_reverse<T>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, args.labels ? args.labels->data<int32_t>() : nullptr, args.opt);
+    if constexpr (std::is_same_v<T, float>) {
+      if (args.opt.kv_cache == Precision::BF16) return block_reverse<T, Bf16>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, labels, args.opt);
+    }
+    block_reverse<T, T>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, labels, args.opt);
   });
   return info.Env().Undefined();
 }

@@ -9,6 +9,7 @@
 //            one logit per thread, block max m, p_j = exp(logit_j - m), block sum l, and the unnormalised
 //            o = sum_j p_j v_j, with the chunk's columns split over groups of threads; writes (m, l) and o;
 //   combine  one thread per output element: M = max m_s, L = sum l_s exp(m_s - M), out = sum o_s exp(m_s - M) / L.
+// The cache holds keys and values in the working type or in bf16 (half the bytes to read); staging converts them.
 // The grid covers the most chunks the cache can hold (Tn keys), not this step's: the same launch serves every
 // step of a CUDA Graph, and blocks past the step's chunks return at once. Blocks are numbered pair-fastest, so the
 // live ones come first.
@@ -17,8 +18,15 @@
 // are barriers too); the emulator runs each phase for all threads before the next.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
-#include "flash_tile.h"  // exp_of, Plain
+#include "../common/bf16.h"  // Bf16, cache_value
+#include "flash_tile.h"      // exp_of, Plain
+
+// The CPU emulator checks the alignment of every pack load; the device has nothing to check.
+#ifndef TF_DECODE_CHECK_PACK
+#define TF_DECODE_CHECK_PACK(at, bytes) ((void)0)
+#endif
 
 namespace tf {
 namespace decode {
@@ -84,34 +92,68 @@ TF_HOST_DEVICE inline Block block_of(const Problem& p, int64_t block, int64_t n)
 // Offset of column 0 of head h of token j of row r in a cache.
 TF_HOST_DEVICE inline int64_t cache_at(const Problem& p, int64_t r, int64_t j, int64_t h) { return (r * p.Tn + j) * p.W + h * p.hd; }
 
-// Threads split a chunk by columns, in staging and in the value product: thread e < groups() hd takes column
-// e % hd of keys e / hd, e / hd + groups(), ... (consecutive threads, consecutive columns: coalesced reads; and no
-// division per element). Staging loads kBatch keys into registers before storing any, so that each thread keeps
-// that many loads in flight: the loads, not the arithmetic, bound the kernel.
+// Threads split a chunk by columns. In the value product (accumulate) thread e < groups() hd takes column e % hd of
+// keys e / hd, e / hd + groups(), ... In staging the unit is a pack of V adjacent columns, one 16-byte load where
+// the layout allows (pack_width): thread e takes pack e % U of keys e / U, e / U + G, ... (U = hd / V packs per
+// row, G = kThreads / U keys at once), so consecutive threads read consecutive bytes of a row and no division runs
+// per element. Staging loads kBatch packs of keys and of values into registers before storing any, so that each
+// thread keeps that many loads in flight: the loads, not the arithmetic, bound the kernel.
 constexpr int kBatch = 8;
 
-template <typename T>
-TF_HOST_DEVICE inline void stage(const Problem& p, const Block& b, int tid, const T* qkv, const T* kc, const T* vc, const Shared<T>& sh) {
+// V cache elements read as one load: the compiler emits a single 16-byte access for a 16-byte aligned pack.
+template <typename C, int V>
+struct alignas(sizeof(C) * V) Pack {
+  C x[V];
+};
+
+// The widest pack (16 bytes, or 1 element) whose loads stay aligned for every (row, token, head): each starts at
+// a multiple of V elements when V divides the head dim and the width (the caches are allocated 256-byte aligned).
+template <typename C>
+TF_HOST_DEVICE inline int pack_width(const Problem& p) {
+  constexpr int V = 16 / sizeof(C);
+  return p.hd % V == 0 && p.W % V == 0 ? V : 1;
+}
+
+template <typename C, int V>
+TF_HOST_DEVICE inline Pack<C, V> load_pack(const C* at) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Pack<C, V>*>(at);
+#else
+  TF_DECODE_CHECK_PACK(at, sizeof(Pack<C, V>));
+  Pack<C, V> pk;
+  memcpy(&pk, at, sizeof pk);
+  return pk;
+#endif
+}
+
+// Stages the query, and the chunk's keys and values converted from the cache's storage C to T.
+template <int V, typename T, typename C>
+TF_HOST_DEVICE inline void stage(const Problem& p, const Block& b, int tid, const T* qkv, const C* kc, const C* vc, const Shared<T>& sh) {
   for (int64_t c = tid; c < p.hd; c += kThreads) sh.q[c] = qkv[b.r * 3 * p.W + b.h * p.hd + c];
-  const int64_t G = p.groups();
-  for (int64_t e = tid; e < G * p.hd; e += kThreads) {
-    const int64_t c = e % p.hd;
-    const T* kcol = kc + cache_at(p, b.r, b.key0, b.h) + c;
-    const T* vcol = vc + cache_at(p, b.r, b.key0, b.h) + c;
-    for (int64_t j0 = e / p.hd; j0 < b.keys; j0 += G * kBatch) {
-      T kr[kBatch], vr[kBatch];
+  const int64_t U = p.hd / V, G = U < kThreads ? kThreads / U : 1;
+  for (int64_t e = tid; e < G * U; e += kThreads) {
+    const int64_t c0 = e % U * V;
+    const C* kcol = kc + cache_at(p, b.r, b.key0, b.h) + c0;
+    const C* vcol = vc + cache_at(p, b.r, b.key0, b.h) + c0;
+    for (int64_t j0 = e / U; j0 < b.keys; j0 += G * kBatch) {
+      Pack<C, V> kr[kBatch], vr[kBatch];
       TF_UNROLL
       for (int u = 0; u < kBatch; ++u) {
         const int64_t j = j0 + u * G;
-        kr[u] = j < b.keys ? kcol[j * p.W] : T(0);
-        vr[u] = j < b.keys ? vcol[j * p.W] : T(0);
+        if (j < b.keys) {
+          kr[u] = load_pack<C, V>(kcol + j * p.W);
+          vr[u] = load_pack<C, V>(vcol + j * p.W);
+        }
       }
       TF_UNROLL
       for (int u = 0; u < kBatch; ++u) {
         const int64_t j = j0 + u * G;
         if (j < b.keys) {
-          sh.k[j * p.row_words() + c] = kr[u];
-          sh.v[j * p.row_words() + c] = vr[u];
+          TF_UNROLL
+          for (int v = 0; v < V; ++v) {
+            sh.k[j * p.row_words() + c0 + v] = T(cache_value(kr[u].x[v]));
+            sh.v[j * p.row_words() + c0 + v] = T(cache_value(vr[u].x[v]));
+          }
         }
       }
     }

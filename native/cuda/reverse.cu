@@ -4,6 +4,10 @@
 // memory, then mixes the guidance and applies the affine update on the device. Nothing comes back to the host
 // until the op returns.
 //
+// Options precision and kvCache (float only): bf16 matrix products on the tensor cores, and keys and values cached
+// in bf16, which halves the bytes each step reads (the steps of a large batch are bound by those reads); the CPU
+// computes both the same way (native/cpu/reverse.cc) and is their reference.
+//
 // Three ways to run the steps, TARFLOW_CUDA_SAMPLER (read at each call, so tests can compare them):
 //   reference  the host loops over the steps, passing the token index to each kernel; attention is one block per
 //              (row, head) over all cached keys: the simple version the others are tested against;
@@ -15,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "../common/op.h"
 #include "../common/op_args.h"
@@ -85,20 +90,21 @@ __global__ void add_embed_kernel(T* h, const T* pos, const T* embed, Step step, 
   }
 }
 
-template <typename T>
-__global__ void store_kv_kernel(T* kc, T* vc, const T* qkv, Step step, int64_t R, int64_t Tn, int64_t W) {
+// Stores token i's keys and values in the cache's storage C (T, or bf16 rounded to nearest).
+template <typename T, typename C>
+__global__ void store_kv_kernel(C* kc, C* vc, const T* qkv, Step step, int64_t R, int64_t Tn, int64_t W) {
   const int64_t i = step.get();
   TF_GRID_LOOP(idx, R * W) {
     int64_t j = idx % W, r = idx / W;
-    kc[(r * Tn + i) * W + j] = qkv[r * 3 * W + W + j];
-    vc[(r * Tn + i) * W + j] = qkv[r * 3 * W + 2 * W + j];
+    kc[(r * Tn + i) * W + j] = to_cache<C>(qkv[r * 3 * W + W + j]);
+    vc[(r * Tn + i) * W + j] = to_cache<C>(qkv[r * 3 * W + 2 * W + j]);
   }
 }
 
 // The reference attention: one query token against the cached keys/values 0..i, one block per (row, head).
 // Shared memory holds the i+1 logits and the reduction buffer.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(T* att, const T* qkv, const T* kc, const T* vc, int64_t i,
+template <typename T, typename C>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(T* att, const T* qkv, const C* kc, const C* vc, int64_t i,
                                                                     int64_t B, int64_t H, int64_t Tn, int64_t W, int64_t hd,
                                                                     T scale_cond, T scale_uncond) {
   T* logits = shared_as<T>();
@@ -108,9 +114,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(T* att, cons
   const T* q = qkv + r * 3 * W + hh * hd;
   T mx = -INFINITY;
   for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) {
-    const T* kr = kc + (r * Tn + j) * W + hh * hd;
+    const C* kr = kc + (r * Tn + j) * W + hh * hd;
     T dot = T(0);
-    for (int64_t c = 0; c < hd; ++c) dot += q[c] * kr[c];
+    for (int64_t c = 0; c < hd; ++c) dot += q[c] * T(cache_value(kr[c]));
     T l = dot * scale;
     logits[j] = l;
     mx = l > mx ? l : mx;
@@ -126,20 +132,21 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(T* att, cons
   T* out = att + r * W + hh * hd;
   for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) {
     T acc = T(0);
-    for (int64_t j = 0; j <= i; ++j) acc += (logits[j] / sum) * vc[(r * Tn + j) * W + hh * hd + c];
+    for (int64_t j = 0; j <= i; ++j) acc += (logits[j] / sum) * T(cache_value(vc[(r * Tn + j) * W + hh * hd + c]));
     out[c] = acc;
   }
 }
 
-// Split-KV attention, one block per (row, head, chunk of keys): partial (m, l, o) per chunk (decode_tile.h).
-template <typename T>
-__global__ void __launch_bounds__(decode::kThreads) split_attention_kernel(T* ml, T* o, const T* qkv, const T* kc, const T* vc,
+// Split-KV attention, one block per (row, head, chunk of keys): partial (m, l, o) per chunk (decode_tile.h); the
+// cache is read in packs of V elements.
+template <typename T, typename C, int V>
+__global__ void __launch_bounds__(decode::kThreads) split_attention_kernel(T* ml, T* o, const T* qkv, const C* kc, const C* vc,
                                                                            decode::Problem p, Step step, T scale_cond, T scale_uncond) {
   const decode::Block b = decode::block_of(p, blockIdx.x, step.get() + 1);
   if (!b.live) return;
   const decode::Shared<T> sh(shared_as<T>(), p);
   const int tid = threadIdx.x;
-  decode::stage(p, b, tid, qkv, kc, vc, sh);
+  decode::stage<V>(p, b, tid, qkv, kc, vc, sh);
   __syncthreads();
   const T logit = decode::score(p, b, tid, sh, scale_cond, scale_uncond);
   const T m = block_max(logit, sh.red);
@@ -178,12 +185,13 @@ __global__ void update_kernel(T* xs, const T* o, Step step, int64_t B, int64_t T
   }
 }
 
-// y (+)= x W^T + b; with gelu, y becomes GELU of that (the MLP's first layer, in the GEMM's epilogue).
+// y (+)= x W^T + b; with gelu, y becomes GELU of that (the MLP's first layer, in the GEMM's epilogue). With bf16
+// precision the product runs on the tensor cores, as in training.
 template <typename T>
-void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, bool gelu = false) {
+void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision, bool gelu = false) {
   int64_t N = w->dim(0), K = w->dim(1);
   cuda::gemm<T>(false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N,
-                {.bias = b->data<T>(), .gelu = gelu ? y : nullptr});
+                {.bias = b->data<T>(), .gelu = gelu ? y : nullptr, .precision = precision});
 }
 
 enum class Mode { Reference, Direct, Graph };
@@ -244,7 +252,8 @@ class StepGraph {
   cudaGraphExec_t exec_ = nullptr;
 };
 
-template <typename T>
+// C is the cache's storage: T, or Bf16 (float only).
+template <typename T, typename C>
 void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
   const int64_t W = w.inw->dim(0), L = static_cast<int64_t>(w.layers.size()), H = opt.heads, hd = W / H;
   const int64_t F = w.layers.empty() ? 0 : w.layers[0].fc1w->dim(0);
@@ -258,13 +267,13 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   cudaStream_t s = stream();
 
   // One allocation per call (not per step) for everything the token loop needs.
-  cuda::Buffer xs_buf(sizeof(T) * B * Tn * D), embed_buf(sizeof(T) * R * W), kc_buf(sizeof(T) * (L * R * Tn * W + 1)),
-      vc_buf(sizeof(T) * (L * R * Tn * W + 1)), work_buf(sizeof(T) * (R * W * 3 + R * 3 * W + R * (F + 1) + R * Do + R * D + 2 * R)),
+  cuda::Buffer xs_buf(sizeof(T) * B * Tn * D), embed_buf(sizeof(T) * R * W), kc_buf(sizeof(C) * (L * R * Tn * W + 1)),
+      vc_buf(sizeof(C) * (L * R * Tn * W + 1)), work_buf(sizeof(T) * (R * W * 3 + R * 3 * W + R * (F + 1) + R * Do + R * D + 2 * R)),
       part_buf(split ? sizeof(T) * (dp.ml_words() + dp.o_words()) : 1), counter_buf(sizeof(int64_t));
   T* xs = xs_buf.as<T>();
   T* embed = embed_buf.as<T>();
-  T* kcache = kc_buf.as<T>();
-  T* vcache = vc_buf.as<T>();
+  C* kcache = kc_buf.as<C>();
+  C* vcache = vc_buf.as<C>();
   T* h = work_buf.as<T>();
   T* ln = h + R * W;
   T* att = ln + R * W;
@@ -289,18 +298,27 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const double scale_c = 1.0 / std::sqrt(double(hd));
   const T scale_cond = T(scale_c / 1.0), scale_uncond = T(scale_c / opt.temp_uncond);
   const size_t attn_smem_base = sizeof(T) * kThreads, split_smem = sizeof(T) * dp.shared_words();
-  if (split) allow_shared(split_attention_kernel<T>, split_smem, "heads of " + std::to_string(hd));
-  else allow_shared(decode_attention_kernel<T>, attn_smem_base + sizeof(T) * Tn, std::to_string(Tn) + " tokens");
+  constexpr int kPack = 16 / sizeof(C);
+  const bool packed = decode::pack_width<C>(dp) == kPack;
+  if (split) {
+    if (packed) allow_shared(split_attention_kernel<T, C, kPack>, split_smem, "heads of " + std::to_string(hd));
+    else allow_shared(split_attention_kernel<T, C, 1>, split_smem, "heads of " + std::to_string(hd));
+  } else {
+    allow_shared(decode_attention_kernel<T, C>, attn_smem_base + sizeof(T) * Tn, std::to_string(Tn) + " tokens");
+  }
 
-  const auto attention = [&](T* kc, T* vc, Step step) {
+  const auto attention = [&](C* kc, C* vc, Step step) {
     if (!split) {
-      decode_attention_kernel<T><<<static_cast<unsigned>(R * H), kThreads, attn_smem_base + sizeof(T) * (step.i + 1), s>>>(
+      decode_attention_kernel<T, C><<<static_cast<unsigned>(R * H), kThreads, attn_smem_base + sizeof(T) * (step.i + 1), s>>>(
           att, qkv, kc, vc, step.i, B, H, Tn, W, hd, scale_cond, scale_uncond);
       cuda::check_launch("blockReverse (attention)");
       return;
     }
-    split_attention_kernel<T><<<static_cast<unsigned>(dp.blocks()), decode::kThreads, split_smem, s>>>(part_ml, part_o, qkv, kc, vc, dp,
-                                                                                                     step, scale_cond, scale_uncond);
+    const auto grid = static_cast<unsigned>(dp.blocks());
+    if (packed)
+      split_attention_kernel<T, C, kPack><<<grid, decode::kThreads, split_smem, s>>>(part_ml, part_o, qkv, kc, vc, dp, step, scale_cond, scale_uncond);
+    else
+      split_attention_kernel<T, C, 1><<<grid, decode::kThreads, split_smem, s>>>(part_ml, part_o, qkv, kc, vc, dp, step, scale_cond, scale_uncond);
     cuda::check_launch("blockReverse (split attention)");
     combine_attention_kernel<T><<<blocks_for(dp.pairs() * hd, 128), 128, 0, s>>>(att, part_ml, part_o, dp, step);
     cuda::check_launch("blockReverse (attention combine)");
@@ -310,25 +328,25 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const auto token_step = [&](Step step) {
     gather_token_kernel<T><<<blocks_for(R * D, 128), 128, 0, s>>>(tok, xs, step, B, R, Tn, D);
     cuda::check_launch("blockReverse (token)");
-    dense(h, tok, w.inw, w.inb, R, false);
+    dense(h, tok, w.inw, w.inb, R, false, opt.precision);
     add_embed_kernel<T><<<blocks_for(R * W, 128), 128, 0, s>>>(h, pos, embed, step, opt.flip, Tn, R, W);
     cuda::check_launch("blockReverse (embedding)");
 
     for (int64_t l = 0; l < L; ++l) {
       const LayerWeights& lw = w.layers[l];
       cuda::layer_norm_forward<T>(ln, mean, rstd, h, lw.ln1w->data<T>(), lw.ln1b->data<T>(), R, W, opt.eps);
-      dense(qkv, ln, lw.qkvw, lw.qkvb, R, false);
-      T* kc = kcache + l * R * Tn * W;
-      T* vc = vcache + l * R * Tn * W;
-      store_kv_kernel<T><<<blocks_for(R * W, 128), 128, 0, s>>>(kc, vc, qkv, step, R, Tn, W);
+      dense(qkv, ln, lw.qkvw, lw.qkvb, R, false, opt.precision);
+      C* kc = kcache + l * R * Tn * W;
+      C* vc = vcache + l * R * Tn * W;
+      store_kv_kernel<T, C><<<blocks_for(R * W, 128), 128, 0, s>>>(kc, vc, qkv, step, R, Tn, W);
       cuda::check_launch("blockReverse (kv cache)");
       attention(kc, vc, step);
-      dense(h, att, lw.projw, lw.projb, R, true);
+      dense(h, att, lw.projw, lw.projb, R, true, opt.precision);
       cuda::layer_norm_forward<T>(ln, mean, rstd, h, lw.ln2w->data<T>(), lw.ln2b->data<T>(), R, W, opt.eps);
-      dense(f, ln, lw.fc1w, lw.fc1b, R, false, true);
-      dense(h, f, lw.fc2w, lw.fc2b, R, true);
+      dense(f, ln, lw.fc1w, lw.fc1b, R, false, opt.precision, true);
+      dense(h, f, lw.fc2w, lw.fc2b, R, true, opt.precision);
     }
-    dense(o, h, w.outw, w.outb, R, false);
+    dense(o, h, w.outw, w.outb, R, false, opt.precision);
 
     update_kernel<T><<<blocks_for(B * D, 128), 128, 0, s>>>(xs, o, step, B, Tn, D, opt.nvp, guided, opt.guide_a, opt.guide_b, opt.guidance,
                                                            opt.annealed);
@@ -360,8 +378,12 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
 TF_OP(blockReverse) {
   const BlockReverseArgs args = parse_block_reverse(info);
   if (args.B * args.Tn * args.D == 0) return info.Env().Undefined();
+  const int32_t* labels = args.labels ? args.labels->data<int32_t>() : nullptr;
   dispatch_float(args.x->dtype(), [&]<typename T>() {
-    block_reverse<T>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, args.labels ? args.labels->data<int32_t>() : nullptr, args.opt);
+    if constexpr (std::is_same_v<T, float>) {
+      if (args.opt.kv_cache == Precision::BF16) return block_reverse<T, Bf16>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, labels, args.opt);
+    }
+    block_reverse<T, T>(args.x->data<T>(), args.B, args.Tn, args.D, args.w, labels, args.opt);
   });
   return info.Env().Undefined();
 }

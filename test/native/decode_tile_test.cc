@@ -7,7 +7,9 @@
 //      exactly once and the others write nothing;
 //   2. every partial result (m, l, o) of a live chunk and every element of the output is written exactly once;
 //   3. the output against a plain double-precision softmax attention over the first n keys, each row at its own
-//      temperature (rows [B, R) at tau_u): to double rounding in double, to fp32 rounding in float; for
+//      temperature (rows [B, R) at tau_u), on the cached values as stored: to double rounding in double, to fp32
+//      rounding in float, with the cache in the working type or in bf16, read one element or one 16-byte pack
+//      at a time (every pack load must be aligned to its size); for
 //      n in {1, 2, 17, 64, 100, 1024} (one chunk, a chunk and a tail, many chunks), several rows and heads, head
 //      dims 64 (the presets), 48 and 8 (groups of threads that do not fill the block) and 130 (more columns than
 //      threads), with and without guidance rows.
@@ -19,8 +21,10 @@
 #include <random>
 #include <vector>
 
-#include "../../native/cuda/decode_tile.h"
 #include "check.h"
+#define TF_DECODE_CHECK_PACK(at, bytes) \
+  CHECK(reinterpret_cast<uintptr_t>(at) % (bytes) == 0, "a %zu-byte pack load at a misaligned address", size_t(bytes))
+#include "../../native/cuda/decode_tile.h"
 
 using namespace tf;
 using namespace tf::decode;
@@ -52,16 +56,19 @@ T tree(std::vector<T> v, Op op) {
   return v[0];
 }
 
-template <typename T>
+// T: the working type; C: the cache's storage; V: elements per staging load.
+template <typename T, typename C, int V>
 void check_case(int64_t R, int64_t B, int64_t H, int64_t Tn, int64_t n, int64_t hd, double tau_u, double tol, uint32_t seed) {
   const int64_t W = H * hd;
   const Problem p{R, B, H, Tn, W, hd};
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<T> qkv(R * 3 * W), kc(R * Tn * W), vc(R * Tn * W);
+  std::vector<T> qkv(R * 3 * W);
+  std::vector<C> kc(R * Tn * W), vc(R * Tn * W);
   for (T& x : qkv) x = T(1.5 * normal(rng));
-  for (T& x : kc) x = T(1.5 * normal(rng));
-  for (T& x : vc) x = T(normal(rng));
+  for (C& x : kc) x = to_cache<C>(T(1.5 * normal(rng)));
+  for (C& x : vc) x = to_cache<C>(T(normal(rng)));
+  if (V > 1) CHECK(pack_width<C>(p) == V, "hd=%lld W=%lld: the kernel would not read packs of %d", (long long)hd, (long long)W, V);
   const double scale_c = 1.0 / std::sqrt(double(hd));
   const T scale_cond = T(scale_c), scale_uncond = T(scale_c / tau_u);
 
@@ -79,7 +86,7 @@ void check_case(int64_t R, int64_t B, int64_t H, int64_t Tn, int64_t n, int64_t 
     ++visits[b.pair * Problem::splits(n) + b.split];
     std::fill(smem.begin(), smem.end(), nan);
     const Shared<T> sh(smem.data(), p);
-    for (int t = 0; t < kThreads; ++t) stage(p, b, t, qkv.data(), kc.data(), vc.data(), sh);
+    for (int t = 0; t < kThreads; ++t) stage<V>(p, b, t, qkv.data(), kc.data(), vc.data(), sh);
     for (int t = 0; t < kThreads; ++t) logit[t] = score(p, b, t, sh, scale_cond, scale_uncond);
     const T m = tree(logit, [](T a, T c) { return a > c ? a : c; });
     for (int t = 0; t < kThreads; ++t) e[t] = weight(b, t, logit[t], m, sh);
@@ -113,22 +120,22 @@ void check_case(int64_t R, int64_t B, int64_t H, int64_t Tn, int64_t n, int64_t 
       double mx = -INFINITY, sum = 0;
       for (int64_t j = 0; j < n; ++j) {
         double dot = 0;
-        for (int64_t c = 0; c < hd; ++c) dot += double(qkv[r * 3 * W + h * hd + c]) * double(kc[cache_at(p, r, j, h) + c]);
+        for (int64_t c = 0; c < hd; ++c) dot += double(qkv[r * 3 * W + h * hd + c]) * double(cache_value(kc[cache_at(p, r, j, h) + c]));
         w[j] = dot * scale;
         mx = std::max(mx, w[j]);
       }
       for (int64_t j = 0; j < n; ++j) sum += (w[j] = std::exp(w[j] - mx));
       for (int64_t c = 0; c < hd; ++c) {
         double ref = 0;
-        for (int64_t j = 0; j < n; ++j) ref += w[j] / sum * double(vc[cache_at(p, r, j, h) + c]);
+        for (int64_t j = 0; j < n; ++j) ref += w[j] / sum * double(cache_value(vc[cache_at(p, r, j, h) + c]));
         const double d = double(att[r * W + h * hd + c]) - ref;
         num += d * d;
         den += ref * ref;
       }
     }
   const double err = std::sqrt(num / std::max(den, 1e-300));
-  CHECK(err < tol, "%s R=%lld B=%lld H=%lld Tn=%lld n=%lld hd=%lld tau_u=%g: relative error %.3g (tolerance %.1g)",
-        sizeof(T) == sizeof(double) ? "double" : "float", (long long)R, (long long)B, (long long)H, (long long)Tn, (long long)n,
+  CHECK(err < tol, "%s, %s cache, packs of %d: R=%lld B=%lld H=%lld Tn=%lld n=%lld hd=%lld tau_u=%g: relative error %.3g (tolerance %.1g)",
+        sizeof(T) == sizeof(double) ? "double" : "float", sizeof(C) == 2 ? "bf16" : "working-type", V, (long long)R, (long long)B, (long long)H, (long long)Tn, (long long)n,
         (long long)hd, tau_u, err, tol);
 }
 
@@ -148,8 +155,13 @@ int main() {
       // hd 130 and 48 only up to 100 keys: the long case is the presets' head dim.
       if (s.hd != 64 && n > 100) continue;
       const int64_t Tn = n == 1024 ? 1024 : n + 5;  // the cache is longer than the step except at the last one
-      check_case<double>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 1e-12, seed++);
-      check_case<float>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 2e-5, seed++);
+      check_case<double, double, 1>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 1e-12, seed++);
+      if (s.hd % 2 == 0) check_case<double, double, 2>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 1e-12, seed++);
+      check_case<float, float, 1>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 2e-5, seed++);
+      if (s.hd % 4 == 0) check_case<float, float, 4>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 2e-5, seed++);
+      // The reference reads the same bf16 values: only the fp32 arithmetic differs.
+      check_case<float, Bf16, 1>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 2e-5, seed++);
+      if (s.hd % 8 == 0) check_case<float, Bf16, 8>(s.R, s.B, s.H, Tn, n, s.hd, s.tau_u, 2e-5, seed++);
     }
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
