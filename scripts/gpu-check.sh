@@ -7,7 +7,8 @@
 # grids past 65535 tiles, whole models); the test suite with TARFLOW_DEVICE=cuda; a rough timing of a small
 # training step and sampling run per backend and precision; the GPU targets table (npm run bench -- --only targets);
 # compute-sanitizer memcheck, racecheck and synccheck on the small run in fp32 and bf16 (when compute-sanitizer
-# exists). GPU_CHECK_STEPS="parity suite-cuda ..." runs only the named steps (addon always runs).
+# exists). GPU_CHECK_STEPS="parity suite-cuda ..." runs only the named steps (addon always runs); "train-bpd" (only
+# when named) trains the mnist-bpd likelihood model on the GPU.
 # GPU_CHECK_BUDGET_S (default 540) bounds the whole run: each step gets at most what is left, and steps that no
 # longer fit are reported as skipped, so the table always prints within the device tool's per-call limit.
 # Full logs go to $OUT/gpu-check/ (or ./gpu-check-logs/); a short table is printed last. Exits non-zero when any
@@ -85,6 +86,18 @@ if [ -n "$sanitizer" ]; then
   done
 else
   results+=("$(printf '%-22s %-12s' memcheck 'SKIP (no compute-sanitizer)')")
+fi
+
+# Opt-in, only when GPU_CHECK_STEPS names it: trains the mnist-bpd likelihood model (the CPU run's config: patch 2,
+# width 128, 4 blocks x 2 layers, uniform dequantization) for 5000 steps of 256 images (21 epochs) on the GPU and
+# brings back its checkpoint ($OUT/bpd/checkpoint.safetensors; the training state is too large to come back).
+# Checkpoints every 500 steps, so a run cut by its time limit still returns the last one.
+if [[ " ${GPU_CHECK_STEPS:-} " == *" train-bpd "* ]]; then
+  bpd_dir=$(mktemp -d)
+  echo '{"in_channels":1,"img_size":28,"patch_size":2,"channels":128,"num_blocks":4,"layers_per_block":2,"nvp":true,"num_classes":0}' > "$bpd_dir/config.json"
+  step train-bpd 480 node dist/lib/cli.js train --device cuda --config "$bpd_dir/config.json" --unconditional --noise uniform \
+    --batch-size 256 --steps 5000 --lr 1e-3 --warmup-steps 200 --clip-grad-norm 1 --seed 0 --checkpoint-every 500 --out "$bpd_dir/run"
+  mkdir -p "${OUT:-$PWD}/bpd" && cp "$bpd_dir/run/checkpoint.safetensors" "${OUT:-$PWD}/bpd/" 2>/dev/null || true
 fi
 
 echo
