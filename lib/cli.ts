@@ -135,7 +135,7 @@ const trainOptions = {
   'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
   noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
   'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
-  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' },
+  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' }, recompute: { type: 'boolean' },
   'image-size': { type: 'string' }, channels: { type: 'string' }, 'label-base': { type: 'string' },
   ...common,
 } as const;
@@ -171,6 +171,7 @@ const trainHelp: Record<string, string> = {
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
   precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
+  recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results",
 };
 
 function trainSpecFrom(v: Values): TrainSpec {
@@ -186,7 +187,7 @@ function trainSpecFrom(v: Values): TrainSpec {
     out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
     ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
     checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
-    evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']),
+    evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
   };
 }
 

@@ -37,6 +37,13 @@ export interface ModelOptions {
    * CPU's unfused attention (two GEMMs) trains the small MNIST model about twice as fast as its fused loops.
    */
   fusedAttention?: boolean;
+  /**
+   * Keep one block's layer activations instead of every block's, and recompute each earlier block's forward in
+   * the backward (default false). Activation memory falls by a factor of the block count (8 for the ImageNet 64
+   * model, about 100 GB at batch 32 in float32) for (N-1)/N of a forward pass more work. Results are the same to
+   * the bit: the recomputed forward repeats the first.
+   */
+  recompute?: boolean;
 }
 
 export interface GuidanceOptions {
@@ -115,8 +122,12 @@ export class Workspace {
   dact!: Tensor;
   dx!: Tensor;
 
-  /** flashAttention instead of attention (ModelOptions.fusedAttention). */
-  constructor(backend: Backend, cfg: TarFlowConfig, s: ModelShape, readonly batch: number, dtype: FloatDType, readonly fusedAttention: boolean) {
+  /**
+   * flashAttention instead of attention (ModelOptions.fusedAttention); with recompute, every block shares one
+   * set of layer activations (ModelOptions.recompute).
+   */
+  constructor(backend: Backend, cfg: TarFlowConfig, s: ModelShape, readonly batch: number, dtype: FloatDType, readonly fusedAttention: boolean,
+              readonly recompute = false) {
     try {
       this.allocate(backend, cfg, s, dtype);
     } catch (err) {
@@ -138,9 +149,7 @@ export class Workspace {
     this.x = t([B, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
     this.labels = t([B], 'int32');
     this.patches = t([B, T, D]);
-    for (let k = 0; k < cfg.numBlocks; k++) {
-      const flip = k % 2 === 1;
-      const prevOut = k === 0 ? this.patches : this.blocks[k - 1].out;
+    const layerActs = () => {
       const hs = [t([B, T, W])];
       const layers: LayerActs[] = [];
       for (let l = 0; l < cfg.layersPerBlock; l++) {
@@ -152,6 +161,13 @@ export class Workspace {
         });
         hs.push(t([B, T, W]));
       }
+      return { hs, layers };
+    };
+    const shared = this.recompute ? layerActs() : null;
+    for (let k = 0; k < cfg.numBlocks; k++) {
+      const flip = k % 2 === 1;
+      const prevOut = k === 0 ? this.patches : this.blocks[k - 1].out;
+      const { hs, layers } = shared ?? layerActs();
       const v = t([B, T, D]);
       this.blocks.push({ up: flip ? t([B, T, D]) : prevOut, hs, layers, o: t([B, T, s.outDim]), v, out: flip ? t([B, T, D]) : v });
       this.dIn.push(t([B, T, D]));
@@ -195,6 +211,7 @@ export class TarFlow {
   readonly precision: Precision;
   private readonly matmul: MatmulOptions;
   readonly fusedAttention: boolean;
+  readonly recompute: boolean;
   readonly specs: ParamSpec[];
   readonly params: ParamSet;
   /** The VP prior's running variance (T, D); ones for NVP models. */
@@ -218,6 +235,7 @@ export class TarFlow {
     this.matmul = { precision: this.precision };
     this.fusedAttention = optional(options.fusedAttention, (v) => checkBoolean('fusedAttention', v))
       ?? (this.backend.device === 'cuda' && this.dtype === 'float32' && this.config.headDim <= 64);
+    this.recompute = checkBoolean('recompute', options.recompute ?? false);
     this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
     this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
     if (init) this.initialize(seed);
@@ -270,7 +288,7 @@ export class TarFlow {
     if (!ws) {
       // Keep one workspace: a new batch size (the last, partial batch of an epoch) replaces the old one.
       if (this.workspaces.size >= 2) this.releaseWorkspaces();
-      ws = new Workspace(this.backend, this.config, this.shape, batch, this.dtype, this.fusedAttention);
+      ws = new Workspace(this.backend, this.config, this.shape, batch, this.dtype, this.fusedAttention, this.recompute);
       this.workspaces.set(batch, ws);
     }
     return ws;
@@ -320,34 +338,14 @@ export class TarFlow {
   forward(ws: Workspace): ForwardResult {
     this.assertAlive();
     const ops = this.ops;
-    const mm = this.matmul;
     const cfg = this.config;
-    const { heads } = this.shape;
-    const labels = cfg.numClasses > 0 ? ws.labels : null;
     ops.patchify(ws.patches, ws.x, cfg.patchSize);
     for (let k = 0; k < cfg.numBlocks; k++) {
-      const p = this.params.blocks[k];
       const a = ws.blocks[k];
       const flip = k % 2 === 1;
       const input = k === 0 ? ws.patches : ws.blocks[k - 1].out;
       if (flip) ops.flipTokens(a.up, input);
-      ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false, mm);
-      ops.addPosClass(a.hs[0], p.pos, p.classEmbed, labels, flip);
-      for (let l = 0; l < cfg.layersPerBlock; l++) {
-        const w = p.layers[l];
-        const s = a.layers[l];
-        ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.hs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
-        ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false, mm);
-        if (ws.fusedAttention) ops.flashAttention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
-        else ops.attention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
-        ops.copy(s.mid, a.hs[l]);
-        ops.linear(s.mid, s.att, w.projWeight, w.projBias, true, mm);
-        ops.layerNorm(s.ln2, s.mean2, s.rstd2, s.mid, w.ln2Weight, w.ln2Bias, LN_EPS);
-        ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false, { ...mm, gelu: s.act });
-        ops.copy(a.hs[l + 1], s.mid);
-        ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true, mm);
-      }
-      ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false, mm);
+      this.blockLayersForward(ws, k);
       ops.couplingForward(a.v, ws.logdet, a.up, a.o, cfg.nvp, k > 0);
       if (flip) ops.flipTokens(a.out, a.v);
     }
@@ -357,6 +355,35 @@ export class TarFlow {
     const meanLogdet = logdet.reduce((x, y) => x + y, 0) / B;
     const loss = (0.5 * ops.sumSquares(ws.z)) / (B * n) - meanLogdet;
     return { loss, logdet };
+  }
+
+  /** Block k's Transformer from its (token-ordered) input a.up to the coupling parameters a.o, saving activations. */
+  private blockLayersForward(ws: Workspace, k: number): void {
+    const ops = this.ops;
+    const mm = this.matmul;
+    const cfg = this.config;
+    const { heads } = this.shape;
+    const labels = cfg.numClasses > 0 ? ws.labels : null;
+    const p = this.params.blocks[k];
+    const a = ws.blocks[k];
+    const flip = k % 2 === 1;
+    ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false, mm);
+    ops.addPosClass(a.hs[0], p.pos, p.classEmbed, labels, flip);
+    for (let l = 0; l < cfg.layersPerBlock; l++) {
+      const w = p.layers[l];
+      const s = a.layers[l];
+      ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.hs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
+      ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false, mm);
+      if (ws.fusedAttention) ops.flashAttention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
+      else ops.attention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
+      ops.copy(s.mid, a.hs[l]);
+      ops.linear(s.mid, s.att, w.projWeight, w.projBias, true, mm);
+      ops.layerNorm(s.ln2, s.mean2, s.rstd2, s.mid, w.ln2Weight, w.ln2Bias, LN_EPS);
+      ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false, { ...mm, gelu: s.act });
+      ops.copy(a.hs[l + 1], s.mid);
+      ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true, mm);
+    }
+    ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false, mm);
   }
 
   /**
@@ -378,6 +405,8 @@ export class TarFlow {
       const g: BlockTensors | null = grads ? grads.blocks[k] : null;
       const a = ws.blocks[k];
       const flip = k % 2 === 1;
+      // The shared layer activations hold the last block's; every earlier block's are made again from its input.
+      if (ws.recompute && k < cfg.numBlocks - 1) this.blockLayersForward(ws, k);
       const dv = flip ? ws.dv : dOut;
       if (flip) ops.flipTokens(ws.dv, dOut);
       ops.couplingBackward(ws.dup, ws.dout, dv, a.up, a.o, cfg.nvp, -1 / B);

@@ -69,6 +69,8 @@ export interface TrainSpec extends TrainOptions {
   dtype?: FloatDType;
   /** Matrix products in 'fp32' (default) or 'bf16' mixed precision (see ModelOptions.precision). */
   precision?: Precision;
+  /** Recompute earlier blocks' activations in the backward, for a fraction of the memory (ModelOptions.recompute). */
+  recompute?: boolean;
   /** Weight initialisation seed (default: the training seed). */
   initSeed?: number;
   /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
@@ -220,7 +222,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   optional(spec.dataset, (v) => checkString('dataset', v));
   optional(spec.config, (v) => fromReferenceConfig(v));
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
-  for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
+  for (const flag of ['conditional', 'resume', 'recompute'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
   checkOneOf('precision', spec.precision ?? 'fp32', ['fp32', 'bf16']);
   optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));
@@ -276,7 +278,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
   const ckptPath = join(spec.out, 'checkpoint.safetensors');
   const config = modelConfigFor(spec, data);
   const seed = spec.seed ?? 0;
-  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, precision: spec.precision, seed: spec.initSeed ?? seed });
+  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, precision: spec.precision, recompute: spec.recompute, seed: spec.initSeed ?? seed });
   const trainer = new Trainer(model, data, spec);
   try {
     let resumedFrom = 0;

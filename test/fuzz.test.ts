@@ -170,7 +170,7 @@ test('fuzz: model configs as values, config-file text and checkpoint metadata', 
 
 const BASE_LINES: string[][] = [
   ['train', '--dataset', 'data/x.npy', '--labels', 'data/y.npy', '--steps', '10', '--batch-size', '16', '--lr', '1e-3', '--out', 'runs/x', '--seed', '3', '--json'],
-  ['train', '--preset', 'small', '--epochs', '0.5', '--noise', 'uniform', '--label-drop', '0.2', '--clip-grad-norm', '1', '--channels', '3', '--image-size', '32', '--hflip'],
+  ['train', '--preset', 'small', '--epochs', '0.5', '--noise', 'uniform', '--label-drop', '0.2', '--clip-grad-norm', '1', '--channels', '3', '--image-size', '32', '--hflip', '--recompute'],
   ['sample', '--checkpoint', 'model.safetensors', '--count', '6', '--labels', '0,1,2', '--guidance', '1.5', '--denoise', '0.1', '--out', 'grid.png'],
   ['sample', '--count', '10', '--guide-what', 'a', '--attn-temp', '0.5', '--annealed', '--cols', '5', '--device', 'cpu'],
   ['generate', '--checkpoint', 'm.safetensors', '--count', '100', '--out', 'gen', '--format', 'npz', '--shard-size', '10', '--resume', '--precision', 'bf16', '--kv-cache', 'bf16'],

@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { TarFlow } from '../lib/model.js';
 import { ParamSet } from '../lib/params.js';
 import type { FloatDType, Tensor } from '../lib/backend.js';
-import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
+import { fromReferenceConfig, modelShape, toReferenceConfig, validateConfig, type TarFlowConfig } from '../lib/config.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { loadModel, saveModel, stateDict } from '../lib/checkpoint.js';
 import { writeSafetensors } from '../lib/safetensors.js';
@@ -182,6 +182,44 @@ test('sampling with a bf16 KV cache and bf16 products stays within bf16 rounding
   fp32.dispose();
   bf16.dispose();
 });
+
+// ---------------------------------------------------------------------------------------------------------
+// block recomputation: the same loss, latents and gradients to the bit, for the memory of one block's layers
+
+for (const [dtype, fusedAttention] of [['float32', false], ['float32', true], ['float64', false]] as const) {
+  test(`recompute: same results to the bit, one block's layer activations instead of ${3} (${dtype}, ${fusedAttention ? 'fused' : 'unfused'} attention)`, () => {
+    const cfg = { ...base, numBlocks: 3, layersPerBlock: 2, numClasses: 3, nvp: true };
+    const B = 3;
+    const run = (recompute: boolean) => {
+      const model = new TarFlow(cfg, { device: 'cpu', dtype, seed: 2, fusedAttention, recompute });
+      randomizeParams(model, 31, 0.05, 0.1);
+      model.ops.nativeMemory(true);
+      const ws = model.workspace(B);
+      const g = gaussian(32);
+      model.setInputs(ws, Float64Array.from({ length: ws.x.size }, () => Math.max(-1, Math.min(1, 0.5 * g()))), Int32Array.of(2, -1, 0));
+      const { loss } = model.forward(ws);
+      const grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
+      grads.flat.fill(0);
+      model.backward(ws, grads);
+      const peak = model.ops.nativeMemory().peakBytes;
+      const r = { loss, z: Array.from(ws.z.toArray()), dx: Array.from(ws.dx.toArray()), grads: Array.from(grads.flat.toArray()), peak };
+      grads.dispose();
+      model.dispose();
+      return r;
+    };
+    const full = run(false), re = run(true);
+    assert.is(re.loss, full.loss);
+    assert.equal(re.z, full.z, 'latents differ');
+    assert.equal(re.dx, full.dx, 'dL/dx differs');
+    assert.equal(re.grads, full.grads, 'parameter gradients differ');
+    // What recompute leaves out: two blocks' layer activations, counted here from their shapes.
+    const { tokens: T, heads: H, hidden: F } = modelShape(validateConfig(cfg));
+    const W = cfg.channels!, L = cfg.layersPerBlock;
+    const perToken = (L + 1) * W + L * (7 * W + 2 * F + 4 + (fusedAttention ? H : H * T));
+    const blockBytes = B * T * perToken * (dtype === 'float64' ? 8 : 4);
+    assert.is(full.peak - re.peak, 2 * blockBytes, `peak ${full.peak} without recompute, ${re.peak} with it`);
+  });
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // likelihood at initialisation
