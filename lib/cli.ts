@@ -129,7 +129,7 @@ function trainOptionArgs(v: Values): TrainOptions {
 }
 
 const trainOptions = {
-  dataset: { type: 'string' }, labels: { type: 'string' }, preset: { type: 'string' }, config: { type: 'string' },
+  dataset: { type: 'string' }, labels: { type: 'string' }, preset: { type: 'string' }, config: { type: 'string' }, init: { type: 'string' },
   unconditional: { type: 'boolean' }, out: { type: 'string' }, resume: { type: 'boolean' }, epochs: { type: 'string' },
   steps: { type: 'string' }, 'batch-size': { type: 'string' }, lr: { type: 'string' }, 'min-lr': { type: 'string' },
   'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
@@ -148,6 +148,7 @@ const trainHelp: Record<string, string> = {
   'label-base': labelBaseHelp,
   preset: "model size: 'tiny' (default; a few minutes on a CPU) or 'small' (the reference MNIST model)",
   config: 'JSON file with a full model config (overrides --preset)',
+  init: 'start from this checkpoint\'s weights and config (fine-tuning); the optimizer and schedule start afresh',
   unconditional: 'train without labels',
   out: 'output folder (default runs/<dataset>-<preset>)',
   resume: 'continue the run saved in --out',
@@ -175,7 +176,7 @@ const trainHelp: Record<string, string> = {
 };
 
 function trainSpecFrom(v: Values): TrainSpec {
-  const preset = oneOf(v, 'preset', Object.keys(PRESETS) as PresetName[]) ?? 'tiny';
+  const preset = oneOf(v, 'preset', Object.keys(PRESETS) as PresetName[]);
   const dataset = str(v, 'dataset') ?? 'mnist';
   // a folder given with a trailing slash still names the run after the folder
   const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/[\\/]+$/, '').replace(/^.*[\\/]/, '').replace(/\.(npy|npz|bin)$/i, '') || 'data';
@@ -184,7 +185,7 @@ function trainSpecFrom(v: Values): TrainSpec {
     dataset, labels: str(v, 'labels'), imageSize: num(v, 'image-size', { integer: true, min: 1, max: 4096 }),
     channels: channels === undefined ? undefined : Number(channels), labelBase: labelBaseArg(v),
     preset, conditional: v.unconditional ? false : undefined,
-    out: str(v, 'out') ?? join('runs', `${base}-${preset}`), resume: v.resume === true,
+    out: str(v, 'out') ?? join('runs', `${base}-${preset ?? 'tiny'}`), init: str(v, 'init'), resume: v.resume === true,
     ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
     checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,

@@ -53,6 +53,12 @@ export interface TrainSpec extends TrainOptions {
   /** Model size preset (default 'tiny'), or an explicit config. */
   preset?: PresetName;
   config?: Partial<TarFlowConfig> | Record<string, unknown>;
+  /**
+   * Start from this checkpoint's weights and config instead of a fresh initialisation (fine-tuning, or carrying a
+   * run on whose training state was lost); the optimizer and the learning-rate schedule start afresh. With `resume`
+   * the training state's weights win, so a resumed command may keep its `init`.
+   */
+  init?: string;
   /** Class-conditional (default: true when the dataset has labels). */
   conditional?: boolean;
   /** Output folder for checkpoint.safetensors, train-state.safetensors and sample grids. */
@@ -176,14 +182,15 @@ async function exists(path: string): Promise<boolean> {
  * Loader options of a training run. An explicit config fixes the image shape an image folder is decoded to, so
  * the folder fits the model; a contradicting --image-size/--channels is refused rather than silently overridden.
  */
-function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext): LoadOptions {
+function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, initConfig?: TarFlowConfig): LoadOptions {
   let size = spec.imageSize;
   let channels = spec.channels;
-  if (spec.config) {
-    const cfg = fromReferenceConfig(spec.config);
+  const cfg = initConfig ?? (spec.config ? fromReferenceConfig(spec.config) : undefined);
+  if (cfg) {
+    const source = initConfig ? `the --init checkpoint ${spec.init}` : 'the model config';
     if ((size !== undefined && size !== cfg.imgSize) || (channels !== undefined && channels !== cfg.inChannels)) {
-      throw new TarflowError('ERR_TARFLOW_CONFIG', `the model config takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize} images but ` +
-        `--channels ${channels ?? cfg.inChannels} --image-size ${size ?? cfg.imgSize} were given; drop those options or change the config`);
+      throw new TarflowError('ERR_TARFLOW_CONFIG', `${source} takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize} images but ` +
+        `--channels ${channels ?? cfg.inChannels} --image-size ${size ?? cfg.imgSize} were given; drop those options${initConfig ? '' : ' or change the config'}`);
     }
     size = cfg.imgSize;
     channels = cfg.inChannels;
@@ -221,6 +228,10 @@ function checkTrainSpec(spec: TrainSpec): void {
   checkTrainOptions(spec);
   optional(spec.dataset, (v) => checkString('dataset', v));
   optional(spec.config, (v) => fromReferenceConfig(v));
+  optional(spec.init, (v) => checkString('init', v));
+  if (spec.init !== undefined && (spec.config !== undefined || spec.preset !== undefined)) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: the model config comes from ${spec.init}; drop ${spec.config !== undefined ? 'config' : 'preset'}`);
+  }
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
   for (const flag of ['conditional', 'resume', 'recompute'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
@@ -230,6 +241,22 @@ function checkTrainSpec(spec: TrainSpec): void {
   optional(spec.sampleEvery, (v) => checkNumber('sampleEvery', v, { integer: true, min: 0 }));
   optional(spec.evalImages, (v) => checkNumber('evalImages', v, { integer: true, min: 0 }));
   optional(spec.sampleGuidance, (v) => checkNumber('sampleGuidance', v, { min: 0 }));
+}
+
+/** The initial model's config must fit the data: same image shape, and labels exactly when it is conditional. */
+function checkInitFits(spec: TrainSpec, config: TarFlowConfig, data: ImageDataset): void {
+  const where = `the --init checkpoint ${spec.init}`;
+  if (data.channels !== config.inChannels || data.size !== config.imgSize) {
+    throw new TarflowError('ERR_TARFLOW_SHAPE', `${where} takes ${config.inChannels} x ${config.imgSize} x ${config.imgSize} images but ${data.name} holds ${data.channels} x ${data.size} x ${data.size}`);
+  }
+  const conditional = config.numClasses > 0;
+  if (spec.conditional !== undefined && spec.conditional !== conditional) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${where} is ${conditional ? `class-conditional (${config.numClasses} classes)` : 'unconditional'}; ${conditional ? 'drop --unconditional' : 'pass --unconditional'}`);
+  }
+  if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `${where} is class-conditional, but ${data.name} has no labels`);
+  if (conditional && data.numClasses > config.numClasses) {
+    throw new TarflowError('ERR_TARFLOW_DATA', `${where} knows ${config.numClasses} classes but ${data.name} has ${data.numClasses}`);
+  }
 }
 
 function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
@@ -273,13 +300,28 @@ async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, o
 export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
   checkTrainSpec(spec);
   await mkdir(spec.out, { recursive: true });
-  const data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx));
+  const modelOptions = { device: spec.device, dtype: spec.dtype, precision: spec.precision, recompute: spec.recompute };
+  const initial = spec.init !== undefined ? await loadModel(spec.init, modelOptions) : null;
+  let data: ImageDataset;
+  try {
+    data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx, initial?.config));
+    if (initial) checkInitFits(spec, initial.config, data);
+  } catch (err) {
+    initial?.dispose();
+    throw err;
+  }
   const statePath = join(spec.out, 'train-state.safetensors');
   const ckptPath = join(spec.out, 'checkpoint.safetensors');
-  const config = modelConfigFor(spec, data);
+  const config = initial?.config ?? modelConfigFor(spec, data);
   const seed = spec.seed ?? 0;
-  const model = new TarFlow(config, { device: spec.device, dtype: spec.dtype, precision: spec.precision, recompute: spec.recompute, seed: spec.initSeed ?? seed });
-  const trainer = new Trainer(model, data, spec);
+  const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
+  let trainer: Trainer;
+  try {
+    trainer = new Trainer(model, data, spec);
+  } catch (err) {
+    model.dispose();
+    throw err;
+  }
   try {
     let resumedFrom = 0;
     if (spec.resume) {
@@ -287,6 +329,8 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
       await trainer.loadState(statePath);
       resumedFrom = trainer.step;
       ctx.log(`resumed from step ${trainer.step} of ${trainer.totalSteps}`);
+    } else if (initial) {
+      ctx.log(`starting from the weights of ${spec.init}`);
     } else if (await exists(statePath)) {
       throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a training run; pass --resume to continue it or choose another --out folder`);
     }

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { serializeNpy } from '../lib/npy.js';
+import { parseSafetensors, toFloat32 } from '../lib/safetensors.js';
 import { train } from '../lib/jobs.js';
 import { repoRoot } from './helpers.js';
 
@@ -62,6 +63,36 @@ test('train --precision bf16 runs the matrix products in bf16: a loss near, but 
   });
   assert.is.not(losses[0], losses[1]);
   assert.ok(Math.abs(losses[0] - losses[1]) < 2e-2 * Math.max(1, Math.abs(losses[0])), `fp32 ${losses[0]} vs bf16 ${losses[1]}`);
+});
+
+test('train --init starts from a checkpoint\'s weights and config, with a fresh optimizer', () => {
+  const source = parseSafetensors(readFileSync(join(runDir, 'checkpoint.safetensors')));
+  const out = join(dir, 'init');
+  // a learning rate of 1e-12 leaves the weights where --init put them, so the saved checkpoint shows where it started
+  const r = run([...baseTrain, '--init', join(runDir, 'checkpoint.safetensors'), '--steps', '1', '--lr', '1e-12', '--weight-decay', '0', '--out', out, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stderr, /starting from the weights of/);
+  const started = parseSafetensors(readFileSync(join(out, 'checkpoint.safetensors')));
+  const fresh = run([...baseTrain, '--steps', '1', '--lr', '1e-12', '--weight-decay', '0', '--out', join(dir, 'fresh'), '--json']);
+  assert.is(fresh.code, 0, fresh.stderr);
+  const freshFile = parseSafetensors(readFileSync(join(dir, 'fresh', 'checkpoint.safetensors')));
+  let fromSource = 0, fromFresh = 0;
+  for (const [name, t] of source.tensors) {
+    const a = toFloat32(t), b = toFloat32(started.tensors.get(name)!), c = toFloat32(freshFile.tensors.get(name)!);
+    for (let i = 0; i < a.length; i++) {
+      fromSource = Math.max(fromSource, Math.abs(a[i] - b[i]));
+      fromFresh = Math.max(fromFresh, Math.abs(c[i] - b[i]));
+    }
+  }
+  assert.ok(fromSource < 1e-6, `moved ${fromSource} from the --init weights`);
+  assert.ok(fromFresh > 1e-3, `only ${fromFresh} from a fresh initialisation`);
+  // the config comes from the checkpoint, so a preset or a contradicting --unconditional is refused
+  const withPreset = run([...baseTrain, '--init', join(runDir, 'checkpoint.safetensors'), '--preset', 'small', '--out', join(dir, 'init-preset')]);
+  assert.is(withPreset.code, 1);
+  assert.match(withPreset.stderr, /drop preset/);
+  const uncond = run([...baseTrain, '--init', join(runDir, 'checkpoint.safetensors'), '--unconditional', '--out', join(dir, 'init-uncond')]);
+  assert.is(uncond.code, 1);
+  assert.match(uncond.stderr, /class-conditional \(3 classes\); drop --unconditional/);
 });
 
 test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
