@@ -7,7 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
-import { checkOneOf } from './validate.js';
+import { checkOneOf, validationError } from './validate.js';
 
 export type DType = 'float32' | 'float64' | 'int32';
 export type FloatDType = 'float32' | 'float64';
@@ -110,7 +110,13 @@ export interface Ops {
    * Live native (on CUDA: device) buffers and handles (handles are freed when the garbage collector finalizes
    * them), and the most bytes live at once since the last call with resetPeak (or since the start).
    */
-  nativeMemory(resetPeak?: boolean): { buffers: number; bytes: number; handles: number; peakBytes: number };
+  nativeMemory(resetPeak?: boolean): { buffers: number; bytes: number; handles: number; peakBytes: number; limitBytes: number };
+  /**
+   * Caps this backend's live buffers at `bytes` (0: no cap; the TARFLOW_MEMORY_LIMIT environment variable sets it
+   * at load). An allocation past the cap throws ERR_TARFLOW_OUT_OF_MEMORY, as a failed one does, so a service
+   * bounds its native memory instead of meeting the system's out-of-memory killer.
+   */
+  setMemoryLimit(bytes: number): void;
   setThreads(n: number): void;
 }
 
@@ -150,6 +156,31 @@ function wrapOps<T extends object>(raw: T): T {
   return wrapped as T;
 }
 
+const UNITS: Readonly<Record<string, number>> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+
+/** A memory limit as bytes: a whole number, or one with K, M, G or T (powers of 1024, as in "12G"); 0 is none. */
+export function parseMemoryLimit(text: string, name = 'TARFLOW_MEMORY_LIMIT'): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  const bytes = m ? Math.floor(Number(m[1]) * UNITS[m[2].toLowerCase()]) : NaN;
+  if (!Number.isSafeInteger(bytes)) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', name, 'a number of bytes, optionally with K, M, G or T (as in 12G), or 0 for no limit', JSON.stringify(text));
+  }
+  return bytes;
+}
+
+/** TARFLOW_MEMORY_LIMIT in bytes, when it is set. */
+function envMemoryLimit(): number | undefined {
+  const text = process.env.TARFLOW_MEMORY_LIMIT;
+  return text === undefined || text === '' ? undefined : parseMemoryLimit(text);
+}
+
+/** Applies TARFLOW_MEMORY_LIMIT to a backend as it loads (each thread's load sets the same process-wide cap). */
+function withEnvMemoryLimit(backend: Backend): Backend {
+  const limit = envMemoryLimit();
+  if (limit !== undefined) backend.ops.setMemoryLimit(limit);
+  return backend;
+}
+
 function loadCpu(): Backend {
   if (!cpuBackend) {
     let addon;
@@ -161,7 +192,7 @@ function loadCpu(): Backend {
         `the CPU addon is not built (${(err as Error).message.split('\n')[0]}); run 'npm install' (or 'npm run build:native') in ${packageRoot}`,
         { cause: err });
     }
-    cpuBackend = { device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {} };
+    cpuBackend = withEnvMemoryLimit({ device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {} });
   }
   return cpuBackend;
 }
@@ -181,7 +212,7 @@ function tryLoadCuda(): Backend | undefined {
       cudaFailure = `the CUDA addon loaded but no GPU answered${reason ? ` (${reason})` : ''}`;
       return undefined;
     }
-    cudaBackend = { device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: wrapOps({ synchronize: addon.synchronize }).synchronize };
+    cudaBackend = withEnvMemoryLimit({ device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: wrapOps({ synchronize: addon.synchronize }).synchronize });
   } catch (err) {
     cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;
   }
@@ -192,6 +223,7 @@ function tryLoadCuda(): Backend | undefined {
 export function getBackend(device?: DeviceOption): Backend {
   const name = device === undefined && process.env.TARFLOW_DEVICE !== undefined ? 'TARFLOW_DEVICE' : 'device';
   const requested = checkOneOf(name, device ?? process.env.TARFLOW_DEVICE ?? 'auto', ['auto', 'cpu', 'cuda']);
+  envMemoryLimit(); // a malformed limit is refused here, not taken for a failure to load the CUDA addon
   if (requested === 'cpu') return loadCpu();
   if (requested === 'cuda') {
     const cuda = tryLoadCuda();

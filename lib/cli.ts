@@ -172,7 +172,7 @@ const trainHelp: Record<string, string> = {
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
   precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
-  recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results",
+  recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results (without this flag it happens only when the activations do not fit)",
 };
 
 function trainSpecFrom(v: Values): TrainSpec {

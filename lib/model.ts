@@ -39,11 +39,12 @@ export interface ModelOptions {
   fusedAttention?: boolean;
   /**
    * Keep one block's layer activations instead of every block's, and recompute each earlier block's forward in
-   * the backward (default false). Activation memory falls by a factor of the block count (8 for the ImageNet 64
-   * model, about 100 GB at batch 32 in float32) for (N-1)/N of a forward pass more work. Results are the same to
-   * the bit: the recomputed forward repeats the first.
+   * the backward. Activation memory falls by a factor of the block count (8 for the ImageNet 64 model, about
+   * 100 GB at batch 32 in float32) for (N-1)/N of a forward pass more work. Results are the same to the bit: the
+   * recomputed forward repeats the first. 'auto' (the default) keeps every block's activations when they fit and
+   * recomputes, with a warning, when their allocation fails (out of memory, or past setMemoryLimit).
    */
-  recompute?: boolean;
+  recompute?: boolean | 'auto';
 }
 
 export interface GuidanceOptions {
@@ -211,12 +212,13 @@ export class TarFlow {
   readonly precision: Precision;
   private readonly matmul: MatmulOptions;
   readonly fusedAttention: boolean;
-  readonly recompute: boolean;
+  readonly recompute: boolean | 'auto';
   readonly specs: ParamSpec[];
   readonly params: ParamSet;
   /** The VP prior's running variance (T, D); ones for NVP models. */
   readonly variance: Tensor;
   private workspaces = new Map<number, Workspace>();
+  private warnedRecompute = false;
   private disposedFlag = false;
 
   constructor(config: Partial<TarFlowConfig>, options: ModelOptions = {}) {
@@ -235,7 +237,11 @@ export class TarFlow {
     this.matmul = { precision: this.precision };
     this.fusedAttention = optional(options.fusedAttention, (v) => checkBoolean('fusedAttention', v))
       ?? (this.backend.device === 'cuda' && this.dtype === 'float32' && this.config.headDim <= 64);
-    this.recompute = checkBoolean('recompute', options.recompute ?? false);
+    const recompute = options.recompute ?? 'auto';
+    if (recompute !== 'auto' && typeof recompute !== 'boolean') {
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'recompute', "true, false or 'auto'", describeValue(recompute));
+    }
+    this.recompute = recompute;
     this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
     this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
     if (init) this.initialize(seed);
@@ -288,10 +294,28 @@ export class TarFlow {
     if (!ws) {
       // Keep one workspace: a new batch size (the last, partial batch of an epoch) replaces the old one.
       if (this.workspaces.size >= 2) this.releaseWorkspaces();
-      ws = new Workspace(this.backend, this.config, this.shape, batch, this.dtype, this.fusedAttention, this.recompute);
+      ws = this.allocateWorkspace(batch);
       this.workspaces.set(batch, ws);
     }
     return ws;
+  }
+
+  private allocateWorkspace(batch: number): Workspace {
+    const make = (recompute: boolean) => new Workspace(this.backend, this.config, this.shape, batch, this.dtype, this.fusedAttention, recompute);
+    if (this.recompute !== 'auto') return make(this.recompute);
+    try {
+      return make(false);
+    } catch (err) {
+      if ((err as TarflowError).code !== 'ERR_TARFLOW_OUT_OF_MEMORY') throw err;
+      const ws = make(true);
+      if (!this.warnedRecompute && !process.env.TARFLOW_QUIET) {
+        this.warnedRecompute = true;
+        process.emitWarning(`tarflow: every block's activations at batch ${batch} did not fit (${(err as Error).message}); ` +
+          'recomputing earlier blocks in the backward instead (the same results, for about one more forward pass per step; recompute: true skips this attempt)',
+        { code: 'TARFLOW_RECOMPUTE' });
+      }
+      return ws;
+    }
   }
 
   releaseWorkspaces(): void {

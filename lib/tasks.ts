@@ -15,7 +15,7 @@ import { SEED_RULE, TarFlow } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
-import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
+import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, parseJson, validationError } from './validate.js';
 
 export interface Progress {
   task: 'train' | 'sample' | 'evaluate' | 'score';
@@ -75,8 +75,8 @@ export interface TrainSpec extends TrainOptions {
   dtype?: FloatDType;
   /** Matrix products in 'fp32' (default) or 'bf16' mixed precision (see ModelOptions.precision). */
   precision?: Precision;
-  /** Recompute earlier blocks' activations in the backward, for a fraction of the memory (ModelOptions.recompute). */
-  recompute?: boolean;
+  /** Recompute earlier blocks' activations in the backward, for a fraction of the memory (ModelOptions.recompute; default 'auto'). */
+  recompute?: boolean | 'auto';
   /** Weight initialisation seed (default: the training seed). */
   initSeed?: number;
   /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
@@ -233,7 +233,10 @@ function checkTrainSpec(spec: TrainSpec): void {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: the model config comes from ${spec.init}; drop ${spec.config !== undefined ? 'config' : 'preset'}`);
   }
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
-  for (const flag of ['conditional', 'resume', 'recompute'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
+  for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
+  if (spec.recompute !== undefined && spec.recompute !== 'auto' && typeof spec.recompute !== 'boolean') {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'recompute', "true, false or 'auto'", describeValue(spec.recompute));
+  }
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
   checkOneOf('precision', spec.precision ?? 'fp32', ['fp32', 'bf16']);
   optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));

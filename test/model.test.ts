@@ -221,6 +221,58 @@ for (const [dtype, fusedAttention] of [['float32', false], ['float32', true], ['
   });
 }
 
+test("recompute 'auto' (the default) keeps every block's activations when they fit and recomputes, with a warning, when they do not", async () => {
+  const cfg = { ...base, numBlocks: 3, layersPerBlock: 2, numClasses: 3, nvp: true };
+  const B = 3;
+  const sizes = (recompute: boolean) => {
+    const model = new TarFlow(cfg, { device: 'cpu', seed: 2, recompute });
+    const before = model.ops.nativeMemory().bytes;
+    model.workspace(B);
+    const bytes = model.ops.nativeMemory().bytes - before;
+    model.dispose();
+    return bytes;
+  };
+  const full = sizes(false), reduced = sizes(true);
+  assert.ok(reduced < full);
+  const fits = new TarFlow(cfg, { device: 'cpu', seed: 2 });
+  assert.is(fits.recompute, 'auto');
+  assert.is(fits.workspace(B).recompute, false, 'recomputed although everything fits');
+  fits.dispose();
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 2 });
+  const explicit = new TarFlow(cfg, { device: 'cpu', seed: 2, recompute: false });
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => warnings.push(w);
+  process.on('warning', onWarning);
+  const quiet = process.env.TARFLOW_QUIET;
+  delete process.env.TARFLOW_QUIET;
+  // room for the smaller workspace only
+  model.ops.setMemoryLimit(model.ops.nativeMemory().bytes + Math.floor((full + reduced) / 2));
+  try {
+    try {
+      explicit.workspace(B);
+      assert.unreachable('recompute: false allocated past the limit');
+    } catch (err) {
+      assert.is((err as TarflowError).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+    }
+    const ws = model.workspace(B);
+    assert.is(ws.recompute, true);
+    const g = gaussian(5);
+    model.setInputs(ws, Float32Array.from({ length: ws.x.size }, () => Math.max(-1, Math.min(1, 0.5 * g()))), Int32Array.of(2, -1, 0));
+    assert.ok(Number.isFinite(model.forward(ws).loss));
+    await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+  } finally {
+    model.ops.setMemoryLimit(0);
+    process.off('warning', onWarning);
+    if (quiet !== undefined) process.env.TARFLOW_QUIET = quiet;
+    model.dispose();
+    explicit.dispose();
+  }
+  const recomputeWarnings = warnings.filter((w) => (w as Error & { code?: string }).code === 'TARFLOW_RECOMPUTE');
+  assert.is(recomputeWarnings.length, 1);
+  assert.match(recomputeWarnings[0].message, /batch 3 did not fit .*recomputing earlier blocks/);
+  assert.throws(() => new TarFlow(cfg, { device: 'cpu', recompute: 'yes' as never }), /recompute: expected true, false or 'auto', got "yes"/);
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // likelihood at initialisation
 

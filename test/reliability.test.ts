@@ -5,7 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -210,6 +210,39 @@ test('an allocation that cannot be met is an exception naming its size; the proc
   const t = new b.Tensor('float32', [4]).fill(2);
   assert.equal(Array.from(t.toArray()), [2, 2, 2, 2]);
   t.dispose();
+});
+
+test('a memory limit turns allocations past it into out-of-memory exceptions; TARFLOW_MEMORY_LIMIT sets it at load', () => {
+  const b = getBackend('cpu');
+  const live = b.ops.nativeMemory().bytes;
+  b.ops.setMemoryLimit(live + (1 << 20));
+  try {
+    assert.is(b.ops.nativeMemory().limitBytes, live + (1 << 20));
+    const small = new b.Tensor('float32', [1 << 17]); // 512 KiB fits under the limit
+    try {
+      new b.Tensor('float32', [1 << 17]).dispose(); // so does a second one: 1 MiB in all
+      new b.Tensor('float32', [(1 << 17) + 16]);
+      assert.unreachable('an allocation past the limit succeeded');
+    } catch (err) {
+      assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+      assert.match((err as Error).message, /memory limit is \d+ \(setMemoryLimit or TARFLOW_MEMORY_LIMIT\)/);
+    }
+    // the refused allocation was not counted: what is live is exactly what was before it
+    assert.is(b.ops.nativeMemory().bytes, live + (1 << 19));
+    small.dispose();
+  } finally {
+    b.ops.setMemoryLimit(0);
+  }
+  assert.is(b.ops.nativeMemory().limitBytes, 0);
+  new b.Tensor('float32', [1 << 20]).dispose();
+  const script = "import { getBackend } from './dist/lib/index.js'; console.log(String(getBackend('cpu').ops.nativeMemory().limitBytes))";
+  const run = (limit: string) => spawnSync(process.execPath, ['--input-type=module', '-e', script],
+    { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, TARFLOW_MEMORY_LIMIT: limit } });
+  assert.is(run('1.5G').stdout.trim(), String(1.5 * 2 ** 30));
+  assert.is(run('4096').stdout.trim(), '4096');
+  const bad = run('12X');
+  assert.is.not(bad.status, 0);
+  assert.match(bad.stderr, /TARFLOW_MEMORY_LIMIT: expected a number of bytes, optionally with K, M, G or T/);
 });
 
 test('Ctrl-C (SIGINT) during training saves a resumable checkpoint and exits with 130', async () => {

@@ -17,8 +17,9 @@ void register_reverse(Napi::Env, Napi::Object);
 
 namespace {
 
-// nativeMemory(resetPeak?) -> { buffers, bytes, handles, peakBytes }: live native (on CUDA: device) buffers, for
-// leak tests, and their high-water mark, for memory benchmarks; resetPeak starts a new mark after reading.
+// nativeMemory(resetPeak?) -> { buffers, bytes, handles, peakBytes, limitBytes }: live native (on CUDA: device)
+// buffers, for leak tests, their high-water mark, for memory benchmarks (resetPeak starts a new mark after reading),
+// and the limit set by setMemoryLimit.
 TF_OP(nativeMemory) {
   StorageStats st = storage_stats();
   Napi::Object o = Napi::Object::New(info.Env());
@@ -26,8 +27,17 @@ TF_OP(nativeMemory) {
   o.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(st.bytes)));
   o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
   o.Set("peakBytes", Napi::Number::New(info.Env(), static_cast<double>(st.peak_bytes)));
+  o.Set("limitBytes", Napi::Number::New(info.Env(), static_cast<double>(st.limit_bytes)));
   if (info.Length() > 0 && info[0].ToBoolean().Value()) reset_peak_bytes();
   return o;
+}
+
+// setMemoryLimit(bytes): live buffers may total at most this many bytes (0: no limit).
+TF_OP(setMemoryLimit) {
+  int64_t n = int_arg(info, 0, "bytes");
+  if (n < 0) throw arg_error("setMemoryLimit: bytes must be 0 (no limit) or more, got " + std::to_string(n));
+  set_memory_limit(n);
+  return info.Env().Undefined();
 }
 
 }  // namespace
@@ -40,6 +50,7 @@ Napi::Object make_op_table(Napi::Env env, OpFn get_threads, OpFn set_threads) {
   export_op(env, ops, "getThreads", get_threads);
   export_op(env, ops, "setThreads", set_threads);
   export_op(env, ops, "nativeMemory", nativeMemory);
+  export_op(env, ops, "setMemoryLimit", setMemoryLimit);
   return ops;
 }
 

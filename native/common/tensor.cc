@@ -32,11 +32,20 @@ static DType parse_dtype(const std::string& s) {
 }
 
 namespace {
-std::atomic<int64_t> live_storages{0}, live_bytes{0}, peak_bytes{0};
+std::atomic<int64_t> live_storages{0}, live_bytes{0}, peak_bytes{0}, limit_bytes{0};
 
-void count_allocation(size_t n) {
-  live_storages++;
+// Counts a buffer before it is allocated, so that allocations racing on several threads cannot pass the limit
+// together; a refused or failed allocation is uncounted again.
+void reserve(size_t n) {
   int64_t now = live_bytes += static_cast<int64_t>(n);
+  int64_t limit = limit_bytes.load();
+  if (limit > 0 && now > limit) {
+    live_bytes -= static_cast<int64_t>(n);
+    throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor: " +
+                                                 std::to_string(now - static_cast<int64_t>(n)) + " bytes are in use and the memory limit is " +
+                                                 std::to_string(limit) + " (setMemoryLimit or TARFLOW_MEMORY_LIMIT); reduce the batch or model size, or raise the limit");
+  }
+  live_storages++;
   int64_t peak = peak_bytes.load();
   while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
   }
@@ -49,14 +58,20 @@ void count_release(size_t n) {
 }  // namespace
 
 std::atomic<int64_t> live_handles{0};
-StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load(), peak_bytes.load()}; }
+StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load(), peak_bytes.load(), limit_bytes.load()}; }
 void reset_peak_bytes() { peak_bytes = live_bytes.load(); }
+void set_memory_limit(int64_t bytes) { limit_bytes = bytes > 0 ? bytes : 0; }
 
 #ifdef TF_BACKEND_CUDA
 // GPU memory (cudaMalloc alignment is 256 bytes), zeroed on the addon's stream.
 Storage::Storage(size_t n) : bytes(n) {
-  data = mem::alloc_zeroed(n);
-  count_allocation(n);
+  reserve(n);
+  try {
+    data = mem::alloc_zeroed(n);
+  } catch (...) {
+    count_release(n);
+    throw;
+  }
 }
 Storage::~Storage() {
   mem::release(data);
@@ -70,6 +85,7 @@ Storage::~Storage() {
 constexpr size_t kMmapThreshold = 4096;
 
 Storage::Storage(size_t n) : bytes(n) {
+  reserve(n);
   size_t rounded = ((n ? n : 1) + 63) / 64 * 64;
   if (rounded >= kMmapThreshold) {
     void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -78,8 +94,10 @@ Storage::Storage(size_t n) : bytes(n) {
     data = std::aligned_alloc(64, rounded);
     if (data) std::memset(data, 0, rounded);
   }
-  if (!data) throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor; reduce the batch or model size");
-  count_allocation(n);
+  if (!data) {
+    count_release(n);
+    throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor; reduce the batch or model size");
+  }
 }
 Storage::~Storage() {
   size_t rounded = ((bytes ? bytes : 1) + 63) / 64 * 64;

@@ -25,10 +25,14 @@ struct StorageStats {
   int64_t bytes;
   int64_t handles;  // Tensor handles not yet collected by the garbage collector
   int64_t peak_bytes;  // the most live bytes since the last reset_peak_bytes()
+  int64_t limit_bytes;  // allocations past this many live bytes fail (0: no limit)
 };
 StorageStats storage_stats();
 // Starts a new peak at the present live bytes (to measure one step's high-water mark).
 void reset_peak_bytes();
+// Caps the live bytes of this addon's buffers (0 removes the cap): a long-running service bounds its native memory,
+// and an allocation past the cap fails as out of memory would, before the system runs out.
+void set_memory_limit(int64_t bytes);
 
 struct Storage {
   void* data = nullptr;
