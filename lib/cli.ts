@@ -63,6 +63,12 @@ function required(v: Values, name: string, what: string): string {
   return str(v, name) ?? missing(name, what);
 }
 
+/** --checkpoint: a file, or the name of a shipped model (resolved to its file); `fallback` names one when absent. */
+function checkpointArg(v: Values, what: string, fallback?: string): string {
+  const given = str(v, 'checkpoint') ?? fallback ?? missing('checkpoint', what);
+  return shippedModel(given) ? pretrainedPath(given) : given;
+}
+
 function oneOf<T extends string>(v: Values, name: string, allowed: readonly T[]): T | undefined {
   const raw = str(v, name);
   return raw === undefined ? undefined : checkOneOf(`--${name}`, raw, allowed);
@@ -238,12 +244,11 @@ const commands: Record<string, Command> = {
     spec(v): SampleSpec {
       // Without --checkpoint (or with the name of a shipped model) the package's own model samples, with the
       // guidance and denoising it was trained for unless the flags say otherwise.
-      const given = str(v, 'checkpoint') ?? 'mnist-cond';
-      const shipped = shippedModel(given);
+      const shipped = shippedModel(str(v, 'checkpoint') ?? 'mnist-cond');
       const labels = labelsArg(v);
       const guidance = guidanceArgs(v);
       return {
-        checkpoint: shipped ? pretrainedPath(given) : given, count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
+        checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
         seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
@@ -268,7 +273,7 @@ const commands: Record<string, Command> = {
       'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...samplerPrecisionOptions, ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', count: 'number of images',
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', count: 'number of images',
       out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
@@ -277,7 +282,7 @@ const commands: Record<string, Command> = {
     },
     spec(v): GenerateSpec {
       return {
-        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
+        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
         denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
@@ -302,7 +307,7 @@ const commands: Record<string, Command> = {
       seed: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' }, ...samplerPrecisionOptions, ...common,
     },
     help: {
-      checkpoint: 'class-conditional MNIST checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata',
+      checkpoint: "class-conditional MNIST checkpoint (.safetensors), or a shipped model's name (mnist-cond)", config: 'JSON config for a checkpoint without metadata',
       count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
       'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
       denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
@@ -310,7 +315,7 @@ const commands: Record<string, Command> = {
     },
     spec(v): EvalSamplesSpec {
       return {
-        checkpoint: required(v, 'checkpoint', 'a class-conditional MNIST checkpoint FILE'), count: num(v, 'count', POSITIVE_INT),
+        checkpoint: checkpointArg(v, 'a class-conditional MNIST checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT),
         ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
         k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
@@ -340,7 +345,7 @@ const commands: Record<string, Command> = {
       split: { type: 'string' }, limit: { type: 'string' }, 'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata',
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata',
       dataset: `${datasetHelp}; image folders are decoded at the model's size and channels`, labels: labelsHelp, 'label-base': labelBaseHelp,
       split: "split of MNIST, a CIFAR-10 folder, an .npz with x_train/x_test or an image folder with train/ and test/: 'test' (default) or 'train'",
       limit: 'use only the first N images',
@@ -348,7 +353,7 @@ const commands: Record<string, Command> = {
     },
     spec(v): EvaluateSpec {
       return {
-        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), dataset: str(v, 'dataset'), labels: str(v, 'labels'),
+        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), dataset: str(v, 'dataset'), labels: str(v, 'labels'),
         labelBase: labelBaseArg(v), split: oneOf(v, 'split', ['test', 'train']) ?? 'test', limit: num(v, 'limit', POSITIVE_INT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
       };
@@ -367,12 +372,12 @@ const commands: Record<string, Command> = {
       'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: 'model checkpoint (.safetensors)', config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
       labels: '.npy of integer labels (conditional models)', 'label-base': labelBaseHelp, 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
     spec(v): ScoreSpec {
       return {
-        checkpoint: required(v, 'checkpoint', 'a model checkpoint FILE'), images: required(v, 'images', 'an image FILE.npy (or any dataset eval reads)'),
+        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), images: required(v, 'images', 'an image FILE.npy (or any dataset eval reads)'),
         labels: str(v, 'labels'), labelBase: labelBaseArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
       };
     },

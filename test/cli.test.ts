@@ -119,6 +119,16 @@ test('sample without --checkpoint uses the shipped mnist-cond model (guided, den
   assert.is(JSON.parse(r.stdout).count, 10);
 });
 
+test('every command that reads a checkpoint takes a shipped model\'s name for it', () => {
+  const r = run(['eval', '--checkpoint', 'mnist-cond', '--limit', '10', '--json']);
+  assert.is(r.code, 0, r.stderr);
+  assert.is(JSON.parse(r.stdout).images, 10);
+  // score resolves the name the same way: the model is read, and the 8x8 images are refused for their shape
+  const s = run(['score', '--checkpoint', 'mnist-cond', '--images', imagesPath, '--json']);
+  assert.is(s.code, 1);
+  assert.match(s.stderr, /not the 1 x 28 x 28 asked for/);
+});
+
 test('eval and score report bits/dim', () => {
   const e = run(['eval', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--dataset', imagesPath, '--labels', labelsPath, '--json']);
   assert.is(e.code, 0, e.stderr);
