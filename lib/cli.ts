@@ -339,13 +339,13 @@ const commands: Record<string, Command> = {
   },
   eval: {
     summary: 'test-set bits/dim of a checkpoint',
-    usage: 'tarflow eval --checkpoint FILE [--dataset mnist|FILE|DIR] [--split test|train] [--limit N]',
+    usage: 'tarflow eval [--checkpoint FILE|mnist-bpd] [--dataset mnist|FILE|DIR] [--split test|train] [--limit N]',
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, dataset: { type: 'string' }, labels: { type: 'string' }, 'label-base': { type: 'string' },
       split: { type: 'string' }, limit: { type: 'string' }, 'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata',
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name (default: mnist-bpd, the likelihood model)", config: 'JSON config for a checkpoint without metadata',
       dataset: `${datasetHelp}; image folders are decoded at the model's size and channels`, labels: labelsHelp, 'label-base': labelBaseHelp,
       split: "split of MNIST, a CIFAR-10 folder, an .npz with x_train/x_test or an image folder with train/ and test/: 'test' (default) or 'train'",
       limit: 'use only the first N images',
@@ -353,7 +353,7 @@ const commands: Record<string, Command> = {
     },
     spec(v): EvaluateSpec {
       return {
-        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), dataset: str(v, 'dataset'), labels: str(v, 'labels'),
+        checkpoint: checkpointArg(v, '', 'mnist-bpd'), dataset: str(v, 'dataset'), labels: str(v, 'labels'),
         labelBase: labelBaseArg(v), split: oneOf(v, 'split', ['test', 'train']) ?? 'test', limit: num(v, 'limit', POSITIVE_INT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
       };

@@ -11,7 +11,7 @@ export interface PretrainedModel {
   /** Path inside the package. */
   file: string;
   description: string;
-  /** The Gaussian noise level it was trained with: the denoising step's sigma. */
+  /** The Gaussian noise level it was trained with: the denoising step's sigma (0: trained without, not denoised). */
   sigma: number;
   /** Guidance weight that gives its best samples. */
   guidance: number;
@@ -23,6 +23,12 @@ export const PRETRAINED: Readonly<Record<string, PretrainedModel>> = {
     description: 'class-conditional MNIST sampler (small preset, Gaussian noise sigma 0.1, label drop 0.1)',
     sigma: 0.1,
     guidance: 2,
+  },
+  'mnist-bpd': {
+    file: 'models/mnist-bpd.safetensors',
+    description: 'unconditional MNIST likelihood model (patch 2, width 128, 4 blocks x 2 layers, uniform dequantization)',
+    sigma: 0,
+    guidance: 0,
   },
 };
 

@@ -119,6 +119,15 @@ test('sample without --checkpoint uses the shipped mnist-cond model (guided, den
   assert.is(JSON.parse(r.stdout).count, 10);
 });
 
+test('eval without --checkpoint measures the shipped likelihood model, mnist-bpd', () => {
+  const r = run(['eval', '--limit', '20', '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.is(out.images, 20);
+  // mnist-cond, a noise-augmented sampler, scores above 5 bits/dim; the likelihood model far below
+  assert.ok(out.bitsPerDim > 0.5 && out.bitsPerDim < 2.5, `bits/dim ${out.bitsPerDim}`);
+});
+
 test('every command that reads a checkpoint takes a shipped model\'s name for it', () => {
   const r = run(['eval', '--checkpoint', 'mnist-cond', '--limit', '10', '--json']);
   assert.is(r.code, 0, r.stderr);
