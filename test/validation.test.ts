@@ -410,7 +410,7 @@ test('command line: each flag is named, with what it must be and what was typed'
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--precision', 'int8'], '--precision', "one of 'fp32', 'bf16'", '"int8"'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o'], '--count', 'the number of images (the option is required)', 'nothing'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--format', 'gif'], '--format', "one of 'png', 'npz'", '"gif"'],
-    [['eval'], '--checkpoint', 'a model checkpoint FILE (the option is required)', 'nothing'],
+    [['score', '--images', 'x.npy'], '--checkpoint', "a model checkpoint FILE or a shipped model's name (the option is required)", 'nothing'],
     [['eval', '--checkpoint', 'm', '--split', 'val'], '--split', "one of 'test', 'train'", '"val"'],
     [['score', '--checkpoint', 'm'], '--images', 'the option is required', 'nothing'],
     [['eval-samples', '--checkpoint', 'm', '--k=-1'], '--k', 'a positive integer', '"-1"'],
