@@ -204,6 +204,14 @@ export interface ForwardResult {
   logdet: Float64Array;
 }
 
+/** ModelOptions.recompute (and the training spec's): true, false or 'auto'. */
+export function checkRecompute(value: unknown): boolean | 'auto' {
+  if (value !== 'auto' && typeof value !== 'boolean') {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'recompute', "true, false or 'auto'", describeValue(value));
+  }
+  return value;
+}
+
 export class TarFlow {
   readonly config: TarFlowConfig;
   readonly shape: ModelShape;
@@ -237,11 +245,7 @@ export class TarFlow {
     this.matmul = { precision: this.precision };
     this.fusedAttention = optional(options.fusedAttention, (v) => checkBoolean('fusedAttention', v))
       ?? (this.backend.device === 'cuda' && this.dtype === 'float32' && this.config.headDim <= 64);
-    const recompute = options.recompute ?? 'auto';
-    if (recompute !== 'auto' && typeof recompute !== 'boolean') {
-      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'recompute', "true, false or 'auto'", describeValue(recompute));
-    }
-    this.recompute = recompute;
+    this.recompute = checkRecompute(options.recompute ?? 'auto');
     this.params = new ParamSet(this.backend, this.config, this.specs, this.dtype);
     this.variance = new this.backend.Tensor(this.dtype, [this.shape.tokens, this.shape.patchDim]).fill(1);
     if (init) this.initialize(seed);

@@ -11,11 +11,11 @@ import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
-import { SEED_RULE, TarFlow } from './model.js';
+import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
-import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, parseJson, validationError } from './validate.js';
+import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
 
 export interface Progress {
   task: 'train' | 'sample' | 'evaluate' | 'score';
@@ -234,9 +234,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   }
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
   for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
-  if (spec.recompute !== undefined && spec.recompute !== 'auto' && typeof spec.recompute !== 'boolean') {
-    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'recompute', "true, false or 'auto'", describeValue(spec.recompute));
-  }
+  optional(spec.recompute, checkRecompute);
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
   checkOneOf('precision', spec.precision ?? 'fp32', ['fp32', 'bf16']);
   optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));
