@@ -109,4 +109,43 @@ test('noise does not depend on the thread count', () => {
   assert.equal(one, three);
 });
 
+
+// The label check skips reading labels when their buffer's recorded bound proves them in range (on the GPU that read
+// waits for the stream), so every way int32 values reach a buffer must raise that bound, or a bad label gets through.
+test('labels: every write path keeps the out-of-range check exact (copyFrom, views, fill, copy, flipTokens)', () => {
+  const B = 4, T = 3, W = 8, nCls = 10;
+  const h = new b.Tensor('float32', [B, T, W]);
+  const pos = new b.Tensor('float32', [T, W]);
+  const cls = new b.Tensor('float32', [nCls, 1, W]);
+  const labels = new b.Tensor('int32', [B], Int32Array.from([0, 9, -1, 3]));
+  const embed = () => b.ops.addPosClass(h, pos, cls, labels, false);
+  const rejects = (why: string) => assert.throws(embed, /label \d+ of sample \d+ is out of range/, why);
+  embed();
+  labels.copyFrom(Int32Array.from([1, 2, 10, 0]));
+  rejects('whole-buffer copyFrom');
+  labels.copyFrom(Int32Array.from([1, 2, 3, 0]));
+  embed();  // a whole-buffer write lowers the bound again
+  const big = new b.Tensor('int32', [2 * B]);
+  const lower = big.view(0, [B]), upper = big.view(B, [B]);
+  upper.copyFrom(Int32Array.from([0, 0, 11, 0]));
+  lower.copyFrom(Int32Array.from([0, 0, 0, 0]));
+  assert.throws(() => b.ops.addPosClass(h, pos, cls, upper, false), /out of range/, 'view written after its sibling');
+  b.ops.addPosClass(h, pos, cls, lower, false);  // in range, read exactly because the shared bound is 11
+  labels.fill(nCls);
+  rejects('fill');
+  assert.throws(() => labels.fill(2 ** 40), /whole numbers/);
+  assert.throws(() => labels.fill(1.5), /whole numbers/);
+  labels.fill(0);
+  embed();
+  b.ops.copy(labels, upper);
+  rejects('copy');
+  labels.copyFrom(Int32Array.from([0, 0, 0, 0]));
+  const src = new b.Tensor('int32', [1, B, 1], Int32Array.from([0, 0, 0, 12]));
+  const flipped = new b.Tensor('int32', [1, B, 1]);
+  b.ops.flipTokens(flipped, src);
+  assert.equal(Array.from(flipped.toArray()), [12, 0, 0, 0]);
+  assert.throws(() => b.ops.addPosClass(h, pos, cls, flipped.view(0, [B]), false), /out of range/, 'flipTokens');
+  for (const t of [h, pos, cls, labels, big, lower, upper, src, flipped]) t.dispose();
+});
+
 test.run();

@@ -2,7 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -273,6 +275,13 @@ Napi::Value Tensor::CopyFrom(const Napi::CallbackInfo& info) {
       throw shape_error("copyFrom: tensor " + describe() + " has " + std::to_string(numel_) + " elements, the array has " +
                         std::to_string(ta.ElementLength()));
     const char* src = static_cast<const char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    if (dtype_ == DType::I32) {
+      const int32_t* v = reinterpret_cast<const int32_t*>(src);
+      int32_t top = numel_ ? *std::max_element(v, v + numel_) : 0;
+      // A write over the whole buffer replaces every value, so the bound can come down as well as go up.
+      if (covers_storage()) storage_->int32_upper.store(top, std::memory_order_relaxed);
+      else storage_->raise_int32_upper(top);
+    }
 #ifdef TF_BACKEND_CUDA
     if (numel_) mem::from_host(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
 #else
@@ -299,6 +308,12 @@ Napi::Value Tensor::Fill(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     check_alive(this, "fill");
     double v = number_arg(info, 0, "value");
+    if (dtype_ == DType::I32) {
+      if (!(v >= INT32_MIN && v <= INT32_MAX) || v != std::floor(v))
+        throw arg_error("fill: an int32 tensor takes whole numbers from -2147483648 to 2147483647, got " + std::to_string(v));
+      if (covers_storage()) storage_->int32_upper.store(static_cast<int32_t>(v), std::memory_order_relaxed);
+      else storage_->raise_int32_upper(static_cast<int32_t>(v));
+    }
 #ifdef TF_BACKEND_CUDA
     mem::fill(data<char>(), dtype_, numel_, v);
 #else

@@ -5,6 +5,8 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -37,6 +39,15 @@ void set_memory_limit(int64_t bytes);
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
+  // An upper bound on every int32 value in this buffer. Buffers start zeroed, so it starts at 0; every write that can
+  // put int32 values here (host copies, fill, the dtype-agnostic copy and flipTokens) raises it. A label check whose
+  // class count is above the bound needs no read of the labels, which on the GPU would wait for the stream.
+  std::atomic<int32_t> int32_upper{0};
+  void raise_int32_upper(int32_t v) {
+    int32_t cur = int32_upper.load(std::memory_order_relaxed);
+    while (v > cur && !int32_upper.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+    }
+  }
   explicit Storage(size_t bytes);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -60,6 +71,13 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   bool disposed() const { return !storage_; }
   std::string describe() const;  // "float32[4, 16, 12]"
 
+  // Upper bound on this tensor's int32 values (see Storage::int32_upper), and the hook for ops that write one int32
+  // tensor from another.
+  int32_t int32_upper() const { return storage_->int32_upper.load(std::memory_order_relaxed); }
+  void note_int32_written_from(const Tensor* src) const {
+    if (dtype_ == DType::I32) storage_->raise_int32_upper(src->int32_upper());
+  }
+
   template <typename T>
   T* data() const {
     return reinterpret_cast<T*>(static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_));
@@ -77,6 +95,8 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   Napi::Value Fill(const Napi::CallbackInfo& info);
 
   void release(Napi::Env env);
+  // Whether this handle spans its whole buffer, so that a write through it replaces every value.
+  bool covers_storage() const { return offset_ == 0 && static_cast<size_t>(numel_) * dtype_size(dtype_) == storage_->bytes; }
 
   DType dtype_ = DType::F32;
   std::vector<int64_t> shape_;
