@@ -94,6 +94,17 @@ test('nativeMemory reports the high-water mark of live bytes, and resetPeak star
   assert.is(during.peakBytes, start.bytes + 4 * (1 << 20) + 4 * (1 << 10), 'both tensors were live at once');
   small.dispose();
   assert.is(b.ops.nativeMemory().peakBytes, during.bytes, 'the new mark starts at the bytes live when it was reset');
+  // 256 GiB: more than the system lets one process map (unless it overcommits without limit), so the allocation
+  // itself fails, with no memory limit set; a buffer that never existed is no high-water mark.
+  const huge = 2 ** 36;
+  let mapped: InstanceType<typeof b.Tensor> | null = null;
+  try {
+    mapped = new b.Tensor('float32', [huge]);
+  } catch (e) {
+    assert.is((e as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+  }
+  mapped?.dispose();
+  assert.is(b.ops.nativeMemory().peakBytes, mapped ? during.bytes + 4 * huge : during.bytes);
 });
 
 test('handles that are collected without dispose() are still freed', async () => {

@@ -37,8 +37,9 @@ namespace {
 std::atomic<int64_t> live_storages{0}, live_bytes{0}, peak_bytes{0}, limit_bytes{0};
 
 // Counts a buffer before it is allocated, so that allocations racing on several threads cannot pass the limit
-// together; a refused or failed allocation is uncounted again.
-void reserve(size_t n) {
+// together; a refused or failed allocation is uncounted again. Returns the live bytes with this buffer, which
+// raise_peak records once the allocation has succeeded (a failed one is no high-water mark).
+int64_t reserve(size_t n) {
   int64_t now = live_bytes += static_cast<int64_t>(n);
   int64_t limit = limit_bytes.load();
   if (limit > 0 && now > limit) {
@@ -48,6 +49,10 @@ void reserve(size_t n) {
                                                  std::to_string(limit) + " (setMemoryLimit or TARFLOW_MEMORY_LIMIT); reduce the batch or model size, or raise the limit");
   }
   live_storages++;
+  return now;
+}
+
+void raise_peak(int64_t now) {
   int64_t peak = peak_bytes.load();
   while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
   }
@@ -67,13 +72,14 @@ void set_memory_limit(int64_t bytes) { limit_bytes = bytes > 0 ? bytes : 0; }
 #ifdef TF_BACKEND_CUDA
 // GPU memory (cudaMalloc alignment is 256 bytes), zeroed on the addon's stream.
 Storage::Storage(size_t n) : bytes(n) {
-  reserve(n);
+  const int64_t live = reserve(n);
   try {
     data = mem::alloc_zeroed(n);
   } catch (...) {
     count_release(n);
     throw;
   }
+  raise_peak(live);
 }
 Storage::~Storage() {
   mem::release(data);
@@ -87,7 +93,7 @@ Storage::~Storage() {
 constexpr size_t kMmapThreshold = 4096;
 
 Storage::Storage(size_t n) : bytes(n) {
-  reserve(n);
+  const int64_t live = reserve(n);
   size_t rounded = ((n ? n : 1) + 63) / 64 * 64;
   if (rounded >= kMmapThreshold) {
     void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -100,6 +106,7 @@ Storage::Storage(size_t n) : bytes(n) {
     count_release(n);
     throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor; reduce the batch or model size");
   }
+  raise_peak(live);
 }
 Storage::~Storage() {
   size_t rounded = ((bytes ? bytes : 1) + 63) / 64 * 64;

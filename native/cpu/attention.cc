@@ -5,6 +5,7 @@
 // softmax and its backward stay fp32.
 // The softmax probabilities are saved for the backward: at the sequence lengths a CPU trains on, the T x T
 // matrix per head is small next to the MLP activations, and reusing it makes the backward two GEMMs cheaper.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -23,6 +24,11 @@ namespace {
 inline float fast_exp(float x) { return exp_approx(x); }
 inline double fast_exp(double x) { return std::exp(x); }
 
+// Causality by chunks of query rows: chunk [i0, i0 + kRowChunk) multiplies only the keys [0, i0 + kRowChunk) it can
+// see, so the products skip most of the masked upper triangle (about 60% of the full work at T = 196, where the
+// training step spends a fifth of its time in attention) while each product keeps enough rows to run at full rate.
+constexpr int64_t kRowChunk = 64;
+
 // attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp, {precision}?)
 TF_OP(attention) {
   const AttentionArgs args = parse_attention(info);
@@ -40,21 +46,25 @@ TF_OP(attention) {
         const T* k = q + d.W;
         const T* v = q + 2 * d.W;
         T* P = pp + bh * d.T * d.T;
-        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, false);
-        for (int64_t i = 0; i < d.T; ++i) {
-          T* row = P + i * d.T;
-          T mx = -std::numeric_limits<T>::infinity();
-          for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
-          T sum = 0;
-          for (int64_t j = 0; j <= i; ++j) {
-            row[j] = fast_exp(row[j] - mx);
-            sum += row[j];
+        for (int64_t i0 = 0; i0 < d.T; i0 += kRowChunk) {
+          const int64_t rows = std::min(kRowChunk, d.T - i0), keys = i0 + rows;
+          T* Pc = P + i0 * d.T;
+          gemm<T>(args.precision, false, true, rows, keys, d.hd, scale, q + i0 * ld, ld, k, ld, T(0), Pc, d.T, false);
+          for (int64_t i = i0; i < keys; ++i) {
+            T* row = P + i * d.T;
+            T mx = -std::numeric_limits<T>::infinity();
+            for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
+            T sum = 0;
+            for (int64_t j = 0; j <= i; ++j) {
+              row[j] = fast_exp(row[j] - mx);
+              sum += row[j];
+            }
+            T inv = T(1) / sum;
+            for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+            for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
           }
-          T inv = T(1) / sum;
-          for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-          for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
+          gemm<T>(args.precision, false, false, rows, d.hd, keys, T(1), Pc, d.T, v, ld, T(0), op + (b * d.T + i0) * d.W + h * d.hd, d.W, false);
         }
-        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), op + b * d.T * d.W + h * d.hd, d.W, false);
       }
     });
   });
@@ -84,19 +94,27 @@ TF_OP(attentionBackward) {
         T* dv = dq + 2 * d.W;
         const T* dO = go + b * d.T * d.W + h * d.hd;
         const T* P = pp + bh * d.T * d.T;
-        // dP = dO V^T, then the softmax backward dS = P * (dP - sum_j P dP), row by row.
-        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS.data(), d.T, false);
-        for (int64_t i = 0; i < d.T; ++i) {
-          T* row = dS.data() + i * d.T;
-          const T* prow = P + i * d.T;
-          T dot = 0;
-          for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
-          for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
-          for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
+        // By query chunk: dP = dO V^T, the softmax backward dS = P * (dP - sum_j P dP) row by row, dQ = dS K.
+        for (int64_t i0 = 0; i0 < d.T; i0 += kRowChunk) {
+          const int64_t rows = std::min(kRowChunk, d.T - i0), keys = i0 + rows;
+          T* dSc = dS.data() + i0 * d.T;
+          gemm<T>(args.precision, false, true, rows, keys, d.hd, T(1), dO + i0 * d.W, d.W, v, ld, T(0), dSc, d.T, false);
+          for (int64_t i = i0; i < keys; ++i) {
+            T* row = dS.data() + i * d.T;
+            const T* prow = P + i * d.T;
+            T dot = 0;
+            for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
+            for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
+            for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
+          }
+          gemm<T>(args.precision, false, false, rows, d.hd, keys, scale, dSc, d.T, k, ld, T(0), dq + i0 * ld, ld, false);
         }
-        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, false);
-        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, scale, dS.data(), d.T, k, ld, T(0), dq, ld, false);
-        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, scale, dS.data(), d.T, q, ld, T(0), dk, ld, false);
+        // By key chunk: only queries at or after a key see it, so dV = P^T dO and dK = dS^T Q start at row j0.
+        for (int64_t j0 = 0; j0 < d.T; j0 += kRowChunk) {
+          const int64_t cols = std::min(kRowChunk, d.T - j0), seen = d.T - j0;
+          gemm<T>(args.precision, true, false, cols, d.hd, seen, T(1), P + j0 * d.T + j0, d.T, dO + j0 * d.W, d.W, T(0), dv + j0 * ld, ld, false);
+          gemm<T>(args.precision, true, false, cols, d.hd, seen, scale, dS.data() + j0 * d.T + j0, d.T, q + j0 * ld, ld, T(0), dk + j0 * ld, ld, false);
+        }
       }
     });
   });
