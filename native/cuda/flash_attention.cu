@@ -50,14 +50,7 @@ struct DeviceWarp {
   int laneid;
   __device__ int lane(int) const { return laneid; }
   __device__ void mma(float (*d)[4], const uint32_t (*a)[4], const uint32_t (*b)[2]) const { mma::mma_16x8x16(d[0], a[0], b[0]); }
-  // The "memory" clobber: the asm reads shared memory the compiler cannot see through its operands, so it must not
-  // be moved across the staging stores or the barriers around them.
-  __device__ void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) const {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0][0]), "=r"(r[0][1]), "=r"(r[0][2]), "=r"(r[0][3])
-                 : "r"(static_cast<unsigned>(__cvta_generic_to_shared(at[0])))
-                 : "memory");
-  }
+  __device__ void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) const { mma::ldmatrix_x4(r[0], at[0]); }
   __device__ void quad_max(float (*v)[2]) const {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {

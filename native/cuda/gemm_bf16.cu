@@ -8,7 +8,11 @@
 // registers (its global loads in flight during the multiply) and stores it to the other stage afterwards, so one
 // __syncthreads per slice is enough: a stage is rewritten only after the barrier that ends its last reader's slice.
 //
-// TODO(perf): ldmatrix fragment loads, 128-bit global loads where aligned, wgmma on sm_90; later issues.
+// Fragments come from shared memory by ldmatrix.x4: one instruction per A tile and per pair of B tiles, a quarter
+// of the shared loads of reading each register's word on its own (mma_tile_test checks that both give the same
+// registers, and that ldmatrix's rows are aligned and free of bank conflicts).
+//
+// TODO(perf): 128-bit global loads where aligned, bf16 operands in global memory, wgmma on sm_90; later issues.
 #include <string>
 
 #include "gemm.cuh"
@@ -24,7 +28,7 @@ __global__ void __launch_bounds__(mma::kThreads)
                      const float* __restrict__ B, int64_t ldb, float beta, float* C, int64_t ldc,
                      const float* __restrict__ bias, float* gelu, GemmBatch batch, int64_t y0, int64_t z0) {
   using namespace mma;
-  __shared__ uint32_t stage[2][2][kStageWords];  // [stage][A, B^T]: 40 KiB
+  __shared__ __align__(16) uint32_t stage[2][2][kStageWords];  // [stage][A, B^T]: 40 KiB; ldmatrix wants 16-byte rows
 
   const int64_t z = z0 + blockIdx.z;
   C += batch.c(z);
@@ -66,13 +70,13 @@ __global__ void __launch_bounds__(mma::kThreads)
     for (int s = 0; s < kSteps; ++s) {
       uint32_t af[kTilesM][4], bf[kTilesN][2];
 #pragma unroll
-      for (int mi = 0; mi < kTilesM; ++mi)
+      for (int mi = 0; mi < kTilesM; ++mi) ldmatrix_x4(af[mi], sa + a4_word(warp, lane, mi, s));
 #pragma unroll
-        for (int i = 0; i < 4; ++i) af[mi][i] = sa[a_frag_word(warp, lane, mi, s, i)];
-#pragma unroll
-      for (int ni = 0; ni < kTilesN; ++ni)
-#pragma unroll
-        for (int i = 0; i < 2; ++i) bf[ni][i] = sb[b_frag_word(warp, lane, ni, s, i)];
+      for (int nj = 0; nj < kTilesN / 2; ++nj) {
+        uint32_t r[4];
+        ldmatrix_x4(r, sb + b4_word(warp, lane, nj, s));
+        bf[2 * nj][0] = r[0], bf[2 * nj][1] = r[1], bf[2 * nj + 1][0] = r[2], bf[2 * nj + 1][1] = r[3];
+      }
 #pragma unroll
       for (int mi = 0; mi < kTilesM; ++mi)
 #pragma unroll

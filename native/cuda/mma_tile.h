@@ -118,11 +118,38 @@ TF_HOST_DEVICE inline int b_frag_word(int warp, int lane, int ni, int s, int i) 
   return (warp_col0(warp) + 8 * ni + b_frag_col(lane)) * kRowWords + (16 * s + b_frag_k(lane, i)) / 2;
 }
 
+// The same fragments by ldmatrix.sync.aligned.m8n8.x4.shared.b16, one instruction for four registers: lanes 8 m to
+// 8 m + 7 give the row addresses of 8 x 8 matrix m (8 rows of 4 words), and lane t receives word t % 4 of row t / 4
+// of matrix m in register m. Every row address is 16-byte aligned (kRowWords words per row, data words at multiples of
+// 4), and the 8 rows of a matrix, kRowWords = 20 words apart, fall in 8 different groups of 4 banks.
+//
+// A: matrix m is register m of the A fragment of tile row mi at k16 step s: rows + 8 (m & 1), k + 8 (m >> 1).
+TF_HOST_DEVICE inline int a4_word(int warp, int lane, int mi, int s) {
+  const int m = lane >> 3;
+  return (warp_row0(warp) + 16 * mi + (lane & 7) + 8 * (m & 1)) * kRowWords + 8 * s + 4 * (m >> 1);
+}
+// B, two n8 tiles at once: matrix m is register m & 1 of the B fragment of tile column 2 nj + (m >> 1).
+TF_HOST_DEVICE inline int b4_word(int warp, int lane, int nj, int s) {
+  const int m = lane >> 3;
+  return (warp_col0(warp) + 8 * (2 * nj + (m >> 1)) + (lane & 7)) * kRowWords + 8 * s + 4 * (m & 1);
+}
+static_assert(kRowWords % 4 == 0 && kTilesN % 2 == 0, "ldmatrix rows are 16-byte aligned; B tiles come in pairs");
+
 // Accumulator i of mma tile (mi, ni): its row and column in the block tile.
 TF_HOST_DEVICE inline int acc_row(int warp, int lane, int mi, int i) { return warp_row0(warp) + 16 * mi + c_frag_row(lane, i); }
 TF_HOST_DEVICE inline int acc_col(int warp, int lane, int ni, int i) { return warp_col0(warp) + 8 * ni + c_frag_col(lane, i); }
 
 #if defined(__CUDACC__)
+// The four registers lane receives from ldmatrix.x4 when it gives the row address at (see a4_word). The "memory"
+// clobber: the asm reads shared memory the compiler cannot see through its operands, so it must stay between the
+// staging stores and barriers around it.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const uint32_t* at) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(at)))
+               : "memory");
+}
+
 // d += a b for one m16n8k16 tile, fragments as laid out above.
 __device__ __forceinline__ void mma_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

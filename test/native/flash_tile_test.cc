@@ -216,21 +216,7 @@ struct EmuWarp {
   static constexpr int L = 32;
   int lane(int l) const { return l; }
   void mma(float (*d)[4], const uint32_t (*a)[4], const uint32_t (*b)[2]) const { emu::warp_mma(d, a, b); }
-  // ldmatrix.sync.aligned.m8n8.x4.shared.b16 (PTX ISA): lanes 8 m to 8 m + 7 give the 16-byte aligned addresses of
-  // the 8 rows (4 words each) of matrix m; lane t receives word t % 4 of row t / 4 of each matrix, in register m.
-  // One matrix is read per phase: its 8 rows must fall in 8 different groups of 4 banks.
-  void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) const {
-    for (int m = 0; m < 4; ++m) {
-      unsigned groups = 0;
-      for (int row = 0; row < 8; ++row) {
-        const uintptr_t address = reinterpret_cast<uintptr_t>(at[8 * m + row]);
-        CHECK(address % 16 == 0, "ldmatrix row address %p is not 16-byte aligned", static_cast<const void*>(at[8 * m + row]));
-        groups |= 1u << (address / 16 % 8);
-      }
-      CHECK(groups == 0xffu, "ldmatrix matrix %d has bank conflicts", m);
-      for (int lane = 0; lane < 32; ++lane) r[lane][m] = at[8 * m + lane / 4][lane % 4];
-    }
-  }
+  void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) const { emu::ldmatrix_x4(r, at); }
   template <typename Op>
   static void quad(float (*v)[2], Op op) {
     for (int q = 0; q < 32; q += 4)

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../../native/common/bf16.h"
+#include "check.h"
 
 namespace tf {
 namespace emu {
@@ -59,6 +60,22 @@ inline void warp_mma(float d[32][4], const uint32_t a[32][4], const uint32_t b[3
       for (int k = 0; k < 16; ++k) s += A[p.row][k] * B[k][p.col];
       d[lane][i] = s;
     }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 for one warp (PTX ISA): lanes 8 m to 8 m + 7 give the 16-byte aligned
+// addresses of the 8 rows (4 words each) of matrix m; lane t receives word t % 4 of row t / 4 of each matrix, in
+// register m. One matrix is read per phase: its 8 rows must fall in 8 different groups of 4 banks.
+inline void ldmatrix_x4(uint32_t (*r)[4], const uint32_t* const* at) {
+  for (int m = 0; m < 4; ++m) {
+    unsigned groups = 0;
+    for (int row = 0; row < 8; ++row) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(at[8 * m + row]);
+      CHECK(address % 16 == 0, "ldmatrix row address %p is not 16-byte aligned", static_cast<const void*>(at[8 * m + row]));
+      groups |= 1u << (address / 16 % 8);
+    }
+    CHECK(groups == 0xffu, "ldmatrix matrix %d has bank conflicts", m);
+    for (int lane = 0; lane < 32; ++lane) r[lane][m] = at[8 * m + lane / 4][lane % 4];
+  }
 }
 
 }  // namespace emu

@@ -6,8 +6,8 @@
 // ISA's description of the m16n8k16 .bf16 fragments, written out below independently of the header. It checks:
 //   1. the header's fragment maps against that description (and the description against the PTX figures' corners);
 //   2. staging writes every data word of a stage exactly once and never a padding word;
-//   3. each mma tile's fragments read every word of its A and B slices exactly once, only data words, and the 32
-//      lanes of one fragment load hit 32 different banks (no shared-memory bank conflicts);
+//   3. each mma tile's fragments read every word of its A and B slices exactly once, only data words, and the
+//      kernel's ldmatrix.x4 loads (emulated) give the same registers from aligned rows without bank conflicts;
 //   4. every element of C inside the matrix is written exactly once, nothing outside it;
 //   5. whole products, for all four transposes, M/N/K tails, leading dimensions beyond the minimum and two-level
 //      batch strides: exactly (bit for bit) for small-integer inputs, where every partial sum is exact in fp32,
@@ -159,17 +159,28 @@ void run_kernel(const Problem& p, const std::vector<float>& A, const std::vector
                     bf[ni][lane][i] = word(s, 1, w);
                     ++reads_b[w];
                   }
-              // One load instruction is one (tile, register) across the 32 lanes: 32 different banks.
-              for (int tile = 0; tile < kTilesM + kTilesN; ++tile)
-                for (int i = 0; i < (tile < kTilesM ? 4 : 2); ++i) {
-                  unsigned banks = 0;
-                  for (int lane = 0; lane < 32; ++lane) {
-                    const int w = tile < kTilesM ? a_frag_word(warp, lane, tile, step, i) : b_frag_word(warp, lane, tile - kTilesM, step, i);
-                    banks |= 1u << (w % 32);
-                  }
-                  CHECK(banks == 0xffffffffu, "warp %d step %d: fragment load (%s tile %d, register %d) has bank conflicts", warp, step,
-                        tile < kTilesM ? "A" : "B", tile < kTilesM ? tile : tile - kTilesM, i);
-                }
+              // The kernel loads these registers by ldmatrix.x4 (a4_word, b4_word): the same words, aligned rows, no
+              // bank conflicts (the emulator checks both as it runs).
+              for (int mi = 0; mi < kTilesM; ++mi) {
+                const uint32_t* at[32];
+                uint32_t r[32][4];
+                for (int lane = 0; lane < 32; ++lane) at[lane] = &word(s, 0, a4_word(warp, lane, mi, step));
+                emu::ldmatrix_x4(r, at);
+                for (int lane = 0; lane < 32; ++lane)
+                  for (int i = 0; i < 4; ++i)
+                    CHECK(r[lane][i] == af[mi][lane][i], "warp %d step %d: ldmatrix gives lane %d A register %d of tile %d another word", warp,
+                          step, lane, i, mi);
+              }
+              for (int nj = 0; nj < kTilesN / 2; ++nj) {
+                const uint32_t* at[32];
+                uint32_t r[32][4];
+                for (int lane = 0; lane < 32; ++lane) at[lane] = &word(s, 1, b4_word(warp, lane, nj, step));
+                emu::ldmatrix_x4(r, at);
+                for (int lane = 0; lane < 32; ++lane)
+                  for (int m = 0; m < 4; ++m)
+                    CHECK(r[lane][m] == bf[2 * nj + (m >> 1)][lane][m & 1], "warp %d step %d: ldmatrix gives lane %d B register %d of tile %d another word",
+                          warp, step, lane, m & 1, 2 * nj + (m >> 1));
+              }
               // Each word of the warp's rows (columns) at this k16 step is read exactly once.
               for (int w = 0; w < kStageWords; ++w) {
                 const int row = w / kRowWords, kw = w % kRowWords;
