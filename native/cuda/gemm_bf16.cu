@@ -12,7 +12,10 @@
 // of the shared loads of reading each register's word on its own (mma_tile_test checks that both give the same
 // registers, and that ldmatrix's rows are aligned and free of bank conflicts).
 //
-// TODO(perf): 128-bit global loads where aligned, bf16 operands in global memory, wgmma on sm_90; later issues.
+// A k-contiguous operand (A not transposed, B transposed: both operands of every forward linear) is read 4 floats at
+// a time, by float4 loads where its rows are 16-byte aligned.
+//
+// TODO(perf): bf16 operands in global memory, cp.async, wgmma on sm_90; later issues.
 #include <string>
 
 #include "gemm.cuh"
@@ -26,34 +29,49 @@ template <bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(mma::kThreads)
     gemm_bf16_kernel(int64_t M, int64_t N, int64_t K, float alpha, const float* __restrict__ A, int64_t lda,
                      const float* __restrict__ B, int64_t ldb, float beta, float* C, int64_t ldc,
-                     const float* __restrict__ bias, float* gelu, GemmBatch batch, int64_t y0, int64_t z0) {
+                     const float* __restrict__ bias, float* gelu, GemmBatch batch, int64_t y0, int64_t z0, bool a_vec4,
+                     bool b_vec4) {
   using namespace mma;
   __shared__ __align__(16) uint32_t stage[2][2][kStageWords];  // [stage][A, B^T]: 40 KiB; ldmatrix wants 16-byte rows
 
   const int64_t z = z0 + blockIdx.z;
   C += batch.c(z);
   if (gelu) gelu += batch.c(z);
-  // B is staged as B^T (N rows of K), so both operands are "rows x K" to the staging code.
-  const Operand a{A + batch.a(z), lda, M, K, !kTransA};
-  const Operand b{B + batch.b(z), ldb, N, K, kTransB};
+  // B is staged as B^T (N rows of K), so both operands are "rows x K" to the staging code. A k-contiguous operand is
+  // staged by quads (four k of a row, one float4 when aligned), the other by pairs (two k of a row, 32 rows a warp).
+  constexpr bool kQuadA = !kTransA, kQuadB = kTransB;
+  const Operand a{A + batch.a(z), lda, M, K, a_vec4};
+  const Operand b{B + batch.b(z), ldb, N, K, b_vec4};
   const int64_t m0 = (y0 + blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   float acc[kTilesM][kTilesN][4] = {};
-  float next_a[kPairs][2], next_b[kPairs][2];
-  auto fetch = [&](int64_t k0) {
+  float next[2][2 * kPairs];  // [A, B]: this thread's values of the next slice, as kPairs pairs or kQuads quads
+  auto fetch_operand = [&](const Operand& op, bool quads, int64_t row0, int64_t k0, float* v) {
 #pragma unroll
-    for (int p = 0; p < kPairs; ++p) {
-      load_pair(a, m0, k0, stage_coord(tid, p, !kTransA), next_a[p][0], next_a[p][1]);
-      load_pair(b, n0, k0, stage_coord(tid, p, kTransB), next_b[p][0], next_b[p][1]);
-    }
+    for (int q = 0; q < kQuads; ++q)
+      if (quads) load_quad(op, row0, k0, quad_coord(tid, q), v + 4 * q);
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p)
+      if (!quads) load_pair(op, row0, k0, pair_coord(tid, p), v[2 * p], v[2 * p + 1]);
+  };
+  auto put_operand = [&](uint32_t* st, bool quads, const float* v) {
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q)
+      if (quads)  // two words at an even index: one 64-bit store
+        *reinterpret_cast<uint2*>(st + stage_word(quad_coord(tid, q))) =
+            make_uint2(pack_bf16x2(v[4 * q], v[4 * q + 1]), pack_bf16x2(v[4 * q + 2], v[4 * q + 3]));
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p)
+      if (!quads) st[stage_word(pair_coord(tid, p))] = pack_bf16x2(v[2 * p], v[2 * p + 1]);
+  };
+  auto fetch = [&](int64_t k0) {
+    fetch_operand(a, kQuadA, m0, k0, next[0]);
+    fetch_operand(b, kQuadB, n0, k0, next[1]);
   };
   auto put = [&](int s) {
-#pragma unroll
-    for (int p = 0; p < kPairs; ++p) {
-      stage[s][0][stage_word(stage_coord(tid, p, !kTransA))] = pack_bf16x2(next_a[p][0], next_a[p][1]);
-      stage[s][1][stage_word(stage_coord(tid, p, kTransB))] = pack_bf16x2(next_b[p][0], next_b[p][1]);
-    }
+    put_operand(stage[s][0], kQuadA, next[0]);
+    put_operand(stage[s][1], kQuadB, next[1]);
   };
 
   const int64_t slices = (K + kBK - 1) / kBK;
@@ -118,10 +136,12 @@ void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
   require_bf16_tensor_cores();
   cudaStream_t s = stream();
+  const bool a_vec4 = !transA && mma::rows_aligned16(A, lda, o.batch.a_outer, o.batch.a_inner);
+  const bool b_vec4 = transB && mma::rows_aligned16(B, ldb, o.batch.b_outer, o.batch.b_inner);
   dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
     for_each_grid_chunk((N + mma::kBN - 1) / mma::kBN, (M + mma::kBM - 1) / mma::kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
       gemm_bf16_kernel<kTransA, kTransB><<<grid, mma::kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu,
-                                                                         o.batch, y0, z0);
+                                                                         o.batch, y0, z0, a_vec4, b_vec4);
       check_launch("gemm (bf16)");
     });
   });

@@ -39,39 +39,68 @@ static_assert(kBM * kBK / 2 % kThreads == 0, "every thread stages the same numbe
 
 // An operand tile, seen as rows x k: A is M x K; B is seen as B^T, N x K. Row r, element k sits at
 // src[r * ld + k] when the operand is contiguous along k (A not transposed, B transposed), else at src[k * ld + r].
+// The two kinds are staged differently (quads and pairs, below) so that a warp's loads are contiguous either way.
 struct Operand {
   const float* src;
   int64_t ld, rows, K;
-  bool k_contiguous;
+  bool vec4 = false;  // k-contiguous with every row 16-byte aligned: whole quads load as one float4 (rows_aligned16)
 };
 
-// Pair p (0 <= p < kPairs) of thread tid: its row in the block tile and the even k of the pair in the slice.
-// A warp reads 2 rows x 32 consecutive k of a k-contiguous operand, or 32 consecutive rows at two k of the other
-// kind: consecutive addresses either way.
+// An operand that is not k-contiguous (A transposed, B not) is staged by pairs: two consecutive k of one row, read
+// as two loads ld apart. Pair p (0 <= p < kPairs) of thread tid: a warp reads 32 consecutive rows at one k, and
+// again at the next k: consecutive addresses.
 struct PairCoord {
   int row, k;
 };
-TF_HOST_DEVICE inline PairCoord stage_coord(int tid, int p, bool k_contiguous) {
+TF_HOST_DEVICE inline PairCoord pair_coord(int tid, int p) {
   const int e = tid + p * kThreads;
-  if (k_contiguous) return {e / (kBK / 2), 2 * (e % (kBK / 2))};
   return {e % kBM, 2 * (e / kBM)};
 }
 
-// The two values of a pair (zeros outside the matrix, so the tails add nothing), for a tile whose first row is
-// row0 and a slice that starts at k0.
+// The two values of pair c of an operand that is not k-contiguous (zeros outside the matrix, so the tails add
+// nothing), for a tile whose first row is row0 and a slice that starts at k0.
 TF_HOST_DEVICE inline void load_pair(const Operand& op, int64_t row0, int64_t k0, PairCoord c, float& lo, float& hi) {
   const int64_t r = row0 + c.row, k = k0 + c.k;
   lo = hi = 0.0f;
   if (r >= op.rows) return;
-  if (op.k_contiguous) {
-    const float* p = op.src + r * op.ld + k;
-    if (k < op.K) lo = p[0];
-    if (k + 1 < op.K) hi = p[1];
-  } else {
-    const float* p = op.src + k * op.ld + r;
-    if (k < op.K) lo = p[0];
-    if (k + 1 < op.K) hi = p[op.ld];
+  const float* p = op.src + k * op.ld + r;
+  if (k < op.K) lo = p[0];
+  if (k + 1 < op.K) hi = p[op.ld];
+}
+
+// A k-contiguous operand is staged by quads: 4 consecutive k of one row, one 128-bit load when the operand's
+// rows are 16-byte aligned (and the quad lies inside K), and two stage words. Quad q (0 <= q < kQuads) of thread tid:
+// a warp reads 4 rows x 32 consecutive k, four whole 128-byte lines. A quad is two pairs, so stage_word places it.
+constexpr int kQuads = kBM * kBK / 4 / kThreads;
+static_assert(kQuads * 4 == kPairs * 2, "a thread stages as many values by quads as by pairs");
+TF_HOST_DEVICE inline PairCoord quad_coord(int tid, int q) {
+  const int e = tid + q * kThreads;
+  return {e / (kBK / 4), 4 * (e % (kBK / 4))};
+}
+
+// Whether every row start of a k-contiguous operand, in every batch entry, is 16-byte aligned: the base address, the
+// row stride and both batch strides (in floats) must all allow it.
+inline bool rows_aligned16(const float* base, int64_t ld, int64_t outer_stride, int64_t inner_stride) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && ld % 4 == 0 && outer_stride % 4 == 0 && inner_stride % 4 == 0;
+}
+
+// The four values of quad c (zeros outside the matrix) of a k-contiguous operand.
+TF_HOST_DEVICE inline void load_quad(const Operand& op, int64_t row0, int64_t k0, PairCoord c, float v[4]) {
+  const int64_t r = row0 + c.row, k = k0 + c.k;
+  v[0] = v[1] = v[2] = v[3] = 0.0f;
+  if (r >= op.rows) return;
+  const float* p = op.src + r * op.ld + k;
+  if (op.vec4 && k + 3 < op.K) {
+#if defined(__CUDA_ARCH__)
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+    for (int i = 0; i < 4; ++i) v[i] = p[i];
+#endif
+    return;
   }
+  for (int i = 0; i < 4; ++i)
+    if (k + i < op.K) v[i] = p[i];
 }
 
 // Where pair c goes in a stage: the word of its row that holds k and k + 1.

@@ -5,7 +5,8 @@
 // kernel's order (stage a slice, barrier, fragments, mma, next slice), with mma.sync itself emulated from the PTX
 // ISA's description of the m16n8k16 .bf16 fragments, written out below independently of the header. It checks:
 //   1. the header's fragment maps against that description (and the description against the PTX figures' corners);
-//   2. staging writes every data word of a stage exactly once and never a padding word;
+//   2. staging (pairs, or quads for k-contiguous operands, by float4 only at 16-byte aligned addresses) writes every
+//      data word of a stage exactly once and never a padding word;
 //   3. each mma tile's fragments read every word of its A and B slices exactly once, only data words, and the
 //      kernel's ldmatrix.x4 loads (emulated) give the same registers from aligned rows without bank conflicts;
 //   4. every element of C inside the matrix is written exactly once, nothing outside it;
@@ -89,6 +90,8 @@ struct Problem {
   int64_t c_off(int64_t z) const { return z / inner * c_outer + z % inner * c_inner; }
 };
 
+int64_t vector_loads = 0;  // float4 loads the products made: the aligned path must be exercised
+
 // C = alpha * op(A) op(B) + beta * C, as gemm_bf16_kernel computes it; writes[i] counts the stores to C[i].
 void run_kernel(const Problem& p, const std::vector<float>& A, const std::vector<float>& B, std::vector<float>& C, float alpha,
                 float beta, std::vector<int>& writes) {
@@ -97,14 +100,17 @@ void run_kernel(const Problem& p, const std::vector<float>& A, const std::vector
   const int64_t row_tiles = (p.M + kBM - 1) / kBM, col_tiles = (p.N + kBN - 1) / kBN, slices = (p.K + kBK - 1) / kBK;
   std::vector<uint32_t> stage(2 * 2 * kStageWords);
   auto word = [&](int s, int operand, int w) -> uint32_t& { return stage[(s * 2 + operand) * kStageWords + w]; };
-  static float next[kThreads][2][kPairs][2];
+  static float next[kThreads][2][2 * kPairs];  // [thread][A, B]: kPairs pairs or kQuads quads, as the kernel holds them
   static float acc[kWarps][kTilesM][kTilesN][32][4];
 
   for (int64_t z = 0; z < p.count; ++z)
     for (int64_t by = 0; by < row_tiles; ++by)
       for (int64_t bx = 0; bx < col_tiles; ++bx) {
-        const Operand a{A.data() + p.a_off(z), p.lda, p.M, p.K, !p.transA};
-        const Operand b{B.data() + p.b_off(z), p.ldb, p.N, p.K, p.transB};
+        // The kernel's operands: k-contiguous ones (A not transposed, B transposed) by quads, float4 where the host
+        // found every row 16-byte aligned; the others by pairs.
+        const bool quads[2] = {!p.transA, p.transB};
+        const Operand a{A.data() + p.a_off(z), p.lda, p.M, p.K, quads[0] && rows_aligned16(A.data(), p.lda, p.a_outer, p.a_inner)};
+        const Operand b{B.data() + p.b_off(z), p.ldb, p.N, p.K, quads[1] && rows_aligned16(B.data(), p.ldb, p.b_outer, p.b_inner)};
         const int64_t m0 = by * kBM, n0 = bx * kBN;
         for (uint32_t& w : stage) w = kPoison;
         for (auto& warp : acc)
@@ -115,22 +121,43 @@ void run_kernel(const Problem& p, const std::vector<float>& A, const std::vector
 
         auto fetch = [&](int64_t k0) {
           for (int tid = 0; tid < kThreads; ++tid)
-            for (int q = 0; q < kPairs; ++q) {
-              load_pair(a, m0, k0, stage_coord(tid, q, a.k_contiguous), next[tid][0][q][0], next[tid][0][q][1]);
-              load_pair(b, n0, k0, stage_coord(tid, q, b.k_contiguous), next[tid][1][q][0], next[tid][1][q][1]);
+            for (int operand = 0; operand < 2; ++operand) {
+              const Operand& op = operand == 0 ? a : b;
+              const int64_t row0 = operand == 0 ? m0 : n0;
+              float* v = next[tid][operand];
+              for (int q = 0; q < kQuads && quads[operand]; ++q) {
+                const PairCoord c = quad_coord(tid, q);
+                const int64_t r = row0 + c.row, k = k0 + c.k;
+                if (op.vec4 && r < op.rows && k + 3 < op.K) {  // the kernel's float4 load
+                  const uintptr_t address = reinterpret_cast<uintptr_t>(op.src + r * op.ld + k);
+                  CHECK(address % 16 == 0, "operand %d row %lld k %lld: a float4 load at an address that is not 16-byte aligned", operand,
+                        (long long)r, (long long)k);
+                  ++vector_loads;
+                }
+                load_quad(op, row0, k0, c, v + 4 * q);
+              }
+              for (int q = 0; q < kPairs && !quads[operand]; ++q) load_pair(op, row0, k0, pair_coord(tid, q), v[2 * q], v[2 * q + 1]);
             }
         };
         auto put = [&](int s) {
           std::vector<int> stores(2 * kStageWords, 0);
+          auto store = [&](int operand, int w, uint32_t value) {
+            CHECK(w >= 0 && w < kStageWords, "stage word %d out of the stage", w);
+            if (w < 0 || w >= kStageWords) return;
+            word(s, operand, w) = value;
+            ++stores[operand * kStageWords + w];
+          };
           for (int tid = 0; tid < kThreads; ++tid)
-            for (int q = 0; q < kPairs; ++q)
-              for (int operand = 0; operand < 2; ++operand) {
-                const int w = stage_word(stage_coord(tid, q, operand == 0 ? a.k_contiguous : b.k_contiguous));
-                CHECK(w >= 0 && w < kStageWords, "stage word %d out of the stage", w);
-                if (w < 0 || w >= kStageWords) continue;
-                word(s, operand, w) = pack_bf16x2(next[tid][operand][q][0], next[tid][operand][q][1]);
-                ++stores[operand * kStageWords + w];
+            for (int operand = 0; operand < 2; ++operand) {
+              const float* v = next[tid][operand];
+              for (int q = 0; q < kQuads && quads[operand]; ++q) {
+                const int w = stage_word(quad_coord(tid, q));
+                CHECK(w % 2 == 0, "quad stage word %d is not 8-byte aligned (the kernel stores it as one uint2)", w);
+                store(operand, w, pack_bf16x2(v[4 * q], v[4 * q + 1]));
+                store(operand, w + 1, pack_bf16x2(v[4 * q + 2], v[4 * q + 3]));
               }
+              for (int q = 0; q < kPairs && !quads[operand]; ++q) store(operand, stage_word(pair_coord(tid, q)), pack_bf16x2(v[2 * q], v[2 * q + 1]));
+            }
           for (int operand = 0; operand < 2; ++operand)
             for (int w = 0; w < kStageWords; ++w) {
               const int expected = w % kRowWords < kBK / 2 ? 1 : 0;
@@ -291,21 +318,24 @@ int main() {
   const Shape shapes[] = {{16, 8, 16}, {128, 128, 32}, {1, 1, 1}, {130, 70, 50}, {257, 129, 97}, {5, 300, 33}, {64, 40, 1}, {200, 9, 64}};
   int count = 0;
   for (bool integers : {true, false})
-    for (const Shape& s : shapes)
-      for (int t = 0; t < 4; ++t) {
-        Problem p;
-        p.transA = t & 1;
-        p.transB = t & 2;
-        p.M = s.M, p.N = s.N, p.K = s.K;
-        // Leading dimensions beyond the minimum, so that a row/column mix-up cannot pass by accident.
-        p.lda = (p.transA ? s.M : s.K) + 3;
-        p.ldb = (p.transB ? s.K : s.N) + 5;
-        p.ldc = s.N + 2;
-        char name[96];
-        std::snprintf(name, sizeof name, "%s %lldx%lldx%lld transA=%d transB=%d", integers ? "integers" : "random", (long long)s.M,
-                      (long long)s.N, (long long)s.K, int(p.transA), int(p.transB));
-        check_product(name, p, integers, 1000u + static_cast<uint32_t>(count++));
-      }
+    for (bool aligned : {false, true})
+      for (const Shape& s : shapes)
+        for (int t = 0; t < 4; ++t) {
+          Problem p;
+          p.transA = t & 1;
+          p.transB = t & 2;
+          p.M = s.M, p.N = s.N, p.K = s.K;
+          // Leading dimensions beyond the minimum, so that a row/column mix-up cannot pass by accident; odd ones keep
+          // k-contiguous operands on scalar loads, multiples of 4 put them on float4 loads.
+          p.lda = (p.transA ? s.M : s.K) + (aligned ? 4 : 3);
+          p.ldb = (p.transB ? s.K : s.N) + (aligned ? 8 : 5);
+          p.ldc = s.N + 2;
+          if (aligned) p.lda = (p.lda + 3) / 4 * 4, p.ldb = (p.ldb + 3) / 4 * 4;
+          char name[128];
+          std::snprintf(name, sizeof name, "%s %lldx%lldx%lld transA=%d transB=%d lda=%lld ldb=%lld", integers ? "integers" : "random",
+                        (long long)s.M, (long long)s.N, (long long)s.K, int(p.transA), int(p.transB), (long long)p.lda, (long long)p.ldb);
+          check_product(name, p, integers, 1000u + static_cast<uint32_t>(count++));
+        }
 
   // Two-level batch strides: (sample, head) slices of one buffer, as attention.cu multiplies q k^T, P v and dS^T q
   // (C slices interleaved in one buffer for the last), and a transA-transB product over strided slices.
@@ -322,10 +352,11 @@ int main() {
     }
   }
 
+  CHECK(vector_loads > 0, "no product took the float4 path");
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
   }
-  std::printf("mma tile logic: all checks passed\n");
+  std::printf("mma tile logic: all checks passed (%lld float4 loads)\n", (long long)vector_loads);
   return 0;
 }
