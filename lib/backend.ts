@@ -5,7 +5,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
 import { checkOneOf, validationError } from './validate.js';
 
@@ -197,11 +197,25 @@ function loadCpu(): Backend {
   return cpuBackend;
 }
 
+/**
+ * Why the install left no CUDA addon, as scripts/build-cuda.mjs recorded it in build-cuda/install-status.json under
+ * `root` (the package), or the fix when it left no record.
+ */
+export function cudaInstallReason(root: string = packageRoot): string {
+  const fallback = 'run `npm run build:cuda` with nvcc on the PATH';
+  try {
+    const status = JSON.parse(readFileSync(join(root, 'build-cuda', 'install-status.json'), 'utf8')) as { built?: unknown; reason?: unknown };
+    return status.built === false && typeof status.reason === 'string' && status.reason ? status.reason : fallback;
+  } catch {
+    return fallback;
+  }
+}
+
 function tryLoadCuda(): Backend | undefined {
   if (cudaBackend || cudaFailure) return cudaBackend;
   const path = join(packageRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
   if (!existsSync(path)) {
-    cudaFailure = 'the CUDA addon is not built (nvcc was not found when the package was installed)';
+    cudaFailure = `the CUDA addon is not built: ${cudaInstallReason()}`;
     return undefined;
   }
   try {

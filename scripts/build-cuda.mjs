@@ -7,7 +7,7 @@
 // Environment: TARFLOW_CUDA_ARCH (CMake architectures, default "90-real;90-virtual;80-real"),
 // TARFLOW_SKIP_CUDA=1 (do not build), TARFLOW_CUDA_JOBS (parallel compile jobs, default: number of cores).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,8 +17,19 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const required = process.env.TARFLOW_REQUIRE_CUDA === '1';
 
-function skip(message) {
+// Why the last install did or did not build the addon, for the runtime's "running on the CPU" line
+// (lib/backend.ts reads it): a missing addon can mean no nvcc, an opt-out or a failed build, and each has its own fix.
+function recordStatus(built, reason) {
+  const dir = join(root, 'build-cuda');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'install-status.json');
+  writeFileSync(`${file}.tmp`, JSON.stringify({ built, reason, at: new Date().toISOString() }) + '\n');
+  renameSync(`${file}.tmp`, file);
+}
+
+function skip(message, reason) {
   console.log(`tarflow: ${message}`);
+  recordStatus(false, reason);
   process.exit(required ? 1 : 0);
 }
 
@@ -31,18 +42,19 @@ function findOnPath(name) {
 
 if (process.env.TARFLOW_SKIP_CUDA === '1' && !required) {
   console.log('tarflow: TARFLOW_SKIP_CUDA=1; skipping the CUDA backend (CPU only)');
+  recordStatus(false, 'it was skipped at install (TARFLOW_SKIP_CUDA=1); run `npm run build:cuda` to build it');
   process.exit(0);
 }
 
 let nvcc = findOnPath('nvcc');
 if (!nvcc && existsSync('/usr/local/cuda/bin/nvcc')) nvcc = '/usr/local/cuda/bin/nvcc';
-if (!nvcc) skip('nvcc not found; skipping the CUDA backend (CPU only)');
+if (!nvcc) skip('nvcc not found; skipping the CUDA backend (CPU only)', 'nvcc was not found at install; put the CUDA toolkit\'s bin on the PATH and run `npm run build:cuda`');
 
 let cmakeJs;
 try {
   cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
 } catch {
-  skip('cmake-js is not installed; skipping the CUDA backend (CPU only)');
+  skip('cmake-js is not installed; skipping the CUDA backend (CPU only)', 'cmake-js was not installed; run `npm install` and then `npm run build:cuda`');
 }
 
 const env = { ...process.env, CUDACXX: process.env.CUDACXX ?? nvcc };
@@ -70,6 +82,7 @@ if (result.status !== 0 || !existsSync(output)) {
       ? 'CMake found no usable CUDA compiler'
       : `cmake-js exited with ${result.status ?? result.signal}`;
   const line = `tarflow: WARNING: the CUDA backend failed to build (${why}); the CPU backend is installed and works`;
+  recordStatus(false, `its build failed at install (${why}); run \`npm run build:cuda\` to see the compiler's errors`);
   if (required) {
     console.error(line.replace('WARNING', 'ERROR') + ' (TARFLOW_REQUIRE_CUDA=1)');
     process.exit(1);
@@ -77,4 +90,5 @@ if (result.status !== 0 || !existsSync(output)) {
   console.warn(line);
   process.exit(0);
 }
+recordStatus(true, 'built');
 console.log(`tarflow: CUDA backend built in ${seconds} s: ${output}`);

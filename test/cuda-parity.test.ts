@@ -10,10 +10,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { getBackend, type Backend, type BlockReverseWeights, type DType, type MatmulOptions, type Ops, type Tensor } from '../lib/backend.js';
+import { cudaInstallReason, getBackend, type Backend, type BlockReverseWeights, type DType, type MatmulOptions, type Ops, type Tensor } from '../lib/backend.js';
 import type { TarFlowConfig } from '../lib/config.js';
 import { errorCode, gaussian, modelErrors, mulberry32, relError, repoRoot } from './helpers.js';
 
@@ -73,6 +74,30 @@ test("TARFLOW_DEVICE=auto falls back to the CPU with one warning; TARFLOW_DEVICE
   assert.is(out.code, 'ERR_TARFLOW_DEVICE');
   const warnings = r.stderr.split('\n').filter((l) => l.includes('running on the CPU'));
   assert.is(warnings.length, 1, `expected one fallback warning, got:\n${r.stderr}`);
+});
+
+test('the fallback line says why the install left no CUDA addon, as the build script recorded it', () => {
+  const root = mkdtempSync(join(tmpdir(), 'tarflow-cuda-status-'));
+  try {
+    assert.match(cudaInstallReason(root), /npm run build:cuda/, 'no record: the fix');
+    // The build script itself, run from a copy of the package layout, records an opt-out.
+    mkdirSync(join(root, 'scripts'));
+    copyFileSync(join(repoRoot, 'scripts', 'build-cuda.mjs'), join(root, 'scripts', 'build-cuda.mjs'));
+    const env = { ...process.env, TARFLOW_SKIP_CUDA: '1' } as Record<string, string | undefined>;
+    delete env.TARFLOW_REQUIRE_CUDA;
+    const r = spawnSync(process.execPath, [join(root, 'scripts', 'build-cuda.mjs')], { env: env as NodeJS.ProcessEnv, encoding: 'utf8' });
+    assert.is(r.status, 0, r.stderr);
+    assert.match(cudaInstallReason(root), /skipped at install \(TARFLOW_SKIP_CUDA=1\)/);
+    const status = join(root, 'build-cuda', 'install-status.json');
+    writeFileSync(status, JSON.stringify({ built: false, reason: 'its build failed at install (cmake-js exited with 2)' }));
+    assert.is(cudaInstallReason(root), 'its build failed at install (cmake-js exited with 2)');
+    writeFileSync(status, JSON.stringify({ built: true, reason: 'built' }));
+    assert.match(cudaInstallReason(root), /npm run build:cuda/, 'built, then removed: the fix');
+    writeFileSync(status, '{"built": fal');
+    assert.match(cudaInstallReason(root), /npm run build:cuda/, 'a torn record: the fix');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------------------
