@@ -52,9 +52,13 @@ TF_OP(attention) {
           gemm<T>(args.precision, false, true, rows, keys, d.hd, scale, q + i0 * ld, ld, k, ld, T(0), Pc, d.T, false);
           for (int64_t i = i0; i < keys; ++i) {
             T* row = P + i * d.T;
+            // The row reductions run across vector lanes (written plainly they are chains of dependent operations,
+            // which cost as much as the products at these lengths).
             T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
             for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
             T sum = 0;
+#pragma omp simd reduction(+ : sum)
             for (int64_t j = 0; j <= i; ++j) {
               row[j] = fast_exp(row[j] - mx);
               sum += row[j];
@@ -103,6 +107,7 @@ TF_OP(attentionBackward) {
             T* row = dS.data() + i * d.T;
             const T* prow = P + i * d.T;
             T dot = 0;
+#pragma omp simd reduction(+ : dot)
             for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
             for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
             for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
