@@ -29,6 +29,14 @@ export interface LinearOptions extends MatmulOptions {
   gelu?: Tensor | null;
 }
 
+export interface LinearBackwardOptions extends MatmulOptions {
+  /**
+   * The pre-activation u when this layer's input was x = GELU(u) (dx's shape): dx becomes (dy W) * GELU'(u), the
+   * gradient with respect to u, in the same call (no separate geluBackward pass). Needs dx and accumulateDx false.
+   */
+  geluInput?: Tensor | null;
+}
+
 /** A handle to native memory. JavaScript never sees the pointer; data crosses through toArray/copyFrom. */
 export interface Tensor {
   readonly shape: number[];
@@ -92,7 +100,7 @@ export interface Ops {
   layerNorm(y: Tensor, mean: Tensor, rstd: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void;
   layerNormBackward(dx: Tensor, dweight: Tensor, dbias: Tensor, dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor, accumulateDx: boolean): void;
   linear(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, accumulate: boolean, options?: LinearOptions): void;
-  linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean, options?: MatmulOptions): void;
+  linearBackward(dx: Tensor | null, dweight: Tensor | null, dbias: Tensor | null, dy: Tensor, x: Tensor, weight: Tensor, accumulateDx: boolean, options?: LinearBackwardOptions): void;
   attention(out: Tensor, probs: Tensor, qkv: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
   attentionBackward(dqkv: Tensor, dout: Tensor, qkv: Tensor, probs: Tensor, heads: number, temp: number, options?: MatmulOptions): void;
   /** attention without the T x T probabilities: saves each row's log-sum-exp of the logits, lse [B, H, T]. */

@@ -444,8 +444,8 @@ export class TarFlow {
         const w = p.layers[l];
         const gw = g ? g.layers[l] : null;
         const s = a.layers[l];
-        ops.linearBackward(ws.dact, gw?.fc2Weight ?? null, gw?.fc2Bias ?? null, ws.dh, s.act, w.fc2Weight, false, mm);
-        ops.geluBackward(ws.dact, ws.dact, s.fc1);
+        // dact is the gradient with respect to fc1's output: the GELU's derivative is applied in fc2's backward.
+        ops.linearBackward(ws.dact, gw?.fc2Weight ?? null, gw?.fc2Bias ?? null, ws.dh, s.act, w.fc2Weight, false, { ...mm, geluInput: s.fc1 });
         ops.linearBackward(ws.dln, gw?.fc1Weight ?? null, gw?.fc1Bias ?? null, ws.dact, s.ln2, w.fc1Weight, false, mm);
         this.layerNormBackward(ws.dh, gw?.ln2Weight, gw?.ln2Bias, ws.dln, s.mid, s.mean2, s.rstd2, w.ln2Weight);
         ops.linearBackward(ws.datt, gw?.projWeight ?? null, gw?.projBias ?? null, ws.dh, s.att, w.projWeight, false, mm);

@@ -63,6 +63,39 @@ test('linear with a gelu output equals linear then gelu, in both precisions', ()
   }
 });
 
+// The MLP's backward: fc2's dx goes through the GELU in the product's epilogue, where a separate geluBackward pass
+// used to; the same operations in the same order, so the same bits. Shapes span several tiles and threads, and the
+// middle one two K blocks of the dx product (N = 520 > the CPU GEMM's block of 384): the epilogue runs after the last.
+test('linearBackward with geluInput equals linearBackward then geluBackward, bit for bit', () => {
+  for (const [M, N, K] of [[9, 16, 20], [300, 520, 70], [131, 1, 33]]) {
+    for (const dtype of ['float32', 'float64'] as const) {
+      for (const precision of dtype === 'float32' ? ['fp32', 'bf16'] as const : ['fp32'] as const) {
+        const mk = (shape: number[], seed: number, scale = 1) => {
+          const v = randn(shape.reduce((a, b) => a * b, 1), seed, scale);
+          return new cpu.Tensor(dtype, shape, dtype === 'float64' ? Float64Array.from(v) : v);
+        };
+        const dy = mk([M, N], 11), x = mk([M, K], 12), w = mk([N, K], 13, 0.3), u = mk([M, K], 14, 2);
+        const fused = new cpu.Tensor(dtype, [M, K]), dw1 = new cpu.Tensor(dtype, [N, K]), db1 = new cpu.Tensor(dtype, [N]);
+        cpu.ops.linearBackward(fused, dw1, db1, dy, x, w, false, { precision, geluInput: u });
+        const plain = new cpu.Tensor(dtype, [M, K]), dw2 = new cpu.Tensor(dtype, [N, K]), db2 = new cpu.Tensor(dtype, [N]);
+        cpu.ops.linearBackward(plain, dw2, db2, dy, x, w, false, { precision });
+        cpu.ops.geluBackward(plain, plain, u);
+        const what = `${dtype} ${precision} ${M}x${N}x${K}`;
+        same(fused, plain, `dx ${what}`);
+        same(dw1, dw2, `dweight ${what}`);
+        same(db1, db2, `dbias ${what}`);
+        [dy, x, w, u, fused, dw1, db1, plain, dw2, db2].forEach((t) => t.dispose());
+      }
+    }
+  }
+  const t = (shape: number[]) => new cpu.Tensor('float32', shape);
+  const [dx, dy, x, w] = [t([4, 3]), t([4, 5]), t([4, 3]), t([5, 3])];
+  assert.is(code(() => cpu.ops.linearBackward(dx, null, null, dy, x, w, true, { geluInput: x })), 'ERR_TARFLOW_INVALID_ARGUMENT', 'with accumulateDx');
+  assert.is(code(() => cpu.ops.linearBackward(null, null, null, dy, x, w, false, { geluInput: x })), 'ERR_TARFLOW_INVALID_ARGUMENT', 'without dx');
+  assert.is(code(() => cpu.ops.linearBackward(dx, null, null, dy, x, w, false, { geluInput: t([4, 4]) })), 'ERR_TARFLOW_SHAPE', 'wrong shape');
+  assert.is(code(() => cpu.ops.linear(dy, x, w, null, false, { geluInput: x } as never)), 'ERR_TARFLOW_INVALID_ARGUMENT', 'linear has none');
+});
+
 test('attention and its backward in bf16 stay within bf16 rounding of float32', () => {
   const [B, Tn, W, H] = [2, 19, 128, 2];
   const qkv = T([B, Tn, 3 * W], randn(B * Tn * 3 * W, 9)), dout = T([B, Tn, W], randn(B * Tn * W, 10));

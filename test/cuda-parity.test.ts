@@ -171,6 +171,9 @@ function checkLinear({ B, T, W, D }: Shape, dtype: 'float32' | 'float64', mm: Ma
       (ops, t) => ops.linear(t[0], t[1], t[2], t[3], false, { ...mm, gelu: t[4] }), tol);
     compareOp(`${p} linearBackward ${K}->${N} dx only`, dtype, [{ shape: [B, T, K] }, { shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }], [0],
       (ops, t) => ops.linearBackward(t[0], null, null, t[1], t[2], t[3], false, mm), tol);
+    compareOp(`${p} linearBackward ${K}->${N} through a GELU (geluInput)`, dtype,
+      [{ shape: [B, T, K] }, { shape: [N, K] }, { shape: [N] }, { shape: [B, T, N] }, { shape: [B, T, K] }, { shape: [N, K] }, { shape: [B, T, K] }], [0, 1, 2],
+      (ops, t) => ops.linearBackward(t[0], t[1], t[2], t[3], t[4], t[5], false, { ...mm, geluInput: t[6] }), tol);
   }
 }
 

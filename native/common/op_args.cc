@@ -88,8 +88,10 @@ Precision precision_prop(const Napi::Object& obj, const char* key, const char* o
 struct MatmulOptions {
   Precision precision = Precision::F32;
   Tensor* gelu = nullptr;
+  Tensor* gelu_input = nullptr;
 };
-MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const char* op, DType dtype, bool allow_gelu) {
+MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const char* op, DType dtype, bool allow_gelu,
+                             bool allow_gelu_input = false) {
   MatmulOptions o;
   if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return o;
   if (!info[i].IsObject()) throw arg_error(std::string(op) + ": options must be an object like {precision: 'bf16'}");
@@ -97,6 +99,8 @@ MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const cha
   o.precision = precision_prop(obj, "precision", op, dtype);
   if (allow_gelu) o.gelu = tensor_prop(obj, "gelu", true);
   else if (!obj.Get("gelu").IsUndefined()) throw arg_error(std::string(op) + ": has no gelu option");
+  if (allow_gelu_input) o.gelu_input = tensor_prop(obj, "geluInput", true);
+  else if (!obj.Get("geluInput").IsUndefined()) throw arg_error(std::string(op) + ": has no geluInput option");
   return o;
 }
 
@@ -365,7 +369,14 @@ LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info) {
   if (dx) expect_numel(dx, d.M * d.K, "dx");
   if (dw) expect_numel(dw, d.N * d.K, "dweight");
   if (db) expect_numel(db, d.N, "dbias");
-  return {dx, dw, db, dy, x, w, accumulate, d, matmul_options(info, 7, "linearBackward", w->dtype(), false).precision};
+  const MatmulOptions o = matmul_options(info, 7, "linearBackward", w->dtype(), false, true);
+  if (o.gelu_input) {
+    if (!dx) throw arg_error("linearBackward: geluInput needs dx (it applies GELU's derivative to dx)");
+    if (accumulate) throw arg_error("linearBackward: geluInput needs accumulateDx false (the derivative applies to this product alone)");
+    expect_shape(o.gelu_input, dx->shape(), "geluInput");
+    expect_same_dtype(o.gelu_input, w, "geluInput", "weight");
+  }
+  return {dx, dw, db, dy, x, w, accumulate, d, o.precision, o.gelu_input};
 }
 
 // ---- attention ----

@@ -149,6 +149,7 @@ struct LinearBackwardArgs {
   bool accumulate;
   LinearDims d;
   Precision precision;
+  Tensor* gelu_input;  // may be null: dx = (dy W) * GELU'(gelu_input)
 };
 LinearBackwardArgs parse_linear_backward(const Napi::CallbackInfo& info);
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../common/threads.h"
+#include "gelu.h"
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -382,9 +383,29 @@ int64_t k_block(int64_t K) {
   return (K + nb - 1) / nb;
 }
 
+// The epilogue (gemm.h) on rows [0, mr) x columns [0, nr) of a finished tile of C at c, which is element `at` of C's
+// storage and column n0 (the epilogue's pointers share C's origin).
+template <typename T>
+void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t at, int64_t n0, int64_t mr, int64_t nr) {
+  for (int64_t r = 0; r < mr; ++r) {
+    T* cr = c + r * ldc;
+    const int64_t row = at + r * ldc;
+    if (ep.bias)
+      for (int64_t j = 0; j < nr; ++j) cr[j] += ep.bias[n0 + j];
+    if (ep.gelu) {
+      T* g = ep.gelu + row;
+      for (int64_t j = 0; j < nr; ++j) g[j] = tf::gelu(cr[j]);
+    }
+    if (ep.gelu_grad_of) {
+      const T* x = ep.gelu_grad_of + row;
+      for (int64_t j = 0; j < nr; ++j) cr[j] = cr[j] * tf::gelu_grad(x[j]);
+    }
+  }
+}
+
 template <typename T, int NR>
 void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR;
   const int64_t kcb = k_block<T>(K);
@@ -404,6 +425,7 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
       const int mode = pc == 0 ? first_mode : kAccumulate;
+      const bool last = pc + kc == K;  // this K block finishes its tiles: the epilogue follows each kernel call
       pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, bp);
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min(mcb, M - ic);
@@ -416,6 +438,7 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
             for (int64_t jr = 0; jr < nc; jr += NR) {
               const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
               Bk::template kernel<true, NR>(kc, asrc, lda, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+              if (ep && last) apply_epilogue(*ep, crow + jr, ldc, (ic + ir) * ldc + jc + jr, jc + jr, mr, nr);
             }
             continue;
           }
@@ -427,6 +450,7 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
           for (int64_t jr = 0; jr < nc; jr += NR) {
             const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
             Bk::template kernel<false, NR>(kc, panel, 0, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+            if (ep && last) apply_epilogue(*ep, crow + jr, ldc, (ic + ir) * ldc + jc + jr, jc + jr, mr, nr);
           }
         }
       }
@@ -438,11 +462,18 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
 // and apply the same update.
 template <typename T>
 void gemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep) {
   if (N <= Blocking<T>::NR_NARROW)
-    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
   else
-    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+}
+
+// The epilogue of the sub-product whose C starts at row i0, column j0 of the whole one.
+template <typename T>
+GemmEpilogue<T> shifted(const GemmEpilogue<T>& ep, int64_t i0, int64_t j0, int64_t ldc) {
+  const int64_t at = i0 * ldc + j0;
+  return {ep.bias ? ep.bias + j0 : nullptr, ep.gelu ? ep.gelu + at : nullptr, ep.gelu_grad_of ? ep.gelu_grad_of + at : nullptr};
 }
 
 // C = beta * C for the degenerate cases (K == 0 or alpha == 0), honouring "beta == 0 never reads C".
@@ -460,10 +491,11 @@ void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
 
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel) {
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) {
     scale_c(M, N, beta, C, ldc);
+    if (ep) apply_epilogue(*ep, C, ldc, 0, 0, M, N);
     return;
   }
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
@@ -488,7 +520,7 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
     }
   }
   if (tm * tn == 1) {
-    gemm_serial<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_serial<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
     return;
   }
   parallel_for(tm * tn, 1, [&](int64_t begin, int64_t end) {
@@ -499,15 +531,16 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
       if (i0 >= i1 || j0 >= j1) continue;
       const T* a = transA ? A + i0 : A + i0 * lda;
       const T* b = transB ? B + j0 * ldb : B + j0;
-      gemm_serial<T>(transA, transB, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta, C + i0 * ldc + j0, ldc);
+      const GemmEpilogue<T> sub = ep ? shifted(*ep, i0, j0, ldc) : GemmEpilogue<T>{};
+      gemm_serial<T>(transA, transB, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta, C + i0 * ldc + j0, ldc, ep ? &sub : nullptr);
     }
   });
 }
 
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel) {
-  if (precision == Precision::F32) return gemm<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel);
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep) {
+  if (precision == Precision::F32) return gemm<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep);
   if constexpr (!std::is_same_v<T, float>) {
     throw std::invalid_argument("gemm: precision 'bf16' needs float32 operands");  // the ops' parsing refuses it first
   } else {
@@ -524,17 +557,17 @@ void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, i
     };
     const int64_t a_rows = transA ? K : M, a_cols = transA ? M : K, b_rows = transB ? N : K, b_cols = transB ? K : N;
     const std::vector<float> a = rounded(A, a_rows, a_cols, lda), b = rounded(B, b_rows, b_cols, ldb);
-    gemm<float>(transA, transB, M, N, K, alpha, a.data(), a_cols, b.data(), b_cols, beta, C, ldc, parallel);
+    gemm<float>(transA, transB, M, N, K, alpha, a.data(), a_cols, b.data(), b_cols, beta, C, ldc, parallel, ep);
   }
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
-                          int64_t, float, float*, int64_t, bool);
+                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
-                           int64_t, double, double*, int64_t, bool);
+                           int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
 template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
-                          int64_t, float, float*, int64_t, bool);
+                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
 template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t, bool);
+                           const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
 
 }  // namespace tf

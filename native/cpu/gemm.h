@@ -13,29 +13,41 @@
 
 namespace tf {
 
+// What a product does to each finished element c of C (at row m, column n) after alpha * acc + beta * C, in this
+// order: c += bias[n]; then gelu[m * ldc + n] = GELU(c) (the MLP's activation), or c *= GELU'(gelu_grad_of[m * ldc + n])
+// (the backward through that activation). It runs on each tile of C right after its last K block, while the tile
+// is still in cache, and computes exactly what separate passes would (the same operations in the same order).
+template <typename T>
+struct GemmEpilogue {
+  const T* bias = nullptr;
+  T* gelu = nullptr;                // C's layout (ldc)
+  const T* gelu_grad_of = nullptr;  // C's layout (ldc); not together with gelu
+};
+
 // Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, where op(X) = X or X^T.
 // A is M x K (lda >= K) when !transA, K x M (lda >= M) when transA; B is K x N (ldb >= N) when !transB,
 // N x K (ldb >= K) when transB. beta == 0 means C is overwritten and never read (garbage/NaN in C is fine).
 // parallel=false runs on the calling thread only (for use inside other parallel kernels).
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true);
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true, const GemmEpilogue<T>* epilogue = nullptr);
 
 // The same product at a working precision. Precision::BF16 (float only) rounds op(A) and op(B) to bf16 and keeps
 // fp32 sums: the CPU reference of the GPU's tensor-core path (bf16 products are exact in fp32, so the two differ
 // only in the order of the sums). It rounds copies of the operands: a reference, not a fast path.
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true);
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true,
+          const GemmEpilogue<T>* epilogue = nullptr);
 
 extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                                 const float*, int64_t, float, float*, int64_t, bool);
+                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
 extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                                  const double*, int64_t, double, double*, int64_t, bool);
+                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
 
 extern template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                                 const float*, int64_t, float, float*, int64_t, bool);
+                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
 extern template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                                  const double*, int64_t, double, double*, int64_t, bool);
+                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
 
 }  // namespace tf

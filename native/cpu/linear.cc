@@ -1,6 +1,7 @@
 // Linear layers y = x W^T + b (W is (out, in), as in PyTorch) and their backward, on top of the GEMM kernel.
-// The residual connections use accumulate=true (y += x W^T + b), so no separate add pass is needed; the MLP's
-// activation comes out of the same call (the gelu option), as it does from the GPU's GEMM epilogue.
+// The residual connections use accumulate=true (y += x W^T + b), so no separate add pass is needed; the bias, the
+// MLP's activation (the gelu option) and, in the backward, the GELU's derivative (geluInput) are applied in the
+// GEMM's epilogue on each finished tile, on the CPU as on the GPU.
 #include <algorithm>
 #include <vector>
 
@@ -19,36 +20,26 @@ TF_OP(linear) {
   const LinearArgs args = parse_linear(info);
   const LinearDims& d = args.d;
   dispatch_float(args.x->dtype(), [&]<typename T>() {
-    T* yp = args.y->data<T>();
+    const GemmEpilogue<T> ep{args.bias ? args.bias->data<T>() : nullptr, args.gelu ? args.gelu->data<T>() : nullptr, nullptr};
     gemm<T>(args.precision, false, true, d.M, d.N, d.K, T(1), args.x->data<T>(), d.K, args.weight->data<T>(), d.K,
-            args.accumulate ? T(1) : T(0), yp, d.N);
-    const T* bp = args.bias ? args.bias->data<T>() : nullptr;
-    T* gp = args.gelu ? args.gelu->data<T>() : nullptr;
-    if (bp || gp) {
-      parallel_for(d.M, 64, [&](int64_t s, int64_t e) {
-        for (int64_t r = s; r < e; ++r) {
-          if (bp)
-            for (int64_t j = 0; j < d.N; ++j) yp[r * d.N + j] += bp[j];
-          if (gp)
-            for (int64_t j = 0; j < d.N; ++j) gp[r * d.N + j] = tf::gelu(yp[r * d.N + j]);
-        }
-      });
-    }
+            args.accumulate ? T(1) : T(0), args.y->data<T>(), d.N, true, &ep);
   });
   return info.Env().Undefined();
 }
 
-// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, {precision}?)
+// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, {precision, geluInput}?)
 // dweight += dy^T x and dbias += sum_rows dy (gradients accumulate over a step); dx = (or +=) dy W. With bf16 the
-// two products take bf16 inputs; the bias gradient is an fp32 sum of dy.
+// two products take bf16 inputs; the bias gradient is an fp32 sum of dy. geluInput (the pre-activation u of this
+// layer's input x = GELU(u)) carries dx on through the GELU: dx = (dy W) * GELU'(u), in the product's epilogue.
 TF_OP(linearBackward) {
   const LinearBackwardArgs args = parse_linear_backward(info);
   const LinearDims& d = args.d;
   dispatch_float(args.weight->dtype(), [&]<typename T>() {
     const T* g = args.dy->data<T>();
+    const GemmEpilogue<T> through_gelu{nullptr, nullptr, args.gelu_input ? args.gelu_input->data<T>() : nullptr};
     if (args.dx)
       gemm<T>(args.precision, false, false, d.M, d.K, d.N, T(1), g, d.N, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0),
-              args.dx->data<T>(), d.K);
+              args.dx->data<T>(), d.K, true, args.gelu_input ? &through_gelu : nullptr);
     if (args.dweight)
       gemm<T>(args.precision, true, false, d.N, d.K, d.M, T(1), g, d.N, args.x->data<T>(), d.K, T(1), args.dweight->data<T>(), d.K);
     if (args.dbias) {

@@ -26,15 +26,12 @@ namespace {
 inline float sampler_exp(float x) { return exp_approx(x); }
 inline double sampler_exp(double x) { return std::exp(x); }
 
+// y = (or +=) x W^T + b, then GELU in place when gelu is set: all of it in the GEMM's epilogue, as training's linear.
 template <typename T>
-void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision) {
+void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision, bool gelu = false) {
   int64_t N = w->dim(0), K = w->dim(1);
-  gemm<T>(precision, false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N);
-  const T* bp = b->data<T>();
-  parallel_for(rows, 16, [&](int64_t s, int64_t e) {
-    for (int64_t r = s; r < e; ++r)
-      for (int64_t j = 0; j < N; ++j) y[r * N + j] += bp[j];
-  });
+  const GemmEpilogue<T> ep{b->data<T>(), gelu ? y : nullptr, nullptr};
+  gemm<T>(precision, false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N, true, &ep);
 }
 
 template <typename T>
@@ -141,10 +138,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
       });
       dense(h.data(), att.data(), lw.projw, lw.projb, R, true, opt.precision);
       layer_norm_rows(ln.data(), h.data(), lw.ln2w, lw.ln2b, R, W, opt.eps);
-      dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false, opt.precision);
-      parallel_for(static_cast<int64_t>(f.size()), 4096, [&](int64_t s, int64_t e) {
-        for (int64_t j = s; j < e; ++j) f[j] = tf::gelu(f[j]);
-      });
+      dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false, opt.precision, true);
       dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true, opt.precision);
     }
     dense(o.data(), h.data(), w.outw, w.outb, R, false, opt.precision);

@@ -100,11 +100,7 @@ __global__ void gelu_kernel(T* y, const T* x, int64_t n) {
 
 template <typename T>
 __global__ void gelu_backward_kernel(T* dx, const T* dy, const T* x, int64_t n) {
-  TF_GRID_LOOP(i, n) {
-    T v = x[i];
-    T pdf = T(0.3989422804014327) * exp(T(-0.5) * v * v);
-    dx[i] = dy[i] * (cuda::normal_cdf(v) + v * pdf);
-  }
+  TF_GRID_LOOP(i, n) dx[i] = dy[i] * cuda::gelu_grad_value(x[i]);
 }
 
 // The mean class embedding (for dropped or absent labels), summed in class order as on the CPU.

@@ -17,8 +17,8 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256, kPer = 4;
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, int64_t K, T alpha, const T* __restrict__ A,
                                                         int64_t lda, const T* __restrict__ B, int64_t ldb, T beta, T* C,
-                                                        int64_t ldc, const T* __restrict__ bias, T* gelu, GemmBatch batch,
-                                                        int64_t y0, int64_t z0) {
+                                                        int64_t ldc, const T* __restrict__ bias, T* gelu, const T* __restrict__ gelu_grad_of,
+                                                        GemmBatch batch, int64_t y0, int64_t z0) {
   // +1 column of padding keeps the transposed stores into shared memory off a single bank.
   __shared__ T As[kBK][kBM + 1];
   __shared__ T Bs[kBK][kBN + 1];
@@ -28,6 +28,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, in
   B += batch.b(z);
   C += batch.c(z);
   if (gelu) gelu += batch.c(z);
+  if (gelu_grad_of) gelu_grad_of += batch.c(z);
 
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t m0 = (y0 + blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(int64_t M, int64_t N, in
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       int64_t n = n0 + tx + 16 * j;
-      if (n < N) store_result(acc[i][j], m, n, alpha, beta, C, ldc, bias, gelu);
+      if (n < N) store_result(acc[i][j], m, n, alpha, beta, C, ldc, bias, gelu, gelu_grad_of);
     }
   }
 }
@@ -104,8 +105,8 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
   cudaStream_t s = stream();
   dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
     for_each_grid_chunk((N + kBN - 1) / kBN, (M + kBM - 1) / kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
-      gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu, o.batch,
-                                                                 y0, z0);
+      gemm_kernel<T, kTransA, kTransB><<<grid, kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu, o.gelu_grad_of,
+                                                                 o.batch, y0, z0);
       check_launch("gemm");
     });
   });

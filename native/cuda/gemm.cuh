@@ -50,6 +50,7 @@ template <typename T>
 struct GemmOptions {
   const T* bias = nullptr;  // + bias[n] on every row, after the beta term (the CPU's linear adds it last too)
   T* gelu = nullptr;        // also writes GELU of each result here (same layout and batch strides as C)
+  const T* gelu_grad_of = nullptr;  // multiplies each result by GELU'(this) (C's layout and batch strides; not with gelu)
   GemmBatch batch;
   Precision precision = Precision::F32;  // BF16: tensor cores, float only (gemm_bf16.cu)
 };
@@ -74,13 +75,15 @@ void require_bf16_tensor_cores();
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
 
-// One C element's epilogue, shared by both kernels: alpha * acc, + beta * C, + bias, then the GELU copy.
+// One C element's epilogue, shared by both kernels: alpha * acc, + beta * C, + bias, then the GELU copy or the
+// GELU derivative (the CPU's GemmEpilogue, in the same order).
 template <typename T>
 __device__ __forceinline__ void store_result(T acc, int64_t m, int64_t n, T alpha, T beta, T* C, int64_t ldc,
-                                             const T* bias, T* gelu) {
+                                             const T* bias, T* gelu, const T* gelu_grad_of) {
   T v = alpha * acc;
   if (beta != T(0)) v += beta * C[m * ldc + n];
   if (bias) v += bias[n];
+  if (gelu_grad_of) v = v * gelu_grad_value(gelu_grad_of[m * ldc + n]);
   C[m * ldc + n] = v;
   if (gelu) gelu[m * ldc + n] = gelu_value(v);  // after C: gelu may alias C (the sampler's in-place MLP)
 }

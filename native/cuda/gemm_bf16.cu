@@ -29,14 +29,15 @@ template <bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(mma::kThreads)
     gemm_bf16_kernel(int64_t M, int64_t N, int64_t K, float alpha, const float* __restrict__ A, int64_t lda,
                      const float* __restrict__ B, int64_t ldb, float beta, float* C, int64_t ldc,
-                     const float* __restrict__ bias, float* gelu, GemmBatch batch, int64_t y0, int64_t z0, bool a_vec4,
-                     bool b_vec4) {
+                     const float* __restrict__ bias, float* gelu, const float* __restrict__ gelu_grad_of, GemmBatch batch,
+                     int64_t y0, int64_t z0, bool a_vec4, bool b_vec4) {
   using namespace mma;
   __shared__ __align__(16) uint32_t stage[2][2][kStageWords];  // [stage][A, B^T]: 40 KiB; ldmatrix wants 16-byte rows
 
   const int64_t z = z0 + blockIdx.z;
   C += batch.c(z);
   if (gelu) gelu += batch.c(z);
+  if (gelu_grad_of) gelu_grad_of += batch.c(z);
   // B is staged as B^T (N rows of K), so both operands are "rows x K" to the staging code. A k-contiguous operand is
   // staged by quads (four k of a row, one float4 when aligned), the other by pairs (two k of a row, 32 rows a warp).
   constexpr bool kQuadA = !kTransA, kQuadB = kTransB;
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(mma::kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t m = m0 + acc_row(warp, lane, mi, i), n = n0 + acc_col(warp, lane, ni, i);
-        if (m < M && n < N) store_result(acc[mi][ni][i], m, n, alpha, beta, C, ldc, bias, gelu);
+        if (m < M && n < N) store_result(acc[mi][ni][i], m, n, alpha, beta, C, ldc, bias, gelu, gelu_grad_of);
       }
 }
 
@@ -141,7 +142,7 @@ void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
   dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
     for_each_grid_chunk((N + mma::kBN - 1) / mma::kBN, (M + mma::kBM - 1) / mma::kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
       gemm_bf16_kernel<kTransA, kTransB><<<grid, mma::kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu,
-                                                                         o.batch, y0, z0, a_vec4, b_vec4);
+                                                                         o.gelu_grad_of, o.batch, y0, z0, a_vec4, b_vec4);
       check_launch("gemm (bf16)");
     });
   });

@@ -25,5 +25,12 @@ __device__ __forceinline__ T gelu_value(T x) {
   return x * normal_cdf(x);
 }
 
+// GELU'(x) = Phi(x) + x * phi(x): the geluBackward op and the GEMM epilogue that carries dx through the MLP's GELU.
+template <typename T>
+__device__ __forceinline__ T gelu_grad_value(T x) {
+  const T pdf = T(0.3989422804014327) * exp(T(-0.5) * x * x);
+  return normal_cdf(x) + x * pdf;
+}
+
 }  // namespace cuda
 }  // namespace tf

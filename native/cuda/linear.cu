@@ -46,18 +46,22 @@ TF_OP(linear) {
   return info.Env().Undefined();
 }
 
-// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, {precision}?)
+// linearBackward(dx|null, dweight|null, dbias|null, dy, x, weight, accumulateDx, {precision, geluInput}?)
 // dweight += dy^T x and dbias += sum_rows dy (gradients accumulate over a step); dx = (or +=) dy W. With bf16 the
-// two products run on the tensor cores; the bias gradient is an fp32 sum of dy.
+// two products run on the tensor cores; the bias gradient is an fp32 sum of dy. geluInput: dx = (dy W) * GELU'(u)
+// in the dx product's epilogue (the MLP's backward without a separate pass over its widest activation).
 TF_OP(linearBackward) {
   const LinearBackwardArgs args = parse_linear_backward(info);
   const LinearDims& d = args.d;
   dispatch_float(args.weight->dtype(), [&]<typename T>() {
     const T* g = args.dy->data<T>();
     const cuda::GemmOptions<T> o{.precision = args.precision};
-    if (args.dx)
+    if (args.dx) {
+      cuda::GemmOptions<T> through_gelu = o;
+      through_gelu.gelu_grad_of = args.gelu_input ? args.gelu_input->data<T>() : nullptr;
       cuda::gemm<T>(false, false, d.M, d.K, d.N, T(1), g, d.N, args.weight->data<T>(), d.K, args.accumulate ? T(1) : T(0), args.dx->data<T>(),
-                    d.K, o);
+                    d.K, through_gelu);
+    }
     if (args.dweight) cuda::gemm<T>(true, false, d.N, d.K, d.M, T(1), g, d.N, args.x->data<T>(), d.K, T(1), args.dweight->data<T>(), d.K, o);
     if (args.dbias && d.M > 0 && d.N > 0) {
       int64_t blocks = (d.M + kRows - 1) / kRows, col_blocks = (d.N + 127) / 128;
