@@ -20,10 +20,6 @@
 namespace tf {
 namespace {
 
-// float: the vectorisable exp of gelu.h (the softmax then costs a fraction of the two GEMMs); double: libm.
-inline float fast_exp(float x) { return exp_approx(x); }
-inline double fast_exp(double x) { return std::exp(x); }
-
 // Causality by chunks of query rows: chunk [i0, i0 + kRowChunk) multiplies only the keys [0, i0 + kRowChunk) it can
 // see, so the products skip most of the masked upper triangle (about 60% of the full work at T = 196, where the
 // training step spends a fifth of its time in attention) while each product keeps enough rows to run at full rate.

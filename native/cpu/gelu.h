@@ -30,6 +30,11 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
+// The softmaxes' exp (training attention and the sampler): exp_approx for float, where libm's scalar exp would cost
+// as much as the products around it; libm for double (gradient and parity checks).
+inline float fast_exp(float x) { return exp_approx(x); }
+inline double fast_exp(double x) { return std::exp(x); }
+
 // erfc(|z|) for float (fractional error < 1.2e-7).
 inline float erfc_abs(float z) {
   float a = std::fabs(z);

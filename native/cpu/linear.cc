@@ -9,7 +9,6 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
-#include "gelu.h"
 #include "gemm.h"
 
 namespace tf {

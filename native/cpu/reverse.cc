@@ -22,10 +22,6 @@
 namespace tf {
 namespace {
 
-// float: gelu.h's vectorisable exp, as training's attention uses; double (gradient and parity checks): libm.
-inline float sampler_exp(float x) { return exp_approx(x); }
-inline double sampler_exp(double x) { return std::exp(x); }
-
 // y = (or +=) x W^T + b, then GELU in place when gelu is set: all of it in the GEMM's epilogue, as training's linear.
 template <typename T>
 void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision, bool gelu = false) {
@@ -124,7 +120,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
           }
           T sum = 0;
           for (int64_t j = 0; j <= i; ++j) {
-            logits[j] = sampler_exp(logits[j] - mx);
+            logits[j] = fast_exp(logits[j] - mx);
             sum += logits[j];
           }
           T* out = att.data() + r * W + hh * hd;

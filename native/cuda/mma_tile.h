@@ -137,6 +137,8 @@ TF_HOST_DEVICE inline int c_frag_col(int lane, int i) { return 2 * (lane & 3) + 
 TF_HOST_DEVICE inline int warp_row0(int warp) { return (warp % kWarpsM) * kWarpM; }
 TF_HOST_DEVICE inline int warp_col0(int warp) { return (warp / kWarpsM) * kWarpN; }
 
+// The fragment maps word by word: the kernel loads by ldmatrix (a4_word, b4_word below); these are the reference
+// mma_tile_test checks those addresses against, and that it checks against the PTX fragment description.
 // The stage word that is register i of the A fragment of mma tile row mi at k16 step s, for this lane.
 TF_HOST_DEVICE inline int a_frag_word(int warp, int lane, int mi, int s, int i) {
   return (warp_row0(warp) + 16 * mi + a_frag_row(lane, i)) * kRowWords + (16 * s + a_frag_k(lane, i)) / 2;
