@@ -25,8 +25,10 @@
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-std=c++20", "-O3", "-fexceptions", "-fno-math-errno", "-fopenmp-simd"],
       "conditions": [
+        # 512-bit vectors for the compiler's own loops too (the GEMM kernel uses them by hand): GCC's default of 256
+        # left the GELU epilogues and softmax rows at half width; with it, the mnist-bpd training step is 2-4% faster.
         ["target_arch=='x64' and OS!='win'", {
-          "cflags_cc": ["<!(node -p \"process.env.TARFLOW_NATIVE_ARCH || '-march=native'\")"]
+          "cflags_cc": ["<!(node -p \"process.env.TARFLOW_NATIVE_ARCH || '-march=native'\")", "-mprefer-vector-width=512"]
         }],
         ["OS=='mac'", {
           "xcode_settings": {

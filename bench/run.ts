@@ -2,7 +2,8 @@
  * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample|kv-cache|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
  *
  * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; the data loader's
- * images/s; then whole steps: training images/s for the `small` MNIST preset at batch 256, and the time to draw
+ * images/s; then whole steps: training images/s for the `small` and `tiny` MNIST presets at batch 256 and for the
+ * shipped likelihood model's shape (`bpd`: patch 2, 196 tokens) at batch 64, and the time to draw
  * 100 unguided samples. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
  * samples (bench/kv-cache.ts; --count N samples, default 500). Last, the GPU targets table (bench/targets.ts): by
  * default on CUDA, with --only targets anywhere.
@@ -66,10 +67,14 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-async function trainingBench(preset: keyof typeof PRESETS, batch: number, steps: number): Promise<void> {
+/** The shipped likelihood model's shape (models/mnist-bpd): patch 2, so 196 tokens, trained at batch 64. */
+const BPD_SHAPE = { patchSize: 2, channels: 128, numBlocks: 4, layersPerBlock: 2, numClasses: 0 };
+
+async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number): Promise<void> {
   const data = await loadMnist('train');
-  const model = new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[preset] }, { device, seed: 0 });
-  const trainer = new Trainer(model, data, { batchSize: batch, steps: steps + 2, seed: 0 });
+  const shape = preset === 'bpd' ? BPD_SHAPE : { numClasses: 10, ...PRESETS[preset] };
+  const model = new TarFlow({ inChannels: 1, imgSize: 28, ...shape }, { device, seed: 0 });
+  const trainer = new Trainer(model, data, { batchSize: batch, steps: steps + 2, seed: 0, ...(preset === 'bpd' ? { noise: 'uniform' as const } : {}) });
   trainer.trainStep(); // allocates the workspace
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -160,6 +165,7 @@ if (!only || only === 'loader') await loaderBench();
 if (!only || only === 'train') {
   await trainingBench('small', 256, quick ? 2 : 5);
   await trainingBench('tiny', 256, quick ? 2 : 5);
+  await trainingBench('bpd', 64, quick ? 2 : 7);
 }
 if (!only || only === 'sample') {
   samplingBench('small', 100, 0);

@@ -15,8 +15,9 @@ namespace tf {
 
 // What a product does to each finished element c of C (at row m, column n) after alpha * acc + beta * C, in this
 // order: c += bias[n]; then gelu[m * ldc + n] = GELU(c) (the MLP's activation), or c *= GELU'(gelu_grad_of[m * ldc + n])
-// (the backward through that activation). It runs on each tile of C right after its last K block, while the tile
-// is still in cache, and computes exactly what separate passes would (the same operations in the same order).
+// (the backward through that activation). It runs on each panel of MR rows of C once the last K block has swept it,
+// while the panel is still in cache, and computes exactly what separate passes would (the same operations in the
+// same order).
 template <typename T>
 struct GemmEpilogue {
   const T* bias = nullptr;

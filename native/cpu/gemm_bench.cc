@@ -1,5 +1,5 @@
 // Standalone correctness check and benchmark for tf::gemm (not part of the addon).
-//   g++ -O3 -march=native -std=c++17 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
+//   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
 //       native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
 // Options: --quick (checks only), --bench-only, --filter SUBSTRING (benchmarks whose name contains it),
 // --seconds S (time per benchmark, default 0.05 s per trial).
@@ -136,14 +136,33 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, bool parallel = true) {
+// What a benchmarked product applies to its tiles (the model's MLP: fc1 forward, fc2's dX).
+enum class Epi { kNone, kBiasGelu, kGeluGrad };
+
+void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, bool parallel = true,
+           Epi epi = Epi::kNone) {
   if (!bench_filter.empty() && std::string(name).find(bench_filter) == std::string::npos) return;
   const int64_t lda = ta ? M : K, ldb = tb ? K : N;
   auto A = rand_vec<float>(static_cast<size_t>(M * K));
   auto B = rand_vec<float>(static_cast<size_t>(N * K));
   std::vector<float> C(static_cast<size_t>(M * N), 0.0f);
+  std::vector<float> bias, act;
+  tf::GemmEpilogue<float> ep;
+  if (epi != Epi::kNone) {
+    act = rand_vec<float>(static_cast<size_t>(M * N));
+    if (epi == Epi::kBiasGelu) {
+      bias = rand_vec<float>(static_cast<size_t>(N));
+      ep.bias = bias.data();
+      ep.gelu = act.data();
+    } else {
+      ep.gelu_grad_of = act.data();
+    }
+  }
   const double flops = 2.0 * M * N * K;
-  auto run = [&] { tf::gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C.data(), N, parallel); };
+  auto run = [&] {
+    tf::gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C.data(), N, parallel,
+                    epi == Epi::kNone ? nullptr : &ep);
+  };
   run();
   int reps = std::max(1, static_cast<int>(trial_seconds * 1e11 / flops));
   double best = 1e30;
@@ -172,6 +191,8 @@ void run_bench() {
     std::snprintf(nm, sizeof nm, "dW   (N=%lld,K=%lld)", (long long)N, (long long)K);
     bench(nm, true, false, N, K, M, 1.0f);
   }
+  bench("fc1 fwd + bias + gelu", false, true, M, 512, 128, 0.0f, true, Epi::kBiasGelu);
+  bench("fc2 dX + gelu grad", false, false, M, 512, 128, 0.0f, true, Epi::kGeluGrad);
   for (int64_t rows : {100, 1000}) {
     char nm[64];
     std::snprintf(nm, sizeof nm, "decode M=%lld (384,128)", (long long)rows);
