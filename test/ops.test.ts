@@ -148,4 +148,52 @@ test('labels: every write path keeps the out-of-range check exact (copyFrom, vie
   for (const t of [h, pos, cls, labels, big, lower, upper, src, flipped]) t.dispose();
 });
 
+test('empty dimensions: every op either does nothing or refuses with a tarflow error (never touches memory outside)', () => {
+  const made: Array<InstanceType<typeof b.Tensor>> = [];
+  const T = (shape: number[]) => {
+    const t = new b.Tensor('float32', shape);
+    made.push(t);
+    return t;
+  };
+  // Each op at a tiny valid shape with one dimension (x: batch-like, y: token- or width-like) set to 0 in turn.
+  const ops: Record<string, (x: number, y: number) => void> = {
+    layerNorm: (x, y) => b.ops.layerNorm(T([x, y]), T([x]), T([x]), T([x, y]), T([y]), T([y]), 1e-5),
+    layerNormBackward: (x, y) => b.ops.layerNormBackward(T([x, y]), T([y]), T([y]), T([x, y]), T([x, y]), T([x]), T([x]), T([y]), false),
+    linear: (x, y) => b.ops.linear(T([x, y]), T([x, y]), T([y, y]), T([y]), false),
+    linearBackward: (x, y) => b.ops.linearBackward(T([x, y]), T([y, y]), T([y]), T([x, y]), T([x, y]), T([y, y]), false),
+    attention: (x, y) => b.ops.attention(T([x, y, 64]), T([x, 1, y, y]), T([x, y, 192]), 1, 1),
+    attentionBackward: (x, y) => b.ops.attentionBackward(T([x, y, 192]), T([x, y, 64]), T([x, y, 192]), T([x, 1, y, y]), 1, 1),
+    flashAttention: (x, y) => b.ops.flashAttention(T([x, y, 64]), T([x, 1, y]), T([x, y, 192]), 1, 1),
+    flashAttentionBackward: (x, y) => b.ops.flashAttentionBackward(T([x, y, 192]), T([x, y, 64]), T([x, y, 192]), T([x, y, 64]), T([x, 1, y]), 1, 1),
+    couplingForward: (x, y) => b.ops.couplingForward(T([x, y, 4]), T([x]), T([x, y, 4]), T([x, y, 8]), true, false),
+    couplingBackward: (x, y) => b.ops.couplingBackward(T([x, y, 4]), T([x, y, 8]), T([x, y, 4]), T([x, y, 4]), T([x, y, 8]), true, 1),
+    'couplingForward (D = 0)': (x, y) => b.ops.couplingForward(T([x, y, 0]), T([x]), T([x, y, 0]), T([x, y, 0]), true, false),
+    'couplingBackward (D = 0)': (x, y) => b.ops.couplingBackward(T([x, y, 0]), T([x, y, 0]), T([x, y, 0]), T([x, y, 0]), T([x, y, 0]), true, 1),
+    gelu: (x, y) => b.ops.gelu(T([x, y]), T([x, y])),
+    geluBackward: (x, y) => b.ops.geluBackward(T([x, y]), T([x, y]), T([x, y])),
+    flipTokens: (x, y) => b.ops.flipTokens(T([x, y, 4]), T([x, y, 4])),
+    addPosClass: (x, y) => b.ops.addPosClass(T([x, y, 8]), T([y, 8]), null, null, true),
+    addPosClassBackward: (x, y) => b.ops.addPosClassBackward(T([y, 8]), null, T([x, y, 8]), null, true),
+    adamw: (x, y) => b.ops.adamw(T([x, y]), T([x, y]), T([x, y]), T([x, y]), { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.1, step: 1 }),
+    normal: (x, y) => b.ops.normal(T([x, y]), 1, 0, 0),
+  };
+  let refused = 0;
+  for (const [name, run] of Object.entries(ops)) {
+    for (const [x, y] of [[0, 3], [2, 0], [0, 0]]) {
+      try {
+        run(x, y);
+      } catch (e) {
+        const code = (e as { code?: string }).code ?? '';
+        assert.ok(code.startsWith('ERR_TARFLOW_'), `${name} at (${x}, ${y}) threw ${String(e)} without a tarflow code`);
+        refused++;
+      }
+    }
+  }
+  // A token-less coupling is refused by name (it used to write in front of its buffer: heap corruption).
+  assert.throws(() => ops.couplingBackward(1, 0), (e: Error) => (e as Error & { code?: string }).code === 'ERR_TARFLOW_SHAPE' && /at least one token/.test(e.message));
+  assert.throws(() => ops['couplingForward (D = 0)'](1, 2), /at least one token/);
+  assert.ok(refused >= 8, `expected the empty couplings to be refused, ${refused} refusals`);
+  for (const t of made) t.dispose();
+});
+
 test.run();

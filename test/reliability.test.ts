@@ -223,6 +223,22 @@ test('an allocation that cannot be met is an exception naming its size; the proc
   t.dispose();
 });
 
+test('a refused new Tensor leaves no handle counted and no bytes live', () => {
+  const b = getBackend('cpu');
+  const before = b.ops.nativeMemory();
+  const refusals: Array<() => unknown> = [
+    () => new b.Tensor('float32', [2], new Float32Array(3)), // data of the wrong length (refused after allocating)
+    () => new b.Tensor('float32', [2], new Float64Array(2) as unknown as Float32Array), // data of the wrong type
+    () => new b.Tensor('float16' as 'float32', [2]),
+    () => new b.Tensor('float32', [2 ** 40]),
+  ];
+  for (const refuse of refusals) for (let i = 0; i < 3; i++) assert.throws(refuse);
+  const after = b.ops.nativeMemory();
+  assert.is(after.handles, before.handles, 'handles counted for tensors that were never made');
+  assert.is(after.buffers, before.buffers);
+  assert.is(after.bytes, before.bytes);
+});
+
 test('a memory limit turns allocations past it into out-of-memory exceptions; TARFLOW_MEMORY_LIMIT sets it at load', () => {
   const b = getBackend('cpu');
   const live = b.ops.nativeMemory().bytes;

@@ -114,6 +114,8 @@ AttnDims attn_dims(Tensor* qkv, int64_t heads) {
 CouplingDims coupling_dims(Tensor* u, Tensor* o, bool nvp) {
   if (u->ndim() != 3) throw shape_error("u must be [B, T, D], got " + u->describe());
   int64_t B = u->dim(0), T = u->dim(1), D = u->dim(2), Do = nvp ? 2 * D : D;
+  // The log-determinant is a mean over T x D, and the backward zeroes the last token's row: both need a token.
+  if (T < 1 || D < 1) throw shape_error("u must have at least one token of at least one value ([B, T, D], T, D >= 1), got " + u->describe());
   expect_shape(o, {B, T, Do}, nvp ? "o (NVP: 2D outputs per token)" : "o (VP: D outputs per token)");
   expect_same_dtype(u, o, "u", "o");
   return {B, T, D, Do};

@@ -187,9 +187,14 @@ static int64_t product(const std::vector<int64_t>& s) {
 }
 
 // new Tensor(dtype, shape[, typedArray]) allocates zeroed storage (and copies the data when given).
+// A constructor that throws never reaches ~Tensor, so the handle is counted only once construction has succeeded, and
+// a failure gives back the external-memory report it made (CopyFrom's refusals arrive as JavaScript errors).
 Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) {
-  live_handles++;
   Napi::Env env = info.Env();
+  auto unreport = [&] {
+    if (accounted_bytes_) Napi::MemoryManagement::AdjustExternalMemory(env, -accounted_bytes_);
+    accounted_bytes_ = 0;
+  };
   try {
     if (info.Length() == 1 && info[0].IsExternal()) {
       auto* req = info[0].As<Napi::External<AdoptRequest>>().Data();
@@ -198,22 +203,28 @@ Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) 
       numel_ = product(shape_);
       storage_ = req->storage;
       offset_ = req->offset;
-      return;
+    } else {
+      if (info.Length() < 2 || !info[0].IsString())
+        throw arg_error("new Tensor(dtype, shape[, data]): dtype must be 'float32', 'float64' or 'int32'");
+      dtype_ = parse_dtype(info[0].As<Napi::String>().Utf8Value());
+      shape_ = parse_shape(info[1]);
+      numel_ = product(shape_);
+      storage_ = std::make_shared<Storage>(static_cast<size_t>(numel_) * dtype_size(dtype_));
+      accounted_bytes_ = static_cast<int64_t>(storage_->bytes);
+      Napi::MemoryManagement::AdjustExternalMemory(env, accounted_bytes_);
+      if (info.Length() >= 3 && !info[2].IsUndefined() && !info[2].IsNull()) CopyFrom(info);  // data sits at index 2
     }
-    if (info.Length() < 2 || !info[0].IsString())
-      throw arg_error("new Tensor(dtype, shape[, data]): dtype must be 'float32', 'float64' or 'int32'");
-    dtype_ = parse_dtype(info[0].As<Napi::String>().Utf8Value());
-    shape_ = parse_shape(info[1]);
-    numel_ = product(shape_);
-    storage_ = std::make_shared<Storage>(static_cast<size_t>(numel_) * dtype_size(dtype_));
-    accounted_bytes_ = static_cast<int64_t>(storage_->bytes);
-    Napi::MemoryManagement::AdjustExternalMemory(env, accounted_bytes_);
-    if (info.Length() >= 3 && !info[2].IsUndefined() && !info[2].IsNull()) CopyFrom(info);  // data sits at index 2
   } catch (const Error& e) {
+    unreport();
     throw to_js_error(env, e.code, e.what());
   } catch (const std::bad_alloc&) {
+    unreport();
     throw to_js_error(env, "ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate a tensor of shape " + shape_string(shape_));
+  } catch (...) {
+    unreport();
+    throw;
   }
+  live_handles++;
 }
 
 Tensor::~Tensor() {

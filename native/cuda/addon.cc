@@ -60,7 +60,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo, "deviceInfo"));
   exports.Set("ops", make_op_table(env, getThreads, setThreads));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
-  napi_add_env_cleanup_hook(env, [](void*) { cuda::release_context(); }, nullptr);
+  // Node aborts on a second hook with the same function and argument, and loading the addon again in one environment
+  // (a cleared require cache) runs Init again: each load registers its own token. Releasing twice is harmless.
+  napi_add_env_cleanup_hook(
+      env,
+      [](void* token) {
+        delete static_cast<char*>(token);
+        cuda::release_context();
+      },
+      new char(0));
   return exports;
 }
 

@@ -83,7 +83,7 @@ __device__ TcThread tc_thread(const float* qkv, const Problem& p, bool owns_quer
 }
 
 __global__ void __launch_bounds__(tc::kThreads) flash_forward_bf16_kernel(float* out, float* lse, const float* qkv, Problem p) {
-  __shared__ uint32_t sQ[tc::kStageWords], sK[tc::kStageWords], sVt[tc::kStageWords];  // 27 KiB
+  __shared__ __align__(16) uint32_t sQ[tc::kStageWords], sK[tc::kStageWords], sVt[tc::kStageWords];  // 27 KiB; ldmatrix wants 16-byte rows
   const auto [tid, warp, w, blk, q, ld, i0] = tc_thread(qkv, p, true);
   tc::stage_rows_bf16(sQ, q, ld, blk.row0, p, tid, Plain{});
   __syncthreads();
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(tc::kThreads) flash_forward_bf16_kernel(float*
 // dK, dV of the 64 keys a block owns; streams Q and dO 64 rows at a time, as rows and transposed.
 __global__ void __launch_bounds__(tc::kThreads) flash_dkdv_bf16_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                                                                        const float* D, Problem p) {
-  __shared__ uint32_t sQ[tc::kStageWords], sdO[tc::kStageWords], sQt[tc::kStageWords], sdOt[tc::kStageWords];  // 36 KiB
+  __shared__ __align__(16) uint32_t sQ[tc::kStageWords], sdO[tc::kStageWords], sQt[tc::kStageWords], sdOt[tc::kStageWords];  // 36 KiB
   __shared__ float sLse[tc::kKeys], sD[tc::kKeys];
   const auto [tid, warp, w, blk, q, ld, j0] = tc_thread(qkv, p, false);
   const float* dO = dout + p.out_slice(blk.bh);
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(tc::kThreads) flash_dkdv_bf16_kernel(float* dq
 // dQ of the 64 queries a block owns; streams K (as rows and transposed) and V 64 keys at a time.
 __global__ void __launch_bounds__(tc::kThreads) flash_dq_bf16_kernel(float* dqkv, const float* dout, const float* qkv, const float* lse,
                                                                      const float* D, Problem p) {
-  __shared__ uint32_t sK[tc::kStageWords], sV[tc::kStageWords], sKt[tc::kStageWords];  // 27 KiB
+  __shared__ __align__(16) uint32_t sK[tc::kStageWords], sV[tc::kStageWords], sKt[tc::kStageWords];  // 27 KiB
   const auto [tid, warp, w, blk, q, ld, i0] = tc_thread(qkv, p, true);
   // Q and dO pass through the K and V stages on their way to registers.
   tc::stage_rows_bf16(sK, q, ld, blk.row0, p, tid, Plain{});
