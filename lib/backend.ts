@@ -157,7 +157,8 @@ function wrapOps<T extends object>(raw: T): T {
       } catch (err) {
         const e = err as Error & { code?: string };
         if (e instanceof TarflowError || typeof e.code !== 'string' || !e.code.startsWith('ERR_TARFLOW')) throw err;
-        throw new TarflowError(e.code as TarflowErrorCode, `${name}: ${e.message}`);
+        // Some native messages already name their op; say it once.
+        throw new TarflowError(e.code as TarflowErrorCode, e.message.startsWith(`${name}: `) ? e.message : `${name}: ${e.message}`);
       }
     };
   }

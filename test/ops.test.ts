@@ -2,6 +2,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { getBackend } from '../lib/backend.js';
+import { TarFlow } from '../lib/model.js';
 
 const b = getBackend('cpu');
 
@@ -193,6 +194,73 @@ test('empty dimensions: every op either does nothing or refuses with a tarflow e
   assert.throws(() => ops.couplingBackward(1, 0), (e: Error) => (e as Error & { code?: string }).code === 'ERR_TARFLOW_SHAPE' && /at least one token/.test(e.message));
   assert.throws(() => ops['couplingForward (D = 0)'](1, 2), /at least one token/);
   assert.ok(refused >= 8, `expected the empty couplings to be refused, ${refused} refusals`);
+  for (const t of made) t.dispose();
+});
+
+// Each case below once crashed the process, corrupted memory, divided by zero or looped for hours (found by fuzzing the
+// ops under AddressSanitizer); each must now be a refusal with a tarflow code.
+test('hostile op arguments are refused with a code: overflowing shapes, 0-d tensors, overlaps, disposal by a getter', () => {
+  const made: Array<InstanceType<typeof b.Tensor>> = [];
+  const T = (shape: number[], dtype: 'float32' | 'float64' | 'int32' = 'float32') => {
+    const t = new b.Tensor(dtype, shape);
+    made.push(t);
+    return t;
+  };
+  const refused = (what: string, run: () => unknown, code?: string) => {
+    try {
+      run();
+    } catch (e) {
+      const c = (e as { code?: string }).code ?? '';
+      assert.ok(c.startsWith('ERR_TARFLOW_'), `${what}: threw ${String(e)} without a tarflow code`);
+      if (code) assert.is(c, code, what);
+      return;
+    }
+    assert.unreachable(`${what} was accepted`);
+  };
+  // Shapes whose products overflow int64, even when another dim is 0; a view offset near 2^63.
+  refused('shape 2^32 x 2^32', () => T([2 ** 32, 2 ** 32, 1, 1]), 'ERR_TARFLOW_OUT_OF_MEMORY');
+  refused('empty shape with 2^41 beside its 0', () => T([0, 2 ** 41]), 'ERR_TARFLOW_OUT_OF_MEMORY');
+  refused('view at offset 2^62', () => T([4]).view(2 ** 62, [2048]), 'ERR_TARFLOW_SHAPE');
+  refused('varUpdate with an empty z whose batch times var wraps', () => b.ops.varUpdate(T([2 ** 24]), T([2 ** 40, 0]), 0.1), 'ERR_TARFLOW_SHAPE');
+  // 0-d tensors where an op reads a dimension.
+  refused('rowSumSquares of a 0-d x', () => b.ops.rowSumSquares(T([1]), T([])), 'ERR_TARFLOW_SHAPE');
+  refused('linear into a 0-d y', () => b.ops.linear(T([]), T([1, 1]), T([1, 1]), null, false), 'ERR_TARFLOW_SHAPE');
+  // Overlapping views: copy would memcpy onto itself, flipTokens would read what it already wrote.
+  const p = T([8]);
+  refused('copy between overlapping views', () => b.ops.copy(p.view(1, [4]), p.view(0, [4])), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  refused('flipTokens between overlapping views', () => b.ops.flipTokens(p.view(1, [1, 1, 2]), p.view(0, [1, 1, 2])), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.throws(() => b.ops.flipTokens(p.view(1, [1, 1, 2]), p.view(0, [1, 1, 2])), (e: Error) => /^flipTokens: y and x/.test(e.message), 'the op is named once');
+  b.ops.copy(p, p); // the same elements: a no-op, allowed
+  // Widths of 0 (a division by zero in the class-embedding check) and empty tensors with huge other dims (hours of
+  // empty loops).
+  refused('addPosClass with W = 0 and a classEmbed', () => b.ops.addPosClass(T([1, 2, 0]), T([2, 0]), T([3, 1, 2]), null, false), 'ERR_TARFLOW_SHAPE');
+  refused('flipTokens over 2^40 empty tokens', () => b.ops.flipTokens(T([1, 2 ** 40, 0]), T([1, 2 ** 40, 0])), 'ERR_TARFLOW_SHAPE');
+  refused('patchify of a channel-less image', () => b.ops.patchify(T([2 ** 40, 1, 0]), T([2 ** 40, 0, 1, 1]), 1), 'ERR_TARFLOW_SHAPE');
+  refused('attention over no tokens', () => b.ops.attention(T([2 ** 20, 0, 64]), T([2 ** 20, 1, 0, 0]), T([2 ** 20, 0, 192]), 1, 1), 'ERR_TARFLOW_SHAPE');
+  refused('flashAttention with head size 0', () => b.ops.flashAttention(T([1, 2, 0]), T([1, 1, 2]), T([1, 2, 0]), 1, 1), 'ERR_TARFLOW_SHAPE');
+  // A tensor disposed by a getter of the options object the op reads after unwrapping it.
+  const y = T([2, 2]);
+  refused('linear whose options getter disposes y', () => b.ops.linear(y, T([2, 2]), T([2, 2]), null, false, { get precision() { y.dispose(); return 'fp32' as const; } }), 'ERR_TARFLOW_DISPOSED');
+  const fake = Object.create(b.Tensor.prototype) as InstanceType<typeof b.Tensor>;
+  refused('an object that only shares the Tensor prototype', () => b.ops.gelu(fake, T([2])), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  const params = [T([4]), T([4]), T([4]), T([4])] as const;
+  refused('adamw at step NaN', () => b.ops.adamw(...params, { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, step: NaN }), 'ERR_TARFLOW_INVALID_ARGUMENT');
+
+  // blockReverse: a classEmbed of another dtype (read as doubles past its end), a fractional head count, no values per
+  // token (scratch sized by an unchecked batch).
+  const model = new TarFlow({ inChannels: 1, imgSize: 4, patchSize: 2, channels: 64, numBlocks: 1, layersPerBlock: 1, numClasses: 3 }, { device: 'cpu', dtype: 'float64', seed: 0 });
+  try {
+    const weights = model.params.blocks[0];
+    const x = T([2, 4, 4], 'float64');
+    const labels = new b.Tensor('int32', [2], Int32Array.from([0, 2]));
+    made.push(labels);
+    b.ops.blockReverse(x, weights, { flip: false, nvp: true, heads: 1, labels }); // the valid call, for contrast
+    refused('blockReverse with a float32 classEmbed in a float64 model', () => b.ops.blockReverse(x, { ...weights, classEmbed: T([3, 1, 64]) }, { flip: false, nvp: true, heads: 1, labels }), 'ERR_TARFLOW_DTYPE');
+    refused('blockReverse with heads 1.5', () => b.ops.blockReverse(x, weights, { flip: false, nvp: true, heads: 1.5, labels }), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused('blockReverse with no values per token', () => b.ops.blockReverse(T([2 ** 20, 4, 0], 'float64'), weights, { flip: false, nvp: true, heads: 1 }), 'ERR_TARFLOW_SHAPE');
+  } finally {
+    model.dispose();
+  }
   for (const t of made) t.dispose();
 });
 

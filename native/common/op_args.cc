@@ -2,6 +2,7 @@
 // arguments are wrong, the first failing check names the error, on both backends alike.
 #include "op_args.h"
 
+#include <cmath>
 #include <string>
 
 #ifdef TF_BACKEND_CUDA
@@ -32,6 +33,7 @@ void check_patch_shapes(Tensor* patches, Tensor* image, int64_t P) {
   if (image->ndim() != 4 || image->dim(2) != image->dim(3))
     throw shape_error("image tensor must be [B, C, S, S], got " + image->describe());
   int64_t B = image->dim(0), C = image->dim(1), S = image->dim(2);
+  if (C < 1 || S < 1) throw shape_error("image tensor needs at least one channel and one pixel ([B, C, S, S], C, S >= 1), got " + image->describe());
   if (P <= 0 || S % P) throw shape_error("patch size " + std::to_string(P) + " does not divide image size " + std::to_string(S));
   expect_shape(patches, {B, (S / P) * (S / P), C * P * P}, "patches");
   expect_same_dtype(patches, image, "patches", "image");
@@ -46,6 +48,7 @@ PatchArgs patch_args(Tensor* patches, Tensor* image, int64_t P) {
 void check_embed_args(Tensor* h, Tensor* pos, Tensor* cls, Tensor* labels, int64_t& B, int64_t& Tn, int64_t& W, int64_t& n_cls) {
   if (h->ndim() != 3) throw shape_error("h must be [B, T, W], got " + h->describe());
   B = h->dim(0), Tn = h->dim(1), W = h->dim(2);
+  if (W < 1) throw shape_error("h must have a width of at least 1 ([B, T, W]), got " + h->describe());
   expect_shape(pos, {Tn, W}, "pos");
   expect_same_dtype(h, pos, "h", "pos");
   n_cls = 0;
@@ -107,6 +110,7 @@ MatmulOptions matmul_options(const Napi::CallbackInfo& info, size_t i, const cha
 AttnDims attn_dims(Tensor* qkv, int64_t heads) {
   if (qkv->ndim() != 3 || qkv->dim(2) % 3) throw shape_error("qkv must be [B, T, 3W], got " + qkv->describe());
   int64_t W = qkv->dim(2) / 3;
+  if (W < 1 || qkv->dim(1) < 1) throw shape_error("qkv must have at least one token and a width of at least 1 ([B, T, 3W]), got " + qkv->describe());
   if (heads <= 0 || W % heads) throw arg_error("heads (" + std::to_string(heads) + ") must divide the width " + std::to_string(W));
   return {qkv->dim(0), qkv->dim(1), W, heads, W / heads};
 }
@@ -173,6 +177,7 @@ CopyArgs parse_copy(const Napi::CallbackInfo& info) {
   Tensor* src = tensor_arg(info, 1, "src");
   expect_same_dtype(dst, src, "dst", "src");
   expect_numel(dst, src->numel(), "dst");
+  if (dst->overlaps(src) && !dst->same_elements(src)) throw arg_error("copy: dst and src are overlapping views of one buffer");
   dst->note_int32_written_from(src);
   return {dst, src};
 }
@@ -213,7 +218,9 @@ VarUpdateArgs parse_var_update(const Napi::CallbackInfo& info) {
   double rate = number_arg(info, 2, "rate");
   expect_same_dtype(var, z, "var", "z");
   int64_t B = z->dim(0), n = var->numel();
-  expect_numel(z, B * n, "z");
+  // Compared by division: B * n can overflow for an empty z with huge other dims.
+  if (B > 0 && (z->numel() % B || z->numel() / B != n))
+    throw shape_error("z must be [B, ...var's shape], got " + z->describe() + " for var " + var->describe());
   return {var, z, rate, B, n};
 }
 
@@ -223,7 +230,8 @@ FlipTokensArgs parse_flip_tokens(const Napi::CallbackInfo& info) {
   expect_same_dtype(y, x, "y", "x");
   if (x->ndim() != 3) throw shape_error("flipTokens: x must be [B, T, D], got " + x->describe());
   expect_shape(y, x->shape(), "y");
-  if (y->data<char>() == x->data<char>()) throw arg_error("flipTokens: y and x must be different tensors");
+  if (x->dim(2) < 1) throw shape_error("flipTokens: tokens need at least one value ([B, T, D], D >= 1), got " + x->describe());
+  if (y->overlaps(x)) throw arg_error("flipTokens: y and x must not share elements (it reads token T-1-t while writing t)");
   y->note_int32_written_from(x);
   return {y, x, x->dim(0), x->dim(1), x->dim(2)};
 }
@@ -496,7 +504,7 @@ AdamWArgs parse_adamw(const Napi::CallbackInfo& info) {
     return x.As<Napi::Number>().DoubleValue();
   };
   double lr = num("lr"), b1 = num("beta1"), b2 = num("beta2"), eps = num("eps"), wd = num("weightDecay"), step = num("step");
-  if (step < 1) throw arg_error("adamw: step counts from 1");
+  if (!(step >= 1)) throw arg_error("adamw: step counts from 1, got " + std::to_string(step));
   for (Tensor* t : {g, m, v}) {
     expect_same_dtype(t, p, "optimizer buffer", "params");
     expect_numel(t, p->numel(), "optimizer buffer");
@@ -525,7 +533,10 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   opt.guide_a = opt_bool(oo, "guideA", true);
   opt.guide_b = opt_bool(oo, "guideB", true);
   opt.annealed = opt_bool(oo, "annealed", false);
-  opt.heads = static_cast<int64_t>(opt_num(oo, "heads", 1));
+  const double heads = opt_num(oo, "heads", 1);
+  if (!(heads >= 1 && heads <= 4096) || heads != std::floor(heads))
+    throw arg_error("blockReverse: option 'heads' must be a whole number from 1, got " + std::to_string(heads));
+  opt.heads = static_cast<int64_t>(heads);
   opt.guidance = opt_num(oo, "guidance", 0);
   opt.temp_uncond = opt_num(oo, "tempUncond", 1);
   opt.eps = opt_num(oo, "eps", 1e-5);
@@ -534,11 +545,20 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   Tensor* labels = tensor_prop(oo, "labels", true);
 
   if (x->ndim() != 3) throw shape_error("blockReverse: x must be [B, T, D], got " + x->describe());
+  if (w.inw->ndim() != 2) throw shape_error("blockReverse: projInWeight must be [W, D], got " + w.inw->describe());
   int64_t B = x->dim(0), Tn = x->dim(1), D = x->dim(2), W = w.inw->dim(0);
+  // Its scratch is sized by B and W: with no values per token there is nothing to invert, and B could be anything.
+  if (Tn < 1 || D < 1 || W < 1)
+    throw shape_error("blockReverse: needs at least one token, one value per token and a width of 1 (x [B, T, D], projInWeight [W, D]), got x " +
+                      x->describe() + ", projInWeight " + w.inw->describe());
   expect_shape(w.inw, {W, D}, "projInWeight");
   expect_shape(w.pos, {Tn, W}, "pos");
   expect_shape(w.outw, {opt.nvp ? 2 * D : D, W}, "projOutWeight");
   if (opt.heads <= 0 || W % opt.heads) throw arg_error("blockReverse: heads must divide the width");
+  if (w.cls) {
+    if (w.cls->numel() % W || w.cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + w.cls->describe());
+    expect_same_dtype(w.cls, x, "classEmbed", "x");
+  }
   if (labels) {
     expect_dtype(labels, DType::I32, "labels");
     expect_numel(labels, B, "labels");
@@ -549,6 +569,7 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   }
   for (Tensor* t : {w.inw, w.inb, w.pos, w.outw, w.outb}) expect_same_dtype(t, x, "weight", "x");
   for (const auto& l : w.layers) {
+    if (l.fc1w->ndim() != 2) throw shape_error("blockReverse: fc1Weight must be [F, W], got " + l.fc1w->describe());
     int64_t F = l.fc1w->dim(0);
     for (Tensor* t : {l.ln1w, l.ln1b, l.ln2w, l.ln2b, l.projb, l.fc2b}) expect_numel(t, W, "layer norm/bias");
     expect_shape(l.qkvw, {3 * W, W}, "qkvWeight");
@@ -561,7 +582,6 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   }
   expect_numel(w.inb, W, "projInBias");
   expect_numel(w.outb, opt.nvp ? 2 * D : D, "projOutBias");
-  if (w.cls && (w.cls->numel() % W || w.cls->numel() == 0)) throw shape_error("classEmbed must be [numClasses, 1, W]");
   for (const auto& l : w.layers)
     for (Tensor* t : {l.ln1w, l.ln1b, l.qkvw, l.qkvb, l.projw, l.projb, l.ln2w, l.ln2b, l.fc1w, l.fc1b, l.fc2w, l.fc2b}) expect_same_dtype(t, x, "weight", "x");
   return {x, std::move(w), opt, labels, B, Tn, D, W};

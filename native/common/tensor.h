@@ -66,9 +66,28 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   DType dtype() const { return dtype_; }
   const std::vector<int64_t>& shape() const { return shape_; }
   int64_t numel() const { return numel_; }
-  int64_t dim(int i) const { return shape_[i < 0 ? shape_.size() + i : i]; }
+  // Dimension i (negative: from the end). Parsers call it before they have checked the rank, so a missing dimension
+  // is a shape error rather than a read past the shape.
+  int64_t dim(int i) const {
+    const int64_t k = i < 0 ? static_cast<int64_t>(shape_.size()) + i : i;
+    if (k < 0 || k >= static_cast<int64_t>(shape_.size()))
+      throw shape_error("expected a tensor with a dimension " + std::to_string(i) + ", got " + describe());
+    return shape_[static_cast<size_t>(k)];
+  }
   int ndim() const { return static_cast<int>(shape_.size()); }
   bool disposed() const { return !storage_; }
+  // Whether the two handles share any element of one buffer (a view and its parent, or overlapping views).
+  bool overlaps(const Tensor* o) const {
+    if (!storage_ || storage_ != o->storage_) return false;
+    const size_t a0 = offset_ * dtype_size(dtype_), a1 = a0 + static_cast<size_t>(numel_) * dtype_size(dtype_);
+    const size_t b0 = o->offset_ * dtype_size(o->dtype_), b1 = b0 + static_cast<size_t>(o->numel_) * dtype_size(o->dtype_);
+    return a0 < b1 && b0 < a1;
+  }
+  // Whether the two handles cover exactly the same bytes.
+  bool same_elements(const Tensor* o) const {
+    return storage_ && storage_ == o->storage_ && offset_ * dtype_size(dtype_) == o->offset_ * dtype_size(o->dtype_) &&
+           static_cast<size_t>(numel_) * dtype_size(dtype_) == static_cast<size_t>(o->numel_) * dtype_size(o->dtype_);
+  }
   std::string describe() const;  // "float32[4, 16, 12]"
 
   // Upper bound on this tensor's int32 values (see Storage::int32_upper), and the hook for ops that write one int32
@@ -78,8 +97,11 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
     if (dtype_ == DType::I32) storage_->raise_int32_upper(src->int32_upper());
   }
 
+  // The kernels' pointer. The null check catches a tensor disposed after its op unwrapped it (by a getter on an options
+  // object that the op reads later), which would otherwise be a null dereference.
   template <typename T>
   T* data() const {
+    if (!storage_) throw Error("ERR_TARFLOW_DISPOSED", "a tensor argument was disposed while the op was reading its arguments");
     return reinterpret_cast<T*>(static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_));
   }
 

@@ -20,7 +20,8 @@ constexpr int64_t kGrain = 1 << 14;
 // copy(dst, src)
 TF_OP(copy) {
   const CopyArgs args = parse_copy(info);
-  std::memcpy(args.dst->data<char>(), args.src->data<char>(), args.src->numel() * dtype_size(args.src->dtype()));
+  // memmove: dst may be src itself (the parser refuses other overlaps), which memcpy does not allow.
+  std::memmove(args.dst->data<char>(), args.src->data<char>(), args.src->numel() * dtype_size(args.src->dtype()));
   return info.Env().Undefined();
 }
 
