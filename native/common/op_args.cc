@@ -535,7 +535,7 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   opt.annealed = opt_bool(oo, "annealed", false);
   const double heads = opt_num(oo, "heads", 1);
   if (!(heads >= 1 && heads <= 4096) || heads != std::floor(heads))
-    throw arg_error("blockReverse: option 'heads' must be a whole number from 1, got " + std::to_string(heads));
+    throw arg_error("blockReverse: option 'heads' must be a whole number from 1 to 4096, got " + std::to_string(heads));
   opt.heads = static_cast<int64_t>(heads);
   opt.guidance = opt_num(oo, "guidance", 0);
   opt.temp_uncond = opt_num(oo, "tempUncond", 1);
