@@ -44,6 +44,13 @@ PatchArgs patch_args(Tensor* patches, Tensor* image, int64_t P) {
   return {patches, image, image->dim(0), image->dim(1), image->dim(2), P};
 }
 
+// classEmbed [numClasses, 1, W] beside a width-W tensor `like`: returns numClasses.
+static int64_t class_count(Tensor* cls, int64_t W, Tensor* like, const char* like_name) {
+  if (cls->numel() % W || cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + cls->describe());
+  expect_same_dtype(cls, like, "classEmbed", like_name);
+  return cls->numel() / W;
+}
+
 // Shapes of the embedding ops, and that every label is below the class count.
 void check_embed_args(Tensor* h, Tensor* pos, Tensor* cls, Tensor* labels, int64_t& B, int64_t& Tn, int64_t& W, int64_t& n_cls) {
   if (h->ndim() != 3) throw shape_error("h must be [B, T, W], got " + h->describe());
@@ -51,12 +58,7 @@ void check_embed_args(Tensor* h, Tensor* pos, Tensor* cls, Tensor* labels, int64
   if (W < 1) throw shape_error("h must have a width of at least 1 ([B, T, W]), got " + h->describe());
   expect_shape(pos, {Tn, W}, "pos");
   expect_same_dtype(h, pos, "h", "pos");
-  n_cls = 0;
-  if (cls) {
-    if (cls->numel() % W || cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + cls->describe());
-    n_cls = cls->numel() / W;
-    expect_same_dtype(h, cls, "h", "classEmbed");
-  }
+  n_cls = cls ? class_count(cls, W, h, "h") : 0;
   if (labels) {
     expect_dtype(labels, DType::I32, "labels");
     expect_numel(labels, B, "labels");
@@ -534,8 +536,9 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   opt.guide_b = opt_bool(oo, "guideB", true);
   opt.annealed = opt_bool(oo, "annealed", false);
   const double heads = opt_num(oo, "heads", 1);
-  if (!(heads >= 1 && heads <= 4096) || heads != std::floor(heads))
-    throw arg_error("blockReverse: option 'heads' must be a whole number from 1 to 4096, got " + std::to_string(heads));
+  // Bounded only so the conversion is exact; a count that does not divide the width is refused below.
+  if (!(heads >= 1 && heads <= 9007199254740991.0) || heads != std::floor(heads))
+    throw arg_error("blockReverse: option 'heads' must be a whole number of at least 1, got " + std::to_string(heads));
   opt.heads = static_cast<int64_t>(heads);
   opt.guidance = opt_num(oo, "guidance", 0);
   opt.temp_uncond = opt_num(oo, "tempUncond", 1);
@@ -555,14 +558,10 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
   expect_shape(w.pos, {Tn, W}, "pos");
   expect_shape(w.outw, {opt.nvp ? 2 * D : D, W}, "projOutWeight");
   if (opt.heads <= 0 || W % opt.heads) throw arg_error("blockReverse: heads must divide the width");
-  if (w.cls) {
-    if (w.cls->numel() % W || w.cls->numel() == 0) throw shape_error("classEmbed must be [numClasses, 1, W], got " + w.cls->describe());
-    expect_same_dtype(w.cls, x, "classEmbed", "x");
-  }
+  const int64_t n_cls = w.cls ? class_count(w.cls, W, x, "x") : 0;
   if (labels) {
     expect_dtype(labels, DType::I32, "labels");
     expect_numel(labels, B, "labels");
-    int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
     check_labels_below(labels, B, n_cls, [&](int64_t, int32_t y) {
       throw arg_error("blockReverse: label " + std::to_string(y) + " is out of range for " + std::to_string(n_cls) + " classes");
     });

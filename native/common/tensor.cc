@@ -308,9 +308,9 @@ Napi::Value Tensor::CopyFrom(const Napi::CallbackInfo& info) {
       else storage_->raise_int32_upper(top);
     }
 #ifdef TF_BACKEND_CUDA
-    if (numel_) mem::from_host(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
+    if (numel_) mem::from_host(data<char>(), src, bytes());
 #else
-    if (numel_) std::memcpy(data<char>(), src, static_cast<size_t>(numel_) * dtype_size(dtype_));
+    if (numel_) std::memcpy(data<char>(), src, bytes());
 #endif
     return info.This();
   });

@@ -76,17 +76,13 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   }
   int ndim() const { return static_cast<int>(shape_.size()); }
   bool disposed() const { return !storage_; }
-  // Whether the two handles share any element of one buffer (a view and its parent, or overlapping views).
+  // Whether the two handles share any byte of one buffer (a view and its parent, or overlapping views).
   bool overlaps(const Tensor* o) const {
-    if (!storage_ || storage_ != o->storage_) return false;
-    const size_t a0 = offset_ * dtype_size(dtype_), a1 = a0 + static_cast<size_t>(numel_) * dtype_size(dtype_);
-    const size_t b0 = o->offset_ * dtype_size(o->dtype_), b1 = b0 + static_cast<size_t>(o->numel_) * dtype_size(o->dtype_);
-    return a0 < b1 && b0 < a1;
+    return storage_ && storage_ == o->storage_ && first_byte() < o->first_byte() + o->bytes() && o->first_byte() < first_byte() + bytes();
   }
   // Whether the two handles cover exactly the same bytes.
   bool same_elements(const Tensor* o) const {
-    return storage_ && storage_ == o->storage_ && offset_ * dtype_size(dtype_) == o->offset_ * dtype_size(o->dtype_) &&
-           static_cast<size_t>(numel_) * dtype_size(dtype_) == static_cast<size_t>(o->numel_) * dtype_size(o->dtype_);
+    return storage_ && storage_ == o->storage_ && first_byte() == o->first_byte() && bytes() == o->bytes();
   }
   std::string describe() const;  // "float32[4, 16, 12]"
 
@@ -102,7 +98,7 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   template <typename T>
   T* data() const {
     if (!storage_) throw Error("ERR_TARFLOW_DISPOSED", "a tensor argument was disposed while the op was reading its arguments");
-    return reinterpret_cast<T*>(static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_));
+    return reinterpret_cast<T*>(static_cast<char*>(storage_->data) + first_byte());
   }
 
  private:
@@ -118,7 +114,10 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
 
   void release(Napi::Env env);
   // Whether this handle spans its whole buffer, so that a write through it replaces every value.
-  bool covers_storage() const { return offset_ == 0 && static_cast<size_t>(numel_) * dtype_size(dtype_) == storage_->bytes; }
+  bool covers_storage() const { return offset_ == 0 && bytes() == storage_->bytes; }
+  // This handle's span of its buffer, in bytes.
+  size_t first_byte() const { return offset_ * dtype_size(dtype_); }
+  size_t bytes() const { return static_cast<size_t>(numel_) * dtype_size(dtype_); }
 
   DType dtype_ = DType::F32;
   std::vector<int64_t> shape_;

@@ -136,7 +136,7 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// What a benchmarked product applies to its tiles (the model's MLP: fc1 forward, fc2's dX).
+// The epilogue a benchmarked product applies to its result (the model's MLP: fc1 forward, fc2's dX).
 enum class Epi { kNone, kBiasGelu, kGeluGrad };
 
 void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, bool parallel = true,
