@@ -17,6 +17,7 @@ import { parseSafetensors, readSafetensors } from '../lib/safetensors.js';
 import { serializeNpy } from '../lib/npy.js';
 import { parseNpz } from '../lib/npz.js';
 import { train } from '../lib/jobs.js';
+import { generate } from '../lib/sampling.js';
 import { repoRoot } from './helpers.js';
 
 setFlagsFromString('--expose-gc');
@@ -96,12 +97,34 @@ test('models and their workspaces are freed by dispose', async () => {
     cycle();
     if (i % 50 === 49) await tick();
   }
-  const { growth, message } = await steadyGrowthMiB(cycle, stress ? 7_000 : 1_000, 7);
+  const { growth, message } = await steadyGrowthMiB(cycle, stress ? 10_000 : 1_000, 10);
   const after = ops.nativeMemory();
   assert.ok(after.buffers <= before.buffers, `${after.buffers - before.buffers} native buffers outlived dispose`);
   assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
-  // A leak of 5 KB a cycle (a few of its tensors' bookkeeping) would show as 28 MiB over 6 of the 7 parts of 7,000.
+  // A leak of 4 KB a cycle (a few of its tensors' bookkeeping) would show as 35 MiB over 9 of the 10 parts.
   assert.ok(growth < 16, message);
+});
+
+test('10,000 guided, denoised sampling calls keep resident memory flat', async () => {
+  const cfg = { inChannels: 1, imgSize: 8, patchSize: 2, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 3 };
+  const models = [new TarFlow(cfg, { device: 'cpu', seed: 1 }), new TarFlow(cfg, { device: 'cpu', seed: 2 })];
+  const ops = getBackend('cpu').ops;
+  let k = 0;
+  // Each call builds and frees its own KV caches, latents and denoising workspace; both cache precisions take turns.
+  const cycle = () => {
+    k++;
+    const r = generate(models[k % 2], { count: 2, seed: k, guidance: 1.5, denoiseSigma: 0.1, kvCache: k % 4 < 2 ? 'fp32' : 'bf16' });
+    if (r.images.length !== 2 * 64) throw new Error(`generate returned ${r.images.length} bytes`);
+  };
+  for (let i = 0; i < (stress ? 1_000 : 20); i++) cycle();
+  await settledRssMiB();
+  const before = ops.nativeMemory();
+  const { growth, message } = await steadyGrowthMiB(cycle, stress ? 10_000 : 300, 10);
+  const after = ops.nativeMemory();
+  assert.is(after.bytes, before.bytes, 'each call freed what it allocated');
+  assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
+  assert.ok(growth < 16, message);
+  for (const m of models) m.dispose();
 });
 
 test('nativeMemory reports the high-water mark of live bytes, and resetPeak starts a new one', () => {
@@ -293,6 +316,49 @@ test('a memory limit turns allocations past it into out-of-memory exceptions; TA
   const bad = run('12X');
   assert.is.not(bad.status, 0);
   assert.match(bad.stderr, /TARFLOW_MEMORY_LIMIT: expected a number of bytes, optionally with K, M, G or T/);
+});
+
+const devices: Array<'cpu' | 'cuda'> = ['cpu'];
+try {
+  getBackend('cuda');
+  devices.push('cuda');
+} catch {
+  // no GPU here: the CPU backend alone
+}
+
+for (const device of devices) test(`the sampler's own KV cache counts against the memory limit and in the peak (${device})`, () => {
+  const cfg = { inChannels: 1, imgSize: 8, patchSize: 2, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 3 };
+  const m = new TarFlow(cfg, { device });
+  const b = m.backend;
+  const B = 64, T = 16, D = 4, W = 64;
+  const z = new b.Tensor('float32', [B, T, D]);
+  const out = new b.Tensor('float32', [B, 1, 8, 8]);
+  const labels = new b.Tensor('int32', [B], Int32Array.from({ length: B }, (_, i) => i % 3));
+  const kvBytes = 2 * 1 * (2 * B) * T * W * 4; // keys and values of one layer, for 2B rows (guided), float32
+  try {
+    const live = b.ops.nativeMemory(true).bytes;
+    m.reverse(z, out, labels, { guidance: 1 });
+    const peak = b.ops.nativeMemory().peakBytes;
+    assert.ok(peak - live >= kvBytes, `the peak rose by ${peak - live} bytes, less than the ${kvBytes}-byte cache`);
+    assert.is(b.ops.nativeMemory().bytes, live, 'the cache was given back');
+    b.ops.setMemoryLimit(live + kvBytes / 2);
+    try {
+      m.reverse(z, out, labels, { guidance: 1 });
+      assert.unreachable('a KV cache past the memory limit was allocated');
+    } catch (err) {
+      assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+      assert.match((err as Error).message, /bytes for blockReverse's KV cache and working rows: .* the memory limit is/);
+    } finally {
+      b.ops.setMemoryLimit(0);
+    }
+    assert.is(b.ops.nativeMemory().bytes, live, 'the refused reservation was not kept');
+    m.reverse(z, out, labels, { guidance: 1 }); // usable again without the limit
+  } finally {
+    z.dispose();
+    out.dispose();
+    labels.dispose();
+    m.dispose();
+  }
 });
 
 test('Ctrl-C (SIGINT) during training saves a resumable checkpoint and exits with 130', async () => {

@@ -39,12 +39,12 @@ std::atomic<int64_t> live_storages{0}, live_bytes{0}, peak_bytes{0}, limit_bytes
 // Counts a buffer before it is allocated, so that allocations racing on several threads cannot pass the limit
 // together; a refused or failed allocation is uncounted again. Returns the live bytes with this buffer, which
 // raise_peak records once the allocation has succeeded (a failed one is no high-water mark).
-int64_t reserve(size_t n) {
+int64_t reserve(size_t n, const std::string& what = "a tensor") {
   int64_t now = live_bytes += static_cast<int64_t>(n);
   int64_t limit = limit_bytes.load();
   if (limit > 0 && now > limit) {
     live_bytes -= static_cast<int64_t>(n);
-    throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for a tensor: " +
+    throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(n) + " bytes for " + what + ": " +
                                                  std::to_string(now - static_cast<int64_t>(n)) + " bytes are in use and the memory limit is " +
                                                  std::to_string(limit) + " (setMemoryLimit or TARFLOW_MEMORY_LIMIT); reduce the batch or model size, or raise the limit");
   }
@@ -63,6 +63,9 @@ void count_release(size_t n) {
   live_bytes -= static_cast<int64_t>(n);
 }
 }  // namespace
+
+MemoryReservation::MemoryReservation(size_t bytes, const std::string& what) : bytes_(bytes) { raise_peak(reserve(bytes, what)); }
+MemoryReservation::~MemoryReservation() { count_release(bytes_); }
 
 std::atomic<int64_t> live_handles{0};
 StorageStats storage_stats() { return {live_storages.load(), live_bytes.load(), live_handles.load(), peak_bytes.load(), limit_bytes.load()}; }

@@ -36,6 +36,20 @@ void reset_peak_bytes();
 // and an allocation past the cap fails as out of memory would, before the system runs out.
 void set_memory_limit(int64_t bytes);
 
+// Working memory that an op allocates for itself, outside any tensor (blockReverse's KV cache and rows), counted
+// like a tensor's buffer for as long as this object lives: against the memory limit, in the live bytes and in their
+// peak. Construct it before the allocation it stands for; past the limit it throws ERR_TARFLOW_OUT_OF_MEMORY.
+class MemoryReservation {
+ public:
+  MemoryReservation(size_t bytes, const std::string& what);
+  ~MemoryReservation();
+  MemoryReservation(const MemoryReservation&) = delete;
+  MemoryReservation& operator=(const MemoryReservation&) = delete;
+
+ private:
+  size_t bytes_;
+};
+
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;

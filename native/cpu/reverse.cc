@@ -56,6 +56,11 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const int64_t R = guided ? 2 * B : B;
   const int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
 
+  // Everything below, counted against the memory limit: the KV cache grows with the batch and the tokens.
+  const MemoryReservation counted(sizeof(T) * static_cast<size_t>(B * Tn * D + R * W + W + R * (W * 3 + 3 * W + F + Do + D)) +
+                                      sizeof(C) * static_cast<size_t>(2 * L * R * Tn * W),
+                                  "blockReverse's KV cache and working rows");
+
   // Work in the block's token order.
   std::vector<T> xs(static_cast<size_t>(B * Tn * D));
   for (int64_t b = 0; b < B; ++b)

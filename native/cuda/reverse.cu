@@ -266,10 +266,14 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const bool split = mode != Mode::Reference;
   cudaStream_t s = stream();
 
-  // One allocation per call (not per step) for everything the token loop needs.
-  cuda::Buffer xs_buf(sizeof(T) * B * Tn * D), embed_buf(sizeof(T) * R * W), kc_buf(sizeof(C) * (L * R * Tn * W + 1)),
-      vc_buf(sizeof(C) * (L * R * Tn * W + 1)), work_buf(sizeof(T) * (R * W * 3 + R * 3 * W + R * (F + 1) + R * Do + R * D + 2 * R)),
-      part_buf(split ? sizeof(T) * (dp.ml_words() + dp.o_words()) : 1), counter_buf(sizeof(int64_t));
+  // One allocation per call (not per step) for everything the token loop needs, counted against the memory limit.
+  const size_t xs_bytes = sizeof(T) * B * Tn * D, embed_bytes = sizeof(T) * R * W, cache_bytes = sizeof(C) * (L * R * Tn * W + 1),
+               work_bytes = sizeof(T) * (R * W * 3 + R * 3 * W + R * (F + 1) + R * Do + R * D + 2 * R),
+               part_bytes = split ? sizeof(T) * (dp.ml_words() + dp.o_words()) : 1;
+  const MemoryReservation counted(xs_bytes + embed_bytes + 2 * cache_bytes + work_bytes + part_bytes + sizeof(int64_t),
+                                  "blockReverse's KV cache and working rows");
+  cuda::Buffer xs_buf(xs_bytes), embed_buf(embed_bytes), kc_buf(cache_bytes), vc_buf(cache_bytes), work_buf(work_bytes),
+      part_buf(part_bytes), counter_buf(sizeof(int64_t));
   T* xs = xs_buf.as<T>();
   T* embed = embed_buf.as<T>();
   C* kcache = kc_buf.as<C>();
