@@ -28,6 +28,15 @@
   static Napi::Value name##_impl(const Napi::CallbackInfo& info)
 #endif
 
+// An op that only reads or sets host bookkeeping (memory counters, the thread count): it must keep answering after a
+// sticky GPU error has made the backend refuse device work, so that a service can still report and clean up.
+#define TF_HOST_OP(name)                                                \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
+  static Napi::Value name(const Napi::CallbackInfo& info) {             \
+    return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
+  }                                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+
 namespace tf {
 using Registrar = void (*)(Napi::Env, Napi::Object);
 inline void export_op(Napi::Env env, Napi::Object ops, const char* js_name, Napi::Value (*fn)(const Napi::CallbackInfo&)) {

@@ -20,7 +20,7 @@ namespace {
 // nativeMemory(resetPeak?) -> { buffers, bytes, handles, peakBytes, limitBytes }: live native (on CUDA: device)
 // buffers, for leak tests, their high-water mark, for memory benchmarks (resetPeak starts a new mark after reading),
 // and the limit set by setMemoryLimit.
-TF_OP(nativeMemory) {
+TF_HOST_OP(nativeMemory) {
   StorageStats st = storage_stats();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
@@ -33,7 +33,7 @@ TF_OP(nativeMemory) {
 }
 
 // setMemoryLimit(bytes): live buffers may total at most this many bytes (0: no limit).
-TF_OP(setMemoryLimit) {
+TF_HOST_OP(setMemoryLimit) {
   int64_t n = int_arg(info, 0, "bytes");
   if (n < 0) throw arg_error("setMemoryLimit: bytes must be 0 (no limit) or more, got " + std::to_string(n));
   set_memory_limit(n);

@@ -10,9 +10,9 @@ namespace tf {
 namespace {
 
 // The GPU decides its own parallelism; the thread count exists for API parity with the CPU backend.
-TF_OP(getThreads) { return Napi::Number::New(info.Env(), 1); }
+TF_HOST_OP(getThreads) { return Napi::Number::New(info.Env(), 1); }
 
-TF_OP(setThreads) {
+TF_HOST_OP(setThreads) {
   parse_set_threads(info);  // checked as on the CPU, so a bad value fails alike on both backends
   return info.Env().Undefined();
 }

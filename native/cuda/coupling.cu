@@ -85,6 +85,9 @@ TF_OP(couplingForward) {
   const CouplingForwardArgs args = parse_coupling_forward(info);
   const CouplingDims& d = args.d;
   if (d.B == 0) return info.Env().Undefined();
+  // The log-det kernel runs one block per sample; refused before anything is written, so that v is never left
+  // half-updated behind an error.
+  if (args.nvp && d.B > 2147483647) throw shape_error("couplingForward: at most 2^31 - 1 samples per call; split the batch");
   dispatch_float(args.u->dtype(), [&]<typename T>() {
     cudaStream_t s = cuda::stream();
     int64_t n = d.B * d.T * d.D;
@@ -93,7 +96,6 @@ TF_OP(couplingForward) {
       cuda::check_launch("couplingForward");
     }
     if (args.nvp && d.T * d.D > 0) {
-      if (d.B > 2147483647) throw shape_error("couplingForward: batch too large");
       logdet_kernel<T><<<static_cast<unsigned>(d.B), 256, 256 * sizeof(T), s>>>(args.logdet->data<T>(), args.o->data<T>(), d.T, d.D, args.accumulate);
     } else {
       logdet_zero_kernel<T><<<cuda::blocks_for(d.B, 128), 128, 0, s>>>(args.logdet->data<T>(), d.B, args.accumulate);

@@ -189,7 +189,7 @@ TF_OP(axpby) {
 TF_OP(rowSumSquares) {
   const RowSumSquaresArgs args = parse_row_sum_squares(info);
   if (args.B == 0) return info.Env().Undefined();
-  if (args.B > 2147483647) throw shape_error("rowSumSquares: too many rows");
+  if (args.B > 2147483647) throw shape_error("rowSumSquares: at most 2^31 - 1 rows per call; split the batch");
   dispatch_float(args.x->dtype(), [&]<typename T>() {
     row_sum_squares_kernel<T><<<static_cast<unsigned>(args.B), kThreads, kThreads * sizeof(double), stream()>>>(args.out->data<T>(),
                                                                                                               args.x->data<T>(), args.n);
