@@ -243,6 +243,12 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
   refused('linear whose options getter disposes y', () => b.ops.linear(y, T([2, 2]), T([2, 2]), null, false, { get precision() { y.dispose(); return 'fp32' as const; } }), 'ERR_TARFLOW_DISPOSED');
   const fake = Object.create(b.Tensor.prototype) as InstanceType<typeof b.Tensor>;
   refused('an object that only shares the Tensor prototype', () => b.ops.gelu(fake, T([2])), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  for (const key of ['shape', 'dtype', 'size', 'disposed']) {
+    const getter = Object.getOwnPropertyDescriptor(b.Tensor.prototype, key)?.get;
+    assert.ok(getter, `Tensor.prototype.${key} is an accessor`);
+    refused(`Tensor.prototype.${key} read on a plain object`, () => getter.call({}), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused(`Tensor.prototype.${key} read on a prototype-only object`, () => Reflect.get(b.Tensor.prototype, key, fake), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  }
   const params = [T([4]), T([4]), T([4]), T([4])] as const;
   refused('adamw at step NaN', () => b.ops.adamw(...params, { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, step: NaN }), 'ERR_TARFLOW_INVALID_ARGUMENT');
 

@@ -146,15 +146,17 @@ struct AdoptRequest {
 
 Napi::Function Tensor::Init(Napi::Env env) {
   Napi::Function cls = DefineClass(env, "Tensor", {
-      InstanceAccessor<&Tensor::GetShape>("shape"),
-      InstanceAccessor<&Tensor::GetDType>("dtype"),
-      InstanceAccessor<&Tensor::GetSize>("size"),
-      InstanceAccessor<&Tensor::GetDisposed>("disposed"),
       InstanceMethod<&Tensor::ToArray>("toArray"),
       InstanceMethod<&Tensor::CopyFrom>("copyFrom"),
       InstanceMethod<&Tensor::View>("view"),
       InstanceMethod<&Tensor::Fill>("fill"),
       InstanceMethod<&Tensor::Dispose>("dispose"),
+  });
+  cls.Get("prototype").As<Napi::Object>().DefineProperties({
+      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetShape>>("shape"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetDType>>("dtype"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetSize>>("size"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetDisposed>>("disposed"),
   });
   auto* holder = new TensorClass();
   holder->constructor = Napi::Persistent(cls);
@@ -250,6 +252,16 @@ void Tensor::release(Napi::Env env) {
     accounted_bytes_ = 0;
   }
   storage_.reset();
+}
+
+template <Napi::Value (Tensor::*Getter)(const Napi::CallbackInfo&)>
+Napi::Value Tensor::Accessor(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() {
+    void* wrapped = nullptr;
+    if (!info.This().IsObject() || napi_unwrap(info.Env(), info.This(), &wrapped) != napi_ok || !wrapped)
+      throw arg_error("a Tensor property was read on an object that is not a Tensor made by new Tensor()");
+    return (static_cast<Tensor*>(wrapped)->*Getter)(info);
+  });
 }
 
 Napi::Value Tensor::GetShape(const Napi::CallbackInfo& info) {
