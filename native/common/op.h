@@ -5,6 +5,16 @@
 #include "errors.h"
 #include "tensor.h"
 
+// An op that only reads or sets host bookkeeping (memory counters, the thread count). On the CUDA addon it must keep
+// answering after a sticky GPU error has made the backend refuse device work, so that a service can still report and
+// clean up; on the CPU addon every op is one of these.
+#define TF_HOST_OP(name)                                                \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
+  static Napi::Value name(const Napi::CallbackInfo& info) {             \
+    return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
+  }                                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+
 #ifdef TF_BACKEND_CUDA
 // The CUDA addon checks that the backend is usable before every op and surfaces launch errors after it.
 #include "device_memory.h"
@@ -20,22 +30,8 @@
   }                                                                     \
   static Napi::Value name##_impl(const Napi::CallbackInfo& info)
 #else
-#define TF_OP(name)                                                     \
-  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
-  static Napi::Value name(const Napi::CallbackInfo& info) {             \
-    return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
-  }                                                                     \
-  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
+#define TF_OP(name) TF_HOST_OP(name)
 #endif
-
-// An op that only reads or sets host bookkeeping (memory counters, the thread count): it must keep answering after a
-// sticky GPU error has made the backend refuse device work, so that a service can still report and clean up.
-#define TF_HOST_OP(name)                                                \
-  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
-  static Napi::Value name(const Napi::CallbackInfo& info) {             \
-    return tf::guard(info.Env(), [&]() { return name##_impl(info); }); \
-  }                                                                     \
-  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
 
 namespace tf {
 using Registrar = void (*)(Napi::Env, Napi::Object);
