@@ -33,13 +33,6 @@ function rssMiB(): number {
   return process.memoryUsage().rss / 2 ** 20;
 }
 
-/**
- * Runs `cycle` `count` times and samples resident memory after each of `intervals` equal parts, with the collector and
- * the finalizers run first. A leak raises every part alike. V8 also grows its heap now and then, and the major
- * collection that follows mallocs work lists whose freed space glibc keeps: one step of 15-35 MiB at a moment that
- * varies from run to run (it fell just after the baseline in one CI run), which is no leak. So the growth reported
- * leaves out the largest single step.
- */
 /** Collects garbage and lets the N-API finalizers (which run after a collection, on the event loop) free its handles. */
 async function settledRssMiB() {
   gc();
@@ -49,6 +42,13 @@ async function settledRssMiB() {
   return process.memoryUsage().rss / 2 ** 20;
 }
 
+/**
+ * Runs `cycle` `count` times and samples resident memory after each of `intervals` equal parts, with the collector and
+ * the finalizers run first. A leak raises every part alike. V8 also grows its heap now and then, and the major
+ * collection that follows mallocs work lists whose freed space glibc keeps: one step of 15-35 MiB at a moment that
+ * varies from run to run (it fell just after the baseline in one CI run), which is no leak. So the growth reported
+ * leaves out the largest single step.
+ */
 async function steadyGrowthMiB(cycle: () => void, count: number, intervals: number) {
   const samples = [await settledRssMiB()];
   for (let part = 0; part < intervals; part++) {
