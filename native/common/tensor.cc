@@ -254,13 +254,20 @@ void Tensor::release(Napi::Env env) {
   storage_.reset();
 }
 
+// The tensor an object wraps, or null: unlike ObjectWrap::Unwrap, this does not throw an uncoded error for an object
+// that wraps nothing (a plain object, or one made from the prototype alone by Object.create(Tensor.prototype)).
+static Tensor* wrapped_tensor(Napi::Value v) {
+  void* wrapped = nullptr;
+  if (!v.IsObject() || napi_unwrap(v.Env(), v, &wrapped) != napi_ok) return nullptr;
+  return static_cast<Tensor*>(wrapped);
+}
+
 template <Napi::Value (Tensor::*Getter)(const Napi::CallbackInfo&)>
 Napi::Value Tensor::Accessor(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() {
-    void* wrapped = nullptr;
-    if (!info.This().IsObject() || napi_unwrap(info.Env(), info.This(), &wrapped) != napi_ok || !wrapped)
-      throw arg_error("a Tensor property was read on an object that is not a Tensor made by new Tensor()");
-    return (static_cast<Tensor*>(wrapped)->*Getter)(info);
+    Tensor* t = wrapped_tensor(info.This());
+    if (!t) throw arg_error("a Tensor property was read on an object that is not a Tensor made by new Tensor()");
+    return (t->*Getter)(info);
   });
 }
 
@@ -384,10 +391,8 @@ static Tensor* unwrap_tensor(Napi::Value v, const char* name) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(holder->constructor.Value()))
     throw arg_error(std::string("argument '") + name + "' must be a Tensor");
   // InstanceOf passes for an object made from the prototype alone (Object.create(Tensor.prototype)), which wraps nothing.
-  void* wrapped = nullptr;
-  if (napi_unwrap(v.Env(), v, &wrapped) != napi_ok || !wrapped)
-    throw arg_error(std::string("argument '") + name + "' must be a Tensor made by new Tensor(), got an object that only shares its prototype");
-  Tensor* t = static_cast<Tensor*>(wrapped);
+  Tensor* t = wrapped_tensor(v);
+  if (!t) throw arg_error(std::string("argument '") + name + "' must be a Tensor made by new Tensor(), got an object that only shares its prototype");
   if (t->disposed()) throw Error("ERR_TARFLOW_DISPOSED", std::string("argument '") + name + "' is a disposed tensor");
   return t;
 }

@@ -56,19 +56,20 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const int64_t R = guided ? 2 * B : B;
   const int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
 
-  // Everything below, counted against the memory limit: the KV cache grows with the batch and the tokens.
-  const MemoryReservation counted(sizeof(T) * static_cast<size_t>(B * Tn * D + R * W + W + R * (W * 3 + 3 * W + F + Do + D)) +
-                                      sizeof(C) * static_cast<size_t>(2 * L * R * Tn * W),
+  // Every buffer below, sized once and counted against the memory limit before any is allocated: the KV cache grows
+  // with the batch and the tokens. rows holds each step's h, ln, att (R x W each), qkv (R x 3W), f, o and tok.
+  const size_t xs_n = B * Tn * D, embed_n = R * W, cache_n = L * R * Tn * W, rows_n = R * (6 * W + F + Do + D);
+  const MemoryReservation counted(sizeof(T) * (xs_n + embed_n + W + rows_n) + sizeof(C) * 2 * cache_n,
                                   "blockReverse's KV cache and working rows");
 
   // Work in the block's token order.
-  std::vector<T> xs(static_cast<size_t>(B * Tn * D));
+  std::vector<T> xs(xs_n);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t)
       for (int64_t k = 0; k < D; ++k) xs[(b * Tn + t) * D + k] = x[(b * Tn + (opt.flip ? Tn - 1 - t : t)) * D + k];
 
   // Per-row class embedding (or zeros for an unconditional model).
-  std::vector<T> row_embed(static_cast<size_t>(R * W), T(0));
+  std::vector<T> row_embed(embed_n, T(0));
   if (w.cls) {
     const T* cp = w.cls->data<T>();
     std::vector<T> mean(W, T(0));
@@ -82,23 +83,30 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
     }
   }
 
-  std::vector<C> kcache(static_cast<size_t>(L * R * Tn * W)), vcache(kcache.size());
-  std::vector<T> h(R * W), ln(R * W), qkv(R * 3 * W), att(R * W), f(R * F), o(R * Do), tok(R * D);
+  std::vector<C> kcache(cache_n), vcache(cache_n);
+  std::vector<T> rows(rows_n);
+  T* const h = rows.data();
+  T* const ln = h + R * W;
+  T* const att = ln + R * W;
+  T* const qkv = att + R * W;
+  T* const f = qkv + R * 3 * W;
+  T* const o = f + R * F;
+  T* const tok = o + R * Do;
   const T* pos = w.pos->data<T>();
   const double scale_c = 1.0 / std::sqrt(double(hd));
 
   for (int64_t i = 0; i + 1 < Tn; ++i) {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < D; ++k) tok[r * D + k] = xs[((r % B) * Tn + i) * D + k];
-    dense(h.data(), tok.data(), w.inw, w.inb, R, false, opt.precision);
+    dense(h, tok, w.inw, w.inb, R, false, opt.precision);
     const T* prow = pos + (opt.flip ? Tn - 1 - i : i) * W;
     for (int64_t r = 0; r < R; ++r)
       for (int64_t j = 0; j < W; ++j) h[r * W + j] += prow[j] + row_embed[r * W + j];
 
     for (int64_t l = 0; l < L; ++l) {
       const LayerWeights& lw = w.layers[l];
-      layer_norm_rows(ln.data(), h.data(), lw.ln1w, lw.ln1b, R, W, opt.eps);
-      dense(qkv.data(), ln.data(), lw.qkvw, lw.qkvb, R, false, opt.precision);
+      layer_norm_rows(ln, h, lw.ln1w, lw.ln1b, R, W, opt.eps);
+      dense(qkv, ln, lw.qkvw, lw.qkvb, R, false, opt.precision);
       C* kc = kcache.data() + l * R * Tn * W;
       C* vc = vcache.data() + l * R * Tn * W;
       for (int64_t r = 0; r < R; ++r)
@@ -111,7 +119,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
         for (int64_t rh = s; rh < e; ++rh) {
           int64_t r = rh / H, hh = rh % H;
           T scale = T(scale_c / (r >= B ? opt.temp_uncond : 1.0));
-          const T* q = qkv.data() + r * 3 * W + hh * hd;
+          const T* q = qkv + r * 3 * W + hh * hd;
           T mx = -std::numeric_limits<T>::infinity();
           for (int64_t j = 0; j <= i; ++j) {
             const C* kr = kc + (r * Tn + j) * W + hh * hd;
@@ -128,7 +136,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
             logits[j] = fast_exp(logits[j] - mx);
             sum += logits[j];
           }
-          T* out = att.data() + r * W + hh * hd;
+          T* out = att + r * W + hh * hd;
           for (int64_t c = 0; c < hd; ++c) out[c] = 0;
           for (int64_t j = 0; j <= i; ++j) {
             const C* vr = vc + (r * Tn + j) * W + hh * hd;
@@ -137,17 +145,17 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
           }
         }
       });
-      dense(h.data(), att.data(), lw.projw, lw.projb, R, true, opt.precision);
-      layer_norm_rows(ln.data(), h.data(), lw.ln2w, lw.ln2b, R, W, opt.eps);
-      dense(f.data(), ln.data(), lw.fc1w, lw.fc1b, R, false, opt.precision, true);
-      dense(h.data(), f.data(), lw.fc2w, lw.fc2b, R, true, opt.precision);
+      dense(h, att, lw.projw, lw.projb, R, true, opt.precision);
+      layer_norm_rows(ln, h, lw.ln2w, lw.ln2b, R, W, opt.eps);
+      dense(f, ln, lw.fc1w, lw.fc1b, R, false, opt.precision, true);
+      dense(h, f, lw.fc2w, lw.fc2b, R, true, opt.precision);
     }
-    dense(o.data(), h.data(), w.outw, w.outb, R, false, opt.precision);
+    dense(o, h, w.outw, w.outb, R, false, opt.precision);
 
     const T g = T(opt.annealed ? opt.guidance * double(i + 1) / double(Tn - 1) : opt.guidance);
     for (int64_t b = 0; b < B; ++b) {
-      const T* oc = o.data() + b * Do;
-      const T* ou = guided ? o.data() + (B + b) * Do : nullptr;
+      const T* oc = o + b * Do;
+      const T* ou = guided ? o + (B + b) * Do : nullptr;
       T* target = xs.data() + (b * Tn + i + 1) * D;
       for (int64_t k = 0; k < D; ++k) {
         T a = opt.nvp ? oc[k] : T(0);
