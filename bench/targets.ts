@@ -248,8 +248,22 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
     return { ours: fmt(d, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(d, floor) };
   }));
 
+  // bf16 on the GPU: the kernel that ran, and the mma.sync kernel beside it when that was wgmma (TARFLOW_CUDA_GEMM).
+  let gemmOurs = fmt(matrix / 1e12, 'TFLOP/s', 2);
+  const kernel = gpu && precision === 'bf16' ? backend.bf16GemmKernel?.() : undefined;
+  if (kernel) gemmOurs += ` (${kernel})`;
+  if (kernel === 'wgmma') {
+    const before = process.env.TARFLOW_CUDA_GEMM;
+    process.env.TARFLOW_CUDA_GEMM = 'mma';
+    try {
+      gemmOurs += `, mma.sync ${fmt(gemmRate(backend, gemmN, precision) / 1e12, 'TFLOP/s', 2)}`;
+    } finally {
+      if (before === undefined) delete process.env.TARFLOW_CUDA_GEMM;
+      else process.env.TARFLOW_CUDA_GEMM = before;
+    }
+  }
   rows.push({ work: `${precision} GEMM ${gemmN}^3`, official: '728 TFLOP/s (cuBLAS, 8192^3)', goal: '>= 620 TFLOP/s, own kernel',
-    ours: fmt(matrix / 1e12, 'TFLOP/s', 2), floor: '', gap: '' });
+    ours: gemmOurs, floor: '', gap: '' });
 
   const [aB, aH, aT, ad] = gpu ? [32, 12, 1024, 64] : [2, 12, 256, 64];
   attempt(rows, `causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`, '253 TFLOP/s fwd, 211 fwd+bwd (FlashAttention-2)', '>= 300 fwd, >= 250 fwd+bwd', () => {

@@ -134,6 +134,11 @@ export interface Backend {
   readonly ops: Ops;
   /** Waits until the device has finished all queued work (a no-op on the CPU, whose ops return when done). */
   synchronize(): void;
+  /**
+   * CUDA only, for benchmarks and diagnostics: which kernel bf16 matrix products run on now, 'wgmma' (H100/H200 with
+   * the default sm_90a build) or 'mma' (`TARFLOW_CUDA_GEMM` chooses; see native/cuda/gemm_bf16.cu).
+   */
+  bf16GemmKernel?(): string;
 }
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -228,14 +233,19 @@ function tryLoadCuda(): Backend | undefined {
     return undefined;
   }
   try {
-    const addon = require(path) as { Tensor: Backend['Tensor']; ops: Ops; synchronize: () => void; deviceCount?: () => number; deviceInfo?: () => { reason?: string } };
+    const addon = require(path) as {
+      Tensor: Backend['Tensor']; ops: Ops; synchronize: () => void; bf16GemmKernel: () => string; deviceCount?: () => number; deviceInfo?: () => { reason?: string };
+    };
     const count = addon.deviceCount ? addon.deviceCount() : 0;
     if (count < 1) {
       const reason = addon.deviceInfo?.().reason;
       cudaFailure = `the CUDA addon loaded but no GPU answered${reason ? ` (${reason})` : ''}`;
       return undefined;
     }
-    cudaBackend = withEnvMemoryLimit({ device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: wrapOps({ synchronize: addon.synchronize }).synchronize });
+    const host = wrapOps({ synchronize: addon.synchronize, bf16GemmKernel: addon.bf16GemmKernel });
+    cudaBackend = withEnvMemoryLimit({
+      device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: host.synchronize, bf16GemmKernel: host.bf16GemmKernel,
+    });
   } catch (err) {
     cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;
   }

@@ -4,7 +4,7 @@
 // only prints a line and exits 0, unless TARFLOW_REQUIRE_CUDA=1 (npm run build:cuda, CI), which makes a failure
 // exit non-zero.
 //
-// Environment: TARFLOW_CUDA_ARCH (CMake architectures, default "90-real;90-virtual;80-real"),
+// Environment: TARFLOW_CUDA_ARCH (CMake architectures, default "90a-real;90-virtual;80-real"),
 // TARFLOW_SKIP_CUDA=1 (do not build), TARFLOW_CUDA_JOBS (parallel compile jobs, default: number of cores).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';

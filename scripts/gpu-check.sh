@@ -55,7 +55,7 @@ export TARFLOW_QUIET=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$logs/nvidia-smi.log" 2>&1 || true
 
 if [ "${TARFLOW_GPU_CHECK_BUILD:-0}" = "1" ]; then
-  step build 900 env TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90-real}" npm run build:cuda
+  step build 900 env TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90a-real}" npm run build:cuda
 fi
 
 step addon 60 node -e "

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 npx tsc -p .
 # Both builds are incremental, so what travels is never older than the sources.
 if [ -f build/Makefile ]; then make -C build -j 2 BUILDTYPE=Release > /dev/null; else npm run build:native > /dev/null; fi
-TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90-real}" npm run build:cuda > /dev/null
+TARFLOW_CUDA_ARCH="${TARFLOW_CUDA_ARCH:-90a-real}" npm run build:cuda > /dev/null
 bash ../shared/device/stage.sh > /dev/null
 rm -rf .golden && mkdir .golden
 cp "${TARFLOW_GOLDEN_DIR:-../shared/reference}"/golden-*.safetensors .golden/

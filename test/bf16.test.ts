@@ -1,8 +1,9 @@
 /**
- * bf16 mixed precision without a GPU: the index logic of the tensor-core GEMM, run on the CPU for every thread
- * (test/native/mma_tile_test.cc); the CPU backend's emulation, which is the reference for the GPU's bf16 results
- * (bf16-rounded inputs, fp32 sums: bit for bit the float32 product of rounded inputs); the fused GELU output; and a
- * whole model in bf16 against float32. The GPU's bf16 kernels are compared with all of this in cuda-parity.test.ts.
+ * bf16 mixed precision without a GPU: the index logic of the two tensor-core GEMMs (mma.sync, and wgmma on sm_90a),
+ * run on the CPU for every thread (test/native/mma_tile_test.cc, wgmma_tile_test.cc); the CPU backend's emulation,
+ * which is the reference for the GPU's bf16 results (bf16-rounded inputs, fp32 sums: bit for bit the float32 product
+ * of rounded inputs); the fused GELU output; and a whole model in bf16 against float32. The GPU's bf16 kernels are
+ * compared with all of this in cuda-parity.test.ts.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -15,6 +16,11 @@ const bf16: MatmulOptions = { precision: 'bf16' };
 
 test('the bf16 GEMM kernel\'s per-thread index logic, run on the CPU against the PTX fragment layouts', () => {
   const failure = runNativeCheck('mma_tile_test');
+  assert.ok(failure === null, failure ?? '');
+});
+
+test('the sm_90a wgmma GEMM kernel\'s per-thread index logic, run on the CPU against the PTX descriptor and fragment layouts', () => {
+  const failure = runNativeCheck('wgmma_tile_test');
   assert.ok(failure === null, failure ?? '');
 });
 

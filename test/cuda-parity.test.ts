@@ -374,16 +374,18 @@ for (const dtype of ['float32', 'float64'] as const) {
 // steps with split-KV attention against the reference host loop on the GPU, and all three against the CPU. Token
 // counts give one step, a chunk of keys (64) and a tail, several chunks, and 1024 tokens (16 chunks, the ImageNet
 // 64 model's); every guidance variant (temperature of the unconditional rows, annealing), NVP and VP.
-function withSampler<R>(mode: string, fn: () => R): R {
-  const before = process.env.TARFLOW_CUDA_SAMPLER;
-  process.env.TARFLOW_CUDA_SAMPLER = mode;
+// fn() with one environment variable set (the native side reads these at each call), restored afterwards.
+function withEnv<R>(name: string, value: string, fn: () => R): R {
+  const before = process.env[name];
+  process.env[name] = value;
   try {
     return fn();
   } finally {
-    if (before === undefined) delete process.env.TARFLOW_CUDA_SAMPLER;
-    else process.env.TARFLOW_CUDA_SAMPLER = before;
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
   }
 }
+const withSampler = <R>(mode: string, fn: () => R): R => withEnv('TARFLOW_CUDA_SAMPLER', mode, fn);
 
 function compareSamplers(c: ReverseCase, dtype: 'float32' | 'float64') {
   const specs = reverseSpecs(c, dtype).map((s) => ({ ...s, dtype: s.dtype ?? dtype }));
@@ -492,6 +494,30 @@ for (const shape of [...shapes, { B: 3, T: 100, W: 192, H: 3, D: 48 }, { B: 2, T
     if (cuda) checkAttention(shape, 'float32', bf16, BF16_ATTN_TOL);
   });
 }
+
+// The two bf16 GEMM kernels (TARFLOW_CUDA_GEMM, native/cuda/gemm_bf16.cu): mma.sync everywhere from sm_80, and wgmma
+// where the loaded code is sm_90a's (the default build) on an H100 or H200, after it reproduced mma.sync bit for bit
+// on its check problem. Each runs the linear and attention checks above on its own.
+const withGemm = <R>(kernel: string, fn: () => R): R => withEnv('TARFLOW_CUDA_GEMM', kernel, fn);
+
+test('TARFLOW_CUDA_GEMM: each bf16 GEMM kernel against the CPU\'s emulation; auto runs wgmma on an H100/H200', () => {
+  if (!cuda) return;
+  const addon = createRequire(import.meta.url)(addonPath) as { bf16GemmKernel(): string; deviceInfo(): { computeCapability?: string } };
+  const hopper = addon.deviceInfo().computeCapability === '9.0';
+  assert.is(errorCode(() => withGemm('fast', () => addon.bf16GemmKernel())), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.is(withGemm('mma', () => addon.bf16GemmKernel()), 'mma');
+  assert.is(addon.bf16GemmKernel(), hopper ? 'wgmma' : 'mma', 'the kernel auto picks (an H100/H200 with the default sm_90a build runs wgmma)');
+  if (!hopper) assert.is(errorCode(() => withGemm('wgmma', () => addon.bf16GemmKernel())), 'ERR_TARFLOW_DEVICE');
+  for (const kernel of hopper ? ['mma', 'wgmma'] : ['mma']) {
+    withGemm(kernel, () => {
+      assert.is(addon.bf16GemmKernel(), kernel);
+      for (const shape of [{ B: 3, T: 100, W: 192, H: 3, D: 48 }, { B: 2, T: 300, W: 128, H: 2, D: 12 }]) {
+        checkLinear(shape, 'float32', bf16, BF16_TOL);
+        checkAttention(shape, 'float32', bf16, BF16_ATTN_TOL);
+      }
+    });
+  }
+});
 
 test('grids beyond 65535 row tiles or (sample, head) pairs run in chunks, in both precisions', () => {
   if (!cuda) return;

@@ -249,6 +249,12 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
     refused(`Tensor.prototype.${key} read on a plain object`, () => getter.call({}), 'ERR_TARFLOW_INVALID_ARGUMENT');
     refused(`Tensor.prototype.${key} read on a prototype-only object`, () => Reflect.get(b.Tensor.prototype, key, fake), 'ERR_TARFLOW_INVALID_ARGUMENT');
   }
+  for (const key of ['toArray', 'copyFrom', 'view', 'fill', 'dispose']) {
+    const method = (b.Tensor.prototype as unknown as Record<string, (...args: unknown[]) => unknown>)[key];
+    assert.type(method, 'function', `Tensor.prototype.${key} is a method`);
+    refused(`Tensor.prototype.${key} called on a plain object`, () => method.call({}), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused(`Tensor.prototype.${key} called on a prototype-only object`, () => method.call(fake), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  }
   const params = [T([4]), T([4]), T([4]), T([4])] as const;
   refused('adamw at step NaN', () => b.ops.adamw(...params, { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, step: NaN }), 'ERR_TARFLOW_INVALID_ARGUMENT');
 

@@ -145,18 +145,19 @@ struct AdoptRequest {
 };
 
 Napi::Function Tensor::Init(Napi::Env env) {
-  Napi::Function cls = DefineClass(env, "Tensor", {
-      InstanceMethod<&Tensor::ToArray>("toArray"),
-      InstanceMethod<&Tensor::CopyFrom>("copyFrom"),
-      InstanceMethod<&Tensor::View>("view"),
-      InstanceMethod<&Tensor::Fill>("fill"),
-      InstanceMethod<&Tensor::Dispose>("dispose"),
-  });
-  cls.Get("prototype").As<Napi::Object>().DefineProperties({
-      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetShape>>("shape"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetDType>>("dtype"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetSize>>("size"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::Accessor<&Tensor::GetDisposed>>("disposed"),
+  Napi::Function cls = DefineClass(env, "Tensor", {});
+  Napi::Object proto = cls.Get("prototype").As<Napi::Object>();
+  const auto method = static_cast<napi_property_attributes>(napi_writable | napi_configurable);  // as class methods are
+  proto.DefineProperties({
+      Napi::PropertyDescriptor::Function(env, proto, "toArray", &Tensor::OnTensor<&Tensor::ToArray>, method),
+      Napi::PropertyDescriptor::Function(env, proto, "copyFrom", &Tensor::OnTensor<&Tensor::CopyFrom>, method),
+      Napi::PropertyDescriptor::Function(env, proto, "view", &Tensor::OnTensor<&Tensor::View>, method),
+      Napi::PropertyDescriptor::Function(env, proto, "fill", &Tensor::OnTensor<&Tensor::Fill>, method),
+      Napi::PropertyDescriptor::Function(env, proto, "dispose", &Tensor::OnTensor<&Tensor::Dispose>, method),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetShape>>("shape"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDType>>("dtype"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetSize>>("size"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDisposed>>("disposed"),
   });
   auto* holder = new TensorClass();
   holder->constructor = Napi::Persistent(cls);
@@ -262,12 +263,12 @@ static Tensor* wrapped_tensor(Napi::Value v) {
   return static_cast<Tensor*>(wrapped);
 }
 
-template <Napi::Value (Tensor::*Getter)(const Napi::CallbackInfo&)>
-Napi::Value Tensor::Accessor(const Napi::CallbackInfo& info) {
+template <Napi::Value (Tensor::*Member)(const Napi::CallbackInfo&)>
+Napi::Value Tensor::OnTensor(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() {
     Tensor* t = wrapped_tensor(info.This());
-    if (!t) throw arg_error("a Tensor property was read on an object that is not a Tensor made by new Tensor()");
-    return (t->*Getter)(info);
+    if (!t) throw arg_error("a Tensor method or property was used on an object that is not a Tensor made by new Tensor()");
+    return (t->*Member)(info);
   });
 }
 

@@ -116,10 +116,11 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   }
 
  private:
-  // The accessors live on the prototype as plain functions (not ObjectWrap accessors) so that reading one on an
-  // object that is not a tensor is a coded error rather than node-addon-api's bare "Invalid argument".
-  template <Napi::Value (Tensor::*Getter)(const Napi::CallbackInfo&)>
-  static Napi::Value Accessor(const Napi::CallbackInfo& info);
+  // The methods and accessors live on the prototype as plain functions (not ObjectWrap members) that find their tensor
+  // themselves, so that using one on an object that is not a tensor is a coded error rather than V8's "Illegal
+  // invocation" or node-addon-api's bare "Invalid argument".
+  template <Napi::Value (Tensor::*Member)(const Napi::CallbackInfo&)>
+  static Napi::Value OnTensor(const Napi::CallbackInfo& info);
   Napi::Value GetShape(const Napi::CallbackInfo& info);
   Napi::Value GetDType(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);

@@ -51,6 +51,10 @@ TF_OP(synchronize) {
   return info.Env().Undefined();
 }
 
+// bf16GemmKernel() -> 'wgmma' | 'mma': the kernel bf16 products run on now (TARFLOW_CUDA_GEMM, native/cuda/gemm_bf16.cu);
+// the first call outside a graph capture on an sm_90a build runs the wgmma kernel's check. For tests and benchmarks.
+TF_OP(bf16GemmKernel) { return Napi::String::New(info.Env(), cuda::bf16_gemm_kernel()); }
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -60,6 +64,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo, "deviceInfo"));
   exports.Set("ops", make_op_table(env, getThreads, setThreads));
   exports.Set("synchronize", Napi::Function::New(env, synchronize, "synchronize"));
+  exports.Set("bf16GemmKernel", Napi::Function::New(env, bf16GemmKernel, "bf16GemmKernel"));
   // Node aborts on a second hook with the same function and argument, and loading the addon again in one environment
   // (a cleared require cache) runs Init again: each load registers its own token. Releasing twice is harmless.
   napi_add_env_cleanup_hook(

@@ -59,6 +59,9 @@ class Buffer {
   void* ptr_ = nullptr;
 };
 
+// Which kernel bf16 products run on now: "wgmma" or "mma" (gemm_bf16.cu; runs the wgmma kernel's check when due).
+const char* bf16_gemm_kernel();
+
 // Copies a small device tensor to the host (waits for the stream): labels to validate, results to return.
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes);
 

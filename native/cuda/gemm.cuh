@@ -71,9 +71,18 @@ extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double,
 // Throws ERR_TARFLOW_DEVICE below compute capability 8.0, where mma.sync has no bf16 form.
 void require_bf16_tensor_cores();
 
-// The bf16 tensor-core path behind gemm(): operands rounded to bf16 as they are staged, fp32 accumulation.
+// The bf16 tensor-core path behind gemm(): operands rounded to bf16 as they are staged, fp32 accumulation. It runs
+// one of two kernels (gemm_bf16.cu says which, per TARFLOW_CUDA_GEMM): mma.sync on every GPU from sm_80, and wgmma
+// where the loaded code is sm_90a's (H100, H200) and that kernel has passed its check against the first.
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
+// The two kernels' launchers (gemm_bf16.cu, gemm_wgmma.cu), same contract as gemm_bf16.
+void gemm_bf16_mma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
+void gemm_bf16_wgmma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
+// Whether the module the runtime loaded for this device is the sm_90a build (asks the device; not while capturing).
+bool wgmma_code_loaded();
 
 // One C element's epilogue, shared by both kernels: alpha * acc, + beta * C, + bias, then the GELU copy or the
 // GELU derivative (the CPU's GemmEpilogue, in the same order).

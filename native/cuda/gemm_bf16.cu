@@ -15,8 +15,17 @@
 // A k-contiguous operand (A not transposed, B transposed: both operands of every forward linear) is read 4 floats at
 // a time, by float4 loads where its rows are 16-byte aligned.
 //
-// TODO(perf): bf16 operands in global memory, cp.async, wgmma on sm_90; later issues.
+// On sm_90a builds running on H100/H200, gemm_bf16 hands products to the wgmma kernel (gemm_wgmma.cu) instead, once
+// that kernel has reproduced this one's results bit for bit on a check problem; this kernel stays the reference and
+// the path everywhere else (TARFLOW_CUDA_GEMM, below).
+//
+// TODO(perf): bf16 operands in global memory and cp.async; a later issue.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "gemm.cuh"
 #include "mma_tile.h"
@@ -118,9 +127,9 @@ __global__ void __launch_bounds__(mma::kThreads)
 
 }  // namespace
 
-// mma.sync with bf16 operands needs compute capability 8.0 (Ampere) or newer. Asked once per process: the backend
-// only uses the runtime's default device.
-void require_bf16_tensor_cores() {
+namespace {
+// Asked once per process: the backend only uses the runtime's default device.
+int compute_capability() {
   static const int cc = [] {
     int dev = 0, major = 0, minor = 0;
     check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -128,14 +137,20 @@ void require_bf16_tensor_cores() {
     check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
     return 10 * major + minor;
   }();
+  return cc;
+}
+}  // namespace
+
+// mma.sync with bf16 operands needs compute capability 8.0 (Ampere) or newer.
+void require_bf16_tensor_cores() {
+  const int cc = compute_capability();
   if (cc < 80)
     throw Error("ERR_TARFLOW_DEVICE", "precision 'bf16' needs a GPU of compute capability 8.0 or newer; this one is " +
                                           std::to_string(cc / 10) + "." + std::to_string(cc % 10) + " (use precision 'fp32')");
 }
 
-void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-               const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
-  require_bf16_tensor_cores();
+void gemm_bf16_mma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
   cudaStream_t s = stream();
   const bool a_vec4 = !transA && mma::rows_aligned16(A, lda, o.batch.a_outer, o.batch.a_inner);
   const bool b_vec4 = transB && mma::rows_aligned16(B, ldb, o.batch.b_outer, o.batch.b_inner);
@@ -146,6 +161,122 @@ void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
       check_launch("gemm (bf16)");
     });
   });
+}
+
+// ---- Which kernel ----
+// TARFLOW_CUDA_GEMM (read at each product, so tests can compare the kernels): "auto" (the default) runs wgmma where it
+// is usable and mma.sync elsewhere; "mma" always runs mma.sync; "wgmma" runs wgmma and fails with ERR_TARFLOW_DEVICE
+// where it is not usable.
+//
+// Usable means: a compute capability 9.0 GPU, the module the runtime loaded for it built for sm_90a (TARFLOW_CUDA_ARCH
+// with 90a-real, the default), and a passed check: on operands of small integers, where every product and every partial
+// sum is exact in fp32 so that any correct kernel gives the same bits whatever its order of summation, the wgmma kernel
+// must reproduce the mma.sync kernel exactly, for all four transposes, with tails in M, N and K and two tiles each way.
+// A kernel that reads its operands in a layout other than the one it staged fails this at once; then every product
+// stays on mma.sync and the reason is printed once. The check runs at the first bf16 product outside a CUDA Graph
+// capture (it waits for the device); products before it use mma.sync.
+namespace {
+
+enum class Choice { Auto, Mma, Wgmma };
+
+Choice requested_kernel() {
+  const char* v = std::getenv("TARFLOW_CUDA_GEMM");
+  const std::string k = v ? v : "";
+  if (k.empty() || k == "auto") return Choice::Auto;
+  if (k == "mma") return Choice::Mma;
+  if (k == "wgmma") return Choice::Wgmma;
+  throw arg_error("TARFLOW_CUDA_GEMM must be auto, mma or wgmma, not '" + k + "'");
+}
+
+// Empty when the wgmma kernel reproduces mma.sync on the check problems, else what differed.
+std::string check_wgmma_against_mma() {
+  constexpr int64_t M = 200, N = 136, K = 80;
+  uint32_t state = 12345u;
+  auto small_integer = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(static_cast<int>(state >> 28) - 8);  // -8 .. 7
+  };
+  for (int t = 0; t < 4; ++t) {
+    const bool transA = t & 1, transB = t & 2;
+    // Leading dimensions past the minimum and multiples of 4: k-contiguous operands take the float4 loads.
+    const int64_t a_rows = transA ? K : M, lda = (transA ? M : K) + 4, b_rows = transB ? N : K, ldb = (transB ? K : N) + 4, ldc = N + 4;
+    std::vector<float> a(a_rows * lda), b(b_rows * ldb), c(M * ldc), by_mma(c.size()), by_wgmma(c.size());
+    for (float& v : a) v = small_integer();
+    for (float& v : b) v = small_integer();
+    for (float& v : c) v = small_integer();
+    Buffer da(a.size() * sizeof(float)), db(b.size() * sizeof(float)), dc_mma(c.size() * sizeof(float)), dc_wgmma(c.size() * sizeof(float));
+    cudaStream_t s = stream();
+    check(cudaMemcpyAsync(da.as<float>(), a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(db.as<float>(), b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(dc_mma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(dc_wgmma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    gemm_bf16_mma(transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_mma.as<float>(), ldc, {});
+    gemm_bf16_wgmma(transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_wgmma.as<float>(), ldc, {});
+    copy_to_host(by_mma.data(), dc_mma.as<float>(), c.size() * sizeof(float));
+    copy_to_host(by_wgmma.data(), dc_wgmma.as<float>(), c.size() * sizeof(float));
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        if (std::memcmp(&by_mma[m * ldc + n], &by_wgmma[m * ldc + n], sizeof(float)) != 0)
+          return "on a " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " check product (transA " +
+                 std::to_string(transA) + ", transB " + std::to_string(transB) + ") C(" + std::to_string(m) + ", " + std::to_string(n) +
+                 ") is " + std::to_string(by_wgmma[m * ldc + n]) + " by wgmma but " + std::to_string(by_mma[m * ldc + n]) + " by mma.sync";
+  }
+  return {};
+}
+
+struct WgmmaStanding {
+  std::mutex mutex;
+  bool decided = false, usable = false;
+  std::string why;  // when not usable
+};
+WgmmaStanding wgmma_standing;
+
+bool use_wgmma() {
+  const Choice choice = requested_kernel();
+  if (choice == Choice::Mma) return false;
+  WgmmaStanding& w = wgmma_standing;
+  std::lock_guard<std::mutex> lock(w.mutex);
+  if (!w.decided) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    check(cudaStreamIsCapturing(stream(), &capturing), "cudaStreamIsCapturing");
+    if (capturing != cudaStreamCaptureStatusNone) {
+      if (choice == Choice::Wgmma)
+        throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: the wgmma kernel is checked at the first bf16 product outside a CUDA "
+                                          "Graph capture, and none has run yet (use auto, or run one product first)");
+      return false;
+    }
+    const int cc = compute_capability();
+    if (cc != 90) {
+      w.why = "it needs a GPU of compute capability 9.0 (H100, H200); this one is " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
+    } else if (!wgmma_code_loaded()) {
+      w.why = "the CUDA addon was built without sm_90a code (rebuild with TARFLOW_CUDA_ARCH including 90a-real)";
+    } else {
+      w.why = check_wgmma_against_mma();
+      if (!w.why.empty()) {
+        w.why = "it failed its check against the mma.sync kernel: " + w.why;
+        std::fprintf(stderr, "tarflow: the wgmma GEMM is not used: %s. bf16 products run on the mma.sync kernel; please report this.\n",
+                     w.why.c_str());
+      }
+    }
+    w.usable = w.why.empty();
+    w.decided = true;
+  }
+  if (!w.usable && choice == Choice::Wgmma) throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: " + w.why + " (use auto or mma)");
+  return w.usable;
+}
+
+}  // namespace
+
+const char* bf16_gemm_kernel() {
+  require_bf16_tensor_cores();
+  return use_wgmma() ? "wgmma" : "mma";
+}
+
+void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
+  require_bf16_tensor_cores();
+  if (use_wgmma()) gemm_bf16_wgmma(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
+  else gemm_bf16_mma(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
 }
 
 }  // namespace cuda
