@@ -234,6 +234,10 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
   // Widths of 0 (a division by zero in the class-embedding check) and empty tensors with huge other dims (hours of
   // empty loops).
   refused('addPosClass with W = 0 and a classEmbed', () => b.ops.addPosClass(T([1, 2, 0]), T([2, 0]), T([3, 1, 2]), null, false), 'ERR_TARFLOW_SHAPE');
+  // The class gradient of no tokens for 2^20 samples of width 2^20: nothing to add (it once looped 2^40 times).
+  const dcls = T([3, 1, 2 ** 20]).fill(0.5);
+  b.ops.addPosClassBackward(T([0, 2 ** 20]), dcls, T([2 ** 20, 0, 2 ** 20]), null, true);
+  assert.ok(dcls.toArray().every((v) => v === 0.5), 'dclassEmbed unchanged');
   refused('flipTokens over 2^40 empty tokens', () => b.ops.flipTokens(T([1, 2 ** 40, 0]), T([1, 2 ** 40, 0])), 'ERR_TARFLOW_SHAPE');
   refused('patchify of a channel-less image', () => b.ops.patchify(T([2 ** 40, 1, 0]), T([2 ** 40, 0, 1, 1]), 1), 'ERR_TARFLOW_SHAPE');
   refused('attention over no tokens', () => b.ops.attention(T([2 ** 20, 0, 64]), T([2 ** 20, 1, 0, 0]), T([2 ** 20, 0, 192]), 1, 1), 'ERR_TARFLOW_SHAPE');
@@ -256,6 +260,16 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
     refused(`Tensor.prototype.${key} called on a prototype-only object`, () => method.call(fake), 'ERR_TARFLOW_INVALID_ARGUMENT');
   }
   const params = [T([4]), T([4]), T([4]), T([4])] as const;
+  // Integers out of int64's range or NaN (converting those to int64_t is undefined behaviour in C++, so they are
+  // refused before any conversion), and a non-boolean where a boolean goes.
+  for (const n of [2 ** 63, -(2 ** 64), NaN, Infinity]) {
+    refused(`setMemoryLimit(${n})`, () => b.ops.setMemoryLimit(n), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused(`view at offset ${n}`, () => T([4]).view(n, [1]), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused(`a shape with ${n}`, () => T([1, n]), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  }
+  assert.throws(() => b.ops.setMemoryLimit(2 ** 63), /between -2\^63 and 2\^63/);
+  refused("nativeMemory('yes')", () => b.ops.nativeMemory('yes' as unknown as boolean), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.type(b.ops.nativeMemory(undefined).bytes, 'number');
   refused('adamw at step NaN', () => b.ops.adamw(...params, { lr: 1e-3, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, step: NaN }), 'ERR_TARFLOW_INVALID_ARGUMENT');
 
   // blockReverse: a classEmbed of another dtype (read as doubles past its end), a fractional head count, no values per

@@ -21,6 +21,7 @@ namespace {
 // buffers, for leak tests, their high-water mark, for memory benchmarks (resetPeak starts a new mark after reading),
 // and the limit set by setMemoryLimit.
 TF_HOST_OP(nativeMemory) {
+  const bool reset = info.Length() > 0 && !info[0].IsUndefined() && bool_arg(info, 0, "resetPeak");
   StorageStats st = storage_stats();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("buffers", Napi::Number::New(info.Env(), static_cast<double>(st.buffers)));
@@ -28,7 +29,7 @@ TF_HOST_OP(nativeMemory) {
   o.Set("handles", Napi::Number::New(info.Env(), static_cast<double>(st.handles)));
   o.Set("peakBytes", Napi::Number::New(info.Env(), static_cast<double>(st.peak_bytes)));
   o.Set("limitBytes", Napi::Number::New(info.Env(), static_cast<double>(st.limit_bytes)));
-  if (info.Length() > 0 && info[0].ToBoolean().Value()) reset_peak_bytes();
+  if (reset) reset_peak_bytes();
   return o;
 }
 

@@ -180,7 +180,7 @@ static std::vector<int64_t> parse_shape(const Napi::Value& v) {
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Value e = a.Get(i);
     double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
-    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > 9e15)
+    if (!(d >= 0) || d > 9e15 || d != std::trunc(d))  // the range before any conversion (undefined outside int64_t)
       throw arg_error("shape must be an array of non-negative integers, got element " + std::to_string(i) + " = " + e.ToString().Utf8Value());
     shape.push_back(static_cast<int64_t>(d));
     // Bounded before multiplying, and over the nonzero dims: an empty tensor may not carry dims whose products would
@@ -415,7 +415,10 @@ double number_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
 
 int64_t int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   double d = number_arg(info, i, name);
-  if (d != static_cast<double>(static_cast<int64_t>(d))) throw arg_error(std::string("argument '") + name + "' must be an integer");
+  // Range first: converting NaN or a double outside int64_t's range is undefined behaviour, not a wrong value.
+  constexpr double kTwo63 = 9223372036854775808.0;
+  if (!(d >= -kTwo63 && d < kTwo63) || d != std::trunc(d))
+    throw arg_error(std::string("argument '") + name + "' must be an integer between -2^63 and 2^63, got " + std::to_string(d));
   return static_cast<int64_t>(d);
 }
 

@@ -24,7 +24,10 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // NaN in, NaN out (through r and p; the sampler's redraw of non-finite samples relies on it), but converting NaN
+  // to an integer is undefined behaviour: the exponent comes from 0 then.
+  const float n_exp = n == n ? n : 0.0f;
+  int32_t bits = (static_cast<int32_t>(n_exp) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
