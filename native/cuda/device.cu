@@ -175,6 +175,51 @@ __global__ void fill_kernel(T* p, int64_t n, T v) {
 }  // namespace
 }  // namespace cuda
 
+namespace {
+
+// Tensors are allocated and freed in stream order (cudaMallocAsync, cudaFreeAsync) where the device supports memory
+// pools, as every GPU of compute capability 8.0 and newer on Linux does: a free then waits only for this thread's
+// queued work, on the device, instead of stopping the host until the stream drains (cudaFree synchronises the whole
+// device), and freed blocks are reused without asking the driver. The pool keeps what it has (release threshold at
+// the maximum) so that the syncs of every step (a loss read back) do not hand memory back only to request it again;
+// on an allocation failure it is trimmed and the allocation tried once more.
+struct StreamOrdered {
+  bool supported = false;
+  cudaMemPool_t pool = nullptr;
+};
+
+const StreamOrdered& stream_ordered() {
+  static const StreamOrdered so = [] {
+    StreamOrdered r;
+    int dev = 0, supported = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess || !supported ||
+        cudaDeviceGetDefaultMemPool(&r.pool, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return r;
+    }
+    uint64_t keep_all = UINT64_MAX;
+    if (cudaMemPoolSetAttribute(r.pool, cudaMemPoolAttrReleaseThreshold, &keep_all) != cudaSuccess) cudaGetLastError();
+    r.supported = true;
+    return r;
+  }();
+  return so;
+}
+
+cudaError_t allocate(void** p, size_t bytes, cudaStream_t s) {
+  const StreamOrdered& so = stream_ordered();
+  if (!so.supported) return cudaMalloc(p, bytes);
+  cudaError_t err = cudaMallocAsync(p, bytes, s);
+  if (err != cudaErrorMemoryAllocation) return err;
+  // Blocks freed by work still queued, and blocks the pool holds for reuse, count as used until then.
+  cudaGetLastError();
+  cuda::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (before retrying an allocation)");
+  cuda::check(cudaMemPoolTrimTo(so.pool, 0), "cudaMemPoolTrimTo");
+  return cudaMallocAsync(p, bytes, s);
+}
+
+}  // namespace
+
 namespace mem {
 
 void* alloc_zeroed(size_t bytes) {
@@ -182,7 +227,7 @@ void* alloc_zeroed(size_t bytes) {
   cudaStream_t s = cuda::stream();
   size_t n = bytes ? bytes : 1;
   void* p = nullptr;
-  cudaError_t err = cudaMalloc(&p, n);
+  cudaError_t err = allocate(&p, n, s);
   if (err == cudaErrorMemoryAllocation) {
     cudaGetLastError();
     size_t free_b = 0, total_b = 0;
@@ -194,7 +239,7 @@ void* alloc_zeroed(size_t bytes) {
   cuda::check(err, "cudaMalloc");
   err = cudaMemsetAsync(p, 0, n, s);
   if (err != cudaSuccess) {
-    cudaFree(p);
+    release(p);
     cuda::check(err, "cudaMemset");
   }
   return p;
@@ -202,10 +247,15 @@ void* alloc_zeroed(size_t bytes) {
 
 void release(void* p) noexcept {
   if (!p) return;
-  // Kernels queued on the stream may still use the buffer; wait for them before handing it back. Errors are
-  // ignored: this runs from finalizers, and a broken context reports itself on the next op.
-  if (cuda::t_ctx) cudaStreamSynchronize(cuda::t_ctx->stream);
-  cudaFree(p);
+  // Errors are ignored: this runs from finalizers, and a broken context reports itself on the next op.
+  if (stream_ordered().supported) {
+    // After the environment's context is gone (its stream drained and destroyed) no queued work can use p.
+    cudaFreeAsync(p, cuda::t_ctx ? cuda::t_ctx->stream : nullptr);
+  } else {
+    // Kernels queued on the stream may still use the buffer; wait for them before handing it back.
+    if (cuda::t_ctx) cudaStreamSynchronize(cuda::t_ctx->stream);
+    cudaFree(p);
+  }
   cudaGetLastError();
 }
 

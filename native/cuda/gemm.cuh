@@ -76,11 +76,23 @@ void require_bf16_tensor_cores();
 // where the loaded code is sm_90a's (H100, H200) and that kernel has passed its check against the first.
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
-// The two kernels' launchers (gemm_bf16.cu, gemm_wgmma.cu), same contract as gemm_bf16.
-void gemm_bf16_mma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
-void gemm_bf16_wgmma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& options);
+// Both bf16 kernels take the same arguments, so one launcher serves them: a kernel is picked per transpose pair from
+// a table (mma_kernels in gemm_bf16.cu, wgmma_kernels in gemm_wgmma.cu) with its tile shape and block size.
+using Bf16GemmKernel = void (*)(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+                                int64_t ldb, float beta, float* C, int64_t ldc, const float* bias, float* gelu,
+                                const float* gelu_grad_of, GemmBatch batch, int64_t y0, int64_t z0, bool a_vec4, bool b_vec4);
+struct Bf16GemmKernels {
+  Bf16GemmKernel by_transpose[2][2];  // [transA][transB]
+  int64_t tile_m, tile_n;
+  int threads;
+  const char* name;  // in launch errors
+};
+const Bf16GemmKernels& mma_kernels();
+const Bf16GemmKernels& wgmma_kernels();
+// Runs one product on the given kernels; same contract as gemm_bf16.
+void launch_bf16_gemm(const Bf16GemmKernels& kernels, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                      const GemmOptions<float>& options);
 // Whether the module the runtime loaded for this device is the sm_90a build (asks the device; not while capturing).
 bool wgmma_code_loaded();
 

@@ -20,6 +20,7 @@
 // the path everywhere else (TARFLOW_CUDA_GEMM, below).
 //
 // TODO(perf): bf16 operands in global memory and cp.async; a later issue.
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -149,18 +150,27 @@ void require_bf16_tensor_cores() {
                                           std::to_string(cc / 10) + "." + std::to_string(cc % 10) + " (use precision 'fp32')");
 }
 
-void gemm_bf16_mma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
+const Bf16GemmKernels& mma_kernels() {
+  static const Bf16GemmKernels kernels{{{gemm_bf16_kernel<false, false>, gemm_bf16_kernel<false, true>},
+                                        {gemm_bf16_kernel<true, false>, gemm_bf16_kernel<true, true>}},
+                                       mma::kBM, mma::kBN, mma::kThreads, "gemm (bf16)"};
+  return kernels;
+}
+
+void launch_bf16_gemm(const Bf16GemmKernels& kernels, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                      const GemmOptions<float>& o) {
   cudaStream_t s = stream();
+  // Both kernels stage a k-contiguous operand by float4 loads where its rows are 16-byte aligned.
   const bool a_vec4 = !transA && mma::rows_aligned16(A, lda, o.batch.a_outer, o.batch.a_inner);
   const bool b_vec4 = transB && mma::rows_aligned16(B, ldb, o.batch.b_outer, o.batch.b_inner);
-  dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
-    for_each_grid_chunk((N + mma::kBN - 1) / mma::kBN, (M + mma::kBM - 1) / mma::kBM, o.batch.count, [&](dim3 grid, int64_t y0, int64_t z0) {
-      gemm_bf16_kernel<kTransA, kTransB><<<grid, mma::kThreads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu,
-                                                                         o.gelu_grad_of, o.batch, y0, z0, a_vec4, b_vec4);
-      check_launch("gemm (bf16)");
-    });
-  });
+  const Bf16GemmKernel kernel = kernels.by_transpose[transA][transB];
+  for_each_grid_chunk((N + kernels.tile_n - 1) / kernels.tile_n, (M + kernels.tile_m - 1) / kernels.tile_m, o.batch.count,
+                      [&](dim3 grid, int64_t y0, int64_t z0) {
+                        kernel<<<grid, kernels.threads, 0, s>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu,
+                                                                o.gelu_grad_of, o.batch, y0, z0, a_vec4, b_vec4);
+                        check_launch(kernels.name);
+                      });
 }
 
 // ---- Which kernel ----
@@ -210,8 +220,8 @@ std::string check_wgmma_against_mma() {
     check(cudaMemcpyAsync(db.as<float>(), b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
     check(cudaMemcpyAsync(dc_mma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
     check(cudaMemcpyAsync(dc_wgmma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
-    gemm_bf16_mma(transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_mma.as<float>(), ldc, {});
-    gemm_bf16_wgmma(transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_wgmma.as<float>(), ldc, {});
+    launch_bf16_gemm(mma_kernels(), transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_mma.as<float>(), ldc, {});
+    launch_bf16_gemm(wgmma_kernels(), transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_wgmma.as<float>(), ldc, {});
     copy_to_host(by_mma.data(), dc_mma.as<float>(), c.size() * sizeof(float));
     copy_to_host(by_wgmma.data(), dc_wgmma.as<float>(), c.size() * sizeof(float));
     for (int64_t m = 0; m < M; ++m)
@@ -224,45 +234,54 @@ std::string check_wgmma_against_mma() {
   return {};
 }
 
+// Decided once per process (under the mutex), then read on every product without it: `state` is published with
+// release after `why`, so a reader that sees it decided may read `why`.
 struct WgmmaStanding {
-  std::mutex mutex;
-  bool decided = false, usable = false;
-  std::string why;  // when not usable
+  enum : int { kUndecided, kUsable, kUnusable };
+  std::atomic<int> state{kUndecided};
+  std::mutex deciding;
+  std::string why;  // when unusable
 };
 WgmmaStanding wgmma_standing;
+
+// Why the wgmma kernel cannot be used here, or empty; may wait for the device (the check).
+std::string wgmma_unusable_reason() {
+  const int cc = compute_capability();
+  if (cc != 90)
+    return "it needs a GPU of compute capability 9.0 (H100, H200); this one is " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
+  if (!wgmma_code_loaded()) return "the CUDA addon was built without sm_90a code (rebuild with TARFLOW_CUDA_ARCH including 90a-real)";
+  const std::string mismatch = check_wgmma_against_mma();
+  if (mismatch.empty()) return {};
+  std::fprintf(stderr, "tarflow: the wgmma GEMM is not used: it failed its check against the mma.sync kernel: %s. bf16 products "
+                       "run on the mma.sync kernel; please report this.\n", mismatch.c_str());
+  return "it failed its check against the mma.sync kernel: " + mismatch;
+}
 
 bool use_wgmma() {
   const Choice choice = requested_kernel();
   if (choice == Choice::Mma) return false;
   WgmmaStanding& w = wgmma_standing;
-  std::lock_guard<std::mutex> lock(w.mutex);
-  if (!w.decided) {
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    check(cudaStreamIsCapturing(stream(), &capturing), "cudaStreamIsCapturing");
-    if (capturing != cudaStreamCaptureStatusNone) {
-      if (choice == Choice::Wgmma)
-        throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: the wgmma kernel is checked at the first bf16 product outside a CUDA "
-                                          "Graph capture, and none has run yet (use auto, or run one product first)");
-      return false;
-    }
-    const int cc = compute_capability();
-    if (cc != 90) {
-      w.why = "it needs a GPU of compute capability 9.0 (H100, H200); this one is " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
-    } else if (!wgmma_code_loaded()) {
-      w.why = "the CUDA addon was built without sm_90a code (rebuild with TARFLOW_CUDA_ARCH including 90a-real)";
-    } else {
-      w.why = check_wgmma_against_mma();
-      if (!w.why.empty()) {
-        w.why = "it failed its check against the mma.sync kernel: " + w.why;
-        std::fprintf(stderr, "tarflow: the wgmma GEMM is not used: %s. bf16 products run on the mma.sync kernel; please report this.\n",
-                     w.why.c_str());
+  int state = w.state.load(std::memory_order_acquire);
+  if (state == WgmmaStanding::kUndecided) {
+    std::lock_guard<std::mutex> lock(w.deciding);
+    state = w.state.load(std::memory_order_relaxed);
+    if (state == WgmmaStanding::kUndecided) {
+      cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+      check(cudaStreamIsCapturing(stream(), &capturing), "cudaStreamIsCapturing");
+      if (capturing != cudaStreamCaptureStatusNone) {
+        if (choice == Choice::Wgmma)
+          throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: the wgmma kernel is checked at the first bf16 product outside a "
+                                            "CUDA Graph capture, and none has run yet (use auto, or run one product first)");
+        return false;
       }
+      w.why = wgmma_unusable_reason();
+      state = w.why.empty() ? WgmmaStanding::kUsable : WgmmaStanding::kUnusable;
+      w.state.store(state, std::memory_order_release);
     }
-    w.usable = w.why.empty();
-    w.decided = true;
   }
-  if (!w.usable && choice == Choice::Wgmma) throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: " + w.why + " (use auto or mma)");
-  return w.usable;
+  if (state == WgmmaStanding::kUnusable && choice == Choice::Wgmma)
+    throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CUDA_GEMM=wgmma: " + w.why + " (use auto or mma)");
+  return state == WgmmaStanding::kUsable;
 }
 
 }  // namespace
@@ -275,8 +294,7 @@ const char* bf16_gemm_kernel() {
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
   require_bf16_tensor_cores();
-  if (use_wgmma()) gemm_bf16_wgmma(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
-  else gemm_bf16_mma(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
+  launch_bf16_gemm(use_wgmma() ? wgmma_kernels() : mma_kernels(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o);
 }
 
 }  // namespace cuda

@@ -111,19 +111,11 @@ bool wgmma_code_loaded() {
   return flag == 1;
 }
 
-void gemm_bf16_wgmma(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const GemmOptions<float>& o) {
-  cudaStream_t s = stream();
-  const bool a_vec4 = !transA && mma::rows_aligned16(A, lda, o.batch.a_outer, o.batch.a_inner);
-  const bool b_vec4 = transB && mma::rows_aligned16(B, ldb, o.batch.b_outer, o.batch.b_inner);
-  dispatch_transpose(transA, transB, [&]<bool kTransA, bool kTransB>() {
-    for_each_grid_chunk((N + wgmma::kBN - 1) / wgmma::kBN, (M + wgmma::kBM - 1) / wgmma::kBM, o.batch.count,
-                        [&](dim3 grid, int64_t y0, int64_t z0) {
-                          gemm_wgmma_kernel<kTransA, kTransB><<<grid, wgmma::kThreads, 0, s>>>(
-                              M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, o.bias, o.gelu, o.gelu_grad_of, o.batch, y0, z0, a_vec4, b_vec4);
-                          check_launch("gemm (bf16, wgmma)");
-                        });
-  });
+const Bf16GemmKernels& wgmma_kernels() {
+  static const Bf16GemmKernels kernels{{{gemm_wgmma_kernel<false, false>, gemm_wgmma_kernel<false, true>},
+                                        {gemm_wgmma_kernel<true, false>, gemm_wgmma_kernel<true, true>}},
+                                       wgmma::kBM, wgmma::kBN, wgmma::kThreads, "gemm (bf16, wgmma)"};
+  return kernels;
 }
 
 }  // namespace cuda
