@@ -6,8 +6,8 @@
 # Steps, most telling first: device and addon check; the CUDA-vs-CPU parity test (float32, float64 and bf16: ops,
 # grids past 65535 tiles, whole models, the bf16 sampler); the test suite with TARFLOW_DEVICE=cuda; compute-sanitizer
 # memcheck on a small training, sampling and denoising run in fp32 and bf16; 2 epochs of MNIST against the CPU's
-# bits/dim; the GPU targets table (npm run bench -- --only targets); racecheck and synccheck; rough timings of the
-# small run per backend and precision. GPU_CHECK_STEPS="parity suite-cuda ..." runs only the named steps (addon
+# bits/dim; the GPU targets table (npm run bench -- --only targets); racecheck and synccheck; the op fuzzer under
+# memcheck; rough timings of the small run per backend and precision. GPU_CHECK_STEPS="parity suite-cuda ..." runs only the named steps (addon
 # always runs); "train-bpd" (only when named) trains the mnist-bpd likelihood model on the GPU.
 # GPU_CHECK_BUDGET_S (default 540) bounds the whole run: each step gets at most what is left, and steps that no
 # longer fit are reported as skipped, so the table always prints within the device tool's per-call limit.
@@ -98,6 +98,13 @@ cat "$logs/targets.log" 2>/dev/null | sed -n '/^GPU targets/,$p'
 
 sanitize racecheck
 sanitize synccheck
+
+# Issue 6: the op fuzzer's damaged calls (odd shapes, empty and 2^20-long dimensions, views) on the GPU under
+# memcheck, which reports out-of-bounds accesses that do not fault.
+if wanted op-fuzz-memcheck && [ -n "$sanitizer" ]; then
+  step op-fuzz-memcheck 120 env TARFLOW_CUDA_SYNC=1 TARFLOW_OP_FUZZ_DEVICE=cuda TARFLOW_OP_FUZZ_CASES=1000 \
+    "$sanitizer" --tool memcheck --error-exitcode 9 --print-limit 20 node node_modules/uvu/bin.js dist/test 'op-fuzz\.test\.js$'
+fi
 
 step smoke-cuda 60 node scripts/gpu-smoke.mjs cuda 20 fp32
 step smoke-cuda-bf16 60 node scripts/gpu-smoke.mjs cuda 20 bf16

@@ -9,7 +9,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { getBackend, type Backend, type Tensor } from '../lib/backend.js';
+import { getBackend, type Backend, type DeviceName, type Tensor } from '../lib/backend.js';
 import { seededRandom } from '../lib/data.js';
 
 type Rng = () => number;
@@ -450,7 +450,11 @@ function fuzz(backend: Backend): void {
 }
 
 // The CPU always; the GPU too where the suite runs on it (scripts/gpu-check.sh sets TARFLOW_DEVICE=cuda).
-for (const device of ['cpu', ...(process.env.TARFLOW_DEVICE === 'cuda' ? ['cuda' as const] : [])] as const) {
+// TARFLOW_OP_FUZZ_DEVICE picks one (the GPU check's memcheck step fuzzes only the GPU).
+const only = process.env.TARFLOW_OP_FUZZ_DEVICE;
+if (only !== undefined && only !== 'cpu' && only !== 'cuda') throw new Error(`TARFLOW_OP_FUZZ_DEVICE must be cpu or cuda, not '${only}'`);
+const devices: DeviceName[] = only ? [only] : ['cpu', ...(process.env.TARFLOW_DEVICE === 'cuda' ? ['cuda' as const] : [])];
+for (const device of devices) {
   test(`op fuzz (${device}): ${CASES} seeded calls of every op either return or throw the library's error`, () => fuzz(getBackend(device)));
 }
 
