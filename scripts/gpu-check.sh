@@ -76,17 +76,22 @@ step suite-cuda 180 env TARFLOW_DEVICE=cuda TARFLOW_GOLDEN_DIR="$golden" \
   node node_modules/uvu/bin.js dist/test '^(?!cuda-parity).*\.test\.js$'
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-sanitize() {  # sanitize TOOL: a training step, a guided sampling run and the score step, in fp32 and bf16
-  wanted "$1" || return
+under_sanitizer() {  # under_sanitizer NAME TOOL LIMIT_S [VAR=VALUE...] COMMAND...: a step run under compute-sanitizer
+  local name=$1 tool=$2 limit=$3
+  shift 3
+  wanted "$name" || return
   if [ -z "$sanitizer" ]; then
-    results+=("$(printf '%-22s %-12s' "$1" 'SKIP (no compute-sanitizer)')")
+    results+=("$(printf '%-22s %-12s' "$name" 'SKIP (no compute-sanitizer)')")
     return
   fi
-  # TARFLOW_CUDA_SYNC=1: every op waits, so a fault is reported by the op that caused it. synccheck: barriers
-  # reached by only part of a block.
-  step "$1" 90 env TARFLOW_CUDA_SYNC=1 "$sanitizer" --tool "$1" --error-exitcode 9 --print-limit 20 \
-    node scripts/gpu-smoke.mjs cuda 1 both
+  local vars=()
+  while [[ "${1:-}" == *=* ]]; do vars+=("$1"); shift; done
+  # TARFLOW_CUDA_SYNC=1: every op waits, so a fault is reported by the op that caused it.
+  step "$name" "$limit" env TARFLOW_CUDA_SYNC=1 ${vars[@]+"${vars[@]}"} "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 20 "$@"
 }
+# A training step, a guided sampling run and the score step, in fp32 and bf16. synccheck: barriers reached by only
+# part of a block.
+sanitize() { under_sanitizer "$1" "$1" 90 node scripts/gpu-smoke.mjs cuda 1 both; }
 sanitize memcheck
 
 # Issue 3: 2 epochs of the small MNIST preset on the GPU reach the CPU's test bits/dim within 0.02 (fp32 and bf16).
@@ -101,10 +106,8 @@ sanitize synccheck
 
 # Issue 6: the op fuzzer's damaged calls (odd shapes, empty and 2^20-long dimensions, views) on the GPU under
 # memcheck, which reports out-of-bounds accesses that do not fault.
-if wanted op-fuzz-memcheck && [ -n "$sanitizer" ]; then
-  step op-fuzz-memcheck 120 env TARFLOW_CUDA_SYNC=1 TARFLOW_OP_FUZZ_DEVICE=cuda TARFLOW_OP_FUZZ_CASES=1000 \
-    "$sanitizer" --tool memcheck --error-exitcode 9 --print-limit 20 node node_modules/uvu/bin.js dist/test 'op-fuzz\.test\.js$'
-fi
+under_sanitizer op-fuzz-memcheck memcheck 120 TARFLOW_OP_FUZZ_DEVICE=cuda TARFLOW_OP_FUZZ_CASES=1000 \
+  node node_modules/uvu/bin.js dist/test 'op-fuzz\.test\.js$'
 
 step smoke-cuda 60 node scripts/gpu-smoke.mjs cuda 20 fp32
 step smoke-cuda-bf16 60 node scripts/gpu-smoke.mjs cuda 20 bf16

@@ -15,10 +15,8 @@ import { resolveGenerateOptions, type GenerateOptions } from '../lib/sampling.js
 import type { SafetensorsFile } from '../lib/safetensors.js';
 import { parseConfigText } from '../lib/tasks.js';
 import { checkTrainOptions } from '../lib/train.js';
+import { int, pick, type Rng } from './helpers.js';
 
-type Rng = () => number;
-const pick = <T>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
-const int = (r: Rng, n: number) => Math.floor(r() * n);
 
 /** Runs `cases` seeded cases; each must return (counted as parsed) or throw a TarflowError (rejected). */
 function fuzz(label: string, seed: number, cases: number, run: (r: Rng, i: number) => void): number {

@@ -78,6 +78,11 @@ export function relError(a: Num, b: Num): number {
 /** A tiny deterministic generator in [0, 1) for choosing test entries and values (the library's own). */
 export const mulberry32 = seededRandom;
 
+/** A generator of uniform numbers in [0, 1), and the fuzz tests' two draws from it. */
+export type Rng = () => number;
+export const pick = <T>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+export const int = (r: Rng, n: number) => Math.floor(r() * n);
+
 /** Standard normal draws from a mulberry32 stream (Box-Muller). */
 export function gaussian(seed: number): () => number {
   const u = mulberry32(seed);

@@ -11,10 +11,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { getBackend, type Backend, type DeviceName, type Tensor } from '../lib/backend.js';
 import { seededRandom } from '../lib/data.js';
+import { int, pick, type Rng } from './helpers.js';
 
-type Rng = () => number;
-const pick = <T>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
-const int = (r: Rng, n: number) => Math.floor(r() * n);
 
 // Both can be changed to look further (TARFLOW_OP_FUZZ_SEED=7 TARFLOW_OP_FUZZ_CASES=100000); the suite runs these.
 const CASES = Number(process.env.TARFLOW_OP_FUZZ_CASES ?? 3000);
@@ -192,7 +190,8 @@ const CALLS: Record<string, (c: CaseBuilder) => Node[]> = {
 };
 const OPS = Object.keys(CALLS);
 
-function tensorSlots(spec: Spec, kind: 'tensor' | 'number' | 'bool' | 'null'): [Record<string | number, Node>, string | number][] {
+/** Where in the call's arguments a value of that kind sits, as [container, key] pairs to overwrite. */
+function slotsOf(spec: Spec, kind: 'tensor' | 'number' | 'bool' | 'null'): [Record<string | number, Node>, string | number][] {
   const out: [Record<string | number, Node>, string | number][] = [];
   const visit = (node: Node, parent: Record<string | number, Node> | null, key: string | number | null): void => {
     const here = (k: typeof kind) => { if (k === kind && parent && key !== null) out.push([parent, key]); };
@@ -256,22 +255,22 @@ const MUTATIONS: [string, number, (c: CaseBuilder) => boolean][] = [
     return true;
   }],
   ['alias', 3, (c) => {
-    const slots = tensorSlots(c.spec, 'tensor');
+    const slots = slotsOf(c.spec, 'tensor');
     if (slots.length < 2) return false;
     const [p, k] = pick(c.r, slots), [p2, k2] = pick(c.r, slots);
     p[k] = { $t: (p2[k2] as { $t: number }).$t };
     return true;
   }],
   ['dispose', 1, (c) => { if (!c.spec.tensors.length) return false; pick(c.r, c.spec.tensors).disposed = true; return true; }],
-  ['number', 5, (c) => { const s = tensorSlots(c.spec, 'number'); if (!s.length) return false; const [p, k] = pick(c.r, s); p[k] = pick(c.r, NUMS); return true; }],
+  ['number', 5, (c) => { const s = slotsOf(c.spec, 'number'); if (!s.length) return false; const [p, k] = pick(c.r, s); p[k] = pick(c.r, NUMS); return true; }],
   ['not a tensor', 2, (c) => {
-    const s = [...tensorSlots(c.spec, 'tensor'), ...tensorSlots(c.spec, 'null')];
+    const s = [...slotsOf(c.spec, 'tensor'), ...slotsOf(c.spec, 'null')];
     if (!s.length) return false;
     const [p, k] = pick(c.r, s);
     p[k] = pick(c.r, [null, { $undef: 1 }, 5, {}, 'x', [], true]);
     return true;
   }],
-  ['bool', 1, (c) => { const s = tensorSlots(c.spec, 'bool'); if (!s.length) return false; const [p, k] = pick(c.r, s); p[k] = pick(c.r, [0, 1, 'true', null, { $undef: 1 }]); return true; }],
+  ['bool', 1, (c) => { const s = slotsOf(c.spec, 'bool'); if (!s.length) return false; const [p, k] = pick(c.r, s); p[k] = pick(c.r, [0, 1, 'true', null, { $undef: 1 }]); return true; }],
   ['huge', 2, (c) => {
     if (!c.spec.tensors.length) return false;
     const t = pick(c.r, c.spec.tensors), k = int(c.r, 3);

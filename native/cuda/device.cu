@@ -236,7 +236,7 @@ void* alloc_zeroed(size_t bytes) {
                                                  std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
                                                  " MiB); reduce the batch size or model size");
   }
-  cuda::check(err, "cudaMalloc");
+  cuda::check(err, "GPU allocation (cudaMallocAsync or cudaMalloc)");
   err = cudaMemsetAsync(p, 0, n, s);
   if (err != cudaSuccess) {
     release(p);
