@@ -320,6 +320,43 @@ test('a memory limit turns allocations past it into out-of-memory exceptions; TA
   assert.match(bad.stderr, /TARFLOW_MEMORY_LIMIT: expected a number of bytes, optionally with K, M, G or T/);
 });
 
+test('working memory that ops allocate for themselves counts against the memory limit', () => {
+  const b = getBackend('cpu');
+  const t = (shape: number[]) => new b.Tensor('float32', shape);
+  // bf16 products multiply rounded copies of both operands: (M + N) x K floats here, 2.25 MiB (dx's: 0.75 MiB)
+  const [M, N, K] = [1024, 128, 512];
+  const y = t([M, N]), x = t([M, K]), w = t([N, K]), dx = t([M, K]);
+  // attention's backward keeps one T x T score-gradient matrix per worker: 4 MiB at T = 1024
+  const [B, Tn, W] = [1, 1024, 64];
+  const dqkv = t([B, Tn, 3 * W]), dout = t([B, Tn, W]), qkv = t([B, Tn, 3 * W]), probs = t([B, 1, Tn, Tn]);
+  const live = b.ops.nativeMemory().bytes;
+  b.ops.setMemoryLimit(live + (1 << 19));
+  try {
+    b.ops.linear(y, x, w, null, false); // float32 multiplies in place: nothing to count
+    const outOfMemory = (call: () => void, what: RegExp) => {
+      try {
+        call();
+        assert.unreachable('an op ran past the memory limit');
+      } catch (err) {
+        assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+        assert.match((err as Error).message, what);
+      }
+      assert.is(b.ops.nativeMemory().bytes, live, 'a refused op left memory counted');
+    };
+    outOfMemory(() => b.ops.linear(y, x, w, null, false, { precision: 'bf16' }), /bytes for the bf16-rounded operands of a product/);
+    outOfMemory(() => b.ops.linearBackward(dx, null, null, y, x, w, false, { precision: 'bf16' }), /bf16-rounded operands/);
+    outOfMemory(() => b.ops.attentionBackward(dqkv, dout, qkv, probs, 1, 1), /T x T score gradients/);
+    b.ops.setMemoryLimit(live + (16 << 20));
+    b.ops.linear(y, x, w, null, false, { precision: 'bf16' });
+    b.ops.attentionBackward(dqkv, dout, qkv, probs, 1, 1);
+    assert.is(b.ops.nativeMemory().bytes, live, 'the working memory was not released');
+    assert.ok(b.ops.nativeMemory().peakBytes >= live + (9 << 18), 'the copies did not reach the peak');
+  } finally {
+    b.ops.setMemoryLimit(0);
+    for (const tensor of [y, x, w, dx, dqkv, dout, qkv, probs]) tensor.dispose();
+  }
+});
+
 const devices: Array<'cpu' | 'cuda'> = ['cpu'];
 try {
   getBackend('cuda');

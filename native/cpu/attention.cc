@@ -83,6 +83,7 @@ TF_OP(attentionBackward) {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
+      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(d.T * d.T), "attention backward's T x T score gradients");
       std::vector<T> dS(static_cast<size_t>(d.T * d.T));
       for (int64_t bh = s; bh < e; ++bh) {
         int64_t b = bh / d.H, h = bh % d.H;

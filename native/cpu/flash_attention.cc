@@ -68,6 +68,7 @@ TF_OP(flashAttention) {
   dispatch_float(args.qkv->dtype(), [&]<typename T>() {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
+      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(3 * d.T * d.hd), "fused attention's copies of one head");
       std::vector<T> q, k, v, acc(static_cast<size_t>(d.hd)), logit(kKeyBlock);
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
@@ -111,6 +112,8 @@ TF_OP(flashAttentionBackward) {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
+      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(8 * d.T * d.hd + d.T),
+                                      "fused attention backward's copies of one head");
       std::vector<T> q, k, v, dO, o, D(static_cast<size_t>(d.T)), dq, dk, dv;
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
