@@ -282,7 +282,8 @@ for (const dtype of ['float32', 'float64'] as const) {
       const n = B * T * D + 3;
       // bit-identical: a relative error below the smallest double is no error at all
       const exact = Number.MIN_VALUE;
-      for (const [seed, stream, offset] of [[0, 0, 0], [12345, 77, 5], [2 ** 40 + 3, 2 ** 33, 2 ** 35 + 1]]) {
+      // offsets at each position within a Philox block (2 normals or 4 uniforms each): partial first and last blocks
+      for (const [seed, stream, offset] of [[0, 0, 0], [12345, 77, 5], [7, 1, 2], [7, 1, 3], [2 ** 40 + 3, 2 ** 33, 2 ** 35 + 1]]) {
         compareOp(`normal(${seed},${stream},${offset})`, dtype, [{ shape: [n] }], [0], (ops, t) => ops.normal(t[0], seed, stream, offset), exact);
         compareOp(`uniform(${seed},${stream},${offset})`, dtype, [{ shape: [n] }], [0], (ops, t) => ops.uniform(t[0], seed, stream, offset), exact);
       }

@@ -11,11 +11,30 @@
 namespace tf {
 namespace {
 
+// One thread per Philox block: a block gives 2 normals (a Box-Muller pair) or 4 uniforms, so each is computed once and
+// all its values that fall inside [offset, offset + n) are stored (only the first and last blocks can be partial).
+template <bool kNormal>
+constexpr uint64_t kValuesPerBlock = kNormal ? 2 : 4;
+
 template <typename T, bool kNormal>
-__global__ void random_kernel(T* p, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
-  TF_GRID_LOOP(i, n) {
-    uint64_t idx = offset + uint64_t(i);
-    p[i] = static_cast<T>(kNormal ? philox_normal(seed, stream, idx) : philox_uniform(seed, stream, idx));
+__global__ void random_kernel(T* p, int64_t blocks, uint64_t first_block, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
+  constexpr uint64_t per = kValuesPerBlock<kNormal>;
+  TF_GRID_LOOP(b, blocks) {
+    const uint64_t j = first_block + uint64_t(b);
+    const Philox4 r = philox_block(seed, stream, j);
+    float v[4];
+    if constexpr (kNormal) {
+      const float radius = box_muller_radius(r.v[0]);
+      const CosSin cs = turn_cos_sin(r.v[1]);
+      v[0] = radius * cs.cos;
+      v[1] = radius * cs.sin;
+    } else {
+      for (int k = 0; k < 4; ++k) v[k] = uniform_from_word(r.v[k]);
+    }
+    for (uint64_t k = 0; k < per; ++k) {
+      const uint64_t idx = j * per + k;  // element idx of the stream is out[idx - offset]
+      if (idx >= offset && idx - offset < uint64_t(n)) p[idx - offset] = static_cast<T>(v[k]);
+    }
   }
 }
 
@@ -25,7 +44,11 @@ Napi::Value fill_random(const Napi::CallbackInfo& info) {
   int64_t n = args.out->numel();
   if (n == 0) return info.Env().Undefined();
   dispatch_float(args.out->dtype(), [&]<typename T>() {
-    random_kernel<T, kNormal><<<cuda::blocks_for(n, 256), 256, 0, cuda::stream()>>>(args.out->data<T>(), n, args.seed, args.stream, args.offset);
+    constexpr uint64_t per = kValuesPerBlock<kNormal>;
+    const uint64_t first = args.offset / per, last = (args.offset + uint64_t(n) - 1) / per;
+    const int64_t blocks = int64_t(last - first + 1);
+    random_kernel<T, kNormal><<<cuda::blocks_for(blocks, 256), 256, 0, cuda::stream()>>>(args.out->data<T>(), blocks, first, n, args.seed,
+                                                                                        args.stream, args.offset);
   });
   return info.Env().Undefined();
 }
