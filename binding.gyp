@@ -14,6 +14,7 @@
         "native/cpu/elementwise.cc",
         "native/cpu/flash_attention.cc",
         "native/cpu/gemm.cc",
+        "native/cpu/gemm_amx.cc",
         "native/cpu/layernorm.cc",
         "native/cpu/linear.cc",
         "native/cpu/reverse.cc",

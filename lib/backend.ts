@@ -135,8 +135,9 @@ export interface Backend {
   /** Waits until the device has finished all queued work (a no-op on the CPU, whose ops return when done). */
   synchronize(): void;
   /**
-   * CUDA only, for benchmarks and diagnostics: which kernel bf16 matrix products run on now, 'wgmma' (H100/H200 with
-   * the default sm_90a build) or 'mma' (`TARFLOW_CUDA_GEMM` chooses; see native/cuda/gemm_bf16.cu).
+   * For benchmarks and diagnostics: which kernel bf16 matrix products run on now. CUDA: 'wgmma' (H100/H200 with the
+   * default sm_90a build) or 'mma' (`TARFLOW_CUDA_GEMM` chooses; see native/cuda/gemm_bf16.cu). CPU: 'amx' (Xeons
+   * with AMX) or 'reference' (`TARFLOW_CPU_GEMM` chooses; see native/cpu/gemm_amx.cc).
    */
   bf16GemmKernel?(): string;
 }
@@ -199,14 +200,19 @@ function loadCpu(): Backend {
   if (!cpuBackend) {
     let addon;
     try {
-      const nodeGypBuild = require('node-gyp-build') as (dir: string) => { backend: string; Tensor: Backend['Tensor']; ops: Ops };
+      const nodeGypBuild = require('node-gyp-build') as (dir: string) => {
+        backend: string; Tensor: Backend['Tensor']; ops: Ops; bf16GemmKernel: () => string;
+      };
       addon = nodeGypBuild(packageRoot);
     } catch (err) {
       throw new TarflowError('ERR_TARFLOW_DEVICE',
         `the CPU addon is not built (${(err as Error).message.split('\n')[0]}); run 'npm install' (or 'npm run build:native') in ${packageRoot}`,
         { cause: err });
     }
-    cpuBackend = withEnvMemoryLimit({ device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {} });
+    const host = wrapOps({ bf16GemmKernel: addon.bf16GemmKernel });
+    cpuBackend = withEnvMemoryLimit({
+      device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {}, bf16GemmKernel: host.bf16GemmKernel,
+    });
   }
   return cpuBackend;
 }

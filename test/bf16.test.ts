@@ -1,18 +1,43 @@
 /**
  * bf16 mixed precision without a GPU: the index logic of the two tensor-core GEMMs (mma.sync, and wgmma on sm_90a),
- * run on the CPU for every thread (test/native/mma_tile_test.cc, wgmma_tile_test.cc); the CPU backend's emulation,
- * which is the reference for the GPU's bf16 results (bf16-rounded inputs, fp32 sums: bit for bit the float32 product
- * of rounded inputs); the fused GELU output; and a whole model in bf16 against float32. The GPU's bf16 kernels are
- * compared with all of this in cuda-parity.test.ts.
+ * run on the CPU for every thread (test/native/mma_tile_test.cc, wgmma_tile_test.cc); the CPU backend's reference
+ * kernel, which is the reference for the GPU's bf16 results (bf16-rounded inputs, fp32 sums: bit for bit the float32
+ * product of rounded inputs); its AMX kernel (native/cpu/gemm_amx.cc) against the reference; the fused GELU output;
+ * and a whole model in bf16 against float32. The GPU's bf16 kernels are compared with all of this in
+ * cuda-parity.test.ts.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { readFileSync } from 'node:fs';
 import { getBackend, type MatmulOptions, type Tensor } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
 import { errorCode as code, gaussian, modelErrors, relError, roundBf16, runNativeCheck } from './helpers.js';
 
 const cpu = getBackend('cpu');
 const bf16: MatmulOptions = { precision: 'bf16' };
+
+/** Runs fn with TARFLOW_CPU_GEMM set to kind (read by every bf16 product), then restores it. */
+function withCpuGemm<R>(kind: string, fn: () => R): R {
+  const before = process.env.TARFLOW_CPU_GEMM;
+  process.env.TARFLOW_CPU_GEMM = kind;
+  try {
+    return fn();
+  } finally {
+    if (before === undefined) delete process.env.TARFLOW_CPU_GEMM;
+    else process.env.TARFLOW_CPU_GEMM = before;
+  }
+}
+
+/** Whether the CPU reports the AMX-BF16 and AMX-TILE instructions (Linux only; elsewhere AMX is not built). */
+function cpuHasAmx(): boolean {
+  try {
+    const flags = readFileSync('/proc/cpuinfo', 'utf8');
+    return /\bamx_bf16\b/.test(flags) && /\bamx_tile\b/.test(flags) && process.arch === 'x64';
+  } catch {
+    return false;
+  }
+}
+const amx = withCpuGemm('auto', () => cpu.bf16GemmKernel!()) === 'amx';
 
 test('the bf16 GEMM kernel\'s per-thread index logic, run on the CPU against the PTX fragment layouts', () => {
   const failure = runNativeCheck('mma_tile_test');
@@ -32,7 +57,7 @@ function randn(n: number, seed: number, scale = 1): Float32Array {
 const T = (shape: number[], data?: Float32Array): Tensor => new cpu.Tensor('float32', shape, data);
 const same = (a: Tensor, b: Tensor, what: string) => assert.equal(Array.from(a.toArray()), Array.from(b.toArray()), what);
 
-test('linear and linearBackward in bf16 are the float32 products of bf16-rounded inputs, bit for bit', () => {
+test('the reference kernel: linear and linearBackward in bf16 are the float32 products of bf16-rounded inputs, bit for bit', () => withCpuGemm('reference', () => {
   const [B, Tn, K, N] = [3, 7, 40, 24];
   const x = randn(B * Tn * K, 1), w = randn(N * K, 2, 0.2), b = randn(N, 3), dy = randn(B * Tn * N, 4), prior = randn(B * Tn * N, 5);
   for (const accumulate of [false, true]) {
@@ -54,6 +79,82 @@ test('linear and linearBackward in bf16 are the float32 products of bf16-rounded
   cpu.ops.linearBackward(f32, null, null, T([B, Tn, N], dy), T([B, Tn, K], x), T([N, K], w), false);
   const err = relError(dx.toArray(), f32.toArray());
   assert.ok(err > 1e-4 && err < 1e-2, `bf16 vs float32 dx: relative error ${err}`);
+}));
+
+test('TARFLOW_CPU_GEMM picks the bf16 kernel: auto takes AMX where the CPU has it, amx insists, other values are refused', () => {
+  assert.is(withCpuGemm('reference', () => cpu.bf16GemmKernel!()), 'reference');
+  assert.ok(!amx || cpuHasAmx(), 'AMX chosen on a CPU that does not report it');
+  if (amx) {
+    assert.is(withCpuGemm('amx', () => cpu.bf16GemmKernel!()), 'amx');
+  } else {
+    const err = withCpuGemm('amx', () => { try { cpu.bf16GemmKernel!(); } catch (e) { return e as Error & { code?: string }; } });
+    assert.is(err?.code, 'ERR_TARFLOW_DEVICE');
+    assert.match(err!.message, /TARFLOW_CPU_GEMM=amx: .*\(use auto or reference\)/);
+    // On a CPU with AMX only the operating system may refuse it; a failed self-check against the reference is a bug.
+    if (cpuHasAmx()) assert.match(err!.message, /operating system|kernel did not grant/, err!.message);
+  }
+  const x = T([2, 4]), w = T([3, 4]), y = T([2, 3]);
+  assert.is(withCpuGemm('fast', () => code(() => cpu.bf16GemmKernel!())), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.is(withCpuGemm('fast', () => code(() => cpu.ops.linear(y, x, w, null, false, bf16))), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  // float32 products never consult it
+  assert.is(withCpuGemm('fast', () => code(() => cpu.ops.linear(y, x, w, null, false))), 'none');
+});
+
+// AMX sums the same exact bf16 products in its own order: results within fp32 rounding of the reference, and still
+// independent of the thread count and of the other rows of the batch. Shapes with tails in M, N and K (16-row tiles,
+// 32-wide K steps), the epilogues, and every transpose (linear: B transposed; dx: neither; dweight: A transposed;
+// attention's backward: the remaining one).
+test('the AMX kernel (where the CPU has it) is within fp32 rounding of the reference, whatever the threads or the batch', () => {
+  if (!amx) {
+    assert.is(cpu.bf16GemmKernel!(), 'reference');
+    return;
+  }
+  const both = (fn: () => Float32Array[]) => [withCpuGemm('amx', fn), withCpuGemm('reference', fn)];
+  const close = (a: Float32Array[], b: Float32Array[], what: string) => a.forEach((v, i) => {
+    const err = relError(v, b[i]);
+    assert.ok(err < 1e-5, `${what} output ${i}: AMX vs reference relative error ${err}`);
+  });
+  for (const [M, N, K] of [[1, 1, 1], [5, 17, 33], [77, 40, 70], [300, 520, 129]]) {
+    const x = randn(M * K, 21), w = randn(N * K, 22, 0.3), b = randn(N, 23), dy = randn(M * N, 24), prior = randn(M * N, 25), u = randn(M * K, 26);
+    const products = () => {
+      const y = T([M, N], prior), act = T([M, N]), dx = T([M, K]), dw = T([N, K], randn(N * K, 27)), db = T([N]);
+      cpu.ops.linear(y, T([M, K], x), T([N, K], w), T([N], b), true, { precision: 'bf16', gelu: act });
+      cpu.ops.linearBackward(dx, dw, db, T([M, N], dy), T([M, K], x), T([N, K], w), false, { precision: 'bf16', geluInput: T([M, K], u) });
+      return [y, act, dx, dw, db].map((t) => t.toArray() as Float32Array);
+    };
+    const [fast, ref] = both(products);
+    close(fast, ref, `${M}x${N}x${K}`);
+    const threads = cpu.ops.getThreads();
+    cpu.ops.setThreads(1);
+    try {
+      withCpuGemm('amx', products).forEach((v, i) => assert.equal(Array.from(v), Array.from(fast[i]), `${M}x${N}x${K} output ${i}, one thread`));
+    } finally {
+      cpu.ops.setThreads(threads);
+    }
+  }
+  // A row's result does not depend on the rows beside it: the first 3 rows alone give the same bits.
+  const [M, N, K] = [70, 48, 100];
+  const x = randn(M * K, 31), w = randn(N * K, 32, 0.3);
+  x[K * 5] = NaN;  // a NaN in row 5 stays in row 5
+  const rows = (m: number) => withCpuGemm('amx', () => {
+    const y = T([m, N]);
+    cpu.ops.linear(y, T([m, K], x.subarray(0, m * K)), T([N, K], w), null, false, bf16);
+    return y.toArray() as Float32Array;
+  });
+  const all = rows(M), three = rows(3);
+  assert.equal(Array.from(three), Array.from(all.subarray(0, 3 * N)), 'rows 0-2 alone vs in a batch of 70');
+  assert.ok(all.subarray(5 * N, 6 * N).every(Number.isNaN) && all.subarray(6 * N).every(Number.isFinite), 'NaN confined to its row');
+  // attention: products with A transposed and with neither operand transposed
+  const [B, Tn, W, H] = [2, 37, 128, 2];
+  const qkv = randn(B * Tn * 3 * W, 33), dout = randn(B * Tn * W, 34);
+  const attention = () => {
+    const out = T([B, Tn, W]), probs = T([B, H, Tn, Tn]), dqkv = T([B, Tn, 3 * W]);
+    cpu.ops.attention(out, probs, T([B, Tn, 3 * W], qkv), H, 0.8, bf16);
+    cpu.ops.attentionBackward(dqkv, T([B, Tn, W], dout), T([B, Tn, 3 * W], qkv), probs, H, 0.8, bf16);
+    return [out, probs, dqkv].map((t) => t.toArray() as Float32Array);
+  };
+  const [fast, ref] = both(attention);
+  close(fast, ref, 'attention');
 });
 
 test('linear with a gelu output equals linear then gelu, in both precisions', () => {

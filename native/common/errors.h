@@ -8,15 +8,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "coded_error.h"
+
 namespace tf {
-
-struct Error : std::runtime_error {
-  std::string code;
-  Error(std::string code_, const std::string& message) : std::runtime_error(message), code(std::move(code_)) {}
-};
-
-inline Error shape_error(const std::string& message) { return Error("ERR_TARFLOW_SHAPE", message); }
-inline Error arg_error(const std::string& message) { return Error("ERR_TARFLOW_INVALID_ARGUMENT", message); }
 
 inline Napi::Error to_js_error(Napi::Env env, const std::string& code, const std::string& message) {
   Napi::Error err = Napi::Error::New(env, message);

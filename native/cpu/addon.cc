@@ -5,6 +5,7 @@
 #include "../common/op.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
+#include "gemm.h"
 
 namespace tf {
 namespace {
@@ -16,12 +17,17 @@ TF_OP(setThreads) {
   return info.Env().Undefined();
 }
 
+// bf16GemmKernel() -> 'amx' | 'reference': the kernel bf16 products run on now (TARFLOW_CPU_GEMM, native/cpu/gemm_amx.cc);
+// the first call on a CPU with AMX runs its check. For tests and benchmarks.
+TF_OP(bf16GemmKernel) { return Napi::String::New(info.Env(), cpu_bf16_gemm_kernel()); }
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backend", Napi::String::New(env, "cpu"));
   exports.Set("Tensor", Tensor::Init(env));
   exports.Set("ops", make_op_table(env, getThreads, setThreads));
+  exports.Set("bf16GemmKernel", Napi::Function::New(env, bf16GemmKernel, "bf16GemmKernel"));
   return exports;
 }
 

@@ -383,28 +383,6 @@ int64_t k_block(int64_t K) {
   return (K + nb - 1) / nb;
 }
 
-// The epilogue (gemm.h) on rows [0, mr) x columns [0, nr) of finished C at c, which is element `at` of C's storage and
-// column n0 (the epilogue's pointers share C's origin). Called per panel (MR rows by up to NC columns) rather than per
-// MR x NR tile: the activation rows it reads or writes are then long enough for the hardware prefetcher, and the loops
-// long enough to vectorise without remainders; per tile, the same work took twice as long (gemm_bench's fc cases).
-template <typename T>
-void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t at, int64_t n0, int64_t mr, int64_t nr) {
-  for (int64_t r = 0; r < mr; ++r) {
-    T* cr = c + r * ldc;
-    const int64_t row = at + r * ldc;
-    if (ep.bias)
-      for (int64_t j = 0; j < nr; ++j) cr[j] += ep.bias[n0 + j];
-    if (ep.gelu) {
-      T* g = ep.gelu + row;
-      for (int64_t j = 0; j < nr; ++j) g[j] = tf::gelu(cr[j]);
-    }
-    if (ep.gelu_grad_of) {
-      const T* x = ep.gelu_grad_of + row;
-      for (int64_t j = 0; j < nr; ++j) cr[j] = cr[j] * tf::gelu_grad(x[j]);
-    }
-  }
-}
-
 template <typename T, int NR>
 void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                     int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep) {
@@ -546,6 +524,8 @@ void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, i
   if constexpr (!std::is_same_v<T, float>) {
     throw std::invalid_argument("gemm: precision 'bf16' needs float32 operands");  // the ops' parsing refuses it first
   } else {
+    if (M > 0 && N > 0 && K > 0 && alpha != 0.0f && gemm_bf16_fast(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep))
+      return;
     // Only the rows x cols that op() reads are copied: a stored operand may be a strided slice (attention's heads).
     auto rounded = [parallel](const float* src, int64_t rows, int64_t cols, int64_t ld) {
       std::vector<float> out(static_cast<size_t>(rows * cols));

@@ -7,9 +7,11 @@
 // Determinism: every C element is accumulated in the same order (K blocks of a size that depends only on K, in
 // increasing k) whatever the thread count, so results are bit-identical for any TARFLOW_THREADS.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "../common/bf16.h"
+#include "gelu.h"
 
 namespace tf {
 
@@ -25,6 +27,28 @@ struct GemmEpilogue {
   const T* gelu_grad_of = nullptr;  // C's layout (ldc); not together with gelu
 };
 
+// The epilogue (gemm.h) on rows [0, mr) x columns [0, nr) of finished C at c, which is element `at` of C's storage and
+// column n0 (the epilogue's pointers share C's origin). Called per panel (MR rows by up to NC columns) rather than per
+// MR x NR tile: the activation rows it reads or writes are then long enough for the hardware prefetcher, and the loops
+// long enough to vectorise without remainders; per tile, the same work took twice as long (gemm_bench's fc cases).
+template <typename T>
+inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t at, int64_t n0, int64_t mr, int64_t nr) {
+  for (int64_t r = 0; r < mr; ++r) {
+    T* cr = c + r * ldc;
+    const int64_t row = at + r * ldc;
+    if (ep.bias)
+      for (int64_t j = 0; j < nr; ++j) cr[j] += ep.bias[n0 + j];
+    if (ep.gelu) {
+      T* g = ep.gelu + row;
+      for (int64_t j = 0; j < nr; ++j) g[j] = tf::gelu(cr[j]);
+    }
+    if (ep.gelu_grad_of) {
+      const T* x = ep.gelu_grad_of + row;
+      for (int64_t j = 0; j < nr; ++j) cr[j] = cr[j] * tf::gelu_grad(x[j]);
+    }
+  }
+}
+
 // Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, where op(X) = X or X^T.
 // A is M x K (lda >= K) when !transA, K x M (lda >= M) when transA; B is K x N (ldb >= N) when !transB,
 // N x K (ldb >= K) when transB. beta == 0 means C is overwritten and never read (garbage/NaN in C is fine).
@@ -35,11 +59,21 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 
 // The same product at a working precision. Precision::BF16 (float only) rounds op(A) and op(B) to bf16 and keeps
 // fp32 sums: the CPU reference of the GPU's tensor-core path (bf16 products are exact in fp32, so the two differ
-// only in the order of the sums). It rounds copies of the operands: a reference, not a fast path.
+// only in the order of the sums). It rounds copies of the operands: a reference, not a fast path; where the CPU has
+// AMX, gemm_bf16_fast below runs instead (TARFLOW_CPU_GEMM).
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true,
           const GemmEpilogue<T>* epilogue = nullptr);
+
+// The fast bf16 path (gemm_amx.cc): when TARFLOW_CPU_GEMM and the CPU allow it, computes the bf16 product on AMX
+// tiles and returns true; otherwise returns false and the caller runs the reference. Needs M, N, K > 0, alpha != 0.
+bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* epilogue);
+// 'amx' or 'reference': the kernel bf16 products run on now (throws for a TARFLOW_CPU_GEMM it cannot honour).
+const char* cpu_bf16_gemm_kernel();
+// The most working memory a bf16 product of these dims allocates (operand copies), on either path.
+size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K);
 
 extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                                  const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);

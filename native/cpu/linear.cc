@@ -3,6 +3,8 @@
 // MLP's activation (the gelu option) and, in the backward, the GELU's derivative (geluInput) are applied in the
 // GEMM's epilogue on each finished tile, on the CPU as on the GPU.
 #include <algorithm>
+#include <array>
+#include <initializer_list>
 #include <optional>
 #include <vector>
 
@@ -15,10 +17,14 @@
 namespace tf {
 namespace {
 
-// Under precision 'bf16' the GEMM multiplies rounded copies of its two operands (gemm.cc). They grow with the batch, so
-// they count against the memory limit as tensors do, for the op's duration; `floats` is the largest pair of operands.
-void count_bf16_copies(std::optional<MemoryReservation>& counted, Precision precision, int64_t floats) {
-  if (precision == Precision::BF16) counted.emplace(sizeof(float) * static_cast<size_t>(floats), "the bf16-rounded operands of a product");
+// Under precision 'bf16' the GEMM multiplies rounded copies of its two operands (gemm.cc, gemm_amx.cc). They grow with
+// the batch, so they count against the memory limit as tensors do, for the op's duration: the larger of the op's
+// products, (M, N, K) each.
+void count_bf16_copies(std::optional<MemoryReservation>& counted, Precision precision, std::initializer_list<std::array<int64_t, 3>> products) {
+  if (precision != Precision::BF16) return;
+  size_t bytes = 0;
+  for (const auto& p : products) bytes = std::max(bytes, bf16_gemm_scratch_bytes(p[0], p[1], p[2]));
+  counted.emplace(bytes, "the bf16-rounded operands of a product");
 }
 
 // linear(y, x, weight, bias|null, accumulate, {precision, gelu}?)
@@ -26,7 +32,7 @@ TF_OP(linear) {
   const LinearArgs args = parse_linear(info);
   const LinearDims& d = args.d;
   std::optional<MemoryReservation> counted;
-  count_bf16_copies(counted, args.precision, (d.M + d.N) * d.K);
+  count_bf16_copies(counted, args.precision, {{d.M, d.N, d.K}});
   dispatch_float(args.x->dtype(), [&]<typename T>() {
     const GemmEpilogue<T> ep{args.bias ? args.bias->data<T>() : nullptr, args.gelu ? args.gelu->data<T>() : nullptr, nullptr};
     gemm<T>(args.precision, false, true, d.M, d.N, d.K, T(1), args.x->data<T>(), d.K, args.weight->data<T>(), d.K,
@@ -43,7 +49,7 @@ TF_OP(linearBackward) {
   const LinearBackwardArgs args = parse_linear_backward(info);
   const LinearDims& d = args.d;
   std::optional<MemoryReservation> counted;
-  count_bf16_copies(counted, args.precision, d.M * d.N + std::max<int64_t>(args.dx ? d.N * d.K : 0, args.dweight ? d.M * d.K : 0));
+  count_bf16_copies(counted, args.precision, {{args.dx ? d.M : 0, d.K, d.N}, {args.dweight ? d.N : 0, d.K, d.M}});
   dispatch_float(args.weight->dtype(), [&]<typename T>() {
     const T* g = args.dy->data<T>();
     const GemmEpilogue<T> through_gelu{nullptr, nullptr, args.gelu_input ? args.gelu_input->data<T>() : nullptr};
