@@ -26,11 +26,25 @@ const quick = values.quick === true;
 /** Data loader threads (default: the loader's own default). */
 const workers = values.workers === undefined ? undefined : Number(values.workers);
 const backend = getBackend(device);
+/** --precision: the matrix products of the GEMM and training benchmarks (default fp32; the targets table's own default is bf16 on CUDA). */
+const precision = (values.precision ?? 'fp32') as Precision;
 
 function rand(b: Backend, shape: number[], seed: number) {
   const t = new b.Tensor('float32', shape);
   b.ops.normal(t, seed, 0, 0);
   return t;
+}
+
+/** Runs fn with the environment variable `name` set to value (read by native code at each call), then restores it. */
+function withEnv<R>(name: string, value: string, fn: () => R): R {
+  const before = process.env[name];
+  process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
+  }
 }
 
 function gemmSuite(): Promise<void> {
@@ -45,17 +59,24 @@ function gemmSuite(): Promise<void> {
   ];
   const suite = new Benchmark.Suite('gemm');
   const flops = new Map<string, number>();
-  for (const [name, m, n, k] of shapes) {
+  // bf16 on the CPU: each shape on the kernel auto picks (AMX where the CPU has it) and on the reference beside it.
+  const kernels = precision === 'bf16' && backend.device === 'cpu' ? [...new Set([backend.bf16GemmKernel!(), 'reference'])] : [undefined];
+  for (const [shape, m, n, k] of shapes) {
     const x = rand(backend, [m, k], 1), w = rand(backend, [n, k], 2), y = new backend.Tensor('float32', [m, n]);
-    flops.set(name, 2 * m * n * k);
-    suite.add(name, () => backend.ops.linear(y, x, w, null, false), { minSamples: 5, maxTime: quick ? 0.3 : 1.5 });
+    for (const kernel of kernels) {
+      const name = kernel ? `${shape} ${kernel}` : shape;
+      flops.set(name, 2 * m * n * k);
+      const product = () => backend.ops.linear(y, x, w, null, false, { precision });
+      const run = kernel ? () => withEnv('TARFLOW_CPU_GEMM', kernel, product) : product;
+      suite.add(name, run, { minSamples: 5, maxTime: quick ? 0.3 : 1.5 });
+    }
   }
   return new Promise((resolve) => {
     suite
       .on('cycle', (e: Benchmark.Event) => {
         const b = e.target as unknown as Benchmark & { name: string };
         const gflops = (flops.get(b.name)! * b.hz) / 1e9;
-        console.log(`gemm ${b.name.padEnd(28)} ${gflops.toFixed(1).padStart(7)} GFLOP/s  (${(1000 / b.hz).toFixed(3)} ms, ±${b.stats.rme.toFixed(1)}%)`);
+        console.log(`gemm ${precision} ${b.name.padEnd(38)} ${gflops.toFixed(1).padStart(7)} GFLOP/s  (${(1000 / b.hz).toFixed(3)} ms, ±${b.stats.rme.toFixed(1)}%)`);
       })
       .on('complete', () => resolve())
       .run({ async: false });
@@ -73,7 +94,7 @@ const BPD_SHAPE = { patchSize: 2, channels: 128, numBlocks: 4, layersPerBlock: 2
 async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number): Promise<void> {
   const data = await loadMnist('train');
   const shape = preset === 'bpd' ? BPD_SHAPE : { numClasses: 10, ...PRESETS[preset] };
-  const model = new TarFlow({ inChannels: 1, imgSize: 28, ...shape }, { device, seed: 0 });
+  const model = new TarFlow({ inChannels: 1, imgSize: 28, ...shape }, { device, seed: 0, precision });
   const trainer = new Trainer(model, data, { batchSize: batch, steps: steps + 2, seed: 0, ...(preset === 'bpd' ? { noise: 'uniform' as const } : {}) });
   trainer.trainStep(); // allocates the workspace
   const times: number[] = [];
@@ -86,7 +107,8 @@ async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number
   // Matrix work dominates: 2 (forward) + 4 (backward) flops per weight per token.
   const gflopPerImage = (model.parameterCount * 6) / 1e9;
   const perImage = gflopPerImage * model.shape.tokens;
-  console.log(`train ${preset} batch ${batch}: ${(batch / (ms / 1000)).toFixed(1)} images/s (median step ${ms.toFixed(0)} ms of ${steps}; ${(perImage * batch / (ms / 1000)).toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`);
+  const kernel = precision === 'bf16' ? ` (${backend.bf16GemmKernel?.() ?? 'bf16'})` : '';
+  console.log(`train ${preset} batch ${batch} ${precision}${kernel}: ${(batch / (ms / 1000)).toFixed(1)} images/s (median step ${ms.toFixed(0)} ms of ${steps}; ${(perImage * batch / (ms / 1000)).toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`);
   trainer.dispose();
   model.dispose();
 }
@@ -178,7 +200,7 @@ if (only === 'kv-cache') {
 }
 // The GPU targets table; on the CPU (slow, and its ImageNet 64 rows skipped) only when asked for.
 if (only === 'targets' || (!only && backend.device === 'cuda')) {
-  const precision = (values.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32')) as Precision;
-  const rows = await targetsTable(backend, { precision, maxSeconds: quick ? 20 : 120, log: (line) => console.log(`targets: ${line}`) });
-  console.log(`\nGPU targets (${precision}; floor = the model's work over the matrix and copy rates measured above)\n${formatTargets(rows)}`);
+  const targetPrecision = (values.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32')) as Precision;
+  const rows = await targetsTable(backend, { precision: targetPrecision, maxSeconds: quick ? 20 : 120, log: (line) => console.log(`targets: ${line}`) });
+  console.log(`\nGPU targets (${targetPrecision}; floor = the model's work over the matrix and copy rates measured above)\n${formatTargets(rows)}`);
 }
