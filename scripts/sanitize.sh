@@ -20,4 +20,4 @@ export TARFLOW_GOLDEN_DIR="${TARFLOW_GOLDEN_DIR:-$root/../shared/reference}"
 export TARFLOW_QUIET=1 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Node itself is not instrumented: the runtimes are preloaded so the addon's instrumentation finds them.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
-node node_modules/uvu/bin.js dist/test '(golden|gradcheck|model|train|formats|generate|ops|op-fuzz)\.test\.js$'
+node node_modules/uvu/bin.js dist/test '(golden|gradcheck|model|train|formats|generate|ops|op-fuzz|bf16)\.test\.js$'
