@@ -87,9 +87,13 @@ std::string amx_missing() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24)))
     return "this CPU has no AMX-BF16 (it came with Xeon Sapphire Rapids)";
+  // The operand packing uses AVX-512F and BW (every AMX CPU so far has them; a build for an older target still
+  // compiles them, per function).
+  if (!(b & (1u << 16)) || !(b & (1u << 30))) return "this CPU has AMX but not AVX-512F and AVX-512BW";
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return "the operating system does not enable XSAVE";
   uint32_t xcr0_lo = 0, xcr0_hi = 0;
   __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0xe6u) != 0xe6u) return "the operating system does not enable the AVX-512 register state";
   if ((xcr0_lo & (3u << 17)) != (3u << 17)) return "the operating system does not enable the AMX tile state";
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
@@ -113,9 +117,9 @@ __attribute__((target("avx512f,avx512bw"))) inline void pack_a_16x4(const float*
   const __m512i b2 = bf16_lanes(_mm512_loadu_ps(src + 2 * lda)), b3 = bf16_lanes(_mm512_loadu_ps(src + 3 * lda));
   const __m512i p01 = _mm512_or_si512(b0, _mm512_slli_epi32(b1, 16)), p23 = _mm512_or_si512(b2, _mm512_slli_epi32(b3, 16));
   // unpack works within 128-bit lanes: lo holds rows 0,1,4,5,8,9,12,13 and hi rows 2,3,6,7,10,11,14,15.
-  const __m512i row = _mm512_set1_epi64(Kp * 2);
-  const __m512i at_lo = _mm512_mullo_epi64(_mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), row);
-  const __m512i at_hi = _mm512_mullo_epi64(_mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15), row);
+  const long long r = Kp * 2;  // bytes per output row
+  const __m512i at_lo = _mm512_setr_epi64(0, r, 4 * r, 5 * r, 8 * r, 9 * r, 12 * r, 13 * r);
+  const __m512i at_hi = _mm512_setr_epi64(2 * r, 3 * r, 6 * r, 7 * r, 10 * r, 11 * r, 14 * r, 15 * r);
   _mm512_i64scatter_epi64(out, at_lo, _mm512_unpacklo_epi32(p01, p23), 1);
   _mm512_i64scatter_epi64(out, at_hi, _mm512_unpackhi_epi32(p01, p23), 1);
 }
