@@ -11,22 +11,13 @@ import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { getBackend, type MatmulOptions, type Tensor } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
-import { errorCode as code, gaussian, modelErrors, relError, roundBf16, runNativeCheck } from './helpers.js';
+import { errorCode as code, gaussian, modelErrors, relError, roundBf16, runNativeCheck, withEnv } from './helpers.js';
 
 const cpu = getBackend('cpu');
 const bf16: MatmulOptions = { precision: 'bf16' };
 
-/** Runs fn with TARFLOW_CPU_GEMM set to kind (read by every bf16 product), then restores it. */
-function withCpuGemm<R>(kind: string, fn: () => R): R {
-  const before = process.env.TARFLOW_CPU_GEMM;
-  process.env.TARFLOW_CPU_GEMM = kind;
-  try {
-    return fn();
-  } finally {
-    if (before === undefined) delete process.env.TARFLOW_CPU_GEMM;
-    else process.env.TARFLOW_CPU_GEMM = before;
-  }
-}
+/** fn() with the CPU's bf16 kernel chosen by TARFLOW_CPU_GEMM (read by every bf16 product). */
+const withCpuGemm = <R>(kind: string, fn: () => R): R => withEnv('TARFLOW_CPU_GEMM', kind, fn);
 
 /** Whether the CPU reports the AMX-BF16 and AMX-TILE instructions (Linux only; elsewhere AMX is not built). */
 function cpuHasAmx(): boolean {

@@ -16,7 +16,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { cudaInstallReason, getBackend, type Backend, type BlockReverseWeights, type DType, type MatmulOptions, type Ops, type Tensor } from '../lib/backend.js';
 import type { TarFlowConfig } from '../lib/config.js';
-import { errorCode, gaussian, modelErrors, mulberry32, relError, repoRoot } from './helpers.js';
+import { errorCode, gaussian, modelErrors, mulberry32, relError, repoRoot, withEnv } from './helpers.js';
 
 const addonPath = join(repoRoot, 'build-cuda', 'Release', 'tarflow_cuda.node');
 const expectGpu = process.env.TARFLOW_EXPECT_GPU === '1';
@@ -375,17 +375,6 @@ for (const dtype of ['float32', 'float64'] as const) {
 // steps with split-KV attention against the reference host loop on the GPU, and all three against the CPU. Token
 // counts give one step, a chunk of keys (64) and a tail, several chunks, and 1024 tokens (16 chunks, the ImageNet
 // 64 model's); every guidance variant (temperature of the unconditional rows, annealing), NVP and VP.
-// fn() with one environment variable set (the native side reads these at each call), restored afterwards.
-function withEnv<R>(name: string, value: string, fn: () => R): R {
-  const before = process.env[name];
-  process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
-  }
-}
 const withSampler = <R>(mode: string, fn: () => R): R => withEnv('TARFLOW_CUDA_SAMPLER', mode, fn);
 
 function compareSamplers(c: ReverseCase, dtype: 'float32' | 'float64') {

@@ -184,3 +184,15 @@ export function modelErrors(cfg: Partial<TarFlowConfig>, batch: number, a: RunSp
     mb.dispose();
   }
 }
+
+/** fn() with one environment variable set (the native side reads switches like TARFLOW_CPU_GEMM at each call), restored afterwards. */
+export function withEnv<R>(name: string, value: string, fn: () => R): R {
+  const before = process.env[name];
+  process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
+  }
+}

@@ -31,6 +31,8 @@
 #include <vector>
 
 #include "../common/coded_error.h"
+#include "../common/env_choice.h"
+#include "../common/exact_gemm_check.h"
 #include "../common/threads.h"
 #include "gemm.h"
 
@@ -53,16 +55,9 @@
 namespace tf {
 namespace {
 
-enum class Choice { Auto, Reference, Amx };
+enum class Choice { Auto, Reference, Amx };  // the order of TARFLOW_CPU_GEMM's values
 
-Choice requested_kernel() {
-  const char* v = std::getenv("TARFLOW_CPU_GEMM");
-  const std::string k = v ? v : "";
-  if (k.empty() || k == "auto") return Choice::Auto;
-  if (k == "reference") return Choice::Reference;
-  if (k == "amx") return Choice::Amx;
-  throw arg_error("TARFLOW_CPU_GEMM must be auto, reference or amx, not '" + k + "'");
-}
+Choice requested_kernel() { return static_cast<Choice>(env_choice("TARFLOW_CPU_GEMM", {"auto", "reference", "amx"})); }
 
 constexpr int64_t kBlock = 32;  // rows and columns of C per task step: 2 x 2 tiles of 16 x 16
 constexpr int64_t kStepK = 32;  // bf16 values of K per tile row (64 bytes)
@@ -288,31 +283,15 @@ void gemm_amx(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_
 
 #endif
 
-// Empty when AMX reproduces the reference on the check problems (sums of small integers: exact in any order).
+// Empty when AMX reproduces the reference on the check problems (exact_gemm_check.h), else what differed.
 std::string check_amx_against_reference() {
-  constexpr int64_t M = 70, N = 50, K = 90;
-  uint32_t state = 12345u;
-  auto small_integer = [&state] {
-    state = state * 1664525u + 1013904223u;
-    return static_cast<float>(static_cast<int>(state >> 28) - 8);  // -8 .. 7
-  };
   for (int t = 0; t < 4; ++t) {
-    const bool transA = t & 1, transB = t & 2;
-    const int64_t a_rows = transA ? K : M, lda = (transA ? M : K) + 3, b_rows = transB ? N : K, ldb = (transB ? K : N) + 3, ldc = N + 3;
-    std::vector<float> a(a_rows * lda), b(b_rows * ldb), c(M * ldc);
-    for (float& v : a) v = small_integer();
-    for (float& v : b) v = small_integer();
-    for (float& v : c) v = small_integer();
-    std::vector<float> by_reference = c, by_amx = c;
-    gemm<float>(transA, transB, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 1.0f, by_reference.data(), ldc, false);
-    gemm_amx(transA, transB, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 1.0f, by_amx.data(), ldc, false, nullptr);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n)
-        if (std::memcmp(&by_reference[m * ldc + n], &by_amx[m * ldc + n], sizeof(float)) != 0)
-          return "on a " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " check product (transA " +
-                 std::to_string(transA) + ", transB " + std::to_string(transB) + ") C(" + std::to_string(m) + ", " + std::to_string(n) +
-                 ") is " + std::to_string(by_amx[m * ldc + n]) + " by AMX but " + std::to_string(by_reference[m * ldc + n]) +
-                 " by the reference";
+    const ExactGemmCheck p(t, 70, 50, 90, 3, 12345u);
+    std::vector<float> by_reference = p.c, by_amx = p.c;
+    gemm<float>(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_reference.data(), p.ldc, false);
+    gemm_amx(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_amx.data(), p.ldc, false, nullptr);
+    const std::string difference = p.first_difference(by_amx.data(), "AMX", by_reference.data(), "the reference");
+    if (!difference.empty()) return difference;
   }
   return {};
 }

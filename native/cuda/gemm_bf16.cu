@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "../common/env_choice.h"
+#include "../common/exact_gemm_check.h"
 #include "gemm.cuh"
 #include "mma_tile.h"
 
@@ -187,49 +189,31 @@ void launch_bf16_gemm(const Bf16GemmKernels& kernels, bool transA, bool transB, 
 // capture (it waits for the device); products before it use mma.sync.
 namespace {
 
-enum class Choice { Auto, Mma, Wgmma };
+enum class Choice { Auto, Mma, Wgmma };  // the order of TARFLOW_CUDA_GEMM's values
 
-Choice requested_kernel() {
-  const char* v = std::getenv("TARFLOW_CUDA_GEMM");
-  const std::string k = v ? v : "";
-  if (k.empty() || k == "auto") return Choice::Auto;
-  if (k == "mma") return Choice::Mma;
-  if (k == "wgmma") return Choice::Wgmma;
-  throw arg_error("TARFLOW_CUDA_GEMM must be auto, mma or wgmma, not '" + k + "'");
-}
+Choice requested_kernel() { return static_cast<Choice>(env_choice("TARFLOW_CUDA_GEMM", {"auto", "mma", "wgmma"})); }
 
-// Empty when the wgmma kernel reproduces mma.sync on the check problems, else what differed.
+// Empty when the wgmma kernel reproduces mma.sync on the check problems (exact_gemm_check.h), else what differed.
 std::string check_wgmma_against_mma() {
-  constexpr int64_t M = 200, N = 136, K = 80;
-  uint32_t state = 12345u;
-  auto small_integer = [&state] {
-    state = state * 1664525u + 1013904223u;
-    return static_cast<float>(static_cast<int>(state >> 28) - 8);  // -8 .. 7
-  };
   for (int t = 0; t < 4; ++t) {
-    const bool transA = t & 1, transB = t & 2;
     // Leading dimensions past the minimum and multiples of 4: k-contiguous operands take the float4 loads.
-    const int64_t a_rows = transA ? K : M, lda = (transA ? M : K) + 4, b_rows = transB ? N : K, ldb = (transB ? K : N) + 4, ldc = N + 4;
-    std::vector<float> a(a_rows * lda), b(b_rows * ldb), c(M * ldc), by_mma(c.size()), by_wgmma(c.size());
-    for (float& v : a) v = small_integer();
-    for (float& v : b) v = small_integer();
-    for (float& v : c) v = small_integer();
-    Buffer da(a.size() * sizeof(float)), db(b.size() * sizeof(float)), dc_mma(c.size() * sizeof(float)), dc_wgmma(c.size() * sizeof(float));
+    const ExactGemmCheck p(t, 200, 136, 80, 4, 12345u);
+    const size_t a_bytes = p.a.size() * sizeof(float), b_bytes = p.b.size() * sizeof(float), c_bytes = p.c.size() * sizeof(float);
+    std::vector<float> by_mma(p.c.size()), by_wgmma(p.c.size());
+    Buffer da(a_bytes), db(b_bytes), dc_mma(c_bytes), dc_wgmma(c_bytes);
     cudaStream_t s = stream();
-    check(cudaMemcpyAsync(da.as<float>(), a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
-    check(cudaMemcpyAsync(db.as<float>(), b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
-    check(cudaMemcpyAsync(dc_mma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
-    check(cudaMemcpyAsync(dc_wgmma.as<float>(), c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
-    launch_bf16_gemm(mma_kernels(), transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_mma.as<float>(), ldc, {});
-    launch_bf16_gemm(wgmma_kernels(), transA, transB, M, N, K, 1.0f, da.as<float>(), lda, db.as<float>(), ldb, 1.0f, dc_wgmma.as<float>(), ldc, {});
-    copy_to_host(by_mma.data(), dc_mma.as<float>(), c.size() * sizeof(float));
-    copy_to_host(by_wgmma.data(), dc_wgmma.as<float>(), c.size() * sizeof(float));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n)
-        if (std::memcmp(&by_mma[m * ldc + n], &by_wgmma[m * ldc + n], sizeof(float)) != 0)
-          return "on a " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " check product (transA " +
-                 std::to_string(transA) + ", transB " + std::to_string(transB) + ") C(" + std::to_string(m) + ", " + std::to_string(n) +
-                 ") is " + std::to_string(by_wgmma[m * ldc + n]) + " by wgmma but " + std::to_string(by_mma[m * ldc + n]) + " by mma.sync";
+    check(cudaMemcpyAsync(da.as<float>(), p.a.data(), a_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(db.as<float>(), p.b.data(), b_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(dc_mma.as<float>(), p.c.data(), c_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    check(cudaMemcpyAsync(dc_wgmma.as<float>(), p.c.data(), c_bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (wgmma check)");
+    launch_bf16_gemm(mma_kernels(), p.transA, p.transB, p.M, p.N, p.K, 1.0f, da.as<float>(), p.lda, db.as<float>(), p.ldb, 1.0f,
+                     dc_mma.as<float>(), p.ldc, {});
+    launch_bf16_gemm(wgmma_kernels(), p.transA, p.transB, p.M, p.N, p.K, 1.0f, da.as<float>(), p.lda, db.as<float>(), p.ldb, 1.0f,
+                     dc_wgmma.as<float>(), p.ldc, {});
+    copy_to_host(by_mma.data(), dc_mma.as<float>(), c_bytes);
+    copy_to_host(by_wgmma.data(), dc_wgmma.as<float>(), c_bytes);
+    const std::string difference = p.first_difference(by_wgmma.data(), "wgmma", by_mma.data(), "mma.sync");
+    if (!difference.empty()) return difference;
   }
   return {};
 }

@@ -21,6 +21,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../common/env_choice.h"
 #include "../common/op.h"
 #include "../common/op_args.h"
 #include "../common/op_table.h"
@@ -197,12 +198,11 @@ void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate
 enum class Mode { Reference, Direct, Graph };
 
 Mode sampler_mode() {
-  const char* v = std::getenv("TARFLOW_CUDA_SAMPLER");
-  const std::string m = v ? v : "";
-  if (m == "reference") return Mode::Reference;
-  if (m == "direct" || cuda::sync_every_op()) return Mode::Direct;
-  if (m.empty() || m == "graph") return Mode::Graph;
-  throw arg_error("TARFLOW_CUDA_SAMPLER must be reference, direct or graph, not '" + m + "'");
+  switch (env_choice("TARFLOW_CUDA_SAMPLER", {"graph", "direct", "reference"})) {
+    case 2: return Mode::Reference;
+    case 1: return Mode::Direct;
+    default: return cuda::sync_every_op() ? Mode::Direct : Mode::Graph;  // nothing may be captured then
+  }
 }
 
 // Raises a kernel's dynamic shared memory limit past the default 48 KiB when it needs more, or says it cannot.
