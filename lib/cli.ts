@@ -117,7 +117,7 @@ function samplerPrecisionArgs(v: Values) {
 }
 const samplerPrecisionOptions = { precision: { type: 'string' }, 'kv-cache': { type: 'string' } } as const;
 const samplerPrecisionHelp = {
-  precision: "'fp32' (default) or 'bf16' matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
+  precision: "'fp32' (default) or 'bf16' matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
   'kv-cache': "'fp32' or 'bf16' storage of the sampler's keys and values: half the memory and the bytes read per token (default: --precision)",
 };
 
@@ -177,7 +177,7 @@ const trainHelp: Record<string, string> = {
   'checkpoint-every': 'save every N steps (default 500)',
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
-  precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; emulated, not faster, on the CPU)",
+  precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
   recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results (without this flag it happens only when the activations do not fit)",
 };
 

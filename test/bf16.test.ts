@@ -101,9 +101,9 @@ test('the AMX kernel (where the CPU has it) is within fp32 rounding of the refer
     return;
   }
   const both = (fn: () => Float32Array[]) => [withCpuGemm('amx', fn), withCpuGemm('reference', fn)];
-  const close = (a: Float32Array[], b: Float32Array[], what: string) => a.forEach((v, i) => {
+  const close = (a: Float32Array[], b: Float32Array[], what: string, tol = 1e-5) => a.forEach((v, i) => {
     const err = relError(v, b[i]);
-    assert.ok(err < 1e-5, `${what} output ${i}: AMX vs reference relative error ${err}`);
+    assert.ok(err < tol, `${what} output ${i}: AMX vs reference relative error ${err}`);
   });
   for (const [M, N, K] of [[1, 1, 1], [5, 17, 33], [77, 40, 70], [300, 520, 129]]) {
     const x = randn(M * K, 21), w = randn(N * K, 22, 0.3), b = randn(N, 23), dy = randn(M * N, 24), prior = randn(M * N, 25), u = randn(M * K, 26);
@@ -144,8 +144,10 @@ test('the AMX kernel (where the CPU has it) is within fp32 rounding of the refer
     cpu.ops.attentionBackward(dqkv, T([B, Tn, W], dout), T([B, Tn, 3 * W], qkv), probs, H, 0.8, bf16);
     return [out, probs, dqkv].map((t) => t.toArray() as Float32Array);
   };
+  // Attention rounds its fp32 intermediates (P, dS) to bf16 before their products, so a last-bit difference in the
+  // logits can move one to the neighbouring bf16 (2^-9 relative): the tolerance of the GPU's attention (1e-3).
   const [fast, ref] = both(attention);
-  close(fast, ref, 'attention');
+  close(fast, ref, 'attention', 1e-3);
 });
 
 test('linear with a gelu output equals linear then gelu, in both precisions', () => {

@@ -82,8 +82,11 @@ TF_OP(attentionBackward) {
     const T* pp = args.probs->data<T>();
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
+    // One T x T matrix per worker, counted up front for as many workers as may run, so that the count (and the
+    // peak) does not depend on how the pool happens to schedule them.
+    const MemoryReservation counted(sizeof(T) * static_cast<size_t>(d.T * d.T) * static_cast<size_t>(std::min<int64_t>(num_threads(), d.B * d.H)),
+                                    "attention backward's T x T score gradients");
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
-      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(d.T * d.T), "attention backward's T x T score gradients");
       std::vector<T> dS(static_cast<size_t>(d.T * d.T));
       for (int64_t bh = s; bh < e; ++bh) {
         int64_t b = bh / d.H, h = bh % d.H;

@@ -42,6 +42,10 @@ void add_scaled(T* y, T a, const T* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
+// Workers that may each hold one head's copies at once: their memory is counted up front for all of them, so that
+// the count (and the peak) does not depend on how the pool happens to schedule them.
+size_t workers(const AttnDims& d) { return static_cast<size_t>(std::min<int64_t>(num_threads(), d.B * d.H)); }
+
 // Rows t of one head (columns [0, hd) from src + t * ld) as a contiguous [T, hd] matrix of operands.
 template <typename T>
 void gather(std::vector<T>& dst, const T* src, int64_t ld, const AttnDims& d, Precision precision) {
@@ -67,8 +71,8 @@ TF_OP(flashAttention) {
   const AttnDims& d = args.d;
   dispatch_float(args.qkv->dtype(), [&]<typename T>() {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
+    const MemoryReservation counted(sizeof(T) * static_cast<size_t>(3 * d.T * d.hd) * workers(d), "fused attention's copies of one head");
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
-      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(3 * d.T * d.hd), "fused attention's copies of one head");
       std::vector<T> q, k, v, acc(static_cast<size_t>(d.hd)), logit(kKeyBlock);
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
@@ -111,9 +115,9 @@ TF_OP(flashAttentionBackward) {
   dispatch_float(args.qkv->dtype(), [&]<typename T>() {
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
+    const MemoryReservation counted(sizeof(T) * static_cast<size_t>(8 * d.T * d.hd + d.T) * workers(d),
+                                    "fused attention backward's copies of one head");
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
-      const MemoryReservation counted(sizeof(T) * static_cast<size_t>(8 * d.T * d.hd + d.T),
-                                      "fused attention backward's copies of one head");
       std::vector<T> q, k, v, dO, o, D(static_cast<size_t>(d.T)), dq, dk, dv;
       for (int64_t bh = s; bh < e; ++bh) {
         const int64_t b = bh / d.H, h = bh % d.H;
