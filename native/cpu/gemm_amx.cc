@@ -7,14 +7,15 @@
 //
 // What changes: nothing in the products (bf16 x bf16 is exact in fp32); the fp32 sums run in the hardware's own
 // order, so results differ from the reference's at fp32 rounding, as the GPU's tensor cores do. The hardware also
-// treats bf16 denormal inputs as zero. What stays: every element of C is summed by the same tile instructions over
+// treats bf16 denormal inputs as zero (2^-133 x 2^126 gives 0), below 1.2e-38 where nothing here lives. What stays: every element of C is summed by the same tile instructions over
 // the whole of K whatever the thread count and whatever M is, so results are deterministic and a sample's rows give
 // the same bits in any batch.
 //
 // Selection (TARFLOW_CPU_GEMM, read per product): 'auto' (default) uses AMX where it is usable, 'reference' the
-// reference, 'amx' insists. Usable means: the CPU has AMX-BF16 and AMX-TILE, the kernel grants this process the tile
-// state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+), and a check passes: on small-integer operands, where every sum
-// is exact in any order, AMX must reproduce the reference bit for bit for all four transposes with tails in M, N, K.
+// reference, 'amx' insists. Usable means: the CPU has AMX-BF16, AMX-TILE and (for the packing) AVX-512F/BW, the
+// operating system enables their state, the kernel grants this process the tile state (arch_prctl
+// ARCH_REQ_XCOMP_PERM, Linux 5.16+), and a check passes: on small-integer operands, where every sum is exact in any
+// order, AMX must reproduce the reference bit for bit for all four transposes with tails in M, N and K.
 //
 // Layout: op(A) is packed to bf16 rows of K padded to 32 (a tile row is 64 bytes), M padded to 32; op(B) to the
 // pair-interleaved ("VNNI") form TDPBF16PS reads: per 16 columns, K/2 rows of 16 (k, k+1) pairs. Each task computes
