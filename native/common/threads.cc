@@ -42,10 +42,16 @@ class Pool {
     for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this, i, gen] { worker_loop(i + 1, gen); });
   }
 
+  // How many ranges run() splits [0, n) into: one per thread at most, each at least `grain` long.
+  int64_t chunks_for(int64_t n, int64_t grain) {
+    if (n <= 0) return 0;
+    grain = std::max<int64_t>(grain, 1);
+    return std::min<int64_t>(size(), (n + grain - 1) / grain);
+  }
+
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
     if (n <= 0) return;
-    grain = std::max<int64_t>(grain, 1);
-    int64_t chunks = std::min<int64_t>(size(), (n + grain - 1) / grain);
+    const int64_t chunks = chunks_for(n, grain);
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (chunks <= 1 || in_parallel_region || !busy.owns_lock()) {
       bool was = in_parallel_region;
@@ -158,5 +164,6 @@ Pool& pool() {
 int num_threads() { return pool().size(); }
 void set_num_threads(int n) { pool().resize(n); }
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) { pool().run(n, grain, fn); }
+int64_t parallel_ranges(int64_t n, int64_t grain) { return pool().chunks_for(n, grain); }
 
 }  // namespace tf

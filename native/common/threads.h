@@ -20,4 +20,8 @@ void set_num_threads(int n);
 // worker threads at once.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// The most calls of fn that parallel_for(n, grain, fn) makes (at most one per thread, so at most that many run at
+// once): what a kernel counts when each call allocates its own working memory.
+int64_t parallel_ranges(int64_t n, int64_t grain);
+
 }  // namespace tf

@@ -82,9 +82,9 @@ TF_OP(attentionBackward) {
     const T* pp = args.probs->data<T>();
     const T scale = T(1.0 / (std::sqrt(double(d.hd)) * args.temp));
     const int64_t ld = 3 * d.W;
-    // One T x T matrix per worker, counted up front for as many workers as may run, so that the count (and the
-    // peak) does not depend on how the pool happens to schedule them.
-    const MemoryReservation counted(sizeof(T) * static_cast<size_t>(d.T * d.T) * static_cast<size_t>(std::min<int64_t>(num_threads(), d.B * d.H)),
+    // One T x T matrix per call of the body, counted up front for every call parallel_for may make, so that the count
+    // (and the peak) does not depend on how the pool happens to schedule them.
+    const MemoryReservation counted(sizeof(T) * static_cast<size_t>(d.T * d.T * parallel_ranges(d.B * d.H, 1)),
                                     "attention backward's T x T score gradients");
     parallel_for(d.B * d.H, 1, [&](int64_t s, int64_t e) {
       std::vector<T> dS(static_cast<size_t>(d.T * d.T));

@@ -42,9 +42,9 @@ void add_scaled(T* y, T a, const T* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
-// Workers that may each hold one head's copies at once: their memory is counted up front for all of them, so that
-// the count (and the peak) does not depend on how the pool happens to schedule them.
-size_t workers(const AttnDims& d) { return static_cast<size_t>(std::min<int64_t>(num_threads(), d.B * d.H)); }
+// Calls of a kernel's parallel body, each holding one head's copies: their memory is counted up front for all of
+// them, so that the count (and the peak) does not depend on how the pool happens to schedule them.
+size_t workers(const AttnDims& d) { return static_cast<size_t>(parallel_ranges(d.B * d.H, 1)); }
 
 // Rows t of one head (columns [0, hd) from src + t * ld) as a contiguous [T, hd] matrix of operands.
 template <typename T>

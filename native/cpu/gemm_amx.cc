@@ -133,7 +133,7 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512i row_bf16x32(const flo
 // Column n of op(B) from a contiguous stored row (transposed B): its 16 pairs of k0..k0 + 31 go to 16 pair-rows of
 // the panel, 64 bytes apart (`out` is the first pair-row's slot for n).
 __attribute__((target("avx512f,avx512bw"))) inline void pack_b_column(const float* src, int64_t count, uint16_t* out) {
-  const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(64));
+  const __m512i at = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960);
   _mm512_i32scatter_epi32(out, at, row_bf16x32(src, count), 1);
 }
 
