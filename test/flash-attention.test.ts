@@ -42,7 +42,8 @@ function run(fused: boolean, dtype: DType, [B, Tn, W, H]: number[], temp: number
   return result;
 }
 
-// T = 70 and 200 span two and four of attention.cc's 64-row causal chunks, the last one partial.
+// T = 70 and 200 span several of the GEMM's 14-row panels and 32-column tiles along attention.cc's causal triangles,
+// the last ones partial.
 const shapes = [[2, 1, 64, 1], [2, 19, 128, 2], [1, 70, 192, 3], [3, 7, 12, 3], [1, 200, 16, 2]];
 
 for (const [dtype, precision, tol] of [['float64', 'fp32', 1e-13], ['float32', 'fp32', 2e-6], ['float32', 'bf16', 1e-2]] as const) {

@@ -24,26 +24,38 @@ export function goldenFiles(): string[] {
   return readdirSync(dir).filter((f) => /^golden-.*\.safetensors$/.test(f)).sort().map((f) => join(dir, f));
 }
 
+/** How runNativeCheck builds and runs a check (all paths relative to the repository). */
+export interface NativeCheckBuild {
+  /** Default: test/native/<name>.cc. */
+  sources?: string[];
+  /** Default: -std=c++17. */
+  flags?: string[];
+  /** Build under AddressSanitizer and UndefinedBehaviorSanitizer at -O1 (default), or optimised (-O2). */
+  sanitize?: boolean;
+  args?: string[];
+}
+
 /**
- * Compiles test/native/<name>.cc (a CPU emulation of a CUDA kernel's index logic) and runs it; returns null when
- * it passed or no C++ compiler exists (with a warning), else the failure's text.
+ * Compiles a native check (by default test/native/<name>.cc, a CPU emulation of a CUDA kernel's index logic) and runs
+ * it; returns null when it passed or no C++ compiler exists (with a warning), else the failure's text.
  */
-export function runNativeCheck(name: string): string | null {
+export function runNativeCheck(name: string, build: NativeCheckBuild = {}): string | null {
   const dir = mkdtempSync(join(tmpdir(), `tarflow-${name}-`));
   try {
     const exe = join(dir, name);
     const cxx = process.env.CXX ?? 'g++';
-    const source = join(repoRoot, 'test', 'native', `${name}.cc`);
-    const compile = (flags: string[]) => spawnSync(cxx, ['-std=c++17', '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, source], { encoding: 'utf8' });
+    const sources = (build.sources ?? [join('test', 'native', `${name}.cc`)]).map((s) => join(repoRoot, s));
+    const compile = (flags: string[]) =>
+      spawnSync(cxx, [...(build.flags ?? ['-std=c++17']), '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, ...sources], { encoding: 'utf8' });
     // AddressSanitizer also catches reads outside the operands (rows past the matrix), which change no result.
-    let built = compile(['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']);
+    let built = compile(build.sanitize === false ? ['-O2'] : ['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all']);
     if (built.error && (built.error as NodeJS.ErrnoException).code === 'ENOENT') {
-      console.warn(`  skipped: no C++ compiler (${cxx}) to build ${source}`);
+      console.warn(`  skipped: no C++ compiler (${cxx}) to build ${sources.join(' ')}`);
       return null;
     }
     if (built.status !== 0 && /fsanitize|libasan|libubsan/.test(built.stderr)) built = compile(['-O2']);
-    if (built.status !== 0) return `compiling ${source} failed:\n${built.stderr}`;
-    const run = spawnSync(exe, [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
+    if (built.status !== 0) return `compiling ${sources.join(' ')} failed:\n${built.stderr}`;
+    const run = spawnSync(exe, build.args ?? [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
     return run.status === 0 ? null : `${name} checks failed:\n${run.stderr}${run.stdout}`;
   } finally {
     rmSync(dir, { recursive: true, force: true });

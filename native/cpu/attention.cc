@@ -20,10 +20,45 @@
 namespace tf {
 namespace {
 
-// Causality by chunks of query rows: chunk [i0, i0 + kRowChunk) multiplies only the keys [0, i0 + kRowChunk) it can
-// see, so the products skip most of the masked upper triangle (about 60% of the full work at T = 196, where the
-// training step spends a fifth of its time in attention) while each product keeps enough rows to run at full rate.
-constexpr int64_t kRowChunk = 64;
+// Causality: each product is told which triangle of it is masked (GemmTriangle), and skips the tiles there: the
+// logits and dP only below the diagonal (kLowerC), P V and dS K only over keys up to each row (kLowerA), P^T dO and
+// dS^T Q only over queries from each key on (kUpperA). One product per matrix then packs each operand once.
+constexpr GemmTriangle kLowerC{GemmTriangle::kLowerC, 0}, kLowerA{GemmTriangle::kLowerA, 0}, kUpperA{GemmTriangle::kUpperA, 0};
+
+// row[0, n) = softmax(row[0, n)); row[n, cap) is scratch (the masked part of the row, zeroed by the caller). The
+// passes run in chunks of one vector with per-lane partial results: a plain loop of std::max or += is a chain of
+// dependent operations, which costs as much as the products at these lengths. Chunks may run on into the scratch, so
+// that only rows ending within a vector of cap have a (scalar) remainder; otherwise up to 15 scalar exps per row took
+// a third of the softmax.
+template <typename T>
+void softmax_row(T* row, int64_t n, int64_t cap) {
+  constexpr int kLanes = 64 / sizeof(T);
+  const int64_t vec_end = std::min((n + kLanes - 1) / kLanes * kLanes, cap / kLanes * kLanes);
+  T lane[kLanes];
+  std::fill(lane, lane + kLanes, -std::numeric_limits<T>::infinity());
+  for (int64_t j = 0; j < vec_end; j += kLanes)
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) lane[l] = j + l < n && row[j + l] > lane[l] ? row[j + l] : lane[l];
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = vec_end; j < n; ++j) mx = row[j] > mx ? row[j] : mx;
+  for (int l = 0; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  std::fill(lane, lane + kLanes, T(0));
+  for (int64_t j = 0; j < vec_end; j += kLanes)
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      row[j + l] = fast_exp(row[j + l] - mx);
+      lane[l] += j + l < n ? row[j + l] : T(0);
+    }
+  T sum = 0;
+  for (int64_t j = vec_end; j < n; ++j) {
+    row[j] = fast_exp(row[j] - mx);
+    sum += row[j];
+  }
+  for (int l = 0; l < kLanes; ++l) sum += lane[l];
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+}
 
 // attention(out[B,T,W], probs[B,H,T,T], qkv[B,T,3W], heads, temp, {precision}?)
 TF_OP(attention) {
@@ -42,29 +77,14 @@ TF_OP(attention) {
         const T* k = q + d.W;
         const T* v = q + 2 * d.W;
         T* P = pp + bh * d.T * d.T;
-        for (int64_t i0 = 0; i0 < d.T; i0 += kRowChunk) {
-          const int64_t rows = std::min(kRowChunk, d.T - i0), keys = i0 + rows;
-          T* Pc = P + i0 * d.T;
-          gemm<T>(args.precision, false, true, rows, keys, d.hd, scale, q + i0 * ld, ld, k, ld, T(0), Pc, d.T, false);
-          for (int64_t i = i0; i < keys; ++i) {
-            T* row = P + i * d.T;
-            // The row reductions run across vector lanes (written plainly they are chains of dependent operations,
-            // which cost as much as the products at these lengths).
-            T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-            for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
-            T sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j <= i; ++j) {
-              row[j] = fast_exp(row[j] - mx);
-              sum += row[j];
-            }
-            T inv = T(1) / sum;
-            for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-            for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
-          }
-          gemm<T>(args.precision, false, false, rows, d.hd, keys, T(1), Pc, d.T, v, ld, T(0), op + (b * d.T + i0) * d.W + h * d.hd, d.W, false);
+        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, scale, q, ld, k, ld, T(0), P, d.T, false, nullptr, kLowerC);
+        for (int64_t i = 0; i < d.T; ++i) {
+          T* row = P + i * d.T;
+          softmax_row(row, i + 1, d.T);
+          std::fill(row + i + 1, row + d.T, T(0));
         }
+        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, T(1), P, d.T, v, ld, T(0), op + b * d.T * d.W + h * d.hd, d.W, false,
+                nullptr, kLowerA);
       }
     });
   });
@@ -98,28 +118,21 @@ TF_OP(attentionBackward) {
         T* dv = dq + 2 * d.W;
         const T* dO = go + b * d.T * d.W + h * d.hd;
         const T* P = pp + bh * d.T * d.T;
-        // By query chunk: dP = dO V^T, the softmax backward dS = P * (dP - sum_j P dP) row by row, dQ = dS K.
-        for (int64_t i0 = 0; i0 < d.T; i0 += kRowChunk) {
-          const int64_t rows = std::min(kRowChunk, d.T - i0), keys = i0 + rows;
-          T* dSc = dS.data() + i0 * d.T;
-          gemm<T>(args.precision, false, true, rows, keys, d.hd, T(1), dO + i0 * d.W, d.W, v, ld, T(0), dSc, d.T, false);
-          for (int64_t i = i0; i < keys; ++i) {
-            T* row = dS.data() + i * d.T;
-            const T* prow = P + i * d.T;
-            T dot = 0;
+        // dP = dO V^T, the softmax backward dS = P * (dP - sum_j P dP) row by row, then dQ = dS K, dV = P^T dO, dK = dS^T Q.
+        gemm<T>(args.precision, false, true, d.T, d.T, d.hd, T(1), dO, d.W, v, ld, T(0), dS.data(), d.T, false, nullptr, kLowerC);
+        for (int64_t i = 0; i < d.T; ++i) {
+          T* row = dS.data() + i * d.T;
+          const T* prow = P + i * d.T;
+          T dot = 0;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
-            for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
-            for (int64_t j = i + 1; j < d.T; ++j) row[j] = 0;
-          }
-          gemm<T>(args.precision, false, false, rows, d.hd, keys, scale, dSc, d.T, k, ld, T(0), dq + i0 * ld, ld, false);
+          for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
+#pragma omp simd
+          for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot);
+          std::fill(row + i + 1, row + d.T, T(0));
         }
-        // By key chunk: only queries at or after a key see it, so dV = P^T dO and dK = dS^T Q start at row j0.
-        for (int64_t j0 = 0; j0 < d.T; j0 += kRowChunk) {
-          const int64_t cols = std::min(kRowChunk, d.T - j0), seen = d.T - j0;
-          gemm<T>(args.precision, true, false, cols, d.hd, seen, T(1), P + j0 * d.T + j0, d.T, dO + j0 * d.W, d.W, T(0), dv + j0 * ld, ld, false);
-          gemm<T>(args.precision, true, false, cols, d.hd, seen, scale, dS.data() + j0 * d.T + j0, d.T, q + j0 * ld, ld, T(0), dk + j0 * ld, ld, false);
-        }
+        gemm<T>(args.precision, false, false, d.T, d.hd, d.T, scale, dS.data(), d.T, k, ld, T(0), dq, ld, false, nullptr, kLowerA);
+        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, T(1), P, d.T, dO, d.W, T(0), dv, ld, false, nullptr, kUpperA);
+        gemm<T>(args.precision, true, false, d.T, d.hd, d.T, scale, dS.data(), d.T, q, ld, T(0), dk, ld, false, nullptr, kUpperA);
       }
     });
   });

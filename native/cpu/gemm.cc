@@ -20,6 +20,7 @@
 #include <new>
 #include <stdexcept>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common/threads.h"
@@ -309,13 +310,16 @@ void pack_transpose(const T* src, int64_t ld, int n, int64_t kc, T* __restrict d
 
 // transA: op(A)[i, k] = a[k * lda + i]. Packs mc rows (all of this block's MR-panels at once) x kc, walking
 // each source row once across the whole block: panel-by-panel packing would read every source row in
-// MR-wide strided slivers, which the prefetchers handle badly.
-template <typename T, int MR>
-void pack_a_block_trans(const T* a, int64_t lda, int64_t mc, int64_t kc, T* __restrict dst) {
+// MR-wide strided slivers, which the prefetchers handle badly. Under a triangular A, panels is how many panels
+// (counted from the first) are read at step k: panel p (its rows from row0 = p * MR) reads nothing at steps before
+// k_begin(row0) or from k_end(row0 + MR - 1) on (gemm_serial_nr), so those are not packed.
+template <typename T, int MR, typename Panels>
+void pack_a_block_trans(const T* a, int64_t lda, int64_t mc, int64_t kc, T* __restrict dst, Panels panels) {
   for (int64_t k = 0; k < kc; ++k) {
     const T* src = a + k * lda;
-    T* d = dst + k * MR;
-    for (int64_t ir = 0; ir < mc; ir += MR, d += MR * kc)
+    const auto [first, end] = panels(k);
+    T* d = dst + k * MR + first * MR * kc;
+    for (int64_t ir = first * MR; ir < std::min(mc, end * MR); ir += MR, d += MR * kc)
       copy_pad<T, MR>(d, src + ir, static_cast<int>(std::min<int64_t>(MR, mc - ir)));
   }
 }
@@ -383,9 +387,37 @@ int64_t k_block(int64_t K) {
   return (K + nb - 1) / nb;
 }
 
+// C = beta * C for the degenerate cases (K == 0 or alpha == 0, or rows of op(A) a triangle makes all zero),
+// honouring "beta == 0 never reads C".
+template <typename T>
+void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* cr = C + i * ldc;
+    if (beta == T(0)) std::fill(cr, cr + N, T(0));
+    else if (beta != T(1))
+      for (int64_t j = 0; j < N; ++j) cr[j] *= beta;
+  }
+}
+
+// What a triangle (gemm.h) leaves of the product for the rows [row0, row0 + mr): the k range [begin, end) of op(A)
+// that may be nonzero, and how many columns of C are wanted.
+struct PanelRange {
+  int64_t k_begin, k_end, cols;
+};
+
+inline PanelRange panel_range(const GemmTriangle& tri, int64_t row0, int mr, int64_t K, int64_t N) {
+  const int64_t last_row = row0 + mr - 1;
+  PanelRange r{0, K, N};
+  if (tri.kind == GemmTriangle::kLowerA) r.k_end = std::clamp<int64_t>(last_row + tri.diag + 1, 0, K);
+  if (tri.kind == GemmTriangle::kUpperA) r.k_begin = std::clamp<int64_t>(row0 + tri.diag, 0, K);
+  if (tri.kind == GemmTriangle::kLowerC) r.cols = std::clamp<int64_t>(last_row + tri.diag + 1, 0, N);
+  return r;
+}
+
 template <typename T, int NR>
 void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep) {
+                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep,
+                    const GemmTriangle& tri) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR;
   const int64_t kcb = k_block<T>(K);
@@ -399,39 +431,71 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
   // (contiguous broadcasts, no TLB/set pressure from MR row streams). Never when lda is a multiple of 4 KiB:
   // the MR rows would alias to one L1 set and evict each other.
   const bool direct_a = Bk::kInPlaceA && !transA && N <= NR && (lda * sizeof(T)) % 4096 != 0;
+  // The part of B any row may use: columns of a lower C, k of a triangular A (the first and last rows bound it).
+  const PanelRange first = panel_range(tri, 0, 1, K, N), last = panel_range(tri, M - 1, 1, K, N);
+  const int64_t n_used = last.cols, k_used_begin = first.k_begin, k_used_end = last.k_end;
 
-  for (int64_t jc = 0; jc < N; jc += ncb) {
-    const int64_t nc = std::min(ncb, N - jc);
+  for (int64_t jc = 0; jc < n_used; jc += ncb) {
+    const int64_t nc = std::min(ncb, n_used - jc);
+    // K blocks stay on the grid of k_block(K) whatever the triangle, so each element sums in the same order as
+    // in the full product.
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
-      const int mode = pc == 0 ? first_mode : kAccumulate;
-      const bool last = pc + kc == K;  // this K block finishes its tiles: the epilogue follows each kernel call
-      pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, bp);
+      const bool b_used = pc < k_used_end && pc + kc > k_used_begin;
+      if (b_used) pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, bp);
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min(mcb, M - ic);
-        if (transA) pack_a_block_trans<T, MR>(A + pc * lda + ic, lda, mc, kc, ap);
+        if (transA && b_used) {
+          const int64_t block_panels = (mc + MR - 1) / MR;
+          // The panels of this block that read step pc + k: those whose rows' k range (panel_range) holds it.
+          auto panels = [&](int64_t k) -> std::pair<int64_t, int64_t> {
+            const int64_t kg = pc + k, rel = kg - tri.diag - ic;
+            if (tri.kind == GemmTriangle::kUpperA)  // row0 + diag <= kg
+              return {0, std::clamp<int64_t>(rel < 0 ? 0 : rel / MR + 1, 0, block_panels)};
+            if (tri.kind == GemmTriangle::kLowerA)  // row0 + MR - 1 + diag >= kg
+              return {std::clamp<int64_t>(rel <= 0 ? 0 : rel / MR, 0, block_panels), block_panels};
+            return {0, block_panels};
+          };
+          pack_a_block_trans<T, MR>(A + pc * lda + ic, lda, mc, kc, ap, panels);
+        }
         for (int64_t ir = 0; ir < mc; ir += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+          const PanelRange range = panel_range(tri, ic + ir, mr, K, N);
+          const int64_t ncols = std::min(nc, range.cols - jc);
+          if (ncols <= 0) continue;  // a lower C: none of these columns is wanted by these rows
           T* crow = C + (ic + ir) * ldc + jc;
-          if (direct_a && mr == MR) {
-            const T* asrc = A + (ic + ir) * lda + pc;
-            for (int64_t jr = 0; jr < nc; jr += NR) {
-              const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-              Bk::template kernel<true, NR>(kc, asrc, lda, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+          if (range.k_begin >= range.k_end) {  // a triangle makes these rows of op(A) all zero
+            if (pc == 0) {
+              scale_c(static_cast<int64_t>(mr), ncols, beta, crow, ldc);
+              if (ep) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
             }
-            if (ep && last) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, nc);
             continue;
           }
-          const T* panel = ap + ir * kc;
+          const int64_t k0 = std::max(pc, range.k_begin), k1 = std::min(pc + kc, range.k_end);
+          if (k0 >= k1) continue;
+          const int mode = k0 == range.k_begin ? first_mode : kAccumulate;
+          const bool finished = k1 == range.k_end;  // the epilogue follows the panel's last K block
+          const int64_t kn = k1 - k0;
+          const T* bpanels = bp + (k0 - pc) * NR;  // panels are k-major: k0's row of each
+          if (direct_a && mr == MR) {
+            const T* asrc = A + (ic + ir) * lda + k0;
+            for (int64_t jr = 0; jr < ncols; jr += NR) {
+              const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
+              Bk::template kernel<true, NR>(kn, asrc, lda, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+            }
+            if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
+            continue;
+          }
+          const T* panel = ap + ir * kc + (k0 - pc) * MR;
           if (!transA) {
-            pack_a_panel<T, MR>(A + (ic + ir) * lda + pc, lda, mr, kc, ap);
+            pack_a_panel<T, MR>(A + (ic + ir) * lda + k0, lda, mr, kn, ap);
             panel = ap;
           }
-          for (int64_t jr = 0; jr < nc; jr += NR) {
-            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-            Bk::template kernel<false, NR>(kc, panel, 0, bp + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+          for (int64_t jr = 0; jr < ncols; jr += NR) {
+            const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
+            Bk::template kernel<false, NR>(kn, panel, 0, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
           }
-          if (ep && last) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, nc);
+          if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
         }
       }
     }
@@ -442,11 +506,11 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
 // and apply the same update.
 template <typename T>
 void gemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep) {
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep, const GemmTriangle& tri) {
   if (N <= Blocking<T>::NR_NARROW)
-    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri);
   else
-    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri);
 }
 
 // The epilogue of the sub-product whose C starts at row i0, column j0 of the whole one.
@@ -456,22 +520,11 @@ GemmEpilogue<T> shifted(const GemmEpilogue<T>& ep, int64_t i0, int64_t j0, int64
   return {ep.bias ? ep.bias + j0 : nullptr, ep.gelu ? ep.gelu + at : nullptr, ep.gelu_grad_of ? ep.gelu_grad_of + at : nullptr};
 }
 
-// C = beta * C for the degenerate cases (K == 0 or alpha == 0), honouring "beta == 0 never reads C".
-template <typename T>
-void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
-  for (int64_t i = 0; i < M; ++i) {
-    T* cr = C + i * ldc;
-    if (beta == T(0)) std::fill(cr, cr + N, T(0));
-    else if (beta != T(1))
-      for (int64_t j = 0; j < N; ++j) cr[j] *= beta;
-  }
-}
-
 }  // namespace
 
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep) {
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep, GemmTriangle tri) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) {
     scale_c(M, N, beta, C, ldc);
@@ -500,7 +553,7 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
     }
   }
   if (tm * tn == 1) {
-    gemm_serial<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep);
+    gemm_serial<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri);
     return;
   }
   parallel_for(tm * tn, 1, [&](int64_t begin, int64_t end) {
@@ -512,19 +565,22 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
       const T* a = transA ? A + i0 : A + i0 * lda;
       const T* b = transB ? B + j0 * ldb : B + j0;
       const GemmEpilogue<T> sub = ep ? shifted(*ep, i0, j0, ldc) : GemmEpilogue<T>{};
-      gemm_serial<T>(transA, transB, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta, C + i0 * ldc + j0, ldc, ep ? &sub : nullptr);
+      // The sub-product's row 0 is row i0 (and its column 0 column j0) of the whole one.
+      const GemmTriangle sub_tri{tri.kind, tri.diag + i0 - (tri.kind == GemmTriangle::kLowerC ? j0 : 0)};
+      gemm_serial<T>(transA, transB, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta, C + i0 * ldc + j0, ldc, ep ? &sub : nullptr, sub_tri);
     }
   });
 }
 
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep) {
-  if (precision == Precision::F32) return gemm<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep);
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep,
+          GemmTriangle tri) {
+  if (precision == Precision::F32) return gemm<T>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep, tri);
   if constexpr (!std::is_same_v<T, float>) {
     throw std::invalid_argument("gemm: precision 'bf16' needs float32 operands");  // the ops' parsing refuses it first
   } else {
-    if (M > 0 && N > 0 && K > 0 && alpha != 0.0f && gemm_bf16_fast(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep))
+    if (M > 0 && N > 0 && K > 0 && alpha != 0.0f && gemm_bf16_fast(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep, tri))
       return;
     // Only the rows x cols that op() reads are copied: a stored operand may be a strided slice (attention's heads).
     auto rounded = [parallel](const float* src, int64_t rows, int64_t cols, int64_t ld) {
@@ -539,17 +595,17 @@ void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, i
     };
     const int64_t a_rows = transA ? K : M, a_cols = transA ? M : K, b_rows = transB ? N : K, b_cols = transB ? K : N;
     const std::vector<float> a = rounded(A, a_rows, a_cols, lda), b = rounded(B, b_rows, b_cols, ldb);
-    gemm<float>(transA, transB, M, N, K, alpha, a.data(), a_cols, b.data(), b_cols, beta, C, ldc, parallel, ep);
+    gemm<float>(transA, transB, M, N, K, alpha, a.data(), a_cols, b.data(), b_cols, beta, C, ldc, parallel, ep, tri);
   }
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
-                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
+                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
-                           int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
+                           int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*, GemmTriangle);
 template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
-                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
+                          int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                           const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
+                           const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*, GemmTriangle);
 
 }  // namespace tf

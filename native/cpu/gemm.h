@@ -50,13 +50,25 @@ inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t
   }
 }
 
+// Causal structure a product may skip (attention's, where half of every T x T matrix is masked). With diag d:
+//   kLowerC: only C[i, j] with j <= i + d is wanted; C's other elements are left unspecified.
+//   kLowerA: op(A)[i, k] == 0 for k > i + d;  kUpperA: op(A)[i, k] == 0 for k < i + d (the caller guarantees it).
+// The product skips whole MR x NR tiles and k ranges outside the structure, and the elements it computes equal the
+// full product's: the skipped terms are exact zeros (B finite), added in the same k order. A kernel may also
+// ignore the hint and compute everything.
+struct GemmTriangle {
+  enum Kind { kNone, kLowerC, kLowerA, kUpperA } kind = kNone;
+  int64_t diag = 0;
+};
+
 // Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, where op(X) = X or X^T.
 // A is M x K (lda >= K) when !transA, K x M (lda >= M) when transA; B is K x N (ldb >= N) when !transB,
 // N x K (ldb >= K) when transB. beta == 0 means C is overwritten and never read (garbage/NaN in C is fine).
 // parallel=false runs on the calling thread only (for use inside other parallel kernels).
 template <typename T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true, const GemmEpilogue<T>* epilogue = nullptr);
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true, const GemmEpilogue<T>* epilogue = nullptr,
+          GemmTriangle triangle = {});
 
 // The same product at a working precision. Precision::BF16 (float only) rounds op(A) and op(B) to bf16 and keeps
 // fp32 sums: the CPU reference of the GPU's tensor-core path (bf16 products are exact in fp32, so the two differ
@@ -65,25 +77,26 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true,
-          const GemmEpilogue<T>* epilogue = nullptr);
+          const GemmEpilogue<T>* epilogue = nullptr, GemmTriangle triangle = {});
 
 // The fast bf16 path (gemm_amx.cc): when TARFLOW_CPU_GEMM and the CPU allow it, computes the bf16 product on AMX
 // tiles and returns true; otherwise returns false and the caller runs the reference. Needs M, N, K > 0, alpha != 0.
 bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-                    int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* epilogue);
+                    int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* epilogue,
+                    GemmTriangle triangle);
 // 'amx' or 'reference': the kernel bf16 products run on now (throws for a TARFLOW_CPU_GEMM it cannot honour).
 const char* cpu_bf16_gemm_kernel();
 // The most working memory a bf16 product of these dims allocates (operand copies), on either path.
 size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K);
 
 extern template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
+                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 extern template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
+                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*, GemmTriangle);
 
 extern template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*);
+                                 const float*, int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 extern template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
-                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*);
+                                  const double*, int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*, GemmTriangle);
 
 }  // namespace tf

@@ -217,9 +217,10 @@ void finish_block(const float* acc, float alpha, float beta, float* C, int64_t l
 }
 
 // Rows [i0, i1) of C (multiples of 32 but the matrix's end), every column, from the packed operands.
+// Under a triangle (gemm.h), a block skips the 32-wide K steps whose A is all zero and the column blocks not wanted.
 __attribute__((target("amx-tile,amx-bf16"))) void amx_rows(const uint16_t* ap, const uint16_t* bp, int64_t Kp, int64_t M, int64_t N,
-                                                          int64_t i0, int64_t i1, float alpha, float beta, float* C, int64_t ldc,
-                                                          const GemmEpilogue<float>* ep) {
+                                                          int64_t K, int64_t i0, int64_t i1, float alpha, float beta, float* C,
+                                                          int64_t ldc, const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // 16 x 16 fp32
   for (int t = 4; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // A: 16 rows x 32 bf16; B: 16 pair-rows x 16 pairs
@@ -230,14 +231,19 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_rows(const uint16_t* ap, c
   for (int64_t i = i0; i < i1; i += kBlock) {
     const uint16_t* a0 = ap + i * Kp;
     const uint16_t* a1 = a0 + 16 * Kp;
-    for (int64_t j = 0; j < Np; j += kBlock) {
+    const int64_t last_row = std::min(i + kBlock, M) - 1;
+    int64_t j_end = Np, s_begin = 0, s_end = steps;
+    if (tri.kind == GemmTriangle::kLowerC) j_end = std::clamp<int64_t>(round_up(last_row + tri.diag + 1, kBlock), 0, Np);
+    if (tri.kind == GemmTriangle::kLowerA) s_end = (std::clamp<int64_t>(last_row + tri.diag + 1, 0, K) + kStepK - 1) / kStepK;
+    if (tri.kind == GemmTriangle::kUpperA) s_begin = std::clamp<int64_t>(i + tri.diag, 0, K) / kStepK;
+    for (int64_t j = 0; j < j_end; j += kBlock) {
       const uint16_t* b0 = bp + (j / 16) * b_panel;
       const uint16_t* b1 = b0 + b_panel;
       _tile_zero(0);
       _tile_zero(1);
       _tile_zero(2);
       _tile_zero(3);
-      for (int64_t s = 0; s < steps; ++s) {
+      for (int64_t s = s_begin; s < s_end; ++s) {
         _tile_loadd(4, a0 + s * kStepK, a_stride);
         _tile_loadd(5, a1 + s * kStepK, a_stride);
         _tile_loadd(6, b0 + s * 16 * 32, 64);
@@ -258,7 +264,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_rows(const uint16_t* ap, c
 }
 
 void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-              int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep) {
+              int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
   const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
   // Uninitialised: the packs write every element, padding included.
   const std::unique_ptr<uint16_t[]> ap(new uint16_t[static_cast<size_t>(Mp * Kp)]), bp(new uint16_t[static_cast<size_t>(Kp * Np)]);
@@ -269,7 +275,7 @@ void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float a
   run(Mp / 16, 4, [&](int64_t s, int64_t e) { pack_a(transA, M, K, A, lda, ap.get(), Kp, s * 16, e * 16); });
   run(Np / 16, 1, [&](int64_t s, int64_t e) { pack_b(transB, K, N, B, ldb, bp.get(), Kp, s * 16, e * 16); });
   run(Mp / kBlock, 1, [&](int64_t s, int64_t e) {
-    amx_rows(ap.get(), bp.get(), Kp, M, N, s * kBlock, std::min(M, e * kBlock), alpha, beta, C, ldc, ep);
+    amx_rows(ap.get(), bp.get(), Kp, M, N, K, s * kBlock, std::min(M, e * kBlock), alpha, beta, C, ldc, ep, tri);
   });
 }
 
@@ -278,7 +284,7 @@ void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float a
 std::string amx_missing() { return "AMX needs an x86-64 Linux build"; }
 
 void gemm_amx(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*, int64_t, bool,
-              const GemmEpilogue<float>*) {
+              const GemmEpilogue<float>*, const GemmTriangle&) {
   throw Error("ERR_TARFLOW_NATIVE", "AMX is not compiled into this build");
 }
 
@@ -290,7 +296,7 @@ std::string check_amx_against_reference() {
     const ExactGemmCheck p(t, 70, 50, 90, 3, 12345u);
     std::vector<float> by_reference = p.c, by_amx = p.c;
     gemm<float>(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_reference.data(), p.ldc, false);
-    gemm_amx(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_amx.data(), p.ldc, false, nullptr);
+    gemm_amx(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_amx.data(), p.ldc, false, nullptr, {});
     const std::string difference = p.first_difference(by_amx.data(), "AMX", by_reference.data(), "the reference");
     if (!difference.empty()) return difference;
   }
@@ -331,9 +337,10 @@ bool use_amx() {
 const char* cpu_bf16_gemm_kernel() { return use_amx() ? "amx" : "reference"; }
 
 bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-                    int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep) {
+                    int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep,
+                    GemmTriangle tri) {
   if (!use_amx()) return false;
-  gemm_amx(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep);
+  gemm_amx(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep, tri);
   return true;
 }
 

@@ -1,0 +1,45 @@
+/**
+ * The CPU GEMM's own checks (native/cpu/gemm_bench.cc --quick): every transpose, alpha and beta, K and N blocks,
+ * thread invariance, and the causal triangles attention uses (each bit-identical to the full product where it is
+ * wanted). The ops' tests reach the GEMM only through the model's shapes; these reach the blocking edges and the
+ * triangles' diagonals, K blocks and thread splits that no op uses yet. Built as the addon builds it (its ISA), and
+ * on x64 also for the two other kernels a user's CPU may get: AVX2 + FMA (most laptops) and plain C++ (the
+ * portable kernel, which ARM builds use).
+ */
+import { readFileSync } from 'node:fs';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runNativeCheck } from './helpers.js';
+
+function gemmChecks(arch: string[]): string | null {
+  return runNativeCheck('gemm_bench', {
+    sources: ['native/cpu/gemm_bench.cc', 'native/cpu/gemm.cc', 'native/cpu/gemm_amx.cc', 'native/common/threads.cc'],
+    flags: ['-std=c++20', '-pthread', '-fopenmp-simd', ...arch],
+    sanitize: false,
+    args: ['--quick'],
+  });
+}
+
+const x64 = process.arch === 'x64';
+
+test('the CPU GEMM passes its standalone checks, built for the addon\'s ISA', () => {
+  const failure = gemmChecks(x64 ? [process.env.TARFLOW_NATIVE_ARCH || '-march=native', '-mprefer-vector-width=512'] : []);
+  assert.is(failure, null, failure ?? '');
+});
+
+const cpuFlags = x64 ? (() => { try { return readFileSync('/proc/cpuinfo', 'utf8'); } catch { return ''; } })() : '';
+if (/\bavx2\b/.test(cpuFlags) && /\bfma\b/.test(cpuFlags)) {
+  test('the CPU GEMM passes its standalone checks with the AVX2 + FMA kernel (-march=haswell)', () => {
+    const failure = gemmChecks(['-march=haswell']);
+    assert.is(failure, null, failure ?? '');
+  });
+}
+
+if (x64) {
+  test('the CPU GEMM passes its standalone checks with the portable kernel (-march=x86-64)', () => {
+    const failure = gemmChecks(['-march=x86-64']);
+    assert.is(failure, null, failure ?? '');
+  });
+}
+
+test.run();
