@@ -47,20 +47,31 @@ void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64
   });
 }
 
-// C is the cache's storage: T, or Bf16 (float only).
-template <typename T, typename C>
-void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
-  const int64_t W = w.inw->dim(0), L = static_cast<int64_t>(w.layers.size()), H = opt.heads, hd = W / H, F = w.layers.empty() ? 0 : w.layers[0].fc1w->dim(0);
-  const int64_t Do = opt.nvp ? 2 * D : D;
-  const bool guided = opt.guidance > 0 && (opt.guide_a || opt.guide_b);
-  const int64_t R = guided ? 2 * B : B;
-  const int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
+// The sizes of reverse_images' buffers for B images: the KV cache grows with the batch and the tokens. rows holds
+// each step's h, ln, att (R x W each), qkv (R x 3W), f, o and tok.
+struct ReverseSizes {
+  int64_t W, L, H, hd, F, Do, R, n_cls;
+  bool guided;
+  size_t xs_n, embed_n, cache_n, rows_n;
+  ReverseSizes(int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const ReverseOptions& opt)
+      : W(w.inw->dim(0)), L(static_cast<int64_t>(w.layers.size())), H(opt.heads), hd(W / H),
+        F(w.layers.empty() ? 0 : w.layers[0].fc1w->dim(0)), Do(opt.nvp ? 2 * D : D), R(0), n_cls(w.cls ? w.cls->numel() / W : 0),
+        guided(opt.guidance > 0 && (opt.guide_a || opt.guide_b)) {
+    R = guided ? 2 * B : B;
+    xs_n = B * Tn * D, embed_n = R * W, cache_n = L * R * Tn * W, rows_n = R * (6 * W + F + Do + D);
+  }
+  // Bytes, the class-mean vector included.
+  template <typename T, typename C>
+  size_t bytes() const { return sizeof(T) * (xs_n + embed_n + W + rows_n) + sizeof(C) * 2 * cache_n; }
+};
 
-  // Every buffer below, sized once and counted against the memory limit before any is allocated: the KV cache grows
-  // with the batch and the tokens. rows holds each step's h, ln, att (R x W each), qkv (R x 3W), f, o and tok.
-  const size_t xs_n = B * Tn * D, embed_n = R * W, cache_n = L * R * Tn * W, rows_n = R * (6 * W + F + Do + D);
-  const MemoryReservation counted(sizeof(T) * (xs_n + embed_n + W + rows_n) + sizeof(C) * 2 * cache_n,
-                                  "blockReverse's KV cache and working rows");
+// The inverse for images [0, B) of x, in place. C is the cache's storage: T, or Bf16 (float only).
+template <typename T, typename C>
+void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
+  const ReverseSizes z(B, Tn, D, w, opt);
+  const int64_t W = z.W, L = z.L, H = z.H, hd = z.hd, F = z.F, Do = z.Do, R = z.R, n_cls = z.n_cls;
+  const bool guided = z.guided;
+  const size_t xs_n = z.xs_n, embed_n = z.embed_n, cache_n = z.cache_n, rows_n = z.rows_n;
 
   // Work in the block's token order.
   std::vector<T> xs(xs_n);
@@ -172,6 +183,25 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t)
       for (int64_t k = 0; k < D; ++k) x[(b * Tn + (opt.flip ? Tn - 1 - t : t)) * D + k] = xs[(b * Tn + t) * D + k];
+}
+
+// Images are independent (an image and its unconditional twin under guidance share nothing with the others), so
+// the batch is split over the threads, each running every token step of its images with serial products: the
+// per-op parallel loops of one step (a dozen per layer, on 100-row products) spent a third of the sampler's time
+// waking and waiting for the pool. Every row's arithmetic is the same either way (the GEMM's results do not depend on
+// M or on the rows beside them), so images do not depend on the batch or the split. A single image (or a one-thread
+// pool) keeps the per-op parallel loops.
+template <typename T, typename C>
+void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
+  // Every buffer, counted against the memory limit before any is allocated (each split allocates its share, and
+  // its own class mean).
+  const int64_t splits = parallel_ranges(B, 1);
+  const MemoryReservation counted(ReverseSizes(B, Tn, D, w, opt).bytes<T, C>() + sizeof(T) * w.inw->dim(0) * std::max<int64_t>(splits - 1, 0),
+                                  "blockReverse's KV cache and working rows");
+  if (splits <= 1) return reverse_images<T, C>(x, B, Tn, D, w, labels, opt);
+  parallel_for(B, 1, [&](int64_t s, int64_t e) {
+    reverse_images<T, C>(x + s * Tn * D, e - s, Tn, D, w, labels ? labels + s : nullptr, opt);
+  });
 }
 
 // blockReverse(x[B,T,D] (in place, natural token order), weights, options)
