@@ -6,6 +6,7 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
+#include "layernorm.h"
 
 namespace tf {
 namespace {
@@ -18,20 +19,7 @@ TF_OP(layerNorm) {
     const T *xp = args.x->data<T>(), *wp = args.weight->data<T>(), *bp = args.bias->data<T>();
     T *yp = args.y->data<T>(), *mp = args.mean->data<T>(), *rp = args.rstd->data<T>();
     parallel_for(N, 16, [&](int64_t s, int64_t e) {
-      for (int64_t r = s; r < e; ++r) {
-        const T* xr = xp + r * C;
-        T m = 0;
-        for (int64_t i = 0; i < C; ++i) m += xr[i];
-        m /= T(C);
-        T v = 0;
-        for (int64_t i = 0; i < C; ++i) v += (xr[i] - m) * (xr[i] - m);
-        v /= T(C);
-        T rs = T(1) / std::sqrt(v + T(args.eps));
-        T* yr = yp + r * C;
-        for (int64_t i = 0; i < C; ++i) yr[i] = (xr[i] - m) * rs * wp[i] + bp[i];
-        mp[r] = m;
-        rp[r] = rs;
-      }
+      for (int64_t r = s; r < e; ++r) layer_norm_row(yp + r * C, xp + r * C, wp, bp, C, args.eps, mp[r], rp[r]);
     });
   });
   return info.Env().Undefined();
@@ -56,6 +44,7 @@ TF_OP(layerNormBackward) {
           const T *xr = xp + r * C, *g = dyp + r * C;
           T m = mp[r], rs = rp[r];
           T sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
           for (int64_t i = 0; i < C; ++i) {
             T xhat = (xr[i] - m) * rs;
             T gw = g[i] * wp[i];
@@ -67,6 +56,7 @@ TF_OP(layerNormBackward) {
           sum_g /= T(C);
           sum_gx /= T(C);
           T* dr = dxp + r * C;
+#pragma omp simd
           for (int64_t i = 0; i < C; ++i) {
             T xhat = (xr[i] - m) * rs;
             T v = (g[i] * wp[i] - sum_g - xhat * sum_gx) * rs;

@@ -18,6 +18,7 @@
 #include "../common/threads.h"
 #include "gelu.h"
 #include "gemm.h"
+#include "layernorm.h"
 
 namespace tf {
 namespace {
@@ -34,16 +35,8 @@ template <typename T>
 void layer_norm_rows(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, int64_t C, double eps) {
   const T *wp = w->data<T>(), *bp = b->data<T>();
   parallel_for(rows, 8, [&](int64_t s, int64_t e) {
-  for (int64_t r = s; r < e; ++r) {
-    const T* xr = x + r * C;
-    T m = 0, v = 0;
-    for (int64_t i = 0; i < C; ++i) m += xr[i];
-    m /= T(C);
-    for (int64_t i = 0; i < C; ++i) v += (xr[i] - m) * (xr[i] - m);
-    v /= T(C);
-    T rs = T(1) / std::sqrt(v + T(eps));
-    for (int64_t i = 0; i < C; ++i) y[r * C + i] = (xr[i] - m) * rs * wp[i] + bp[i];
-  }
+    T mean, rstd;
+    for (int64_t r = s; r < e; ++r) layer_norm_row(y + r * C, x + r * C, wp, bp, C, eps, mean, rstd);
   });
 }
 
