@@ -1,7 +1,8 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|loader|train|sample|kv-cache|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
+ * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|attention|loader|train|sample|kv-cache|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
  *
- * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; the data loader's
+ * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; causal attention
+ * (the training op and its backward) at the `small` preset's and the likelihood model's shapes; the data loader's
  * images/s; then whole steps: training images/s for the `small` and `tiny` MNIST presets at batch 256 and for the
  * shipped likelihood model's shape (`bpd`: patch 2, 196 tokens) at batch 64, and the time to draw
  * 100 unguided samples. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
@@ -77,6 +78,43 @@ function gemmSuite(): Promise<void> {
         const b = e.target as unknown as Benchmark & { name: string };
         const gflops = (flops.get(b.name)! * b.hz) / 1e9;
         console.log(`gemm ${precision} ${b.name.padEnd(38)} ${gflops.toFixed(1).padStart(7)} GFLOP/s  (${(1000 / b.hz).toFixed(3)} ms, ±${b.stats.rme.toFixed(1)}%)`);
+      })
+      .on('complete', () => resolve())
+      .run({ async: false });
+  });
+}
+
+/**
+ * The training form of causal attention (attention / attentionBackward, or the fused pair when the device trains
+ * with it) at the shapes the CPU trains: the `small` preset (49 tokens, batch 256) and the likelihood model (196
+ * tokens, batch 64), 2 heads of 64. GFLOP/s count the causal half: 2 T^2 hd per (sample, head) forward (QK^T and PV),
+ * twice that backward.
+ */
+function attentionSuite(): Promise<void> {
+  const shapes: Array<[string, number, number]> = [['small B=256 T=49', 256, 49], ['bpd   B=64 T=196', 64, 196]];
+  const W = 128, H = 2, hd = W / H;
+  const fused = backend.device === 'cuda';
+  const suite = new Benchmark.Suite('attention');
+  const flops = new Map<string, number>();
+  const mm = { precision };
+  for (const [shape, B, T] of shapes) {
+    const qkv = rand(backend, [B, T, 3 * W], 1), dout = rand(backend, [B, T, W], 2);
+    const out = new backend.Tensor('float32', [B, T, W]), dqkv = new backend.Tensor('float32', [B, T, 3 * W]);
+    const saved = new backend.Tensor('float32', fused ? [B, H, T] : [B, H, T, T]);
+    const forward = () => fused ? backend.ops.flashAttention(out, saved, qkv, H, 1, mm) : backend.ops.attention(out, saved, qkv, H, 1, mm);
+    const backward = () => fused ? backend.ops.flashAttentionBackward(dqkv, dout, qkv, out, saved, H, 1, mm) : backend.ops.attentionBackward(dqkv, dout, qkv, saved, H, 1, mm);
+    const causal = 2 * B * H * T * T * hd;
+    flops.set(`${shape} forward`, causal);
+    flops.set(`${shape} forward+backward`, 3 * causal);
+    suite.add(`${shape} forward`, () => { forward(); backend.synchronize(); }, { minSamples: 5, maxTime: quick ? 0.3 : 1.5 });
+    suite.add(`${shape} forward+backward`, () => { forward(); backward(); backend.synchronize(); }, { minSamples: 5, maxTime: quick ? 0.3 : 1.5 });
+  }
+  return new Promise((resolve) => {
+    suite
+      .on('cycle', (e: Benchmark.Event) => {
+        const b = e.target as unknown as Benchmark & { name: string };
+        const gflops = (flops.get(b.name)! * b.hz) / 1e9;
+        console.log(`attention ${precision}${fused ? ' fused' : ''} ${b.name.padEnd(34)} ${gflops.toFixed(1).padStart(7)} GFLOP/s  (${(1000 / b.hz).toFixed(3)} ms, ±${b.stats.rme.toFixed(1)}%)`);
       })
       .on('complete', () => resolve())
       .run({ async: false });
@@ -183,6 +221,7 @@ async function loaderBench(): Promise<void> {
 console.log(`tarflow bench on ${backend.device}, ${backend.ops.getThreads()} threads${quick ? ' (quick)' : ''}`);
 const only = values.only;
 if (!only || only === 'gemm') await gemmSuite();
+if (!only || only === 'attention') await attentionSuite();
 if (!only || only === 'loader') await loaderBench();
 if (!only || only === 'train') {
   await trainingBench('small', 256, quick ? 2 : 5);
