@@ -386,7 +386,7 @@ for (const device of devices) test(`the sampler's own KV cache counts against th
       assert.unreachable('a KV cache past the memory limit was allocated');
     } catch (err) {
       assert.is((err as { code?: string }).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
-      assert.match((err as Error).message, /bytes for blockReverse's KV cache and working rows: .* the memory limit is/);
+      assert.match((err as Error).message, /bytes for blockReverse's KV cache, working rows and packed weights: .* the memory limit is/);
     } finally {
       b.ops.setMemoryLimit(0);
     }

@@ -417,14 +417,15 @@ inline PanelRange panel_range(const GemmTriangle& tri, int64_t row0, int mr, int
 template <typename T, int NR>
 void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                     int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep,
-                    const GemmTriangle& tri) {
+                    const GemmTriangle& tri, const T* prepacked) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR;
   const int64_t kcb = k_block<T>(K);
   const int64_t ncb = std::min<int64_t>(Bk::NC, (N + NR - 1) / NR * NR);
   const int64_t mcb = transA ? std::min<int64_t>(Bk::MC, (M + MR - 1) / MR * MR) : MR;
   T* ap = static_cast<T*>(scratch_a.get(sizeof(T) * mcb * kcb));
-  T* bp = static_cast<T*>(scratch_b.get(sizeof(T) * kcb * ncb));
+  T* const b_scratch = prepacked ? nullptr : static_cast<T*>(scratch_b.get(sizeof(T) * kcb * ncb));
+  const T* bp = b_scratch;
   const int first_mode = beta == T(0) ? kOverwrite : beta == T(1) ? kAccumulate : kScale;
   // Reading A in place skips the transposing pack, which costs about as much as the multiply once N is no
   // wider than one panel (each packed A element would feed just NR FMAs). For wider N the packed panel wins
@@ -442,7 +443,8 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
       const bool b_used = pc < k_used_end && pc + kc > k_used_begin;
-      if (b_used) pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, bp);
+      if (b_used && prepacked) bp = prepacked + jc * K + pc * ((nc + NR - 1) / NR * NR);  // PackedB's layout
+      else if (b_used) pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, b_scratch);
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min(mcb, M - ic);
         if (transA && b_used) {
@@ -506,11 +508,12 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
 // and apply the same update.
 template <typename T>
 void gemm_serial(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep, const GemmTriangle& tri) {
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmEpilogue<T>* ep, const GemmTriangle& tri,
+                 const T* prepacked = nullptr) {
   if (N <= Blocking<T>::NR_NARROW)
-    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri);
+    gemm_serial_nr<T, Blocking<T>::NR_NARROW>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri, prepacked);
   else
-    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri);
+    gemm_serial_nr<T, Blocking<T>::NR>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, tri, prepacked);
 }
 
 // The epilogue of the sub-product whose C starts at row i0, column j0 of the whole one.
@@ -572,6 +575,76 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
   });
 }
 
+// PackedB holds what gemm_serial_nr's pack_b makes for each (jc, pc) block of the whole op(B), one after another:
+// the jc block of nc columns (padded to NR) at jc * K, its pc block of kc steps at + pc * padded nc. NR is the one
+// gemm_serial picks for this N.
+template <typename T>
+int64_t packed_b_panel_width(int64_t N) {
+  return N <= Blocking<T>::NR_NARROW ? Blocking<T>::NR_NARROW : Blocking<T>::NR;
+}
+
+template <typename T>
+size_t PackedB<T>::bytes(int64_t N, int64_t K) {
+  const int64_t nr = packed_b_panel_width<T>(N);
+  return (sizeof(T) * static_cast<size_t>((N + nr - 1) / nr * nr * K) + 63) & ~size_t(63);
+}
+
+template <typename T>
+PackedB<T>::PackedB(bool transB, int64_t N, int64_t K, const T* B, int64_t ldb) : n_(N), k_(K), data_(nullptr) {
+  if (N <= 0 || K <= 0) return;
+  data_ = static_cast<T*>(std::aligned_alloc(64, bytes(N, K)));
+  if (!data_) throw std::bad_alloc();
+  auto pack_all = [&]<int NR>() {
+    const int64_t kcb = k_block<T>(K), ncb = std::min<int64_t>(Blocking<T>::NC, (N + NR - 1) / NR * NR);
+    for (int64_t jc = 0; jc < N; jc += ncb) {
+      const int64_t nc = std::min(ncb, N - jc), padded = (nc + NR - 1) / NR * NR;
+      for (int64_t pc = 0; pc < K; pc += kcb)
+        pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, std::min(kcb, K - pc), data_ + jc * K + pc * padded);
+    }
+  };
+  if (packed_b_panel_width<T>(N) == Blocking<T>::NR_NARROW) pack_all.template operator()<Blocking<T>::NR_NARROW>();
+  else pack_all.template operator()<Blocking<T>::NR>();
+}
+
+template <typename T>
+PackedB<T>::PackedB(PackedB&& other) noexcept : n_(other.n_), k_(other.k_), data_(other.data_) {
+  other.data_ = nullptr;
+}
+
+template <typename T>
+PackedB<T>::~PackedB() {
+  std::free(data_);
+}
+
+template <typename T>
+void gemm(int64_t M, T alpha, const T* A, int64_t lda, const PackedB<T>& B, T beta, T* C, int64_t ldc, bool parallel,
+          const GemmEpilogue<T>* ep) {
+  const int64_t N = B.N(), K = B.K();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == T(0)) {
+    scale_c(M, N, beta, C, ldc);
+    if (ep) apply_epilogue(*ep, C, ldc, 0, 0, M, N);
+    return;
+  }
+  constexpr int MR = Blocking<T>::MR;
+  const int64_t panels = (M + MR - 1) / MR;
+  // The same threshold as the unpacked product's (below it a second core cannot pay for waking the pool); rows only,
+  // since the packed blocks' layout assumes the whole of N.
+  int64_t nt = parallel && static_cast<double>(M) * N * K >= 4.0e6 ? std::min<int64_t>(num_threads(), panels) : 1;
+  auto rows = [&](int64_t i0, int64_t i1) {
+    const GemmEpilogue<T> sub = ep ? shifted(*ep, i0, 0, ldc) : GemmEpilogue<T>{};
+    gemm_serial<T>(false, false, i1 - i0, N, K, alpha, A + i0 * lda, lda, nullptr, 0, beta, C + i0 * ldc, ldc, ep ? &sub : nullptr, {},
+                   B.data());
+  };
+  if (nt <= 1) return rows(0, M);
+  parallel_for(nt, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i0 = panels * t / nt * MR, i1 = std::min(M, panels * (t + 1) / nt * MR);
+      if (i0 < i1) rows(i0, i1);
+    }
+  });
+}
+
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel, const GemmEpilogue<T>* ep,
@@ -603,6 +676,11 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
                            int64_t, double, double*, int64_t, bool, const GemmEpilogue<double>*, GemmTriangle);
+template class PackedB<float>;
+template class PackedB<double>;
+template void gemm<float>(int64_t, float, const float*, int64_t, const PackedB<float>&, float, float*, int64_t, bool, const GemmEpilogue<float>*);
+template void gemm<double>(int64_t, double, const double*, int64_t, const PackedB<double>&, double, double*, int64_t, bool,
+                           const GemmEpilogue<double>*);
 template void gemm<float>(Precision, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                           int64_t, float, float*, int64_t, bool, const GemmEpilogue<float>*, GemmTriangle);
 template void gemm<double>(Precision, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,

@@ -147,6 +147,45 @@ int run_triangle_checks(int& cases) {
   return fails;
 }
 
+// A product with B packed once (PackedB) against the same product packing B itself: bit-identical, padding untouched.
+template <typename T>
+int check_packed(bool tb, int64_t M, int64_t N, int64_t K, T alpha, T beta, bool parallel, bool epilogue) {
+  const int64_t pad = 3, lda = K + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+  auto A = rand_vec<T>(static_cast<size_t>(M * lda));
+  auto B = rand_vec<T>(static_cast<size_t>((tb ? N : K) * ldb));
+  auto C = rand_vec<T>(static_cast<size_t>(M * ldc));
+  auto bias = rand_vec<T>(static_cast<size_t>(N));
+  std::vector<T> act_plain(C.size()), act_packed(C.size());
+  auto C_plain = C;
+  tf::GemmEpilogue<T> ep_plain{epilogue ? bias.data() : nullptr, epilogue ? act_plain.data() : nullptr, nullptr};
+  tf::GemmEpilogue<T> ep_packed{epilogue ? bias.data() : nullptr, epilogue ? act_packed.data() : nullptr, nullptr};
+  tf::gemm<T>(false, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C_plain.data(), ldc, parallel, &ep_plain);
+  const tf::PackedB<T> packed(tb, N, K, B.data(), ldb);
+  tf::gemm<T>(M, alpha, A.data(), lda, packed, beta, C.data(), ldc, parallel, &ep_packed);
+  if (std::memcmp(C.data(), C_plain.data(), C.size() * sizeof(T)) != 0 ||
+      (epilogue && std::memcmp(act_packed.data(), act_plain.data(), C.size() * sizeof(T)) != 0)) {
+    std::printf("FAIL packed B %s tb=%d M=%lld N=%lld K=%lld alpha=%g beta=%g par=%d ep=%d\n", sizeof(T) == 4 ? "f32" : "f64", tb,
+                (long long)M, (long long)N, (long long)K, double(alpha), double(beta), parallel, epilogue);
+    return 1;
+  }
+  return 0;
+}
+
+int run_packed_checks(int& cases) {
+  int fails = 0;
+  // The sampler's shapes (few rows, the model's weights), narrow N, several N blocks (N > NC), several K blocks.
+  const int64_t shapes[][3] = {{50, 384, 128}, {100, 512, 128}, {7, 128, 512}, {1, 16, 128}, {33, 8, 100}, {300, 1100, 65}, {64, 130, 900}};
+  for (auto& s : shapes)
+    for (int tb = 0; tb < 2; ++tb)
+      for (int par = 0; par < 2; ++par) {
+        const bool ep = (s[0] + tb) % 2 == 0;
+        fails += check_packed<float>(tb, s[0], s[1], s[2], 1.0f, par ? 1.0f : 0.0f, par, ep);
+        fails += check_packed<double>(tb, s[0], s[1], s[2], 0.5, par ? 0.0 : 0.25, par, !ep);
+        cases += 2;
+      }
+  return fails;
+}
+
 int run_checks() {
   int fails = 0, cases = 0;
   const int64_t sizes[] = {1, 7, 33, 100, 257};
@@ -188,6 +227,7 @@ int run_checks() {
       cases += 5;
     }
   fails += run_triangle_checks(cases);
+  fails += run_packed_checks(cases);
   std::printf("correctness: %d cases, %d failures (threads=%d, bf16 products on %s)\n", cases, fails, tf::num_threads(),
               tf::cpu_bf16_gemm_kernel());
   return fails;

@@ -9,6 +9,7 @@
 // them back exactly as the GPU's does, so the CPU is the reference for both of the GPU's reduced-precision paths.
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -23,12 +24,43 @@
 namespace tf {
 namespace {
 
-// y = (or +=) x W^T + b, then GELU in place when gelu is set: all of it in the GEMM's epilogue, as training's linear.
+// The block's weights, packed once per call for every token step's products (fp32 only: bf16 products round their
+// operands per product, as training's do).
 template <typename T>
-void dense(T* y, const T* x, Tensor* w, Tensor* b, int64_t rows, bool accumulate, Precision precision, bool gelu = false) {
+struct PackedLayer {
+  PackedB<T> qkv, proj, fc1, fc2;
+};
+
+template <typename T>
+PackedB<T> packed(Tensor* w) {
+  return PackedB<T>(true, w->dim(0), w->dim(1), w->data<T>(), w->dim(1));
+}
+
+template <typename T>
+struct PackedBlock {
+  PackedB<T> in, out;
+  std::vector<PackedLayer<T>> layers;
+  explicit PackedBlock(const BlockWeights& w) : in(packed<T>(w.inw)), out(packed<T>(w.outw)) {
+    layers.reserve(w.layers.size());
+    for (const LayerWeights& lw : w.layers) layers.push_back({packed<T>(lw.qkvw), packed<T>(lw.projw), packed<T>(lw.fc1w), packed<T>(lw.fc2w)});
+  }
+  static size_t bytes(const BlockWeights& w) {
+    auto of = [](Tensor* t) { return PackedB<T>::bytes(t->dim(0), t->dim(1)); };
+    size_t total = of(w.inw) + of(w.outw);
+    for (const LayerWeights& lw : w.layers) total += of(lw.qkvw) + of(lw.projw) + of(lw.fc1w) + of(lw.fc2w);
+    return total;
+  }
+};
+
+// y = (or +=) x W^T + b, then GELU in place when gelu is set: all of it in the GEMM's epilogue, as training's linear.
+// With pw (W packed), the same product without re-packing W.
+template <typename T>
+void dense(T* y, const T* x, Tensor* w, const PackedB<T>* pw, Tensor* b, int64_t rows, bool accumulate, Precision precision,
+           bool gelu = false) {
   int64_t N = w->dim(0), K = w->dim(1);
   const GemmEpilogue<T> ep{b->data<T>(), gelu ? y : nullptr, nullptr};
-  gemm<T>(precision, false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N, true, &ep);
+  if (pw) gemm<T>(rows, T(1), x, K, *pw, accumulate ? T(1) : T(0), y, N, true, &ep);
+  else gemm<T>(precision, false, true, rows, N, K, T(1), x, K, w->data<T>(), K, accumulate ? T(1) : T(0), y, N, true, &ep);
 }
 
 template <typename T>
@@ -60,7 +92,8 @@ struct ReverseSizes {
 
 // The inverse for images [0, B) of x, in place. C is the cache's storage: T, or Bf16 (float only).
 template <typename T, typename C>
-void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
+void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const PackedBlock<T>* pw, const int32_t* labels,
+                    const ReverseOptions& opt) {
   const ReverseSizes z(B, Tn, D, w, opt);
   const int64_t W = z.W, L = z.L, H = z.H, hd = z.hd, F = z.F, Do = z.Do, R = z.R, n_cls = z.n_cls;
   const bool guided = z.guided;
@@ -102,7 +135,7 @@ void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& 
   for (int64_t i = 0; i + 1 < Tn; ++i) {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t k = 0; k < D; ++k) tok[r * D + k] = xs[((r % B) * Tn + i) * D + k];
-    dense(h, tok, w.inw, w.inb, R, false, opt.precision);
+    dense(h, tok, w.inw, pw ? &pw->in : nullptr, w.inb, R, false, opt.precision);
     const T* prow = pos + (opt.flip ? Tn - 1 - i : i) * W;
     for (int64_t r = 0; r < R; ++r)
       for (int64_t j = 0; j < W; ++j) h[r * W + j] += prow[j] + row_embed[r * W + j];
@@ -110,7 +143,8 @@ void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& 
     for (int64_t l = 0; l < L; ++l) {
       const LayerWeights& lw = w.layers[l];
       layer_norm_rows(ln, h, lw.ln1w, lw.ln1b, R, W, opt.eps);
-      dense(qkv, ln, lw.qkvw, lw.qkvb, R, false, opt.precision);
+      const PackedLayer<T>* pl = pw ? &pw->layers[l] : nullptr;
+      dense(qkv, ln, lw.qkvw, pl ? &pl->qkv : nullptr, lw.qkvb, R, false, opt.precision);
       C* kc = kcache.data() + l * R * Tn * W;
       C* vc = vcache.data() + l * R * Tn * W;
       for (int64_t r = 0; r < R; ++r)
@@ -149,12 +183,12 @@ void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& 
           }
         }
       });
-      dense(h, att, lw.projw, lw.projb, R, true, opt.precision);
+      dense(h, att, lw.projw, pl ? &pl->proj : nullptr, lw.projb, R, true, opt.precision);
       layer_norm_rows(ln, h, lw.ln2w, lw.ln2b, R, W, opt.eps);
-      dense(f, ln, lw.fc1w, lw.fc1b, R, false, opt.precision, true);
-      dense(h, f, lw.fc2w, lw.fc2b, R, true, opt.precision);
+      dense(f, ln, lw.fc1w, pl ? &pl->fc1 : nullptr, lw.fc1b, R, false, opt.precision, true);
+      dense(h, f, lw.fc2w, pl ? &pl->fc2 : nullptr, lw.fc2b, R, true, opt.precision);
     }
-    dense(o, h, w.outw, w.outb, R, false, opt.precision);
+    dense(o, h, w.outw, pw ? &pw->out : nullptr, w.outb, R, false, opt.precision);
 
     const T g = T(opt.annealed ? opt.guidance * double(i + 1) / double(Tn - 1) : opt.guidance);
     for (int64_t b = 0; b < B; ++b) {
@@ -187,13 +221,17 @@ void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& 
 template <typename T, typename C>
 void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w, const int32_t* labels, const ReverseOptions& opt) {
   // Every buffer, counted against the memory limit before any is allocated (each split allocates its share, and
-  // its own class mean).
+  // its own class mean), and the packed weights.
   const int64_t splits = parallel_ranges(B, 1);
-  const MemoryReservation counted(ReverseSizes(B, Tn, D, w, opt).bytes<T, C>() + sizeof(T) * w.inw->dim(0) * std::max<int64_t>(splits - 1, 0),
-                                  "blockReverse's KV cache and working rows");
-  if (splits <= 1) return reverse_images<T, C>(x, B, Tn, D, w, labels, opt);
+  const bool pack = opt.precision == Precision::F32;
+  const MemoryReservation counted(ReverseSizes(B, Tn, D, w, opt).bytes<T, C>() + sizeof(T) * w.inw->dim(0) * std::max<int64_t>(splits - 1, 0) +
+                                      (pack ? PackedBlock<T>::bytes(w) : 0),
+                                  "blockReverse's KV cache, working rows and packed weights");
+  const std::optional<PackedBlock<T>> pw = pack ? std::optional<PackedBlock<T>>(std::in_place, w) : std::nullopt;
+  const PackedBlock<T>* packed_weights = pw ? &*pw : nullptr;
+  if (splits <= 1) return reverse_images<T, C>(x, B, Tn, D, w, packed_weights, labels, opt);
   parallel_for(B, 1, [&](int64_t s, int64_t e) {
-    reverse_images<T, C>(x + s * Tn * D, e - s, Tn, D, w, labels ? labels + s : nullptr, opt);
+    reverse_images<T, C>(x + s * Tn * D, e - s, Tn, D, w, packed_weights, labels ? labels + s : nullptr, opt);
   });
 }
 
