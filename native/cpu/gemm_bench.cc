@@ -88,6 +88,22 @@ int check_thread_invariance(bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
   return 0;
 }
 
+// C and epilogue outputs for computing one product two ways (a reference way and a tested one) from the same
+// starting C, a bias, and each way's GELU output when epilogue is set.
+template <typename T>
+struct TwoWays {
+  std::vector<T> c, c_ref, bias, act, act_ref;
+  tf::GemmEpilogue<T> ep, ep_ref;
+  TwoWays(int64_t rows, int64_t ldc, int64_t N, bool epilogue)
+      : c(rand_vec<T>(static_cast<size_t>(rows * ldc))), c_ref(c), bias(rand_vec<T>(static_cast<size_t>(N))), act(c.size()), act_ref(c.size()),
+        ep{epilogue ? bias.data() : nullptr, epilogue ? act.data() : nullptr, nullptr},
+        ep_ref{epilogue ? bias.data() : nullptr, epilogue ? act_ref.data() : nullptr, nullptr} {}
+  // Element at of C and of the GELU output bit-identical both ways.
+  bool same_at(size_t at) const {
+    return std::memcmp(&c[at], &c_ref[at], sizeof(T)) == 0 && std::memcmp(&act[at], &act_ref[at], sizeof(T)) == 0;
+  }
+};
+
 // A product under a triangle (gemm.h) against the full product of the same operands, whose op(A) holds the zeros the
 // triangle promises: the wanted elements must be bit-identical (the skipped terms are exact zeros), padding untouched.
 template <typename T>
@@ -101,19 +117,13 @@ int check_triangle(tf::GemmTriangle::Kind kind, int64_t diag, bool ta, bool tb, 
       const bool zero = (kind == tf::GemmTriangle::kLowerA && k > i + diag) || (kind == tf::GemmTriangle::kUpperA && k < i + diag);
       if (zero) (ta ? A[k * lda + i] : A[i * lda + k]) = T(0);
     }
-  auto C = rand_vec<T>(static_cast<size_t>(M * ldc));
-  auto bias = rand_vec<T>(static_cast<size_t>(N));
-  std::vector<T> act_full(C.size()), act_tri(C.size());
-  auto C_full = C;
-  tf::GemmEpilogue<T> ep_full{epilogue ? bias.data() : nullptr, epilogue ? act_full.data() : nullptr, nullptr};
-  tf::GemmEpilogue<T> ep_tri{epilogue ? bias.data() : nullptr, epilogue ? act_tri.data() : nullptr, nullptr};
-  tf::gemm<T>(precision, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C_full.data(), ldc, parallel, &ep_full);
-  tf::gemm<T>(precision, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc, parallel, &ep_tri, {kind, diag});
+  TwoWays<T> w(M, ldc, N, epilogue);
+  tf::gemm<T>(precision, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, w.c_ref.data(), ldc, parallel, &w.ep_ref);
+  tf::gemm<T>(precision, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, w.c.data(), ldc, parallel, &w.ep, {kind, diag});
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < ldc; ++j) {
       const bool wanted = j < N && !(kind == tf::GemmTriangle::kLowerC && j > i + diag);
-      const size_t at = static_cast<size_t>(i * ldc + j);
-      const bool same = std::memcmp(&C[at], &C_full[at], sizeof(T)) == 0 && (!epilogue || std::memcmp(&act_tri[at], &act_full[at], sizeof(T)) == 0);
+      const bool same = w.same_at(static_cast<size_t>(i * ldc + j));
       if ((wanted || j >= N) && !same) {
         std::printf("FAIL triangle %s%s kind=%d diag=%lld ta=%d tb=%d M=%lld N=%lld K=%lld alpha=%g beta=%g par=%d ep=%d at (%lld, %lld)\n",
                     sizeof(T) == 4 ? "f32" : "f64", precision == tf::Precision::BF16 ? " bf16" : "", int(kind), (long long)diag, ta, tb, (long long)M, (long long)N,
@@ -153,17 +163,13 @@ int check_packed(bool tb, int64_t M, int64_t N, int64_t K, T alpha, T beta, bool
   const int64_t pad = 3, lda = K + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
   auto A = rand_vec<T>(static_cast<size_t>(M * lda));
   auto B = rand_vec<T>(static_cast<size_t>((tb ? N : K) * ldb));
-  auto C = rand_vec<T>(static_cast<size_t>(M * ldc));
-  auto bias = rand_vec<T>(static_cast<size_t>(N));
-  std::vector<T> act_plain(C.size()), act_packed(C.size());
-  auto C_plain = C;
-  tf::GemmEpilogue<T> ep_plain{epilogue ? bias.data() : nullptr, epilogue ? act_plain.data() : nullptr, nullptr};
-  tf::GemmEpilogue<T> ep_packed{epilogue ? bias.data() : nullptr, epilogue ? act_packed.data() : nullptr, nullptr};
-  tf::gemm<T>(false, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C_plain.data(), ldc, parallel, &ep_plain);
+  TwoWays<T> w(M, ldc, N, epilogue);
+  tf::gemm<T>(false, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, w.c_ref.data(), ldc, parallel, &w.ep_ref);
   const tf::PackedB<T> packed(tb, N, K, B.data(), ldb);
-  tf::gemm<T>(M, alpha, A.data(), lda, packed, beta, C.data(), ldc, parallel, &ep_packed);
-  if (std::memcmp(C.data(), C_plain.data(), C.size() * sizeof(T)) != 0 ||
-      (epilogue && std::memcmp(act_packed.data(), act_plain.data(), C.size() * sizeof(T)) != 0)) {
+  tf::gemm<T>(M, alpha, A.data(), lda, packed, beta, w.c.data(), ldc, parallel, &w.ep);
+  bool same = true;
+  for (size_t at = 0; at < w.c.size(); ++at) same = same && w.same_at(at);
+  if (!same) {
     std::printf("FAIL packed B %s tb=%d M=%lld N=%lld K=%lld alpha=%g beta=%g par=%d ep=%d\n", sizeof(T) == 4 ? "f32" : "f64", tb,
                 (long long)M, (long long)N, (long long)K, double(alpha), double(beta), parallel, epilogue);
     return 1;
