@@ -53,9 +53,9 @@ inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t
 // Causal structure a product may skip (attention's, where half of every T x T matrix is masked). With diag d:
 //   kLowerC: only C[i, j] with j <= i + d is wanted; C's other elements are left unspecified.
 //   kLowerA: op(A)[i, k] == 0 for k > i + d;  kUpperA: op(A)[i, k] == 0 for k < i + d (the caller guarantees it).
-// The product skips whole MR x NR tiles and k ranges outside the structure, and the elements it computes equal the
-// full product's: the skipped terms are exact zeros (B finite), added in the same k order. A kernel may also
-// ignore the hint and compute everything.
+// The reference kernel skips the MR x NR tiles and the k ranges of each MR-row panel outside the structure, AMX its
+// 32 x 32 blocks and 32-wide k steps; the elements computed equal the full product's bit for bit: the skipped terms
+// are exact zeros (B finite), and the rest are added in the same order.
 struct GemmTriangle {
   enum Kind { kNone, kLowerC, kLowerA, kUpperA } kind = kNone;
   int64_t diag = 0;
