@@ -20,6 +20,8 @@ import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { kvCacheAccuracy } from './kv-cache.js';
 import { formatTargets, targetsTable } from './targets.js';
+// Shared with the tests (it imports nothing of the test runner).
+import { withEnv } from '../test/helpers.js';
 
 const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' } } });
 const device = (values.device ?? 'auto') as DeviceOption;
@@ -34,18 +36,6 @@ function rand(b: Backend, shape: number[], seed: number) {
   const t = new b.Tensor('float32', shape);
   b.ops.normal(t, seed, 0, 0);
   return t;
-}
-
-/** Runs fn with the environment variable `name` set to value (read by native code at each call), then restores it. */
-function withEnv<R>(name: string, value: string, fn: () => R): R {
-  const before = process.env[name];
-  process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
-  }
 }
 
 function gemmSuite(): Promise<void> {
