@@ -8,7 +8,7 @@ import type { TarFlowConfig } from '../lib/config.js';
 import { TarFlow } from '../lib/model.js';
 import { ParamSet } from '../lib/params.js';
 import { bf16Tensor, toFloat32 } from '../lib/safetensors.js';
-import { join, resolve, dirname } from 'node:path';
+import { delimiter, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -33,6 +33,10 @@ export interface NativeCheckBuild {
   /** Build under AddressSanitizer and UndefinedBehaviorSanitizer at -O1 (default), or optimised (-O2). */
   sanitize?: boolean;
   args?: string[];
+  /** The compiler (default: CXX, else g++), e.g. a cross compiler. */
+  cxx?: string;
+  /** A command the built check runs under (an emulator such as qemu-aarch64), or none. */
+  runner?: string;
 }
 
 /**
@@ -43,7 +47,7 @@ export function runNativeCheck(name: string, build: NativeCheckBuild = {}): stri
   const dir = mkdtempSync(join(tmpdir(), `tarflow-${name}-`));
   try {
     const exe = join(dir, name);
-    const cxx = process.env.CXX ?? 'g++';
+    const cxx = build.cxx ?? process.env.CXX ?? 'g++';
     const sources = (build.sources ?? [join('test', 'native', `${name}.cc`)]).map((s) => join(repoRoot, s));
     const compile = (flags: string[]) =>
       spawnSync(cxx, [...(build.flags ?? ['-std=c++17']), '-Wall', '-Wextra', '-Werror', ...flags, '-o', exe, ...sources], { encoding: 'utf8' });
@@ -55,11 +59,17 @@ export function runNativeCheck(name: string, build: NativeCheckBuild = {}): stri
     }
     if (built.status !== 0 && /fsanitize|libasan|libubsan/.test(built.stderr)) built = compile(['-O2']);
     if (built.status !== 0) return `compiling ${sources.join(' ')} failed:\n${built.stderr}`;
-    const run = spawnSync(exe, build.args ?? [], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
+    const [command, args] = build.runner ? [build.runner, [exe, ...(build.args ?? [])]] : [exe, build.args ?? []];
+    const run = spawnSync(command, args, { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=0' } });
     return run.status === 0 ? null : `${name} checks failed:\n${run.stderr}${run.stdout}`;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Whether `command` is on the PATH. */
+export function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => dir !== '' && existsSync(join(dir, command)));
 }
 
 /** The `code` of the error fn throws, or 'none'. */

@@ -28,6 +28,10 @@
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#define TF_GEMM_SIMD_F32 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define TF_GEMM_SIMD_F32 1
 #endif
 
 // GCC 12's AVX-512 headers seed masked intrinsics with a self-initialised _mm512_undefined_ps(), which
@@ -52,7 +56,7 @@ enum UpdateMode { kOverwrite = 0, kAccumulate = 1, kScale = 2 };
 // 14 x 32: 28 zmm accumulators + 2 B vectors + 1 broadcast = 31 of 32 registers. Per k step, 28 FMAs
 // against 16 loads keeps the FMA pipes the bottleneck. NV = 1 gives a 14 x 16 kernel for C with at most 16
 // columns (dX of the 16-wide layer), where the wide kernel would waste half its lanes.
-constexpr int kMRf = 14, kNRf = 32, kNRfNarrow = 16;
+constexpr int kMRf = 14, kNRf = 32, kNRfNarrow = 16, kVecF32 = 16;
 
 // kDirectA: read A straight from row-major storage (row stride lda) instead of a packed panel. For narrow N
 // the A panel is used by only a couple of kernel calls, so transposing it into a packed panel costs as much
@@ -108,7 +112,7 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
 #elif defined(__AVX2__) && defined(__FMA__)
 
 // 6 x 16: 12 ymm accumulators + 2 B vectors + 1 broadcast within the 16 ymm registers.
-constexpr int kMRf = 6, kNRf = 16, kNRfNarrow = 16;
+constexpr int kMRf = 6, kNRf = 16, kNRfNarrow = 16, kVecF32 = 16;  // the kernel's NV is always 1
 
 template <bool kDirectA, int NV>
 void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
@@ -148,6 +152,82 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
     }
     _mm256_maskstore_ps(cr, m0, v0);
     _mm256_maskstore_ps(cr + 8, m1, v1);
+  }
+}
+
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+
+// 6 x 16: 24 q-register accumulators + 4 B vectors + 2 A vectors of the 32. Per k step, 24 FMAs (each row's A value
+// taken from a vector lane, so A costs 2 loads, not 6 broadcasts) against 6 loads. AArch64 always has NEON, so this is
+// what Apple Silicon, Graviton and Raspberry Pi builds run; before it they got the portable kernel.
+constexpr int kMRf = 6, kNRf = 16, kNRfNarrow = 16, kVecF32 = 4;
+
+// acc[v] += b[v] * a[L] for each of the row's NV vectors (the lane must be a compile-time constant).
+template <int L, int NV>
+inline void fma_lane(float32x4_t (&acc)[NV], const float32x4_t (&b)[NV], float32x4_t a) {
+  for (int v = 0; v < NV; ++v) acc[v] = vfmaq_laneq_f32(acc[v], b[v], a, L);
+}
+template <int L, int NV>
+inline void fma_lane(float32x4_t (&acc)[NV], const float32x4_t (&b)[NV], float32x2_t a) {
+  for (int v = 0; v < NV; ++v) acc[v] = vfmaq_lane_f32(acc[v], b[v], a, L);
+}
+
+template <bool kDirectA, int NV>
+void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
+                int64_t ldc, float alpha, float beta, int mode, int mr, int nr) {
+  static_assert(kMRf == 6, "the packed k step below spells out six rows");
+  float32x4_t acc[kMRf][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMRf; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = vdupq_n_f32(0.0f);
+  for (int64_t k = 0; k < kc; ++k) {
+    float32x4_t bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = vld1q_f32(b + 4 * v);
+    if constexpr (kDirectA) {  // rows lda apart: one scalar load per row, multiplied in by element
+#pragma GCC unroll 6
+      for (int r = 0; r < kMRf; ++r) {
+        const float ar = a[r * lda];
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfmaq_n_f32(acc[r][v], bv[v], ar);
+      }
+    } else {
+      const float32x4_t a0 = vld1q_f32(a);
+      const float32x2_t a1 = vld1_f32(a + 4);  // 64 bits: a 128-bit load would read past the panel's last k step
+      fma_lane<0>(acc[0], bv, a0);
+      fma_lane<1>(acc[1], bv, a0);
+      fma_lane<2>(acc[2], bv, a0);
+      fma_lane<3>(acc[3], bv, a0);
+      fma_lane<0>(acc[4], bv, a1);
+      fma_lane<1>(acc[5], bv, a1);
+    }
+    a += kDirectA ? 1 : kMRf;
+    b += 4 * NV;
+  }
+  // The sums leave the registers unconditionally, every index a constant: GCC 12 keeps acc in memory, storing it at
+  // every k step, as soon as any access to it depends on mr or nr.
+  float sums[kMRf][4 * NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMRf; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) vst1q_f32(&sums[r][4 * v], acc[r][v]);
+  // Partial vectors go through a zero-padded copy of C, so edge tiles run the same vector arithmetic as interior ones.
+  const float32x4_t va = vdupq_n_f32(alpha), vb = vdupq_n_f32(beta);
+  for (int r = 0; r < mr; ++r) {
+    float* cr = c + r * ldc;
+    for (int v = 0; v < NV; ++v) {
+      const int w = nr - 4 * v;
+      if (w <= 0) break;
+      float edge[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      float* dst = w >= 4 ? cr + 4 * v : edge;
+      if (w < 4 && mode != kOverwrite) std::memcpy(edge, cr + 4 * v, sizeof(float) * w);
+      const float32x4_t sum = vld1q_f32(&sums[r][4 * v]);
+      float32x4_t x;
+      if (mode == kOverwrite) x = vmulq_f32(va, sum);
+      else if (mode == kAccumulate) x = vfmaq_f32(vld1q_f32(dst), va, sum);
+      else x = vfmaq_f32(vmulq_f32(vb, vld1q_f32(dst)), va, sum);
+      vst1q_f32(dst, x);
+      if (w < 4) std::memcpy(cr + 4 * v, edge, sizeof(float) * w);
+    }
   }
 }
 
@@ -198,16 +278,18 @@ struct Blocking;
 
 template <>
 struct Blocking<float> {
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(TF_GEMM_SIMD_F32)
   static constexpr int MR = kMRf, NR = kNRf, NR_NARROW = kNRfNarrow;
   static constexpr bool kInPlaceA = true;
   template <bool kDirectA, int W>
   static void kernel(int64_t kc, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, float alpha,
                      float beta, int mode, int mr, int nr) {
-    kernel_f32<kDirectA, W / 16>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
+    kernel_f32<kDirectA, W / kVecF32>(kc, a, lda, b, c, ldc, alpha, beta, mode, mr, nr);
   }
 #else
-  static constexpr int MR = 4, NR = 16, NR_NARROW = 16;
+  // 6 x 8: with 128-bit vectors (SSE2, the least an x86-64 build has) 12 accumulators + 2 B + 1 A fit the 16
+  // registers; the 4 x 16 this was before spilled, and ran at a quarter of the speed (gemm_bench, -march=x86-64).
+  static constexpr int MR = 6, NR = 8, NR_NARROW = 8;
   // GCC 12 vectorises the generic kernel's in-place A reads across k and over-reads past the last row.
   static constexpr bool kInPlaceA = false;
   template <bool kDirectA, int W>
