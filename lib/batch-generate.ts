@@ -33,6 +33,8 @@ export interface GenerateSpec extends ReverseOptions {
   labels?: number | number[];
   denoiseSigma?: number;
   seed?: number;
+  /** Scale of the latent noise (default 1; see GenerateOptions.temperature). */
+  temperature?: number;
   device?: DeviceOption;
   /** Matrix products of the sampler (see ModelOptions.precision); the KV cache follows unless kvCache is given. */
   precision?: Precision;
@@ -76,8 +78,9 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
   return {
     count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: spec.labels, denoiseSigma: spec.denoiseSigma,
     seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
-    // Recorded only when reduced: they move the images by rounding, so a resume must keep them (and a manifest
-    // written before they existed still matches a full-precision resume).
+    // Recorded only when not the default, so that a manifest written before these options existed still matches
+    // a resume with the defaults; a resume must keep them (they change the images).
+    ...(spec.temperature === undefined || spec.temperature === 1 ? {} : { temperature: spec.temperature }),
     ...reducedPrecision(spec),
   };
 }

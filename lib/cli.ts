@@ -111,6 +111,11 @@ function guidanceArgs(v: Values) {
   };
 }
 
+const temperatureHelp = 'scale of the latent noise (default 1); below 1, cleaner samples with less variety, and fewer overflows in likelihood models';
+function temperatureArg(v: Values) {
+  return num(v, 'temperature', { min: 0 });
+}
+
 /** The precision of a sampler: its matrix products, and the storage of its KV cache (default: the same). */
 function samplerPrecisionArgs(v: Values) {
   return { precision: oneOf(v, 'precision', ['fp32', 'bf16']), kvCache: oneOf(v, 'kv-cache', ['fp32', 'bf16']) };
@@ -229,7 +234,8 @@ const commands: Record<string, Command> = {
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, labels: { type: 'string' },
       guidance: { type: 'string' }, 'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' },
-      denoise: { type: 'string' }, seed: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' }, cols: { type: 'string' },
+      denoise: { type: 'string' }, seed: { type: 'string' }, temperature: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' },
+      cols: { type: 'string' },
       ...samplerPrecisionOptions, ...common,
     },
     help: {
@@ -238,7 +244,8 @@ const commands: Record<string, Command> = {
       labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level (the training sigma)',
-      seed: 'noise seed (default 0)', 'batch-size': 'images per batch (default 256)', out: 'a .png grid (default samples.png) or a folder for one PNG per image',
+      seed: 'noise seed (default 0)', temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)',
+      out: 'a .png grid (default samples.png) or a folder for one PNG per image',
       cols: 'grid columns', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): SampleSpec {
@@ -250,7 +257,7 @@ const commands: Record<string, Command> = {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
-        seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
+        seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -270,7 +277,7 @@ const commands: Record<string, Command> = {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
       'shard-size': { type: 'string' }, labels: { type: 'string' }, guidance: { type: 'string' }, 'guide-what': { type: 'string' },
       'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' }, seed: { type: 'string' },
-      'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...samplerPrecisionOptions, ...common,
+      temperature: { type: 'string' }, 'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', count: 'number of images',
@@ -278,15 +285,15 @@ const commands: Record<string, Command> = {
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
-      'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...samplerPrecisionHelp, ...commonHelp,
+      temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): GenerateSpec {
       return {
         checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
-        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), batchSize: num(v, 'batch-size', POSITIVE_INT),
-        resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
+        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v),
+        batchSize: num(v, 'batch-size', POSITIVE_INT), resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: GenerateSpec, job, json) {
@@ -304,19 +311,20 @@ const commands: Record<string, Command> = {
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, guidance: { type: 'string' },
       'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' },
-      seed: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' }, ...samplerPrecisionOptions, ...common,
+      seed: { type: 'string' }, temperature: { type: 'string' }, k: { type: 'string' }, 'batch-size': { type: 'string' },
+      ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: "class-conditional MNIST checkpoint (.safetensors), or a shipped model's name (mnist-cond)", config: 'JSON config for a checkpoint without metadata',
       count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
       'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
       denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
-      k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...samplerPrecisionHelp, ...commonHelp,
+      temperature: temperatureHelp, k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): EvalSamplesSpec {
       return {
         checkpoint: checkpointArg(v, 'a class-conditional MNIST checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT),
-        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
+        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v),
         k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },

@@ -244,6 +244,8 @@ export interface EvaluateSamplesOptions extends ReverseOptions {
   denoiseSigma?: number;
   /** Latent noise seed (default 0). */
   seed?: number;
+  /** Scale of the latent noise (default 1; see GenerateOptions.temperature). */
+  temperature?: number;
   /** Neighbours that vote (default 3). */
   k?: number;
   /** Images per sampling batch (default 256). */
@@ -305,7 +307,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   const k = positiveInt('k', options.k ?? 3);
   const dim = 28 * 28;
   const sampling = {
-    seed: options.seed, denoiseSigma: options.denoiseSigma,
+    seed: options.seed, temperature: options.temperature, denoiseSigma: options.denoiseSigma,
     guidance: options.guidance, guideWhat: options.guideWhat, attnTemp: options.attnTemp, annealed: options.annealed,
     kvCache: options.kvCache,
   };
@@ -371,6 +373,7 @@ export interface EvalSamplesSpec extends ReverseOptions {
   count?: number;
   denoiseSigma?: number;
   seed?: number;
+  temperature?: number;
   k?: number;
   batchSize?: number;
   device?: DeviceOption;
@@ -391,7 +394,7 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
     const t0 = performance.now();
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
-      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
+      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
       onProgress: (phase, done, total) => {
         if (ctx.aborted()) controller.abort();
         const elapsed = (performance.now() - t0) / 1000;

@@ -103,6 +103,51 @@ test('reduced precision is recorded in the manifest, and a resume must keep it',
   assert.is(r.skipped, 4);
 });
 
+test('temperature scales the latent noise: 1 is the default, 0 maps every draw to the zero latent\'s image', async () => {
+  const { loadModel } = await import('../lib/checkpoint.js');
+  const model = await loadModel(ckpt, { device: 'cpu' });
+  try {
+    const plain = generate(model, { count: 4, seed: 3, guidance: 1.5 });
+    assert.equal(generate(model, { count: 4, seed: 3, guidance: 1.5, temperature: 1 }).images, plain.images);
+    const cooler = generate(model, { count: 4, seed: 3, guidance: 1.5, temperature: 0.5 });
+    assert.not.equal(cooler.images, plain.images);
+    // At 0 the seed no longer matters, and each image is what the inverse makes of a zero latent for its class.
+    const zero = generate(model, { count: 4, seed: 3, guidance: 1.5, temperature: 0 });
+    assert.equal(generate(model, { count: 4, seed: 8, guidance: 1.5, temperature: 0 }).images, zero.images);
+    const { tokens: T, patchDim: D } = model.shape;
+    const z = new model.backend.Tensor('float32', [4, T, D]);
+    const out = new model.backend.Tensor('float32', [4, 3, 8, 8]);
+    const labels = new model.backend.Tensor('int32', [4], Int32Array.of(0, 1, 2, 3));
+    try {
+      model.reverse(z, out, labels, { guidance: 1.5 });
+      const bytes = Uint8Array.from(out.toArray(), (v) => Math.min(255, Math.max(0, Math.round((v + 1) * 127.5))));
+      assert.equal(zero.images, bytes);
+    } finally {
+      z.dispose(); out.dispose(); labels.dispose();
+    }
+  } finally {
+    model.dispose();
+  }
+});
+
+test('a temperature other than 1 is recorded in the manifest, and a resume must keep it', async () => {
+  const out = join(dir, 'cool');
+  await generateToDisk({ ...base, out, count: 4, temperature: 0.8 });
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.is(manifest.options.temperature, 0.8);
+  const plain = JSON.parse(readFileSync(join(dir, 'a', 'manifest.json'), 'utf8')) as Manifest;
+  assert.not.ok('temperature' in plain.options, 'a manifest at temperature 1 reads as before the option existed');
+  for (const temperature of [undefined, 0.7]) {
+    try {
+      await generateToDisk({ ...base, out, count: 4, resume: true, temperature });
+      assert.unreachable(`resume at temperature ${temperature} must be refused`);
+    } catch (err) {
+      assert.match((err as Error).message, /other options/);
+    }
+  }
+  assert.is((await generateToDisk({ ...base, out, count: 4, resume: true, temperature: 0.8 })).skipped, 4);
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });

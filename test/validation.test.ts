@@ -247,6 +247,8 @@ test('generate: every option is refused before any tensor is made', () => {
     [{ ...ok, startIndex: 0.5 }, INVALID, 'startIndex', 'an integer >= 0', '0.5'],
     [{ ...ok, batchSize: 0 }, INVALID, 'batchSize', 'a positive integer', '0'],
     [{ ...ok, maxRedraws: -1 }, INVALID, 'maxRedraws', 'an integer >= 0', '-1'],
+    [{ ...ok, temperature: -0.5 }, INVALID, 'temperature', 'a finite number >= 0', '-0.5'],
+    [{ ...ok, temperature: Infinity }, INVALID, 'temperature', 'a finite number >= 0', 'Infinity'],
     [{ ...ok, denoiseSigma: NaN }, INVALID, 'denoiseSigma', 'a finite number >= 0', 'NaN'],
     [{ ...ok, guidance: -1 }, INVALID, 'guidance', 'a finite number >= 0', '-1'],
     [{ ...ok, guideWhat: 'ba' }, INVALID, 'guideWhat', "one of 'ab', 'a', 'b'", '"ba"'],
@@ -339,6 +341,7 @@ test('sample quality: kNN arguments and evaluateSamples options, before MNIST is
       [{ guidance: -2 }, 'guidance', 'a finite number >= 0', '-2'],
       [{ attnTemp: -1 }, 'attnTemp', 'a positive finite number', '-1'],
       [{ seed: -5 }, 'seed', 'an integer >= 0', '-5'],
+      [{ temperature: -1 }, 'temperature', 'a finite number >= 0', '-1'],
     ] as const) {
       await rejects(() => evaluateSamples(mnistShaped, options), INVALID, name, expected, got);
     }
