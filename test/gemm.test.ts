@@ -47,7 +47,7 @@ if (x64) {
 
 // Debian: apt-get install g++-aarch64-linux-gnu qemu-user (.ci/run does where it can). Static, so qemu needs no
 // AArch64 libraries; the float cases only (--f32): the double and bf16 ones run the portable kernel, checked above,
-// and emulation makes every case about 50 times slower.
+// and emulation makes every case about 30 times slower (43 s of CPU for the float cases, 1.4 s natively).
 const crossCxx = 'aarch64-linux-gnu-g++', emulator = 'qemu-aarch64';
 if (x64 && onPath(crossCxx) && onPath(emulator)) {
   test('the CPU GEMM passes its standalone float checks with the AArch64 NEON kernel (cross-built, run under qemu)', () => {

@@ -12,6 +12,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define TF_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+// ISB waits a few tens of cycles, as PAUSE does on x86; std::this_thread::yield would make every spin a system call.
+#define TF_CPU_RELAX() __asm__ __volatile__("isb" ::: "memory")
 #else
 #define TF_CPU_RELAX() std::this_thread::yield()
 #endif
