@@ -119,6 +119,18 @@ test('sample without --checkpoint uses the shipped mnist-cond model (guided, den
   assert.is(JSON.parse(r.stdout).count, 10);
 });
 
+test('the shipped likelihood model samples at its own temperature (0.7) unless --temperature says otherwise', () => {
+  const grid = (name: string, ...flags: string[]) => {
+    const out = join(dir, name);
+    const r = run(['sample', '--checkpoint', 'mnist-bpd', '--count', '4', '--out', out, '--json', ...flags]);
+    assert.is(r.code, 0, r.stderr);
+    return readFileSync(out);
+  };
+  const own = grid('bpd-default.png');
+  assert.ok(own.equals(grid('bpd-07.png', '--temperature', '0.7')));
+  assert.not.ok(own.equals(grid('bpd-1.png', '--temperature', '1')));
+});
+
 test('eval without --checkpoint measures the shipped likelihood model, mnist-bpd', () => {
   const r = run(['eval', '--limit', '20', '--json']);
   assert.is(r.code, 0, r.stderr);
