@@ -175,7 +175,7 @@ inline void fma_lane(float32x4_t (&acc)[NV], const float32x4_t (&b)[NV], float32
 template <bool kDirectA, int NV>
 void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
                 int64_t ldc, float alpha, float beta, int mode, int mr, int nr) {
-  static_assert(kMRf == 6, "the packed k step below spells out six rows");
+  static_assert(kMRf == 6, "the k step below spells out six rows");
   float32x4_t acc[kMRf][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < kMRf; ++r)
@@ -184,22 +184,25 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
   for (int64_t k = 0; k < kc; ++k) {
     float32x4_t bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = vld1q_f32(b + 4 * v);
-    if constexpr (kDirectA) {  // rows lda apart: one scalar load per row, multiplied in by element
-#pragma GCC unroll 6
-      for (int r = 0; r < kMRf; ++r) {
-        const float ar = a[r * lda];
-        for (int v = 0; v < NV; ++v) acc[r][v] = vfmaq_n_f32(acc[r][v], bv[v], ar);
-      }
+    float32x4_t a0;
+    float32x2_t a1;
+    if constexpr (kDirectA) {  // rows lda apart, loaded into the lanes one by one
+      a0 = vld1q_lane_f32(a, vdupq_n_f32(0.0f), 0);
+      a0 = vld1q_lane_f32(a + lda, a0, 1);
+      a0 = vld1q_lane_f32(a + 2 * lda, a0, 2);
+      a0 = vld1q_lane_f32(a + 3 * lda, a0, 3);
+      a1 = vld1_lane_f32(a + 4 * lda, vdup_n_f32(0.0f), 0);
+      a1 = vld1_lane_f32(a + 5 * lda, a1, 1);
     } else {
-      const float32x4_t a0 = vld1q_f32(a);
-      const float32x2_t a1 = vld1_f32(a + 4);  // 64 bits: a 128-bit load would read past the panel's last k step
-      fma_lane<0>(acc[0], bv, a0);
-      fma_lane<1>(acc[1], bv, a0);
-      fma_lane<2>(acc[2], bv, a0);
-      fma_lane<3>(acc[3], bv, a0);
-      fma_lane<0>(acc[4], bv, a1);
-      fma_lane<1>(acc[5], bv, a1);
+      a0 = vld1q_f32(a);
+      a1 = vld1_f32(a + 4);  // 64 bits: a 128-bit load would read past the panel's last k step
     }
+    fma_lane<0>(acc[0], bv, a0);
+    fma_lane<1>(acc[1], bv, a0);
+    fma_lane<2>(acc[2], bv, a0);
+    fma_lane<3>(acc[3], bv, a0);
+    fma_lane<0>(acc[4], bv, a1);
+    fma_lane<1>(acc[5], bv, a1);
     a += kDirectA ? 1 : kMRf;
     b += 4 * NV;
   }
