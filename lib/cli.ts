@@ -146,7 +146,7 @@ const trainOptions = {
   'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
   noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
   'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
-  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' }, recompute: { type: 'boolean' },
+  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'sample-temperature': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' }, recompute: { type: 'boolean' },
   'image-size': { type: 'string' }, channels: { type: 'string' }, 'label-base': { type: 'string' },
   ...common,
 } as const;
@@ -181,6 +181,7 @@ const trainHelp: Record<string, string> = {
   seed: 'seed of the data order, noise and initialisation (default 0)',
   'checkpoint-every': 'save every N steps (default 500)',
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
+  'sample-temperature': 'temperature of the sample grids (default 0.7 with --noise uniform, else 1)',
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
   precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
   recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results (without this flag it happens only when the activations do not fit)",
@@ -198,7 +199,7 @@ function trainSpecFrom(v: Values): TrainSpec {
     preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset ?? 'tiny'}`), init: str(v, 'init'), resume: v.resume === true,
     ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
-    checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
+    checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT), sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
   };
 }

@@ -81,6 +81,11 @@ export interface TrainSpec extends TrainOptions {
   initSeed?: number;
   /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
   sampleGuidance?: number;
+  /**
+   * Temperature of the sample grids (GenerateOptions.temperature; default 0.7 with uniform dequantization, whose
+   * likelihood models often overflow float32 at 1 and draw broken digits; 1 otherwise).
+   */
+  sampleTemperature?: number;
 }
 
 export interface TrainSummary {
@@ -242,6 +247,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   optional(spec.sampleEvery, (v) => checkNumber('sampleEvery', v, { integer: true, min: 0 }));
   optional(spec.evalImages, (v) => checkNumber('evalImages', v, { integer: true, min: 0 }));
   optional(spec.sampleGuidance, (v) => checkNumber('sampleGuidance', v, { min: 0 }));
+  optional(spec.sampleTemperature, (v) => checkNumber('sampleTemperature', v, { min: 0 }));
 }
 
 /** The initial model's config must fit the data: same image shape, and labels exactly when it is conditional. */
@@ -341,6 +347,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
     const sampleEvery = spec.sampleEvery ?? 0;
     const guidance = spec.sampleGuidance ?? (config.numClasses > 0 ? 2 : 0);
     const denoiseSigma = trainer.options.noise === 'gaussian' && trainer.options.sigma > 0 ? trainer.options.sigma : undefined;
+    const temperature = spec.sampleTemperature ?? (trainer.options.noise === 'uniform' ? 0.7 : 1);
     const save = async () => {
       await saveModel(ckptPath, model, { metadata: { step: String(trainer.step) } });
       await trainer.saveState(statePath);
@@ -360,7 +367,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
         message: r.skipped ? `step ${r.step} skipped (non-finite loss or gradient)` : undefined });
       if (trainer.step % every === 0 && !trainer.done) await save();
       if (sampleEvery > 0 && trainer.step % sampleEvery === 0 && !trainer.done) {
-        await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), ctx, { guidance, denoiseSigma, seed: 1 });
+        await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), ctx, { guidance, denoiseSigma, temperature, seed: 1 });
       }
     }
     await save();
@@ -377,7 +384,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
         testBpd = r.bitsPerDim;
       }
       const gridPath = join(spec.out, 'samples.png');
-      const written = await writeSampleGrid(model, gridPath, ctx, { guidance, denoiseSigma, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
+      const written = await writeSampleGrid(model, gridPath, ctx, { guidance, denoiseSigma, temperature, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
       samples = written ? gridPath : null;
     }
     return {

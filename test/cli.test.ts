@@ -44,6 +44,23 @@ test('train writes a checkpoint, its state and a sample grid, and reports JSON',
   assert.match(r.stderr, /train 4\/4/);
 });
 
+test('a likelihood run (--noise uniform) draws its sample grid at temperature 0.7 unless --sample-temperature says otherwise', () => {
+  const grids = ['', '1'].map((t) => {
+    const out = join(dir, `uniform-${t || 'default'}`);
+    const r = run(['train', '--dataset', imagesPath, '--unconditional', '--noise', 'uniform', '--batch-size', '16', '--steps', '2',
+      '--eval-images', '0', '--out', out, ...(t ? ['--sample-temperature', t] : [])]);
+    assert.is(r.code, 0, r.stderr);
+    return { out, png: readFileSync(join(out, 'samples.png')) };
+  });
+  // The grid is 100 samples at seed 1; `sample` draws the same ones at the temperature asked for.
+  for (const [g, t] of [[grids[0], '0.7'], [grids[1], '1']] as const) {
+    const path = join(g.out, `resampled-${t}.png`);
+    const r = run(['sample', '--checkpoint', join(g.out, 'checkpoint.safetensors'), '--seed', '1', '--temperature', t, '--out', path]);
+    assert.is(r.code, 0, r.stderr);
+    assert.ok(readFileSync(path).equals(g.png), `the grid is not the temperature-${t} sample`);
+  }
+});
+
 test('train refuses to overwrite a run without --resume; --resume continues it', () => {
   const again = run([...baseTrain, '--steps', '4']);
   assert.is(again.code, 1);

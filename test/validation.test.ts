@@ -361,6 +361,7 @@ test('async jobs refuse bad specs before loading a checkpoint or dataset', async
   const missingData = { dataset: join(dir, 'none.npy'), out };
   await rejects(() => train({ ...missingData, lr: -1 }, inline), INVALID, 'lr', 'a positive finite number', '-1');
   await rejects(() => train({ ...missingData, sampleGuidance: -1 }, inline), INVALID, 'sampleGuidance', 'a finite number >= 0', '-1');
+  await rejects(() => train({ ...missingData, sampleTemperature: -1 }, inline), INVALID, 'sampleTemperature', 'a finite number >= 0', '-1');
   await rejects(() => train({ ...missingData, preset: 'huge' as never }, inline), INVALID, 'preset', "one of 'tiny', 'small'", '"huge"');
   await rejects(() => train({ ...missingData, checkpointEvery: 0 }, inline), INVALID, 'checkpointEvery', 'a positive integer', '0');
   await rejects(() => train({ ...missingData, config: { ...toReferenceConfig(cond.config), nvp: 1 } }, inline), CONFIG, 'config.nvp', 'true or false', '1');
