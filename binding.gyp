@@ -31,11 +31,18 @@
         ["target_arch=='x64' and OS!='win'", {
           "cflags_cc": ["<!(node -p \"process.env.TARFLOW_NATIVE_ARCH || '-march=native'\")", "-mprefer-vector-width=512"]
         }],
+        # macOS builds take their flags from xcode_settings, not cflags: the same -fopenmp-simd (the omp simd
+        # reductions) and, on Intel Macs, -march=native (the AVX2 or AVX-512 GEMM kernels instead of the portable one).
         ["OS=='mac'", {
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
             "CLANG_CXX_LANGUAGE_STANDARD": "c++20",
-            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno"]
+            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+          }
+        }],
+        ["OS=='mac' and target_arch=='x64'", {
+          "xcode_settings": {
+            "OTHER_CPLUSPLUSFLAGS": ["<!(node -p \"process.env.TARFLOW_NATIVE_ARCH || '-march=native'\")"]
           }
         }]
       ]
