@@ -111,7 +111,8 @@ function guidanceArgs(v: Values) {
   };
 }
 
-const temperatureHelp = 'scale of the latent noise (default 1, or the shipped model\'s own); below 1, cleaner samples with less variety, and fewer overflows in likelihood models';
+const temperatureHelp = "scale of the latent noise (default 1, or the shipped model's own); below 1, cleaner samples with less " +
+  'variety, and fewer overflows in likelihood models';
 function temperatureArg(v: Values) {
   return num(v, 'temperature', { min: 0 });
 }
@@ -146,7 +147,8 @@ const trainOptions = {
   'warmup-steps': { type: 'string' }, 'weight-decay': { type: 'string' }, beta1: { type: 'string' }, beta2: { type: 'string' },
   noise: { type: 'string' }, sigma: { type: 'string' }, 'label-drop': { type: 'string' }, hflip: { type: 'boolean' },
   'clip-grad-norm': { type: 'string' }, 'max-nonfinite-steps': { type: 'string' }, seed: { type: 'string' },
-  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'sample-temperature': { type: 'string' }, 'eval-images': { type: 'string' }, precision: { type: 'string' }, recompute: { type: 'boolean' },
+  'checkpoint-every': { type: 'string' }, 'sample-every': { type: 'string' }, 'sample-temperature': { type: 'string' },
+  'eval-images': { type: 'string' }, precision: { type: 'string' }, recompute: { type: 'boolean' },
   'image-size': { type: 'string' }, channels: { type: 'string' }, 'label-base': { type: 'string' },
   ...common,
 } as const;
@@ -199,7 +201,8 @@ function trainSpecFrom(v: Values): TrainSpec {
     preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset ?? 'tiny'}`), init: str(v, 'init'), resume: v.resume === true,
     ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
-    checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT), sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
+    checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
+    sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
   };
 }
@@ -286,7 +289,8 @@ const commands: Record<string, Command> = {
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
-      temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards', ...samplerPrecisionHelp, ...commonHelp,
+      temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards',
+      ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): GenerateSpec {
       return {

@@ -394,7 +394,8 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
     const t0 = performance.now();
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
-      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature, k: spec.k, batchSize: spec.batchSize, signal: controller.signal,
+      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature, k: spec.k,
+      batchSize: spec.batchSize, signal: controller.signal,
       onProgress: (phase, done, total) => {
         if (ctx.aborted()) controller.abort();
         const elapsed = (performance.now() - t0) / 1000;
