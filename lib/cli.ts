@@ -14,6 +14,7 @@ import { readConfigFile } from './tasks.js';
 import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
+import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
 import { trainOptionRules, type TrainOptions } from './train.js';
 import { checkNumberText, checkOneOf, checkString, describeValue, validationError, type NumberRule } from './validate.js';
 
@@ -183,7 +184,7 @@ const trainHelp: Record<string, string> = {
   seed: 'seed of the data order, noise and initialisation (default 0)',
   'checkpoint-every': 'save every N steps (default 500)',
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
-  'sample-temperature': 'temperature of the sample grids (default 0.7 with --noise uniform, else 1)',
+  'sample-temperature': `temperature of the sample grids (default ${LIKELIHOOD_TEMPERATURE} with --noise uniform, else 1)`,
   'eval-images': 'test images for the final bits/dim (default: all; 0 skips)',
   precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
   recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results (without this flag it happens only when the activations do not fit)",
@@ -243,7 +244,7 @@ const commands: Record<string, Command> = {
       ...samplerPrecisionOptions, ...common,
     },
     help: {
-      checkpoint: "model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising; mnist-bpd samples at temperature 0.7)",
+      checkpoint: `model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising; mnist-bpd samples at temperature ${LIKELIHOOD_TEMPERATURE})`,
       config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
       labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',

@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TarflowError } from './errors.js';
+import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
 import { describeValue, validationError } from './validate.js';
 
 export interface PretrainedModel {
@@ -34,7 +35,7 @@ export const PRETRAINED: Readonly<Record<string, PretrainedModel>> = {
     guidance: 0,
     // At 1, 13 to 18 samples in 100 overflow float32 in the inverse and are redrawn (with earlier weights one overflowed
     // in every draw at seed 0, and sampling failed), and many digits are broken; at 0.7, 2 or 3 in 100, clean strokes.
-    temperature: 0.7,
+    temperature: LIKELIHOOD_TEMPERATURE,
   },
 };
 

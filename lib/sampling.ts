@@ -43,6 +43,12 @@ export type { GuidanceOptions, ReverseOptions };
 
 const STREAM_LATENT = 31;
 
+/**
+ * The temperature likelihood models (uniform dequantization) sample at by default: the shipped mnist-bpd and the
+ * grids of a `--noise uniform` training run. At 1 their inverse often overflows float32 and the digits are broken.
+ */
+export const LIKELIHOOD_TEMPERATURE = 0.7;
+
 export interface GenerateOptions extends ReverseOptions {
   /** Number of images. */
   count: number;

@@ -13,7 +13,7 @@ import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
+import { generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
 import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
 
@@ -82,8 +82,8 @@ export interface TrainSpec extends TrainOptions {
   /** Guidance used for the sample grids (default 2 for conditional models, 0 otherwise). */
   sampleGuidance?: number;
   /**
-   * Temperature of the sample grids (GenerateOptions.temperature; default 0.7 with uniform dequantization, whose
-   * likelihood models often overflow float32 at 1 and draw broken digits; 1 otherwise).
+   * Temperature of the sample grids (GenerateOptions.temperature; default LIKELIHOOD_TEMPERATURE, 0.7, with uniform
+   * dequantization, whose likelihood models often overflow float32 at 1 and draw broken digits; 1 otherwise).
    */
   sampleTemperature?: number;
 }
@@ -347,7 +347,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
     const sampleEvery = spec.sampleEvery ?? 0;
     const guidance = spec.sampleGuidance ?? (config.numClasses > 0 ? 2 : 0);
     const denoiseSigma = trainer.options.noise === 'gaussian' && trainer.options.sigma > 0 ? trainer.options.sigma : undefined;
-    const temperature = spec.sampleTemperature ?? (trainer.options.noise === 'uniform' ? 0.7 : 1);
+    const temperature = spec.sampleTemperature ?? (trainer.options.noise === 'uniform' ? LIKELIHOOD_TEMPERATURE : 1);
     const save = async () => {
       await saveModel(ckptPath, model, { metadata: { step: String(trainer.step) } });
       await trainer.saveState(statePath);
