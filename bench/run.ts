@@ -4,18 +4,22 @@
  * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; causal attention
  * (the training op and its backward) at the `small` preset's and the likelihood model's shapes; the data loader's
  * images/s; then whole steps: training images/s for the `small` and `tiny` MNIST presets at batch 256 and for the
- * shipped likelihood model's shape (`bpd`: patch 2, 196 tokens) at batch 64, and the time to draw
- * 100 unguided samples. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
+ * shipped likelihood model's shape (`bpd`: patch 2, 196 tokens) at batch 64, both from fresh weights and from the
+ * shipped model's trained ones (`bpd, shipped weights`: a trained model's activations and gradients differ, e.g.
+ * in their share of subnormal floats), and the time to draw 100 unguided samples, from fresh weights and from
+ * the shipped models. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
  * samples (bench/kv-cache.ts; --count N samples, default 500). Last, the GPU targets table (bench/targets.ts): by
  * default on CUDA, with --only targets anywhere.
  */
 import Benchmark from 'benchmark';
 import { parseArgs } from 'node:util';
 import { getBackend, type Backend, type DeviceOption, type Precision } from '../lib/backend.js';
+import { loadModel } from '../lib/checkpoint.js';
 import { PRESETS } from '../lib/config.js';
 import { loadMnist, makeDataset } from '../lib/data.js';
 import { BatchLoader } from '../lib/loader.js';
 import { TarFlow } from '../lib/model.js';
+import { pretrainedPath } from '../lib/pretrained.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { kvCacheAccuracy } from './kv-cache.js';
@@ -119,11 +123,15 @@ function median(xs: number[]): number {
 /** The shipped likelihood model's shape (models/mnist-bpd): patch 2, so 196 tokens, trained at batch 64. */
 const BPD_SHAPE = { patchSize: 2, channels: 128, numBlocks: 4, layersPerBlock: 2, numClasses: 0 };
 
-async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number): Promise<void> {
+async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<void> {
   const data = await loadMnist('train');
   const shape = preset === 'bpd' ? BPD_SHAPE : { numClasses: 10, ...PRESETS[preset] };
-  const model = new TarFlow({ inChannels: 1, imgSize: 28, ...shape }, { device, seed: 0, precision });
-  const trainer = new Trainer(model, data, { batchSize: batch, steps: steps + 2, seed: 0, ...(preset === 'bpd' ? { noise: 'uniform' as const } : {}) });
+  const model = shipped !== undefined ? await loadModel(pretrainedPath(shipped), { device, precision })
+    : new TarFlow({ inChannels: 1, imgSize: 28, ...shape }, { device, seed: 0, precision });
+  // Continuing from trained weights, the schedule the shipped model's later runs used (the default's 2e-3 reached in
+  // two warm-up steps would soon make them untrained ones).
+  const schedule = shipped !== undefined ? { steps: 5000, lr: 3e-4, warmupSteps: 100 } : { steps: steps + 2 };
+  const trainer = new Trainer(model, data, { batchSize: batch, seed: 0, ...schedule, ...(preset === 'bpd' ? { noise: 'uniform' as const } : {}) });
   trainer.trainStep(); // allocates the workspace
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -136,13 +144,14 @@ async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number
   const gflopPerImage = (model.parameterCount * 6) / 1e9;
   const perImage = gflopPerImage * model.shape.tokens;
   const kernel = precision === 'bf16' ? ` (${backend.bf16GemmKernel?.() ?? 'bf16'})` : '';
-  console.log(`train ${preset} batch ${batch} ${precision}${kernel}: ${(batch / (ms / 1000)).toFixed(1)} images/s (median step ${ms.toFixed(0)} ms of ${steps}; ${(perImage * batch / (ms / 1000)).toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`);
+  console.log(`train ${preset}${shipped !== undefined ? ` (${shipped} weights)` : ''} batch ${batch} ${precision}${kernel}: ${(batch / (ms / 1000)).toFixed(1)} images/s (median step ${ms.toFixed(0)} ms of ${steps}; ${(perImage * batch / (ms / 1000)).toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`);
   trainer.dispose();
   model.dispose();
 }
 
-function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: number): void {
-  const model = new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[preset] }, { device, seed: 0 });
+async function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: number, shipped?: string): Promise<void> {
+  const model = shipped !== undefined ? await loadModel(pretrainedPath(shipped), { device })
+    : new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[preset] }, { device, seed: 0 });
   generate(model, { count: 8, seed: 0 });
   const times: number[] = [];
   for (let r = 0; r < (quick ? 1 : 3); r++) {
@@ -151,7 +160,7 @@ function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: nu
     times.push(performance.now() - t0);
   }
   const ms = median(times);
-  console.log(`sample ${preset} ${count} images${guidance ? ` guided (w=${guidance})` : ' unguided'}: ${(ms / 1000).toFixed(3)} s (${(count / (ms / 1000)).toFixed(0)} images/s)`);
+  console.log(`sample ${shipped ?? preset} ${count} images${guidance ? ` guided (w=${guidance})` : ' unguided'}: ${(ms / 1000).toFixed(3)} s (${(count / (ms / 1000)).toFixed(0)} images/s)`);
   model.dispose();
 }
 
@@ -217,11 +226,15 @@ if (!only || only === 'train') {
   await trainingBench('small', 256, quick ? 2 : 5);
   await trainingBench('tiny', 256, quick ? 2 : 5);
   await trainingBench('bpd', 64, quick ? 2 : 7);
+  await trainingBench('bpd', 64, quick ? 2 : 7, 'mnist-bpd');
 }
 if (!only || only === 'sample') {
-  samplingBench('small', 100, 0);
-  samplingBench('small', 100, 2);
-  samplingBench('tiny', 100, 0);
+  await samplingBench('small', 100, 0);
+  await samplingBench('small', 100, 2);
+  await samplingBench('tiny', 100, 0);
+  await samplingBench('small', 100, 0, 'mnist-cond');
+  await samplingBench('small', 100, 2, 'mnist-cond');
+  await samplingBench('small', 100, 0, 'mnist-bpd');
 }
 if (only === 'kv-cache') {
   const count = values.count === undefined ? 500 : Number(values.count);

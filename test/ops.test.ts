@@ -290,4 +290,35 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
   for (const t of made) t.dispose();
 });
 
+
+// native/common/denormals.h: the CPU kernels flush subnormal inputs and results to zero (x64 and arm64; a trained
+// model's softmax weights and gradients are full of them, and x86 computes them ~100x slower), and the calling
+// thread's own floating-point mode, which JavaScript's numbers rely on, comes back after every op.
+const flushes = process.arch === 'x64' || process.arch === 'arm64';
+test('denormals: CPU ops flush subnormal results and inputs to zero; JavaScript keeps its subnormals', () => {
+  const f32 = new b.Tensor('float32', [4]);
+  const out32 = new b.Tensor('float32', [4]);
+  f32.copyFrom(Float32Array.from([1e-20, -3e-21, 1, 1e-40])); // the last is subnormal in float32
+  b.ops.axpby(out32, f32, 1e-20, 0);
+  const r32 = out32.toArray();
+  assert.ok(Math.abs(r32[2] - 1e-20) < 1e-26, `a normal result is kept: ${r32[2]}`);
+  if (flushes) assert.equal([r32[0], r32[1], r32[3]], [0, 0, 0], 'subnormal float32 results are zero');
+  else assert.ok(r32[0] > 0, 'results are subnormal where the mode is not set');
+  b.ops.axpby(out32, f32, 1e30, 0);
+  const scaled = out32.toArray()[3];
+  if (flushes) assert.is(scaled, 0, 'a subnormal float32 input reads as zero');
+  else assert.ok(Math.abs(scaled - 1e-10) < 1e-15);
+  const f64 = new b.Tensor('float64', [2]);
+  const out64 = new b.Tensor('float64', [2]);
+  f64.copyFrom(Float64Array.from([1e-300, 1]));
+  b.ops.axpby(out64, f64, 1e-10, 0);
+  const r64 = out64.toArray();
+  assert.is(r64[1], 1e-10);
+  if (flushes) assert.is(r64[0], 0, 'subnormal float64 results are zero');
+  // Values from run time, so that nothing is folded at compile time: a mode left set would make this 0.
+  const tiny = Number(process.env.TARFLOW_TEST_TINY ?? '5e-324');
+  assert.ok(tiny * Number('3') > 0, 'the JavaScript thread still computes subnormal doubles after an op');
+  for (const t of [f32, out32, f64, out64]) t.dispose();
+});
+
 test.run();

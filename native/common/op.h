@@ -30,7 +30,17 @@
   }                                                                     \
   static Napi::Value name##_impl(const Napi::CallbackInfo& info)
 #else
-#define TF_OP(name) TF_HOST_OP(name)
+// The CPU addon's ops run with denormals flushed (denormals.h), the caller's floating-point mode restored after.
+#include "denormals.h"
+#define TF_OP(name)                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
+  static Napi::Value name(const Napi::CallbackInfo& info) {             \
+    return tf::guard(info.Env(), [&]() {                                \
+      tf::FlushDenormals flush;                                         \
+      return name##_impl(info);                                         \
+    });                                                                 \
+  }                                                                     \
+  static Napi::Value name##_impl(const Napi::CallbackInfo& info)
 #endif
 
 namespace tf {

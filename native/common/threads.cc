@@ -1,5 +1,7 @@
 #include "threads.h"
 
+#include "denormals.h"
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -54,6 +56,8 @@ class Pool {
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
     if (n <= 0) return;
+    // The calling thread computes in the workers' mode (native callers outside an op: the standalone checks).
+    FlushDenormals flush;
     const int64_t chunks = chunks_for(n, grain);
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (chunks <= 1 || in_parallel_region || !busy.owns_lock()) {
@@ -114,6 +118,7 @@ class Pool {
 
   void worker_loop(int index, uint64_t seen) {
     in_parallel_region = true;
+    FlushDenormals::set_for_this_thread();
     for (;;) {
       for (int spin = 0; generation_.load(std::memory_order_acquire) == seen && spin < kSpinIterations && !stopping_flag_.load(); ++spin)
         TF_CPU_RELAX();

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/denormals.h"
 #include "../common/threads.h"
 #include "gemm.h"
 
@@ -185,6 +186,42 @@ int check_packed(bool tb, int64_t M, int64_t N, int64_t K, T alpha, T beta, bool
   return 0;
 }
 
+// Every thread of a parallel loop computes with subnormals flushed (denormals.h), so a product whose terms underflow
+// is zero whichever thread computes it, and the calling thread gets its own mode back afterwards.
+int run_denormal_checks(int& cases) {
+  int fails = 0;
+  const bool flushes = tf::FlushDenormals::supported();
+  std::vector<int> flushed(64, -1);
+  tf::parallel_for(64, 1, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) flushed[i] = tf::FlushDenormals::active();
+  });
+  for (int64_t i = 0; i < 64; ++i)
+    if (flushed[i] != static_cast<int>(flushes)) {
+      std::printf("FAIL denormals: parallel_for index %lld ran with flushing %d, expected %d\n", (long long)i, flushed[i], flushes);
+      ++fails;
+      break;
+    }
+  if (tf::FlushDenormals::active()) {
+    std::printf("FAIL denormals: the calling thread still flushes after parallel_for\n");
+    ++fails;
+  }
+  // Inside the scope every op of the addon runs in; split over the threads.
+  const int64_t M = 2048, N = 256, K = 64;  // every term 1e-42 (subnormal), every sum 6.4e-41: still subnormal
+  std::vector<float> A(M * K, 1e-21f), B(K * N, 1e-21f), C(M * N, 1.0f);
+  {
+    tf::FlushDenormals flush;
+    tf::gemm<float>(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N, true);
+  }
+  for (int64_t i = 0; i < M * N; ++i)
+    if (flushes ? C[i] != 0.0f : !(C[i] > 0.0f)) {
+      std::printf("FAIL denormals: C[%lld] = %g with flushing %d\n", (long long)i, double(C[i]), flushes);
+      ++fails;
+      break;
+    }
+  cases += 2;
+  return fails;
+}
+
 int run_packed_checks(int& cases) {
   int fails = 0;
   // The sampler's shapes (few rows, the model's weights), narrow N, several N blocks (N > NC), several K blocks.
@@ -242,6 +279,7 @@ int run_checks() {
       cases += 5;
     }
   fails += run_triangle_checks(cases);
+  fails += run_denormal_checks(cases);
   fails += run_packed_checks(cases);
   std::printf("correctness: %d cases, %d failures (threads=%d, bf16 products on %s)\n", cases, fails, tf::num_threads(),
               tf::cpu_bf16_gemm_kernel());
