@@ -24,7 +24,10 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-std=c++20", "-O3", "-fexceptions", "-fno-math-errno", "-fopenmp-simd"],
+      # -fno-trapping-math: we never unmask floating-point exceptions, and without it GCC keeps any loop with a
+      # float compare feeding a select (the GELU's and exp's clamps) scalar wherever vectors lack mask registers:
+      # AVX2 (most laptops), SSE2 and NEON. With it, an AVX2 build trains 40-50% faster; values do not change.
+      "cflags_cc": ["-std=c++20", "-O3", "-fexceptions", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
       "conditions": [
         # 512-bit vectors for the compiler's own loops too (the GEMM kernel uses them by hand): GCC's default of 256
         # left the GELU epilogues and softmax rows at half width; with it, the mnist-bpd training step is 2-4% faster.
@@ -37,7 +40,7 @@
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
             "CLANG_CXX_LANGUAGE_STANDARD": "c++20",
-            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+            "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
           }
         }],
         ["OS=='mac' and target_arch=='x64'", {
