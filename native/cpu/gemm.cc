@@ -422,6 +422,36 @@ void pack_transpose(const T* src, int64_t ld, int n, int64_t kc, T* __restrict d
       }
     }
   }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+  // The NEON kernel's packs (A panels of 6 rows, B panels of 16): 4 x 4 transposes in registers (vtrn, then the
+  // halves recombined), as the AVX2 ones above; a group of fewer than 4 destination values per k is stored lane by
+  // lane.
+  if constexpr (sizeof(T) == 4 && W <= 16) {
+    for (; k0 + 4 <= kc; k0 += 4) {
+      for (int i0 = 0; i0 < W; i0 += 4) {
+        const int width = W - i0 < 4 ? W - i0 : 4;
+        float32x4_t r[4];
+        for (int i = 0; i < 4; ++i)
+          r[i] = i0 + i < n ? vld1q_f32(reinterpret_cast<const float*>(src) + (i0 + i) * ld + k0) : vdupq_n_f32(0.0f);
+        const float32x4x2_t t01 = vtrnq_f32(r[0], r[1]), t23 = vtrnq_f32(r[2], r[3]);
+        const float32x4_t col[4] = {vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0])),
+                                    vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1])),
+                                    vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0])),
+                                    vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1]))};
+        float* d = reinterpret_cast<float*>(dst) + k0 * stride + i0;
+        for (int c = 0; c < 4; ++c) {
+          float* dc = d + c * stride;
+          if (width == 4) {
+            vst1q_f32(dc, col[c]);
+          } else {
+            vst1q_lane_f32(dc, col[c], 0);
+            if (width > 1) vst1q_lane_f32(dc + 1, col[c], 1);
+            if (width > 2) vst1q_lane_f32(dc + 2, col[c], 2);
+          }
+        }
+      }
+    }
+  }
 #endif
   constexpr int64_t kChunk = 16;
   for (; k0 < kc; k0 += kChunk) {
