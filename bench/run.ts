@@ -5,8 +5,8 @@
  * (the training op and its backward) at the `small` preset's and the likelihood model's shapes; the data loader's
  * images/s; then whole steps: training images/s for the `small` and `tiny` MNIST presets at batch 256 and for the
  * shipped likelihood model's shape (`bpd`: patch 2, 196 tokens) at batch 64, both from fresh weights and from the
- * shipped model's trained ones (`bpd, shipped weights`: a trained model's activations and gradients differ, e.g.
- * in their share of subnormal floats), and the time to draw 100 unguided samples, from fresh weights and from
+ * shipped model's trained ones (`bpd (mnist-bpd weights)`: a trained model's activations and gradients differ,
+ * e.g. in their share of subnormal floats), and the time to draw 100 unguided samples, from fresh weights and from
  * the shipped models. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
  * samples (bench/kv-cache.ts; --count N samples, default 500). Last, the GPU targets table (bench/targets.ts): by
  * default on CUDA, with --only targets anywhere.
