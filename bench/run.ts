@@ -149,9 +149,10 @@ async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number
   model.dispose();
 }
 
-async function samplingBench(preset: keyof typeof PRESETS, count: number, guidance: number, shipped?: string): Promise<void> {
-  const model = shipped !== undefined ? await loadModel(pretrainedPath(shipped), { device })
-    : new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[preset] }, { device, seed: 0 });
+/** `name`: a preset (fresh weights) or a shipped model (`mnist-cond`, `mnist-bpd`). */
+async function samplingBench(name: keyof typeof PRESETS | 'mnist-cond' | 'mnist-bpd', count: number, guidance: number): Promise<void> {
+  const model = name === 'mnist-cond' || name === 'mnist-bpd' ? await loadModel(pretrainedPath(name), { device })
+    : new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[name] }, { device, seed: 0 });
   generate(model, { count: 8, seed: 0 });
   const times: number[] = [];
   for (let r = 0; r < (quick ? 1 : 3); r++) {
@@ -160,7 +161,7 @@ async function samplingBench(preset: keyof typeof PRESETS, count: number, guidan
     times.push(performance.now() - t0);
   }
   const ms = median(times);
-  console.log(`sample ${shipped ?? preset} ${count} images${guidance ? ` guided (w=${guidance})` : ' unguided'}: ${(ms / 1000).toFixed(3)} s (${(count / (ms / 1000)).toFixed(0)} images/s)`);
+  console.log(`sample ${name} ${count} images${guidance ? ` guided (w=${guidance})` : ' unguided'}: ${(ms / 1000).toFixed(3)} s (${(count / (ms / 1000)).toFixed(0)} images/s)`);
   model.dispose();
 }
 
@@ -232,9 +233,9 @@ if (!only || only === 'sample') {
   await samplingBench('small', 100, 0);
   await samplingBench('small', 100, 2);
   await samplingBench('tiny', 100, 0);
-  await samplingBench('small', 100, 0, 'mnist-cond');
-  await samplingBench('small', 100, 2, 'mnist-cond');
-  await samplingBench('small', 100, 0, 'mnist-bpd');
+  await samplingBench('mnist-cond', 100, 0);
+  await samplingBench('mnist-cond', 100, 2);
+  await samplingBench('mnist-bpd', 100, 0);
 }
 if (only === 'kv-cache') {
   const count = values.count === undefined ? 500 : Number(values.count);

@@ -424,9 +424,8 @@ void pack_transpose(const T* src, int64_t ld, int n, int64_t kc, T* __restrict d
   }
 #elif defined(__aarch64__) && defined(__ARM_NEON)
   // The NEON kernel's packs (A panels of 6 rows, B panels of 16): 4 x 4 transposes in registers (vtrn, then the
-  // halves recombined), as the AVX2 ones above; a group of fewer than 4 destination values per k is stored lane by
-  // lane.
-  if constexpr (sizeof(T) == 4 && W <= 16) {
+  // halves recombined), as the AVX2 ones above; the last group of a 6-wide panel stores 2 values per k.
+  if constexpr (sizeof(T) == 4 && W <= 16 && W % 2 == 0) {
     for (; k0 + 4 <= kc; k0 += 4) {
       for (int i0 = 0; i0 < W; i0 += 4) {
         const int width = W - i0 < 4 ? W - i0 : 4;
@@ -441,13 +440,10 @@ void pack_transpose(const T* src, int64_t ld, int n, int64_t kc, T* __restrict d
         float* d = reinterpret_cast<float*>(dst) + k0 * stride + i0;
         for (int c = 0; c < 4; ++c) {
           float* dc = d + c * stride;
-          if (width == 4) {
+          if (width == 4)
             vst1q_f32(dc, col[c]);
-          } else {
-            vst1q_lane_f32(dc, col[c], 0);
-            if (width > 1) vst1q_lane_f32(dc + 1, col[c], 1);
-            if (width > 2) vst1q_lane_f32(dc + 2, col[c], 2);
-          }
+          else
+            vst1_f32(dc, vget_low_f32(col[c]));
         }
       }
     }
