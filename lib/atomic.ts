@@ -100,6 +100,22 @@ export function writeFileAtomicSync(path: string, data: Uint8Array | string): vo
 }
 
 /**
+ * Creates an output folder (and its parents) before any long work starts, so a path that cannot be written fails
+ * in the first second rather than after an hour of training or sampling, with a message in the library's terms.
+ */
+export async function makeFolder(path: string, what: string): Promise<void> {
+  try {
+    await fsp.mkdir(path, { recursive: true });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    let hint = 'check the path and its permissions';
+    if (e?.code === 'ENOTDIR' || e?.code === 'EEXIST') hint = 'a file stands where a folder is needed; choose another path or move that file';
+    else if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'EROFS') hint = 'the place is not writable; choose a folder you can write to';
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: could not create the folder ${JSON.stringify(path)} (${e?.code ?? 'error'}): ${hint}`, { cause: err });
+  }
+}
+
+/**
  * Reads a whole file for one of the format parsers, turning file-system failures into a TarflowError that
  * says which file and what to do, so callers need not handle raw errno errors next to format errors.
  */

@@ -4,9 +4,9 @@
  * Image k depends only on (seed, k) and its label, so shards are the same whatever the batch size, and a resumed
  * run skips the shards the manifest lists as finished.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from './atomic.js';
+import { makeFolder, writeFileAtomic } from './atomic.js';
 import { loadModel } from './checkpoint.js';
 import { toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
@@ -99,7 +99,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   optional(spec.resume, (v) => checkBoolean('resume', v));
-  await mkdir(spec.out, { recursive: true });
+  await makeFolder(spec.out, 'out');
   const manifestPath = join(spec.out, 'manifest.json');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {

@@ -3,8 +3,9 @@
  * PNG, dataset bits/dim, per-image scores. Each takes a plain, serialisable spec (so it can run on a worker
  * thread) and a context that reports progress and says when to stop.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, extname, join } from 'node:path';
+import { makeFolder } from './atomic.js';
 import { loadModel, saveModel } from './checkpoint.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
@@ -306,7 +307,7 @@ async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, o
 
 export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
   checkTrainSpec(spec);
-  await mkdir(spec.out, { recursive: true });
+  await makeFolder(spec.out, 'out');
   const modelOptions = { device: spec.device, dtype: spec.dtype, precision: spec.precision, recompute: spec.recompute };
   const initial = spec.init !== undefined ? await loadModel(spec.init, modelOptions) : null;
   let data: ImageDataset;
@@ -409,12 +410,21 @@ async function openModel(spec: { checkpoint: string; config?: Record<string, unk
   return loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
 }
 
+/** Image-file names that `sample --out` would otherwise take for a folder name: refused, since only PNG is written. */
+const OTHER_IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif', '.tiff', '.avif'];
+
 export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
   checkCheckpointSpec(spec);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   optional(spec.cols, (v) => checkNumber('cols', v, { integer: true, min: 1 }));
+  const gridFile = /\.png$/i.test(spec.out);
+  if (!gridFile && OTHER_IMAGE_EXTENSIONS.includes(extname(spec.out).toLowerCase())) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'out', 'a .png file (one grid) or a folder (one PNG per image)', JSON.stringify(spec.out),
+      `samples are written as PNG only: name the grid "${spec.out.slice(0, -extname(spec.out).length)}.png", or convert it afterwards`);
+  }
+  await makeFolder(gridFile ? dirname(spec.out) : spec.out, 'out');
   const model = await openModel(spec);
   try {
     const meter = new RateMeter();
@@ -434,12 +444,11 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
     const result = generate(model, opts);
-    if (/\.png$/i.test(spec.out)) {
+    if (gridFile) {
       const cols = spec.cols ?? (model.config.numClasses > 0 && spec.labels === undefined ? Math.min(spec.count, model.config.numClasses) : Math.ceil(Math.sqrt(spec.count)));
       const grid = imageGrid(result.images, spec.count, C, S, S, { cols });
       await writePng(spec.out, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
     } else {
-      await mkdir(spec.out, { recursive: true });
       const start = spec.startIndex ?? 0;
       for (let i = 0; i < spec.count; i++) {
         const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });

@@ -204,6 +204,31 @@ test('bad command lines fail with a message that names the problem', () => {
   assert.match(help.stdout, /--resume/);
 });
 
+test('output paths that cannot be written fail before any work; missing folders are made', () => {
+  const blocker = join(dir, 'a-file');
+  writeFileSync(blocker, 'not a folder');
+  const jpg = run(['sample', '--count', '2', '--out', join(dir, 'grid.jpg')]);
+  assert.is(jpg.code, 1);
+  assert.match(jpg.stderr, /out: expected a \.png file \(one grid\) or a folder.*name the grid ".*grid\.png"/);
+  assert.not.ok(existsSync(join(dir, 'grid.jpg')), 'no folder named grid.jpg was made');
+  // Each command names a missing input as well: the output's error must come first, before anything is read.
+  const nowhere = join(dir, 'nowhere.safetensors');
+  for (const args of [
+    ['sample', '--checkpoint', nowhere, '--out', join(blocker, 'grid.png')],
+    ['sample', '--checkpoint', nowhere, '--out', join(blocker, 'images')],
+    ['generate', '--checkpoint', nowhere, '--count', '2', '--out', join(blocker, 'gen')],
+    ['train', '--dataset', join(dir, 'nowhere.npy'), '--steps', '1', '--out', join(blocker, 'run')],
+  ]) {
+    const r = run(args);
+    assert.is(r.code, 1, args.join(' '));
+    assert.match(r.stderr, /out: could not create the folder .*a-file.*a file stands where a folder is needed/, args.join(' '));
+  }
+  const nested = join(dir, 'new', 'deeper', 'grid.png');
+  const ok = run(['sample', '--count', '2', '--out', nested]);
+  assert.is(ok.code, 0, ok.stderr);
+  assert.ok(existsSync(nested));
+});
+
 test('async train runs on a worker, reports progress, stops on abort with a resumable state', async () => {
   const out = join(dir, 'async');
   const ac = new AbortController();
