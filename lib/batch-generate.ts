@@ -114,11 +114,11 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     const config = toReferenceConfig(model.config);
     if (existing) {
       if (!spec.resume) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; pass --resume to continue it or choose another --out folder`);
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
       }
       if (existing.format !== 'tarflow-generate' || JSON.stringify(existing.options) !== JSON.stringify(options) ||
           JSON.stringify(existing.config) !== JSON.stringify(config)) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another --out folder`);
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another out folder (--out)`);
       }
       manifest = existing;
     } else {
@@ -135,7 +135,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     let generated = 0;
     for (let k = 0; k < nShards; k++) {
       if (done.has(k)) continue;
-      if (ctx.aborted()) throw new TarflowError('ERR_TARFLOW_ABORTED', `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and '--resume' continues`);
+      if (ctx.aborted()) throw new TarflowError('ERR_TARFLOW_ABORTED', `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and resume: true (--resume) continues`);
       const s0 = k * shardSize;
       const n = Math.min(shardSize, count - s0);
       const labels = spec.labels === undefined ? undefined : typeof spec.labels === 'number' ? spec.labels : spec.labels.slice(s0, s0 + n);

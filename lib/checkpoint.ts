@@ -84,7 +84,7 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
   for (const name of expected.keys()) if (!seen.has(name)) problems.push(`missing tensor '${name}'`);
   if (problems.length) {
     const shown = problems.slice(0, 8).join('; ') + (problems.length > 8 ? `; and ${problems.length - 8} more` : '');
-    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source} does not match the model config: ${shown}. Check that the config (or --config file) is the one the checkpoint was trained with.`);
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source} does not match the model config: ${shown}. Check that the config (config, or the --config file) is the one the checkpoint was trained with.`);
   }
   model.params.flat.copyFrom(host);
   if (variance) model.variance.copyFrom(variance);
@@ -118,7 +118,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
   if (/\.(pth|pt|ckpt|pkl|bin)$/i.test(path)) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
       `${path} looks like a pickled PyTorch file, which tarflow never loads (unpickling can run code). Convert it in Python: ` +
-      `from safetensors.torch import save_file; save_file(torch.load(p, map_location='cpu'), 'model.safetensors'), then pass --config with the model's config JSON.`);
+      `from safetensors.torch import save_file; save_file(torch.load(p, map_location='cpu'), 'model.safetensors'), then pass the model's config JSON (config, --config).`);
   }
   const given = options.config ? fromReferenceConfig(options.config) : null;
   const file = await readSafetensors(path);

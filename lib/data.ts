@@ -223,7 +223,7 @@ function checkLabelBase(options: LoadOptions, name: string, format: string): 0 |
   const base = options.labelBase ?? 0;
   if (base !== 0 && base !== 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `labelBase must be 0 or 1, got ${String(base)}`);
   if (base === 1 && format !== 'array') {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: labelBase 1 applies to .npy/.npz labels only; ${format} labels have a fixed 0-based meaning, so drop --label-base`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: labelBase 1 applies to .npy/.npz labels only; ${format} labels have a fixed 0-based meaning, so drop labelBase (--label-base)`);
   }
   return base;
 }
@@ -244,10 +244,10 @@ function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
   const options = typeof arg === 'string' ? { labels: arg } : arg ?? {};
   if (typeof options !== 'object') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${typeof options}`);
   if (options.size !== undefined && (!Number.isInteger(options.size) || options.size < 1)) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `size must be a positive integer, got ${String(options.size)}; pass the model's image side (--image-size)`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `size must be a positive integer, got ${String(options.size)}; pass the model's image side (size; --image-size on the command line)`);
   }
   if (options.channels !== undefined && !isChannelCount(options.channels)) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `channels must be 1 (grey) or 3 (RGB), got ${String(options.channels)}; pass --channels 1 or 3`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `channels must be 1 (grey) or 3 (RGB), got ${String(options.channels)}; pass channels (--channels) 1 or 3`);
   }
   return options;
 }
@@ -302,7 +302,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
   if (present.length > 1) throw dataError(path, `has labels under both ${present.map((k) => `'${k}'`).join(' and ')}; keep one of them`);
   let labels: Int32Array | null = null;
   if (present.length === 1) {
-    if (options.labels) throw dataError(path, `has its own labels under '${present[0]}', so a separate labels file (${options.labels}) would be ambiguous; drop --labels`);
+    if (options.labels) throw dataError(path, `has its own labels under '${present[0]}', so a separate labels file (${options.labels}) would be ambiguous; drop labels (--labels)`);
     labels = labelsFromArray(members.get(present[0]!)!, `${path}:${present[0]}`, layout.count, base);
   } else if (options.labels) {
     labels = labelsFromArray(await readNpy(options.labels), options.labels, layout.count, base);
@@ -313,7 +313,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
 export async function loadCifarDataset(path: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
   checkLabelBase(options, path, 'CIFAR-10');
-  if (options.labels) throw dataError(path, `CIFAR-10 batches carry their own labels; drop --labels (${options.labels})`);
+  if (options.labels) throw dataError(path, `CIFAR-10 batches carry their own labels; drop labels (--labels) ${options.labels}`);
   const info = await stat(path).catch(() => null);
   if (!info) throw dataError(path, 'no such file or folder; pass a CIFAR-10 batch file (data_batch_1.bin) or the cifar-10-batches-bin folder');
   const isDir = info.isDirectory();
@@ -359,7 +359,7 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
 export async function loadImageFolderDataset(root: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
   checkLabelBase(options, root, 'image folder');
-  if (options.labels) throw dataError(root, `an image folder takes its labels from its class folders; drop --labels (${options.labels})`);
+  if (options.labels) throw dataError(root, `an image folder takes its labels from its class folders; drop labels (--labels) ${options.labels}`);
   const r = await loadImageFolder(root, {
     size: options.size ?? DEFAULT_IMAGE_SIZE, channels: options.channels ?? DEFAULT_IMAGE_CHANNELS, split,
     onProgress: options.onProgress, concurrency: options.concurrency, signal: options.signal,
@@ -396,7 +396,7 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   if (typeof spec !== 'string' || spec === '') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset must be ${SUPPORTED}`);
   if (spec === 'mnist') {
     checkLabelBase(options, spec, 'MNIST');
-    if (options.labels) throw dataError(spec, `MNIST carries its own labels; drop --labels (${options.labels})`);
+    if (options.labels) throw dataError(spec, `MNIST carries its own labels; drop labels (--labels) ${options.labels}`);
     return checkRequestedShape(await loadMnist(split), options);
   }
   const info = await stat(spec).catch(() => null);

@@ -158,10 +158,10 @@ async function loadSharp(): Promise<SharpFactory> {
 
 function checkTarget(size: number, channels: number): void {
   if (!Number.isInteger(size) || size < 1 || size > 4096) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `image size must be an integer from 1 to 4096, got ${size}; pass the model's image side (--image-size)`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `image size must be an integer from 1 to 4096, got ${size}; pass the model's image side (size; --image-size on the command line)`);
   }
   if (channels !== 1 && channels !== 3) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `channels must be 1 (grey) or 3 (RGB), got ${channels}; pass --channels 1 or 3`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `channels must be 1 (grey) or 3 (RGB), got ${channels}; pass channels (--channels) 1 or 3`);
   }
 }
 
@@ -233,7 +233,7 @@ export async function loadImageFolder(root: string, options: ImageFolderOptions 
   const maxBytes = 2 ** 32;
   if (bytes > maxBytes) {
     throw new TarflowError('ERR_TARFLOW_DATA', `${listing.root}: ${count} images of ${channels} x ${size} x ${size} need ${(bytes / 2 ** 30).toFixed(1)} GiB, more than one buffer can hold (4 GiB); ` +
-      'use a smaller --image-size or split the folder');
+      'use a smaller imageSize (--image-size) or split the folder');
   }
   const images = new Uint8Array(bytes);
   let next = 0;

@@ -52,7 +52,7 @@ export function pretrainedPath(name: string): string {
   if (!entry) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model', `the name of a shipped model (${Object.keys(PRETRAINED).join(', ')})`, describeValue(name));
   const path = join(packageRoot, entry.file);
   if (!existsSync(path)) {
-    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `the shipped model '${name}' is missing from this installation (${path}); pass --checkpoint FILE`);
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `the shipped model '${name}' is missing from this installation (${path}); pass a checkpoint file (checkpoint, --checkpoint FILE)`);
   }
   return path;
 }

@@ -193,10 +193,10 @@ function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, initConfig?: Tar
   let channels = spec.channels;
   const cfg = initConfig ?? (spec.config ? fromReferenceConfig(spec.config) : undefined);
   if (cfg) {
-    const source = initConfig ? `the --init checkpoint ${spec.init}` : 'the model config';
+    const source = initConfig ? `the init checkpoint (--init) ${spec.init}` : 'the model config';
     if ((size !== undefined && size !== cfg.imgSize) || (channels !== undefined && channels !== cfg.inChannels)) {
       throw new TarflowError('ERR_TARFLOW_CONFIG', `${source} takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize} images but ` +
-        `--channels ${channels ?? cfg.inChannels} --image-size ${size ?? cfg.imgSize} were given; drop those options${initConfig ? '' : ' or change the config'}`);
+        `channels ${channels ?? cfg.inChannels} and imageSize ${size ?? cfg.imgSize} (--channels, --image-size) were given; drop those options${initConfig ? '' : ' or change the config'}`);
     }
     size = cfg.imgSize;
     channels = cfg.inChannels;
@@ -253,13 +253,13 @@ function checkTrainSpec(spec: TrainSpec): void {
 
 /** The initial model's config must fit the data: same image shape, and labels exactly when it is conditional. */
 function checkInitFits(spec: TrainSpec, config: TarFlowConfig, data: ImageDataset): void {
-  const where = `the --init checkpoint ${spec.init}`;
+  const where = `the init checkpoint (--init) ${spec.init}`;
   if (data.channels !== config.inChannels || data.size !== config.imgSize) {
     throw new TarflowError('ERR_TARFLOW_SHAPE', `${where} takes ${config.inChannels} x ${config.imgSize} x ${config.imgSize} images but ${data.name} holds ${data.channels} x ${data.size} x ${data.size}`);
   }
   const conditional = config.numClasses > 0;
   if (spec.conditional !== undefined && spec.conditional !== conditional) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${where} is ${conditional ? `class-conditional (${config.numClasses} classes)` : 'unconditional'}; ${conditional ? 'drop --unconditional' : 'pass --unconditional'}`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${where} is ${conditional ? `class-conditional (${config.numClasses} classes)` : 'unconditional'}; ${conditional ? 'drop conditional: false (--unconditional)' : 'pass conditional: false (--unconditional)'}`);
   }
   if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `${where} is class-conditional, but ${data.name} has no labels`);
   if (conditional && data.numClasses > config.numClasses) {
@@ -333,14 +333,14 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
   try {
     let resumedFrom = 0;
     if (spec.resume) {
-      if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `--resume: ${statePath} does not exist; start without --resume`);
+      if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
       await trainer.loadState(statePath);
       resumedFrom = trainer.step;
       ctx.log(`resumed from step ${trainer.step} of ${trainer.totalSteps}`);
     } else if (initial) {
       ctx.log(`starting from the weights of ${spec.init}`);
     } else if (await exists(statePath)) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a training run; pass --resume to continue it or choose another --out folder`);
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a training run; continue it with resume: true (--resume) or choose another out folder (--out)`);
     }
     ctx.log(`model: ${model.parameterCount.toLocaleString('en-US')} parameters on ${model.backend.device}; ` +
       `${trainer.totalSteps} steps of ${trainer.options.batchSize} images (${(trainer.totalSteps / trainer.stepsPerEpoch).toFixed(2)} epochs of ${data.name})`);

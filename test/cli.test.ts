@@ -109,7 +109,7 @@ test('train --init starts from a checkpoint\'s weights and config, with a fresh 
   assert.match(withPreset.stderr, /drop preset/);
   const uncond = run([...baseTrain, '--init', join(runDir, 'checkpoint.safetensors'), '--unconditional', '--out', join(dir, 'init-uncond')]);
   assert.is(uncond.code, 1);
-  assert.match(uncond.stderr, /class-conditional \(3 classes\); drop --unconditional/);
+  assert.match(uncond.stderr, /class-conditional \(3 classes\); drop conditional: false \(--unconditional\)/);
 });
 
 test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {

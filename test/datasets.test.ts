@@ -201,7 +201,7 @@ test('image folder rejections: empty folder, no images, empty class, mixed layou
   const controller = new AbortController();
   controller.abort();
   await rejects(loadDataset(classRoot, 'train', { size: 8, signal: controller.signal }), 'ERR_TARFLOW_ABORTED', /aborted after 0 of 4 images/);
-  await rejects(loadDataset(classRoot, 'train', { labels: 'y.npy' }), 'ERR_TARFLOW_DATA', /takes its labels from its class folders; drop --labels/);
+  await rejects(loadDataset(classRoot, 'train', { labels: 'y.npy' }), 'ERR_TARFLOW_DATA', /takes its labels from its class folders; drop labels \(--labels\)/);
 });
 
 // ---------------------------------------------------------------------------------------------------------
