@@ -18,6 +18,7 @@ import { checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
 
 export interface GenerateSpec extends ReverseOptions {
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
   checkpoint: string;
   config?: Record<string, unknown>;
   /** Number of images. */

@@ -6,6 +6,7 @@ import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { TarFlow, type ModelOptions } from './model.js';
+import { pretrainedPath, shippedModel } from './pretrained.js';
 import { checkOneOf, parseJson } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
@@ -113,8 +114,13 @@ export interface LoadOptions extends ModelOptions {
   config?: Partial<TarFlowConfig> | Record<string, unknown>;
 }
 
-/** Loads a checkpoint into a new model. A `.pth`/`.pt` pickle is refused: loading one could execute code. */
-export async function loadModel(path: string, options: LoadOptions = {}): Promise<TarFlow> {
+/**
+ * Loads a checkpoint into a new model: a .safetensors path, or the name of a model shipped in the package
+ * ('mnist-cond', 'mnist-bpd': see PRETRAINED), as the command line's --checkpoint takes. A `.pth`/`.pt` pickle is
+ * refused: loading one could execute code.
+ */
+export async function loadModel(checkpoint: string, options: LoadOptions = {}): Promise<TarFlow> {
+  const path = shippedModel(checkpoint) ? pretrainedPath(checkpoint) : checkpoint;
   if (/\.(pth|pt|ckpt|pkl|bin)$/i.test(path)) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
       `${path} looks like a pickled PyTorch file, which tarflow never loads (unpickling can run code). Convert it in Python: ` +

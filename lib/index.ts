@@ -15,6 +15,7 @@ export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from
 export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
 export { loadMnist, loadNpyDataset, loadNpzDataset, loadCifarDataset, loadIdxDataset, loadImageFolderDataset, loadDataset, makeDataset, type ImageDataset, type LoadOptions as DatasetLoadOptions } from './data.js';
 export { CIFAR10_CLASSES } from './cifar.js';
+export { PRETRAINED, pretrainedPath, type PretrainedModel } from './pretrained.js';
 export { train, sample, evaluate, score, generateToDisk, evalSamples, type JobOptions } from './jobs.js';
 export type { GenerateSpec, GenerateSummary, Manifest } from './batch-generate.js';
 export {

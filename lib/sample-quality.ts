@@ -366,6 +366,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
 }
 
 export interface EvalSamplesSpec extends ReverseOptions {
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
   checkpoint: string;
   /** Config for a checkpoint without metadata. */
   config?: Record<string, unknown>;

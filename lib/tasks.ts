@@ -105,6 +105,7 @@ export interface TrainSummary {
 }
 
 export interface SampleSpec extends Omit<GenerateOptions, 'onProgress' | 'signal' | 'labels'> {
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
   checkpoint: string;
   config?: Record<string, unknown>;
   labels?: number[] | number;
@@ -126,6 +127,7 @@ export interface SampleSummary {
 }
 
 export interface EvaluateSpec {
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
   checkpoint: string;
   config?: Record<string, unknown>;
   dataset?: string;
@@ -139,6 +141,7 @@ export interface EvaluateSpec {
 }
 
 export interface ScoreSpec {
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
   checkpoint: string;
   config?: Record<string, unknown>;
   /** Any dataset loadDataset reads (its test split), usually a .npy file. */

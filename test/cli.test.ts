@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { serializeNpy } from '../lib/npy.js';
 import { parseSafetensors, toFloat32 } from '../lib/safetensors.js';
-import { train } from '../lib/jobs.js';
+import { sample, train } from '../lib/jobs.js';
+import { loadModel } from '../lib/checkpoint.js';
+import { PRETRAINED, pretrainedPath } from '../lib/pretrained.js';
 import { repoRoot } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));
@@ -146,6 +148,24 @@ test('the shipped likelihood model samples at its own temperature (0.7) unless -
   const own = grid('bpd-default.png');
   assert.ok(own.equals(grid('bpd-07.png', '--temperature', '0.7')));
   assert.not.ok(own.equals(grid('bpd-1.png', '--temperature', '1')));
+});
+
+test("the library takes a shipped model's name wherever it takes a checkpoint, as the command line does", async () => {
+  const m = await loadModel('mnist-bpd');
+  try {
+    assert.is(m.config.numClasses, 0);
+    assert.is(m.config.patchSize, 2);
+  } finally {
+    m.dispose();
+  }
+  assert.ok(pretrainedPath('mnist-cond').endsWith(PRETRAINED['mnist-cond'].file));
+  const fromLibrary = join(dir, 'lib-shipped.png');
+  const r = await sample({ checkpoint: 'mnist-cond', count: 3, labels: 4, out: fromLibrary });
+  assert.is(r.count, 3);
+  const fromCli = join(dir, 'cli-shipped.png');
+  const c = run(['sample', '--checkpoint', 'mnist-cond', '--count', '3', '--labels', '4', '--guidance', '0', '--denoise', '0', '--out', fromCli]);
+  assert.is(c.code, 0, c.stderr);
+  assert.equal(readFileSync(fromLibrary), readFileSync(fromCli), 'the same file, the same settings, the same images');
 });
 
 test('eval without --checkpoint measures the shipped likelihood model, mnist-bpd', () => {
