@@ -134,21 +134,33 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
     const start = performance.now();
     let generated = 0;
+    const stopped = () => new TarflowError('ERR_TARFLOW_ABORTED',
+      `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and resume: true (--resume) continues`);
+    // A stop request ends the shard being drawn at its next batch (that shard is drawn again on resume), so Ctrl-C
+    // answers within a batch rather than after up to a whole shard of images.
+    const controller = new AbortController();
     for (let k = 0; k < nShards; k++) {
       if (done.has(k)) continue;
-      if (ctx.aborted()) throw new TarflowError('ERR_TARFLOW_ABORTED', `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and resume: true (--resume) continues`);
+      if (ctx.aborted()) throw stopped();
       const s0 = k * shardSize;
       const n = Math.min(shardSize, count - s0);
       const labels = spec.labels === undefined ? undefined : typeof spec.labels === 'number' ? spec.labels : spec.labels.slice(s0, s0 + n);
-      const result = generate(model, {
-        ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize,
-        onProgress: (d) => {
-          const elapsed = (performance.now() - start) / 1000;
-          const total = generated + d;
-          const r = elapsed > 0 ? total / elapsed : 0;
-          ctx.progress({ task: 'sample', done: skipped + total, total: count, rate: r, etaSeconds: r > 0 ? (count - skipped - total) / r : Infinity });
-        },
-      });
+      let result: ReturnType<typeof generate>;
+      try {
+        result = generate(model, {
+          ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal: controller.signal,
+          onProgress: (d) => {
+            if (ctx.aborted()) controller.abort();
+            const elapsed = (performance.now() - start) / 1000;
+            const total = generated + d;
+            const r = elapsed > 0 ? total / elapsed : 0;
+            ctx.progress({ task: 'sample', done: skipped + total, total: count, rate: r, etaSeconds: r > 0 ? (count - skipped - total) / r : Infinity });
+          },
+        });
+      } catch (err) {
+        if (controller.signal.aborted && (err as TarflowError).code === 'ERR_TARFLOW_ABORTED') throw stopped();
+        throw err;
+      }
       const files: string[] = [];
       if (format === 'npz') {
         // (N, C, H, W) -> (N, H, W, C)

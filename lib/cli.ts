@@ -313,7 +313,7 @@ const commands: Record<string, Command> = {
   },
   'eval-samples': {
     summary: 'kNN accuracy of conditional MNIST samples and their distance to the training set',
-    usage: 'tarflow eval-samples --checkpoint FILE [--count N] [--guidance W] [--denoise SIGMA] [--k K] [--json]',
+    usage: 'tarflow eval-samples [--checkpoint FILE|mnist-cond] [--count N] [--guidance W] [--denoise SIGMA] [--k K] [--json]',
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, guidance: { type: 'string' },
       'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' },
@@ -321,7 +321,7 @@ const commands: Record<string, Command> = {
       ...samplerPrecisionOptions, ...common,
     },
     help: {
-      checkpoint: "class-conditional MNIST checkpoint (.safetensors), or a shipped model's name (mnist-cond)", config: 'JSON config for a checkpoint without metadata',
+      checkpoint: "class-conditional MNIST checkpoint (.safetensors), or a shipped model's name (default: mnist-cond)", config: 'JSON config for a checkpoint without metadata',
       count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
       'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
       denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
@@ -329,7 +329,7 @@ const commands: Record<string, Command> = {
     },
     spec(v): EvalSamplesSpec {
       return {
-        checkpoint: checkpointArg(v, 'a class-conditional MNIST checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT),
+        checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT),
         ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v),
         k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
@@ -380,18 +380,18 @@ const commands: Record<string, Command> = {
   },
   score: {
     summary: 'per-image bits/dim of the images in a .npy file (or any dataset that eval reads)',
-    usage: 'tarflow score --checkpoint FILE --images FILE.npy|FILE|DIR [--labels FILE.npy] [--config FILE.json] [--json]',
+    usage: 'tarflow score [--checkpoint FILE|mnist-bpd] --images FILE.npy|FILE|DIR [--labels FILE.npy] [--config FILE.json] [--json]',
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, images: { type: 'string' }, labels: { type: 'string' }, 'label-base': { type: 'string' },
       'batch-size': { type: 'string' }, seed: { type: 'string' }, ...common,
     },
     help: {
-      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name (default: mnist-bpd, the likelihood model)", config: 'JSON config for a checkpoint without metadata', images: `.npy of uint8 images, or any dataset as for eval --dataset (its test split)`,
       labels: '.npy of integer labels (conditional models)', 'label-base': labelBaseHelp, 'batch-size': 'images per batch (default 256)', seed: 'dequantization noise seed (default 0)', ...commonHelp,
     },
     spec(v): ScoreSpec {
       return {
-        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), images: required(v, 'images', 'an image FILE.npy (or any dataset eval reads)'),
+        checkpoint: checkpointArg(v, '', 'mnist-bpd'), images: required(v, 'images', 'an image FILE.npy (or any dataset eval reads)'),
         labels: str(v, 'labels'), labelBase: labelBaseArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT), seed: num(v, 'seed', SEED_RULE), device: device(v),
       };
     },
@@ -548,7 +548,10 @@ export async function main(argv: string[]): Promise<number> {
   const onSigint = () => {
     interrupts++;
     if (interrupts === 1) {
-      reporter.onLog('interrupted: finishing the current step and saving (Ctrl-C again to quit at once)');
+      const what = line.command === 'train' || line.command === 'demo' ? 'finishing the current step and saving a checkpoint'
+        : line.command === 'generate' ? 'stopping after the current batch; the finished shards stay and --resume continues'
+        : 'stopping after the current batch';
+      reporter.onLog(`interrupted: ${what} (Ctrl-C again to quit at once)`);
       controller.abort();
     } else {
       process.exit(130);
@@ -568,6 +571,7 @@ export async function main(argv: string[]): Promise<number> {
     const e = err as Error & { code?: string };
     if (json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERR_TARFLOW_NATIVE', message: e.message } }) + '\n');
     process.stderr.write(`tarflow ${line.command}: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
+    if (interrupts > 0 && e.code === 'ERR_TARFLOW_ABORTED') return 130; // stopped by Ctrl-C, as the shell expects
     return e instanceof TarflowError || e.code?.startsWith('ERR_TARFLOW') ? 1 : 70;
   } finally {
     process.off('SIGINT', onSigint);

@@ -177,6 +177,24 @@ test('eval without --checkpoint measures the shipped likelihood model, mnist-bpd
   assert.ok(out.bitsPerDim > 0.5 && out.bitsPerDim < 2.5, `bits/dim ${out.bitsPerDim}`);
 });
 
+test('score defaults to mnist-bpd and eval-samples to mnist-cond, as eval and sample do', () => {
+  const digits = new Uint8Array(3 * 28 * 28);
+  for (let i = 0; i < digits.length; i++) digits[i] = (i * 37) % 251;
+  const path = join(dir, 'x28.npy');
+  writeFileSync(path, serializeNpy(digits, [3, 28, 28]));
+  const bare = run(['score', '--images', path, '--json']);
+  assert.is(bare.code, 0, bare.stderr);
+  const named = run(['score', '--checkpoint', 'mnist-bpd', '--images', path, '--json']);
+  assert.equal(JSON.parse(bare.stdout), JSON.parse(named.stdout));
+  const other = run(['score', '--checkpoint', 'mnist-cond', '--images', path, '--json']);
+  assert.not.equal(JSON.parse(bare.stdout).bitsPerDim, JSON.parse(other.stdout).bitsPerDim);
+  const ev = run(['eval-samples', '--count', '20', '--json']);
+  assert.is(ev.code, 0, ev.stderr);
+  const evNamed = run(['eval-samples', '--checkpoint', 'mnist-cond', '--count', '20', '--json']);
+  const strip = (o: Record<string, unknown>) => ({ ...o, seconds: 0 });
+  assert.equal(strip(JSON.parse(ev.stdout)), strip(JSON.parse(evNamed.stdout)));
+});
+
 test('every command that reads a checkpoint takes a shipped model\'s name for it', () => {
   const r = run(['eval', '--checkpoint', 'mnist-cond', '--limit', '10', '--json']);
   assert.is(r.code, 0, r.stderr);

@@ -417,25 +417,47 @@ test('Ctrl-C (SIGINT) during training saves a resumable checkpoint and exits wit
   await readSafetensors(join(out, 'checkpoint.safetensors'));
 });
 
-test('an AbortSignal stops sampling and generation between batches', async () => {
+test('an AbortSignal stops generation at the next batch, inside a shard; resume completes it', async () => {
   const { generateToDisk } = await import('../lib/jobs.js');
   const ckpt = join(dir, 'ref', 'checkpoint.safetensors');
   const ac = new AbortController();
   const out = join(dir, 'gen-abort');
+  const common = { checkpoint: ckpt, count: 400, shardSize: 100, batchSize: 10, out, format: 'npz' as const };
+  let last = 0;
   try {
-    await generateToDisk({ checkpoint: ckpt, count: 400, shardSize: 20, batchSize: 10, out, format: 'npz' }, {
+    await generateToDisk(common, {
       signal: ac.signal,
-      onProgress: (p) => { if (p.done >= 40) ac.abort(); },
+      onProgress: (p) => { last = p.done; if (p.done >= 140) ac.abort(); },
     });
     assert.unreachable('generation ran to the end despite the abort');
   } catch (err) {
     assert.is((err as { code?: string }).code, 'ERR_TARFLOW_ABORTED');
+    assert.match((err as Error).message, /1 of 4 shards are written/);
   }
+  assert.ok(last < 200, `stopped within the second shard, at ${last} images, not at its end`);
   const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { shards: unknown[]; complete: boolean };
-  assert.ok(manifest.shards.length >= 2 && manifest.shards.length < 20, `${manifest.shards.length} shards written`);
+  assert.is(manifest.shards.length, 1);
   assert.not.ok(manifest.complete);
-  const r = await generateToDisk({ checkpoint: ckpt, count: 400, shardSize: 20, batchSize: 10, out, format: 'npz', resume: true });
-  assert.is(r.skipped + r.generated, 400);
+  const r = await generateToDisk({ ...common, resume: true });
+  assert.is(r.skipped, 100);
+  assert.is(r.generated, 300);
+});
+
+test('Ctrl-C (SIGINT) during generation stops at the next batch and exits with 130', async () => {
+  const ckpt = join(dir, 'ref', 'checkpoint.safetensors');
+  const out = join(dir, 'gen-sigint');
+  const child = spawn(process.execPath, [join(repoRoot, 'dist', 'lib', 'cli.js'), 'generate', '--checkpoint', ckpt, '--count', '5000',
+    '--shard-size', '5000', '--batch-size', '10', '--format', 'npz', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TARFLOW_QUIET: '1' } });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (/sample \d+\/5000/.test(stderr) && !child.killed) child.kill('SIGINT');
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  assert.is(code, 130, stderr);
+  assert.match(stderr, /generation was stopped; 0 of 1 shards are written/);
+  const seen = [...stderr.matchAll(/sample (\d+)\/5000/g)].map((m) => Number(m[1]));
+  assert.ok(Math.max(...seen) < 5000, `stopped at ${Math.max(...seen)} of 5000 images, inside the only shard`);
 });
 
 test('SIGKILL during generation never leaves a torn shard or manifest; --resume completes the same shards', async () => {
