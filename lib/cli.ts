@@ -197,11 +197,11 @@ function trainSpecFrom(v: Values): TrainSpec {
   const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/[\\/]+$/, '').replace(/^.*[\\/]/, '').replace(/\.(npy|npz|bin)$/i, '') || 'data';
   const channels = oneOf(v, 'channels', ['1', '3']);
   return {
-    dataset, labels: str(v, 'labels'), imageSize: num(v, 'image-size', { integer: true, min: 1, max: 4096 }),
+    dataset: str(v, 'dataset'), labels: str(v, 'labels'), imageSize: num(v, 'image-size', { integer: true, min: 1, max: 4096 }),
     channels: channels === undefined ? undefined : Number(channels), labelBase: labelBaseArg(v),
     preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset ?? 'tiny'}`), init: str(v, 'init'), resume: v.resume === true,
-    ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true,
+    ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true || undefined,
     checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
     sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
@@ -212,7 +212,7 @@ function printTrainSummary(r: Awaited<ReturnType<typeof train>>, json: boolean) 
   if (json) return;
   const lines = [
     r.aborted ? `stopped at step ${r.steps}; resume with --resume --out ${r.out}` : `trained ${r.steps} steps (${r.epochs.toFixed(2)} epochs) in ${r.seconds.toFixed(1)} s, ${r.imagesPerSecond.toFixed(0)} images/s`,
-    `final loss ${r.finalLoss.toFixed(4)}${r.skippedSteps ? `, ${r.skippedSteps} non-finite steps skipped` : ''}`,
+    r.finalLoss !== null ? `final loss ${r.finalLoss.toFixed(4)}${r.skippedSteps ? `, ${r.skippedSteps} non-finite steps skipped` : ''}` : '',
     r.testBitsPerDim !== null ? `test bits/dim: ${r.testBitsPerDim.toFixed(4)}` : '',
     `checkpoint: ${r.checkpoint}`,
     r.samples ? `samples: ${r.samples}` : '',

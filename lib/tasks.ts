@@ -4,9 +4,11 @@
  * thread) and a context that reports progress and says when to stop.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { dirname, extname, join } from 'node:path';
+import { dirname, extname, join, resolve } from 'node:path';
 import { makeFolder } from './atomic.js';
-import { loadModel, saveModel } from './checkpoint.js';
+import { configFromMetadata, loadModel, saveModel } from './checkpoint.js';
+import { shippedModel } from './pretrained.js';
+import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType, Precision } from './backend.js';
@@ -15,7 +17,7 @@ import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
-import { Trainer, checkTrainOptions, type TrainOptions } from './train.js';
+import { Trainer, checkTrainOptions, resumeOptions, stateDtype, type TrainOptions } from './train.js';
 import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
 
 export interface Progress {
@@ -94,7 +96,8 @@ export interface TrainSummary {
   checkpoint: string;
   steps: number;
   epochs: number;
-  finalLoss: number;
+  /** The loss of this call's last finite step (null when it took none). */
+  finalLoss: number | null;
   skippedSteps: number;
   seconds: number;
   imagesPerSecond: number;
@@ -191,15 +194,15 @@ async function exists(path: string): Promise<boolean> {
  * Loader options of a training run. An explicit config fixes the image shape an image folder is decoded to, so
  * the folder fits the model; a contradicting --image-size/--channels is refused rather than silently overridden.
  */
-function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, initConfig?: TarFlowConfig): LoadOptions {
+function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config: TarFlowConfig; source: string }): LoadOptions {
   let size = spec.imageSize;
   let channels = spec.channels;
-  const cfg = initConfig ?? (spec.config ? fromReferenceConfig(spec.config) : undefined);
+  const cfg = fixed?.config ?? (spec.config ? fromReferenceConfig(spec.config) : undefined);
   if (cfg) {
-    const source = initConfig ? `the init checkpoint (--init) ${spec.init}` : 'the model config';
+    const source = fixed?.source ?? 'the model config';
     if ((size !== undefined && size !== cfg.imgSize) || (channels !== undefined && channels !== cfg.inChannels)) {
       throw new TarflowError('ERR_TARFLOW_CONFIG', `${source} takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize} images but ` +
-        `channels ${channels ?? cfg.inChannels} and imageSize ${size ?? cfg.imgSize} (--channels, --image-size) were given; drop those options${initConfig ? '' : ' or change the config'}`);
+        `channels ${channels ?? cfg.inChannels} and imageSize ${size ?? cfg.imgSize} (--channels, --image-size) were given; drop those options${fixed ? '' : ' or change the config'}`);
     }
     size = cfg.imgSize;
     channels = cfg.inChannels;
@@ -308,42 +311,85 @@ async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, o
   return true;
 }
 
-export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
-  checkTrainSpec(spec);
-  await makeFolder(spec.out, 'out');
-  const modelOptions = { device: spec.device, dtype: spec.dtype, precision: spec.precision, recompute: spec.recompute };
+/** The data fields of a run, saved in its training state so that `resume` alone finds the same data again. */
+const RUN_DATA_FIELDS = ['dataset', 'labels', 'labelBase', 'imageSize', 'channels'] as const;
+
+/**
+ * The spec of a resumed run: data fields not given again come from the saved state (paths were saved absolute, so
+ * a resume from another folder finds them); a given one wins (a dataset that moved).
+ */
+function resumedSpec(spec: TrainSpec, state: SafetensorsFile, path: string): TrainSpec {
+  const raw = state.metadata.run;
+  if (raw === undefined) return spec; // states written before the data fields were saved
+  const saved = checkObject(`${path}: metadata 'run'`, parseJson(`${path}: metadata 'run'`, raw, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
+  const filled: TrainSpec = { ...spec };
+  for (const key of RUN_DATA_FIELDS) {
+    if (filled[key] === undefined && saved[key] !== undefined && saved[key] !== null) (filled as unknown as Record<string, unknown>)[key] = saved[key];
+  }
+  return filled;
+}
+
+function runDataRecord(spec: TrainSpec): string {
+  const abs = (p: string | undefined) => (p === undefined || p === 'mnist' ? p : resolve(p));
+  return JSON.stringify({ dataset: abs(spec.dataset ?? 'mnist'), labels: abs(spec.labels), labelBase: spec.labelBase, imageSize: spec.imageSize, channels: spec.channels });
+}
+
+export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
+  checkTrainSpec(given);
+  await makeFolder(given.out, 'out');
+  const statePath = join(given.out, 'train-state.safetensors');
+  const ckptPath = join(given.out, 'checkpoint.safetensors');
+  // A resumed run takes its model, data and options from its training state, so `resume` alone continues it.
+  let state: SafetensorsFile | null = null;
+  let spec = given;
+  let trainOptions: TrainOptions = given;
+  if (given.resume) {
+    if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
+    state = await readSafetensors(statePath);
+    trainOptions = resumeOptions(given, state, statePath);
+    spec = resumedSpec(given, state, statePath);
+  } else if (await exists(statePath)) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${given.out} already holds a training run; continue it with resume: true (--resume) or choose another out folder (--out)`);
+  } else if (given.init !== undefined && !shippedModel(given.init) && resolve(given.init) === resolve(ckptPath)) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: ${given.init} is the checkpoint this run would overwrite; copy it elsewhere first or choose another out folder (--out)`);
+  }
+  const stateConfig = state && spec.config === undefined && spec.preset === undefined && spec.init === undefined ? configFromMetadata(state, statePath) : null;
+  const savedDtype = state ? stateDtype(state) : undefined;
+  const modelOptions = { device: spec.device, dtype: spec.dtype ?? savedDtype, precision: spec.precision, recompute: spec.recompute };
   const initial = spec.init !== undefined ? await loadModel(spec.init, modelOptions) : null;
+  const fixedConfig = initial ? { config: initial.config, source: `the init checkpoint (--init) ${spec.init}` }
+    : stateConfig ? { config: stateConfig, source: `the run in ${spec.out}` } : undefined;
   let data: ImageDataset;
   try {
-    data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx, initial?.config));
+    data = await loadDataset(spec.dataset ?? 'mnist', 'train', trainDatasetOptions(spec, ctx, fixedConfig));
     if (initial) checkInitFits(spec, initial.config, data);
   } catch (err) {
     initial?.dispose();
     throw err;
   }
-  const statePath = join(spec.out, 'train-state.safetensors');
-  const ckptPath = join(spec.out, 'checkpoint.safetensors');
-  const config = initial?.config ?? modelConfigFor(spec, data);
-  const seed = spec.seed ?? 0;
+  const config = initial?.config ?? stateConfig ?? modelConfigFor(spec, data);
+  const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
   let trainer: Trainer;
   try {
-    trainer = new Trainer(model, data, spec);
+    trainer = new Trainer(model, data, trainOptions);
   } catch (err) {
     model.dispose();
     throw err;
   }
   try {
     let resumedFrom = 0;
-    if (spec.resume) {
-      if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
-      await trainer.loadState(statePath);
+    if (state) {
+      trainer.restoreState(state, statePath);
+      state = null; // the tensors are copied; let the file's memory go
       resumedFrom = trainer.step;
-      ctx.log(`resumed from step ${trainer.step} of ${trainer.totalSteps}`);
+      if (trainer.step > trainer.totalSteps) {
+        throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'steps', `at least ${trainer.step}, the steps the run in ${spec.out} has already taken`, String(trainer.totalSteps),
+          'give a larger steps (--steps) or epochs (--epochs) to train further');
+      }
+      ctx.log(trainer.done ? `the run in ${spec.out} has finished its ${trainer.totalSteps} steps; evaluating it` : `resumed from step ${trainer.step} of ${trainer.totalSteps}`);
     } else if (initial) {
       ctx.log(`starting from the weights of ${spec.init}`);
-    } else if (await exists(statePath)) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a training run; continue it with resume: true (--resume) or choose another out folder (--out)`);
     }
     ctx.log(`model: ${model.parameterCount.toLocaleString('en-US')} parameters on ${model.backend.device}; ` +
       `${trainer.totalSteps} steps of ${trainer.options.batchSize} images (${(trainer.totalSteps / trainer.stepsPerEpoch).toFixed(2)} epochs of ${data.name})`);
@@ -352,9 +398,10 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
     const guidance = spec.sampleGuidance ?? (config.numClasses > 0 ? 2 : 0);
     const denoiseSigma = trainer.options.noise === 'gaussian' && trainer.options.sigma > 0 ? trainer.options.sigma : undefined;
     const temperature = spec.sampleTemperature ?? (trainer.options.noise === 'uniform' ? LIKELIHOOD_TEMPERATURE : 1);
+    const runRecord = runDataRecord(spec);
     const save = async () => {
       await saveModel(ckptPath, model, { metadata: { step: String(trainer.step) } });
-      await trainer.saveState(statePath);
+      await trainer.saveState(statePath, { run: runRecord });
     };
     const meter = new RateMeter(trainer.step);
     let lastLoss = NaN;
@@ -392,7 +439,7 @@ export async function runTrain(spec: TrainSpec, ctx: TaskContext): Promise<Train
       samples = written ? gridPath : null;
     }
     return {
-      out: spec.out, checkpoint: ckptPath, steps: trainer.step, epochs: trainer.step / trainer.stepsPerEpoch, finalLoss: lastLoss,
+      out: spec.out, checkpoint: ckptPath, steps: trainer.step, epochs: trainer.step / trainer.stepsPerEpoch, finalLoss: Number.isNaN(lastLoss) ? null : lastLoss,
       skippedSteps: trainer.skippedSteps, seconds, imagesPerSecond: seconds > 0 ? (stepsRun * trainer.options.batchSize) / seconds : 0,
       testBitsPerDim: testBpd, samples, aborted, resumedFromStep: resumedFrom,
     };

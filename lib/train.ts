@@ -5,7 +5,7 @@
  * Every random choice is a pure function of (seed, step), so a run resumed from a saved state continues exactly
  * as an uninterrupted run would, whatever the thread count.
  */
-import type { Tensor } from './backend.js';
+import type { FloatDType, Tensor } from './backend.js';
 import { toReferenceConfig } from './config.js';
 import { configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, type ImageDataset } from './data.js';
@@ -14,7 +14,7 @@ import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
 import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule } from './validate.js';
-import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsTensor } from './safetensors.js';
+import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsFile, type SafetensorsTensor } from './safetensors.js';
 
 export interface TrainOptions {
   /** Images per step (default 256). */
@@ -144,7 +144,57 @@ function readTrainMetadata(text: string, path: string) {
   return {
     step, updates, skippedSteps: count('skippedSteps', train.skippedSteps), nonFiniteRun: count('nonFiniteRun', train.nonFiniteRun),
     datasetCount: count('dataset.count', dataset.count), batchSize: count('options.batchSize', options.batchSize), seed: count('options.seed', options.seed),
+    options, dtype: train.dtype,
   };
+}
+
+/** The float type a training state was saved from ('float32' or 'float64'), or undefined for an unreadable one. */
+export function stateDtype(state: SafetensorsFile): FloatDType | undefined {
+  try {
+    const dtype = (JSON.parse(state.metadata.train ?? '{}') as { dtype?: unknown }).dtype;
+    return dtype === 'float32' || dtype === 'float64' ? dtype : undefined;
+  } catch {
+    return undefined; // restoreState reports a damaged file with its own message
+  }
+}
+
+/** Options a resumed run may change: its length (to extend or shorten it) and when to give up on non-finite steps. */
+const RESUME_MAY_CHANGE: ReadonlySet<string> = new Set(['steps', 'epochs', 'maxNonFiniteSteps']);
+
+/**
+ * The options of a resumed run: the ones saved in its training state, so `resume` alone continues the same run.
+ * An option given again must equal the saved one (a different learning rate or noise would silently make another
+ * run), except the length: `steps` or `epochs` extends or shortens the run, keeping its warm-up.
+ */
+export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path: string): TrainOptions {
+  if (state.metadata.format !== 'tarflow-train-state' || !state.metadata.train) {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
+  }
+  const raw = readTrainMetadata(state.metadata.train, path).options as TrainOptions;
+  let saved: ReturnType<typeof checkTrainOptions>;
+  try {
+    saved = checkTrainOptions(raw);
+  } catch (err) {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path}: the saved training options are damaged: ${(err as Error).message}`, { cause: err });
+  }
+  const merged: Record<string, unknown> = {};
+  for (const key of Object.keys(saved) as Array<keyof typeof saved>) {
+    if (key === 'steps' || key === 'epochs') continue;
+    const had = saved[key];
+    const now = given[key];
+    if (now === undefined) {
+      merged[key] = had;
+    } else if (now !== had && !RESUME_MAY_CHANGE.has(key)) {
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', key, `${describeValue(had)}, the value the run in ${path} was trained with`, describeValue(now),
+        'a resumed run keeps its options, so leave this one out (or start a new run to change it)');
+    } else {
+      merged[key] = now;
+    }
+  }
+  if (given.steps !== undefined) merged.steps = given.steps;
+  else if (given.epochs !== undefined) merged.epochs = given.epochs;
+  else merged.steps = saved.steps;
+  return merged as TrainOptions;
 }
 
 export class Trainer {
@@ -243,7 +293,7 @@ export class Trainer {
    * Saves everything a resumed run needs (parameters, prior variance, optimizer moments, counters, options,
    * config) in one safetensors file, written atomically.
    */
-  async saveState(path: string): Promise<void> {
+  async saveState(path: string, extraMetadata: Record<string, string> = {}): Promise<void> {
     const model = this.model;
     const f32 = (t: Tensor, shape: number[]): SafetensorsTensor => {
       const a = t.toArray();
@@ -257,6 +307,7 @@ export class Trainer {
       'adam.v': f32(this.v, [size]),
     };
     const meta = {
+      ...extraMetadata,
       config: JSON.stringify(toReferenceConfig(model.config)),
       format: 'tarflow-train-state',
       train: JSON.stringify({
@@ -276,7 +327,14 @@ export class Trainer {
 
   /** Restores a state written by saveState into this trainer (same config, dataset size and batch size). */
   async loadState(path: string): Promise<void> {
-    const file = await readSafetensors(path);
+    this.restoreState(await readSafetensors(path), path);
+  }
+
+  /**
+   * restoreState for a file already read. Everything is checked before anything is copied, so a refused state
+   * leaves the trainer as it was.
+   */
+  restoreState(file: SafetensorsFile, path: string): void {
     if (file.metadata.format !== 'tarflow-train-state' || !file.metadata.train) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
     }
@@ -288,15 +346,16 @@ export class Trainer {
     if (train.datasetCount !== this.data.count || train.batchSize !== this.options.batchSize || train.seed !== this.options.seed) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);
     }
-    const read = (name: string, into: Tensor) => {
+    if (train.dtype !== undefined && train.dtype !== this.model.dtype) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a ${String(train.dtype)} run, but this model is ${this.model.dtype}; resume with dtype ${String(train.dtype)}`);
+    }
+    const targets = [['params', this.model.params.flat], ['var', this.model.variance], ['adam.m', this.m], ['adam.v', this.v]] as const;
+    const sources = targets.map(([name, into]) => {
       const t = file.tensors.get(name);
       if (!t || t.shape.reduce((a, b) => a * b, 1) !== into.size) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path}: tensor '${name}' is missing or has the wrong size`);
-      into.copyFrom(this.model.dtype === 'float64' ? toFloat64(t) : toFloat32(t));
-    };
-    read('params', this.model.params.flat);
-    read('var', this.model.variance);
-    read('adam.m', this.m);
-    read('adam.v', this.v);
+      return t;
+    });
+    targets.forEach(([, into], i) => into.copyFrom(this.model.dtype === 'float64' ? toFloat64(sources[i]) : toFloat32(sources[i])));
     this.step = train.step;
     this.updates = train.updates;
     this.skippedSteps = train.skippedSteps;

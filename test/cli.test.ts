@@ -2,7 +2,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
@@ -265,6 +265,52 @@ test('output paths that cannot be written fail before any work; missing folders 
   const ok = run(['sample', '--count', '2', '--out', nested]);
   assert.is(ok.code, 0, ok.stderr);
   assert.ok(existsSync(nested));
+});
+
+test('resume alone continues a run with its saved data, model and options, to the uninterrupted result', async () => {
+  const options = { batchSize: 8, steps: 12, lr: 1e-3, noise: 'uniform' as const, clipGradNorm: 1, hflip: true, seed: 5, evalImages: 0 };
+  const whole = await train({ dataset: imagesPath, labels: labelsPath, preset: 'small', out: join(dir, 'whole'), ...options });
+  const out = join(dir, 'parted');
+  const ac = new AbortController();
+  const first = await train({ dataset: imagesPath, labels: labelsPath, preset: 'small', out, ...options },
+    { signal: ac.signal, onProgress: (p) => { if (p.task === 'train' && p.done === 5) ac.abort(); } });
+  assert.ok(first.aborted && first.steps < 12, `stopped at ${first.steps}`);
+  // what the CLI's stop message tells the user to run: no dataset, preset or options
+  const r = run(['train', '--resume', '--out', out, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const second = JSON.parse(r.stdout);
+  assert.is(second.steps, 12);
+  assert.is(second.resumedFromStep, first.steps);
+  const params = (runOut: string) => toFloat32(parseSafetensors(readFileSync(join(runOut, 'train-state.safetensors'))).tensors.get('params')!);
+  assert.equal(params(out), params(join(dir, 'whole')), 'every parameter bit for bit the uninterrupted run');
+  // an option given again must agree; the length may change
+  const lr = run(['train', '--resume', '--out', out, '--lr', '2e-3']);
+  assert.is(lr.code, 1);
+  assert.match(lr.stderr, /lr: expected 0\.001, the value the run in .*parted.* was trained with, got 0\.002/);
+  const shorter = run(['train', '--resume', '--out', out, '--steps', '6']);
+  assert.is(shorter.code, 1);
+  assert.match(shorter.stderr, /steps: expected at least 12, the steps the run in .* has already taken, got 6/);
+  const done = run(['train', '--resume', '--out', out, '--json']);
+  assert.is(done.code, 0, done.stderr);
+  assert.is(JSON.parse(done.stdout).finalLoss, null, 'no step ran, so no loss');
+  const longer = run(['train', '--resume', '--out', out, '--steps', '14', '--json']);
+  assert.is(longer.code, 0, longer.stderr);
+  assert.is(JSON.parse(longer.stdout).steps, 14);
+});
+
+test('init never overwrites a run or its own file', () => {
+  const ckpt = join(runDir, 'checkpoint.safetensors');
+  const before = readFileSync(ckpt);
+  const intoRun = run([...baseTrain, '--init', join(dir, 'whole', 'checkpoint.safetensors'), '--steps', '1']);
+  assert.is(intoRun.code, 1);
+  assert.match(intoRun.stderr, /already holds a training run/);
+  const self = join(dir, 'self');
+  mkdirSync(self);
+  copyFileSync(ckpt, join(self, 'checkpoint.safetensors'));
+  const onto = run(['train', '--dataset', imagesPath, '--labels', labelsPath, '--init', join(self, 'checkpoint.safetensors'), '--steps', '1', '--out', self]);
+  assert.is(onto.code, 1);
+  assert.match(onto.stderr, /init: .* is the checkpoint this run would overwrite/);
+  assert.equal(readFileSync(ckpt), before);
 });
 
 test('async train runs on a worker, reports progress, stops on abort with a resumable state', async () => {
