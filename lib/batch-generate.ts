@@ -4,6 +4,8 @@
  * Image k depends only on (seed, k) and its label, so shards are the same whatever the batch size, and a resumed
  * run skips the shards the manifest lists as finished.
  */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeFolder, writeFileAtomic } from './atomic.js';
@@ -14,6 +16,7 @@ import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
+import { pretrainedPath, shippedModel } from './pretrained.js';
 import { checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
 
@@ -43,6 +46,13 @@ export interface GenerateSpec extends ReverseOptions {
   resume?: boolean;
 }
 
+/** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
+async function fileSha256(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
 export interface ShardRecord {
   index: number;
   start: number;
@@ -56,6 +66,11 @@ export interface Manifest {
   format: 'tarflow-generate';
   version: 1;
   checkpoint: string;
+  /**
+   * SHA-256 of the checkpoint file: a resume from other weights (a later save of a run still training, or another
+   * file with the same architecture) would mix two models' images, so it is refused. Absent in older manifests.
+   */
+  checkpointSha256?: string;
   config: ReturnType<typeof toReferenceConfig>;
   options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out'>;
   count: number;
@@ -113,6 +128,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
       existing = null;
     }
     const config = toReferenceConfig(model.config);
+    const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
     if (existing) {
       if (!spec.resume) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
@@ -121,9 +137,14 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
           JSON.stringify(existing.config) !== JSON.stringify(config)) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another out folder (--out)`);
       }
+      if (existing.checkpointSha256 !== undefined && existing.checkpointSha256 !== checkpointSha256) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${spec.checkpoint} has now ` +
+          `(SHA-256 ${existing.checkpointSha256.slice(0, 12)}... then, ${checkpointSha256.slice(0, 12)}... now); resume from the same checkpoint file ` +
+          `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
+      }
       manifest = existing;
     } else {
-      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, config, options, count, shardSize, shards: [], complete: false };
+      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, config, options, count, shardSize, shards: [], complete: false };
     }
     // Validate labels up front (a bad list fails before any work).
     resolveLabels(model, count, spec.labels);

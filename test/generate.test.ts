@@ -148,6 +148,32 @@ test('a temperature other than 1 is recorded in the manifest, and a resume must 
   assert.is((await generateToDisk({ ...base, out, count: 4, resume: true, temperature: 0.8 })).skipped, 4);
 });
 
+test('a resume from other weights with the same architecture is refused: shards of two models never mix', async () => {
+  const out = join(dir, 'weights');
+  const first = await generateToDisk({ ...base, out });
+  assert.is(first.generated, 23);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.match(manifest.checkpointSha256 ?? '', /^[0-9a-f]{64}$/);
+  manifest.shards = manifest.shards.slice(0, 1);
+  manifest.complete = false;
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const other = join(dir, 'other.safetensors');
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 6 });
+  randomizeParams(model, 12, 0.02);
+  await saveModel(other, model);
+  model.dispose();
+  try {
+    await generateToDisk({ ...base, out, checkpoint: other, resume: true });
+    assert.unreachable('a resume from other weights must be refused');
+  } catch (err) {
+    assert.match((err as Error).message, /was written from other weights than .*other\.safetensors has now/);
+  }
+  const again = await generateToDisk({ ...base, out, resume: true });
+  assert.is(again.skipped, 10);
+  assert.is(again.generated, 13);
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });
