@@ -44,6 +44,12 @@ export interface GenerateSpec extends ReverseOptions {
   precision?: Precision;
   /** Continue the run described by out/manifest.json. */
   resume?: boolean;
+  /**
+   * Redraws of a sample that comes out NaN/Inf before the run fails (default 3). Not recorded in the manifest: every
+   * written sample succeeded within the old limit, and draws the same image under a higher one, so a failed run
+   * can resume with more.
+   */
+  maxRedraws?: number;
 }
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */

@@ -282,7 +282,8 @@ const commands: Record<string, Command> = {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
       'shard-size': { type: 'string' }, labels: { type: 'string' }, guidance: { type: 'string' }, 'guide-what': { type: 'string' },
       'attn-temp': { type: 'string' }, annealed: { type: 'boolean' }, denoise: { type: 'string' }, seed: { type: 'string' },
-      temperature: { type: 'string' }, 'batch-size': { type: 'string' }, resume: { type: 'boolean' }, ...samplerPrecisionOptions, ...common,
+      temperature: { type: 'string' }, 'batch-size': { type: 'string' }, resume: { type: 'boolean' }, 'max-redraws': { type: 'string' },
+      ...samplerPrecisionOptions, ...common,
     },
     help: {
       checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', count: 'number of images',
@@ -291,6 +292,7 @@ const commands: Record<string, Command> = {
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
       temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards',
+      'max-redraws': 'redraws of a NaN/Inf sample before the run fails (default 3); a resume may raise it',
       ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): GenerateSpec {
@@ -298,7 +300,8 @@ const commands: Record<string, Command> = {
         checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
-        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v),
+        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
+        temperature: temperatureArg(v) ?? shippedModel(str(v, 'checkpoint') ?? '')?.temperature, maxRedraws: num(v, 'max-redraws', COUNT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -330,8 +333,8 @@ const commands: Record<string, Command> = {
     spec(v): EvalSamplesSpec {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT),
-        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v),
-        k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
+        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
+        temperature: temperatureArg(v) ?? shippedModel(str(v, 'checkpoint') ?? 'mnist-cond')?.temperature, k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: EvalSamplesSpec, job, json) {

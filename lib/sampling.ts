@@ -206,7 +206,8 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
         if (attempt > maxRedraws) {
           throw new TarflowError('ERR_TARFLOW_NON_FINITE', `sample ${start + s + i} was NaN/Inf in ${maxRedraws + 1} draws; ${guidance.guidance > 0
             ? 'lower the guidance weight'
-            : 'the inverse overflows float32, as it often does for likelihood models trained with uniform dequantization: lower the temperature (e.g. 0.9) or sample from a model trained with Gaussian noise'}`);
+            : 'the inverse overflows float32, as it often does for likelihood models trained with uniform dequantization: lower the temperature (e.g. 0.9) or sample from a model trained with Gaussian noise'}` +
+            `, or allow more redraws (maxRedraws, --max-redraws; a generate run resumed with more keeps its finished shards)`);
         }
         redraws.push({ index: start + s + i, attempt });
         img = draw([start + s + i], [s + i], attempt);
