@@ -3,7 +3,7 @@
  * step that denoises, and detection of non-finite samples.
  */
 import { constants as bufferConstants } from 'node:buffer';
-import type { Precision } from './backend.js';
+import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
 import { SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow } from './model.js';
 import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError } from './validate.js';
@@ -155,16 +155,20 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   // Samples `indices` (global image indices, local positions) from stream attempt; returns float images.
   const draw = (globalIdx: number[], localIdx: number[], attempt: number): Float32Array => {
     const B = globalIdx.length;
-    const z = new Tensor(model.dtype, [B, T, D]);
-    const out = new Tensor(model.dtype, [B, C, S, S]);
-    const lab = labels ? new Tensor('int32', [B], Int32Array.from(localIdx, (i) => labels[i])) : null;
+    // Allocated inside the try: when one allocation fails (out of memory), the ones before it are still freed.
+    let z: TensorHandle | null = null;
+    let out: TensorHandle | null = null;
+    let lab: TensorHandle | null = null;
     try {
+      z = new Tensor(model.dtype, [B, T, D]);
+      out = new Tensor(model.dtype, [B, C, S, S]);
+      lab = labels ? new Tensor('int32', [B], Int32Array.from(localIdx, (i) => labels[i])) : null;
       // Image k's latent is elements [k*T*D, (k+1)*T*D) of the stream: independent of batching.
       const contiguous = globalIdx.every((g, i) => g === globalIdx[0] + i);
       if (contiguous) model.ops.normal(z, seed, STREAM_LATENT + attempt, globalIdx[0] * T * D);
       else {
         globalIdx.forEach((g, i) => {
-          const row = z.view(i * T * D, [T * D]);
+          const row = z!.view(i * T * D, [T * D]);
           model.ops.normal(row, seed, STREAM_LATENT + attempt, g * T * D);
           row.dispose();
         });
@@ -187,8 +191,8 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
       }
       return x;
     } finally {
-      z.dispose();
-      out.dispose();
+      z?.dispose();
+      out?.dispose();
       lab?.dispose();
     }
   };

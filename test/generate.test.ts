@@ -174,6 +174,25 @@ test('a resume from other weights with the same architecture is refused: shards 
   assert.is(again.generated, 13);
 });
 
+test('running out of memory inside a sampling batch frees what the batch had allocated', () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  const ops = model.ops;
+  const batch = 1000;
+  const live = ops.nativeMemory().bytes;
+  // room for the batch's latents but not for its output images: the second allocation fails
+  ops.setMemoryLimit(live + batch * 4 * 48 * 4 + 1000);
+  try {
+    generate(model, { count: batch, batchSize: batch });
+    assert.unreachable('expected ERR_TARFLOW_OUT_OF_MEMORY');
+  } catch (err) {
+    assert.is((err as TarflowError).code, 'ERR_TARFLOW_OUT_OF_MEMORY');
+  } finally {
+    ops.setMemoryLimit(0);
+  }
+  assert.is(ops.nativeMemory().bytes, live, 'the latents of the failed batch were freed');
+  model.dispose();
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });
