@@ -72,7 +72,7 @@ export interface TrainSpec extends TrainOptions {
   checkpointEvery?: number;
   /** Write a sample grid every N steps (0 = only at the end; default 0). */
   sampleEvery?: number;
-  /** Test-set bits/dim at the end on this many test images (0 = skip; default: all). */
+  /** MNIST runs: test-set bits/dim at the end on this many test images (0 = skip; default: all). Other data: `evaluate`. */
   evalImages?: number;
   device?: DeviceOption;
   dtype?: FloatDType;
@@ -427,16 +427,34 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     let testBpd: number | null = null;
     let samples: string | null = null;
     if (!aborted) {
-      const evalImages = spec.evalImages ?? Infinity;
-      if (evalImages > 0 && (spec.dataset ?? 'mnist') === 'mnist') {
-        const test = await loadDataset('mnist', 'test');
-        const n = Math.min(evalImages, test.count);
-        const r = evaluateBpd(model, test, { limit: n, batchSize: 500, onProgress: (done, total) => ctx.progress({ task: 'evaluate', done, total }) });
-        testBpd = r.bitsPerDim;
+      // The evaluation and the grid take minutes on a CPU: a stop request ends them too (the checkpoint is saved).
+      const controller = new AbortController();
+      const poll = () => {
+        if (ctx.aborted()) controller.abort();
+      };
+      try {
+        const evalImages = spec.evalImages ?? Infinity;
+        if (evalImages > 0 && (spec.dataset ?? 'mnist') === 'mnist') {
+          const test = await loadDataset('mnist', 'test');
+          const n = Math.min(evalImages, test.count);
+          const r = evaluateBpd(model, test, {
+            limit: n, batchSize: 500, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'evaluate', done, total }); },
+          });
+          testBpd = r.bitsPerDim;
+        } else if (spec.evalImages !== undefined && spec.evalImages > 0) {
+          ctx.log(`evalImages (--eval-images) measures the MNIST test set only; for ${data.name} run 'tarflow eval --checkpoint ${ckptPath} --dataset ...'`);
+        }
+        poll();
+        if (controller.signal.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'stopped before the sample grid');
+        const gridPath = join(spec.out, 'samples.png');
+        const written = await writeSampleGrid(model, gridPath, ctx, {
+          guidance, denoiseSigma, temperature, seed: 1, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'sample', done, total }); },
+        });
+        samples = written ? gridPath : null;
+      } catch (err) {
+        if ((err as TarflowError).code !== 'ERR_TARFLOW_ABORTED' || !controller.signal.aborted) throw err;
+        aborted = true;
       }
-      const gridPath = join(spec.out, 'samples.png');
-      const written = await writeSampleGrid(model, gridPath, ctx, { guidance, denoiseSigma, temperature, seed: 1, onProgress: (done, total) => ctx.progress({ task: 'sample', done, total }) });
-      samples = written ? gridPath : null;
     }
     return {
       out: spec.out, checkpoint: ckptPath, steps: trainer.step, epochs: trainer.step / trainer.stepsPerEpoch, finalLoss: Number.isNaN(lastLoss) ? null : lastLoss,

@@ -320,6 +320,24 @@ test('resume alone continues a run with its saved data, model and options, to th
   assert.is(JSON.parse(longer.stdout).steps, 14);
 });
 
+test('a stop request during the final evaluation ends it too, with the checkpoint saved', async () => {
+  const out = join(dir, 'stop-eval');
+  const ac = new AbortController();
+  const tasks: string[] = [];
+  const r = await train({ dataset: 'mnist', preset: 'tiny', batchSize: 8, steps: 2, out }, {
+    signal: ac.signal,
+    onProgress: (p) => { tasks.push(p.task); if (p.task === 'evaluate') ac.abort(); },
+  });
+  assert.ok(r.aborted);
+  assert.is(r.steps, 2);
+  assert.is(r.testBitsPerDim, null);
+  assert.is(r.samples, null);
+  const evaluated = tasks.filter((t) => t === 'evaluate').length;
+  assert.ok(evaluated <= 2, `${evaluated} evaluation reports: it stopped within a batch or two of its twenty`);
+  assert.not.ok(tasks.includes('sample'), 'no grid was drawn');
+  assert.ok(existsSync(join(out, 'checkpoint.safetensors')));
+});
+
 test('init never overwrites a run or its own file', () => {
   const ckpt = join(runDir, 'checkpoint.safetensors');
   const before = readFileSync(ckpt);
