@@ -118,6 +118,16 @@ export async function listImageFolder(root: string, split: 'train' | 'test' = 't
   const files: string[] = [];
   const labels: number[] = [];
   const classNames: string[] = [];
+  // A test split is labelled by the train split's classes, matched by name: numbered on its own, a class missing
+  // from test/ would shift every later label, and a model would be scored against the wrong classes.
+  const trainClasses = dir !== root && split === 'test' ? (await folderEntries(join(root, 'train'))).dirs : null;
+  if (trainClasses && trainClasses.length > 0) {
+    const unknown = entries.dirs.find((cls) => !trainClasses.includes(cls));
+    if (unknown !== undefined) {
+      throw new TarflowError('ERR_TARFLOW_DATA', `${join(dir, unknown)}: test class '${unknown}' has no folder in ${join(root, 'train')}/, so no label; ` +
+        'rename it to its train class or remove it');
+    }
+  }
   for (const cls of entries.dirs) {
     const sub = await folderEntries(join(dir, cls));
     const images = sub.files.filter(isImageFile);
@@ -125,9 +135,10 @@ export async function listImageFolder(root: string, split: 'train' | 'test' = 't
       const nested = sub.dirs.length > 0 ? `; it holds only folders (${sub.dirs.slice(0, 3).join(', ')}), but images must sit directly in ${join(dir, '<class>')}/` : '';
       throw new TarflowError('ERR_TARFLOW_DATA', `${join(dir, cls)}: class folder '${cls}' has no PNG or JPEG images${nested}; add images or remove the folder (an empty class would shift every later label)`);
     }
+    const label = trainClasses && trainClasses.length > 0 ? trainClasses.indexOf(cls) : classNames.length;
     for (const f of images) {
       files.push(join(dir, cls, f));
-      labels.push(classNames.length);
+      labels.push(label);
     }
     classNames.push(cls);
   }
@@ -136,7 +147,7 @@ export async function listImageFolder(root: string, split: 'train' | 'test' = 't
     throw new TarflowError('ERR_TARFLOW_DATA', `${dir}: the folder has no PNG or JPEG images${skipped ? ` (${skipped} other file${skipped === 1 ? '' : 's'} skipped, e.g. ${entries.files[0]})` : ''}; ` +
       `put images (${IMAGE_EXTENSIONS.join(', ')}) in ${dir}/<class>/ or directly in ${dir}/`);
   }
-  return { root: dir, files, labels: Int32Array.from(labels), classNames };
+  return { root: dir, files, labels: Int32Array.from(labels), classNames: trainClasses && trainClasses.length > 0 ? trainClasses : classNames };
 }
 
 type SharpFactory = (typeof import('sharp'))['default'];

@@ -171,6 +171,18 @@ test('a root with train/ and test/ folders is read per split', async () => {
   assert.is(px(testSplit, 1, 2, 0, 0), 255);
 });
 
+test("a test split is labelled by the train split's classes, by name, even when it lacks some", async () => {
+  for (const [split, classes] of [['train', ['a', 'b', 'c']], ['test', ['a', 'c']]] as const) {
+    for (const cls of classes) await writeImage(join(folder('gaps', split, cls), '0.png'), 8, 8, () => (cls === 'c' ? BLUE : RED));
+  }
+  const testSplit = await loadDataset(join(dir, 'gaps'), 'test', { size: 4 });
+  assert.equal(Array.from(testSplit.labels!), [0, 2], "test/c/ is train's class 2, not 1");
+  assert.is(testSplit.numClasses, 3);
+  assert.equal(testSplit.classNames, ['a', 'b', 'c']);
+  await writeImage(join(folder('gaps', 'test', 'd'), '0.png'), 8, 8, () => RED);
+  await rejects(loadDataset(join(dir, 'gaps'), 'test', { size: 4 }), 'ERR_TARFLOW_DATA', /test class 'd' has no folder in .*train/);
+});
+
 test('image folder rejections: empty folder, no images, empty class, mixed layout, corrupt files, abort', async () => {
   await rejects(loadDataset(folder('empty')), 'ERR_TARFLOW_DATA', /empty: the folder has no PNG or JPEG images/);
   writeFileSync(join(folder('texts'), 'readme.md'), '# hi');
