@@ -4,6 +4,9 @@
  */
 import { checkBoolean, checkNumber, checkObject, describeValue, validationError } from './validate.js';
 
+/** The most classes a model may have: a larger label is a stray value (an 'ignore' marker), not a class. */
+export const MAX_CLASSES = 100_000;
+
 export interface TarFlowConfig {
   /** Image channels C (1 grey, 3 RGB). */
   inChannels: number;
@@ -83,7 +86,7 @@ function checkFields(c: Record<string, unknown>, name: FieldName): TarFlowConfig
     numBlocks: size('numBlocks', c.numBlocks),
     layersPerBlock: size('layersPerBlock', c.layersPerBlock),
     nvp: checkBoolean(name('nvp'), c.nvp ?? true, 'ERR_TARFLOW_CONFIG'),
-    numClasses: checkNumber(name('numClasses'), c.numClasses ?? 0, { integer: true, min: 0 }, 'ERR_TARFLOW_CONFIG'),
+    numClasses: checkNumber(name('numClasses'), c.numClasses ?? 0, { integer: true, min: 0, max: MAX_CLASSES }, 'ERR_TARFLOW_CONFIG'),
     headDim: size('headDim', c.headDim === undefined ? 64 : c.headDim),
     expansion: size('expansion', c.expansion === undefined ? 4 : c.expansion),
   };

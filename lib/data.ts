@@ -15,6 +15,7 @@
 import { open, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { basename, dirname, extname, join } from 'node:path';
+import { MAX_CLASSES } from './config.js';
 import { CIFAR10_CLASSES, cifarBatchFiles, isCifarBatchName, readCifarBatches } from './cifar.js';
 import { TarflowError } from './errors.js';
 import { readIdx } from './idx.js';
@@ -90,6 +91,10 @@ export function makeDataset(name: string, images: Uint8Array, count: number, cha
     if (labels.length !== count) throw new TarflowError('ERR_TARFLOW_DATA', `${name}: ${labels.length} labels for ${count} images`);
     for (let i = 0; i < labels.length; i++) {
       if (labels[i] < 0) throw new TarflowError('ERR_TARFLOW_DATA', `${name}: label ${labels[i]} of image ${i} is negative; labels must be 0-based class indices`);
+      if (labels[i] >= MAX_CLASSES) {
+        throw new TarflowError('ERR_TARFLOW_DATA', `${name}: label ${labels[i]} of image ${i} is beyond the ${MAX_CLASSES.toLocaleString('en-US')} classes a model may have ` +
+          '(its class embedding grows with the largest label); labels must be class indices 0..K-1');
+      }
       numClasses = Math.max(numClasses, labels[i] + 1);
     }
   }

@@ -276,7 +276,14 @@ function checkInitFits(spec: TrainSpec, config: TarFlowConfig, data: ImageDatase
 function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
   const conditional = spec.conditional ?? data.labels !== null;
   if (conditional && !data.labels) throw new TarflowError('ERR_TARFLOW_DATA', `a conditional model needs labels, but ${data.name} has none`);
-  if (spec.config) return fromReferenceConfig(spec.config);
+  if (spec.config) {
+    const config = fromReferenceConfig(spec.config);
+    if (spec.conditional !== undefined && spec.conditional !== config.numClasses > 0) {
+      throw new TarflowError('ERR_TARFLOW_CONFIG', `the model config is ${config.numClasses > 0 ? `class-conditional (num_classes ${config.numClasses})` : 'unconditional (num_classes 0)'}, ` +
+        `but conditional: ${String(spec.conditional)}${spec.conditional ? '' : ' (--unconditional)'} was given; make num_classes ${spec.conditional ? 'the class count' : '0'} or drop that option`);
+    }
+    return config;
+  }
   const preset = PRESETS[spec.preset ?? 'tiny'];
   let patchSize: number = preset.patchSize;
   if (data.size % patchSize !== 0) {

@@ -338,6 +338,14 @@ test('a stop request during the final evaluation ends it too, with the checkpoin
   assert.ok(existsSync(join(out, 'checkpoint.safetensors')));
 });
 
+test('an explicit config must agree with --unconditional', () => {
+  const cfg = join(dir, 'cond.json');
+  writeFileSync(cfg, JSON.stringify({ in_channels: 1, img_size: 8, patch_size: 4, channels: 64, num_blocks: 1, layers_per_block: 1, nvp: true, num_classes: 3 }));
+  const r = run(['train', '--dataset', imagesPath, '--labels', labelsPath, '--config', cfg, '--unconditional', '--steps', '1', '--out', join(dir, 'cfg-uncond')]);
+  assert.is(r.code, 1);
+  assert.match(r.stderr, /the model config is class-conditional \(num_classes 3\), but conditional: false \(--unconditional\) was given/);
+});
+
 test('init never overwrites a run or its own file', () => {
   const ckpt = join(runDir, 'checkpoint.safetensors');
   const before = readFileSync(ckpt);

@@ -9,7 +9,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { loadDataset, imageArrayLayout, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { loadDataset, imageArrayLayout, makeDataset, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { validateConfig } from '../lib/config.js';
 import { CIFAR10_CLASSES } from '../lib/cifar.js';
 import { serializeNpy, type NpyData } from '../lib/npy.js';
 import { serializeNpz } from '../lib/npz.js';
@@ -169,6 +170,16 @@ test('a root with train/ and test/ folders is read per split', async () => {
   assert.equal(Array.from(train.labels!), [0, 0, 1, 1]);
   assert.equal(Array.from(testSplit.labels!), [0, 1]);
   assert.is(px(testSplit, 1, 2, 0, 0), 255);
+});
+
+test('a stray huge label is refused instead of sizing a class embedding for it', async () => {
+  const images = new Uint8Array(2 * 4);
+  assert.is(makeDataset('ok', images, 2, 1, 2, Int32Array.of(0, 255)).numClasses, 256);
+  await rejects(Promise.resolve().then(() => makeDataset('stray', images, 2, 1, 2, Int32Array.of(0, 100_000))), 'ERR_TARFLOW_DATA',
+    /stray: label 100000 of image 1 is beyond the 100,000 classes a model may have/);
+  const config = { inChannels: 1, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 };
+  assert.is(validateConfig({ ...config, numClasses: 100_000 }).numClasses, 100_000);
+  await rejects(Promise.resolve().then(() => validateConfig({ ...config, numClasses: 100_001 })), 'ERR_TARFLOW_CONFIG', /numClasses.*100000/);
 });
 
 test("a test split is labelled by the train split's classes, by name, even when it lacks some", async () => {
