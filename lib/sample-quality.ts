@@ -106,10 +106,9 @@ export function knnClassify(backend: Backend, reference: KnnReference, queries: 
   }
   checkNumber('k', k, { integer: true, min: 1, max: R }, 'ERR_TARFLOW_INVALID_ARGUMENT');
   checkObject('options', opts);
-  const queryBlock = opts.queryBlock ?? 512;
-  const referenceBlock = Math.min(opts.referenceBlock ?? 8192, R);
-  positiveInt('queryBlock', queryBlock);
-  positiveInt('referenceBlock', referenceBlock);
+  // No block needs more rows than there are queries: a huge queryBlock would otherwise size its buffers by itself.
+  const queryBlock = Math.min(positiveInt('queryBlock', opts.queryBlock ?? 512), Math.max(1, queries.length / dim));
+  const referenceBlock = Math.min(positiveInt('referenceBlock', opts.referenceBlock ?? 8192), R);
 
   const Q = queries.length / dim;
   const result: KnnResult = { labels: new Int32Array(Q), nearestDistance: new Float64Array(Q), nearestIndex: new Int32Array(Q) };
@@ -320,6 +319,13 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
     if (ds.channels !== 1 || ds.size !== 28 || !ds.labels) {
       throw new TarflowError('ERR_TARFLOW_DATA', `${ds.name} is not labelled 1 x 28 x 28 MNIST; pass the sets from loadMnist('train') and loadMnist('test')`);
     }
+  }
+  // The search's options are checked here too: knnClassify would see them only after every sample was drawn.
+  checkNumber('k', k, { integer: true, min: 1, max: train.count });
+  if (options.knn !== undefined) {
+    checkObject('knn', options.knn);
+    optional(options.knn.queryBlock, (v) => positiveInt('knn.queryBlock', v));
+    optional(options.knn.referenceBlock, (v) => positiveInt('knn.referenceBlock', v));
   }
 
   // Generated in batches so an abort lands between two of them; image i depends only on (seed, i).

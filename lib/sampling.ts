@@ -86,9 +86,10 @@ export interface GenerateResult {
 export function resolveLabels(model: TarFlow, count: number, labels: GenerateOptions['labels'], startIndex = 0): Int32Array | null {
   const n = model.config.numClasses;
   if (n === 0) {
-    if (labels !== undefined && !(typeof labels === 'number' && labels < 0)) {
-      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'labels', 'none (the model is unconditional)', describeValue(labels));
-    }
+    // -1 means "no class", as for a conditional model's unguided draws; anything else asks for a class it has not got
+    const none = labels === undefined || labels === -1 ||
+      ((Array.isArray(labels) || labels instanceof Int32Array) && labels.length === count && Array.prototype.every.call(labels, (l: unknown) => l === -1));
+    if (!none) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'labels', 'none, or -1 (the model is unconditional)', describeValue(labels));
     return null;
   }
   if (labels === undefined) return Int32Array.from({ length: count }, (_, i) => (startIndex + i) % n);
@@ -115,7 +116,8 @@ export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1)
   return {
     count,
     seed: checkNumber('seed', options.seed ?? 0, SEED_RULE),
-    startIndex: checkNumber('startIndex', options.startIndex ?? 0, { integer: true, min: 0 }),
+    // image k's noise starts at element k * imageBytes of its stream, and stream offsets stop at 2^53
+    startIndex: checkNumber('startIndex', options.startIndex ?? 0, { integer: true, min: 0, max: Math.max(0, Math.floor(2 ** 53 / imageBytes) - count) }),
     batchSize: checkNumber('batchSize', options.batchSize ?? 256, { integer: true, min: 1 }),
     maxRedraws: checkNumber('maxRedraws', options.maxRedraws ?? 3, { integer: true, min: 0 }),
     temperature: checkNumber('temperature', options.temperature ?? 1, { min: 0 }),

@@ -193,6 +193,21 @@ test('running out of memory inside a sampling batch frees what the batch had all
   model.dispose();
 });
 
+test('an unconditional model takes labels -1 (none) only; a start index whose noise offset would pass 2^53 is refused', () => {
+  const model = new TarFlow({ ...cfg, numClasses: 0 }, { device: 'cpu', seed: 5 });
+  try {
+    const plain = generate(model, { count: 2 }).images;
+    assert.equal(generate(model, { count: 2, labels: -1 }).images, plain);
+    assert.equal(generate(model, { count: 2, labels: [-1, -1] }).images, plain);
+    for (const labels of [-5, -0.5, [-1, 0], [-1]]) {
+      assert.throws(() => generate(model, { count: 2, labels }), (e: TarflowError) => /labels: expected none, or -1 \(the model is unconditional\)/.test(e.message), String(labels));
+    }
+    assert.throws(() => generate(model, { count: 1, startIndex: 2 ** 50 }), (e: TarflowError) => /startIndex: expected an integer in \[0, \d+\], got 1125899906842624/.test(e.message));
+  } finally {
+    model.dispose();
+  }
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });

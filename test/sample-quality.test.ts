@@ -88,6 +88,28 @@ test('knnClassify names bad arguments', () => {
   assert.throws(() => knnClassify(backend, small, new Uint8Array(D + 1)), (e: TarflowError) => e.code === 'ERR_TARFLOW_SHAPE' && /whole number/.test(e.message));
   assert.throws(() => knnClassify(backend, small, new Uint8Array(D), 5), (e: TarflowError) => e.code === 'ERR_TARFLOW_INVALID_ARGUMENT' && /k: expected an integer in \[1, 4\], got 5/.test(e.message));
   assert.throws(() => knnClassify(backend, { ...small, count: 5 }, new Uint8Array(D)), (e: TarflowError) => e.code === 'ERR_TARFLOW_SHAPE');
+  // a block larger than the queries is cut to them, not allocated
+  const huge = knnClassify(backend, small, train.images.subarray(0, 2 * D), 1, { queryBlock: 2 ** 40 });
+  assert.equal(Array.from(huge.nearestIndex), [0, 1]);
+});
+
+test('evaluateSamples refuses a k or search option it cannot use before drawing any sample', async () => {
+  const model = new TarFlow(tinyMnist, { device: 'cpu', seed: 2 });
+  try {
+    for (const [options, pattern] of [
+      [{ k: train.count + 1 }, /k: expected an integer in \[1, \d+\]/],
+      [{ knn: { queryBlock: 0 } }, /knn\.queryBlock: expected a positive integer, got 0/],
+    ] as const) {
+      const phases: string[] = [];
+      await evaluateSamples(model, { count: 10, train, test: testSet, ...options, onProgress: (phase) => { phases.push(phase); } }).then(
+        () => assert.unreachable('must be refused'),
+        (e: TarflowError) => assert.match(e.message, pattern),
+      );
+      assert.equal(phases, [], 'refused before sampling');
+    }
+  } finally {
+    model.dispose();
+  }
 });
 
 test('evaluateSamples scores a small random conditional MNIST model end to end', async () => {

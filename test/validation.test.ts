@@ -143,7 +143,7 @@ test('configs: every field is named as written, with what it must be and what it
     refuses(() => validateConfig({ ...base, [field]: value }), CONFIG, `config.${field}`, 'a positive integer', got);
   }
   refuses(() => validateConfig({ ...base, nvp: 'yes' as never }), CONFIG, 'config.nvp', 'true or false', '"yes"');
-  refuses(() => validateConfig({ ...base, numClasses: -1 }), CONFIG, 'config.numClasses', 'an integer >= 0', '-1');
+  refuses(() => validateConfig({ ...base, numClasses: -1 }), CONFIG, 'config.numClasses', 'an integer in [0, 100000]', '-1');
   refuses(() => validateConfig(null as never), CONFIG, 'config', 'an object', 'null');
   refuses(() => validateConfig([] as never), CONFIG, 'config', 'an object', '[]');
   refuses(() => validateConfig({ ...base, numBlocks: 5000 }), CONFIG, 'config.numBlocks', 'at most 4096', '5000');
@@ -244,7 +244,7 @@ test('generate: every option is refused before any tensor is made', () => {
     [{ count: 2 ** 40 }, INVALID, 'count', `an integer in [1, ${Math.floor(2 ** 32 / PER)}]`, '1099511627776'],
     [{ ...ok, seed: -1 }, INVALID, 'seed', 'an integer >= 0', '-1'],
     [{ ...ok, seed: 2 ** 60 }, INVALID, 'seed', '(at most 2^53 - 1)', '1152921504606847000'],
-    [{ ...ok, startIndex: 0.5 }, INVALID, 'startIndex', 'an integer >= 0', '0.5'],
+    [{ ...ok, startIndex: 0.5 }, INVALID, 'startIndex', `an integer in [0, ${Math.floor(2 ** 53 / PER) - 3}]`, '0.5'],
     [{ ...ok, batchSize: 0 }, INVALID, 'batchSize', 'a positive integer', '0'],
     [{ ...ok, maxRedraws: -1 }, INVALID, 'maxRedraws', 'an integer >= 0', '-1'],
     [{ ...ok, temperature: -0.5 }, INVALID, 'temperature', 'a finite number >= 0', '-0.5'],
@@ -261,7 +261,7 @@ test('generate: every option is refused before any tensor is made', () => {
     refusesFirst(cond, () => generate(cond, options as never), code, name, expected, got);
   }
   refusesFirst(cond, () => generate(cond, undefined as never), INVALID, 'options', 'an object', 'undefined');
-  refusesFirst(uncond, () => generate(uncond, { count: 2, labels: [0, 1] }), INVALID, 'labels', 'none (the model is unconditional)', '[0, 1]');
+  refusesFirst(uncond, () => generate(uncond, { count: 2, labels: [0, 1] }), INVALID, 'labels', 'none, or -1 (the model is unconditional)', '[0, 1]');
   refuses(() => resolveLabels(cond, 2, 7), INVALID, 'labels[0]', 'a class index in 0..2', '7');
   assert.equal(Array.from(resolveLabels(cond, 4, undefined, 2)!), [2, 0, 1, 2]);
   assert.equal(Array.from(resolveLabels(cond, 2, -1)!), [-1, -1]);
@@ -414,7 +414,7 @@ test('command line: each flag is named, with what it must be and what was typed'
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--precision', 'int8'], '--precision', "one of 'fp32', 'bf16'", '"int8"'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o'], '--count', 'the number of images (the option is required)', 'nothing'],
     [['generate', '--checkpoint', 'm.safetensors', '--out', 'o', '--count', '5', '--format', 'gif'], '--format', "one of 'png', 'npz'", '"gif"'],
-    [['score', '--images', 'x.npy'], '--checkpoint', "a model checkpoint FILE or a shipped model's name (the option is required)", 'nothing'],
+    [['generate', '--count', '5', '--out', 'o'], '--checkpoint', "a model checkpoint FILE or a shipped model's name (the option is required)", 'nothing'],
     [['eval', '--checkpoint', 'm', '--split', 'val'], '--split', "one of 'test', 'train'", '"val"'],
     [['score', '--checkpoint', 'm'], '--images', 'the option is required', 'nothing'],
     [['eval-samples', '--checkpoint', 'm', '--k=-1'], '--k', 'a positive integer', '"-1"'],
