@@ -77,6 +77,8 @@ export interface Manifest {
    * file with the same architecture) would mix two models' images, so it is refused. Absent in older manifests.
    */
   checkpointSha256?: string;
+  /** The backend that drew the shards ('cpu' or 'cuda'): a resume on the other one is told that they differ by rounding. */
+  device?: string;
   config: ReturnType<typeof toReferenceConfig>;
   options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out'>;
   count: number;
@@ -105,6 +107,16 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
     ...(spec.temperature === undefined || spec.temperature === 1 ? {} : { temperature: spec.temperature }),
     ...reducedPrecision(spec),
   };
+}
+
+/**
+ * The manifest options as far as they decide the images: a resume that spells the same run differently (no
+ * denoising as sigma 0 or left out; one class as a number or as a list of it) is the same run.
+ */
+function sameImagesKey(options: Manifest['options']): string {
+  const labels = options.labels;
+  const oneClass = Array.isArray(labels) && labels.length > 0 && labels.every((l) => l === labels[0]) ? labels[0] : labels;
+  return JSON.stringify({ ...options, labels: oneClass, denoiseSigma: options.denoiseSigma ? options.denoiseSigma : undefined });
 }
 
 function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 'kvCache'> {
@@ -139,7 +151,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
       if (!spec.resume) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
       }
-      if (existing.format !== 'tarflow-generate' || JSON.stringify(existing.options) !== JSON.stringify(options) ||
+      if (existing.format !== 'tarflow-generate' || sameImagesKey(existing.options) !== sameImagesKey(options) ||
           JSON.stringify(existing.config) !== JSON.stringify(config)) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another out folder (--out)`);
       }
@@ -148,9 +160,13 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
           `(SHA-256 ${existing.checkpointSha256.slice(0, 12)}... then, ${checkpointSha256.slice(0, 12)}... now); resume from the same checkpoint file ` +
           `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
       }
+      if (existing.device !== undefined && existing.device !== model.backend.device) {
+        ctx.log(`${manifestPath}: its shards so far were drawn on the ${existing.device}, the rest will be on the ${model.backend.device}; ` +
+          'the two agree to float32 rounding, not bit for bit (pass --device to keep one)');
+      }
       manifest = existing;
     } else {
-      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, config, options, count, shardSize, shards: [], complete: false };
+      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, device: model.backend.device, config, options, count, shardSize, shards: [], complete: false };
     }
     // Validate labels up front (a bad list fails before any work).
     resolveLabels(model, count, spec.labels);

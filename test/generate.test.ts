@@ -208,6 +208,25 @@ test('an unconditional model takes labels -1 (none) only; a start index whose no
   }
 });
 
+test('a resume that spells the same run differently (sigma 0, one class as a list) is accepted; the device is recorded', async () => {
+  const out = join(dir, 'spelled');
+  const common = { ...base, out, count: 4, shardSize: 2 };
+  await generateToDisk({ ...common, labels: 2, denoiseSigma: 0 });
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.is(manifest.device, 'cpu');
+  manifest.shards = manifest.shards.slice(0, 1);
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const again = await generateToDisk({ ...common, labels: [2, 2, 2, 2], resume: true });
+  assert.is(again.skipped, 2);
+  try {
+    await generateToDisk({ ...common, labels: [2, 2, 2, 1], resume: true });
+    assert.unreachable('other labels are another run');
+  } catch (err) {
+    assert.match((err as Error).message, /other options/);
+  }
+});
+
 test('png format writes one file per image with its class in the name', async () => {
   const out = join(dir, 'png');
   const r = await generateToDisk({ ...base, out, format: 'png', count: 5, labels: 3 });
