@@ -17,7 +17,7 @@ import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
-import { checkCheckpointSpec, type TaskContext } from './tasks.js';
+import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
 
 export interface GenerateSpec extends ReverseOptions {
@@ -176,6 +176,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     const nShards = Math.ceil(count / shardSize);
     const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
     const start = performance.now();
+    const meter = new RateMeter(skipped);
     let generated = 0;
     const stopped = () => new TarflowError('ERR_TARFLOW_ABORTED',
       `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and resume: true (--resume) continues`);
@@ -194,10 +195,8 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
           ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal: controller.signal,
           onProgress: (d) => {
             if (ctx.aborted()) controller.abort();
-            const elapsed = (performance.now() - start) / 1000;
-            const total = generated + d;
-            const r = elapsed > 0 ? total / elapsed : 0;
-            ctx.progress({ task: 'sample', done: skipped + total, total: count, rate: r, etaSeconds: r > 0 ? (count - skipped - total) / r : Infinity });
+            const done = skipped + generated + d;
+            ctx.progress({ task: 'sample', done, total: count, ...meter.update(done, count) });
           },
         });
       } catch (err) {

@@ -15,7 +15,7 @@ import { TarflowError } from './errors.js';
 import type { ReverseOptions, TarFlow } from './model.js';
 import { generate, resolveGenerateOptions } from './sampling.js';
 import { checkArray, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError } from './validate.js';
-import { checkCheckpointSpec, type TaskContext } from './tasks.js';
+import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
   /** count * dim bytes, one image after another. */
@@ -398,15 +398,22 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
   try {
     // The context is polled, not signalled, so the poll happens at each progress report (between batches).
     const controller = new AbortController();
-    const t0 = performance.now();
+    // One meter per phase: sampling and the search run at rates that have nothing to do with each other.
+    let meter = new RateMeter();
+    let current = 'sample';
+    let lastReport = performance.now();
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
       kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature, k: spec.k,
       batchSize: spec.batchSize, signal: controller.signal,
       onProgress: (phase, done, total) => {
         if (ctx.aborted()) controller.abort();
-        const elapsed = (performance.now() - t0) / 1000;
-        ctx.progress({ task: phase === 'sample' ? 'sample' : 'evaluate', done, total, rate: phase === 'sample' && elapsed > 0 ? done / elapsed : undefined });
+        if (phase !== current) {
+          current = phase;
+          meter = new RateMeter(0, lastReport); // this phase began when the last report of the previous one came
+        }
+        lastReport = performance.now();
+        ctx.progress({ task: phase === 'sample' ? 'sample' : 'evaluate', done, total, ...meter.update(done, total) });
       },
     });
   } finally {

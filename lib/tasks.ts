@@ -157,13 +157,17 @@ export interface ScoreSpec {
 }
 
 /** Measures a smoothed rate and ETA for progress reports. */
-class RateMeter {
-  private readonly start = performance.now();
-  private last = performance.now();
+/** Progress rate over the recent past (a moving average of the report-to-report rate) and the ETA it gives. */
+export class RateMeter {
+  private readonly start: number;
+  private last: number;
   private lastDone: number;
   private rate = 0;
-  constructor(startDone = 0) {
+  /** `since`: when the work counted from `startDone` began (default now). */
+  constructor(startDone = 0, since = performance.now()) {
     this.lastDone = startDone;
+    this.start = since;
+    this.last = since;
   }
   update(done: number, total: number): { rate: number; etaSeconds: number } {
     const now = performance.now();
@@ -444,8 +448,9 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
         if (evalImages > 0 && (spec.dataset ?? 'mnist') === 'mnist') {
           const test = await loadDataset('mnist', 'test');
           const n = Math.min(evalImages, test.count);
+          const evalMeter = new RateMeter();
           const r = evaluateBpd(model, test, {
-            limit: n, batchSize: 500, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'evaluate', done, total }); },
+            limit: n, batchSize: 500, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'evaluate', done, total, ...evalMeter.update(done, total) }); },
           });
           testBpd = r.bitsPerDim;
         } else if (spec.evalImages !== undefined && spec.evalImages > 0) {
@@ -454,8 +459,9 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
         poll();
         if (controller.signal.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'stopped before the sample grid');
         const gridPath = join(spec.out, 'samples.png');
+        const gridMeter = new RateMeter();
         const written = await writeSampleGrid(model, gridPath, ctx, {
-          guidance, denoiseSigma, temperature, seed: 1, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'sample', done, total }); },
+          guidance, denoiseSigma, temperature, seed: 1, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'sample', done, total, ...gridMeter.update(done, total) }); },
         });
         samples = written ? gridPath : null;
       } catch (err) {
@@ -578,11 +584,12 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bit
     const labels = model.config.numClasses > 0 ? data.labels : null;
     if (labels) checkLabels(`${data.name}: labels`, labels, model.config.numClasses, false, 'ERR_TARFLOW_DATA');
     const controller = new AbortController();
+    const meter = new RateMeter();
     const bpd = scoreImages(model, data.images, labels, {
       batchSize: spec.batchSize, seed: spec.seed, signal: controller.signal,
       onProgress: (done, total) => {
         if (ctx.aborted()) controller.abort();
-        ctx.progress({ task: 'score', done, total });
+        ctx.progress({ task: 'score', done, total, ...meter.update(done, total) });
       },
     });
     const arr = Array.from(bpd);
