@@ -7,7 +7,7 @@ import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './co
 import { TarflowError } from './errors.js';
 import { TarFlow, type ModelOptions } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
-import { checkOneOf, parseJson } from './validate.js';
+import { checkOneOf, describeValue, parseJson, validationError } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -97,6 +97,7 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',
+    ...(model.trainingNoise === 'gaussian' ? {} : { noise: model.trainingNoise }),
     ...options.metadata,
   };
   await writeSafetensors(path, stateDict(model, checkOneOf('dtype', options.dtype ?? 'F32', ['F32', 'BF16'] as const)), metadata);
@@ -133,7 +134,12 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
       `${path} has no config in its metadata; pass the model config (a JSON object with in_channels, img_size, patch_size, channels, num_blocks, layers_per_block, nvp, num_classes)`);
   }
+  const noise = file.metadata.noise;
+  if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') {
+    throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'noise'`, "'gaussian' or 'uniform'", describeValue(noise));
+  }
   const model = new TarFlow(config, { ...options, noInit: true });
+  model.trainingNoise = noise ?? 'gaussian';
   try {
     loadStateDict(model, file.tensors, '', path);
   } catch (err) {

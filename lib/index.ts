@@ -7,7 +7,7 @@
 export { TarflowError, type TarflowErrorCode } from './errors.js';
 export { getBackend, type Backend, type Tensor, type DeviceOption, type DType, type FloatDType, type Ops, type Precision } from './backend.js';
 export { PRESETS, validateConfig, modelShape, toReferenceConfig, fromReferenceConfig, type TarFlowConfig, type ReferenceConfig, type PresetName } from './config.js';
-export { TarFlow, Workspace, type ModelOptions, type GuidanceOptions, type ReverseOptions, type ForwardResult } from './model.js';
+export { TarFlow, Workspace, type ModelOptions, type TrainingNoise, type GuidanceOptions, type ReverseOptions, type ForwardResult } from './model.js';
 export { ParamSet, parameterLayout } from './params.js';
 export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type StepResult } from './train.js';
 export { generate, denoise, resolveLabels, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';

@@ -17,6 +17,8 @@ import {
 export const LN_EPS = 1e-5;
 export const VAR_RATE = 0.1;
 
+export type TrainingNoise = 'gaussian' | 'uniform';
+
 export interface ModelOptions {
   device?: DeviceOption;
   /** Working precision: 'float32' (default) or 'float64' (gradient checks). */
@@ -225,6 +227,12 @@ export class TarFlow {
   readonly params: ParamSet;
   /** The VP prior's running variance (T, D); ones for NVP models. */
   readonly variance: Tensor;
+  /**
+   * How training mapped pixels p into the model's space: 'gaussian' (p/127.5 - 1, plus noise; the reference's) or
+   * 'uniform' dequantization ((p + U)/128 - 1). Samples come back to bytes by the inverse of the same map. Set by
+   * the Trainer and saved in checkpoints (metadata 'noise'); a model that says nothing is 'gaussian'.
+   */
+  trainingNoise: TrainingNoise = 'gaussian';
   private workspaces = new Map<number, Workspace>();
   private warnedRecompute = false;
   private disposedFlag = false;

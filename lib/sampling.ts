@@ -5,7 +5,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
-import { SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow } from './model.js';
+import { SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
 import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError } from './validate.js';
 
 export interface DenoiseOptions {
@@ -127,9 +127,15 @@ export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1)
   };
 }
 
-function floatsToBytes(x: ArrayLike<number>, out: Uint8Array, offset: number): void {
+/**
+ * Model space back to pixels, by the inverse of the map training used: Gaussian-noise models were trained on
+ * p/127.5 - 1 (rounded back, as the reference saves images); uniform dequantization put pixel p anywhere in
+ * [p/128 - 1, (p + 1)/128 - 1), so a value maps to the bin it falls in.
+ */
+function floatsToBytes(x: ArrayLike<number>, out: Uint8Array, offset: number, noise: TrainingNoise): void {
+  const uniform = noise === 'uniform';
   for (let i = 0; i < x.length; i++) {
-    const v = Math.round((x[i] + 1) * 127.5);
+    const v = uniform ? Math.floor((x[i] + 1) * 128) : Math.round((x[i] + 1) * 127.5);
     out[offset + i] = v < 0 ? 0 : v > 255 ? 255 : v;
   }
 }
@@ -218,7 +224,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
         redraws.push({ index: start + s + i, attempt });
         img = draw([start + s + i], [s + i], attempt);
       }
-      floatsToBytes(img, images, (s + i) * per);
+      floatsToBytes(img, images, (s + i) * per, model.trainingNoise);
     }
     options.onProgress?.(s + B, count);
   }

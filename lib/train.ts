@@ -217,6 +217,7 @@ export class Trainer {
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     checkDatasetFits(data, model.config);
     this.options = resolveTrainOptions(options, data.count);
+    model.trainingNoise = this.options.noise; // its samples map back to pixels by the inverse of this noise's map
     this.stepsPerEpoch = Math.floor(data.count / this.options.batchSize);
     const size = model.params.flat.size;
     this.grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);

@@ -61,6 +61,9 @@ test('a likelihood run (--noise uniform) draws its sample grid at temperature 0.
     assert.is(r.code, 0, r.stderr);
     assert.ok(readFileSync(path).equals(g.png), `the grid is not the temperature-${t} sample`);
   }
+  // the checkpoint says how its samples map back to pixels
+  assert.is(parseSafetensors(readFileSync(join(grids[0].out, 'checkpoint.safetensors'))).metadata.noise, 'uniform');
+  assert.is(parseSafetensors(readFileSync(join(runDir, 'checkpoint.safetensors'))).metadata.noise, undefined, 'a Gaussian-noise run adds nothing');
 });
 
 test('train refuses to overwrite a run without --resume; --resume continues it', () => {

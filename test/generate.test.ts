@@ -130,6 +130,39 @@ test('temperature scales the latent noise: 1 is the default, 0 maps every draw t
   }
 });
 
+test('a uniform-dequantization model maps samples back to the pixel bin they fall in; the checkpoint says which map', async () => {
+  const { loadModel } = await import('../lib/checkpoint.js');
+  const model = await loadModel(ckpt, { device: 'cpu' });
+  const { tokens: T, patchDim: D } = model.shape;
+  const z = new model.backend.Tensor('float32', [4, T, D]);
+  const out = new model.backend.Tensor('float32', [4, 3, 8, 8]);
+  const labels = new model.backend.Tensor('int32', [4], Int32Array.of(0, 1, 2, 3));
+  try {
+    assert.is(model.trainingNoise, 'gaussian', 'a checkpoint without the metadata is a Gaussian-noise model');
+    model.reverse(z, out, labels, {});
+    const x = out.toArray();
+    const clamp = (v: number) => Math.min(255, Math.max(0, v));
+    const gaussian = generate(model, { count: 4, temperature: 0 }).images;
+    assert.equal(gaussian, Uint8Array.from(x, (v) => clamp(Math.round((v + 1) * 127.5))));
+    model.trainingNoise = 'uniform';
+    const uniform = generate(model, { count: 4, temperature: 0 }).images;
+    assert.equal(uniform, Uint8Array.from(x, (v) => clamp(Math.floor((v + 1) * 128))));
+    assert.not.equal(uniform, gaussian);
+    const path = join(dir, 'uniform.safetensors');
+    await saveModel(path, model);
+    const again = await loadModel(path, { device: 'cpu' });
+    try {
+      assert.is(again.trainingNoise, 'uniform');
+      assert.equal(generate(again, { count: 4, temperature: 0 }).images, uniform);
+    } finally {
+      again.dispose();
+    }
+  } finally {
+    z.dispose(); out.dispose(); labels.dispose();
+    model.dispose();
+  }
+});
+
 test('a temperature other than 1 is recorded in the manifest, and a resume must keep it', async () => {
   const out = join(dir, 'cool');
   await generateToDisk({ ...base, out, count: 4, temperature: 0.8 });
