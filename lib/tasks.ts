@@ -156,7 +156,6 @@ export interface ScoreSpec {
   device?: DeviceOption;
 }
 
-/** Measures a smoothed rate and ETA for progress reports. */
 /** Progress rate over the recent past (a moving average of the report-to-report rate) and the ETA it gives. */
 export class RateMeter {
   private readonly start: number;
