@@ -487,10 +487,20 @@ function usage(): string {
   return lines.join('\n');
 }
 
+/** What each valued flag takes, as the help shows it: N a whole number, X a decimal, or what it names. */
+const METAVARS: Readonly<Record<string, string>> = {
+  checkpoint: 'FILE', config: 'FILE', init: 'FILE', images: 'FILE', dataset: 'PATH', out: 'PATH',
+  lr: 'X', 'min-lr': 'X', 'weight-decay': 'X', beta1: 'X', beta2: 'X', sigma: 'X', 'label-drop': 'X', 'clip-grad-norm': 'X',
+  guidance: 'W', denoise: 'SIGMA', temperature: 'T', 'sample-temperature': 'T', 'attn-temp': 'T',
+  device: 'NAME', precision: 'NAME', 'kv-cache': 'NAME', noise: 'NAME', format: 'NAME', split: 'NAME', preset: 'NAME', 'guide-what': 'NAME',
+};
+
 function commandHelp(c: Command): string {
   const lines = [`usage: ${c.usage}`, '', c.summary, '', 'options:'];
   for (const [opt, spec] of Object.entries(c.options)) {
-    const flag = `--${opt}${spec.type === 'string' ? ' VALUE' : ''}`;
+    // --labels names a file of labels for the data commands and the classes to draw for the sampling ones
+    const metavar = opt === 'labels' ? (/^\.npy|file/i.test(c.help.labels ?? '') ? 'FILE' : 'CLASSES') : METAVARS[opt] ?? 'N';
+    const flag = `--${opt}${spec.type === 'string' ? ` ${metavar}` : ''}`;
     lines.push(`  ${flag.padEnd(28)} ${c.help[opt] ?? ''}`);
   }
   return lines.join('\n');

@@ -266,6 +266,9 @@ test('bad command lines fail with a message that names the problem', () => {
   const help = run(['train', '--help']);
   assert.is(help.code, 0);
   assert.match(help.stdout, /--resume/);
+  // each valued flag shows what it takes
+  for (const flag of ['--steps N', '--lr X', '--labels FILE', '--dataset PATH', '--noise NAME']) assert.ok(help.stdout.includes(flag), flag);
+  assert.match(run(['sample', '--help']).stdout, /--labels CLASSES +one class/);
 });
 
 test('output paths that cannot be written fail before any work; missing folders are made', () => {
