@@ -114,8 +114,9 @@ function guidanceArgs(v: Values) {
 
 const temperatureHelp = "scale of the latent noise (default 1, or the shipped model's own); below 1, cleaner samples with less " +
   'variety, and fewer overflows in likelihood models';
-function temperatureArg(v: Values) {
-  return num(v, 'temperature', { min: 0 });
+/** --temperature, else the temperature of the shipped model that --checkpoint (or the command's default) names. */
+function temperatureArg(v: Values, defaultCheckpoint?: string) {
+  return num(v, 'temperature', { min: 0 }) ?? shippedModel(str(v, 'checkpoint') ?? defaultCheckpoint ?? '')?.temperature;
 }
 
 /** The precision of a sampler: its matrix products, and the storage of its KV cache (default: the same). */
@@ -262,7 +263,7 @@ const commands: Record<string, Command> = {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
-        seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v) ?? shipped?.temperature, batchSize: num(v, 'batch-size', POSITIVE_INT),
+        seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v, 'mnist-cond'), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -301,7 +302,7 @@ const commands: Record<string, Command> = {
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
         denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: temperatureArg(v) ?? shippedModel(str(v, 'checkpoint') ?? '')?.temperature, maxRedraws: num(v, 'max-redraws', COUNT),
+        temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -334,7 +335,7 @@ const commands: Record<string, Command> = {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT),
         ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: temperatureArg(v) ?? shippedModel(str(v, 'checkpoint') ?? 'mnist-cond')?.temperature, k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
+        temperature: temperatureArg(v, 'mnist-cond'), k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: EvalSamplesSpec, job, json) {

@@ -17,7 +17,7 @@ import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
-import { Trainer, checkTrainOptions, resumeOptions, stateDtype, type TrainOptions } from './train.js';
+import { Trainer, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
 import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
 
 export interface Progress {
@@ -353,10 +353,11 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   let state: SafetensorsFile | null = null;
   let spec = given;
   let trainOptions: TrainOptions = given;
+  let savedDtype: FloatDType | undefined;
   if (given.resume) {
     if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
     state = await readSafetensors(statePath);
-    trainOptions = resumeOptions(given, state, statePath);
+    ({ options: trainOptions, dtype: savedDtype } = resumeOptions(given, state, statePath));
     spec = resumedSpec(given, state, statePath);
   } else if (await exists(statePath)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${given.out} already holds a training run; continue it with resume: true (--resume) or choose another out folder (--out)`);
@@ -364,7 +365,6 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: ${given.init} is the checkpoint this run would overwrite; copy it elsewhere first or choose another out folder (--out)`);
   }
   const stateConfig = state && spec.config === undefined && spec.preset === undefined && spec.init === undefined ? configFromMetadata(state, statePath) : null;
-  const savedDtype = state ? stateDtype(state) : undefined;
   const modelOptions = { device: spec.device, dtype: spec.dtype ?? savedDtype, precision: spec.precision, recompute: spec.recompute };
   const initial = spec.init !== undefined ? await loadModel(spec.init, modelOptions) : null;
   const fixedConfig = initial ? { config: initial.config, source: `the init checkpoint (--init) ${spec.init}` }

@@ -132,9 +132,12 @@ export function learningRate(o: Pick<ResolvedTrainOptions, 'lr' | 'minLr' | 'war
  * The counters of a training state's metadata, checked: a damaged or edited file is refused with the field that is
  * wrong instead of resuming from nonsense.
  */
-function readTrainMetadata(text: string, path: string) {
+function readTrainMetadata(file: SafetensorsFile, path: string) {
+  if (file.metadata.format !== 'tarflow-train-state' || !file.metadata.train) {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
+  }
   const field = `${path}: metadata 'train'`;
-  const train = checkObject(field, parseJson(field, text, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
+  const train = checkObject(field, parseJson(field, file.metadata.train, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
   const count = (name: string, v: unknown) => checkNumber(`${field}.${name}`, v, { integer: true, min: 0 }, 'ERR_TARFLOW_CHECKPOINT');
   const dataset = checkObject(`${field}.dataset`, train.dataset, 'ERR_TARFLOW_CHECKPOINT');
   const options = checkObject(`${field}.options`, train.options, 'ERR_TARFLOW_CHECKPOINT');
@@ -144,33 +147,23 @@ function readTrainMetadata(text: string, path: string) {
   return {
     step, updates, skippedSteps: count('skippedSteps', train.skippedSteps), nonFiniteRun: count('nonFiniteRun', train.nonFiniteRun),
     datasetCount: count('dataset.count', dataset.count), batchSize: count('options.batchSize', options.batchSize), seed: count('options.seed', options.seed),
-    options, dtype: train.dtype,
+    options,
+    dtype: optional(train.dtype, (v) => checkOneOf<FloatDType>(`${field}.dtype`, v, ['float32', 'float64'], 'ERR_TARFLOW_CHECKPOINT')),
   };
-}
-
-/** The float type a training state was saved from ('float32' or 'float64'), or undefined for an unreadable one. */
-export function stateDtype(state: SafetensorsFile): FloatDType | undefined {
-  try {
-    const dtype = (JSON.parse(state.metadata.train ?? '{}') as { dtype?: unknown }).dtype;
-    return dtype === 'float32' || dtype === 'float64' ? dtype : undefined;
-  } catch {
-    return undefined; // restoreState reports a damaged file with its own message
-  }
 }
 
 /** Options a resumed run may change: its length (to extend or shorten it) and when to give up on non-finite steps. */
 const RESUME_MAY_CHANGE: ReadonlySet<string> = new Set(['steps', 'epochs', 'maxNonFiniteSteps']);
 
 /**
- * The options of a resumed run: the ones saved in its training state, so `resume` alone continues the same run.
- * An option given again must equal the saved one (a different learning rate or noise would silently make another
- * run), except the length: `steps` or `epochs` extends or shortens the run, keeping its warm-up.
+ * The options of a resumed run: the ones saved in its training state, so `resume` alone continues the same run,
+ * with the float type it was saved from. An option given again must equal the saved one (a different learning rate
+ * or noise would silently make another run), except the length: `steps` or `epochs` extends or shortens the run,
+ * keeping its warm-up.
  */
-export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path: string): TrainOptions {
-  if (state.metadata.format !== 'tarflow-train-state' || !state.metadata.train) {
-    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
-  }
-  const raw = readTrainMetadata(state.metadata.train, path).options as TrainOptions;
+export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path: string): { options: TrainOptions; dtype: FloatDType | undefined } {
+  const metadata = readTrainMetadata(state, path);
+  const raw = metadata.options as TrainOptions;
   let saved: ReturnType<typeof checkTrainOptions>;
   try {
     saved = checkTrainOptions(raw);
@@ -194,7 +187,7 @@ export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path:
   if (given.steps !== undefined) merged.steps = given.steps;
   else if (given.epochs !== undefined) merged.epochs = given.epochs;
   else merged.steps = saved.steps;
-  return merged as TrainOptions;
+  return { options: merged as TrainOptions, dtype: metadata.dtype };
 }
 
 export class Trainer {
@@ -336,19 +329,16 @@ export class Trainer {
    * leaves the trainer as it was.
    */
   restoreState(file: SafetensorsFile, path: string): void {
-    if (file.metadata.format !== 'tarflow-train-state' || !file.metadata.train) {
-      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is not a tarflow training state (train-state.safetensors written by 'tarflow train')`);
-    }
+    const train = readTrainMetadata(file, path);
     const cfg = configFromMetadata(file, path);
     if (JSON.stringify(cfg) !== JSON.stringify(this.model.config)) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config; resume with the same preset/config`);
     }
-    const train = readTrainMetadata(file.metadata.train, path);
     if (train.datasetCount !== this.data.count || train.batchSize !== this.options.batchSize || train.seed !== this.options.seed) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);
     }
     if (train.dtype !== undefined && train.dtype !== this.model.dtype) {
-      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a ${String(train.dtype)} run, but this model is ${this.model.dtype}; resume with dtype ${String(train.dtype)}`);
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a ${train.dtype} run, but this model is ${this.model.dtype}; resume with dtype ${train.dtype}`);
     }
     const targets = [['params', this.model.params.flat], ['var', this.model.variance], ['adam.m', this.m], ['adam.v', this.v]] as const;
     const sources = targets.map(([name, into]) => {

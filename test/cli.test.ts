@@ -361,6 +361,22 @@ test('an explicit config must agree with --unconditional', () => {
   assert.match(r.stderr, /the model config is class-conditional \(num_classes 3\), but conditional: false \(--unconditional\) was given/);
 });
 
+test('a resumed run keeps the float type it was saved from; another one is refused', async () => {
+  const out = join(dir, 'f64');
+  const spec = { dataset: imagesPath, labels: labelsPath, batchSize: 8, steps: 4, evalImages: 0, dtype: 'float64' as const, out };
+  const ac = new AbortController();
+  await train(spec, { signal: ac.signal, onProgress: (p) => { if (p.task === 'train' && p.done === 2) ac.abort(); } });
+  const resumed = await train({ out, resume: true });
+  assert.is(resumed.steps, 4);
+  assert.is(parseSafetensors(readFileSync(join(out, 'train-state.safetensors'))).tensors.get('params')!.dtype, 'F64');
+  try {
+    await train({ out, resume: true, steps: 6, dtype: 'float32' });
+    assert.unreachable('a float32 resume of a float64 run must be refused');
+  } catch (err) {
+    assert.match((err as Error).message, /was saved by a float64 run, but this model is float32; resume with dtype float64/);
+  }
+});
+
 test('init never overwrites a run or its own file', () => {
   const ckpt = join(runDir, 'checkpoint.safetensors');
   const before = readFileSync(ckpt);
