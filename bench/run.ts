@@ -1,5 +1,6 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only gemm|attention|loader|train|sample|kv-cache|targets] [-- --precision fp32|bf16] [-- --workers N (data loader threads)]
+ * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only PARTS] [-- --precision fp32|bf16] [-- --workers N]
+ * (`npm run bench -- --help` lists the options; bench/args.ts parses them.)
  *
  * Kernel microbenchmarks (benchmark.js): GEMM at the model's shapes and 1024^3, in GFLOP/s; causal attention
  * (the training op and its backward) at the `small` preset's and the likelihood model's shapes; the data loader's
@@ -12,29 +13,40 @@
  * default on CUDA, with --only targets anywhere.
  */
 import Benchmark from 'benchmark';
-import { parseArgs } from 'node:util';
-import { getBackend, type Backend, type DeviceOption, type Precision } from '../lib/backend.js';
+import { getBackend, type Backend, type Precision } from '../lib/backend.js';
 import { loadModel } from '../lib/checkpoint.js';
 import { PRESETS } from '../lib/config.js';
 import { loadMnist, makeDataset } from '../lib/data.js';
+import { TarflowError } from '../lib/errors.js';
 import { BatchLoader } from '../lib/loader.js';
 import { TarFlow } from '../lib/model.js';
 import { pretrainedPath } from '../lib/pretrained.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
+import { BENCH_USAGE, parseBenchArgs, runsPart, type BenchArgs } from './args.js';
 import { kvCacheAccuracy } from './kv-cache.js';
 import { formatTargets, targetsTable } from './targets.js';
 // Shared with the tests (it imports nothing of the test runner).
 import { withEnv } from '../test/helpers.js';
 
-const { values } = parseArgs({ options: { device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' }, workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' } } });
-const device = (values.device ?? 'auto') as DeviceOption;
-const quick = values.quick === true;
-/** Data loader threads (default: the loader's own default). */
-const workers = values.workers === undefined ? undefined : Number(values.workers);
-const backend = getBackend(device);
+let args: BenchArgs;
+try {
+  args = parseBenchArgs(process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof TarflowError)) throw err;
+  console.error(`tarflow bench: ${err.message}`);
+  process.exit(2);
+}
+if (args.help) {
+  console.log(BENCH_USAGE);
+  process.exit(0);
+}
+const { quick, workers } = args;
+const backend = getBackend(args.device);
+/** The device the backend resolved to (auto and TARFLOW_DEVICE settled once), for every model the benchmark makes. */
+const device = backend.device;
 /** --precision: the matrix products of the GEMM and training benchmarks (default fp32; the targets table's own default is bf16 on CUDA). */
-const precision = (values.precision ?? 'fp32') as Precision;
+const precision: Precision = args.precision ?? 'fp32';
 
 function rand(b: Backend, shape: number[], seed: number) {
   const t = new b.Tensor('float32', shape);
@@ -219,17 +231,17 @@ async function loaderBench(): Promise<void> {
 }
 
 console.log(`tarflow bench on ${backend.device}, ${backend.ops.getThreads()} threads${quick ? ' (quick)' : ''}`);
-const only = values.only;
-if (!only || only === 'gemm') await gemmSuite();
-if (!only || only === 'attention') await attentionSuite();
-if (!only || only === 'loader') await loaderBench();
-if (!only || only === 'train') {
+const runs = (part: Parameters<typeof runsPart>[1]) => runsPart(args, part, backend.device);
+if (runs('gemm')) await gemmSuite();
+if (runs('attention')) await attentionSuite();
+if (runs('loader')) await loaderBench();
+if (runs('train')) {
   await trainingBench('small', 256, quick ? 2 : 5);
   await trainingBench('tiny', 256, quick ? 2 : 5);
   await trainingBench('bpd', 64, quick ? 2 : 7);
   await trainingBench('bpd', 64, quick ? 2 : 7, 'mnist-bpd');
 }
-if (!only || only === 'sample') {
+if (runs('sample')) {
   await samplingBench('small', 100, 0);
   await samplingBench('small', 100, 2);
   await samplingBench('tiny', 100, 0);
@@ -237,13 +249,12 @@ if (!only || only === 'sample') {
   await samplingBench('mnist-cond', 100, 2);
   await samplingBench('mnist-bpd', 100, 0);
 }
-if (only === 'kv-cache') {
-  const count = values.count === undefined ? 500 : Number(values.count);
-  console.log(await kvCacheAccuracy(device, count, (line) => console.log(`kv-cache: ${line}`)));
+if (runs('kv-cache')) {
+  console.log(await kvCacheAccuracy(device, args.count, (line) => console.log(`kv-cache: ${line}`)));
 }
 // The GPU targets table; on the CPU (slow, and its ImageNet 64 rows skipped) only when asked for.
-if (only === 'targets' || (!only && backend.device === 'cuda')) {
-  const targetPrecision = (values.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32')) as Precision;
+if (runs('targets')) {
+  const targetPrecision: Precision = args.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32');
   const rows = await targetsTable(backend, { precision: targetPrecision, maxSeconds: quick ? 20 : 120, log: (line) => console.log(`targets: ${line}`) });
   console.log(`\nGPU targets (${targetPrecision}; floor = the model's work over the matrix and copy rates measured above)\n${formatTargets(rows)}`);
 }

@@ -1,0 +1,58 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { BENCH_USAGE, parseBenchArgs, runsPart } from '../bench/args.js';
+import { TarflowError } from '../lib/errors.js';
+
+function refused(argv: string[], pattern: RegExp) {
+  try {
+    parseBenchArgs(argv);
+  } catch (err) {
+    assert.instance(err, TarflowError);
+    assert.is((err as TarflowError).code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+    assert.match((err as Error).message, pattern);
+    assert.match((err as Error).message, /npm run bench -- --help/);
+    return;
+  }
+  assert.unreachable(`${argv.join(' ')} was accepted`);
+}
+
+test('bench arguments: defaults leave the device to TARFLOW_DEVICE and run all parts but kv-cache, targets on CUDA only', () => {
+  const a = parseBenchArgs([]);
+  assert.is(a.device, undefined);
+  assert.is(a.only, null);
+  assert.is(a.quick, false);
+  assert.is(a.count, 500);
+  assert.equal(['gemm', 'attention', 'loader', 'train', 'sample'].map((p) => runsPart(a, p as never, 'cpu')), [true, true, true, true, true]);
+  assert.is(runsPart(a, 'kv-cache', 'cuda'), false);
+  assert.is(runsPart(a, 'targets', 'cpu'), false);
+  assert.is(runsPart(a, 'targets', 'cuda'), true);
+});
+
+test('bench arguments: --only takes a comma list and runs exactly those parts', () => {
+  const a = parseBenchArgs(['--only', 'gemm, targets', '--device', 'cpu', '--quick', '--workers', '0', '--precision', 'bf16']);
+  assert.equal([...a.only!], ['gemm', 'targets']);
+  assert.is(runsPart(a, 'gemm', 'cpu'), true);
+  assert.is(runsPart(a, 'targets', 'cpu'), true);
+  assert.is(runsPart(a, 'train', 'cuda'), false);
+  assert.is(a.device, 'cpu');
+  assert.is(a.workers, 0);
+  assert.is(a.precision, 'bf16');
+  assert.is(parseBenchArgs(['--only', 'kv-cache', '--count', '20']).count, 20);
+  assert.ok(parseBenchArgs(['--help']).help);
+  assert.match(BENCH_USAGE, /--only PARTS/);
+});
+
+test('bench arguments: typos and bad values are refused by name before any work', () => {
+  refused(['--qiuck'], /Unknown option '--qiuck'/);
+  refused(['train'], /Unexpected argument 'train'/);
+  refused(['--only', 'gem'], /--only takes parts from gemm, .*"gem" is not one/);
+  refused(['--only', ','], /--only takes parts/);
+  refused(['--device', 'gpu'], /--device must be auto, cpu or cuda, got "gpu"/);
+  refused(['--precision', 'fp16'], /--precision must be fp32 or bf16, got "fp16"/);
+  refused(['--workers', '2.5'], /--workers must be a whole number from 0 to 64, got "2.5"/);
+  refused(['--workers', '65'], /from 0 to 64/);
+  refused(['--only', 'kv-cache', '--count', '0'], /--count must be a whole number from 1/);
+  refused(['--count', '5'], /add --only kv-cache/);
+});
+
+test.run();
