@@ -159,6 +159,8 @@ void release_context() {
   delete c;
 }
 
+bool backend_broken() { return g_broken.load(); }
+
 void ensure_usable() {
   if (g_broken.load())
     throw Error("ERR_TARFLOW_DEVICE", "the CUDA backend is unusable after an earlier error (" + broken_reason() +

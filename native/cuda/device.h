@@ -30,6 +30,8 @@ void sync(const char* what);
 bool sync_every_op();
 // Throws ERR_TARFLOW_DEVICE when an earlier sticky error broke the backend.
 void ensure_usable();
+// Whether a sticky error has broken the backend (ensure_usable would throw).
+bool backend_broken();
 // Frees the calling thread's stream and scratch (at environment shutdown).
 void release_context();
 // Number of GPUs the runtime sees; 0 (never throws) when there is no driver or device. why gets the reason.

@@ -234,7 +234,20 @@ std::string wgmma_unusable_reason() {
   if (cc != 90)
     return "it needs a GPU of compute capability 9.0 (H100, H200); this one is " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
   if (!wgmma_code_loaded()) return "the CUDA addon was built without sm_90a code (rebuild with TARFLOW_CUDA_ARCH including 90a-real)";
-  const std::string mismatch = check_wgmma_against_mma();
+  std::string mismatch;
+  try {
+    mismatch = check_wgmma_against_mma();
+  } catch (const Error& e) {
+    // A fault inside the kernel (illegal address, misaligned access) is sticky: the context is lost with it, and
+    // only a new process that keeps away from the kernel helps. Out of memory says nothing about the kernel: the
+    // next product decides again.
+    if (backend_broken())
+      throw Error(e.code, std::string(e.what()) + " (at the first run of the wgmma GEMM, in its check against the mma.sync kernel; "
+                                                  "TARFLOW_CUDA_GEMM=mma keeps bf16 products off it; please report this)");
+    if (e.code == "ERR_TARFLOW_OUT_OF_MEMORY") throw;
+    // Any other error (a launch the GPU refuses) leaves the context usable: the products stay on mma.sync.
+    mismatch = std::string("it failed to run: ") + e.what();
+  }
   if (mismatch.empty()) return {};
   std::fprintf(stderr, "tarflow: the wgmma GEMM is not used: it failed its check against the mma.sync kernel: %s. bf16 products "
                        "run on the mma.sync kernel; please report this.\n", mismatch.c_str());
