@@ -102,6 +102,9 @@ cudaStream_t stream() {
 
 void sync(const char* what) { check(cudaStreamSynchronize(stream()), what); }
 
+// Defined with the tensors' allocator below.
+void trim_memory_pool(cudaStream_t s);
+
 void* scratch(int slot, size_t bytes) {
   cudaStream_t s = stream();
   Context& c = *t_ctx;
@@ -116,6 +119,12 @@ void* scratch(int slot, size_t bytes) {
     size_t rounded = (bytes + 4095) / 4096 * 4096;
     void* p = nullptr;
     cudaError_t err = cudaMalloc(&p, rounded);
+    if (err == cudaErrorMemoryAllocation) {
+      // The tensors' pool keeps freed blocks for reuse, out of cudaMalloc's reach: hand them back and try again.
+      cudaGetLastError();
+      trim_memory_pool(s);
+      err = cudaMalloc(&p, rounded);
+    }
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();
       throw Error("ERR_TARFLOW_OUT_OF_MEMORY", "could not allocate " + std::to_string(rounded) +
@@ -213,14 +222,24 @@ cudaError_t allocate(void** p, size_t bytes, cudaStream_t s) {
   if (!so.supported) return cudaMalloc(p, bytes);
   cudaError_t err = cudaMallocAsync(p, bytes, s);
   if (err != cudaErrorMemoryAllocation) return err;
-  // Blocks freed by work still queued, and blocks the pool holds for reuse, count as used until then.
   cudaGetLastError();
-  cuda::check(cudaStreamSynchronize(s), "cudaStreamSynchronize (before retrying an allocation)");
-  cuda::check(cudaMemPoolTrimTo(so.pool, 0), "cudaMemPoolTrimTo");
+  cuda::trim_memory_pool(s);
   return cudaMallocAsync(p, bytes, s);
 }
 
 }  // namespace
+
+namespace cuda {
+
+// Blocks freed by work still queued, and blocks the pool holds for reuse, count as used until then.
+void trim_memory_pool(cudaStream_t s) {
+  const StreamOrdered& so = stream_ordered();
+  if (!so.supported) return;
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (before retrying an allocation)");
+  check(cudaMemPoolTrimTo(so.pool, 0), "cudaMemPoolTrimTo");
+}
+
+}  // namespace cuda
 
 namespace mem {
 

@@ -49,6 +49,7 @@ Napi::Value fill_random(const Napi::CallbackInfo& info) {
     const int64_t blocks = int64_t(last - first + 1);
     random_kernel<T, kNormal><<<cuda::blocks_for(blocks, 256), 256, 0, cuda::stream()>>>(args.out->data<T>(), blocks, first, n, args.seed,
                                                                                         args.stream, args.offset);
+    cuda::check_launch(kNormal ? "normal" : "uniform");
   });
   return info.Env().Undefined();
 }
