@@ -284,9 +284,20 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
     refused('blockReverse with a float32 classEmbed in a float64 model', () => b.ops.blockReverse(x, { ...weights, classEmbed: T([3, 1, 64]) }, { flip: false, nvp: true, heads: 1, labels }), 'ERR_TARFLOW_DTYPE');
     refused('blockReverse with heads 1.5', () => b.ops.blockReverse(x, weights, { flip: false, nvp: true, heads: 1.5, labels }), 'ERR_TARFLOW_INVALID_ARGUMENT');
     refused('blockReverse with no values per token', () => b.ops.blockReverse(T([2 ** 20, 4, 0], 'float64'), weights, { flip: false, nvp: true, heads: 1 }), 'ERR_TARFLOW_SHAPE');
+    // Temperatures divide the attention scores, and a NaN guidance would make every sample NaN.
+    for (const tempUncond of [0, -1, NaN, Infinity])
+      refused(`blockReverse with tempUncond ${tempUncond}`, () => b.ops.blockReverse(x, weights, { flip: false, nvp: true, heads: 1, labels, guidance: 1, tempUncond }), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused('blockReverse with guidance NaN', () => b.ops.blockReverse(x, weights, { flip: false, nvp: true, heads: 1, labels, guidance: NaN }), 'ERR_TARFLOW_INVALID_ARGUMENT');
   } finally {
     model.dispose();
   }
+  const qkv = T([1, 3, 6]), out = T([1, 3, 2]), probs = T([1, 1, 3, 3]), lse = T([1, 1, 3]);
+  b.ops.attention(out, probs, qkv, 1, 0.5); // the valid call, for contrast
+  for (const temp of [0, -1, NaN, Infinity]) {
+    refused(`attention with temp ${temp}`, () => b.ops.attention(out, probs, qkv, 1, temp), 'ERR_TARFLOW_INVALID_ARGUMENT');
+    refused(`flashAttention with temp ${temp}`, () => b.ops.flashAttention(out, lse, qkv, 1, temp), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  }
+  assert.throws(() => b.ops.attention(out, probs, qkv, 1, 0), /attention temperature\) must be a finite number above 0, got 0/);
   for (const t of made) t.dispose();
 });
 

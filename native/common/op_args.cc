@@ -414,6 +414,9 @@ AttnCall parse_attn_call(const Napi::CallbackInfo& info, std::initializer_list<c
   const int n = static_cast<int>(c.t.size());
   int64_t heads = int_arg(info, n, "heads");
   c.temp = number_arg(info, n + 1, "temp");
+  // The scores are scaled by 1/(sqrt(hd) temp): 0, a negative or a non-finite temperature has no meaning there.
+  if (!(c.temp > 0) || !std::isfinite(c.temp))
+    throw arg_error(std::string(op) + ": temp (the attention temperature) must be a finite number above 0, got " + std::to_string(c.temp));
   c.d = attn_dims(qkv, heads);
   auto name = names.begin();
   for (Tensor* x : c.t) expect_same_dtype(x, qkv, *name++, "qkv");
@@ -541,7 +544,11 @@ BlockReverseArgs parse_block_reverse(const Napi::CallbackInfo& info) {
     throw arg_error("blockReverse: option 'heads' must be a whole number of at least 1, got " + std::to_string(heads));
   opt.heads = static_cast<int64_t>(heads);
   opt.guidance = opt_num(oo, "guidance", 0);
+  if (!std::isfinite(opt.guidance)) throw arg_error("blockReverse: option 'guidance' must be a finite number, got " + std::to_string(opt.guidance));
   opt.temp_uncond = opt_num(oo, "tempUncond", 1);
+  if (!(opt.temp_uncond > 0) || !std::isfinite(opt.temp_uncond))
+    throw arg_error("blockReverse: option 'tempUncond' (the unconditional branch's attention temperature) must be a finite number above 0, got " +
+                    std::to_string(opt.temp_uncond));
   opt.eps = opt_num(oo, "eps", 1e-5);
   opt.precision = precision_prop(oo, "precision", "blockReverse", x->dtype());
   opt.kv_cache = precision_prop(oo, "kvCache", "blockReverse", x->dtype());
