@@ -421,13 +421,47 @@ const commands: Record<string, Command> = {
     },
     async run(spec: TrainSpec, job, json) {
       const { rm } = await import('node:fs/promises');
-      await rm(join(spec.out, 'train-state.safetensors'), { force: true });
+      const statePath = join(spec.out, 'train-state.safetensors');
+      // The demo starts its folder over (so the quick start can be run again), but only over a run like its own:
+      // another run in a folder given by --out would be lost.
+      const other = await otherThanDemoRun(statePath);
+      if (other) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} holds a training run that is not a demo (${other}), and the demo would start it over; ` +
+          `choose another out folder (--out), or continue that run with \`tarflow train --resume --out ${spec.out}\``);
+      }
+      await rm(statePath, { force: true });
       const r = await train(spec, job);
       printTrainSummary(r, json);
       return r;
     },
   },
 };
+
+/** Why the training state at `path` is not a demo's (the tiny preset on MNIST), or null when it is one or there is none. */
+async function otherThanDemoRun(path: string): Promise<string | null> {
+  const { readSafetensors } = await import('./safetensors.js');
+  const { configFromMetadata } = await import('./checkpoint.js');
+  const { existsSync } = await import('node:fs');
+  if (!existsSync(path)) return null;
+  let file;
+  try {
+    file = await readSafetensors(path);
+  } catch (err) {
+    return `its training state cannot be read: ${(err as Error).message}`;
+  }
+  const config = configFromMetadata(file, path);
+  const tiny: Record<string, unknown> = { inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS.tiny };
+  const differ = config ? Object.keys(tiny).filter((k) => (config as unknown as Record<string, unknown>)[k] !== tiny[k]) : ['config'];
+  if (differ.length) return `its model differs from the tiny MNIST preset in ${differ.join(', ')}`;
+  let dataset: unknown;
+  try {
+    dataset = JSON.parse(file.metadata.run ?? '{}').dataset;
+  } catch {
+    dataset = undefined;
+  }
+  // States from before the data was recorded say nothing: a tiny MNIST-shaped model is taken for a demo.
+  return dataset === undefined || dataset === 'mnist' ? null : `it was trained on ${String(dataset)}`;
+}
 
 function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return '--:--';

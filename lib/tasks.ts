@@ -354,10 +354,11 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   let spec = given;
   let trainOptions: TrainOptions = given;
   let savedDtype: FloatDType | undefined;
+  let savedPrecision: Precision | undefined;
   if (given.resume) {
     if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
     state = await readSafetensors(statePath);
-    ({ options: trainOptions, dtype: savedDtype } = resumeOptions(given, state, statePath));
+    ({ options: trainOptions, dtype: savedDtype, precision: savedPrecision } = resumeOptions(given, state, statePath));
     spec = resumedSpec(given, state, statePath);
   } else if (await exists(statePath)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${given.out} already holds a training run; continue it with resume: true (--resume) or choose another out folder (--out)`);
@@ -365,7 +366,7 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: ${given.init} is the checkpoint this run would overwrite; copy it elsewhere first or choose another out folder (--out)`);
   }
   const stateConfig = state && spec.config === undefined && spec.preset === undefined && spec.init === undefined ? configFromMetadata(state, statePath) : null;
-  const modelOptions = { device: spec.device, dtype: spec.dtype ?? savedDtype, precision: spec.precision, recompute: spec.recompute };
+  const modelOptions = { device: spec.device, dtype: spec.dtype ?? savedDtype, precision: spec.precision ?? savedPrecision, recompute: spec.recompute };
   const initial = spec.init !== undefined ? await loadModel(spec.init, modelOptions) : null;
   const fixedConfig = initial ? { config: initial.config, source: `the init checkpoint (--init) ${spec.init}` }
     : stateConfig ? { config: stateConfig, source: `the run in ${spec.out}` } : undefined;

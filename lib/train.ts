@@ -5,7 +5,7 @@
  * Every random choice is a pure function of (seed, step), so a run resumed from a saved state continues exactly
  * as an uninterrupted run would, whatever the thread count.
  */
-import type { FloatDType, Tensor } from './backend.js';
+import type { FloatDType, Precision, Tensor } from './backend.js';
 import { toReferenceConfig } from './config.js';
 import { configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, type ImageDataset } from './data.js';
@@ -149,6 +149,8 @@ function readTrainMetadata(file: SafetensorsFile, path: string) {
     datasetCount: count('dataset.count', dataset.count), batchSize: count('options.batchSize', options.batchSize), seed: count('options.seed', options.seed),
     options,
     dtype: optional(train.dtype, (v) => checkOneOf<FloatDType>(`${field}.dtype`, v, ['float32', 'float64'], 'ERR_TARFLOW_CHECKPOINT')),
+    // Absent in states written before it was saved: those runs said nothing, and any precision resumes them.
+    precision: optional(train.precision, (v) => checkOneOf<Precision>(`${field}.precision`, v, ['fp32', 'bf16'], 'ERR_TARFLOW_CHECKPOINT')),
   };
 }
 
@@ -161,7 +163,7 @@ const RESUME_MAY_CHANGE: ReadonlySet<string> = new Set(['steps', 'epochs', 'maxN
  * or noise would silently make another run), except the length: `steps` or `epochs` extends or shortens the run,
  * keeping its warm-up.
  */
-export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path: string): { options: TrainOptions; dtype: FloatDType | undefined } {
+export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path: string): { options: TrainOptions; dtype: FloatDType | undefined; precision: Precision | undefined } {
   const metadata = readTrainMetadata(state, path);
   const raw = metadata.options as TrainOptions;
   let saved: ReturnType<typeof checkTrainOptions>;
@@ -187,7 +189,7 @@ export function resumeOptions(given: TrainOptions, state: SafetensorsFile, path:
   if (given.steps !== undefined) merged.steps = given.steps;
   else if (given.epochs !== undefined) merged.epochs = given.epochs;
   else merged.steps = saved.steps;
-  return { options: merged as TrainOptions, dtype: metadata.dtype };
+  return { options: merged as TrainOptions, dtype: metadata.dtype, precision: metadata.precision };
 }
 
 export class Trainer {
@@ -306,7 +308,7 @@ export class Trainer {
       format: 'tarflow-train-state',
       train: JSON.stringify({
         step: this.step, updates: this.updates, skippedSteps: this.skippedSteps, nonFiniteRun: this.nonFiniteRun,
-        options: this.options, dataset: { name: this.data.name, count: this.data.count }, dtype: model.dtype,
+        options: this.options, dataset: { name: this.data.name, count: this.data.count }, dtype: model.dtype, precision: model.precision,
       }),
     };
     if (model.dtype === 'float64') {
@@ -332,13 +334,22 @@ export class Trainer {
     const train = readTrainMetadata(file, path);
     const cfg = configFromMetadata(file, path);
     if (JSON.stringify(cfg) !== JSON.stringify(this.model.config)) {
-      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config; resume with the same preset/config`);
+      const saved = cfg as unknown as Record<string, unknown>, now = this.model.config as unknown as Record<string, unknown>;
+      const differ = [...new Set([...Object.keys(saved), ...Object.keys(now)])].filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(now[k]))
+        .map((k) => `${k} ${JSON.stringify(saved[k])} saved, ${JSON.stringify(now[k])} now`);
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config (${differ.join('; ')}); ` +
+        'resume with the same preset/config, or leave both out to take the saved one');
     }
     if (train.datasetCount !== this.data.count || train.batchSize !== this.options.batchSize || train.seed !== this.options.seed) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);
     }
     if (train.dtype !== undefined && train.dtype !== this.model.dtype) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a ${train.dtype} run, but this model is ${this.model.dtype}; resume with dtype ${train.dtype}`);
+    }
+    // Another precision would round every product differently from the run it claims to continue.
+    if (train.precision !== undefined && train.precision !== this.model.precision) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a run with ${train.precision} matrix products, but this model uses ${this.model.precision}; ` +
+        `resume with precision '${train.precision}' (--precision ${train.precision}), or leave it out`);
     }
     const targets = [['params', this.model.params.flat], ['var', this.model.variance], ['adam.m', this.m], ['adam.v', this.v]] as const;
     const sources = targets.map(([name, into]) => {

@@ -377,6 +377,45 @@ test('a resumed run keeps the float type it was saved from; another one is refus
   }
 });
 
+test('a resumed bf16 run keeps its precision: resume alone equals the run uninterrupted; fp32 is refused', async () => {
+  const spec = { dataset: imagesPath, labels: labelsPath, batchSize: 8, steps: 4, evalImages: 0, precision: 'bf16' as const };
+  const whole = join(dir, 'bf16-whole'), halves = join(dir, 'bf16-halves');
+  await train({ ...spec, out: whole });
+  const ac = new AbortController();
+  await train({ ...spec, out: halves }, { signal: ac.signal, onProgress: (p) => { if (p.task === 'train' && p.done === 2) ac.abort(); } });
+  const resumed = await train({ out: halves, resume: true });
+  assert.is(resumed.steps, 4);
+  const params = (out: string) => Buffer.from(parseSafetensors(readFileSync(join(out, 'train-state.safetensors'))).tensors.get('params')!.data);
+  assert.ok(params(whole).equals(params(halves)), 'the resumed run trained in bf16, as the run it continues');
+  try {
+    await train({ out: halves, resume: true, steps: 6, precision: 'fp32' });
+    assert.unreachable('an fp32 resume of a bf16 run must be refused');
+  } catch (err) {
+    assert.match((err as Error).message, /saved by a run with bf16 matrix products, but this model uses fp32; resume with precision 'bf16' \(--precision bf16\), or leave it out/);
+  }
+  try {
+    await train({ out: halves, resume: true, steps: 6, config: { inChannels: 1, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 2, layersPerBlock: 1, numClasses: 3 } });
+    assert.unreachable('a resume with another config must be refused');
+  } catch (err) {
+    assert.match((err as Error).message, /was saved for a different model config \(.*numBlocks \d+ saved, 2 now.*\); resume with the same preset\/config/);
+  }
+});
+
+test('demo starts over only a run like its own: a folder holding another run is refused and left as it was', () => {
+  const before = readFileSync(join(runDir, 'train-state.safetensors'));
+  const r = run(['demo', '--out', runDir, '--steps', '1']);
+  assert.is(r.code, 1);
+  assert.match(r.stderr, /holds a training run that is not a demo \(its model differs from the tiny MNIST preset in imgSize, numClasses\), and the demo would start it over; choose another out folder \(--out\), or continue that run with `tarflow train --resume --out /);
+  assert.ok(readFileSync(join(runDir, 'train-state.safetensors')).equals(before));
+  // Its own folder it starts over, so the quick start can be run again.
+  const demo = join(dir, 'demo');
+  for (let i = 0; i < 2; i++) {
+    const again = run(['demo', '--out', demo, '--steps', '1', '--json']);
+    assert.is(again.code, 0, again.stderr);
+    assert.is(JSON.parse(again.stdout).steps, 1);
+  }
+});
+
 test('init never overwrites a run or its own file', () => {
   const ckpt = join(runDir, 'checkpoint.safetensors');
   const before = readFileSync(ckpt);
