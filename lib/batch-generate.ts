@@ -79,6 +79,11 @@ export interface Manifest {
   checkpointSha256?: string;
   /** The backend that drew the shards ('cpu' or 'cuda'): a resume on the other one is told that they differ by rounding. */
   device?: string;
+  /**
+   * With bf16 products, the kernel that ran them ('amx' or 'reference' on the CPU, 'wgmma' or 'mma' on the GPU;
+   * TARFLOW_CPU_GEMM / TARFLOW_CUDA_GEMM): another one rounds differently, which a resume is told.
+   */
+  bf16Kernel?: string;
   config: ReturnType<typeof toReferenceConfig>;
   options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out'>;
   count: number;
@@ -147,6 +152,7 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
     }
     const config = toReferenceConfig(model.config);
     const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
+    const bf16Kernel = options.precision === 'bf16' ? model.backend.bf16GemmKernel?.() : undefined;
     if (existing) {
       if (!spec.resume) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
@@ -163,10 +169,17 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
       if (existing.device !== undefined && existing.device !== model.backend.device) {
         ctx.log(`${manifestPath}: its shards so far were drawn on the ${existing.device}, the rest will be on the ${model.backend.device}; ` +
           'the two agree to float32 rounding, not bit for bit (pass --device to keep one)');
+      } else if (existing.bf16Kernel !== undefined && bf16Kernel !== undefined && existing.bf16Kernel !== bf16Kernel) {
+        const variable = model.backend.device === 'cuda' ? 'TARFLOW_CUDA_GEMM' : 'TARFLOW_CPU_GEMM';
+        ctx.log(`${manifestPath}: its shards so far took their bf16 products from the ${existing.bf16Kernel} kernel, the rest will take them from ` +
+          `the ${bf16Kernel} one; the two agree to bf16 rounding, not bit for bit (${variable}=${existing.bf16Kernel} keeps the first)`);
       }
       manifest = existing;
     } else {
-      manifest = { format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, device: model.backend.device, config, options, count, shardSize, shards: [], complete: false };
+      manifest = {
+        format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, device: model.backend.device,
+        ...(bf16Kernel === undefined ? {} : { bf16Kernel }), config, options, count, shardSize, shards: [], complete: false,
+      };
     }
     // Validate labels up front (a bad list fails before any work).
     resolveLabels(model, count, spec.labels);

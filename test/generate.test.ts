@@ -101,6 +101,25 @@ test('reduced precision is recorded in the manifest, and a resume must keep it',
   }
   const r = await generateToDisk({ ...base, out, count: 4, resume: true, kvCache: 'bf16' });
   assert.is(r.skipped, 4);
+  assert.not.ok('bf16Kernel' in manifest, 'fp32 products: no bf16 kernel to record');
+});
+
+test('with bf16 products the manifest records their kernel; a resume on another kernel is told the shards differ by rounding', async () => {
+  const out = join(dir, 'bf16-kernel');
+  const spec = { ...base, out, count: 4, shardSize: 2, precision: 'bf16' as const };
+  await generateToDisk(spec);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  const kernel = manifest.bf16Kernel;
+  assert.ok(kernel === 'amx' || kernel === 'reference', `recorded kernel ${kernel}`);
+  // As if the first shard had come from the other kernel.
+  const other = kernel === 'amx' ? 'reference' : 'amx';
+  writeFileSync(manifestPath, JSON.stringify({ ...manifest, bf16Kernel: other, shards: manifest.shards.slice(0, 1) }));
+  const logs: string[] = [];
+  const r = await generateToDisk({ ...spec, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.is(r.skipped, 2);
+  assert.ok(logs.some((m) => m.includes(`bf16 products from the ${other} kernel, the rest will take them from the ${kernel} one`) &&
+    m.includes(`TARFLOW_CPU_GEMM=${other} keeps the first`)), logs.join('\n'));
 });
 
 test('temperature scales the latent noise: 1 is the default, 0 maps every draw to the zero latent\'s image', async () => {
