@@ -23,7 +23,7 @@ import { TarFlow } from '../lib/model.js';
 import { pretrainedPath } from '../lib/pretrained.js';
 import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
-import { BENCH_USAGE, parseBenchArgs, runsPart, type BenchArgs } from './args.js';
+import { BENCH_USAGE, parseBenchArgs, runsPart, type BenchArgs, type BenchPart } from './args.js';
 import { kvCacheAccuracy } from './kv-cache.js';
 import { formatTargets, targetsTable } from './targets.js';
 // Shared with the tests (it imports nothing of the test runner).
@@ -231,7 +231,7 @@ async function loaderBench(): Promise<void> {
 }
 
 console.log(`tarflow bench on ${backend.device}, ${backend.ops.getThreads()} threads${quick ? ' (quick)' : ''}`);
-const runs = (part: Parameters<typeof runsPart>[1]) => runsPart(args, part, backend.device);
+const runs = (part: BenchPart) => runsPart(args, part, backend.device);
 if (runs('gemm')) await gemmSuite();
 if (runs('attention')) await attentionSuite();
 if (runs('loader')) await loaderBench();

@@ -4,13 +4,17 @@
  * terminal, plain lines otherwise); results go to stdout, as JSON with --json.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { existsSync, realpathSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import { SEED_RULE } from './model.js';
 import { PRESETS, type PresetName } from './config.js';
 import type { EvaluateSpec, Progress, SampleSpec, ScoreSpec, TrainSpec } from './tasks.js';
-import { readConfigFile } from './tasks.js';
+import { readConfigFile, savedRunData } from './tasks.js';
+import { readSafetensors } from './safetensors.js';
 import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
@@ -420,7 +424,6 @@ const commands: Record<string, Command> = {
       };
     },
     async run(spec: TrainSpec, job, json) {
-      const { rm } = await import('node:fs/promises');
       const statePath = join(spec.out, 'train-state.safetensors');
       // The demo starts its folder over (so the quick start can be run again), but only over a run like its own:
       // another run in a folder given by --out would be lost.
@@ -439,27 +442,20 @@ const commands: Record<string, Command> = {
 
 /** Why the training state at `path` is not a demo's (the tiny preset on MNIST), or null when it is one or there is none. */
 async function otherThanDemoRun(path: string): Promise<string | null> {
-  const { readSafetensors } = await import('./safetensors.js');
-  const { configFromMetadata } = await import('./checkpoint.js');
-  const { existsSync } = await import('node:fs');
   if (!existsSync(path)) return null;
-  let file;
+  let config, data;
   try {
-    file = await readSafetensors(path);
+    const file = await readSafetensors(path);
+    config = configFromMetadata(file, path);
+    data = savedRunData(file, path);
   } catch (err) {
     return `its training state cannot be read: ${(err as Error).message}`;
   }
-  const config = configFromMetadata(file, path);
   const tiny: Record<string, unknown> = { inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS.tiny };
   const differ = config ? Object.keys(tiny).filter((k) => (config as unknown as Record<string, unknown>)[k] !== tiny[k]) : ['config'];
   if (differ.length) return `its model differs from the tiny MNIST preset in ${differ.join(', ')}`;
-  let dataset: unknown;
-  try {
-    dataset = JSON.parse(file.metadata.run ?? '{}').dataset;
-  } catch {
-    dataset = undefined;
-  }
   // States from before the data was recorded say nothing: a tiny MNIST-shaped model is taken for a demo.
+  const dataset = data?.dataset;
   return dataset === undefined || dataset === 'mnist' ? null : `it was trained on ${String(dataset)}`;
 }
 
@@ -626,7 +622,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] && import.meta.url === new URL(`file://${(await import('node:fs')).realpathSync(process.argv[1])}`).href;
+const invokedDirectly = process.argv[1] && import.meta.url === new URL(`file://${realpathSync(process.argv[1])}`).href;
 if (invokedDirectly) {
   main(process.argv.slice(2)).then((code) => process.exit(code));
 }

@@ -329,14 +329,20 @@ const RUN_DATA_FIELDS = ['dataset', 'labels', 'labelBase', 'imageSize', 'channel
  * a resume from another folder finds them); a given one wins (a dataset that moved).
  */
 function resumedSpec(spec: TrainSpec, state: SafetensorsFile, path: string): TrainSpec {
-  const raw = state.metadata.run;
-  if (raw === undefined) return spec; // states written before the data fields were saved
-  const saved = checkObject(`${path}: metadata 'run'`, parseJson(`${path}: metadata 'run'`, raw, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
+  const saved = savedRunData(state, path);
+  if (!saved) return spec;
   const filled: TrainSpec = { ...spec };
   for (const key of RUN_DATA_FIELDS) {
     if (filled[key] === undefined && saved[key] !== undefined && saved[key] !== null) (filled as unknown as Record<string, unknown>)[key] = saved[key];
   }
   return filled;
+}
+
+/** The data a training state records its run was trained on (metadata 'run'), or null for states written before it was. */
+export function savedRunData(state: SafetensorsFile, path: string): Record<string, unknown> | null {
+  const raw = state.metadata.run;
+  if (raw === undefined) return null;
+  return checkObject(`${path}: metadata 'run'`, parseJson(`${path}: metadata 'run'`, raw, 'ERR_TARFLOW_CHECKPOINT'), 'ERR_TARFLOW_CHECKPOINT');
 }
 
 function runDataRecord(spec: TrainSpec): string {
