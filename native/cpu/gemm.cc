@@ -25,6 +25,7 @@
 
 #include "../common/threads.h"
 #include "gelu.h"
+#include "scratch.h"
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -510,26 +511,7 @@ void pack_b(bool transB, const T* b, int64_t ldb, int64_t nc, int64_t kc, T* __r
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Scratch: one growable, 64-byte aligned buffer per thread and purpose, so steady-state calls never allocate.
-
-struct Scratch {
-  void* p = nullptr;
-  size_t cap = 0;
-  ~Scratch() { std::free(p); }
-  void* get(size_t bytes) {
-    if (bytes > cap) {
-      std::free(p);
-      cap = (bytes + 63) & ~size_t(63);
-      p = std::aligned_alloc(64, cap);
-      if (!p) {
-        cap = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p;
-  }
-};
-
+// The packed panels live in per-thread scratch (scratch.h), so steady-state calls never allocate.
 thread_local Scratch scratch_a, scratch_b;
 
 // K block size: a function of K alone (never of M, N or thread count), balanced so the last block is not a

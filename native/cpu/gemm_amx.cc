@@ -17,10 +17,14 @@
 // ARCH_REQ_XCOMP_PERM, Linux 5.16+), and a check passes: on small-integer operands, where every sum is exact in any
 // order, AMX must reproduce the reference bit for bit for all four transposes with tails in M, N and K.
 //
-// Layout: op(A) is packed to bf16 rows of K padded to 32 (a tile row is 64 bytes), M padded to 32; op(B) to the
-// pair-interleaved ("VNNI") form TDPBF16PS reads: per 16 columns, K/2 rows of 16 (k, k+1) pairs. Each task computes
-// 32 x 32 blocks of C in four accumulator tiles over the whole of K, then folds them into C with alpha, beta and
-// the epilogue (gemm.h), as the reference kernel does per panel.
+// Layout: op(B) is packed once per product to the pair-interleaved ("VNNI") form TDPBF16PS reads: per 16 columns,
+// K/2 rows of 16 (k, k+1) pairs, K padded to 32. Each task then walks its blocks of 32 rows of C: it packs those rows
+// of op(A) to bf16 rows of K (a tile row is 64 bytes) in a per-thread buffer that stays in L2, computes every 32 x 32
+// block of the rows in four accumulator tiles over the whole of K, and folds the finished rows into C, 128 columns
+// at a time, with alpha, beta and the epilogue (gemm.h), as the reference kernel does per panel. Packing all of a
+// row-major op(A) up front and reading it back sent the activations through memory twice more: per block, the
+// likelihood model's products with K of 384 or 512 run 1.5 to 1.8 times faster (gemm_bench --bf16, 2-core Xeon with
+// AMX). A transposed op(A) is still packed whole first (see gemm_amx).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -36,6 +40,7 @@
 #include "../common/exact_gemm_check.h"
 #include "../common/threads.h"
 #include "gemm.h"
+#include "scratch.h"
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define TF_HAVE_AMX 1
@@ -62,6 +67,7 @@ Choice requested_kernel() { return static_cast<Choice>(env_choice("TARFLOW_CPU_G
 
 constexpr int64_t kBlock = 32;  // rows and columns of C per task step: 2 x 2 tiles of 16 x 16
 constexpr int64_t kStepK = 32;  // bf16 values of K per tile row (64 bytes)
+constexpr int64_t kGroupCols = 128;  // columns of C finished together: 32 x 128 accumulators, 16 KB
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -106,20 +112,6 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512i bf16_lanes(__m512 x) 
   return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
 }
 
-// 16 rows (i0..i0+15) x 4 values of K (k..k+3) of a transposed A: stored rows k..k+3 hold them as 16 consecutive
-// floats each. Two k-pairs per 32-bit lane, then (pair, pair) per 64-bit element, scattered to the 16 output rows.
-__attribute__((target("avx512f,avx512bw"))) inline void pack_a_16x4(const float* src, int64_t lda, uint16_t* out, int64_t Kp) {
-  const __m512i b0 = bf16_lanes(_mm512_loadu_ps(src)), b1 = bf16_lanes(_mm512_loadu_ps(src + lda));
-  const __m512i b2 = bf16_lanes(_mm512_loadu_ps(src + 2 * lda)), b3 = bf16_lanes(_mm512_loadu_ps(src + 3 * lda));
-  const __m512i p01 = _mm512_or_si512(b0, _mm512_slli_epi32(b1, 16)), p23 = _mm512_or_si512(b2, _mm512_slli_epi32(b3, 16));
-  // unpack works within 128-bit lanes: lo holds rows 0,1,4,5,8,9,12,13 and hi rows 2,3,6,7,10,11,14,15.
-  const long long r = Kp * 2;  // bytes per output row
-  const __m512i at_lo = _mm512_setr_epi64(0, r, 4 * r, 5 * r, 8 * r, 9 * r, 12 * r, 13 * r);
-  const __m512i at_hi = _mm512_setr_epi64(2 * r, 3 * r, 6 * r, 7 * r, 10 * r, 11 * r, 14 * r, 15 * r);
-  _mm512_i64scatter_epi64(out, at_lo, _mm512_unpacklo_epi32(p01, p23), 1);
-  _mm512_i64scatter_epi64(out, at_hi, _mm512_unpackhi_epi32(p01, p23), 1);
-}
-
 // Values k0..k0 + 31 of a contiguous row (zeros from `count` on) as 32 bf16 in order: 64 bytes, or 16 (k, k + 1)
 // pairs in 32-bit lanes.
 __attribute__((target("avx512f,avx512bw"))) inline __m512i row_bf16x32(const float* src, int64_t count) {
@@ -144,33 +136,66 @@ __attribute__((target("avx512f,avx512bw"))) inline void pack_b_pairs(const float
 }
 
 // fp32 -> bf16 bits, as the reference rounds (bf16.h), into packed operands with zero padding. Each loop nest reads
-// its source along rows (the stored operand's contiguous direction) and scatters into a few dozen output lines.
-__attribute__((target("avx512f,avx512bw"))) void pack_a(bool transA, int64_t M, int64_t K, const float* A, int64_t lda, uint16_t* out, int64_t Kp, int64_t r0, int64_t r1) {
-  const int64_t live = std::min(r1, M);
+// its source along rows (the stored operand's contiguous direction).
+
+// In place, the 16 x 16 transpose of 32-bit elements: r[i] lane j becomes r[j] lane i (three shuffle stages).
+__attribute__((target("avx512f,avx512bw"))) inline void transpose_16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // r[4i + c] now holds, in 128-bit lane l, rows 4i..4i+3 of column 4l + c; a 4 x 4 transpose of lanes finishes.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i u0 = _mm512_shuffle_i32x4(r[c], r[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i u1 = _mm512_shuffle_i32x4(r[c], r[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i u3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    t[0 + c] = _mm512_shuffle_i32x4(u0, u2, _MM_SHUFFLE(2, 0, 2, 0));
+    t[4 + c] = _mm512_shuffle_i32x4(u0, u2, _MM_SHUFFLE(3, 1, 3, 1));
+    t[8 + c] = _mm512_shuffle_i32x4(u1, u3, _MM_SHUFFLE(2, 0, 2, 0));
+    t[12 + c] = _mm512_shuffle_i32x4(u1, u3, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// Rows [i0, i0 + count) of op(A) (count a multiple of 32; zero past M, and past K up to Kp) as bf16 rows of Kp values
+// at `out`.
+__attribute__((target("avx512f,avx512bw"))) void pack_a_rows(bool transA, int64_t M, int64_t K, const float* A, int64_t lda, uint16_t* out,
+                                                              int64_t Kp, int64_t i0, int64_t count) {
+  const int64_t rows = std::clamp<int64_t>(M - i0, 0, count);
   if (transA) {
-    // op(A)(i, k) = A[k * lda + i]: row k of the stored A holds column k of op(A). By blocks of 32 stored rows, read
-    // whole (this task's columns of them), each written as 16 x 32 blocks: every output line is written once, whole,
-    // and every input line read once. (Walking all of K per 16 output rows read each input line 16 times, from
-    // memory; the pack then took three times the product.)
-    for (int64_t k0 = 0; k0 < K; k0 += kStepK) {
-      const int64_t k1 = std::min(k0 + kStepK, K);
-      for (int64_t i0 = r0; i0 < live; i0 += 16) {
-        const int64_t i1 = std::min(i0 + 16, live);
-        int64_t k = k0;
-        if (i1 - i0 == 16)
-          for (; k + 4 <= k1; k += 4) pack_a_16x4(A + k * lda + i0, lda, out + i0 * Kp + k, Kp);
-        for (; k < k1; ++k) {
-          const float* src = A + k * lda;
-          for (int64_t i = i0; i < i1; ++i) out[i * Kp + k] = bf16_bits(src[i]);
+    // op(A)(i, k) = A[k * lda + i]: stored row k holds column k of op(A). Per 32 values of K and 16 of M, the (k, k + 1)
+    // pairs of stored rows make 16 vectors of 16 pairs, one per pair of rows; transposed, each is one output row's
+    // 64 bytes. K outermost, so that each stored row's span [i0, i0 + rows) is read in one pass, along its length.
+    for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
+      for (int64_t h = 0; h < rows; h += 16) {
+        const int64_t live = std::min<int64_t>(16, rows - h);
+        const __mmask16 lanes = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
+        const float* col = A + i0 + h;
+        __m512i r[16];
+        for (int p = 0; p < 16; ++p) {
+          const int64_t k = k0 + 2 * p;
+          const __m512i lo = k < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + k * lda)) : _mm512_setzero_si512();
+          const __m512i hi = k + 1 < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + (k + 1) * lda)) : _mm512_setzero_si512();
+          r[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
         }
+        transpose_16x16_epi32(r);
+        for (int64_t i = 0; i < live; ++i) _mm512_storeu_si512(out + (h + i) * Kp + k0, r[i]);
       }
     }
-    for (int64_t i = r0; i < live; ++i) std::fill(out + i * Kp + K, out + (i + 1) * Kp, uint16_t(0));
   } else {
-    for (int64_t i = r0; i < live; ++i)
-      for (int64_t k = 0; k < Kp; k += kStepK) _mm512_storeu_si512(out + i * Kp + k, row_bf16x32(A + i * lda + k, K - k));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < Kp; k += kStepK) _mm512_storeu_si512(out + i * Kp + k, row_bf16x32(A + (i0 + i) * lda + k, K - k));
   }
-  for (int64_t i = std::max(r0, live); i < r1; ++i) std::fill(out + i * Kp, out + (i + 1) * Kp, uint16_t(0));
+  // Rows past M: 16-row tiles read them.
+  std::fill(out + rows * Kp, out + count * Kp, uint16_t(0));
 }
 
 // Columns [c0, c1) (multiples of 16) of op(B) in pair-interleaved tiles: element (k, n) at
@@ -199,12 +224,14 @@ __attribute__((target("avx512f,avx512bw"))) void pack_b(bool transB, int64_t K, 
     for (int64_t k = n >= live ? 0 : transB ? Kp : K; k < Kp; ++k) out[at(k, n)] = 0;
 }
 
-// C block (rows [i0, i0 + mr), columns [j0, j0 + nr)) = alpha * acc + beta * C, then the epilogue; the same
-// update as the reference kernel's (fma for beta 1, never reading C for beta 0).
-void finish_block(const float* acc, float alpha, float beta, float* C, int64_t ldc, int64_t i0, int64_t j0, int64_t mr, int64_t nr,
-                  const GemmEpilogue<float>* ep) {
+// Rows [i0, i0 + mr) of C, columns [j0, j0 + nr) = alpha * acc + beta * C, then the epilogue; the same update as the
+// reference kernel's (fma for beta 1, never reading C for beta 0). Per 32 x 32 block, these loops were too short to
+// vectorise well, and the MLP's GELU (or its derivative) took twice as long as the product; a group of kGroupCols
+// columns keeps them long and the accumulators in L1.
+void finish_rows(const float* acc, float alpha, float beta, float* C, int64_t ldc, int64_t i0, int64_t j0, int64_t mr, int64_t nr,
+                 const GemmEpilogue<float>* ep) {
   for (int64_t r = 0; r < mr; ++r) {
-    const float* a = acc + r * kBlock;
+    const float* a = acc + r * kGroupCols;
     float* c = C + (i0 + r) * ldc + j0;
     if (beta == 0.0f)
       for (int64_t j = 0; j < nr; ++j) c[j] = alpha * a[j];
@@ -216,48 +243,65 @@ void finish_block(const float* acc, float alpha, float beta, float* C, int64_t l
   if (ep) apply_epilogue(*ep, C + i0 * ldc + j0, ldc, i0 * ldc + j0, j0, mr, nr);
 }
 
-// Rows [i0, i1) of C (multiples of 32 but the matrix's end), every column, from the packed operands.
-// Under a triangle (gemm.h), a block skips the 32-wide K steps whose A is all zero and the column blocks not wanted.
-__attribute__((target("amx-tile,amx-bf16"))) void amx_rows(const uint16_t* ap, const uint16_t* bp, int64_t Kp, int64_t M, int64_t N,
-                                                          int64_t K, int64_t i0, int64_t i1, float alpha, float beta, float* C,
-                                                          int64_t ldc, const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
+// Per-thread working memory of the row blocks: the block of op(A) (kept in L2 while every column of C uses it).
+thread_local Scratch amx_a_block;
+
+// Row blocks [b0, b1) of C (32 rows each; the last may be short), every column, from op(A) and the packed op(B):
+// each block packs its 32 rows of row-major op(A) (or takes them from `a_packed`, all of op(A) packed up front), then
+// per group of kGroupCols columns runs every 32 x 32 block over the whole of K in four accumulator tiles and
+// finishes the group. Under a triangle (gemm.h), a block skips the 32-wide K steps whose A is all zero and the
+// column blocks not wanted.
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_blocks(const uint16_t* a_packed, const float* A, int64_t lda,
+                                                                                   const uint16_t* bp, int64_t Kp, int64_t M,
+                                                                                   int64_t N, int64_t K, int64_t b0, int64_t b1,
+                                                                                   float alpha, float beta, float* C, int64_t ldc,
+                                                                                   const GemmEpilogue<float>* ep,
+                                                                                   const GemmTriangle& tri) {
+  const int64_t Np = round_up(N, kBlock);
+  uint16_t* const block = a_packed ? nullptr : static_cast<uint16_t*>(amx_a_block.get(sizeof(uint16_t) * static_cast<size_t>(kBlock * Kp)));
+  alignas(64) float acc[kBlock * kGroupCols];
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // 16 x 16 fp32
   for (int t = 4; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // A: 16 rows x 32 bf16; B: 16 pair-rows x 16 pairs
   _tile_loadconfig(&cfg);
-  alignas(64) float acc[kBlock * kBlock];
   const int64_t a_stride = Kp * 2, steps = Kp / kStepK, b_panel = (Kp / 2) * 32;  // b_panel: elements per 16 columns
-  const int64_t Np = round_up(N, kBlock);
-  for (int64_t i = i0; i < i1; i += kBlock) {
-    const uint16_t* a0 = ap + i * Kp;
-    const uint16_t* a1 = a0 + 16 * Kp;
+  constexpr int64_t acc_stride = kGroupCols * 4;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int64_t i = blk * kBlock;
     const int64_t last_row = std::min(i + kBlock, M) - 1;
     int64_t j_end = Np, s_begin = 0, s_end = steps;
     if (tri.kind == GemmTriangle::kLowerC) j_end = std::clamp<int64_t>(round_up(last_row + tri.diag + 1, kBlock), 0, Np);
     if (tri.kind == GemmTriangle::kLowerA) s_end = (std::clamp<int64_t>(last_row + tri.diag + 1, 0, K) + kStepK - 1) / kStepK;
     if (tri.kind == GemmTriangle::kUpperA) s_begin = std::clamp<int64_t>(i + tri.diag, 0, K) / kStepK;
-    for (int64_t j = 0; j < j_end; j += kBlock) {
-      const uint16_t* b0 = bp + (j / 16) * b_panel;
-      const uint16_t* b1 = b0 + b_panel;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t s = s_begin; s < s_end; ++s) {
-        _tile_loadd(4, a0 + s * kStepK, a_stride);
-        _tile_loadd(5, a1 + s * kStepK, a_stride);
-        _tile_loadd(6, b0 + s * 16 * 32, 64);
-        _tile_loadd(7, b1 + s * 16 * 32, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+    if (!a_packed) pack_a_rows(false, M, K, A, lda, block, Kp, i, kBlock);
+    const uint16_t* a0 = a_packed ? a_packed + i * Kp : block;
+    const uint16_t* a1 = a0 + 16 * Kp;
+    for (int64_t g = 0; g < j_end; g += kGroupCols) {
+      const int64_t g_end = std::min(g + kGroupCols, j_end);
+      for (int64_t j = g; j < g_end; j += kBlock) {
+        const uint16_t* bj0 = bp + (j / 16) * b_panel;
+        const uint16_t* bj1 = bj0 + b_panel;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t s = s_begin; s < s_end; ++s) {
+          _tile_loadd(4, a0 + s * kStepK, a_stride);
+          _tile_loadd(5, a1 + s * kStepK, a_stride);
+          _tile_loadd(6, bj0 + s * 16 * 32, 64);
+          _tile_loadd(7, bj1 + s * 16 * 32, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        float* at = acc + (j - g);
+        _tile_stored(0, at, acc_stride);
+        _tile_stored(1, at + 16, acc_stride);
+        _tile_stored(2, at + 16 * kGroupCols, acc_stride);
+        _tile_stored(3, at + 16 * kGroupCols + 16, acc_stride);
       }
-      _tile_stored(0, acc, kBlock * 4);
-      _tile_stored(1, acc + 16, kBlock * 4);
-      _tile_stored(2, acc + 16 * kBlock, kBlock * 4);
-      _tile_stored(3, acc + 16 * kBlock + 16, kBlock * 4);
-      finish_block(acc, alpha, beta, C, ldc, i, j, std::min(kBlock, M - i), std::min(kBlock, N - j), ep);
+      finish_rows(acc, alpha, beta, C, ldc, i, g, last_row + 1 - i, std::min(g_end, N) - g, ep);
     }
   }
   _tile_release();
@@ -266,16 +310,18 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_rows(const uint16_t* ap, c
 void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
               int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
   const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
-  // Uninitialised: the packs write every element, padding included.
-  const std::unique_ptr<uint16_t[]> ap(new uint16_t[static_cast<size_t>(Mp * Kp)]), bp(new uint16_t[static_cast<size_t>(Kp * Np)]);
+  // Uninitialised: the packs write every element, padding included. A transposed op(A) (the weight gradient's dY^T,
+  // K the token count) is packed whole up front: per block, each stored row would be read 128 bytes at a time.
+  const std::unique_ptr<uint16_t[]> bp(new uint16_t[static_cast<size_t>(Kp * Np)]);
+  const std::unique_ptr<uint16_t[]> ap(transA ? new uint16_t[static_cast<size_t>(Mp * Kp)] : nullptr);
   const auto run = [&](int64_t n, int64_t grain, auto&& body) {
     if (parallel) parallel_for(n, grain, body);
     else body(0, n);
   };
-  run(Mp / 16, 4, [&](int64_t s, int64_t e) { pack_a(transA, M, K, A, lda, ap.get(), Kp, s * 16, e * 16); });
+  if (transA) run(Mp / kBlock, 1, [&](int64_t s, int64_t e) { pack_a_rows(true, M, K, A, lda, ap.get() + s * kBlock * Kp, Kp, s * kBlock, (e - s) * kBlock); });
   run(Np / 16, 1, [&](int64_t s, int64_t e) { pack_b(transB, K, N, B, ldb, bp.get(), Kp, s * 16, e * 16); });
   run(Mp / kBlock, 1, [&](int64_t s, int64_t e) {
-    amx_rows(ap.get(), bp.get(), Kp, M, N, K, s * kBlock, std::min(M, e * kBlock), alpha, beta, C, ldc, ep, tri);
+    amx_row_blocks(ap.get(), A, lda, bp.get(), Kp, M, N, K, s, e, alpha, beta, C, ldc, ep, tri);
   });
 }
 
@@ -347,7 +393,9 @@ bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, f
 size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;  // no product runs
   const size_t reference = sizeof(float) * static_cast<size_t>((M + N) * K);
-  const size_t amx = sizeof(uint16_t) * static_cast<size_t>((round_up(M, kBlock) + round_up(N, kBlock)) * round_up(K, kStepK));
+  // The packed op(B) and op(A) (whole when transposed), and per thread a block of op(A) (kept between products).
+  const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
+  const size_t amx = sizeof(uint16_t) * static_cast<size_t>((Np + Mp + num_threads() * kBlock) * Kp);
   return std::max(reference, amx);
 }
 

@@ -1,7 +1,7 @@
 // Standalone correctness check and benchmark for tf::gemm (not part of the addon).
 //   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
 //       native/cpu/gemm_amx.cc native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
-// Options: --quick (checks only), --f32 (float checks only), --bench-only, --filter SUBSTRING (benchmarks whose name
+// Options: --quick (checks only), --f32 (float checks only), --bf16 (bf16 benchmarks), --bench-only, --filter SUBSTRING (benchmarks whose name
 // contains it), --seconds S (time per benchmark, default 0.05 s per trial).
 #include <chrono>
 #include <cmath>
@@ -25,6 +25,8 @@ double trial_seconds = 0.05;
 // --f32: only the float cases (the SIMD kernels'), for slow runs such as the aarch64 build under qemu; double and bf16
 // products run the portable kernel, which the native runs check.
 bool f32_only = false;
+// --bf16: the benchmarks run bf16 products (AMX where usable, TARFLOW_CPU_GEMM) instead of float ones.
+tf::Precision bench_precision = tf::Precision::F32;
 
 template <typename T>
 std::vector<T> rand_vec(size_t n) {
@@ -314,7 +316,7 @@ void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
   }
   const double flops = 2.0 * M * N * K;
   auto run = [&] {
-    tf::gemm<float>(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C.data(), N, parallel,
+    tf::gemm<float>(bench_precision, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, beta, C.data(), N, parallel,
                     epi == Epi::kNone ? nullptr : &ep);
   };
   run();
@@ -330,7 +332,8 @@ void bench(const char* name, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
 }
 
 void run_bench() {
-  std::printf("benchmark (threads=%d)\n", tf::num_threads());
+  std::printf("benchmark (threads=%d, %s products)\n", tf::num_threads(),
+              bench_precision == tf::Precision::BF16 ? (std::string("bf16 on ") + tf::cpu_bf16_gemm_kernel()).c_str() : "float");
   bench("square 1024", false, false, 1024, 1024, 1024, 0.0f);
   bench("square 1024 (A^T B^T)", true, true, 1024, 1024, 1024, 0.0f);
   const int64_t M = 256 * 49;
@@ -358,6 +361,9 @@ void run_bench() {
   }
   bench("attn QK^T 49x49x64 serial", false, true, 49, 49, 64, 0.0f, false);
   bench("attn PV 49x64x49 serial", false, false, 49, 64, 49, 0.0f, false);
+  bench("attn QK^T 196x196x64 serial", false, true, 196, 196, 64, 0.0f, false);
+  bench("attn PV 196x64x196 serial", false, false, 196, 64, 196, 0.0f, false);
+  bench("attn dV 196x64x196 (P^T dO) serial", true, false, 196, 64, 196, 0.0f, false);
   bench("attn QK^T 256x256x64 serial", false, true, 256, 256, 64, 0.0f, false);
   bench("attn QK^T 1024x1024x64 serial", false, true, 1024, 1024, 64, 0.0f, false);
   bench("attn PV 1024x64x1024 serial", false, false, 1024, 64, 1024, 0.0f, false);
@@ -372,6 +378,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--bench-only")) bench_only = true;
     if (!std::strcmp(argv[i], "--f32")) f32_only = true;
+    if (!std::strcmp(argv[i], "--bf16")) bench_precision = tf::Precision::BF16;
     if (!std::strcmp(argv[i], "--filter") && i + 1 < argc) bench_filter = argv[++i];
     if (!std::strcmp(argv[i], "--seconds") && i + 1 < argc) trial_seconds = std::atof(argv[++i]);
   }
