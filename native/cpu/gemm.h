@@ -31,7 +31,7 @@ struct GemmEpilogue {
 // column n0 (the epilogue's pointers share C's origin). Shared by both CPU kernels. gemm.cc calls it per panel (MR
 // rows by up to NC columns) rather than per MR x NR tile: the activation rows it reads or writes are then long enough
 // for the hardware prefetcher, and the loops long enough to vectorise without remainders; per tile, the same work
-// took twice as long (gemm_bench's fc cases). gemm_amx.cc calls it per 32 x 32 block of C.
+// took twice as long (gemm_bench's fc cases). gemm_amx.cc calls it per 32 rows by up to 128 columns of C.
 template <typename T>
 inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t at, int64_t n0, int64_t mr, int64_t nr) {
   for (int64_t r = 0; r < mr; ++r) {

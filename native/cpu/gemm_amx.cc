@@ -73,14 +73,27 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 #if TF_HAVE_AMX
 
-// The register file's shape: palette 1, tiles 0-3 the 16 x 16 fp32 accumulators, 4-5 two 16-row A tiles, 6-7 two
-// B tiles of 16 pair-rows.
+// The memory layout LDTILECFG reads (palette 1: rows and bytes per row of each tile).
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
   uint8_t reserved[14] = {};
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
+};
+
+// The tile registers configured for the kernel (tiles 0-3 the 16 x 16 fp32 accumulators, 4-5 two 16-row A tiles, 6-7
+// two B tiles of 16 pair-rows) while it lives, released however the scope ends: tile state left in use makes every
+// context switch of the thread save and restore 8 KB more.
+struct TileState {
+  __attribute__((target("amx-tile"))) TileState() {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;  // every tile 16 rows of 64 bytes
+    _tile_loadconfig(&cfg);
+  }
+  __attribute__((target("amx-tile"))) ~TileState() { _tile_release(); }
+  TileState(const TileState&) = delete;
+  TileState& operator=(const TileState&) = delete;
 };
 
 // Why AMX cannot run here, or empty: the instructions, the operating system's support of their state, and the
@@ -118,7 +131,8 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512i row_bf16x32(const flo
   const __mmask16 lo = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
   const __mmask16 hi = count >= 32 ? __mmask16(0xffff) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1);
   const __m256i a = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(lo, src)));
-  const __m256i b = _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(hi, src + 16)));
+  // Past 16 values the second half is all padding: not even its address is formed (it may lie past the operand).
+  const __m256i b = count > 16 ? _mm512_cvtepi32_epi16(bf16_lanes(_mm512_maskz_loadu_ps(hi, src + 16))) : _mm256_setzero_si256();
   return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
@@ -165,37 +179,41 @@ __attribute__((target("avx512f,avx512bw"))) inline void transpose_16x16_epi32(__
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
-// Rows [i0, i0 + count) of op(A) (count a multiple of 32; zero past M, and past K up to Kp) as bf16 rows of Kp values
-// at `out`.
-__attribute__((target("avx512f,avx512bw"))) void pack_a_rows(bool transA, int64_t M, int64_t K, const float* A, int64_t lda, uint16_t* out,
-                                                              int64_t Kp, int64_t i0, int64_t count) {
+// Rows [i0, i0 + count) of a transposed op(A) (count a multiple of 32; zero past M, and past K up to Kp) as bf16 rows of
+// Kp values at `out`. op(A)(i, k) = A[k * lda + i]: stored row k holds column k of op(A). Per 32 values of K and 16 of
+// M, the (k, k + 1) pairs of stored rows make 16 vectors of 16 pairs, one per pair of rows; transposed, each is one
+// output row's 64 bytes. K outermost, so that each stored row's span [i0, i0 + rows) is read in one pass, along its
+// length.
+__attribute__((target("avx512f,avx512bw"))) void pack_a_transposed(int64_t M, int64_t K, const float* A, int64_t lda, uint16_t* out,
+                                                                    int64_t Kp, int64_t i0, int64_t count) {
   const int64_t rows = std::clamp<int64_t>(M - i0, 0, count);
-  if (transA) {
-    // op(A)(i, k) = A[k * lda + i]: stored row k holds column k of op(A). Per 32 values of K and 16 of M, the (k, k + 1)
-    // pairs of stored rows make 16 vectors of 16 pairs, one per pair of rows; transposed, each is one output row's
-    // 64 bytes. K outermost, so that each stored row's span [i0, i0 + rows) is read in one pass, along its length.
-    for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
-      for (int64_t h = 0; h < rows; h += 16) {
-        const int64_t live = std::min<int64_t>(16, rows - h);
-        const __mmask16 lanes = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
-        const float* col = A + i0 + h;
-        __m512i r[16];
-        for (int p = 0; p < 16; ++p) {
-          const int64_t k = k0 + 2 * p;
-          const __m512i lo = k < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + k * lda)) : _mm512_setzero_si512();
-          const __m512i hi = k + 1 < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + (k + 1) * lda)) : _mm512_setzero_si512();
-          r[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
-        }
-        transpose_16x16_epi32(r);
-        for (int64_t i = 0; i < live; ++i) _mm512_storeu_si512(out + (h + i) * Kp + k0, r[i]);
+  for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
+    for (int64_t h = 0; h < rows; h += 16) {
+      const int64_t live = std::min<int64_t>(16, rows - h);
+      const __mmask16 lanes = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
+      const float* col = A + i0 + h;
+      __m512i r[16];
+      for (int p = 0; p < 16; ++p) {
+        const int64_t k = k0 + 2 * p;
+        const __m512i lo = k < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + k * lda)) : _mm512_setzero_si512();
+        const __m512i hi = k + 1 < K ? bf16_lanes(_mm512_maskz_loadu_ps(lanes, col + (k + 1) * lda)) : _mm512_setzero_si512();
+        r[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
       }
+      transpose_16x16_epi32(r);
+      for (int64_t i = 0; i < live; ++i) _mm512_storeu_si512(out + (h + i) * Kp + k0, r[i]);
     }
-  } else {
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < Kp; k += kStepK) _mm512_storeu_si512(out + i * Kp + k, row_bf16x32(A + (i0 + i) * lda + k, K - k));
   }
-  // Rows past M: 16-row tiles read them.
-  std::fill(out + rows * Kp, out + count * Kp, uint16_t(0));
+  std::fill(out + rows * Kp, out + count * Kp, uint16_t(0));  // rows past M: 16-row tiles read them
+}
+
+// Rows [i0, i0 + 32) of a row-major op(A), values [k_lo, k_hi) of K (multiples of 32; zero past M and past K), as
+// bf16 rows of Kp values at `out`: one block, of which a triangle may need only some K steps.
+__attribute__((target("avx512f,avx512bw"))) void pack_a_block(int64_t M, int64_t K, const float* A, int64_t lda, uint16_t* out, int64_t Kp,
+                                                               int64_t i0, int64_t k_lo, int64_t k_hi) {
+  const int64_t rows = std::clamp<int64_t>(M - i0, 0, kBlock);
+  for (int64_t i = 0; i < kBlock; ++i)
+    for (int64_t k = k_lo; k < k_hi; k += kStepK)
+      _mm512_storeu_si512(out + i * Kp + k, i < rows ? row_bf16x32(A + (i0 + i) * lda + k, K - k) : _mm512_setzero_si512());
 }
 
 // Columns [c0, c1) (multiples of 16) of op(B) in pair-interleaved tiles: element (k, n) at
@@ -260,10 +278,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_block
   const int64_t Np = round_up(N, kBlock);
   uint16_t* const block = a_packed ? nullptr : static_cast<uint16_t*>(amx_a_block.get(sizeof(uint16_t) * static_cast<size_t>(kBlock * Kp)));
   alignas(64) float acc[kBlock * kGroupCols];
-  TileConfig cfg;
-  for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // 16 x 16 fp32
-  for (int t = 4; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;      // A: 16 rows x 32 bf16; B: 16 pair-rows x 16 pairs
-  _tile_loadconfig(&cfg);
+  const TileState tiles;
   const int64_t a_stride = Kp * 2, steps = Kp / kStepK, b_panel = (Kp / 2) * 32;  // b_panel: elements per 16 columns
   constexpr int64_t acc_stride = kGroupCols * 4;
   for (int64_t blk = b0; blk < b1; ++blk) {
@@ -273,7 +288,8 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_block
     if (tri.kind == GemmTriangle::kLowerC) j_end = std::clamp<int64_t>(round_up(last_row + tri.diag + 1, kBlock), 0, Np);
     if (tri.kind == GemmTriangle::kLowerA) s_end = (std::clamp<int64_t>(last_row + tri.diag + 1, 0, K) + kStepK - 1) / kStepK;
     if (tri.kind == GemmTriangle::kUpperA) s_begin = std::clamp<int64_t>(i + tri.diag, 0, K) / kStepK;
-    if (!a_packed) pack_a_rows(false, M, K, A, lda, block, Kp, i, kBlock);
+    if (j_end == 0) continue;  // no column of these rows is wanted
+    if (!a_packed) pack_a_block(M, K, A, lda, block, Kp, i, s_begin * kStepK, std::max(s_begin, s_end) * kStepK);
     const uint16_t* a0 = a_packed ? a_packed + i * Kp : block;
     const uint16_t* a1 = a0 + 16 * Kp;
     for (int64_t g = 0; g < j_end; g += kGroupCols) {
@@ -304,7 +320,6 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_block
       finish_rows(acc, alpha, beta, C, ldc, i, g, last_row + 1 - i, std::min(g_end, N) - g, ep);
     }
   }
-  _tile_release();
 }
 
 void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
@@ -318,7 +333,7 @@ void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float a
     if (parallel) parallel_for(n, grain, body);
     else body(0, n);
   };
-  if (transA) run(Mp / kBlock, 1, [&](int64_t s, int64_t e) { pack_a_rows(true, M, K, A, lda, ap.get() + s * kBlock * Kp, Kp, s * kBlock, (e - s) * kBlock); });
+  if (transA) run(Mp / kBlock, 1, [&](int64_t s, int64_t e) { pack_a_transposed(M, K, A, lda, ap.get() + s * kBlock * Kp, Kp, s * kBlock, (e - s) * kBlock); });
   run(Np / 16, 1, [&](int64_t s, int64_t e) { pack_b(transB, K, N, B, ldb, bp.get(), Kp, s * 16, e * 16); });
   run(Mp / kBlock, 1, [&](int64_t s, int64_t e) {
     amx_row_blocks(ap.get(), A, lda, bp.get(), Kp, M, N, K, s, e, alpha, beta, C, ldc, ep, tri);
@@ -393,9 +408,10 @@ bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, f
 size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;  // no product runs
   const size_t reference = sizeof(float) * static_cast<size_t>((M + N) * K);
-  // The packed op(B) and op(A) (whole when transposed), and per thread a block of op(A) (kept between products).
+  // The packed op(B), and op(A) whole when transposed, else a block of it per task (parallel_ranges <= Mp / 32 of them).
+  // The per-thread blocks are kept between products, so steady-state calls do not allocate.
   const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
-  const size_t amx = sizeof(uint16_t) * static_cast<size_t>((Np + Mp + num_threads() * kBlock) * Kp);
+  const size_t amx = sizeof(uint16_t) * static_cast<size_t>((Np + Mp) * Kp);
   return std::max(reference, amx);
 }
 
