@@ -46,8 +46,9 @@ async function settledRssMiB() {
  * Runs `cycle` `count` times and samples resident memory after each of `intervals` equal parts, with the collector and
  * the finalizers run first. A leak raises every part alike. V8 also grows its heap now and then, and the major
  * collection that follows mallocs work lists whose freed space glibc keeps: one step of 15-35 MiB at a moment that
- * varies from run to run (it fell just after the baseline in one CI run), which is no leak. So the growth reported
- * leaves out the largest single step.
+ * varies from run to run (it fell just after the baseline in one CI run), which is no leak; one CI run also showed it
+ * split over three early parts (10.2, 13.8 and 8.9 MiB, then flat for six). So the growth reported leaves out the two
+ * largest steps: a leak of 4 KB a model cycle still shows as 46 MiB besides them.
  */
 async function steadyGrowthMiB(cycle: () => void, count: number, intervals: number) {
   const samples = [await settledRssMiB()];
@@ -61,8 +62,9 @@ async function steadyGrowthMiB(cycle: () => void, count: number, intervals: numb
   }
   const steps = samples.slice(1).map((s, i) => s - samples[i]);
   const total = samples[samples.length - 1] - samples[0];
-  const growth = total - Math.max(0, ...steps);
-  return { growth, message: `RSS grew by ${growth.toFixed(1)} MiB besides its largest step (steps: ${steps.map((s) => s.toFixed(1)).join(', ')} MiB)` };
+  const [largest = 0, second = 0] = steps.map((s) => Math.max(0, s)).sort((a, b) => b - a);
+  const growth = total - largest - second;
+  return { growth, message: `RSS grew by ${growth.toFixed(1)} MiB besides its two largest steps (steps: ${steps.map((s) => s.toFixed(1)).join(', ')} MiB)` };
 }
 
 test('10,000 tensor create/view/use/dispose cycles keep resident memory flat', async () => {
@@ -101,7 +103,7 @@ test('models and their workspaces are freed by dispose', async () => {
   const after = ops.nativeMemory();
   assert.ok(after.buffers <= before.buffers, `${after.buffers - before.buffers} native buffers outlived dispose`);
   assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
-  // A simulated leak of 4 KB a cycle (a Buffer kept per cycle) showed as 50 MiB besides the largest step.
+  // A simulated leak of 4 KB a cycle (a Buffer kept per cycle) showed as 46 MiB besides the two largest steps.
   assert.ok(growth < 16, message);
 });
 
@@ -123,7 +125,8 @@ test('10,000 guided, denoised sampling calls keep resident memory flat', async (
   const after = ops.nativeMemory();
   assert.is(after.bytes, before.bytes, 'each call freed what it allocated');
   assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
-  // A simulated leak of 8 KB a call showed as 55 MiB; one of 4 KB as only 10 MiB, since the leaked blocks first fill
+  // A simulated leak of 8 KB a call showed as 55 MiB besides the largest step (measured before the two largest were
+  // left out); one of 4 KB as only 10 MiB, since the leaked blocks first fill
   // the holes that the sampling's own freed buffers left in the heap.
   assert.ok(growth < 16, message);
   for (const m of models) m.dispose();
