@@ -1,8 +1,8 @@
 // Standalone correctness check and benchmark for tf::gemm (not part of the addon).
 //   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
 //       native/cpu/gemm_amx.cc native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
-// Options: --quick (checks only), --f32 (float checks only), --bf16 (bf16 benchmarks), --bench-only, --filter SUBSTRING (benchmarks whose name
-// contains it), --seconds S (time per benchmark, default 0.05 s per trial).
+// Options: --quick (checks only), --f32 (float checks only), --bf16 (benchmarks of bf16 products), --bench-only,
+// --filter SUBSTRING (benchmarks whose name contains it), --seconds S (time per benchmark, default 0.05 s per trial).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
