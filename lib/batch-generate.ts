@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { makeFolder, writeFileAtomic } from './atomic.js';
 import { loadModel } from './checkpoint.js';
 import { toReferenceConfig } from './config.js';
@@ -18,14 +18,20 @@ import { imageGrid, writePng } from './png.js';
 import { generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
 import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
-import { checkBoolean, checkNumber, checkOneOf, checkString, optional } from './validate.js';
+import { checkBoolean, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, validationError } from './validate.js';
 
+/**
+ * With `resume`, every option the manifest records (checkpoint, count, format, shardSize, labels, denoiseSigma,
+ * seed, guidance, guideWhat, attnTemp, annealed, temperature, precision, kvCache) may be left out: the run's own
+ * value is taken. One given again must agree with it, since it decides the images; batchSize, device and
+ * maxRedraws do not, and may change.
+ */
 export interface GenerateSpec extends ReverseOptions {
-  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). */
-  checkpoint: string;
+  /** A .safetensors file, or the name of a shipped model ('mnist-cond', 'mnist-bpd'; see loadModel). Required unless resuming. */
+  checkpoint?: string;
   config?: Record<string, unknown>;
-  /** Number of images. */
-  count: number;
+  /** Number of images. Required unless resuming. */
+  count?: number;
   /** Output folder: shards plus manifest.json. */
   out: string;
   /** 'png' (one file per image) or 'npz' (one archive per shard). */
@@ -42,7 +48,7 @@ export interface GenerateSpec extends ReverseOptions {
   device?: DeviceOption;
   /** Matrix products of the sampler (see ModelOptions.precision); the KV cache follows unless kvCache is given. */
   precision?: Precision;
-  /** Continue the run described by out/manifest.json. */
+  /** Continue the run described by out/manifest.json (refused when there is none). */
   resume?: boolean;
   /**
    * Redraws of a sample that comes out NaN/Inf before the run fails (default 3). Not recorded in the manifest: every
@@ -85,7 +91,7 @@ export interface Manifest {
    */
   bf16Kernel?: string;
   config: ReturnType<typeof toReferenceConfig>;
-  options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out'>;
+  options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out' | 'count'> & { count: number };
   count: number;
   shardSize: number;
   shards: ShardRecord[];
@@ -115,13 +121,102 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
 }
 
 /**
- * The manifest options as far as they decide the images: a resume that spells the same run differently (no
- * denoising as sigma 0 or left out; one class as a number or as a list of it) is the same run.
+ * The manifest options as far as they decide the images, defaults written out: a resume that spells the same run
+ * differently (no denoising as sigma 0 or left out; one class as a number or as a list of it) is the same run.
  */
-function sameImagesKey(options: Manifest['options']): string {
-  const labels = options.labels;
+function imageOptions(o: Partial<Manifest['options']>) {
+  const labels = o.labels;
   const oneClass = Array.isArray(labels) && labels.length > 0 && labels.every((l) => l === labels[0]) ? labels[0] : labels;
-  return JSON.stringify({ ...options, labels: oneClass, denoiseSigma: options.denoiseSigma ? options.denoiseSigma : undefined });
+  const precision = o.precision ?? 'fp32';
+  return {
+    count: o.count, format: o.format ?? 'png', shardSize: o.shardSize ?? 1000, labels: oneClass, denoiseSigma: o.denoiseSigma || 0,
+    seed: o.seed ?? 0, guidance: o.guidance ?? 0, guideWhat: o.guideWhat ?? 'ab', attnTemp: o.attnTemp ?? 1, annealed: o.annealed ?? false,
+    temperature: o.temperature ?? 1, precision, kvCache: o.kvCache ?? precision,
+  };
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+/**
+ * The spec of a resumed run: options left out come from the manifest, so `resume` alone continues it; one given
+ * again must agree with the manifest, else the run would mix two kinds of images. Every disagreement is listed, so
+ * one refusal says everything to drop.
+ */
+function resumedSpec(spec: GenerateSpec, manifest: Manifest, manifestPath: string): GenerateSpec {
+  const saved = imageOptions(manifest.options);
+  const merged: GenerateSpec = { ...spec, checkpoint: spec.checkpoint ?? manifest.checkpoint };
+  const fill = merged as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(saved)) fill[key] ??= value;
+  const now = imageOptions(merged);
+  const shown = (v: unknown) => (v === undefined ? 'no labels (classes in turn)' : describeValue(v));
+  const differ = (Object.keys(saved) as Array<keyof typeof saved>).filter((key) => !same(saved[key], now[key]))
+    .map((key) => `${key}: expected ${shown(saved[key])}, the value the run in ${manifestPath} was started with, got ${shown(now[key])}`);
+  if (differ.length > 0) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${differ.join('; ')}; a resumed run keeps its options, so leave ` +
+      `${differ.length > 1 ? 'these' : 'this one'} out (or start a new run in another out folder (--out) to change ${differ.length > 1 ? 'them' : 'it'})`);
+  }
+  return merged;
+}
+
+const DAMAGED = 'ERR_TARFLOW_FILE_FORMAT';
+const int = (name: string, v: unknown, min: number) => checkNumber(name, v, { integer: true, min }, DAMAGED);
+const array = (name: string, v: unknown): unknown[] => {
+  if (!Array.isArray(v)) throw validationError(DAMAGED, name, 'an array', describeValue(v));
+  return v;
+};
+
+/** The structure every later step relies on: a manifest that lacks it cannot say which shards are finished. */
+function checkManifest(m: unknown): Manifest {
+  const manifest = checkObject('the manifest', m, DAMAGED);
+  checkOneOf('format', manifest.format, ['tarflow-generate'], DAMAGED);
+  if (manifest.version !== 1) throw validationError(DAMAGED, 'version', '1', describeValue(manifest.version));
+  checkString('checkpoint', manifest.checkpoint, DAMAGED);
+  optional(manifest.checkpointSha256, (v) => checkString('checkpointSha256', v, DAMAGED));
+  checkObject('config', manifest.config, DAMAGED);
+  const count = int('count', manifest.count, 1);
+  const shardSize = int('shardSize', manifest.shardSize, 1);
+  const options = checkObject('options', manifest.options, DAMAGED);
+  // The shards on disk were laid out by these: the options must say the same, or a resume would draw another layout.
+  if (options.count !== count) throw validationError(DAMAGED, 'options.count', `${count} (count)`, describeValue(options.count));
+  if (options.shardSize !== shardSize) throw validationError(DAMAGED, 'options.shardSize', `${shardSize} (shardSize)`, describeValue(options.shardSize));
+  checkOneOf('options.format', options.format, ['png', 'npz'], DAMAGED);
+  array('shards', manifest.shards).forEach((s, i) => {
+    const shard = checkObject(`shards[${i}]`, s, DAMAGED);
+    for (const key of ['index', 'start', 'count'] as const) int(`shards[${i}].${key}`, shard[key], 0);
+    array(`shards[${i}].files`, shard.files);
+    array(`shards[${i}].redraws`, shard.redraws);
+  });
+  checkBoolean('complete', manifest.complete, DAMAGED);
+  return manifest as unknown as Manifest;
+}
+
+/**
+ * The manifest in `out`, or null when there is none. Only a missing file means no run yet: a damaged one is
+ * refused, since starting over would overwrite shards it no longer describes and resuming would trust it.
+ */
+async function readManifest(out: string, manifestPath: string): Promise<Manifest | null> {
+  const damaged = (why: string, cause?: unknown) => new TarflowError(DAMAGED, `${manifestPath} is damaged (${why}); it no longer says which ` +
+    `shards in ${out} are finished, so the run can neither continue nor start over there: delete the folder, or choose another out folder (--out)`, { cause });
+  let text: string;
+  try {
+    text = await readFile(manifestPath, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // ENOTDIR: out is a file, which makeFolder then names.
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath}: could not read it (${code ?? (err as Error).message}); check the path and its permissions`, { cause: err });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw damaged(`not JSON: ${(err as Error).message}`, err);
+  }
+  try {
+    return checkManifest(raw);
+  } catch (err) {
+    throw damaged((err as Error).message, err);
+  }
 }
 
 function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 'kvCache'> {
@@ -130,36 +225,36 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
-export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
+export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
+  checkObject('spec', given);
+  checkString('out', given.out);
+  optional(given.resume, (v) => checkBoolean('resume', v));
+  const manifestPath = join(given.out, 'manifest.json');
+  const existing = await readManifest(given.out, manifestPath);
+  if (existing && !given.resume) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${given.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
+  }
+  if (!existing && given.resume) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `resume: ${manifestPath} does not exist, so there is no run to continue; start a new one without resume (--resume)`);
+  }
+  const spec = existing ? resumedSpec(given, existing, manifestPath) : given;
   checkCheckpointSpec(spec);
-  checkString('out', spec.out);
-  const { count } = resolveGenerateOptions(spec);
+  const { count } = resolveGenerateOptions({ ...spec, count: spec.count as number });
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
-  optional(spec.resume, (v) => checkBoolean('resume', v));
   await makeFolder(spec.out, 'out');
-  const manifestPath = join(spec.out, 'manifest.json');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
     const options = shardOptions(spec, count);
     let manifest: Manifest;
-    let existing: Manifest | null = null;
-    try {
-      existing = JSON.parse(await readFile(manifestPath, 'utf8')) as Manifest;
-    } catch {
-      existing = null;
-    }
     const config = toReferenceConfig(model.config);
     const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
     const bf16Kernel = options.precision === 'bf16' ? model.backend.bf16GemmKernel?.() : undefined;
     if (existing) {
-      if (!spec.resume) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} already holds a generation run; continue it with resume: true (--resume) or choose another out folder (--out)`);
-      }
-      if (existing.format !== 'tarflow-generate' || sameImagesKey(existing.options) !== sameImagesKey(options) ||
-          JSON.stringify(existing.config) !== JSON.stringify(config)) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with other options or another model; resume with the same options or use another out folder (--out)`);
+      if (JSON.stringify(existing.config) !== JSON.stringify(config)) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with another model than ${spec.checkpoint} (its config differs); ` +
+          'resume from the same checkpoint, or use another out folder (--out)');
       }
       if (existing.checkpointSha256 !== undefined && existing.checkpointSha256 !== checkpointSha256) {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${spec.checkpoint} has now ` +
@@ -176,9 +271,11 @@ export async function runGenerate(spec: GenerateSpec, ctx: TaskContext): Promise
       }
       manifest = existing;
     } else {
+      // The checkpoint path is recorded absolute, so that a resume from another folder that leaves it out finds it.
       manifest = {
-        format: 'tarflow-generate', version: 1, checkpoint: spec.checkpoint, checkpointSha256, device: model.backend.device,
-        ...(bf16Kernel === undefined ? {} : { bf16Kernel }), config, options, count, shardSize, shards: [], complete: false,
+        format: 'tarflow-generate', version: 1, checkpoint: shippedModel(spec.checkpoint) ? spec.checkpoint : resolve(spec.checkpoint),
+        checkpointSha256, device: model.backend.device, ...(bf16Kernel === undefined ? {} : { bf16Kernel }),
+        config, options, count, shardSize, shards: [], complete: false,
       };
     }
     // Validate labels up front (a bad list fails before any work).

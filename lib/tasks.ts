@@ -487,7 +487,7 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
 }
 
 /** The checkpoint tasks' common fields, checked before the checkpoint is read. */
-export function checkCheckpointSpec(spec: { checkpoint: string; config?: Record<string, unknown> }): void {
+export function checkCheckpointSpec<S extends { checkpoint?: string; config?: Record<string, unknown> }>(spec: S): asserts spec is S & { checkpoint: string } {
   checkObject('spec', spec);
   checkString('checkpoint', spec.checkpoint);
   optional(spec.config, (v) => fromReferenceConfig(v));

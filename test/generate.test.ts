@@ -52,7 +52,7 @@ test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batc
   model.dispose(); loaded.dispose();
 });
 
-test('an interrupted run resumes from the manifest and ends with the same shards', async () => {
+test('an interrupted run resumes from the manifest alone and ends with the same shards; an option given again must agree', async () => {
   const full = join(dir, 'a');
   const cut = join(dir, 'cut');
   await generateToDisk({ ...base, out: cut, batchSize: 5 });
@@ -69,19 +69,75 @@ test('an interrupted run resumes from the manifest and ends with the same shards
     assert.instance(err, TarflowError);
     assert.match((err as Error).message, /--resume/);
   }
-  const r = await generateToDisk({ ...base, out: cut, resume: true, batchSize: 7 });
+  try {
+    await generateToDisk({ ...base, out: cut, resume: true, guidance: 3, seed: 5, shardSize: 10 });
+    assert.unreachable('resume with other options must be refused');
+  } catch (err) {
+    assert.is((err as TarflowError).code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+    const message = (err as Error).message;
+    assert.match(message, /seed: expected 4, the value the run in .*cut.manifest\.json was started with, got 5; guidance: expected 1\.5, .*got 3; .*leave these out/);
+    assert.not.match(message, /shardSize/, 'an option given with its recorded value is not listed');
+  }
+  // Only the batch size, which does not change the images, is given: the rest comes from the manifest.
+  const r = await generateToDisk({ out: cut, resume: true, batchSize: 7 });
   assert.is(r.skipped, 20);
   assert.is(r.generated, 3);
   assert.ok(readFileSync(join(cut, 'shard-00002.npz')).equals(readFileSync(join(full, 'shard-00002.npz'))));
   const done = JSON.parse(readFileSync(join(cut, 'manifest.json'), 'utf8')) as Manifest;
   assert.ok(done.complete);
   assert.is(done.shards.length, 3);
+});
+
+/** The refusal of `spec`; fails the test if the run goes ahead. */
+async function refusal(spec: Parameters<typeof generateToDisk>[0]): Promise<TarflowError> {
   try {
-    await generateToDisk({ ...base, out: cut, resume: true, guidance: 3 });
-    assert.unreachable('resume with other options must be refused');
+    await generateToDisk(spec);
   } catch (err) {
-    assert.match((err as Error).message, /other options/);
+    assert.instance(err, TarflowError);
+    return err as TarflowError;
   }
+  assert.unreachable(`${JSON.stringify(spec)} was not refused`);
+  throw new Error('unreachable');
+}
+
+test('a damaged manifest is refused, with or without resume, and the shards it described are left as they were', async () => {
+  const out = join(dir, 'damaged');
+  const spec = { ...base, out, count: 4, shardSize: 2 };
+  await generateToDisk(spec);
+  const manifestPath = join(out, 'manifest.json');
+  const good = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  const shards = ['shard-00000.npz', 'shard-00001.npz'].map((f) => readFileSync(join(out, f)));
+  const truncated = readFileSync(manifestPath, 'utf8').slice(0, 100);
+  const cases: Array<[string, RegExp]> = [
+    [truncated, /is damaged \(not JSON: /],
+    [JSON.stringify({ format: 'tarflow-generate' }), /is damaged \(version: expected 1, got undefined\)/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[0], start: 'x' }] }), /shards\[0\]\.start: expected an integer >= 0, got "x"/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[0], files: 'shard-00000.npz' }] }), /shards\[0\]\.files: expected an array/],
+    [JSON.stringify({ ...good, complete: undefined }), /complete: expected true or false, got undefined/],
+    [JSON.stringify({ ...good, options: { ...good.options, count: 5 } }), /options\.count: expected 4 \(count\), got 5/],
+  ];
+  for (const [text, why] of cases) {
+    writeFileSync(manifestPath, text);
+    for (const resume of [false, true]) {
+      const err = await refusal({ ...spec, resume });
+      assert.is(err.code, 'ERR_TARFLOW_FILE_FORMAT');
+      assert.match(err.message, why);
+      assert.ok(err.message.startsWith(manifestPath), err.message);
+      assert.match(err.message, /delete the folder, or choose another out folder \(--out\)/);
+    }
+    assert.is(readFileSync(manifestPath, 'utf8'), text, 'the manifest was left as it was');
+  }
+  shards.forEach((bytes, k) => assert.ok(readFileSync(join(out, `shard-0000${k}.npz`)).equals(bytes), `shard ${k} was rewritten`));
+});
+
+test('resume with no manifest is refused, as train refuses it, and writes nothing', async () => {
+  const out = join(dir, 'never-started');
+  const err = await refusal({ ...base, out, resume: true });
+  assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.match(err.message, /^resume: .*never-started.manifest\.json does not exist, so there is no run to continue; start a new one without resume/);
+  assert.not.ok(existsSync(out), 'no folder was made');
+  assert.match((await refusal({ out, resume: true })).message, /does not exist/, 'with nothing else given either');
+  assert.match((await refusal({ out, count: 4 })).message, /^checkpoint: expected a non-empty string/, 'a new run needs its checkpoint');
 });
 
 test('reduced precision is recorded in the manifest, and a resume must keep it', async () => {
@@ -91,16 +147,16 @@ test('reduced precision is recorded in the manifest, and a resume must keep it',
   assert.equal([manifest.options.precision, manifest.options.kvCache], ['fp32', 'bf16']);
   const plain = JSON.parse(readFileSync(join(dir, 'a', 'manifest.json'), 'utf8')) as Manifest;
   assert.not.ok('kvCache' in plain.options, 'a full-precision manifest reads as before the option existed');
-  for (const other of [{}, { kvCache: 'bf16' as const, precision: 'bf16' as const }]) {
+  for (const [other, differs] of [[{ kvCache: 'fp32' as const }, /kvCache: expected "bf16", .*got "fp32"/], [{ precision: 'bf16' as const }, /precision: expected "fp32", .*got "bf16"/]] as const) {
     try {
       await generateToDisk({ ...base, out, count: 4, resume: true, ...other });
       assert.unreachable(`resume with ${JSON.stringify(other)} must be refused`);
     } catch (err) {
-      assert.match((err as Error).message, /other options/);
+      assert.match((err as Error).message, differs);
     }
   }
-  const r = await generateToDisk({ ...base, out, count: 4, resume: true, kvCache: 'bf16' });
-  assert.is(r.skipped, 4);
+  assert.is((await generateToDisk({ ...base, out, count: 4, resume: true, kvCache: 'bf16' })).skipped, 4);
+  assert.is((await generateToDisk({ out, resume: true })).skipped, 4, 'left out, the precision is the recorded one');
   assert.not.ok('bf16Kernel' in manifest, 'fp32 products: no bf16 kernel to record');
 });
 
@@ -189,12 +245,12 @@ test('a temperature other than 1 is recorded in the manifest, and a resume must 
   assert.is(manifest.options.temperature, 0.8);
   const plain = JSON.parse(readFileSync(join(dir, 'a', 'manifest.json'), 'utf8')) as Manifest;
   assert.not.ok('temperature' in plain.options, 'a manifest at temperature 1 reads as before the option existed');
-  for (const temperature of [undefined, 0.7]) {
+  for (const temperature of [1, 0.7]) {
     try {
       await generateToDisk({ ...base, out, count: 4, resume: true, temperature });
       assert.unreachable(`resume at temperature ${temperature} must be refused`);
     } catch (err) {
-      assert.match((err as Error).message, /other options/);
+      assert.match((err as Error).message, new RegExp(`temperature: expected 0\\.8, .*got ${temperature}`));
     }
   }
   assert.is((await generateToDisk({ ...base, out, count: 4, resume: true, temperature: 0.8 })).skipped, 4);
@@ -275,7 +331,7 @@ test('a resume that spells the same run differently (sigma 0, one class as a lis
     await generateToDisk({ ...common, labels: [2, 2, 2, 1], resume: true });
     assert.unreachable('other labels are another run');
   } catch (err) {
-    assert.match((err as Error).message, /other options/);
+    assert.match((err as Error).message, /labels: expected 2, .*got \[2, 2, 2, 1\]/);
   }
 });
 
