@@ -282,7 +282,8 @@ const commands: Record<string, Command> = {
   },
   generate: {
     summary: 'write many samples to disk in resumable shards (PNG files or .npz) with a manifest',
-    usage: 'tarflow generate --checkpoint FILE --count N --out DIR [--format png|npz] [--guidance W] [--denoise SIGMA] [--resume]',
+    usage: 'tarflow generate --checkpoint FILE --count N --out DIR [--format png|npz] [--guidance W] [--denoise SIGMA]\n' +
+      '       tarflow generate --resume --out DIR   (continues that run with its own options)',
     options: {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' },
       'shard-size': { type: 'string' }, labels: { type: 'string' }, guidance: { type: 'string' }, 'guide-what': { type: 'string' },
@@ -291,23 +292,30 @@ const commands: Record<string, Command> = {
       ...samplerPrecisionOptions, ...common,
     },
     help: {
-      checkpoint: "model checkpoint (.safetensors), or a shipped model's name", config: 'JSON config for a checkpoint without metadata', count: 'number of images',
+      checkpoint: "model checkpoint (.safetensors), or a shipped model's name (required unless --resume)", config: 'JSON config for a checkpoint without metadata',
+      count: 'number of images (required unless --resume)',
       out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
       guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
-      temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards',
+      temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards; options left out are the run\'s own, one given again must agree ' +
+        '(--batch-size, --device and --max-redraws may change)',
       'max-redraws': 'redraws of a NaN/Inf sample before the run fails (default 3); a resume may raise it',
       ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): GenerateSpec {
+      // A resume takes what is left out from its manifest, so nothing may be filled in here: no defaults, and
+      // --annealed left out is not false.
+      const resume = v.resume === true;
       return {
-        checkpoint: checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'), count: num(v, 'count', POSITIVE_INT) ?? missing('count', 'the number of images'),
+        checkpoint: resume && v.checkpoint === undefined ? undefined : checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'),
+        count: num(v, 'count', POSITIVE_INT) ?? (resume ? undefined : missing('count', 'the number of images')),
         out: required(v, 'out', 'an output folder'),
-        format: oneOf(v, 'format', ['png', 'npz']) ?? 'png', shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v), ...guidanceArgs(v),
+        format: oneOf(v, 'format', ['png', 'npz']), shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v),
+        ...guidanceArgs(v), annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
         denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
-        batchSize: num(v, 'batch-size', POSITIVE_INT), resume: v.resume === true, device: device(v), ...samplerPrecisionArgs(v),
+        temperature: resume ? num(v, 'temperature', { min: 0 }) : temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
+        batchSize: num(v, 'batch-size', POSITIVE_INT), resume, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: GenerateSpec, job, json) {

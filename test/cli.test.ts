@@ -171,7 +171,7 @@ test("the library takes a shipped model's name wherever it takes a checkpoint, a
   assert.equal(readFileSync(fromLibrary), readFileSync(fromCli), 'the same file, the same settings, the same images');
 });
 
-test('generate: the shipped model samples at its own temperature; a run failed on NaN/Inf resumes with more redraws', () => {
+test('generate: the shipped model samples at its own temperature; a run failed on NaN/Inf resumes, from --out alone, with more redraws', () => {
   const common = ['generate', '--checkpoint', 'mnist-bpd', '--count', '60', '--shard-size', '1', '--format', 'npz'];
   const own = join(dir, 'gen-own');
   assert.is(run([...common, '--count', '2', '--out', own]).code, 0);
@@ -190,8 +190,13 @@ test('generate: the shipped model samples at its own temperature; a run failed o
   }
   seed--;
   assert.ok(first > 0, 'every seed tried failed at image 0');
-  // one image per shard: the shards before the failing image are kept, and the resume draws only the rest
-  const resumed = run([...common, '--temperature', '1', '--max-redraws', '8', '--seed', String(seed), '--out', out, '--resume', '--json']);
+  const otherSeed = run(['generate', '--resume', '--out', out, '--seed', String(seed + 1), '--shard-size', '1']);
+  assert.is(otherSeed.code, 1);
+  assert.match(otherSeed.stderr, new RegExp(`seed: expected ${seed}, the value the run in .*manifest\\.json was started with, got ${seed + 1}; a resumed run keeps its options, so leave this one out`));
+  assert.match(run(['generate', '--out', out]).stderr, /--checkpoint: expected .*\(the option is required\)/, 'only a resume may leave it out');
+  // one image per shard: the shards before the failing image are kept, and the resume draws only the rest. It names
+  // only what may change: the checkpoint, count, format, seed and temperature (1, not the shipped model's) are the run's.
+  const resumed = run(['generate', '--resume', '--out', out, '--max-redraws', '8', '--json']);
   assert.is(resumed.code, 0, resumed.stderr);
   assert.is(JSON.parse(resumed.stdout).skipped, first);
   const whole = join(dir, 'gen-whole');
