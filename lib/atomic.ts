@@ -107,11 +107,44 @@ export async function makeFolder(path: string, what: string): Promise<void> {
   try {
     await fsp.mkdir(path, { recursive: true });
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    let hint = 'check the path and its permissions';
-    if (e?.code === 'ENOTDIR' || e?.code === 'EEXIST') hint = 'a file stands where a folder is needed; choose another path or move that file';
-    else if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'EROFS') hint = 'the place is not writable; choose a folder you can write to';
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: could not create the folder ${JSON.stringify(path)} (${e?.code ?? 'error'}): ${hint}`, { cause: err });
+    throw folderError(path, what, err);
+  }
+}
+
+function folderError(path: string, what: string, err: unknown): TarflowError {
+  const e = err as NodeJS.ErrnoException;
+  let hint = 'check the path and its permissions';
+  if (e?.code === 'ENOTDIR' || e?.code === 'EEXIST') hint = 'a file stands where a folder is needed; choose another path or move that file';
+  else if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'EROFS') hint = 'the place is not writable; choose a folder you can write to';
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: could not create the folder ${JSON.stringify(path)} (${e?.code ?? 'error'}): ${hint}`, { cause: err });
+}
+
+/**
+ * The checks of makeFolder without creating anything: the path is a folder already, or its nearest existing
+ * ancestor is a folder this process may write in. A command checks its output first and makes the folder only
+ * once its inputs are found, so a refused command fails at once and leaves no empty folder behind.
+ */
+export async function checkFolderCreatable(path: string, what: string): Promise<void> {
+  let at = nodePath.resolve(path);
+  for (;;) {
+    let info: fs.Stats;
+    try {
+      info = await fsp.stat(at);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && nodePath.dirname(at) !== at) {
+        at = nodePath.dirname(at);
+        continue;
+      }
+      throw folderError(path, what, err);
+    }
+    if (!info.isDirectory()) throw folderError(path, what, Object.assign(new Error(`${at} is a file`), { code: 'ENOTDIR' }));
+    try {
+      await fsp.access(at, fs.constants.W_OK | fs.constants.X_OK);
+    } catch (err) {
+      throw folderError(path, what, err);
+    }
+    return;
   }
 }
 

@@ -8,17 +8,18 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { makeFolder, writeFileAtomic } from './atomic.js';
+import { checkFolderCreatable, makeFolder, writeFileAtomic } from './atomic.js';
 import { loadModel } from './checkpoint.js';
 import { toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
+import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
+import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
 import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
-import { checkBoolean, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, validationError } from './validate.js';
+import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, type OptionNames } from './validate.js';
 
 /**
  * With `resume`, every option the manifest records (checkpoint, count, format, shardSize, labels, denoiseSigma,
@@ -43,7 +44,7 @@ export interface GenerateSpec extends ReverseOptions {
   labels?: number | number[];
   denoiseSigma?: number;
   seed?: number;
-  /** Scale of the latent noise (default 1; see GenerateOptions.temperature). */
+  /** Scale of the latent noise (GenerateOptions.temperature); default: defaultTemperature (0.7 for likelihood models, else 1). */
   temperature?: number;
   device?: DeviceOption;
   /** Matrix products of the sampler (see ModelOptions.precision); the KV cache follows unless kvCache is given. */
@@ -57,6 +58,11 @@ export interface GenerateSpec extends ReverseOptions {
    */
   maxRedraws?: number;
 }
+
+const GENERATE_SPEC = {
+  ...REVERSE_OPTIONS, checkpoint: true, config: true, count: true, out: true, format: true, shardSize: true, batchSize: true, labels: true,
+  denoiseSigma: true, seed: true, temperature: true, device: true, precision: true, resume: true, maxRedraws: true,
+} as const satisfies OptionNames<GenerateSpec>;
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
 async function fileSha256(path: string): Promise<string> {
@@ -227,6 +233,7 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
 
 export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
   checkObject('spec', given);
+  checkKnownKeys('spec', given, GENERATE_SPEC);
   checkString('out', given.out);
   optional(given.resume, (v) => checkBoolean('resume', v));
   const manifestPath = join(given.out, 'manifest.json');
@@ -243,10 +250,13 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
-  await makeFolder(spec.out, 'out');
+  await checkFolderCreatable(spec.out, 'out');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
-    const options = shardOptions(spec, count);
+    await makeFolder(spec.out, 'out');
+    // A new run's default temperature follows the model (a resumed one's is the manifest's, where absent means 1).
+    const temperature = existing ? spec.temperature : spec.temperature ?? defaultTemperature(model);
+    const options = shardOptions({ ...spec, temperature }, count);
     let manifest: Manifest;
     const config = toReferenceConfig(model.config);
     const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
@@ -302,7 +312,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
       let result: ReturnType<typeof generate>;
       try {
         result = generate(model, {
-          ...spec, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal: controller.signal,
+          ...pickKeys(spec, GENERATE_OPTIONS), temperature, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal: controller.signal,
           onProgress: (d) => {
             if (ctx.aborted()) controller.abort();
             const done = skipped + generated + d;

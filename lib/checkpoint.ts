@@ -2,12 +2,13 @@
  * Checkpoints: safetensors files whose tensor names are the reference PyTorch state_dict (so they load there with
  * load_state_dict, and converted reference checkpoints load here), with the model config in the metadata.
  */
+import { existsSync } from 'node:fs';
 import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
-import { TarFlow, type ModelOptions } from './model.js';
-import { pretrainedPath, shippedModel } from './pretrained.js';
-import { checkOneOf, describeValue, parseJson, validationError } from './validate.js';
+import { MODEL_OPTIONS, TarFlow, type ModelOptions } from './model.js';
+import { PRETRAINED, pretrainedPath, shippedModel } from './pretrained.js';
+import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, type OptionNames } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -94,6 +95,8 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
 
 /** Writes the model as a reference-compatible safetensors checkpoint, atomically. */
 export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
+  checkObject('options', options);
+  checkKnownKeys('options', options, { dtype: true, metadata: true } satisfies OptionNames<SaveOptions>);
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',
@@ -115,6 +118,8 @@ export interface LoadOptions extends ModelOptions {
   config?: Partial<TarFlowConfig> | Record<string, unknown>;
 }
 
+const LOAD_OPTIONS = { ...MODEL_OPTIONS, config: true } as const satisfies OptionNames<LoadOptions>;
+
 /**
  * Loads a checkpoint into a new model: a .safetensors path, or the name of a model shipped in the package
  * ('mnist-cond', 'mnist-bpd': see PRETRAINED), as the command line's --checkpoint takes. A `.pth`/`.pt` pickle is
@@ -127,8 +132,20 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
       `${path} looks like a pickled PyTorch file, which tarflow never loads (unpickling can run code). Convert it in Python: ` +
       `from safetensors.torch import save_file; save_file(torch.load(p, map_location='cpu'), 'model.safetensors'), then pass the model's config JSON (config, --config).`);
   }
-  const given = options.config ? fromReferenceConfig(options.config) : null;
+  checkObject('options', options);
+  checkKnownKeys('options', options, LOAD_OPTIONS);
+  const { config: givenConfig, ...modelOptions } = options;
+  const given = givenConfig ? fromReferenceConfig(givenConfig) : null;
+  if (!/[\\/.]/.test(checkpoint) && !existsSync(path)) {
+    // A bare word is more likely a misspelt model name than a file without an extension.
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'checkpoint', `a .safetensors file or the name of a shipped model (${Object.keys(PRETRAINED).join(', ')})`,
+      `${describeValue(checkpoint)}, which is neither`);
+  }
   const file = await readSafetensors(path);
+  if (file.metadata.format === 'tarflow-train-state') {
+    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} is a training state (the optimizer's moments and counters), not a model checkpoint; ` +
+      `load the checkpoint.safetensors saved beside it`);
+  }
   const config = given ?? configFromMetadata(file, path);
   if (!config) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
@@ -138,7 +155,7 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
   if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') {
     throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'noise'`, "'gaussian' or 'uniform'", describeValue(noise));
   }
-  const model = new TarFlow(config, { ...options, noInit: true });
+  const model = new TarFlow(config, { ...modelOptions, noInit: true });
   model.trainingNoise = noise ?? 'gaussian';
   try {
     loadStateDict(model, file.tensors, '', path);

@@ -7,7 +7,6 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { existsSync, realpathSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import { SEED_RULE } from './model.js';
@@ -17,10 +16,10 @@ import { readConfigFile, savedRunData } from './tasks.js';
 import { readSafetensors } from './safetensors.js';
 import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
-import { pretrainedPath, shippedModel } from './pretrained.js';
+import { pretrainedPath, shippedModel, shippedModelOf } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
-import { trainOptionRules, type TrainOptions } from './train.js';
-import { checkNumberText, checkOneOf, checkString, describeValue, validationError, type NumberRule } from './validate.js';
+import { TRAIN_OPTIONS, checkTrainOptions, trainOptionRules, type TrainOptions } from './train.js';
+import { checkNumberText, checkOneOf, checkString, describeValue, pickKeys, validationError, type NumberRule } from './validate.js';
 
 export type Values = Record<string, string | boolean | undefined>;
 
@@ -116,11 +115,10 @@ function guidanceArgs(v: Values) {
   };
 }
 
-const temperatureHelp = "scale of the latent noise (default 1, or the shipped model's own); below 1, cleaner samples with less " +
-  'variety, and fewer overflows in likelihood models';
-/** --temperature, else the temperature of the shipped model that --checkpoint (or the command's default) names. */
-function temperatureArg(v: Values, defaultCheckpoint?: string) {
-  return num(v, 'temperature', { min: 0 }) ?? shippedModel(str(v, 'checkpoint') ?? defaultCheckpoint ?? '')?.temperature;
+const temperatureHelp = `scale of the latent noise (default 1, or ${LIKELIHOOD_TEMPERATURE} for a model trained with uniform dequantization, ` +
+  'as mnist-bpd); below 1, cleaner samples with less variety, and fewer overflows in likelihood models';
+function temperatureArg(v: Values) {
+  return num(v, 'temperature', { min: 0 });
 }
 
 /** The precision of a sampler: its matrix products, and the storage of its KV cache (default: the same). */
@@ -175,8 +173,8 @@ const trainHelp: Record<string, string> = {
   steps: 'total optimizer steps (overrides --epochs)',
   'batch-size': 'images per step (default 256)',
   lr: 'peak learning rate (default 2e-3)',
-  'min-lr': 'learning rate at the ends of the schedule (default 1e-6)',
-  'warmup-steps': 'linear warm-up steps (default: one epoch)',
+  'min-lr': 'learning rate at the ends of the schedule (default 1e-6, or --lr when that is lower)',
+  'warmup-steps': 'linear warm-up steps (default: one epoch, at most a quarter of the steps)',
   'weight-decay': 'AdamW weight decay (default 1e-4)',
   beta1: 'AdamW beta1 (default 0.9)',
   beta2: 'AdamW beta2 (default 0.95)',
@@ -201,7 +199,7 @@ function trainSpecFrom(v: Values): TrainSpec {
   // a folder given with a trailing slash still names the run after the folder
   const base = dataset === 'mnist' ? 'mnist' : dataset.replace(/[\\/]+$/, '').replace(/^.*[\\/]/, '').replace(/\.(npy|npz|bin)$/i, '') || 'data';
   const channels = oneOf(v, 'channels', ['1', '3']);
-  return {
+  const spec: TrainSpec = {
     dataset: str(v, 'dataset'), labels: str(v, 'labels'), imageSize: num(v, 'image-size', { integer: true, min: 1, max: 4096 }),
     channels: channels === undefined ? undefined : Number(channels), labelBase: labelBaseArg(v),
     preset, conditional: v.unconditional ? false : undefined,
@@ -211,12 +209,17 @@ function trainSpecFrom(v: Values): TrainSpec {
     sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
   };
+  // The flags' relations (--min-lr at most --lr) are checked now too; a resumed run's are checked against its saved options.
+  if (!spec.resume) checkTrainOptions(pickKeys(spec, TRAIN_OPTIONS));
+  return spec;
 }
 
 function printTrainSummary(r: Awaited<ReturnType<typeof train>>, json: boolean) {
   if (json) return;
   const lines = [
-    r.aborted ? `stopped at step ${r.steps}; resume with --resume --out ${r.out}` : `trained ${r.steps} steps (${r.epochs.toFixed(2)} epochs) in ${r.seconds.toFixed(1)} s, ${r.imagesPerSecond.toFixed(0)} images/s`,
+    r.aborted ? `stopped at step ${r.steps}; resume with --resume --out ${r.out}`
+      : r.resumedFromStep === r.steps ? `the run had already trained its ${r.steps} steps (${r.epochs.toFixed(2)} epochs)`
+      : `trained ${r.steps} steps (${r.epochs.toFixed(2)} epochs) in ${r.seconds.toFixed(1)} s, ${r.imagesPerSecond.toFixed(0)} images/s`,
     r.finalLoss !== null ? `final loss ${r.finalLoss.toFixed(4)}${r.skippedSteps ? `, ${r.skippedSteps} non-finite steps skipped` : ''}` : '',
     r.testBitsPerDim !== null ? `test bits/dim: ${r.testBitsPerDim.toFixed(4)}` : '',
     `checkpoint: ${r.checkpoint}`,
@@ -252,22 +255,22 @@ const commands: Record<string, Command> = {
       checkpoint: `model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising; mnist-bpd samples at temperature ${LIKELIHOOD_TEMPERATURE})`,
       config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
       labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
-      guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
-      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level (the training sigma)',
+      guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)',
       seed: 'noise seed (default 0)', temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)',
       out: 'a .png grid (default samples.png) or a folder for one PNG per image',
       cols: 'grid columns', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): SampleSpec {
-      // Without --checkpoint (or with the name of a shipped model) the package's own model samples, with the
+      // Without --checkpoint (or with a shipped model's name or file) the package's own model samples, with the
       // guidance and denoising it was trained for unless the flags say otherwise.
-      const shipped = shippedModel(str(v, 'checkpoint') ?? 'mnist-cond');
+      const shipped = shippedModelOf(str(v, 'checkpoint') ?? 'mnist-cond');
       const labels = labelsArg(v);
       const guidance = guidanceArgs(v);
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
-        seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v, 'mnist-cond'), batchSize: num(v, 'batch-size', POSITIVE_INT),
+        seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -275,7 +278,7 @@ const commands: Record<string, Command> = {
       const r = await sample(spec, job);
       if (!json) {
         process.stdout.write(`wrote ${r.count} samples to ${r.out} in ${r.seconds.toFixed(2)} s (${r.imagesPerSecond.toFixed(1)} images/s)` +
-          (r.redraws.length ? `; ${r.redraws.length} non-finite samples redrawn` : '') + '\n');
+          (r.redraws.length ? `; ${r.redraws.length} redraws of ${new Set(r.redraws.map((d) => d.index)).size} samples that came out non-finite` : '') + '\n');
       }
       return r;
     },
@@ -296,8 +299,8 @@ const commands: Record<string, Command> = {
       count: 'number of images (required unless --resume)',
       out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
-      guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
-      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level', seed: 'noise seed (default 0)',
+      guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)', seed: 'noise seed (default 0)',
       temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards; options left out are the run\'s own, one given again must agree ' +
         '(--batch-size, --device and --max-redraws may change)',
       'max-redraws': 'redraws of a NaN/Inf sample before the run fails (default 3); a resume may raise it',
@@ -307,14 +310,17 @@ const commands: Record<string, Command> = {
       // A resume takes what is left out from its manifest, so nothing may be filled in here: no defaults, and
       // --annealed left out is not false.
       const resume = v.resume === true;
+      // A new run from a shipped model gets the guidance and denoising it was trained for, as `sample` does.
+      const shipped = resume ? undefined : shippedModelOf(str(v, 'checkpoint') ?? '');
+      const guidance = guidanceArgs(v);
       return {
         checkpoint: resume && v.checkpoint === undefined ? undefined : checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'),
         count: num(v, 'count', POSITIVE_INT) ?? (resume ? undefined : missing('count', 'the number of images')),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']), shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v),
-        ...guidanceArgs(v), annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
-        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: resume ? num(v, 'temperature', { min: 0 }) : temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
+        ...guidance, guidance: guidance.guidance ?? shipped?.guidance, annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
+        denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma, seed: num(v, 'seed', SEED_RULE),
+        temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume, device: device(v), ...samplerPrecisionArgs(v),
       };
     },
@@ -322,7 +328,7 @@ const commands: Record<string, Command> = {
       const r = await generateToDisk(spec, job);
       if (!json) {
         process.stdout.write(`${r.images} images in ${spec.out} (${r.generated} generated, ${r.skipped} already there) in ${r.seconds.toFixed(1)} s, ` +
-          `${r.imagesPerSecond.toFixed(1)} images/s${r.redraws ? `; ${r.redraws} non-finite samples redrawn` : ''}\n`);
+          `${r.imagesPerSecond.toFixed(1)} images/s${r.redraws ? `; ${r.redraws} redraws of samples that came out non-finite` : ''}\n`);
       }
       return r;
     },
@@ -347,7 +353,7 @@ const commands: Record<string, Command> = {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT),
         ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: temperatureArg(v, 'mnist-cond'), k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
+        temperature: temperatureArg(v), k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: EvalSamplesSpec, job, json) {
@@ -361,7 +367,7 @@ const commands: Record<string, Command> = {
           `distance to nearest training image (pixels in [0,1]):`,
           `  samples:          ${dist(r.nearestDistance)}`,
           `  real test images: ${dist(r.trainingSetNearestBaseline)}`,
-          r.redraws ? `${r.redraws} non-finite samples redrawn` : '',
+          r.redraws ? `${r.redraws} redraws of samples that came out non-finite` : '',
         ].filter(Boolean).join('\n') + '\n');
       }
       return r;
@@ -428,7 +434,7 @@ const commands: Record<string, Command> = {
       return {
         dataset: 'mnist', preset: 'tiny', out: str(v, 'out') ?? join('runs', 'demo'),
         epochs: num(v, 'epochs', trainOptionRules.epochs) ?? 2, steps: num(v, 'steps', trainOptionRules.steps),
-        batchSize: 256, lr: 2e-3, noise: 'gaussian', sigma: 0.1, labelDrop: 0.1, sampleGuidance: 2, device: device(v), seed: 0,
+        batchSize: 256, lr: 2e-3, noise: 'gaussian', sigma: 0.1, labelDrop: 0.1, sampleGuidance: 2, device: device(v), seed: 0, tag: 'demo',
       };
     },
     async run(spec: TrainSpec, job, json) {
@@ -448,23 +454,20 @@ const commands: Record<string, Command> = {
   },
 };
 
-/** Why the training state at `path` is not a demo's (the tiny preset on MNIST), or null when it is one or there is none. */
+/**
+ * Why the training state at `path` is not a demo's, or null when it is one or there is none. Only a run the demo
+ * tagged counts: a plain `tarflow train` makes the same tiny MNIST model, and must not be started over.
+ */
 async function otherThanDemoRun(path: string): Promise<string | null> {
   if (!existsSync(path)) return null;
-  let config, data;
+  let data;
   try {
-    const file = await readSafetensors(path);
-    config = configFromMetadata(file, path);
-    data = savedRunData(file, path);
+    data = savedRunData(await readSafetensors(path), path);
   } catch (err) {
     return `its training state cannot be read: ${(err as Error).message}`;
   }
-  const tiny: Record<string, unknown> = { inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS.tiny };
-  const differ = config ? Object.keys(tiny).filter((k) => (config as unknown as Record<string, unknown>)[k] !== tiny[k]) : ['config'];
-  if (differ.length) return `its model differs from the tiny MNIST preset in ${differ.join(', ')}`;
-  // States from before the data was recorded say nothing: a tiny MNIST-shaped model is taken for a demo.
-  const dataset = data?.dataset;
-  return dataset === undefined || dataset === 'mnist' ? null : `it was trained on ${String(dataset)}`;
+  const tag = data?.tag;
+  return tag === 'demo' ? null : `its training state is tagged ${tag === undefined ? 'nothing' : describeValue(tag)}, not 'demo'`;
 }
 
 function formatSeconds(s: number): string {
@@ -545,6 +548,21 @@ function commandHelp(c: Command): string {
   return lines.join('\n');
 }
 
+/** Library option names that the command line spells differently from the camelCase of their flag. */
+const OPTION_FLAGS: Readonly<Record<string, string>> = { denoiseSigma: 'denoise', conditional: 'unconditional' };
+
+/**
+ * A library message as the command line says it: one that starts with an option's name ("batchSize: expected
+ * ...") starts with its flag instead ("--batch-size: expected ..."), so the user is told what to type.
+ */
+function withFlagNames(message: string, c: Command): string {
+  const m = /^([A-Za-z]+)((?:\[\d+\])?:)/.exec(message);
+  if (!m) return message;
+  const camel = (flag: string) => flag.replace(/-([a-z0-9])/g, (_, ch: string) => ch.toUpperCase());
+  const flag = OPTION_FLAGS[m[1]] ?? Object.keys(c.options).find((f) => camel(f) === m[1]);
+  return flag !== undefined && Object.hasOwn(c.options, flag) ? `--${flag}${m[2]}${message.slice(m[0].length)}` : message;
+}
+
 export type CommandLine =
   | { kind: 'usage' }
   | { kind: 'help'; command: string }
@@ -581,6 +599,8 @@ export async function main(argv: string[]): Promise<number> {
     if (!(err instanceof TarflowError)) throw err;
     const name = argv[0];
     const known = Object.hasOwn(commands, name);
+    // A script that asked for JSON reads the failure from stdout too, as it does for every other error.
+    if (argv.includes('--json')) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message } }) + '\n');
     process.stderr.write(`tarflow${known ? ` ${name}` : ''}: ${err.message}\n\n${known ? commandHelp(commands[name]) : usage()}\n`);
     return 2;
   }
@@ -621,8 +641,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     reporter.end();
     const e = err as Error & { code?: string };
-    if (json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERR_TARFLOW_NATIVE', message: e.message } }) + '\n');
-    process.stderr.write(`tarflow ${line.command}: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
+    const message = e instanceof TarflowError ? withFlagNames(e.message, cmd) : e.message;
+    if (json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERR_TARFLOW_NATIVE', message } }) + '\n');
+    process.stderr.write(`tarflow ${line.command}: ${message}${e.code ? ` [${e.code}]` : ''}\n`);
     if (interrupts > 0 && e.code === 'ERR_TARFLOW_ABORTED') return 130; // stopped by Ctrl-C, as the shell expects
     return e instanceof TarflowError || e.code?.startsWith('ERR_TARFLOW') ? 1 : 70;
   } finally {

@@ -22,6 +22,7 @@ import { readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
+import { checkKnownKeys, checkOneOf, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -60,6 +61,10 @@ export interface LoadOptions {
   signal?: AbortSignal;
 }
 
+const LOAD_OPTIONS = {
+  labels: true, size: true, channels: true, labelBase: true, onProgress: true, concurrency: true, signal: true,
+} as const satisfies OptionNames<LoadOptions>;
+
 const require = createRequire(import.meta.url);
 
 function mnistDir(): string {
@@ -72,6 +77,7 @@ function mnistDir(): string {
 
 /** MNIST digits: 60,000 training or 10,000 test images, 1 x 28 x 28, labels 0..9. */
 export async function loadMnist(split: Split = 'train'): Promise<ImageDataset> {
+  checkOneOf('split', split, ['train', 'test']);
   const prefix = split === 'train' ? 'train' : 't10k';
   const dir = mnistDir();
   const images = await readIdx(join(dir, `${prefix}-images-idx3-ubyte`));
@@ -247,7 +253,8 @@ function checkRequestedShape(ds: ImageDataset, options: LoadOptions): ImageDatas
 
 function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
   const options = typeof arg === 'string' ? { labels: arg } : arg ?? {};
-  if (typeof options !== 'object') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${typeof options}`);
+  if (typeof options !== 'object' || options === null) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${options === null ? 'null' : typeof options}`);
+  checkKnownKeys('options', options, LOAD_OPTIONS);
   if (options.size !== undefined && (!Number.isInteger(options.size) || options.size < 1)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `size must be a positive integer, got ${String(options.size)}; pass the model's image side (size; --image-size on the command line)`);
   }
@@ -428,6 +435,12 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
 
 /** Checks that a dataset fits a model (image size, channels, labels), naming the mismatch. */
 export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; imgSize: number; numClasses: number }): void {
+  const d = ds as Partial<ImageDataset> | null;
+  if (typeof d !== 'object' || d === null || !(d.images instanceof Uint8Array) || !Number.isSafeInteger(d.count) || !Number.isSafeInteger(d.channels) ||
+      !Number.isSafeInteger(d.size) || !(d.labels === null || d.labels instanceof Int32Array) || d.images.length !== d.count! * d.channels! * d.size! * d.size!) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'data: expected an ImageDataset (images, labels, count, channels, size, numClasses, name); ' +
+      'load one with loadDataset or loadMnist, or build one from arrays with makeDataset');
+  }
   if (ds.channels !== cfg.inChannels || ds.size !== cfg.imgSize) {
     throw new TarflowError('ERR_TARFLOW_SHAPE', `${ds.name} has ${ds.channels} x ${ds.size} x ${ds.size} images but the model takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize}`);
   }

@@ -6,7 +6,7 @@ import type { ImageDataset } from './data.js';
 import { checkDatasetFits } from './data.js';
 import { TarflowError } from './errors.js';
 import { SEED_RULE, type TarFlow } from './model.js';
-import { checkArray, checkBatch, checkNumber, checkObject, optional } from './validate.js';
+import { checkArray, checkBatch, checkKnownKeys, checkNumber, checkObject, optional, type OptionNames } from './validate.js';
 
 const STREAM_DEQUANT = 21;
 
@@ -19,6 +19,8 @@ export interface ScoreOptions {
   /** Checked between batches. */
   signal?: AbortSignal;
 }
+
+const SCORE_OPTIONS = { batchSize: true, seed: true, onProgress: true, signal: true } as const satisfies OptionNames<ScoreOptions>;
 
 /** The batch size and dequantization seed of a scoring run, checked, with their defaults. */
 export function checkScoreOptions(options: Pick<ScoreOptions, 'batchSize' | 'seed'>): { batchSize: number; seed: number } {
@@ -40,6 +42,7 @@ export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Arr
   const N = checkBatch('images', images, per, `${C} x ${S} x ${S} uint8 images`);
   model.checkLabels(labels, N);
   const { batchSize, seed } = checkScoreOptions(options);
+  checkKnownKeys('options', options, SCORE_OPTIONS);
   const batch = Math.min(batchSize, N);
   const out = new Float64Array(N);
   const noise = new model.backend.Tensor(model.dtype, [batch * per]);
@@ -76,12 +79,14 @@ export interface EvaluateResult {
 export function evaluateBpd(model: TarFlow, data: ImageDataset, options: ScoreOptions & { limit?: number } = {}): EvaluateResult {
   checkObject('data', data);
   checkScoreOptions(options);
+  checkKnownKeys('options', options, { ...SCORE_OPTIONS, limit: true });
   const limit = optional(options.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
   checkDatasetFits(data, model.config);
   const per = data.channels * data.size * data.size;
   const n = Math.min(limit ?? data.count, data.count);
   const labels = model.config.numClasses > 0 && data.labels ? data.labels.subarray(0, n) : null;
-  const bpd = scoreImages(model, data.images.subarray(0, n * per), labels, options);
+  const { limit: _, ...scoreOptions } = options;
+  const bpd = scoreImages(model, data.images.subarray(0, n * per), labels, scoreOptions);
   let sum = 0;
   for (const v of bpd) sum += v;
   return { bitsPerDim: sum / n, images: n };

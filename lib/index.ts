@@ -10,7 +10,7 @@ export { PRESETS, validateConfig, modelShape, toReferenceConfig, fromReferenceCo
 export { TarFlow, Workspace, type ModelOptions, type TrainingNoise, type GuidanceOptions, type ReverseOptions, type ForwardResult } from './model.js';
 export { ParamSet, parameterLayout } from './params.js';
 export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type StepResult } from './train.js';
-export { generate, denoise, resolveLabels, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';
+export { generate, denoise, resolveLabels, defaultTemperature, LIKELIHOOD_TEMPERATURE, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';
 export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from './evaluate.js';
 export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
 export { loadMnist, loadNpyDataset, loadNpzDataset, loadCifarDataset, loadIdxDataset, loadImageFolderDataset, loadDataset, makeDataset, type ImageDataset, type LoadOptions as DatasetLoadOptions } from './data.js';
@@ -23,7 +23,7 @@ export {
   type KnnReference, type KnnOptions, type KnnResult, type EvaluateSamplesOptions, type SampleQuality, type DistanceStats, type EvalSamplesSpec,
 } from './sample-quality.js';
 export { readNpz, writeNpz, parseNpz, serializeNpz } from './npz.js';
-export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec } from './tasks.js';
+export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec, ScoreSummary } from './tasks.js';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './safetensors.js';
 export { readNpy, writeNpy, parseNpy } from './npy.js';
 export { encodePng, writePng, imageGrid } from './png.js';

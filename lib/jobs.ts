@@ -8,9 +8,9 @@ import { getBackend, type DeviceOption } from './backend.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
 import {
   runEvaluate, runSample, runScore, runTrain,
-  type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type TaskContext, type TrainSpec, type TrainSummary,
+  type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type ScoreSummary, type TaskContext, type TrainSpec, type TrainSummary,
 } from './tasks.js';
-import { checkObject } from './validate.js';
+import { checkKnownKeys, checkObject, type OptionNames } from './validate.js';
 import type { TaskName } from './worker.js';
 import { runGenerate, type GenerateSpec, type GenerateSummary } from './batch-generate.js';
 import { runEvalSamples, type EvalSamplesSpec, type SampleQuality } from './sample-quality.js';
@@ -27,6 +27,7 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
   try {
     checkObject('spec', spec);
     checkObject('options', options);
+    checkKnownKeys('options', options, { onProgress: true, onLog: true, signal: true, inline: true } satisfies OptionNames<JobOptions>);
   } catch (err) {
     return Promise.reject(err);
   }
@@ -95,7 +96,7 @@ export function evaluate(spec: EvaluateSpec, options?: JobOptions): Promise<{ bi
 }
 
 /** Per-image bits/dim of the images in a .npy file. */
-export function score(spec: ScoreSpec, options?: JobOptions): Promise<{ bitsPerDim: number[]; mean: number }> {
+export function score(spec: ScoreSpec, options?: JobOptions): Promise<ScoreSummary> {
   return runJob('score', spec, options);
 }
 

@@ -11,7 +11,7 @@ import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from 
 import { TarflowError } from './errors.js';
 import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
 import {
-  checkArray, checkBoolean, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError,
+  checkArray, checkBoolean, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type OptionNames,
 } from './validate.js';
 
 export const LN_EPS = 1e-5;
@@ -69,6 +69,12 @@ export interface ReverseOptions extends GuidanceOptions {
    */
   kvCache?: Precision;
 }
+
+export const MODEL_OPTIONS = {
+  device: true, dtype: true, precision: true, seed: true, noInit: true, fusedAttention: true, recompute: true,
+} as const satisfies OptionNames<ModelOptions>;
+export const GUIDANCE_OPTIONS = { guidance: true, guideWhat: true, attnTemp: true, annealed: true } as const satisfies OptionNames<GuidanceOptions>;
+export const REVERSE_OPTIONS = { ...GUIDANCE_OPTIONS, kvCache: true } as const satisfies OptionNames<ReverseOptions>;
 
 /** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
 export const SEED_RULE = { integer: true, min: 0 } as const;
@@ -241,6 +247,7 @@ export class TarFlow {
     this.config = validateConfig(config);
     this.shape = modelShape(this.config);
     checkObject('options', options);
+    checkKnownKeys('options', options, MODEL_OPTIONS);
     this.dtype = checkOneOf('dtype', options.dtype ?? 'float32', ['float32', 'float64']);
     this.precision = checkOneOf('precision', options.precision ?? 'fp32', ['fp32', 'bf16']);
     if (this.precision === 'bf16' && this.dtype !== 'float32') {

@@ -46,6 +46,17 @@ export function shippedModel(name: string): PretrainedModel | undefined {
   return Object.hasOwn(PRETRAINED, name) ? PRETRAINED[name] : undefined;
 }
 
+/**
+ * The shipped model a checkpoint argument names: by its name, or by the path of its file in this package (so
+ * `models/mnist-cond.safetensors` samples with the same defaults as `mnist-cond`).
+ */
+export function shippedModelOf(checkpoint: string): PretrainedModel | undefined {
+  const byName = shippedModel(checkpoint);
+  if (byName) return byName;
+  const path = resolve(checkpoint);
+  return Object.values(PRETRAINED).find((m) => resolve(packageRoot, m.file) === path);
+}
+
 /** The absolute path of a shipped model, or a clear error when the name is unknown or the file is missing. */
 export function pretrainedPath(name: string): string {
   const entry = shippedModel(name);

@@ -12,9 +12,9 @@ import type { Backend, DeviceOption, Precision, Tensor } from './backend.js';
 import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
-import type { ReverseOptions, TarFlow } from './model.js';
-import { generate, resolveGenerateOptions } from './sampling.js';
-import { checkArray, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError } from './validate.js';
+import { REVERSE_OPTIONS, type ReverseOptions, type TarFlow } from './model.js';
+import { defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
+import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, type OptionNames } from './validate.js';
 import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
@@ -34,6 +34,8 @@ export interface KnnOptions {
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
+
+const KNN_OPTIONS = { queryBlock: true, referenceBlock: true, onProgress: true, signal: true } as const satisfies OptionNames<KnnOptions>;
 
 export interface KnnResult {
   /** The majority label of the k nearest references; a tie goes to the tied class with the nearest member. */
@@ -106,6 +108,7 @@ export function knnClassify(backend: Backend, reference: KnnReference, queries: 
   }
   checkNumber('k', k, { integer: true, min: 1, max: R }, 'ERR_TARFLOW_INVALID_ARGUMENT');
   checkObject('options', opts);
+  checkKnownKeys('options', opts, KNN_OPTIONS);
   // No block needs more rows than there are queries: a huge queryBlock would otherwise size its buffers by itself.
   const queryBlock = Math.min(positiveInt('queryBlock', opts.queryBlock ?? 512), Math.max(1, queries.length / dim));
   const referenceBlock = Math.min(positiveInt('referenceBlock', opts.referenceBlock ?? 8192), R);
@@ -257,6 +260,11 @@ export interface EvaluateSamplesOptions extends ReverseOptions {
   signal?: AbortSignal;
 }
 
+const EVALUATE_SAMPLES_OPTIONS = {
+  ...REVERSE_OPTIONS, count: true, denoiseSigma: true, seed: true, temperature: true, k: true, batchSize: true, train: true, test: true, knn: true,
+  onProgress: true, signal: true,
+} as const satisfies OptionNames<EvaluateSamplesOptions>;
+
 export interface SampleQuality {
   /** Samples generated and scored. */
   count: number;
@@ -303,6 +311,7 @@ export function checkMnistConditional(model: TarFlow): void {
 export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOptions = {}): Promise<SampleQuality> {
   checkMnistConditional(model);
   checkObject('options', options);
+  checkKnownKeys('options', options, EVALUATE_SAMPLES_OPTIONS);
   const k = positiveInt('k', options.k ?? 3);
   const dim = 28 * 28;
   const sampling = {
@@ -324,6 +333,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   checkNumber('k', k, { integer: true, min: 1, max: train.count });
   if (options.knn !== undefined) {
     checkObject('knn', options.knn);
+    checkKnownKeys('knn', options.knn, { queryBlock: true, referenceBlock: true });
     optional(options.knn.queryBlock, (v) => positiveInt('knn.queryBlock', v));
     optional(options.knn.referenceBlock, (v) => positiveInt('knn.referenceBlock', v));
   }
@@ -380,6 +390,7 @@ export interface EvalSamplesSpec extends ReverseOptions {
   count?: number;
   denoiseSigma?: number;
   seed?: number;
+  /** Scale of the latent noise; default: defaultTemperature (0.7 for likelihood models, else 1). */
   temperature?: number;
   k?: number;
   batchSize?: number;
@@ -388,9 +399,15 @@ export interface EvalSamplesSpec extends ReverseOptions {
   precision?: Precision;
 }
 
+const EVAL_SAMPLES_SPEC = {
+  ...REVERSE_OPTIONS, checkpoint: true, config: true, count: true, denoiseSigma: true, seed: true, temperature: true, k: true, batchSize: true,
+  device: true, precision: true,
+} as const satisfies OptionNames<EvalSamplesSpec>;
+
 /** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
 export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {
   checkCheckpointSpec(spec);
+  checkKnownKeys('spec', spec, EVAL_SAMPLES_SPEC);
   optional(spec.k, (v) => positiveInt('k', v));
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);
@@ -404,7 +421,7 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
     let lastReport = performance.now();
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
-      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature, k: spec.k,
+      kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature ?? defaultTemperature(model), k: spec.k,
       batchSize: spec.batchSize, signal: controller.signal,
       onProgress: (phase, done, total) => {
         if (ctx.aborted()) controller.abort();

@@ -5,8 +5,8 @@
 import { constants as bufferConstants } from 'node:buffer';
 import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
-import { SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
-import { checkArray, checkBatch, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError } from './validate.js';
+import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
+import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -26,6 +26,7 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
   const B = checkBatch('images', images, per, `${C} x ${S} x ${S} images`);
   model.checkLabels(labels, B);
   checkObject('options', options);
+  checkKnownKeys('options', options, { sigma: true, lambda: true } satisfies OptionNames<DenoiseOptions>);
   const sigma = checkNumber('sigma', options.sigma, { min: 0 });
   const lambda = checkNumber('lambda', options.lambda ?? 1);
   const ws = model.workspace(B);
@@ -48,6 +49,14 @@ const STREAM_LATENT = 31;
  * grids of a `--noise uniform` training run. At 1 their inverse often overflows float32 and the digits are broken.
  */
 export const LIKELIHOOD_TEMPERATURE = 0.7;
+
+/**
+ * The temperature the tasks (sample, generate, eval-samples) use when none is given: LIKELIHOOD_TEMPERATURE for a
+ * model trained with uniform dequantization (its checkpoint says so), 1 otherwise.
+ */
+export function defaultTemperature(model: TarFlow): number {
+  return model.trainingNoise === 'uniform' ? LIKELIHOOD_TEMPERATURE : 1;
+}
 
 export interface GenerateOptions extends ReverseOptions {
   /** Number of images. */
@@ -73,6 +82,11 @@ export interface GenerateOptions extends ReverseOptions {
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
+
+export const GENERATE_OPTIONS = {
+  ...REVERSE_OPTIONS, count: true, labels: true, denoiseSigma: true, seed: true, temperature: true, startIndex: true, batchSize: true,
+  maxRedraws: true, onProgress: true, signal: true,
+} as const satisfies OptionNames<GenerateOptions>;
 
 export interface GenerateResult {
   /** count * C * S * S bytes, channel-first. */
@@ -153,6 +167,8 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   const { inChannels: C, imgSize: S } = model.config;
   const { tokens: T, patchDim: D } = model.shape;
   const per = C * S * S;
+  checkObject('options', options);
+  checkKnownKeys('options', options, GENERATE_OPTIONS);
   const { count, seed, startIndex: start, batchSize, maxRedraws, temperature, denoiseSigma, guidance, kvCache } = resolveGenerateOptions(options, per);
   const batch = Math.min(batchSize, count);
   const labels = resolveLabels(model, count, options.labels, start);

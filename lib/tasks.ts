@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
-import { makeFolder } from './atomic.js';
+import { checkFolderCreatable, makeFolder } from './atomic.js';
 import { configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
@@ -16,9 +16,11 @@ import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
-import { generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
-import { Trainer, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
-import { checkBoolean, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, validationError } from './validate.js';
+import { GENERATE_OPTIONS, defaultTemperature, generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
+import { TRAIN_OPTIONS, Trainer, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
+import {
+  checkBoolean, checkKnownKeys, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, pickKeys, validationError, type OptionNames,
+} from './validate.js';
 
 export interface Progress {
   task: 'train' | 'sample' | 'evaluate' | 'score';
@@ -89,6 +91,11 @@ export interface TrainSpec extends TrainOptions {
    * dequantization, whose likelihood models often overflow float32 at 1 and draw broken digits; 1 otherwise).
    */
   sampleTemperature?: number;
+  /**
+   * A label saved with the run's training state (and kept by a resume that does not give one). The demo tags its
+   * runs 'demo', and starts over only a folder whose run carries that tag.
+   */
+  tag?: string;
 }
 
 export interface TrainSummary {
@@ -119,6 +126,8 @@ export interface SampleSpec extends Omit<GenerateOptions, 'onProgress' | 'signal
   precision?: Precision;
   /** Columns of the grid (default ceil(sqrt(count)) or numClasses for conditional models). */
   cols?: number;
+  /** Scale of the latent noise (GenerateOptions.temperature); default: defaultTemperature (0.7 for likelihood models, else 1). */
+  temperature?: number;
 }
 
 export interface SampleSummary {
@@ -154,6 +163,30 @@ export interface ScoreSpec {
   batchSize?: number;
   seed?: number;
   device?: DeviceOption;
+}
+
+const TRAIN_SPEC = {
+  ...TRAIN_OPTIONS, dataset: true, labels: true, imageSize: true, channels: true, labelBase: true, preset: true, config: true, init: true,
+  conditional: true, out: true, resume: true, checkpointEvery: true, sampleEvery: true, evalImages: true, device: true, dtype: true,
+  precision: true, recompute: true, initSeed: true, sampleGuidance: true, sampleTemperature: true, tag: true,
+} as const satisfies OptionNames<TrainSpec>;
+const { onProgress: _onProgress, signal: _signal, ...GENERATE_SPEC_OPTIONS } = GENERATE_OPTIONS;
+const SAMPLE_SPEC = {
+  ...GENERATE_SPEC_OPTIONS, checkpoint: true, config: true, out: true, device: true, precision: true, cols: true,
+} as const satisfies OptionNames<SampleSpec>;
+const EVALUATE_SPEC = {
+  checkpoint: true, config: true, dataset: true, labels: true, labelBase: true, split: true, limit: true, batchSize: true, seed: true, device: true,
+} as const satisfies OptionNames<EvaluateSpec>;
+const SCORE_SPEC = {
+  checkpoint: true, config: true, images: true, labels: true, labelBase: true, batchSize: true, seed: true, device: true,
+} as const satisfies OptionNames<ScoreSpec>;
+
+export interface ScoreSummary {
+  /** Bits/dim of each image, in order. */
+  bitsPerDim: number[];
+  mean: number;
+  /** Indexes of the images whose bits/dim is not finite (the flow overflowed float32); JSON writes those values as null. */
+  nonFinite: number[];
 }
 
 /** Progress rate over the recent past (a moving average of the report-to-report rate) and the ETA it gives. */
@@ -239,13 +272,26 @@ function decodeProgress(ctx: TaskContext): Pick<LoadOptions, 'onProgress' | 'sig
  */
 function checkTrainSpec(spec: TrainSpec): void {
   checkObject('spec', spec);
+  checkKnownKeys('spec', spec, TRAIN_SPEC);
   checkString('out', spec.out);
-  checkTrainOptions(spec);
+  checkTrainOptions(pickKeys(spec, TRAIN_OPTIONS));
   optional(spec.dataset, (v) => checkString('dataset', v));
   optional(spec.config, (v) => fromReferenceConfig(v));
   optional(spec.init, (v) => checkString('init', v));
+  optional(spec.tag, (v) => checkString('tag', v));
   if (spec.init !== undefined && (spec.config !== undefined || spec.preset !== undefined)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `init: the model config comes from ${spec.init}; drop ${spec.config !== undefined ? 'config' : 'preset'}`);
+  }
+  if (spec.config !== undefined && spec.preset !== undefined) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'preset: the model config is given in full (config, --config); drop preset (--preset)');
+  }
+  // Options that the rest of the spec makes meaningless are refused rather than ignored: the run would not do
+  // what its command line says.
+  if (spec.noise === 'uniform' && spec.sigma !== undefined) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', "sigma: the Gaussian noise level does nothing with noise 'uniform' (--noise uniform); drop sigma (--sigma)");
+  }
+  if (spec.conditional === false && spec.labelDrop !== undefined) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'labelDrop: an unconditional model (conditional: false, --unconditional) has no labels to drop; drop labelDrop (--label-drop)');
   }
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
   for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
@@ -306,9 +352,10 @@ function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
  */
 async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, options: Omit<GenerateOptions, 'count'> & { count?: number; cols?: number }): Promise<boolean> {
   const n = options.count ?? (model.config.numClasses > 0 ? model.config.numClasses * 10 : 100);
+  const { cols: _cols, ...generateOptions } = options;
   let result;
   try {
-    result = generate(model, { ...options, count: n });
+    result = generate(model, { ...generateOptions, count: n });
   } catch (err) {
     if ((err as TarflowError).code !== 'ERR_TARFLOW_NON_FINITE') throw err;
     ctx.log(`no sample grid ${path}: ${(err as Error).message}`);
@@ -321,7 +368,7 @@ async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, o
   return true;
 }
 
-/** The data fields of a run, saved in its training state so that `resume` alone finds the same data again. */
+/** The data fields of a run, saved in its training state (with its tag) so that `resume` alone finds the same data again. */
 const RUN_DATA_FIELDS = ['dataset', 'labels', 'labelBase', 'imageSize', 'channels'] as const;
 
 /**
@@ -335,6 +382,7 @@ function resumedSpec(spec: TrainSpec, state: SafetensorsFile, path: string): Tra
   for (const key of RUN_DATA_FIELDS) {
     if (filled[key] === undefined && saved[key] !== undefined && saved[key] !== null) (filled as unknown as Record<string, unknown>)[key] = saved[key];
   }
+  if (filled.tag === undefined && typeof saved.tag === 'string') filled.tag = saved.tag;
   return filled;
 }
 
@@ -347,12 +395,14 @@ export function savedRunData(state: SafetensorsFile, path: string): Record<strin
 
 function runDataRecord(spec: TrainSpec): string {
   const abs = (p: string | undefined) => (p === undefined || p === 'mnist' ? p : resolve(p));
-  return JSON.stringify({ dataset: abs(spec.dataset ?? 'mnist'), labels: abs(spec.labels), labelBase: spec.labelBase, imageSize: spec.imageSize, channels: spec.channels });
+  return JSON.stringify({
+    dataset: abs(spec.dataset ?? 'mnist'), labels: abs(spec.labels), labelBase: spec.labelBase, imageSize: spec.imageSize, channels: spec.channels, tag: spec.tag,
+  });
 }
 
 export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<TrainSummary> {
   checkTrainSpec(given);
-  await makeFolder(given.out, 'out');
+  await checkFolderCreatable(given.out, 'out');
   const statePath = join(given.out, 'train-state.safetensors');
   const ckptPath = join(given.out, 'checkpoint.safetensors');
   // A resumed run takes its model, data and options from its training state, so `resume` alone continues it.
@@ -384,12 +434,27 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     initial?.dispose();
     throw err;
   }
+  // Created only now that the run's state, weights and data have been found: a refused command leaves no folder.
+  try {
+    await makeFolder(spec.out, 'out');
+  } catch (err) {
+    initial?.dispose();
+    throw err;
+  }
+  if (initial && !state) {
+    // Fine-tuning keeps the noise the weights were trained with unless told otherwise: a likelihood model
+    // (uniform dequantization) trained on with Gaussian noise is a different model, and its loss can overflow.
+    if (trainOptions.noise === undefined) trainOptions = { ...trainOptions, noise: initial.trainingNoise };
+    else if (trainOptions.noise !== initial.trainingNoise) {
+      ctx.log(`${spec.init} was trained with ${initial.trainingNoise} noise; this run trains it on with ${trainOptions.noise} noise, as noise (--noise) says`);
+    }
+  }
   const config = initial?.config ?? stateConfig ?? modelConfigFor(spec, data);
   const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
   let trainer: Trainer;
   try {
-    trainer = new Trainer(model, data, trainOptions);
+    trainer = new Trainer(model, data, pickKeys(trainOptions, TRAIN_OPTIONS));
   } catch (err) {
     model.dispose();
     throw err;
@@ -432,7 +497,7 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
       if (!r.skipped) lastLoss = r.loss;
       const { rate, etaSeconds } = meter.update(trainer.step, trainer.totalSteps);
       ctx.progress({ task: 'train', done: trainer.step, total: trainer.totalSteps, rate, etaSeconds, loss: r.loss, lr: r.lr,
-        message: r.skipped ? `step ${r.step} skipped (non-finite loss or gradient)` : undefined });
+        message: r.skipped ? `step ${r.step + 1} of ${trainer.totalSteps} skipped (non-finite loss or gradient)` : undefined });
       if (trainer.step % every === 0 && !trainer.done) await save();
       if (sampleEvery > 0 && trainer.step % sampleEvery === 0 && !trainer.done) {
         await writeSampleGrid(model, join(spec.out, `samples-${String(trainer.step).padStart(6, '0')}.png`), ctx, { guidance, denoiseSigma, temperature, seed: 1 });
@@ -502,6 +567,7 @@ const OTHER_IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif'
 
 export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
   checkCheckpointSpec(spec);
+  checkKnownKeys('spec', spec, SAMPLE_SPEC);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
@@ -511,16 +577,18 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'out', 'a .png file (one grid) or a folder (one PNG per image)', JSON.stringify(spec.out),
       `samples are written as PNG only: name the grid "${spec.out.slice(0, -extname(spec.out).length)}.png", or convert it afterwards`);
   }
-  await makeFolder(gridFile ? dirname(spec.out) : spec.out, 'out');
+  const outFolder = gridFile ? dirname(spec.out) : spec.out;
+  await checkFolderCreatable(outFolder, 'out');
   const model = await openModel(spec);
   try {
+    await makeFolder(outFolder, 'out');
     const meter = new RateMeter();
     const controller = new AbortController();
     const poll = () => {
       if (ctx.aborted()) controller.abort();
     };
     const opts: GenerateOptions = {
-      ...spec, labels: spec.labels,
+      ...pickKeys(spec, GENERATE_OPTIONS), count: spec.count, temperature: spec.temperature ?? defaultTemperature(model),
       onProgress: (done, total) => {
         poll();
         const { rate, etaSeconds } = meter.update(done, total);
@@ -552,6 +620,7 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
 
 export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
   checkCheckpointSpec(spec);
+  checkKnownKeys('spec', spec, EVALUATE_SPEC);
   checkScoreOptions(spec);
   checkOneOf('split', spec.split ?? 'test', ['train', 'test']);
   optional(spec.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
@@ -575,8 +644,9 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
   }
 }
 
-export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bitsPerDim: number[]; mean: number }> {
+export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<ScoreSummary> {
   checkCheckpointSpec(spec);
+  checkKnownKeys('spec', spec, SCORE_SPEC);
   checkString('images', spec.images);
   checkScoreOptions(spec);
   const model = await openModel(spec);
@@ -588,6 +658,10 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bit
       throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);
     }
     const labels = model.config.numClasses > 0 ? data.labels : null;
+    if (model.config.numClasses > 0 && !labels) {
+      ctx.log(`the model is class-conditional but ${data.name} has no labels: each image is scored under the mean class embedding ` +
+        '(give labels, --labels FILE.npy, to score them under their classes)');
+    }
     if (labels) checkLabels(`${data.name}: labels`, labels, model.config.numClasses, false, 'ERR_TARFLOW_DATA');
     const controller = new AbortController();
     const meter = new RateMeter();
@@ -599,7 +673,12 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<{ bit
       },
     });
     const arr = Array.from(bpd);
-    return { bitsPerDim: arr, mean: arr.reduce((a, b) => a + b, 0) / arr.length };
+    const nonFinite = arr.flatMap((b, i) => (Number.isFinite(b) ? [] : [i]));
+    if (nonFinite.length > 0) {
+      ctx.log(`${nonFinite.length} of ${arr.length} images have no finite bits/dim (first: image ${nonFinite[0]}): the flow overflowed float32 on them, ` +
+        'which images far from the training data can make it do; JSON writes their values as null');
+    }
+    return { bitsPerDim: arr, mean: arr.reduce((a, b) => a + b, 0) / arr.length, nonFinite };
   } finally {
     model.dispose();
   }

@@ -13,7 +13,7 @@ import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
-import { checkBoolean, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule } from './validate.js';
+import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule, type OptionNames } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsFile, type SafetensorsTensor } from './safetensors.js';
 
 export interface TrainOptions {
@@ -25,7 +25,7 @@ export interface TrainOptions {
   steps?: number;
   /** Peak learning rate (default 2e-3, the small MNIST setting; the paper uses 1e-4 for large models). */
   lr?: number;
-  /** Learning rate at the start of warm-up and at the end of the cosine (default 1e-6). */
+  /** Learning rate at the start of warm-up and at the end of the cosine, at most lr (default 1e-6, or lr when that is lower). */
   minLr?: number;
   /** Warm-up steps (default: one epoch, at most a quarter of the run). */
   warmupSteps?: number;
@@ -48,6 +48,11 @@ export interface TrainOptions {
   /** Seed of the data order and every noise draw (default 0). */
   seed?: number;
 }
+
+export const TRAIN_OPTIONS = {
+  batchSize: true, epochs: true, steps: true, lr: true, minLr: true, warmupSteps: true, beta1: true, beta2: true, eps: true, weightDecay: true,
+  noise: true, sigma: true, labelDrop: true, hflip: true, clipGradNorm: true, maxNonFiniteSteps: true, seed: true,
+} as const satisfies OptionNames<TrainOptions>;
 
 export type ResolvedTrainOptions = Required<Omit<TrainOptions, 'steps' | 'warmupSteps' | 'clipGradNorm'>> & {
   steps: number;
@@ -87,12 +92,16 @@ export const trainOptionRules = {
 export function checkTrainOptions(o: TrainOptions) {
   checkObject('options', o);
   const num = (name: keyof typeof trainOptionRules) => optional(o[name], (v) => checkNumber(name, v, trainOptionRules[name]));
+  const lr = num('lr') ?? 2e-3;
+  const minLr = num('minLr') ?? Math.min(1e-6, lr); // a peak below the default floor gets a flat schedule, not a refusal
+  // The schedule runs from minLr up to lr and back: the other way round it would peak at the ends.
+  if (minLr > lr) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'minLr', `at most lr (${lr})`, describeValue(minLr), 'lower minLr (--min-lr) or raise lr (--lr)');
   return {
     batchSize: num('batchSize') ?? 256,
     epochs: num('epochs') ?? 1,
     steps: num('steps'),
-    lr: num('lr') ?? 2e-3,
-    minLr: num('minLr') ?? 1e-6,
+    lr,
+    minLr,
     warmupSteps: num('warmupSteps'),
     beta1: num('beta1') ?? 0.9,
     beta2: num('beta2') ?? 0.95,
@@ -211,6 +220,8 @@ export class Trainer {
   constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     checkDatasetFits(data, model.config);
+    checkObject('options', options);
+    checkKnownKeys('options', options, TRAIN_OPTIONS);
     this.options = resolveTrainOptions(options, data.count);
     model.trainingNoise = this.options.noise; // its samples map back to pixels by the inverse of this noise's map
     this.stepsPerEpoch = Math.floor(data.count / this.options.batchSize);
@@ -268,7 +279,7 @@ export class Trainer {
       this.nonFiniteRun++;
       this.step++;
       if (this.nonFiniteRun >= o.maxNonFiniteSteps) {
-        throw new TarflowError('ERR_TARFLOW_NON_FINITE', `${this.nonFiniteRun} training steps in a row had a non-finite loss or gradient (last at step ${s}); lower the learning rate or set clipGradNorm`);
+        throw new TarflowError('ERR_TARFLOW_NON_FINITE', `${this.nonFiniteRun} training steps in a row had a non-finite loss or gradient (the last was step ${s + 1} of ${o.steps}); lower the learning rate or set clipGradNorm`);
       }
       return { step: s, loss, lr, gradNorm, skipped: true };
     }

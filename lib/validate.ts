@@ -150,6 +150,44 @@ export function checkObject(name: string, value: unknown, code: Code = 'ERR_TARF
   return value as Record<string, unknown>;
 }
 
+/** Edit distance with a swap of neighbours counting as one edit (the usual typo), for "did you mean". */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * The option names of an options type T, as a value: `{ a: true, b: true } satisfies OptionNames<T>` makes the
+ * compiler refuse a list that misses one of T's keys or names another, so the run-time list cannot drift from T.
+ */
+export type OptionNames<T> = Readonly<Record<keyof T, true>>;
+
+/**
+ * No key outside `known`: a misspelt option (batchsize, step) would otherwise be ignored and its default used
+ * without a word. A key whose value is undefined is let through, as an option left out.
+ */
+export function checkKnownKeys(name: string, value: object, known: Readonly<Record<string, true>>, code: Code = 'ERR_TARFLOW_INVALID_ARGUMENT'): void {
+  for (const key of Object.keys(value)) {
+    if (Object.hasOwn(known, key) || (value as Record<string, unknown>)[key] === undefined) continue;
+    const lower = key.toLowerCase();
+    const names = Object.keys(known);
+    const near = names.filter((k) => editDistance(k.toLowerCase(), lower) <= Math.min(2, Math.floor(k.length / 3)));
+    const hint = near.length > 0 ? `did you mean ${near.map((k) => `'${k}'`).join(' or ')}?` : undefined;
+    throw validationError(code, name, `only the options ${names.map((k) => `'${k}'`).join(', ')}`, `the unknown option ${describeValue(key)}`, hint);
+  }
+}
+
+/** The entries of `value` whose keys are in `known`: a wider spec narrowed to the options one call takes. */
+export function pickKeys<T extends object>(value: T, known: Readonly<Record<string, true>>): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([k]) => Object.hasOwn(known, k))) as Partial<T>;
+}
+
 type ArrayClass = abstract new (...args: never[]) => ArrayBufferView;
 
 /** An instance of one of the given typed-array classes (a dtype check: no silent conversion). */

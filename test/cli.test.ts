@@ -410,7 +410,7 @@ test('demo starts over only a run like its own: a folder holding another run is 
   const before = readFileSync(join(runDir, 'train-state.safetensors'));
   const r = run(['demo', '--out', runDir, '--steps', '1']);
   assert.is(r.code, 1);
-  assert.match(r.stderr, /holds a training run that is not a demo \(its model differs from the tiny MNIST preset in imgSize, numClasses\), and the demo would start it over; choose another out folder \(--out\), or continue that run with `tarflow train --resume --out /);
+  assert.match(r.stderr, /holds a training run that is not a demo \(its training state is tagged nothing, not 'demo'\), and the demo would start it over; choose another out folder \(--out\), or continue that run with `tarflow train --resume --out /);
   assert.ok(readFileSync(join(runDir, 'train-state.safetensors')).equals(before));
   // Its own folder it starts over, so the quick start can be run again.
   const demo = join(dir, 'demo');
@@ -419,6 +419,73 @@ test('demo starts over only a run like its own: a folder holding another run is 
     assert.is(again.code, 0, again.stderr);
     assert.is(JSON.parse(again.stdout).steps, 1);
   }
+});
+
+test('demo leaves a plain train run of the same tiny MNIST model alone: only a run it tagged is started over', () => {
+  const plain = join(dir, 'plain-tiny');
+  const t = run(['train', '--steps', '1', '--batch-size', '16', '--eval-images', '0', '--out', plain]);
+  assert.is(t.code, 0, t.stderr);
+  const before = readFileSync(join(plain, 'train-state.safetensors'));
+  const d = run(['demo', '--out', plain, '--steps', '1']);
+  assert.is(d.code, 1);
+  assert.match(d.stderr, /holds a training run that is not a demo \(its training state is tagged nothing, not 'demo'\)/);
+  assert.ok(readFileSync(join(plain, 'train-state.safetensors')).equals(before));
+});
+
+test('library messages name the flag to change; a failed command leaves no folder; --json reports usage errors too', () => {
+  const resumed = run([...baseTrain, '--resume', '--batch-size', '32']);
+  assert.is(resumed.code, 1);
+  assert.match(resumed.stderr, /^tarflow train: --batch-size: expected 16, the value the run in .* was trained with, got 32/m);
+  const minLr = run(['train', '--lr', '1e-3', '--min-lr', '1e-2', '--out', join(dir, 'never-made')]);
+  assert.match(minLr.stderr, /--min-lr: expected at most lr \(0\.001\), got 0\.01/);
+  for (const args of [['train', '--resume', '--out', join(dir, 'never-made')], ['train', '--dataset', join(dir, 'none.npy'), '--out', join(dir, 'never-made')],
+    ['sample', '--checkpoint', join(dir, 'none.safetensors'), '--out', join(dir, 'never-made', 'grid.png')]]) {
+    assert.is(run(args).code, 1, args.join(' '));
+  }
+  assert.not.ok(existsSync(join(dir, 'never-made')), 'a refused command made its output folder');
+  const usage = run(['sample', '--json', '--bogus']);
+  assert.is(usage.code, 2);
+  assert.is(JSON.parse(usage.stdout).error.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+});
+
+test('a checkpoint argument that is a training state or a misspelt model name is told so', () => {
+  const state = run(['sample', '--checkpoint', join(runDir, 'train-state.safetensors'), '--count', '1', '--out', join(dir, 'st.png')]);
+  assert.is(state.code, 1);
+  assert.match(state.stderr, /is a training state .*not a model checkpoint; load the checkpoint\.safetensors saved beside it/);
+  const name = run(['eval', '--checkpoint', 'mnist-bdp']);
+  assert.is(name.code, 1);
+  assert.match(name.stderr, /checkpoint: expected a \.safetensors file or the name of a shipped model \(mnist-cond, mnist-bpd\), got "mnist-bdp", which is neither/);
+});
+
+test("a shipped model's file samples with the same defaults as its name; --init keeps the checkpoint's training noise", () => {
+  const byName = join(dir, 'cond-name.png'), byPath = join(dir, 'cond-path.png');
+  assert.is(run(['sample', '--checkpoint', 'mnist-cond', '--count', '3', '--out', byName]).code, 0);
+  const p = run(['sample', '--checkpoint', pretrainedPath('mnist-cond'), '--count', '3', '--out', byPath]);
+  assert.is(p.code, 0, p.stderr);
+  assert.ok(readFileSync(byName).equals(readFileSync(byPath)), 'guidance and denoising applied to the file as to the name');
+  // the run in uniform-default was trained with uniform dequantization; fine-tuning it without --noise keeps that
+  const out = join(dir, 'init-uniform');
+  const r = run(['train', '--init', join(dir, 'uniform-default', 'checkpoint.safetensors'), '--dataset', imagesPath, '--batch-size', '16', '--steps', '1',
+    '--eval-images', '0', '--out', out]);
+  assert.is(r.code, 0, r.stderr);
+  assert.is(parseSafetensors(readFileSync(join(out, 'checkpoint.safetensors'))).metadata.noise, 'uniform');
+});
+
+test('score --json lists the images whose bits/dim overflowed, and says so on stderr', () => {
+  // random bytes are far from any digit: under mnist-bpd some of them overflow float32 in the forward pass
+  const n = 4, noise = new Uint8Array(n * 784);
+  let x = 12345;
+  for (let i = 0; i < noise.length; i++) noise[i] = (x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 24;
+  noise.fill(0, 0, 784);
+  const path = join(dir, 'noise28.npy');
+  writeFileSync(path, serializeNpy(noise, [n, 28, 28]));
+  const r = run(['score', '--images', path, '--json']);
+  assert.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { bitsPerDim: Array<number | null>; nonFinite: number[] };
+  assert.ok(out.nonFinite.length > 0, 'no image overflowed: pick other noise');
+  assert.equal(out.nonFinite, out.bitsPerDim.flatMap((b, i) => (b === null ? [i] : [])));
+  assert.ok(out.bitsPerDim[0] !== null && out.bitsPerDim[0] < 1, 'a blank image scores low');
+  assert.match(r.stderr, new RegExp(`${out.nonFinite.length} of ${n} images have no finite bits/dim`));
 });
 
 test('init never overwrites a run or its own file', () => {

@@ -216,7 +216,8 @@ function checkSpec(command: string, spec: Record<string, unknown>): void {
     if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`${k} = ${v}`);
     if (v === '') throw new Error(`${k} is empty`);
   }
-  if (command === 'train' || command === 'demo') checkTrainOptions(spec);
+  // A resumed run's --min-lr is checked against its saved --lr, which the command line cannot know.
+  if (command === 'train' || command === 'demo') checkTrainOptions(spec.resume ? { ...spec, minLr: undefined } : spec);
   else if (command === 'eval' || command === 'score') checkScoreOptions(spec);
   else resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 } as GenerateOptions);
 }

@@ -5,19 +5,20 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getBackend } from '../lib/backend.js';
 import { fromReferenceConfig, validateConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
 import { loadModel, saveModel } from '../lib/checkpoint.js';
 import { commandSpec, parseFlags } from '../lib/cli.js';
-import { makeDataset } from '../lib/data.js';
+import { loadDataset, loadMnist, makeDataset } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { evaluateBpd, scoreImages } from '../lib/evaluate.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train } from '../lib/jobs.js';
 import { TarFlow } from '../lib/model.js';
 import { evaluateSamples, knnClassify } from '../lib/sample-quality.js';
+import { defaultTemperature, LIKELIHOOD_TEMPERATURE } from '../lib/sampling.js';
 import { denoise, generate, resolveLabels } from '../lib/sampling.js';
 import { readConfigFile } from '../lib/tasks.js';
 import { Trainer, resolveTrainOptions } from '../lib/train.js';
@@ -382,6 +383,78 @@ test('async jobs refuse bad specs before loading a checkpoint or dataset', async
   await rejects(() => loadModel(ckpt, { device: 'cpu', config: { ...toReferenceConfig(cond.config), img_size: 9 } }), CONFIG, 'config.patch_size', 'a divisor of config.img_size (9)', '4');
   // on a worker thread the refusal crosses back as the same TarflowError
   await rejects(() => sample({ checkpoint: ckpt, out: join(dir, 'w.png'), count: 2, labels: 3 }), INVALID, 'labels[0]', 'a class index in 0..2', '3');
+});
+
+test('a misspelt option is refused at every entry point, naming the options and the nearest one', async () => {
+  const unknown = (key: string, near?: string) => `the unknown option "${key}"${near ? `; did you mean '${near}'?` : ''}`;
+  const data = makeDataset('toy', new Uint8Array(32 * PER), 32, 1, 8, Int32Array.from({ length: 32 }, (_, i) => i % 3));
+  const ckpt = join(dir, 'keys.safetensors');
+  await saveModel(ckpt, uncond);
+  const inline = { inline: true };
+  const images = new Uint8Array(2 * PER);
+  refuses(() => new TarFlow(base, { devise: 'cpu' } as never), INVALID, 'options', "only the options 'device', 'dtype'", unknown('devise', 'device'));
+  refusesFirst(uncond, () => generate(uncond, { count: 1, guidence: 2 } as never), INVALID, 'options', "'guidance'", unknown('guidence', 'guidance'));
+  refusesFirst(uncond, () => denoise(uncond, new Float32Array(PER), null, { sigma: 0.1, lamda: 1 } as never), INVALID, 'options', "'lambda'", unknown('lamda', 'lambda'));
+  refusesFirst(uncond, () => scoreImages(uncond, images, null, { batchsize: 2 } as never), INVALID, 'options', "'batchSize'", unknown('batchsize', 'batchSize'));
+  refusesFirst(uncond, () => evaluateBpd(uncond, data, { limt: 1 } as never), INVALID, 'options', "'limit'", unknown('limt', 'limit'));
+  refusesFirst(cond, () => new Trainer(cond, data, { batchsize: 16, step: 5 } as never), INVALID, 'options', "'batchSize'", unknown('batchsize', 'batchSize'));
+  await rejects(() => loadModel(ckpt, { precison: 'bf16' } as never), INVALID, 'options', "'precision'", unknown('precison', 'precision'));
+  await rejects(() => saveModel(join(dir, 'x.safetensors'), uncond, { dtyp: 'BF16' } as never), INVALID, 'options', "'dtype', 'metadata'", unknown('dtyp', 'dtype'));
+  await rejects(() => loadDataset('mnist', 'test', { size: 28, chanels: 1 } as never), INVALID, 'options', "'channels'", unknown('chanels', 'channels'));
+  await rejects(() => train({ out: join(dir, 'keys-run'), step: 10 } as never, inline), INVALID, 'spec', "'steps'", unknown('step', 'steps'));
+  await rejects(() => train({ out: join(dir, 'keys-run') }, { inlin: true } as never), INVALID, 'options', "'inline'", unknown('inlin', 'inline'));
+  await rejects(() => sample({ checkpoint: ckpt, out: join(dir, 'k.png'), count: 1, tempreature: 1 } as never, inline), INVALID, 'spec', "'temperature'", unknown('tempreature', 'temperature'));
+  await rejects(() => evaluate({ checkpoint: ckpt, splt: 'test' } as never, inline), INVALID, 'spec', "'split'", unknown('splt', 'split'));
+  await rejects(() => score({ checkpoint: ckpt, images: 'x.npy', batch: 2 } as never, inline), INVALID, 'spec', "'batchSize'", unknown('batch'));
+  await rejects(() => generateToDisk({ checkpoint: ckpt, out: join(dir, 'keys-gen'), count: 2, shardsize: 1 } as never, inline), INVALID, 'spec', "'shardSize'", unknown('shardsize', 'shardSize'));
+  await rejects(() => evalSamples({ checkpoint: ckpt, cuont: 5 } as never, inline), INVALID, 'spec', "'count'", unknown('cuont', 'count'));
+  const ref = { images: new Uint8Array(4 * 16), labels: Int32Array.of(0, 1, 2, 3), count: 4, dim: 16 };
+  refuses(() => knnClassify(getBackend('cpu'), ref, new Uint8Array(16), 1, { queryblock: 4 } as never), INVALID, 'options', "'queryBlock'", unknown('queryblock', 'queryBlock'));
+  assert.not.ok(existsSync(join(dir, 'keys-run')) || existsSync(join(dir, 'keys-gen')), 'a refused job leaves no folder');
+  // An option left out by writing it as undefined is no misspelling.
+  assert.is(resolveTrainOptions({ batchSize: 16, steps: undefined }, 32).steps, 2);
+});
+
+test('training: contradictory or meaningless options are refused, not ignored', async () => {
+  refuses(() => resolveTrainOptions({ batchSize: 16, lr: 1e-3, minLr: 1e-2 }, 32), INVALID, 'minLr', 'at most lr (0.001)', '0.01');
+  assert.is(resolveTrainOptions({ batchSize: 16, lr: 1e-8 }, 32).minLr, 1e-8, 'a peak below the default floor lowers the floor');
+  const inline = { inline: true };
+  const out = join(dir, 'never');
+  for (const [spec, pattern] of [
+    [{ noise: 'uniform', sigma: 0.2 }, /^sigma: the Gaussian noise level does nothing with noise 'uniform'/],
+    [{ conditional: false, labelDrop: 0.5 }, /^labelDrop: an unconditional model .* has no labels to drop/],
+    [{ preset: 'small', config: toReferenceConfig(cond.config) }, /^preset: the model config is given in full/],
+  ] as const) {
+    try {
+      await train({ out, dataset: join(dir, 'none.npy'), ...spec } as never, inline);
+      assert.unreachable(JSON.stringify(spec));
+    } catch (err) {
+      assert.instance(err, TarflowError);
+      assert.match((err as Error).message, pattern);
+    }
+  }
+  assert.not.ok(existsSync(out));
+});
+
+test('datasets: the MNIST split and the dataset a trainer is given are checked', async () => {
+  await rejects(() => loadMnist('training' as never), INVALID, 'split', "one of 'train', 'test'", '"training"');
+  try {
+    new Trainer(cond, { images: new Uint8Array(10) } as never, { batchSize: 2 });
+    assert.unreachable('a bare object taken for a dataset');
+  } catch (err) {
+    assert.match((err as Error).message, /^data: expected an ImageDataset .*build one from arrays with makeDataset/);
+  }
+});
+
+test('the default sampling temperature follows the training noise the checkpoint records', () => {
+  const m = new TarFlow(base, { device: 'cpu', seed: 1 });
+  try {
+    assert.is(defaultTemperature(m), 1);
+    m.trainingNoise = 'uniform';
+    assert.is(defaultTemperature(m), LIKELIHOOD_TEMPERATURE);
+  } finally {
+    m.dispose();
+  }
 });
 
 test('command line: each flag is named, with what it must be and what was typed', () => {
