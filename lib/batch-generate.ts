@@ -186,9 +186,15 @@ function checkManifest(m: unknown): Manifest {
   if (options.count !== count) throw validationError(DAMAGED, 'options.count', `${count} (count)`, describeValue(options.count));
   if (options.shardSize !== shardSize) throw validationError(DAMAGED, 'options.shardSize', `${shardSize} (shardSize)`, describeValue(options.shardSize));
   checkOneOf('options.format', options.format, ['png', 'npz'], DAMAGED);
+  const nShards = Math.ceil(count / shardSize);
   array('shards', manifest.shards).forEach((s, i) => {
     const shard = checkObject(`shards[${i}]`, s, DAMAGED);
     for (const key of ['index', 'start', 'count'] as const) int(`shards[${i}].${key}`, shard[key], 0);
+    // A shard the layout does not have would be taken for finished work, and one of its images never drawn.
+    const index = checkNumber(`shards[${i}].index`, shard.index, { integer: true, min: 0, below: nShards }, DAMAGED);
+    if (shard.start !== index * shardSize) throw validationError(DAMAGED, `shards[${i}].start`, `${index * shardSize} (index x shardSize)`, describeValue(shard.start));
+    const images = Math.min(shardSize, count - index * shardSize);
+    if (shard.count !== images) throw validationError(DAMAGED, `shards[${i}].count`, `${images}`, describeValue(shard.count));
     array(`shards[${i}].files`, shard.files);
     array(`shards[${i}].redraws`, shard.redraws);
   });

@@ -115,6 +115,9 @@ test('a damaged manifest is refused, with or without resume, and the shards it d
     [JSON.stringify({ ...good, shards: [{ ...good.shards[0], files: 'shard-00000.npz' }] }), /shards\[0\]\.files: expected an array/],
     [JSON.stringify({ ...good, complete: undefined }), /complete: expected true or false, got undefined/],
     [JSON.stringify({ ...good, options: { ...good.options, count: 5 } }), /options\.count: expected 4 \(count\), got 5/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[0], index: 2 }] }), /shards\[0\]\.index: expected an integer in \[0, 2\), got 2/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[1], start: 0 }] }), /shards\[0\]\.start: expected 2 \(index x shardSize\), got 0/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[0], count: 1 }] }), /shards\[0\]\.count: expected 2, got 1/],
   ];
   for (const [text, why] of cases) {
     writeFileSync(manifestPath, text);
