@@ -132,11 +132,13 @@ export async function checkFolderCreatable(path: string, what: string): Promise<
       info = await fsp.stat(at);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' && nodePath.dirname(at) !== at) {
+      // A link that points nowhere is there, and mkdir cannot pass it.
+      const dangling = code === 'ENOENT' && (await fsp.lstat(at).then(() => true, () => false));
+      if (code === 'ENOENT' && !dangling && nodePath.dirname(at) !== at) {
         at = nodePath.dirname(at);
         continue;
       }
-      throw folderError(path, what, err);
+      throw folderError(path, what, dangling ? Object.assign(new Error(`${at} is a link to nothing`), { code: 'EEXIST' }) : err);
     }
     if (!info.isDirectory()) throw folderError(path, what, Object.assign(new Error(`${at} is a file`), { code: 'ENOTDIR' }));
     try {

@@ -150,7 +150,8 @@ const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
  */
 function resumedSpec(spec: GenerateSpec, manifest: Manifest, manifestPath: string): GenerateSpec {
   const saved = imageOptions(manifest.options);
-  const merged: GenerateSpec = { ...spec, checkpoint: spec.checkpoint ?? manifest.checkpoint };
+  // The recorded config serves a checkpoint without one in its metadata (the SHA-256 check still ties the weights).
+  const merged: GenerateSpec = { ...spec, checkpoint: spec.checkpoint ?? manifest.checkpoint, config: spec.config ?? { ...manifest.config } };
   const fill = merged as unknown as Record<string, unknown>;
   for (const [key, value] of Object.entries(saved)) fill[key] ??= value;
   const now = imageOptions(merged);

@@ -7,6 +7,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { existsSync, realpathSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import { SEED_RULE } from './model.js';
@@ -18,7 +19,7 @@ import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
 import { pretrainedPath, shippedModel, shippedModelOf } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
-import { TRAIN_OPTIONS, checkTrainOptions, trainOptionRules, type TrainOptions } from './train.js';
+import { TRAIN_OPTIONS, checkTrainOptionRelations, trainOptionRules, type TrainOptions } from './train.js';
 import { checkNumberText, checkOneOf, checkString, describeValue, pickKeys, validationError, type NumberRule } from './validate.js';
 
 export type Values = Record<string, string | boolean | undefined>;
@@ -210,7 +211,7 @@ function trainSpecFrom(v: Values): TrainSpec {
     evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
   };
   // The flags' relations (--min-lr at most --lr) are checked now too; a resumed run's are checked against its saved options.
-  if (!spec.resume) checkTrainOptions(pickKeys(spec, TRAIN_OPTIONS));
+  if (!spec.resume) checkTrainOptionRelations(pickKeys(spec, TRAIN_OPTIONS));
   return spec;
 }
 
@@ -455,19 +456,28 @@ const commands: Record<string, Command> = {
 };
 
 /**
- * Why the training state at `path` is not a demo's, or null when it is one or there is none. Only a run the demo
- * tagged counts: a plain `tarflow train` makes the same tiny MNIST model, and must not be started over.
+ * Why the training state at `path` is not a demo's, or null when it is one or there is none. A run the demo tagged
+ * counts; a plain `tarflow train` makes the same tiny MNIST model and must not be started over. States from before
+ * runs were tagged say nothing, and a tiny MNIST model among them is taken for the demo's, as it was then.
  */
 async function otherThanDemoRun(path: string): Promise<string | null> {
   if (!existsSync(path)) return null;
-  let data;
+  let config, data;
   try {
-    data = savedRunData(await readSafetensors(path), path);
+    const file = await readSafetensors(path);
+    config = configFromMetadata(file, path);
+    data = savedRunData(file, path);
   } catch (err) {
     return `its training state cannot be read: ${(err as Error).message}`;
   }
-  const tag = data?.tag;
-  return tag === 'demo' ? null : `its training state is tagged ${tag === undefined ? 'nothing' : describeValue(tag)}, not 'demo'`;
+  if (data && Object.hasOwn(data, 'tag')) {
+    return data.tag === 'demo' ? null : `its training state is tagged ${data.tag === null ? 'nothing' : describeValue(data.tag)}, not 'demo'`;
+  }
+  const tiny: Record<string, unknown> = { inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS.tiny };
+  const differ = config ? Object.keys(tiny).filter((k) => (config as unknown as Record<string, unknown>)[k] !== tiny[k]) : ['config'];
+  if (differ.length) return `its model differs from the tiny MNIST preset in ${differ.join(', ')}`;
+  const dataset = data?.dataset;
+  return dataset === undefined || dataset === 'mnist' ? null : `it was trained on ${String(dataset)}`;
 }
 
 function formatSeconds(s: number): string {
@@ -556,11 +566,12 @@ const OPTION_FLAGS: Readonly<Record<string, string>> = { denoiseSigma: 'denoise'
  * ...") starts with its flag instead ("--batch-size: expected ..."), so the user is told what to type.
  */
 function withFlagNames(message: string, c: Command): string {
-  const m = /^([A-Za-z]+)((?:\[\d+\])?:)/.exec(message);
-  if (!m) return message;
   const camel = (flag: string) => flag.replace(/-([a-z0-9])/g, (_, ch: string) => ch.toUpperCase());
-  const flag = OPTION_FLAGS[m[1]] ?? Object.keys(c.options).find((f) => camel(f) === m[1]);
-  return flag !== undefined && Object.hasOwn(c.options, flag) ? `--${flag}${m[2]}${message.slice(m[0].length)}` : message;
+  // at the start, and after each '; ' (a message that lists several options, as a refused resume does)
+  return message.replace(/(^|; )([A-Za-z]+)((?:\[\d+\])?:)/g, (whole, lead: string, name: string, rest: string) => {
+    const flag = OPTION_FLAGS[name] ?? Object.keys(c.options).find((f) => camel(f) === name);
+    return flag !== undefined && Object.hasOwn(c.options, flag) ? `${lead}--${flag}${rest}` : whole;
+  });
 }
 
 export type CommandLine =

@@ -406,8 +406,9 @@ const EVAL_SAMPLES_SPEC = {
 
 /** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
 export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {
+  checkObject('spec', spec);
+  checkKnownKeys('spec', spec, EVAL_SAMPLES_SPEC); // first, so a misspelt checkpoint is named as such
   checkCheckpointSpec(spec);
-  checkKnownKeys('spec', spec, EVAL_SAMPLES_SPEC);
   optional(spec.k, (v) => positiveInt('k', v));
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);

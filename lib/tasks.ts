@@ -17,7 +17,7 @@ import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
 import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
-import { TRAIN_OPTIONS, Trainer, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
+import { TRAIN_OPTIONS, Trainer, checkTrainOptionRelations, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
 import {
   checkBoolean, checkKnownKeys, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, pickKeys, validationError, type OptionNames,
 } from './validate.js';
@@ -275,6 +275,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   checkKnownKeys('spec', spec, TRAIN_SPEC);
   checkString('out', spec.out);
   checkTrainOptions(pickKeys(spec, TRAIN_OPTIONS));
+  if (!spec.resume) checkTrainOptionRelations(pickKeys(spec, TRAIN_OPTIONS));
   optional(spec.dataset, (v) => checkString('dataset', v));
   optional(spec.config, (v) => fromReferenceConfig(v));
   optional(spec.init, (v) => checkString('init', v));
@@ -285,14 +286,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   if (spec.config !== undefined && spec.preset !== undefined) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'preset: the model config is given in full (config, --config); drop preset (--preset)');
   }
-  // Options that the rest of the spec makes meaningless are refused rather than ignored: the run would not do
-  // what its command line says.
-  if (spec.noise === 'uniform' && spec.sigma !== undefined) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', "sigma: the Gaussian noise level does nothing with noise 'uniform' (--noise uniform); drop sigma (--sigma)");
-  }
-  if (spec.conditional === false && spec.labelDrop !== undefined) {
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'labelDrop: an unconditional model (conditional: false, --unconditional) has no labels to drop; drop labelDrop (--label-drop)');
-  }
+  checkMeaningful(spec, spec.noise, spec.conditional);
   checkOneOf('preset', spec.preset ?? 'tiny', Object.keys(PRESETS) as PresetName[]);
   for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
   optional(spec.recompute, checkRecompute);
@@ -304,6 +298,21 @@ function checkTrainSpec(spec: TrainSpec): void {
   optional(spec.evalImages, (v) => checkNumber('evalImages', v, { integer: true, min: 0 }));
   optional(spec.sampleGuidance, (v) => checkNumber('sampleGuidance', v, { min: 0 }));
   optional(spec.sampleTemperature, (v) => checkNumber('sampleTemperature', v, { min: 0 }));
+}
+
+/**
+ * Options that the rest of the run makes meaningless are refused rather than ignored: the run would not do what its
+ * command line says. Checked on the spec, and again once an --init checkpoint has said its noise and classes.
+ */
+function checkMeaningful(given: TrainSpec, noise: TrainOptions['noise'], conditional: boolean | undefined): void {
+  if (noise === 'uniform' && given.sigma !== undefined) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', "sigma: the Gaussian noise level does nothing with uniform dequantization " +
+      `(${given.noise === 'uniform' ? "noise 'uniform', --noise uniform" : `the noise ${given.init} was trained with`}); drop sigma (--sigma)`);
+  }
+  if (conditional === false && given.labelDrop !== undefined) {
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `labelDrop: an unconditional model (${given.conditional === false ? 'conditional: false, --unconditional' : given.init ?? 'unlabelled data'}) ` +
+      'has no labels to drop; drop labelDrop (--label-drop)');
+  }
 }
 
 /** The initial model's config must fit the data: same image shape, and labels exactly when it is conditional. */
@@ -396,7 +405,9 @@ export function savedRunData(state: SafetensorsFile, path: string): Record<strin
 function runDataRecord(spec: TrainSpec): string {
   const abs = (p: string | undefined) => (p === undefined || p === 'mnist' ? p : resolve(p));
   return JSON.stringify({
-    dataset: abs(spec.dataset ?? 'mnist'), labels: abs(spec.labels), labelBase: spec.labelBase, imageSize: spec.imageSize, channels: spec.channels, tag: spec.tag,
+    dataset: abs(spec.dataset ?? 'mnist'), labels: abs(spec.labels), labelBase: spec.labelBase, imageSize: spec.imageSize, channels: spec.channels,
+    // null, not left out: a state without the key predates tags (the demo tells those apart by their model)
+    tag: spec.tag ?? null,
   });
 }
 
@@ -434,13 +445,6 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     initial?.dispose();
     throw err;
   }
-  // Created only now that the run's state, weights and data have been found: a refused command leaves no folder.
-  try {
-    await makeFolder(spec.out, 'out');
-  } catch (err) {
-    initial?.dispose();
-    throw err;
-  }
   if (initial && !state) {
     // Fine-tuning keeps the noise the weights were trained with unless told otherwise: a likelihood model
     // (uniform dequantization) trained on with Gaussian noise is a different model, and its loss can overflow.
@@ -449,13 +453,24 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
       ctx.log(`${spec.init} was trained with ${initial.trainingNoise} noise; this run trains it on with ${trainOptions.noise} noise, as noise (--noise) says`);
     }
   }
-  const config = initial?.config ?? stateConfig ?? modelConfigFor(spec, data);
+  let config: TarFlowConfig;
+  try {
+    config = initial?.config ?? stateConfig ?? modelConfigFor(spec, data);
+    if (!state) checkMeaningful(given, trainOptions.noise, config.numClasses > 0);
+  } catch (err) {
+    initial?.dispose();
+    throw err;
+  }
   const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
-  let trainer: Trainer;
+  let trainer: Trainer | undefined;
   try {
     trainer = new Trainer(model, data, pickKeys(trainOptions, TRAIN_OPTIONS));
+    // Made only now that the run's state, weights, data and options have been found and checked: a refused command
+    // leaves no folder behind.
+    await makeFolder(spec.out, 'out');
   } catch (err) {
+    trainer?.dispose();
     model.dispose();
     throw err;
   }
@@ -566,8 +581,9 @@ async function openModel(spec: { checkpoint: string; config?: Record<string, unk
 const OTHER_IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif', '.tiff', '.avif'];
 
 export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
+  checkObject('spec', spec);
+  checkKnownKeys('spec', spec, SAMPLE_SPEC); // first, so a misspelt checkpoint is named as such
   checkCheckpointSpec(spec);
-  checkKnownKeys('spec', spec, SAMPLE_SPEC);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
@@ -619,8 +635,9 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
 }
 
 export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise<{ bitsPerDim: number; images: number; seconds: number }> {
+  checkObject('spec', spec);
+  checkKnownKeys('spec', spec, EVALUATE_SPEC); // first, so a misspelt checkpoint is named as such
   checkCheckpointSpec(spec);
-  checkKnownKeys('spec', spec, EVALUATE_SPEC);
   checkScoreOptions(spec);
   checkOneOf('split', spec.split ?? 'test', ['train', 'test']);
   optional(spec.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
@@ -645,8 +662,9 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
 }
 
 export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<ScoreSummary> {
+  checkObject('spec', spec);
+  checkKnownKeys('spec', spec, SCORE_SPEC); // first, so a misspelt checkpoint is named as such
   checkCheckpointSpec(spec);
-  checkKnownKeys('spec', spec, SCORE_SPEC);
   checkString('images', spec.images);
   checkScoreOptions(spec);
   const model = await openModel(spec);

@@ -25,7 +25,7 @@ export interface TrainOptions {
   steps?: number;
   /** Peak learning rate (default 2e-3, the small MNIST setting; the paper uses 1e-4 for large models). */
   lr?: number;
-  /** Learning rate at the start of warm-up and at the end of the cosine, at most lr (default 1e-6, or lr when that is lower). */
+  /** Learning rate at the start of warm-up and at the end of the cosine, at most lr (train() refuses more; default 1e-6, or lr when that is lower). */
   minLr?: number;
   /** Warm-up steps (default: one epoch, at most a quarter of the run). */
   warmupSteps?: number;
@@ -93,9 +93,7 @@ export function checkTrainOptions(o: TrainOptions) {
   checkObject('options', o);
   const num = (name: keyof typeof trainOptionRules) => optional(o[name], (v) => checkNumber(name, v, trainOptionRules[name]));
   const lr = num('lr') ?? 2e-3;
-  const minLr = num('minLr') ?? Math.min(1e-6, lr); // a peak below the default floor gets a flat schedule, not a refusal
-  // The schedule runs from minLr up to lr and back: the other way round it would peak at the ends.
-  if (minLr > lr) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'minLr', `at most lr (${lr})`, describeValue(minLr), 'lower minLr (--min-lr) or raise lr (--lr)');
+  const minLr = num('minLr') ?? Math.min(1e-6, lr); // a peak below the default floor gets a flat schedule
   return {
     batchSize: num('batchSize') ?? 256,
     epochs: num('epochs') ?? 1,
@@ -115,6 +113,16 @@ export function checkTrainOptions(o: TrainOptions) {
     maxNonFiniteSteps: num('maxNonFiniteSteps') ?? 50,
     seed: num('seed') ?? 0,
   };
+}
+
+/**
+ * The options' relations, for options a caller gives (train() and the command line check them on a new run): the
+ * schedule runs from minLr up to lr and back, and the other way round it would peak at the ends. Not applied to a
+ * saved run's options, which a resume must take as they are.
+ */
+export function checkTrainOptionRelations(o: TrainOptions): void {
+  const { lr, minLr } = checkTrainOptions(o);
+  if (minLr > lr) throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'minLr', `at most lr (${lr})`, describeValue(minLr), 'lower minLr (--min-lr) or raise lr (--lr)');
 }
 
 export function resolveTrainOptions(o: TrainOptions, datasetSize: number): ResolvedTrainOptions {

@@ -164,7 +164,8 @@ function editDistance(a: string, b: string): number {
 
 /**
  * The option names of an options type T, as a value: `{ a: true, b: true } satisfies OptionNames<T>` makes the
- * compiler refuse a list that misses one of T's keys or names another, so the run-time list cannot drift from T.
+ * compiler refuse a list that misses one of T's keys or names another (written in the literal: a key that comes in
+ * by a spread of another list is not checked for belonging), so the run-time list cannot drift from T.
  */
 export type OptionNames<T> = Readonly<Record<keyof T, true>>;
 

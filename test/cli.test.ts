@@ -2,12 +2,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { serializeNpy } from '../lib/npy.js';
-import { parseSafetensors, toFloat32 } from '../lib/safetensors.js';
+import { parseSafetensors, serializeSafetensors, toFloat32 } from '../lib/safetensors.js';
 import { sample, train } from '../lib/jobs.js';
 import { loadModel } from '../lib/checkpoint.js';
 import { PRETRAINED, pretrainedPath } from '../lib/pretrained.js';
@@ -430,12 +430,22 @@ test('demo leaves a plain train run of the same tiny MNIST model alone: only a r
   assert.is(d.code, 1);
   assert.match(d.stderr, /holds a training run that is not a demo \(its training state is tagged nothing, not 'demo'\)/);
   assert.ok(readFileSync(join(plain, 'train-state.safetensors')).equals(before));
+  // A state from before runs were tagged says nothing; a tiny MNIST model among those is taken for the demo's.
+  const state = parseSafetensors(before);
+  const { tag: _tag, ...untagged } = JSON.parse(state.metadata.run) as Record<string, unknown>;
+  writeFileSync(join(plain, 'train-state.safetensors'), serializeSafetensors(state.tensors, { ...state.metadata, run: JSON.stringify(untagged) }));
+  const old = run(['demo', '--out', plain, '--steps', '1', '--json']);
+  assert.is(old.code, 0, old.stderr);
+  assert.is(JSON.parse(old.stdout).steps, 1);
 });
 
 test('library messages name the flag to change; a failed command leaves no folder; --json reports usage errors too', () => {
   const resumed = run([...baseTrain, '--resume', '--batch-size', '32']);
   assert.is(resumed.code, 1);
   assert.match(resumed.stderr, /^tarflow train: --batch-size: expected 16, the value the run in .* was trained with, got 32/m);
+  const both = run(['generate', '--resume', '--out', join(dir, 'gen-own'), '--seed', '3', '--temperature', '0.5']);
+  assert.is(both.code, 1);
+  assert.match(both.stderr, /--seed: expected 0, the value .*; --temperature: expected 0\.7, the value/, 'every option of the list named by its flag');
   const minLr = run(['train', '--lr', '1e-3', '--min-lr', '1e-2', '--out', join(dir, 'never-made')]);
   assert.match(minLr.stderr, /--min-lr: expected at most lr \(0\.001\), got 0\.01/);
   for (const args of [['train', '--resume', '--out', join(dir, 'never-made')], ['train', '--dataset', join(dir, 'none.npy'), '--out', join(dir, 'never-made')],
@@ -443,6 +453,10 @@ test('library messages name the flag to change; a failed command leaves no folde
     assert.is(run(args).code, 1, args.join(' '));
   }
   assert.not.ok(existsSync(join(dir, 'never-made')), 'a refused command made its output folder');
+  const dangling = join(dir, 'dangling-out');
+  symlinkSync(join(dir, 'nowhere-at-all'), dangling);
+  const linked = run(['sample', '--checkpoint', join(dir, 'none.safetensors'), '--out', join(dangling, 'grid.png')]);
+  assert.match(linked.stderr, /--out: could not create the folder .*dangling-out.*a file stands where a folder is needed/, 'named before the checkpoint is read');
   const usage = run(['sample', '--json', '--bogus']);
   assert.is(usage.code, 2);
   assert.is(JSON.parse(usage.stdout).error.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
@@ -486,6 +500,26 @@ test('score --json lists the images whose bits/dim overflowed, and says so on st
   assert.equal(out.nonFinite, out.bitsPerDim.flatMap((b, i) => (b === null ? [i] : [])));
   assert.ok(out.bitsPerDim[0] !== null && out.bitsPerDim[0] < 1, 'a blank image scores low');
   assert.match(r.stderr, new RegExp(`${out.nonFinite.length} of ${n} images have no finite bits/dim`));
+});
+
+test('a saved run resumes with the options it saved, whatever newer option rules say; --init noise forbids --sigma', async () => {
+  // Before minLr had to be at most lr, a run at lr 5e-7 saved the default minLr 1e-6: it must still resume.
+  const out = join(dir, 'low-lr');
+  await train({ dataset: imagesPath, labels: labelsPath, out, steps: 2, batchSize: 16, lr: 5e-7, evalImages: 0 }, { inline: true });
+  const statePath = join(out, 'train-state.safetensors');
+  const state = parseSafetensors(readFileSync(statePath));
+  const meta = JSON.parse(state.metadata.train);
+  assert.is(meta.options.minLr, 5e-7, 'a new run lowers the floor to its peak');
+  meta.options.minLr = 1e-6;
+  writeFileSync(statePath, serializeSafetensors(state.tensors, { ...state.metadata, train: JSON.stringify(meta) }));
+  const resumed = await train({ out, resume: true, steps: 3 }, { inline: true });
+  assert.is(resumed.steps, 3);
+  // the init checkpoint says uniform dequantization, so a Gaussian noise level is meaningless there too
+  const r = run(['train', '--init', join(dir, 'uniform-default', 'checkpoint.safetensors'), '--dataset', imagesPath, '--sigma', '0.2', '--steps', '1',
+    '--out', join(dir, 'init-sigma')]);
+  assert.is(r.code, 1);
+  assert.match(r.stderr, /--sigma: the Gaussian noise level does nothing with uniform dequantization \(the noise .* was trained with\)/);
+  assert.not.ok(existsSync(join(dir, 'init-sigma')), 'a refused run made its folder');
 });
 
 test('init never overwrites a run or its own file', () => {

@@ -14,7 +14,7 @@ import { checkScoreOptions } from '../lib/evaluate.js';
 import { resolveGenerateOptions, type GenerateOptions } from '../lib/sampling.js';
 import type { SafetensorsFile } from '../lib/safetensors.js';
 import { parseConfigText } from '../lib/tasks.js';
-import { checkTrainOptions } from '../lib/train.js';
+import { checkTrainOptionRelations, checkTrainOptions } from '../lib/train.js';
 import { int, pick, type Rng } from './helpers.js';
 
 
@@ -217,7 +217,7 @@ function checkSpec(command: string, spec: Record<string, unknown>): void {
     if (v === '') throw new Error(`${k} is empty`);
   }
   // A resumed run's --min-lr is checked against its saved --lr, which the command line cannot know.
-  if (command === 'train' || command === 'demo') checkTrainOptions(spec.resume ? { ...spec, minLr: undefined } : spec);
+  if (command === 'train' || command === 'demo') (spec.resume ? checkTrainOptions : checkTrainOptionRelations)(spec);
   else if (command === 'eval' || command === 'score') checkScoreOptions(spec);
   else resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 } as GenerateOptions);
 }

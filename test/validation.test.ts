@@ -21,7 +21,7 @@ import { evaluateSamples, knnClassify } from '../lib/sample-quality.js';
 import { defaultTemperature, LIKELIHOOD_TEMPERATURE } from '../lib/sampling.js';
 import { denoise, generate, resolveLabels } from '../lib/sampling.js';
 import { readConfigFile } from '../lib/tasks.js';
-import { Trainer, resolveTrainOptions } from '../lib/train.js';
+import { Trainer, checkTrainOptionRelations, resolveTrainOptions } from '../lib/train.js';
 import { describeValue } from '../lib/validate.js';
 
 const INVALID = 'ERR_TARFLOW_INVALID_ARGUMENT';
@@ -416,14 +416,15 @@ test('a misspelt option is refused at every entry point, naming the options and 
 });
 
 test('training: contradictory or meaningless options are refused, not ignored', async () => {
-  refuses(() => resolveTrainOptions({ batchSize: 16, lr: 1e-3, minLr: 1e-2 }, 32), INVALID, 'minLr', 'at most lr (0.001)', '0.01');
+  refuses(() => checkTrainOptionRelations({ lr: 1e-3, minLr: 1e-2 }), INVALID, 'minLr', 'at most lr (0.001)', '0.01');
   assert.is(resolveTrainOptions({ batchSize: 16, lr: 1e-8 }, 32).minLr, 1e-8, 'a peak below the default floor lowers the floor');
   const inline = { inline: true };
   const out = join(dir, 'never');
   for (const [spec, pattern] of [
-    [{ noise: 'uniform', sigma: 0.2 }, /^sigma: the Gaussian noise level does nothing with noise 'uniform'/],
+    [{ noise: 'uniform', sigma: 0.2 }, /^sigma: the Gaussian noise level does nothing with uniform dequantization \(noise 'uniform', --noise uniform\)/],
     [{ conditional: false, labelDrop: 0.5 }, /^labelDrop: an unconditional model .* has no labels to drop/],
     [{ preset: 'small', config: toReferenceConfig(cond.config) }, /^preset: the model config is given in full/],
+    [{ lr: 1e-3, minLr: 1e-2 }, /^minLr: expected at most lr \(0\.001\), got 0\.01/],
   ] as const) {
     try {
       await train({ out, dataset: join(dir, 'none.npy'), ...spec } as never, inline);
