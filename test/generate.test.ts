@@ -11,6 +11,7 @@ import { generateToDisk } from '../lib/jobs.js';
 import { parseNpz, serializeNpz } from '../lib/npz.js';
 import type { Manifest } from '../lib/batch-generate.js';
 import { TarflowError } from '../lib/errors.js';
+import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
 import { randomizeParams } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-gen-'));
@@ -86,6 +87,23 @@ test('an interrupted run resumes from the manifest alone and ends with the same 
   const done = JSON.parse(readFileSync(join(cut, 'manifest.json'), 'utf8')) as Manifest;
   assert.ok(done.complete);
   assert.is(done.shards.length, 3);
+});
+
+test('a run from a checkpoint without a config in its metadata resumes from the manifest alone: the config is recorded', async () => {
+  const file = parseSafetensors(readFileSync(ckpt));
+  const { config: _config, ...metadata } = file.metadata;
+  const bare = join(dir, 'bare.safetensors');
+  writeFileSync(bare, serializeSafetensors(file.tensors, metadata));
+  const out = join(dir, 'bare-run');
+  await generateToDisk({ ...base, checkpoint: bare, config: cfg, out, count: 4, shardSize: 2 });
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  const second = readFileSync(join(out, 'shard-00001.npz'));
+  manifest.shards = manifest.shards.slice(0, 1);
+  writeFileSync(join(out, 'manifest.json'), JSON.stringify(manifest));
+  unlinkSync(join(out, 'shard-00001.npz'));
+  const r = await generateToDisk({ out, resume: true });
+  assert.is(r.generated, 2);
+  assert.ok(readFileSync(join(out, 'shard-00001.npz')).equals(second));
 });
 
 /** The refusal of `spec`; fails the test if the run goes ahead. */
