@@ -249,7 +249,7 @@ const commands: Record<string, Command> = {
       checkpoint: { type: 'string' }, config: { type: 'string' }, count: { type: 'string' }, labels: { type: 'string' },
       guidance: { type: 'string' }, 'guide-what': { type: 'string' }, 'attn-temp': { type: 'string' }, annealed: { type: 'boolean' },
       denoise: { type: 'string' }, seed: { type: 'string' }, temperature: { type: 'string' }, 'batch-size': { type: 'string' }, out: { type: 'string' },
-      cols: { type: 'string' },
+      cols: { type: 'string' }, 'max-redraws': { type: 'string' },
       ...samplerPrecisionOptions, ...common,
     },
     help: {
@@ -260,7 +260,7 @@ const commands: Record<string, Command> = {
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)',
       seed: 'noise seed (default 0)', temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)',
       out: 'a .png grid (default samples.png) or a folder for one PNG per image',
-      cols: 'grid columns', ...samplerPrecisionHelp, ...commonHelp,
+      cols: 'grid columns', 'max-redraws': 'redraws of a NaN/Inf sample before the command fails (default 3)', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): SampleSpec {
       // Without --checkpoint (or with a shipped model's name or file) the package's own model samples, with the
@@ -272,7 +272,8 @@ const commands: Record<string, Command> = {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
         seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
-        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
+        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), maxRedraws: num(v, 'max-redraws', COUNT), device: device(v),
+        ...samplerPrecisionArgs(v),
       };
     },
     async run(spec: SampleSpec, job, json) {

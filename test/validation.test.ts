@@ -507,6 +507,8 @@ test('command line: each flag is named, with what it must be and what was typed'
       assert.is((err as TarflowError).code, INVALID);
     }
   }
+  assert.is((spec('sample', '--max-redraws', '8') as Record<string, unknown>).maxRedraws, 8);
+  refuses(() => spec('sample', '--max-redraws=-1'), INVALID, '--max-redraws', 'an integer >= 0', '"-1"');
   const reduced = spec('eval-samples', '--checkpoint', 'm', '--precision', 'bf16', '--kv-cache', 'fp32') as Record<string, unknown>;
   assert.is(reduced.precision, 'bf16');
   assert.is(reduced.kvCache, 'fp32');
