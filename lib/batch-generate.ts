@@ -260,7 +260,6 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   await checkFolderCreatable(spec.out, 'out');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
-    await makeFolder(spec.out, 'out');
     // A new run's default temperature follows the model (a resumed one's is the manifest's, where absent means 1).
     const temperature = existing ? spec.temperature : spec.temperature ?? defaultTemperature(model);
     const options = shardOptions({ ...spec, temperature }, count);
@@ -297,6 +296,8 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     }
     // Validate labels up front (a bad list fails before any work).
     resolveLabels(model, count, spec.labels);
+    // Made only now that the checkpoint, options and labels have been checked: a refused run leaves no folder.
+    await makeFolder(spec.out, 'out');
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
     const done = new Set(manifest.shards.map((s) => s.index));

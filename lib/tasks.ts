@@ -597,7 +597,6 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
   await checkFolderCreatable(outFolder, 'out');
   const model = await openModel(spec);
   try {
-    await makeFolder(outFolder, 'out');
     const meter = new RateMeter();
     const controller = new AbortController();
     const poll = () => {
@@ -615,6 +614,7 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
     const result = generate(model, opts);
+    await makeFolder(outFolder, 'out'); // only now: a refused or failed draw leaves no folder
     if (gridFile) {
       const cols = spec.cols ?? (model.config.numClasses > 0 && spec.labels === undefined ? Math.min(spec.count, model.config.numClasses) : Math.ceil(Math.sqrt(spec.count)));
       const grid = imageGrid(result.images, spec.count, C, S, S, { cols });

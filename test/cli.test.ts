@@ -449,7 +449,9 @@ test('library messages name the flag to change; a failed command leaves no folde
   const minLr = run(['train', '--lr', '1e-3', '--min-lr', '1e-2', '--out', join(dir, 'never-made')]);
   assert.match(minLr.stderr, /--min-lr: expected at most lr \(0\.001\), got 0\.01/);
   for (const args of [['train', '--resume', '--out', join(dir, 'never-made')], ['train', '--dataset', join(dir, 'none.npy'), '--out', join(dir, 'never-made')],
-    ['sample', '--checkpoint', join(dir, 'none.safetensors'), '--out', join(dir, 'never-made', 'grid.png')]]) {
+    ['sample', '--checkpoint', join(dir, 'none.safetensors'), '--out', join(dir, 'never-made', 'grid.png')],
+    ['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--labels', '7', '--count', '2', '--out', join(dir, 'never-made', 'grid.png')],
+    ['generate', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--labels', '7', '--count', '2', '--out', join(dir, 'never-made', 'gen')]]) {
     assert.is(run(args).code, 1, args.join(' '));
   }
   assert.not.ok(existsSync(join(dir, 'never-made')), 'a refused command made its output folder');
