@@ -190,7 +190,7 @@ function checkManifest(m: unknown): Manifest {
   const nShards = Math.ceil(count / shardSize);
   array('shards', manifest.shards).forEach((s, i) => {
     const shard = checkObject(`shards[${i}]`, s, DAMAGED);
-    for (const key of ['index', 'start', 'count'] as const) int(`shards[${i}].${key}`, shard[key], 0);
+    for (const key of ['start', 'count'] as const) int(`shards[${i}].${key}`, shard[key], 0);
     // A shard the layout does not have would be taken for finished work, and one of its images never drawn.
     const index = checkNumber(`shards[${i}].index`, shard.index, { integer: true, min: 0, below: nShards }, DAMAGED);
     if (shard.start !== index * shardSize) throw validationError(DAMAGED, `shards[${i}].start`, `${index * shardSize} (index x shardSize)`, describeValue(shard.start));
