@@ -104,10 +104,28 @@ export function writeFileAtomicSync(path: string, data: Uint8Array | string): vo
  * in the first second rather than after an hour of training or sampling, with a message in the library's terms.
  */
 export async function makeFolder(path: string, what: string): Promise<void> {
-  try {
-    await fsp.mkdir(path, { recursive: true });
-  } catch (err) {
-    throw folderError(path, what, err);
+  // One level at a time, from the nearest existing ancestor down: Node's recursive mkdir never returns where mkdir
+  // answers ENOENT under a parent that exists (procfs and sysfs do: `--out /proc/x` hung).
+  const missing: string[] = [];
+  let at = nodePath.resolve(path);
+  for (;;) {
+    try {
+      if (!(await fsp.stat(at)).isDirectory()) throw Object.assign(new Error(`${at} is a file`), { code: 'ENOTDIR' });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || nodePath.dirname(at) === at) throw folderError(path, what, err);
+      missing.push(at);
+      at = nodePath.dirname(at);
+    }
+  }
+  for (const folder of missing.reverse()) {
+    try {
+      await fsp.mkdir(folder);
+    } catch (err) {
+      // Another process made it meanwhile: fine, if it is a folder.
+      const made = (err as NodeJS.ErrnoException).code === 'EEXIST' && (await fsp.stat(folder).then((s) => s.isDirectory(), () => false));
+      if (!made) throw folderError(path, what, err);
+    }
   }
 }
 

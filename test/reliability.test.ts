@@ -19,6 +19,8 @@ import { parseNpz } from '../lib/npz.js';
 import { train } from '../lib/jobs.js';
 import { generate } from '../lib/sampling.js';
 import { repoRoot } from './helpers.js';
+import { makeFolder } from '../lib/atomic.js';
+import { TarflowError } from '../lib/errors.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -495,4 +497,30 @@ test('SIGKILL during generation never leaves a torn shard or manifest; --resume 
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
+test('output folders: nested ones are made, a file in the way is named, and a place that refuses (procfs) fails instead of hanging', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tarflow-folder-'));
+  try {
+    await makeFolder(join(dir, 'a', 'b', 'c'), 'out');
+    assert.ok(existsSync(join(dir, 'a', 'b', 'c')));
+    await makeFolder(join(dir, 'a', 'b'), 'out'); // there already: fine
+    writeFileSync(join(dir, 'file'), 'x');
+    for (const path of [join(dir, 'file'), join(dir, 'file', 'below')]) {
+      const err = await makeFolder(path, 'out').then(() => null, (e: unknown) => e);
+      assert.ok(err instanceof TarflowError && err.code === 'ERR_TARFLOW_INVALID_ARGUMENT', String(err));
+      assert.match((err as Error).message, /a file stands where a folder is needed/);
+    }
+    if (existsSync('/proc/self')) {
+      // Node's own recursive mkdir never returned here.
+      const outcome = await Promise.race([
+        makeFolder('/proc/tarflow-no-such-folder/x', 'out').then(() => 'made', (e: unknown) => e),
+        new Promise((resolve) => setTimeout(() => resolve('hung'), 5000)),
+      ]);
+      assert.ok(outcome instanceof TarflowError && outcome.code === 'ERR_TARFLOW_INVALID_ARGUMENT', String(outcome));
+      assert.match((outcome as Error).message, /could not create the folder "\/proc\/tarflow-no-such-folder\/x"/);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.run();
