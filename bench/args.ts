@@ -7,7 +7,7 @@ import type { DeviceOption, Precision } from '../lib/backend.js';
 import { TarflowError } from '../lib/errors.js';
 
 /** The parts of the benchmark, in the order a full run takes them. */
-export const BENCH_PARTS = ['gemm', 'attention', 'loader', 'train', 'sample', 'kv-cache', 'targets'] as const;
+export const BENCH_PARTS = ['gemm', 'attention', 'loader', 'train', 'sample', 'profile', 'kv-cache', 'targets'] as const;
 export type BenchPart = (typeof BENCH_PARTS)[number];
 
 export interface BenchArgs {
@@ -15,7 +15,7 @@ export interface BenchArgs {
   /** Undefined: TARFLOW_DEVICE, else auto (as the library does). */
   device?: DeviceOption;
   quick: boolean;
-  /** The parts to run; null: the default set (all but kv-cache; targets only on CUDA). */
+  /** The parts to run; null: the default set (all but profile and kv-cache; targets only on CUDA). */
   only: Set<BenchPart> | null;
   /** Data loader threads; undefined: the loader's default. */
   workers?: number;
@@ -28,8 +28,8 @@ export interface BenchArgs {
 export const BENCH_USAGE = `npm run bench [-- OPTIONS]
 
 Kernel microbenchmarks and whole steps: GEMM and causal attention (GFLOP/s), the data loader (images/s), training
-and sampling (images/s); with --only kv-cache, what a bf16 KV cache does to samples; the GPU targets table by default
-on CUDA, with --only targets anywhere.
+and sampling (images/s); with --only profile, each op's share of a training step; with --only kv-cache, what a bf16
+KV cache does to samples; the GPU targets table by default on CUDA, with --only targets anywhere.
 
   --device auto|cpu|cuda     the backend (default auto, or TARFLOW_DEVICE)
   --only PARTS               comma-separated: ${BENCH_PARTS.join(', ')}
@@ -90,10 +90,10 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
   };
 }
 
-/** Whether a run with these arguments takes `part`: the named parts, or by default all but kv-cache, and the targets table on CUDA only. */
+/** Whether a run with these arguments takes `part`: the named parts, or by default all but profile and kv-cache, and the targets table on CUDA only. */
 export function runsPart(args: Pick<BenchArgs, 'only'>, part: BenchPart, device: 'cpu' | 'cuda'): boolean {
   if (args.only) return args.only.has(part);
-  if (part === 'kv-cache') return false;
+  if (part === 'kv-cache' || part === 'profile') return false;
   if (part === 'targets') return device === 'cuda';
   return true;
 }

@@ -9,7 +9,8 @@
  * shipped model's trained ones (`bpd (mnist-bpd weights)`: a trained model's activations and gradients differ,
  * e.g. in their share of subnormal floats), and the time to draw 100 unguided samples, from fresh weights and from
  * the shipped models. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's
- * samples (bench/kv-cache.ts; --count N samples, default 500). Last, the GPU targets table (bench/targets.ts): by
+ * samples (bench/kv-cache.ts; --count N samples, default 500). With --only profile, each op's share of a training
+ * step (bench/profile.ts). Last, the GPU targets table (bench/targets.ts): by
  * default on CUDA, with --only targets anywhere.
  */
 import Benchmark from 'benchmark';
@@ -25,6 +26,7 @@ import { generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { BENCH_USAGE, parseBenchArgs, runsPart, type BenchArgs, type BenchPart } from './args.js';
 import { kvCacheAccuracy } from './kv-cache.js';
+import { formatProfile, profileSteps } from './profile.js';
 import { formatTargets, targetsTable } from './targets.js';
 // Shared with the tests (it imports nothing of the test runner).
 import { withEnv } from '../test/helpers.js';
@@ -135,7 +137,8 @@ function median(xs: number[]): number {
 /** The shipped likelihood model's shape (models/mnist-bpd): patch 2, so 196 tokens, trained at batch 64. */
 const BPD_SHAPE = { patchSize: 2, channels: 128, numBlocks: 4, layersPerBlock: 2, numClasses: 0 };
 
-async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<void> {
+/** A model and its trainer at a benchmark's shape, fresh weights or a shipped model's, after one step (the workspace). */
+async function trainingRun(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<{ model: TarFlow; trainer: Trainer }> {
   const data = await loadMnist('train');
   const shape = preset === 'bpd' ? BPD_SHAPE : { numClasses: 10, ...PRESETS[preset] };
   const model = shipped !== undefined ? await loadModel(pretrainedPath(shipped), { device, precision })
@@ -145,6 +148,11 @@ async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number
   const schedule = shipped !== undefined ? { steps: 5000, lr: 3e-4, warmupSteps: 100 } : { steps: steps + 2 };
   const trainer = new Trainer(model, data, { batchSize: batch, seed: 0, ...schedule, ...(preset === 'bpd' ? { noise: 'uniform' as const } : {}) });
   trainer.trainStep(); // allocates the workspace
+  return { model, trainer };
+}
+
+async function trainingBench(preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<void> {
+  const { model, trainer } = await trainingRun(preset, batch, steps, shipped);
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
@@ -248,6 +256,19 @@ if (runs('sample')) {
   await samplingBench('mnist-cond', 100, 0);
   await samplingBench('mnist-cond', 100, 2);
   await samplingBench('mnist-bpd', 100, 0);
+}
+if (runs('profile')) {
+  const cases: Array<[string, keyof typeof PRESETS | 'bpd', number, string | undefined]> = [
+    ['the likelihood model (mnist-bpd weights), batch 64', 'bpd', 64, 'mnist-bpd'],
+    ['small preset, batch 256', 'small', 256, undefined],
+  ];
+  for (const [title, preset, batch, shipped] of cases) {
+    const steps = quick ? 3 : 10;
+    const { model, trainer } = await trainingRun(preset, batch, steps, shipped);
+    console.log(formatProfile(`profile: training step, ${title}, ${precision} on ${device}`, profileSteps(backend, () => trainer.trainStep(), steps)));
+    trainer.dispose();
+    model.dispose();
+  }
 }
 if (runs('kv-cache')) {
   console.log(await kvCacheAccuracy(device, args.count, (line) => console.log(`kv-cache: ${line}`)));

@@ -16,7 +16,7 @@ function refused(argv: string[], pattern: RegExp) {
   assert.unreachable(`${argv.join(' ')} was accepted`);
 }
 
-test('bench arguments: defaults leave the device to TARFLOW_DEVICE and run all parts but kv-cache, targets on CUDA only', () => {
+test('bench arguments: defaults leave the device to TARFLOW_DEVICE and run all parts but profile and kv-cache, targets on CUDA only', () => {
   const a = parseBenchArgs([]);
   assert.is(a.device, undefined);
   assert.is(a.only, null);
@@ -24,6 +24,8 @@ test('bench arguments: defaults leave the device to TARFLOW_DEVICE and run all p
   assert.is(a.count, 500);
   assert.equal(['gemm', 'attention', 'loader', 'train', 'sample'].map((p) => runsPart(a, p as never, 'cpu')), [true, true, true, true, true]);
   assert.is(runsPart(a, 'kv-cache', 'cuda'), false);
+  assert.is(runsPart(a, 'profile', 'cpu'), false);
+  assert.is(runsPart(parseBenchArgs(['--only', 'profile']), 'profile', 'cpu'), true);
   assert.is(runsPart(a, 'targets', 'cpu'), false);
   assert.is(runsPart(a, 'targets', 'cuda'), true);
 });
