@@ -161,14 +161,54 @@ function wrapOps<T extends object>(raw: T): T {
       try {
         return fn(...args);
       } catch (err) {
-        const e = err as Error & { code?: string };
-        if (e instanceof TarflowError || typeof e.code !== 'string' || !e.code.startsWith('ERR_TARFLOW')) throw err;
-        // Some native messages already name their op; say it once.
-        throw new TarflowError(e.code as TarflowErrorCode, e.message.startsWith(`${name}: `) ? e.message : `${name}: ${e.message}`);
+        throw asTarflowError(name, err);
       }
     };
   }
   return wrapped as T;
+}
+
+function asTarflowError(name: string, err: unknown): unknown {
+  const e = err as Error & { code?: string };
+  if (e instanceof TarflowError || typeof e?.code !== 'string' || !e.code.startsWith('ERR_TARFLOW')) return err;
+  // Some native messages already name their op or method; say it once.
+  const named = e.message.startsWith(`${name}: `) || e.message.startsWith(`${name}(`);
+  return new TarflowError(e.code as TarflowErrorCode, named ? e.message : `${name}: ${e.message}`);
+}
+
+const wrappedTensorClasses = new WeakSet<object>();
+
+/**
+ * The Tensor class with its native failures (a disposed tensor, a wrong length, a bad dtype) as TarflowErrors, as
+ * the ops' are: its methods and accessors are wrapped on the prototype, which the tensors the ops make share, and
+ * the constructor through a Proxy, so `instanceof` still holds for every tensor.
+ */
+function wrapTensorClass(cls: Backend['Tensor']): Backend['Tensor'] {
+  const proto = cls.prototype as Record<string, unknown>;
+  if (!wrappedTensorClasses.has(proto)) {
+    wrappedTensorClasses.add(proto);
+    for (const [name, d] of Object.entries(Object.getOwnPropertyDescriptors(proto))) {
+      if (name === 'constructor' || !d.configurable) continue;
+      const guard = <A extends unknown[]>(fn: (this: unknown, ...a: A) => unknown) => function (this: unknown, ...args: A) {
+        try {
+          return fn.apply(this, args);
+        } catch (err) {
+          throw asTarflowError(name, err);
+        }
+      };
+      if (typeof d.value === 'function') Object.defineProperty(proto, name, { ...d, value: guard(d.value) });
+      else if (d.get) Object.defineProperty(proto, name, { ...d, get: guard(d.get) });
+    }
+  }
+  return new Proxy(cls, {
+    construct(target, args, newTarget) {
+      try {
+        return Reflect.construct(target, args, newTarget);
+      } catch (err) {
+        throw asTarflowError('new Tensor', err);
+      }
+    },
+  });
 }
 
 const UNITS: Readonly<Record<string, number>> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
@@ -211,7 +251,7 @@ function loadCpu(): Backend {
     }
     const host = wrapOps({ bf16GemmKernel: addon.bf16GemmKernel });
     cpuBackend = withEnvMemoryLimit({
-      device: 'cpu', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: () => {}, bf16GemmKernel: host.bf16GemmKernel,
+      device: 'cpu', Tensor: wrapTensorClass(addon.Tensor), ops: wrapOps(addon.ops), synchronize: () => {}, bf16GemmKernel: host.bf16GemmKernel,
     });
   }
   return cpuBackend;
@@ -250,7 +290,7 @@ function tryLoadCuda(): Backend | undefined {
     }
     const host = wrapOps({ synchronize: addon.synchronize, bf16GemmKernel: addon.bf16GemmKernel });
     cudaBackend = withEnvMemoryLimit({
-      device: 'cuda', Tensor: addon.Tensor, ops: wrapOps(addon.ops), synchronize: host.synchronize, bf16GemmKernel: host.bf16GemmKernel,
+      device: 'cuda', Tensor: wrapTensorClass(addon.Tensor), ops: wrapOps(addon.ops), synchronize: host.synchronize, bf16GemmKernel: host.bf16GemmKernel,
     });
   } catch (err) {
     cudaFailure = `the CUDA addon failed to load: ${(err as Error).message}`;

@@ -18,7 +18,7 @@ import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
-import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
+import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, type OptionNames } from './validate.js';
 
 /**
@@ -310,7 +310,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
       `generation was stopped; ${manifest.shards.length} of ${nShards} shards are written and resume: true (--resume) continues`);
     // A stop request ends the shard being drawn at its next batch (that shard is drawn again on resume), so Ctrl-C
     // answers within a batch rather than after up to a whole shard of images.
-    const controller = new AbortController();
+    const signal = abortSignalOf(ctx);
     for (let k = 0; k < nShards; k++) {
       if (done.has(k)) continue;
       if (ctx.aborted()) throw stopped();
@@ -320,15 +320,14 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
       let result: ReturnType<typeof generate>;
       try {
         result = generate(model, {
-          ...pickKeys(spec, GENERATE_OPTIONS), temperature, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal: controller.signal,
+          ...pickKeys(spec, GENERATE_OPTIONS), temperature, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal,
           onProgress: (d) => {
-            if (ctx.aborted()) controller.abort();
             const done = skipped + generated + d;
             ctx.progress({ task: 'sample', done, total: count, ...meter.update(done, count) });
           },
         });
       } catch (err) {
-        if (controller.signal.aborted && (err as TarflowError).code === 'ERR_TARFLOW_ABORTED') throw stopped();
+        if (signal.aborted && (err as TarflowError).code === 'ERR_TARFLOW_ABORTED') throw stopped();
         throw err;
       }
       const files: string[] = [];

@@ -27,6 +27,7 @@ function hostFloat32(a: Float32Array | Float64Array | Int32Array): Float32Array 
 
 /** The reference state_dict of a model: parameters, the `var` buffer and each block's `attn_mask`. */
 export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<string, SafetensorsTensor> {
+  model.assertAlive();
   const out = new Map<string, SafetensorsTensor>();
   const make = (data: Float32Array, shape: number[]) => (dtype === 'BF16' ? bf16Tensor(data, shape) : f32Tensor(data, shape));
   const flat = hostFloat32(model.params.flat.toArray());
@@ -97,6 +98,7 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
 export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
   checkObject('options', options);
   checkKnownKeys('options', options, { dtype: true, metadata: true } satisfies OptionNames<SaveOptions>);
+  model.assertAlive();
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',

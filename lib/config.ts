@@ -2,7 +2,7 @@
  * Model configuration: the reference implementation's hyper-parameters, validated, plus the size presets.
  * In checkpoints the configuration is stored with the reference's snake_case names (toReferenceConfig).
  */
-import { checkBoolean, checkNumber, checkObject, describeValue, validationError } from './validate.js';
+import { checkBoolean, checkKnownKeys, checkNumber, checkObject, describeValue, validationError, type OptionNames } from './validate.js';
 
 /** The most classes a model may have: a larger label is a stray value (an 'ignore' marker), not a class. */
 export const MAX_CLASSES = 100_000;
@@ -62,6 +62,7 @@ const CONFIG_FIELDS = {
   inChannels: 'in_channels', imgSize: 'img_size', patchSize: 'patch_size', channels: 'channels', numBlocks: 'num_blocks',
   layersPerBlock: 'layers_per_block', nvp: 'nvp', numClasses: 'num_classes', headDim: 'head_dim', expansion: 'expansion',
 } as const satisfies Record<keyof TarFlowConfig, keyof ReferenceConfig>;
+const CONFIG_KEYS = Object.fromEntries(Object.keys(CONFIG_FIELDS).map((k) => [k, true])) as OptionNames<TarFlowConfig>;
 type FieldName = (field: keyof TarFlowConfig) => string;
 
 const camelName: FieldName = (field) => `config.${field}`;
@@ -109,7 +110,10 @@ function checkFields(c: Record<string, unknown>, name: FieldName): TarFlowConfig
 
 /** Fills defaults and checks every constraint, with a message that says which field and why. */
 export function validateConfig(c: Partial<TarFlowConfig>): TarFlowConfig {
-  return checkFields(checkObject('config', c, 'ERR_TARFLOW_CONFIG'), camelName);
+  const o = checkObject('config', c, 'ERR_TARFLOW_CONFIG');
+  // A misspelt field (numclasses) would silently take its default: an unconditional model.
+  checkKnownKeys('config', o, CONFIG_KEYS, 'ERR_TARFLOW_CONFIG');
+  return checkFields(o, camelName);
 }
 
 export function modelShape(cfg: TarFlowConfig): ModelShape {

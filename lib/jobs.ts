@@ -58,17 +58,30 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
       execArgv: [],
     });
     let settled = false;
+    // A callback that throws stops the job as an abort does (training saves its state), and the job rejects with
+    // that error once the worker has stopped: thrown from a message handler it would end the whole process.
+    let callbackError: { error: unknown } | null = null;
     const onAbort = () => Atomics.store(flag, 0, 1);
     options.signal?.addEventListener('abort', onAbort, { once: true });
     const finish = (fn: () => void) => {
       if (settled) return;
       settled = true;
       options.signal?.removeEventListener('abort', onAbort);
-      fn();
+      if (callbackError) reject(callbackError.error);
+      else fn();
+    };
+    const callback = (fn: () => void) => {
+      if (callbackError) return;
+      try {
+        fn();
+      } catch (error) {
+        callbackError = { error };
+        onAbort();
+      }
     };
     worker.on('message', (msg: { type: string; progress?: Progress; message?: string; value?: T; error?: { message: string; code?: string } }) => {
-      if (msg.type === 'progress') options.onProgress?.(msg.progress!);
-      else if (msg.type === 'log') options.onLog?.(msg.message!);
+      if (msg.type === 'progress') callback(() => options.onProgress?.(msg.progress!));
+      else if (msg.type === 'log') callback(() => options.onLog?.(msg.message!));
       else if (msg.type === 'result') finish(() => resolve(msg.value as T));
       else if (msg.type === 'error') {
         const e = msg.error!;

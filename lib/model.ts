@@ -533,7 +533,8 @@ export class TarFlow {
     this.ops.unpatchify(out, latents, cfg.patchSize);
   }
 
-  private assertAlive(): void {
+  /** Throws ERR_TARFLOW_DISPOSED once the model is disposed: callers that hold it check before allocating for it. */
+  assertAlive(): void {
     if (this.disposedFlag) throw new TarflowError('ERR_TARFLOW_DISPOSED', 'this model was disposed; create or load a new one');
   }
 

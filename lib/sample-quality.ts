@@ -15,7 +15,7 @@ import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, type ReverseOptions, type TarFlow } from './model.js';
 import { defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
 import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, type OptionNames } from './validate.js';
-import { RateMeter, checkCheckpointSpec, type TaskContext } from './tasks.js';
+import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
   /** count * dim bytes, one image after another. */
@@ -414,8 +414,6 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
   resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {
-    // The context is polled, not signalled, so the poll happens at each progress report (between batches).
-    const controller = new AbortController();
     // One meter per phase: sampling and the search run at rates that have nothing to do with each other.
     let meter = new RateMeter();
     let current = 'sample';
@@ -423,9 +421,8 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
     return await evaluateSamples(model, {
       count: spec.count, guidance: spec.guidance, guideWhat: spec.guideWhat, attnTemp: spec.attnTemp, annealed: spec.annealed,
       kvCache: spec.kvCache, denoiseSigma: spec.denoiseSigma, seed: spec.seed, temperature: spec.temperature ?? defaultTemperature(model), k: spec.k,
-      batchSize: spec.batchSize, signal: controller.signal,
+      batchSize: spec.batchSize, signal: abortSignalOf(ctx),
       onProgress: (phase, done, total) => {
-        if (ctx.aborted()) controller.abort();
         if (phase !== current) {
           current = phase;
           meter = new RateMeter(0, lastReport); // this phase began when the last report of the previous one came

@@ -41,6 +41,22 @@ export interface TaskContext {
   aborted(): boolean;
 }
 
+/**
+ * An AbortSignal that asks the task's abort flag whenever it is read. The library's loops (scoring, sampling,
+ * decoding) read `signal.aborted` before each batch and hold the thread while they run, so no event could bring the
+ * flag to them; read through this signal, an abort stops them before their first batch too, not only after one.
+ */
+export function abortSignalOf(ctx: TaskContext): AbortSignal {
+  const controller = new AbortController();
+  return new Proxy(controller.signal, {
+    get(signal, key) {
+      if (!signal.aborted && ctx.aborted()) controller.abort();
+      const value: unknown = Reflect.get(signal, key, signal);
+      return typeof value === 'function' ? value.bind(signal) : value;
+    },
+  });
+}
+
 export interface TrainSpec extends TrainOptions {
   /**
    * 'mnist', a .npy or .npz file of uint8 images, a CIFAR-10 batch file or folder, an IDX image file, or a folder
@@ -251,12 +267,10 @@ function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config
  * log lines at most every 5 s; an abort between images stops the decoding.
  */
 function decodeProgress(ctx: TaskContext): Pick<LoadOptions, 'onProgress' | 'signal'> {
-  const controller = new AbortController();
   let last = -Infinity;
   return {
-    signal: controller.signal,
+    signal: abortSignalOf(ctx),
     onProgress: (done, total) => {
-      if (ctx.aborted()) controller.abort();
       const now = performance.now();
       if (done === total || now - last >= 5000) {
         last = now;
@@ -598,18 +612,13 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
   const model = await openModel(spec);
   try {
     const meter = new RateMeter();
-    const controller = new AbortController();
-    const poll = () => {
-      if (ctx.aborted()) controller.abort();
-    };
     const opts: GenerateOptions = {
       ...pickKeys(spec, GENERATE_OPTIONS), count: spec.count, temperature: spec.temperature ?? defaultTemperature(model),
       onProgress: (done, total) => {
-        poll();
         const { rate, etaSeconds } = meter.update(done, total);
         ctx.progress({ task: 'sample', done, total, rate, etaSeconds });
       },
-      signal: controller.signal,
+      signal: abortSignalOf(ctx),
     };
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
@@ -647,11 +656,9 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
       labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
     });
     const meter = new RateMeter();
-    const controller = new AbortController();
     const r = evaluateBpd(model, data, {
-      limit: spec.limit, batchSize: spec.batchSize ?? 500, seed: spec.seed, signal: controller.signal,
+      limit: spec.limit, batchSize: spec.batchSize ?? 500, seed: spec.seed, signal: abortSignalOf(ctx),
       onProgress: (done, total) => {
-        if (ctx.aborted()) controller.abort();
         ctx.progress({ task: 'evaluate', done, total, ...meter.update(done, total) });
       },
     });
@@ -681,12 +688,10 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<Score
         '(give labels, --labels FILE.npy, to score them under their classes)');
     }
     if (labels) checkLabels(`${data.name}: labels`, labels, model.config.numClasses, false, 'ERR_TARFLOW_DATA');
-    const controller = new AbortController();
     const meter = new RateMeter();
     const bpd = scoreImages(model, data.images, labels, {
-      batchSize: spec.batchSize, seed: spec.seed, signal: controller.signal,
+      batchSize: spec.batchSize, seed: spec.seed, signal: abortSignalOf(ctx),
       onProgress: (done, total) => {
-        if (ctx.aborted()) controller.abort();
         ctx.progress({ task: 'score', done, total, ...meter.update(done, total) });
       },
     });

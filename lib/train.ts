@@ -223,10 +223,12 @@ export class Trainer {
   updates = 0;
   skippedSteps = 0;
   private nonFiniteRun = 0;
+  private disposedFlag = false;
 
   /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
   constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
+    model.assertAlive(); // before the gradients and moments are allocated for it
     checkDatasetFits(data, model.config);
     checkObject('options', options);
     checkKnownKeys('options', options, TRAIN_OPTIONS);
@@ -269,6 +271,7 @@ export class Trainer {
 
   /** One optimizer step. Non-finite losses or gradients skip the update (counted). */
   trainStep(): StepResult {
+    this.assertAlive();
     if (this.done) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `training is complete (${this.options.steps} steps)`);
     const o = this.options;
     const model = this.model;
@@ -309,6 +312,7 @@ export class Trainer {
    * config) in one safetensors file, written atomically.
    */
   async saveState(path: string, extraMetadata: Record<string, string> = {}): Promise<void> {
+    this.assertAlive();
     const model = this.model;
     const f32 = (t: Tensor, shape: number[]): SafetensorsTensor => {
       const a = t.toArray();
@@ -350,6 +354,7 @@ export class Trainer {
    * leaves the trainer as it was.
    */
   restoreState(file: SafetensorsFile, path: string): void {
+    this.assertAlive();
     const train = readTrainMetadata(file, path);
     const cfg = configFromMetadata(file, path);
     if (JSON.stringify(cfg) !== JSON.stringify(this.model.config)) {
@@ -383,7 +388,18 @@ export class Trainer {
     this.nonFiniteRun = train.nonFiniteRun;
   }
 
+  get disposed(): boolean {
+    return this.disposedFlag;
+  }
+
+  private assertAlive(): void {
+    if (this.disposedFlag) throw new TarflowError('ERR_TARFLOW_DISPOSED', 'this trainer was disposed; create a new Trainer (restoreState continues a saved run)');
+    this.model.assertAlive();
+  }
+
+  /** Frees the gradients, the optimizer moments and the loader's threads (not the model); safe to call twice. */
   dispose(): void {
+    this.disposedFlag = true;
     this.grads.dispose();
     this.m.dispose();
     this.v.dispose();

@@ -12,6 +12,8 @@ import { sample, train } from '../lib/jobs.js';
 import { loadModel } from '../lib/checkpoint.js';
 import { PRETRAINED, pretrainedPath } from '../lib/pretrained.js';
 import { repoRoot } from './helpers.js';
+import { runEvaluate, runSample, runScore } from '../lib/tasks.js';
+import { TarflowError } from '../lib/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));
 const cli = join(repoRoot, 'dist', 'lib', 'cli.js');
@@ -556,6 +558,37 @@ test('async train runs on a worker, reports progress, stops on abort with a resu
   assert.not.ok(second.aborted);
   assert.is(second.resumedFromStep, first.steps);
   assert.is(second.steps, 50);
+});
+
+test('a progress callback that throws stops the job and rejects with its error; the process lives on and the run resumes', async () => {
+  const out = join(dir, 'throwing-callback');
+  const spec = { dataset: imagesPath, labels: labelsPath, batchSize: 16, steps: 30, out, evalImages: 0, seed: 3 };
+  const bug = new Error('a bug in the caller');
+  let calls = 0;
+  const outcome = await train(spec, { onProgress: (p) => { if (p.task === 'train' && p.done >= 2) { calls++; throw bug; } } }).then(() => 'resolved', (e: unknown) => e);
+  assert.is(outcome, bug);
+  assert.is(calls, 1, 'no callback after the one that threw');
+  const resumed = await train({ ...spec, resume: true });
+  assert.ok(resumed.resumedFromStep >= 2 && resumed.resumedFromStep < 30, `resumed from ${resumed.resumedFromStep}`);
+  assert.is(resumed.steps, 30);
+});
+
+test('evaluate, score and sample stop before their first batch when the abort came while they loaded', async () => {
+  const checkpoint = join(runDir, 'checkpoint.safetensors');
+  assert.ok(existsSync(checkpoint));
+  let reports = 0;
+  const ctx = { progress: () => { reports++; }, log: () => {}, aborted: () => true };
+  const runs = [
+    () => runEvaluate({ checkpoint, dataset: imagesPath, labels: labelsPath }, ctx),
+    () => runScore({ checkpoint, images: imagesPath, labels: labelsPath }, ctx),
+    () => runSample({ checkpoint, count: 4, out: join(dir, 'never.png') }, ctx),
+  ];
+  for (const run of runs) {
+    const outcome = await run().then(() => 'finished', (e: unknown) => e);
+    assert.ok(outcome instanceof TarflowError && outcome.code === 'ERR_TARFLOW_ABORTED', String(outcome));
+  }
+  assert.is(reports, 0, 'no batch ran');
+  assert.not.ok(existsSync(join(dir, 'never.png')));
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));

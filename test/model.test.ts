@@ -631,6 +631,30 @@ test('bad inputs: image size, labels, dtype mix and shapes in native ops; the pr
   model.dispose(); // idempotent
 });
 
+test('tensor methods, accessors and the constructor fail with TarflowErrors; tensors the ops make are still instances', async () => {
+  const model = new TarFlow(base, { device: 'cpu', seed: 1 });
+  const T = model.backend.Tensor;
+  const t = new T('float32', [4]);
+  assert.ok(t.view(0, [2]) instanceof T, 'a view is an instance of the wrapped class');
+  const isTarflow = (fn: () => unknown, code: TarflowErrorCode, pattern: RegExp) => {
+    const err = throwsCode(fn, code, pattern);
+    assert.instance(err, TarflowError);
+  };
+  isTarflow(() => new T('float16' as never, [2]), 'ERR_TARFLOW_DTYPE', /^new Tensor: unknown dtype 'float16'/);
+  isTarflow(() => t.copyFrom(new Float32Array(3)), 'ERR_TARFLOW_SHAPE', /^copyFrom: .* 4 elements, the array has 3/);
+  isTarflow(() => t.view(3, [2]), 'ERR_TARFLOW_SHAPE', /^view: /);
+  const shape = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(t), 'shape')!.get!;
+  isTarflow(() => shape.call({}), 'ERR_TARFLOW_INVALID_ARGUMENT', /not a Tensor/);
+  t.dispose();
+  isTarflow(() => t.toArray(), 'ERR_TARFLOW_DISPOSED', /^toArray: the tensor was disposed/);
+  // The checkpoint writers check the model first.
+  model.dispose();
+  isTarflow(() => stateDict(model), 'ERR_TARFLOW_DISPOSED', /this model was disposed/);
+  const err = await rejectsCode(() => saveModel(nodePath.join(tmpRoot, 'gone.safetensors'), model), 'ERR_TARFLOW_DISPOSED', /this model was disposed/);
+  assert.instance(err, TarflowError);
+  assert.not.ok(fs.existsSync(nodePath.join(tmpRoot, 'gone.safetensors')));
+});
+
 test('NaN or Inf in the data is refused with a message naming the image', () => {
   const model = new TarFlow(base, { device: 'cpu', seed: 2 });
   const ws = model.workspace(2);

@@ -122,6 +122,34 @@ async function assertRejects(fn: () => Promise<unknown>, code: string, msg: RegE
   assert.unreachable('expected a rejection');
 }
 
+test('a disposed model or trainer refuses work with ERR_TARFLOW_DISPOSED, and a refused Trainer allocates nothing', async () => {
+  const disposedCode = (fn: () => unknown, pattern: RegExp) => {
+    try {
+      fn();
+    } catch (err) {
+      assert.ok(err instanceof TarflowError && err.code === 'ERR_TARFLOW_DISPOSED', String(err));
+      assert.match((err as Error).message, pattern);
+      return;
+    }
+    assert.unreachable('accepted');
+  };
+  const data = toyData();
+  const gone = new TarFlow(cfg(), { device: 'cpu', seed: 1 });
+  gone.dispose();
+  const before = gone.backend.ops.nativeMemory();
+  disposedCode(() => new Trainer(gone, data, { batchSize: 16, steps: 2 }), /this model was disposed/);
+  assert.equal(gone.backend.ops.nativeMemory().buffers, before.buffers, 'no gradients or moments left behind');
+  const model = new TarFlow(cfg(), { device: 'cpu', seed: 1 });
+  const t = runSteps(model, data, 1);
+  t.dispose();
+  t.dispose(); // twice is fine
+  assert.ok(t.disposed);
+  disposedCode(() => t.trainStep(), /this trainer was disposed; create a new Trainer/);
+  const saved = await t.saveState(join(dir, 'gone-state.safetensors')).then(() => null, (e: unknown) => e);
+  assert.ok(saved instanceof TarflowError && saved.code === 'ERR_TARFLOW_DISPOSED', String(saved));
+  model.dispose();
+});
+
 test('learning rate: warm-up from minLr to the peak, cosine back to minLr at the last step', () => {
   const o = resolveTrainOptions({ batchSize: 10, steps: 100, lr: 1e-3, minLr: 1e-6, warmupSteps: 10 }, 1000);
   assert.is(learningRate(o, 0), 1e-6);

@@ -145,6 +145,8 @@ test('configs: every field is named as written, with what it must be and what it
   }
   refuses(() => validateConfig({ ...base, nvp: 'yes' as never }), CONFIG, 'config.nvp', 'true or false', '"yes"');
   refuses(() => validateConfig({ ...base, numClasses: -1 }), CONFIG, 'config.numClasses', 'an integer in [0, 100000]', '-1');
+  refuses(() => validateConfig({ ...base, numclasses: 10 } as never), CONFIG, 'config', "only the options 'inChannels'", 'the unknown option "numclasses"');
+  assert.throws(() => validateConfig({ ...base, numclasses: 10 } as never), /did you mean 'numClasses'\?/);
   refuses(() => validateConfig(null as never), CONFIG, 'config', 'an object', 'null');
   refuses(() => validateConfig([] as never), CONFIG, 'config', 'an object', '[]');
   refuses(() => validateConfig({ ...base, numBlocks: 5000 }), CONFIG, 'config.numBlocks', 'at most 4096', '5000');

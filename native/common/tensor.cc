@@ -147,17 +147,18 @@ struct AdoptRequest {
 Napi::Function Tensor::Init(Napi::Env env) {
   Napi::Function cls = DefineClass(env, "Tensor", {});
   Napi::Object proto = cls.Get("prototype").As<Napi::Object>();
-  const auto method = static_cast<napi_property_attributes>(napi_writable | napi_configurable);  // as class methods are
+  // Configurable, as class members are: lib/backend.ts wraps them to turn native errors into TarflowErrors.
+  const auto method = static_cast<napi_property_attributes>(napi_writable | napi_configurable);
   proto.DefineProperties({
       Napi::PropertyDescriptor::Function(env, proto, "toArray", &Tensor::OnTensor<&Tensor::ToArray>, method),
       Napi::PropertyDescriptor::Function(env, proto, "copyFrom", &Tensor::OnTensor<&Tensor::CopyFrom>, method),
       Napi::PropertyDescriptor::Function(env, proto, "view", &Tensor::OnTensor<&Tensor::View>, method),
       Napi::PropertyDescriptor::Function(env, proto, "fill", &Tensor::OnTensor<&Tensor::Fill>, method),
       Napi::PropertyDescriptor::Function(env, proto, "dispose", &Tensor::OnTensor<&Tensor::Dispose>, method),
-      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetShape>>("shape"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDType>>("dtype"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetSize>>("size"),
-      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDisposed>>("disposed"),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetShape>>("shape", napi_configurable),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDType>>("dtype", napi_configurable),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetSize>>("size", napi_configurable),
+      Napi::PropertyDescriptor::Accessor<&Tensor::OnTensor<&Tensor::GetDisposed>>("disposed", napi_configurable),
   });
   auto* holder = new TensorClass();
   holder->constructor = Napi::Persistent(cls);
