@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as nodePath from 'node:path';
+import * as os from 'node:os';
 import { TarflowError } from './errors.js';
 
 function tempPathFor(path: string): string {
@@ -135,6 +136,72 @@ function folderError(path: string, what: string, err: unknown): TarflowError {
   if (e?.code === 'ENOTDIR' || e?.code === 'EEXIST') hint = 'a file stands where a folder is needed; choose another path or move that file';
   else if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'EROFS') hint = 'the place is not writable; choose a folder you can write to';
   return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: could not create the folder ${JSON.stringify(path)} (${e?.code ?? 'error'}): ${hint}`, { cause: err });
+}
+
+/** The file that marks an output folder as being written by a run (see lockFolder). */
+export const LOCK_FILE = '.tarflow-lock';
+
+export interface FolderLock {
+  /** Ends the claim (removes the lock file); safe to call twice. */
+  release(): Promise<void>;
+}
+
+interface LockOwner {
+  pid: number;
+  host: string;
+  started: string;
+}
+
+function ownerAlive(owner: LockOwner): boolean {
+  // Another machine's process (a shared network folder) cannot be asked: it counts as running.
+  if (owner.host !== os.hostname()) return true;
+  try {
+    process.kill(owner.pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, another user's
+  }
+}
+
+/**
+ * Claims an output folder for one run: two runs into one folder (two processes, or two jobs of one process) would
+ * each find it free, then overwrite each other's checkpoints or shards, and each report its own as written. The
+ * claim is a file made exclusively (O_EXCL) that names its process; one left by a process that no longer runs
+ * (killed) is taken over. The caller checks the folder's contents again once it holds the claim.
+ */
+export async function lockFolder(folder: string, what: string): Promise<FolderLock> {
+  const path = nodePath.join(folder, LOCK_FILE);
+  const mine: LockOwner = { pid: process.pid, host: os.hostname(), started: new Date().toISOString() };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await fsp.writeFile(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw wrapWriteError(path, err);
+    }
+    let owner: LockOwner | null = null;
+    try {
+      const o = JSON.parse(await fsp.readFile(path, 'utf8')) as Partial<LockOwner>;
+      if (Number.isInteger(o.pid) && typeof o.host === 'string') owner = { pid: o.pid!, host: o.host, started: String(o.started) };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile
+      // unreadable or torn (a crash while it was written): nobody can be shown to hold it
+    }
+    if (owner && ownerAlive(owner)) {
+      const who = owner.pid === process.pid && owner.host === mine.host ? 'another job of this process' : `process ${owner.pid}${owner.host === mine.host ? '' : ` on ${owner.host}`}`;
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: ${folder} is being written by another run (${who}, since ${owner.started}); ` +
+        `wait for it to end or choose another folder. If no run is using it, delete ${path}`);
+    }
+    await fsp.rm(path, { force: true });
+  }
+  let released = false;
+  return {
+    async release() {
+      if (released) return;
+      released = true;
+      await fsp.rm(path, { force: true });
+    },
+  };
 }
 
 /**

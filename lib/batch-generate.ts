@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { checkFolderCreatable, makeFolder, writeFileAtomic } from './atomic.js';
+import { checkFolderCreatable, lockFolder, makeFolder, writeFileAtomic, type FolderLock } from './atomic.js';
 import { loadModel } from './checkpoint.js';
 import { toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
@@ -259,6 +259,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   await checkFolderCreatable(spec.out, 'out');
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
+  let lock: FolderLock | undefined;
   try {
     // A new run's default temperature follows the model (a resumed one's is the manifest's, where absent means 1).
     const temperature = existing ? spec.temperature : spec.temperature ?? defaultTemperature(model);
@@ -298,6 +299,12 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     resolveLabels(model, count, spec.labels);
     // Made only now that the checkpoint, options and labels have been checked: a refused run leaves no folder.
     await makeFolder(spec.out, 'out');
+    lock = await lockFolder(spec.out, 'out');
+    // The manifest was read before the claim: another run may have written it since.
+    if (JSON.stringify(await readManifest(spec.out, manifestPath)) !== JSON.stringify(existing)) {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written by another run while this one started; ` +
+        (existing ? 'run the command again to resume from it' : 'continue it with resume: true (--resume) or choose another out folder (--out)'));
+    }
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
     const done = new Set(manifest.shards.map((s) => s.index));
@@ -364,5 +371,6 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     };
   } finally {
     model.dispose();
+    await lock?.release();
   }
 }

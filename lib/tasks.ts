@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
-import { checkFolderCreatable, makeFolder } from './atomic.js';
+import { checkFolderCreatable, lockFolder, makeFolder, type FolderLock } from './atomic.js';
 import { configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
@@ -436,8 +436,10 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   let trainOptions: TrainOptions = given;
   let savedDtype: FloatDType | undefined;
   let savedPrecision: Precision | undefined;
+  let stateRead: string | null = null;
   if (given.resume) {
     if (!(await exists(statePath))) throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `resume: ${statePath} does not exist; start without resume (--resume)`);
+    stateRead = await fileVersion(statePath);
     state = await readSafetensors(statePath);
     ({ options: trainOptions, dtype: savedDtype, precision: savedPrecision } = resumeOptions(given, state, statePath));
     spec = resumedSpec(given, state, statePath);
@@ -478,12 +480,21 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
   let trainer: Trainer | undefined;
+  let lock: FolderLock | undefined;
   try {
     trainer = new Trainer(model, data, pickKeys(trainOptions, TRAIN_OPTIONS));
     // Made only now that the run's state, weights, data and options have been found and checked: a refused command
     // leaves no folder behind.
     await makeFolder(spec.out, 'out');
+    lock = await lockFolder(spec.out, 'out');
+    // The checks above ran before the claim: another run may have written the folder since.
+    if ((await fileVersion(statePath)) !== stateRead) {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', stateRead === null
+        ? `${spec.out} already holds a training run (another process started it meanwhile); continue it with resume: true (--resume) or choose another out folder (--out)`
+        : `${statePath} changed while this run started (another process wrote it); run the command again to resume from it`);
+    }
   } catch (err) {
+    await lock?.release();
     trainer?.dispose();
     model.dispose();
     throw err;
@@ -577,6 +588,18 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   } finally {
     trainer.dispose();
     model.dispose();
+    await lock.release();
+  }
+}
+
+/** Size and modification time of a file, or null when there is none: enough to see that another process wrote it. */
+async function fileVersion(path: string): Promise<string | null> {
+  try {
+    const st = await stat(path);
+    return `${st.size}:${st.mtimeMs}`;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
   }
 }
 

@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { serializeNpy } from '../lib/npy.js';
@@ -14,6 +14,7 @@ import { PRETRAINED, pretrainedPath } from '../lib/pretrained.js';
 import { repoRoot } from './helpers.js';
 import { runEvaluate, runSample, runScore } from '../lib/tasks.js';
 import { TarflowError } from '../lib/errors.js';
+import { LOCK_FILE } from '../lib/atomic.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));
 const cli = join(repoRoot, 'dist', 'lib', 'cli.js');
@@ -589,6 +590,30 @@ test('evaluate, score and sample stop before their first batch when the abort ca
   }
   assert.is(reports, 0, 'no batch ran');
   assert.not.ok(existsSync(join(dir, 'never.png')));
+});
+
+test('two runs started into one folder: one trains, the other is refused and changes nothing; a lock left by a dead process is taken over', async () => {
+  const out = join(dir, 'contended');
+  const spec = { dataset: imagesPath, labels: labelsPath, batchSize: 16, steps: 3, out, evalImages: 0 };
+  const [a, b] = await Promise.allSettled([train({ ...spec, seed: 1 }), train({ ...spec, seed: 2 })]);
+  const won = [a, b].filter((r) => r.status === 'fulfilled');
+  const lost = [a, b].filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  assert.is(won.length, 1, 'exactly one run trains');
+  assert.is(lost.length, 1);
+  assert.match(String(lost[0].reason), /is being written by another run|already holds a training run/);
+  assert.not.ok(existsSync(join(out, LOCK_FILE)), 'the winner released its claim');
+  // A claim whose process has ended (killed) does not block the folder.
+  const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+  const stale = join(dir, 'stale');
+  mkdirSync(stale);
+  writeFileSync(join(stale, LOCK_FILE), JSON.stringify({ pid: dead, host: hostname(), started: 'then' }));
+  const r = await train({ ...spec, out: stale, seed: 1 });
+  assert.is(r.steps, 3);
+  assert.not.ok(existsSync(join(stale, LOCK_FILE)));
+  // A live one does (this process stands for another run).
+  writeFileSync(join(stale, LOCK_FILE), JSON.stringify({ pid: process.pid, host: hostname(), started: 'now' }));
+  const refused = await train({ ...spec, out: stale, resume: true, steps: 4 }).then(() => null, (e: unknown) => e);
+  assert.match(String(refused), /out: .*stale is being written by another run \(another job of this process, since now\).*delete .*\.tarflow-lock/);
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -27,6 +27,18 @@ test.before(async () => {
 
 const base = { checkpoint: ckpt, count: 23, shardSize: 10, format: 'npz' as const, guidance: 1.5, seed: 4 };
 
+test('two generation runs started into one folder: one writes, the other is refused', async () => {
+  const out = join(dir, 'contended');
+  const [a, b] = await Promise.allSettled([generateToDisk({ ...base, out }), generateToDisk({ ...base, out, seed: 9 })]);
+  const lost = [a, b].filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  assert.is(lost.length, 1, 'exactly one run writes');
+  assert.match(String(lost[0].reason), /is being written by another run|already holds a generation run|written by another run while this one started/);
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.ok(manifest.complete);
+  assert.is(manifest.options.seed, (a.status === 'fulfilled' ? 4 : 9));
+  assert.not.ok(existsSync(join(out, '.tarflow-lock')));
+});
+
 test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batch size', async () => {
   const a = join(dir, 'a'), b = join(dir, 'b');
   const ra = await generateToDisk({ ...base, out: a, batchSize: 3 });
