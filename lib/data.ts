@@ -15,6 +15,7 @@
 import { open, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { basename, dirname, extname, join } from 'node:path';
+import { statFileForParsing } from './atomic.js';
 import { MAX_CLASSES } from './config.js';
 import { CIFAR10_CLASSES, cifarBatchFiles, isCifarBatchName, readCifarBatches } from './cifar.js';
 import { TarflowError } from './errors.js';
@@ -382,7 +383,9 @@ export async function loadImageFolderDataset(root: string, split: Split = 'train
 const IDX_IMAGES_MAGIC = [0x00, 0x00, 0x08, 0x03];
 const IDX_LABELS_MAGIC = [0x00, 0x00, 0x08, 0x01];
 
-async function firstBytes(path: string, n: number): Promise<Uint8Array> {
+async function firstBytes(path: string, n: number, what: string): Promise<Uint8Array> {
+  // stat first: opening a FIFO waits for a writer, and would never return
+  await statFileForParsing(path, what);
   const handle = await open(path, 'r');
   try {
     const buf = new Uint8Array(n);
@@ -425,7 +428,7 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   if (ext === '.bin' || isCifarBatchName(spec)) return loadCifarDataset(spec, split, options);
   if (ext === '.gz') throw dataError(spec, 'the file is gzip-compressed; decompress it first (gunzip FILE) and pass the result');
   if (isImageFile(spec)) throw dataError(spec, 'is a single image; put the images in a folder (one subfolder per class for labels) and pass the folder');
-  const head = await firstBytes(spec, 4);
+  const head = await firstBytes(spec, 4, 'dataset');
   if (startsWith(head, IDX_IMAGES_MAGIC)) return loadIdxDataset(spec, options);
   if (startsWith(head, IDX_LABELS_MAGIC)) {
     throw dataError(spec, 'is an IDX label file; pass the image file (e.g. train-images-idx3-ubyte), whose labels are found beside it');

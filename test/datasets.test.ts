@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -326,6 +326,29 @@ test('array rejections: label range, label count, non-square, bad rows, dtype, s
   const truncated = join(dir, 'trunc.npy');
   writeFileSync(truncated, serializeNpy(chw, [N, C, S, S]).subarray(0, 100));
   await rejects(loadDataset(truncated), 'ERR_TARFLOW_FILE_FORMAT', /trunc\.npy: .*the file is truncated/);
+});
+
+test('a device or FIFO is refused before it is opened or read, as the dataset and as its labels', async () => {
+  const fifo = join(dir, 'pipe');
+  const made = spawnSync('mkfifo', [fifo]);
+  assert.is(made.status, 0, `mkfifo: ${made.stderr}`);
+  // Should the check regress, a reader blocked on the FIFO is let go, so the test fails rather than hangs.
+  const unblock = setTimeout(() => {
+    try { closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)); } catch { /* no reader waiting */ }
+  }, 3000);
+  try {
+    await rejects(loadDataset(fifo), 'ERR_TARFLOW_INVALID_ARGUMENT', /pipe: not a regular file but a FIFO, which is never read as the dataset file .*; pass a file/);
+    const x = join(dir, 'fifo-x.npy');
+    writeFileSync(x, serializeNpy(new Uint8Array(2 * 16), [2, 4, 4]));
+    await rejects(loadDataset(x, 'train', { labels: fifo }), 'ERR_TARFLOW_INVALID_ARGUMENT', /pipe: not a regular file but a FIFO/);
+  } finally {
+    clearTimeout(unblock);
+  }
+  // /dev/null would read as an empty file, /dev/zero and /dev/urandom forever
+  await rejects(loadDataset('/dev/null'), 'ERR_TARFLOW_INVALID_ARGUMENT', /\/dev\/null: not a regular file but a device/);
+  const link = join(dir, 'zero.npy');
+  symlinkSync('/dev/zero', link);
+  await rejects(loadDataset(link), 'ERR_TARFLOW_INVALID_ARGUMENT', /zero\.npy: not a regular file but a device, which is never read as the npy file/);
 });
 
 // ---------------------------------------------------------------------------------------------------------

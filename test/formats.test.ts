@@ -535,6 +535,31 @@ test('atomic: writes, replaces, leaves no temp files, and cleans up on failure',
   assert.equal(fs.readdirSync(tmpDir).filter((f) => f.endsWith('.tmp')), []);
 });
 
+test('readers refuse a device or a file too large for one buffer before reading it', async () => {
+  const refused = async (p: Promise<unknown>, pattern: RegExp) => {
+    try {
+      await p;
+    } catch (err) {
+      assert.instance(err, TarflowError);
+      assert.is((err as TarflowError).code, 'ERR_TARFLOW_INVALID_ARGUMENT', (err as Error).message);
+      assert.match((err as Error).message, pattern);
+      return;
+    }
+    assert.unreachable(`expected a refusal matching ${pattern}`);
+  };
+  // /dev/null reads as an empty file, which the parsers would call truncated; /dev/zero would never end
+  await refused(readNpy('/dev/null'), /^\/dev\/null: not a regular file but a device, which is never read as the npy file \(it may never end\); pass a file$/);
+  await refused(readIdx('/dev/null'), /^\/dev\/null: not a regular file but a device, which is never read as the IDX file/);
+  const big = nodePath.join(tmpDir, 'big.npy');
+  fs.writeFileSync(big, '');
+  fs.truncateSync(big, 2 ** 31); // sparse: no disk space is used
+  try {
+    await refused(readNpy(big), /big\.npy: could not read the npy file \(ERR_FS_FILE_TOO_LARGE\): the file is larger than Node can read into one buffer \(2 GiB\); split it/);
+  } finally {
+    fs.rmSync(big);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // mutation fuzz: every mutated file either parses or throws a TarflowError, never anything else
 
