@@ -19,7 +19,7 @@ import { statFileForParsing } from './atomic.js';
 import { MAX_CLASSES } from './config.js';
 import { CIFAR10_CLASSES, cifarBatchFiles, isCifarBatchName, readCifarBatches } from './cifar.js';
 import { TarflowError } from './errors.js';
-import { readIdx } from './idx.js';
+import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
@@ -265,6 +265,21 @@ function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
   return options;
 }
 
+/** Whether a file is a `.npy`/`.npz` by its magic or its name. */
+function isNpyFile(path: string, head: Uint8Array): boolean {
+  const ext = extname(path).toLowerCase();
+  return ext === '.npy' || ext === '.npz' || startsWith(head, NPY_MAGIC) || startsWith(head, ZIP_MAGIC);
+}
+
+/** A labels `.npy` for `.npy`/`.npz` images; an IDX label file is named as such rather than as a broken `.npy`. */
+async function readNpyLabels(path: string): Promise<NpyArray> {
+  if (isIdxHeader(await firstBytes(path, 4, 'labels'))) {
+    throw dataError(path, `is an IDX label file, but .npy/.npz images take their labels from a .npy file; convert it with np.save('labels.npy', np.fromfile('${basename(path)}', np.uint8, offset=8)), ` +
+      'or pass the IDX image file it belongs to as the dataset');
+  }
+  return readNpy(path);
+}
+
 /**
  * Images from a `.npy` file of uint8 (any layout in the module comment), with optional labels from another
  * `.npy` of integers (N,). The second argument is the labels path or the full options.
@@ -275,7 +290,7 @@ export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: strin
   const arr = await readNpy(imagesPath);
   const { images, layout } = imagesFromArray(arr, imagesPath, options.channels);
   let labels: Int32Array | null = null;
-  if (options.labels) labels = labelsFromArray(await readNpy(options.labels), options.labels, layout.count, base);
+  if (options.labels) labels = labelsFromArray(await readNpyLabels(options.labels), options.labels, layout.count, base);
   return checkRequestedShape(makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels), options);
 }
 
@@ -318,7 +333,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
     if (options.labels) throw dataError(path, `has its own labels under '${present[0]}', so a separate labels file (${options.labels}) would be ambiguous; drop labels (--labels)`);
     labels = labelsFromArray(members.get(present[0]!)!, `${path}:${present[0]}`, layout.count, base);
   } else if (options.labels) {
-    labels = labelsFromArray(await readNpy(options.labels), options.labels, layout.count, base);
+    labels = labelsFromArray(await readNpyLabels(options.labels), options.labels, layout.count, base);
   }
   return checkRequestedShape(makeDataset(path, images, layout.count, layout.channels, layout.size, labels), options);
 }
@@ -348,7 +363,10 @@ async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
 }
 
-/** Images from an unsigned-byte IDX file (N, S, S), labels from `options.labels` or the sibling label file when present. */
+/**
+ * Images from an unsigned-byte IDX file ((N, S, S), or 4 dims read by the rule for arrays), labels from
+ * `options.labels` or the sibling label file when present.
+ */
 export async function loadIdxDataset(imagesPath: string, options: LoadOptions = {}): Promise<ImageDataset> {
   checkLabelBase(options, imagesPath, 'IDX');
   const arr = await readIdx(imagesPath);
@@ -360,6 +378,10 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
   const labelsPath = options.labels ?? (sibling && (await exists(sibling)) ? sibling : undefined);
   let labels: Int32Array | null = null;
   if (labelsPath) {
+    if (options.labels && isNpyFile(labelsPath, await firstBytes(labelsPath, 6, 'labels'))) {
+      throw dataError(labelsPath, `is a .npy/.npz file, but IDX images (${imagesPath}) take their labels from an IDX label file; ` +
+        'give the matching …-labels-idx1-ubyte file (--labels), or convert the images to .npy, which takes .npy labels');
+    }
     const l = await readIdx(labelsPath);
     if (l.dims.length !== 1 || l.dims[0] !== layout.count) {
       throw dataError(labelsPath, `labels have dims [${l.dims.join(', ')}] but ${imagesPath} holds ${layout.count} images; pair each image file with its own label file`);
@@ -380,8 +402,9 @@ export async function loadImageFolderDataset(root: string, split: Split = 'train
   return makeDataset(r.root, r.images, r.count, r.channels, r.size, r.labels, r.classNames);
 }
 
-const IDX_IMAGES_MAGIC = [0x00, 0x00, 0x08, 0x03];
 const IDX_LABELS_MAGIC = [0x00, 0x00, 0x08, 0x01];
+const NPY_MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];
+const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 
 async function firstBytes(path: string, n: number, what: string): Promise<Uint8Array> {
   // stat first: opening a FIFO waits for a writer, and would never return
@@ -429,10 +452,10 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   if (ext === '.gz') throw dataError(spec, 'the file is gzip-compressed; decompress it first (gunzip FILE) and pass the result');
   if (isImageFile(spec)) throw dataError(spec, 'is a single image; put the images in a folder (one subfolder per class for labels) and pass the folder');
   const head = await firstBytes(spec, 4, 'dataset');
-  if (startsWith(head, IDX_IMAGES_MAGIC)) return loadIdxDataset(spec, options);
   if (startsWith(head, IDX_LABELS_MAGIC)) {
     throw dataError(spec, 'is an IDX label file; pass the image file (e.g. train-images-idx3-ubyte), whose labels are found beside it');
   }
+  if (isIdxHeader(head)) return loadIdxDataset(spec, options);
   throw dataError(spec, `unknown dataset file type; the dataset must be ${SUPPORTED}`);
 }
 

@@ -21,6 +21,14 @@ const TYPE_NAMES: Readonly<Record<number, string>> = {
   0x0e: 'float64',
 };
 
+/**
+ * Whether a file's first bytes are an IDX header of any element type: a reader that sends every such file to
+ * parseIdx lets it say what is wrong with one it cannot read (a float32 file, 5 dims) instead of "unknown file".
+ */
+export function isIdxHeader(head: Uint8Array): boolean {
+  return head.length >= 4 && head[0] === 0 && head[1] === 0 && Object.prototype.hasOwnProperty.call(TYPE_NAMES, head[2]!);
+}
+
 function formatError(name: string, problem: string): TarflowError {
   return new TarflowError('ERR_TARFLOW_FILE_FORMAT', `${name}: ${problem}`);
 }

@@ -340,7 +340,7 @@ test('a device or FIFO is refused before it is opened or read, as the dataset an
     await rejects(loadDataset(fifo), 'ERR_TARFLOW_INVALID_ARGUMENT', /pipe: not a regular file but a FIFO, which is never read as the dataset file .*; pass a file/);
     const x = join(dir, 'fifo-x.npy');
     writeFileSync(x, serializeNpy(new Uint8Array(2 * 16), [2, 4, 4]));
-    await rejects(loadDataset(x, 'train', { labels: fifo }), 'ERR_TARFLOW_INVALID_ARGUMENT', /pipe: not a regular file but a FIFO/);
+    await rejects(loadDataset(x, 'train', { labels: fifo }), 'ERR_TARFLOW_INVALID_ARGUMENT', /pipe: not a regular file but a FIFO, which is never read as the labels file/);
   } finally {
     clearTimeout(unblock);
   }
@@ -399,9 +399,9 @@ test('CIFAR-10 rejections: truncated record, bad label, missing split, label bas
   await rejects(loadDataset(onlyTrain, 'train', { labelBase: 1 }), 'ERR_TARFLOW_INVALID_ARGUMENT', /labelBase 1 applies to \.npy\/\.npz labels only/);
 });
 
-function idx(dims: number[], data: Uint8Array): Uint8Array {
+function idx(dims: number[], data: Uint8Array, type = 0x08): Uint8Array {
   const head = Buffer.alloc(4 + 4 * dims.length);
-  head[2] = 0x08;
+  head[2] = type;
   head[3] = dims.length;
   dims.forEach((d, i) => head.writeUInt32BE(d, 4 + 4 * i));
   return Buffer.concat([head, data]);
@@ -424,6 +424,33 @@ test('IDX: an image file takes its labels from the sibling label file when there
   await rejects(loadDataset(join(d, 'train-labels-idx1-ubyte')), 'ERR_TARFLOW_DATA', /is an IDX label file; pass the image file/);
   writeFileSync(join(d, 'cut-images-idx3-ubyte'), idx([3, 5, 5], pixels).subarray(0, 50));
   await rejects(loadDataset(join(d, 'cut-images-idx3-ubyte')), 'ERR_TARFLOW_FILE_FORMAT', /cut-images-idx3-ubyte: .*the file is truncated/);
+});
+
+test('IDX files of any header reach the IDX reader: 4 dims are read as arrays are, other element types get its message', async () => {
+  const d = folder('idx-kinds');
+  writeFileSync(join(d, 'rgb-idx4-ubyte'), idx([N, S, S, C], toHwc(chw, N, C, S)));
+  const rgb = await loadDataset(join(d, 'rgb-idx4-ubyte'));
+  assert.equal([rgb.count, rgb.channels, rgb.size], [N, C, S]);
+  assert.equal(Array.from(rgb.images), Array.from(chw));
+  writeFileSync(join(d, 'float-images-idx3-ubyte'), idx([1, 2, 2], new Uint8Array(16), 0x0d));
+  await rejects(loadDataset(join(d, 'float-images-idx3-ubyte')), 'ERR_TARFLOW_DTYPE',
+    /float-images-idx3-ubyte: IDX element type 0x0d \(float32\) is not supported; .*convert the data to \.npy/);
+});
+
+test('a labels file of the other format is named as such, with the way out', async () => {
+  const d = folder('idx-npy');
+  writeFileSync(join(d, 'train-images-idx3-ubyte'), idx([2, 4, 4], chw.subarray(0, 32)));
+  writeFileSync(join(d, 'train-labels-idx1-ubyte'), idx([2], Uint8Array.from([1, 0])));
+  const npyLabels = join(d, 'labels0.npy');
+  writeFileSync(npyLabels, serializeNpy(BigInt64Array.from([1n, 0n]), [2]));
+  await rejects(loadDataset(join(d, 'train-images-idx3-ubyte'), 'train', { labels: npyLabels }), 'ERR_TARFLOW_DATA',
+    /labels0\.npy: is a \.npy\/\.npz file, but IDX images \(.*train-images-idx3-ubyte\) take their labels from an IDX label file; give the matching …-labels-idx1-ubyte file \(--labels\), or convert the images to \.npy/);
+  const x = join(d, 'x.npy');
+  writeFileSync(x, serializeNpy(chw.subarray(0, 32), [2, 4, 4]));
+  await rejects(loadDataset(x, 'train', { labels: join(d, 'train-labels-idx1-ubyte') }), 'ERR_TARFLOW_DATA',
+    /train-labels-idx1-ubyte: is an IDX label file, but \.npy\/\.npz images take their labels from a \.npy file; convert it with np\.save\('labels\.npy', np\.fromfile\('train-labels-idx1-ubyte', np\.uint8, offset=8\)\)/);
+  assert.equal(Array.from((await loadDataset(join(d, 'train-images-idx3-ubyte'), 'train', { labels: join(d, 'train-labels-idx1-ubyte') })).labels!), [1, 0]);
+  assert.equal(Array.from((await loadDataset(x, 'train', { labels: npyLabels })).labels!), [1, 0]);
 });
 
 // ---------------------------------------------------------------------------------------------------------
