@@ -23,7 +23,7 @@ import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
-import { checkKnownKeys, checkOneOf, type OptionNames } from './validate.js';
+import { checkKnownKeys, checkOneOf, describeValue, validationError, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -90,6 +90,13 @@ export async function loadMnist(split: Split = 'train'): Promise<ImageDataset> {
 }
 
 export function makeDataset(name: string, images: Uint8Array, count: number, channels: number, size: number, labels: Int32Array | null, classNames?: readonly string[]): ImageDataset {
+  // Checked here, not only where a Trainer takes the dataset: that check can only say "build one with makeDataset".
+  if (!(images instanceof Uint8Array)) {
+    throw validationError('ERR_TARFLOW_DTYPE', `${name}: images`, 'a Uint8Array of count x channels x size x size bytes', describeValue(images), 'convert with Uint8Array.from(images)');
+  }
+  if (labels !== null && !(labels instanceof Int32Array)) {
+    throw validationError('ERR_TARFLOW_DTYPE', `${name}: labels`, 'an Int32Array of class indices, or null for unlabelled images', describeValue(labels), 'convert with Int32Array.from(labels)');
+  }
   if (images.length !== count * channels * size * size) {
     throw new TarflowError('ERR_TARFLOW_DATA', `${name}: ${images.length} bytes do not make ${count} images of ${channels} x ${size} x ${size}`);
   }

@@ -182,6 +182,16 @@ test('a stray huge label is refused instead of sizing a class embedding for it',
   await rejects(Promise.resolve().then(() => validateConfig({ ...config, numClasses: 100_001 })), 'ERR_TARFLOW_CONFIG', /numClasses.*100000/);
 });
 
+test('makeDataset takes typed arrays only, and says so itself rather than leaving it to the trainer', async () => {
+  const images = new Uint8Array(8 * 16);
+  await rejects(Promise.resolve().then(() => makeDataset('mine', images, 8, 1, 4, [0, 1, 2, 3, 0, 1, 2, 3] as never)), 'ERR_TARFLOW_DTYPE',
+    /^mine: labels: expected an Int32Array of class indices, or null for unlabelled images, got \[0, 1, 2, 3, .*; convert with Int32Array\.from\(labels\)/);
+  await rejects(Promise.resolve().then(() => makeDataset('mine', images, 8, 1, 4, undefined as never)), 'ERR_TARFLOW_DTYPE', /mine: labels: expected .*got undefined/);
+  await rejects(Promise.resolve().then(() => makeDataset('mine', Array.from(images) as never, 8, 1, 4, null)), 'ERR_TARFLOW_DTYPE',
+    /^mine: images: expected a Uint8Array .*; convert with Uint8Array\.from\(images\)/);
+  assert.is(makeDataset('mine', images, 8, 1, 4, Int32Array.from([0, 1, 2, 3, 0, 1, 2, 3])).numClasses, 4);
+});
+
 test("a test split is labelled by the train split's classes, by name, even when it lacks some", async () => {
   for (const [split, classes] of [['train', ['a', 'b', 'c']], ['test', ['a', 'c']]] as const) {
     for (const cls of classes) await writeImage(join(folder('gaps', split, cls), '0.png'), 8, 8, () => (cls === 'c' ? BLUE : RED));
