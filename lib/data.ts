@@ -284,7 +284,7 @@ async function readNpyLabels(path: string): Promise<NpyArray> {
     throw dataError(path, `is an IDX label file, but .npy/.npz images take their labels from a .npy file; convert it with np.save('labels.npy', np.fromfile('${basename(path)}', np.uint8, offset=8)), ` +
       'or pass the IDX image file it belongs to as the dataset');
   }
-  return readNpy(path);
+  return readNpy(path, { labels: true });
 }
 
 /**
@@ -313,7 +313,7 @@ const NPZ_IGNORED_KEYS = ['mean'];
 export async function loadNpzDataset(path: string, split: Split = 'train', labelsOrOptions?: string | LoadOptions): Promise<ImageDataset> {
   const options = optionsFrom(labelsOrOptions);
   const base = checkLabelBase(options, path, 'array');
-  const members = await readNpz(path);
+  const members = await readNpz(path, { labelMembers: [...NPZ_LABEL_KEYS, 'y_train', 'y_test'] });
   const keys = [...members.keys()];
   const listed = keys.length ? keys.map((k) => `'${k}'`).join(', ') : 'no arrays';
   let imageKey: string | undefined;

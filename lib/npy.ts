@@ -171,22 +171,29 @@ class HeaderParser {
   }
 }
 
-function parseDescr(descr: PyValue, name: string): NpyDType {
+/** What to do about an unsupported labels dtype: astype('<f4'), right for data, only trades it for the float refusal. */
+const LABELS_DTYPE_FIX = "turn class names (strings or objects) into indices with np.unique(y, return_inverse=True)[1].astype('<i8'), " +
+  "and whole numbers of another dtype with y.astype('<i8'), before np.save";
+
+function parseDescr(descr: PyValue, name: string, labels: boolean): NpyDType {
   if (Array.isArray(descr)) {
     throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: the array has a structured dtype (record fields), which is not supported; save each field as its own plain array`);
   }
   if (typeof descr !== 'string') throw formatError(name, "header 'descr' is not a string; the file is corrupt");
   const m = /^([<>|=]?)([a-zA-Z])(\d*)$/.exec(descr);
   if (!m) {
-    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: dtype '${descr.slice(0, 40)}' is not supported; convert with arr.astype('<f4') (or another plain numeric dtype) before np.save`);
+    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: dtype '${descr.slice(0, 40)}' is not supported; ` +
+      (labels ? `labels must be integers: ${LABELS_DTYPE_FIX}` : "convert with arr.astype('<f4') (or another plain numeric dtype) before np.save"));
   }
   const [, order, kind, sizeText] = m as unknown as [string, string, string, string];
   if (kind === 'O') {
-    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: the array has dtype object ('${descr}'), which numpy stores as a pickle; pickles can run code and are never loaded. Save a numeric array instead, e.g. np.save(path, np.asarray(x, dtype=np.float32))`);
+    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: the array has dtype object ('${descr}'), which numpy stores as a pickle; pickles can run code and are never loaded. ` +
+      (labels ? `Labels must be integers: ${LABELS_DTYPE_FIX}` : 'Save a numeric array instead, e.g. np.save(path, np.asarray(x, dtype=np.float32))'));
   }
   const code = `${kind}${sizeText}`;
   if (!Object.prototype.hasOwnProperty.call(DTYPES, code)) {
-    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: dtype '${descr}' is not supported; supported are ${Object.keys(DTYPES).join(', ')} (convert with arr.astype('<f4') or arr.astype('<i8') before np.save)`);
+    throw new TarflowError('ERR_TARFLOW_DTYPE', `${name}: dtype '${descr}' is not supported; ` +
+      (labels ? `labels must be integers: ${LABELS_DTYPE_FIX}` : `supported are ${Object.keys(DTYPES).join(', ')} (convert with arr.astype('<f4') or arr.astype('<i8') before np.save)`));
   }
   const dtype = code as NpyDType;
   const size = DTYPES[dtype].size;
@@ -201,8 +208,13 @@ function parseDescr(descr: PyValue, name: string): NpyDType {
   return dtype;
 }
 
+export interface NpyReadOptions {
+  /** The array holds class labels, so a dtype that is refused gets advice for labels (integers) rather than for data. */
+  labels?: boolean;
+}
+
 /** Parses a `.npy` file held in memory into a C-order array with a fresh, aligned typed array. */
-export function parseNpy(buf: Uint8Array, name = 'npy buffer'): NpyArray {
+export function parseNpy(buf: Uint8Array, name = 'npy buffer', options: NpyReadOptions = {}): NpyArray {
   if (!(buf instanceof Uint8Array)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: parseNpy expects a Uint8Array (or Buffer); read the file into a Buffer first`);
   }
@@ -251,7 +263,7 @@ export function parseNpy(buf: Uint8Array, name = 'npy buffer'): NpyArray {
     const missing = ['descr', 'fortran_order', 'shape'].filter((k) => !dict.has(k));
     throw formatError(name, `header lacks ${missing.join(', ')}; the file is corrupt or was not written by numpy.save`);
   }
-  const dtype = parseDescr(dict.get('descr')!, name);
+  const dtype = parseDescr(dict.get('descr')!, name, options.labels === true);
   const fortran = dict.get('fortran_order');
   if (typeof fortran !== 'boolean') throw formatError(name, "header 'fortran_order' is not True or False; the file is corrupt");
   const shapeVal = dict.get('shape');
@@ -308,8 +320,8 @@ function readLittleEndian(src: Uint8Array, out: NpyData, dtype: NpyDType): void 
 }
 
 /** Reads and parses a `.npy` file. */
-export async function readNpy(path: string): Promise<NpyArray> {
-  return parseNpy(await readFileForParsing(path, 'npy'), path);
+export async function readNpy(path: string, options?: NpyReadOptions): Promise<NpyArray> {
+  return parseNpy(await readFileForParsing(path, 'npy'), path, options);
 }
 
 function dtypeOf(data: unknown): NpyDType | undefined {

@@ -78,8 +78,13 @@ export async function writeNpz(path: string, arrays: Record<string, { data: NpyD
   await writeFileAtomic(path, serializeNpz(arrays));
 }
 
+export interface NpzReadOptions {
+  /** Members (names without `.npy`) that hold class labels, whose refused dtypes get advice for labels. */
+  labelMembers?: readonly string[];
+}
+
 /** Parses an .npz buffer into its arrays (member names without `.npy`). */
-export function parseNpz(buf: Uint8Array, name = 'npz buffer'): Map<string, NpyArray> {
+export function parseNpz(buf: Uint8Array, name = 'npz buffer', options: NpzReadOptions = {}): Map<string, NpyArray> {
   const fail = (why: string): never => {
     throw new TarflowError('ERR_TARFLOW_FILE_FORMAT', `${name}: ${why}; the file is truncated or not an .npz archive`);
   };
@@ -133,11 +138,12 @@ export function parseNpz(buf: Uint8Array, name = 'npz buffer'): Map<string, NpyA
     if (body.length !== size) fail(`member '${member}' has ${body.length} bytes, the directory says ${size}`);
     if (crc32(body) !== crc) fail(`member '${member}' fails its CRC check`);
     if (!member.endsWith('.npy')) continue;
-    out.set(member.slice(0, -4), parseNpy(body, `${name}:${member}`));
+    const key = member.slice(0, -4);
+    out.set(key, parseNpy(body, `${name}:${member}`, { labels: options.labelMembers?.includes(key) ?? false }));
   }
   return out;
 }
 
-export async function readNpz(path: string): Promise<Map<string, NpyArray>> {
-  return parseNpz(await readFileForParsing(path, 'npz file'), path);
+export async function readNpz(path: string, options?: NpzReadOptions): Promise<Map<string, NpyArray>> {
+  return parseNpz(await readFileForParsing(path, 'npz file'), path, options);
 }

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { loadDataset, imageArrayLayout, makeDataset, type ImageDataset, type LoadOptions } from '../lib/data.js';
 import { validateConfig } from '../lib/config.js';
@@ -461,6 +462,39 @@ test('a labels file of the other format is named as such, with the way out', asy
     /train-labels-idx1-ubyte: is an IDX label file, but \.npy\/\.npz images take their labels from a \.npy file; convert it with np\.save\('labels\.npy', np\.fromfile\('train-labels-idx1-ubyte', np\.uint8, offset=8\)\)/);
   assert.equal(Array.from((await loadDataset(join(d, 'train-images-idx3-ubyte'), 'train', { labels: join(d, 'train-labels-idx1-ubyte') })).labels!), [1, 0]);
   assert.equal(Array.from((await loadDataset(x, 'train', { labels: npyLabels })).labels!), [1, 0]);
+});
+
+test('labels of a dtype that is refused are told to become integers, images still to become numbers', async () => {
+  const x = join(dir, 'dtype-x.npy');
+  writeFileSync(x, serializeNpy(new Uint8Array(2 * 16), [2, 4, 4]));
+  // a <U1 labels file, made from an int32 one: both have 4-byte items, so only the descr differs
+  const strings = (bytes: Uint8Array) => {
+    const b = Buffer.from(bytes);
+    const at = b.indexOf("'<i4'");
+    b.write("'<U1'", at, 'latin1');
+    return b;
+  };
+  const y = join(dir, 'dtype-y.npy');
+  writeFileSync(y, strings(serializeNpy(Int32Array.from([0, 1]), [2])));
+  await rejects(loadDataset(x, 'train', { labels: y }), 'ERR_TARFLOW_DTYPE',
+    /dtype-y\.npy: dtype '<U1' is not supported; labels must be integers: turn class names \(strings or objects\) into indices with np\.unique\(y, return_inverse=True\)\[1\]\.astype\('<i8'\)/);
+  // inside an .npz, the label members are known by name before they are parsed
+  const zip = Buffer.from(serializeNpz({ labels: { data: Int32Array.from([0, 1]), shape: [2] } }));
+  const body = 30 + zip.readUInt16LE(26);
+  const member = strings(zip.subarray(body, body + zip.readUInt32LE(18)));
+  member.copy(zip, body);
+  const crc = crc32(member);
+  zip.writeUInt32LE(crc, 14);
+  zip.writeUInt32LE(crc, zip.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02])) + 16);
+  const bad = join(dir, 'dtype-labels.npz');
+  writeFileSync(bad, zip);
+  let err: Error | undefined;
+  await loadDataset(bad).catch((e: Error) => { err = e; });
+  assert.match(err?.message ?? '', /dtype-labels\.npz:labels\.npy: dtype '<U1' is not supported; labels must be integers/);
+  assert.not.match(err!.message, /astype\('<f4'\)/);
+  // an images file keeps the advice for data
+  writeFileSync(y, strings(serializeNpy(Int32Array.from([0, 1]), [2])));
+  await rejects(loadDataset(y), 'ERR_TARFLOW_DTYPE', /dtype '<U1' is not supported; supported are .*astype\('<f4'\)/);
 });
 
 // ---------------------------------------------------------------------------------------------------------

@@ -385,6 +385,14 @@ test('npy: hostile and unsupported files', () => {
   throwsCode(() => parseNpy(npyWithHeader(`{'descr': '<f4', 'fortran_order': False, 'shape': (${new Array(65).fill(1).join(', ')}), }`, data)), FF);
   // labels
   throwsCode(() => labelsToInt32(parseNpy(serializeNpy(new Float32Array([1]), [1]))), 'ERR_TARFLOW_DTYPE', /astype/);
+  // a labels file is told to become integers, not astype('<f4'), which labelsToInt32 would refuse next
+  for (const descr of ['<U3', '<f2', '<M8[ns]']) {
+    const err = throwsCode(() => parseNpy(npyWithHeader(`{'descr': '${descr}', 'fortran_order': False, 'shape': (2,), }`, 24), 'y.npy', { labels: true }), 'ERR_TARFLOW_DTYPE',
+      /^y\.npy: dtype '.*' is not supported; labels must be integers: turn class names \(strings or objects\) into indices with np\.unique\(y, return_inverse=True\)\[1\]\.astype\('<i8'\)/);
+    assert.not.match(err.message, /<f4/);
+  }
+  throwsCode(() => parseNpy(npyWithHeader("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", 16), 'y.npy', { labels: true }), 'ERR_TARFLOW_DTYPE',
+    /pickle.*never loaded\. Labels must be integers: .*np\.unique\(y, return_inverse=True\)/);
   throwsCode(() => labelsToInt32(parseNpy(serializeNpy(new BigUint64Array([2n ** 40n]), [1]))), 'ERR_TARFLOW_DATA');
   throwsCode(() => labelsToInt32(parseNpy(serializeNpy(new Uint32Array([2 ** 31]), [1]))), 'ERR_TARFLOW_DATA');
   assert.equal([...labelsToInt32(parseNpy(serializeNpy(new Uint32Array([2 ** 31 - 1]), [1])))], [2 ** 31 - 1]);
