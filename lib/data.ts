@@ -43,7 +43,10 @@ export interface ImageDataset {
 export type Split = 'train' | 'test';
 
 export interface LoadOptions {
-  /** Labels file: a `.npy` of integers for `.npy` images (or an `.npz` without labels), an IDX label file for IDX images. */
+  /**
+   * Labels file: a `.npy` of integers for `.npy` images (or an `.npz` without labels), an IDX label file for IDX images.
+   * Training labels (the train split) must give every class 0..max an image; a test split may miss classes.
+   */
   labels?: string;
   /** Image side: what image folders are resized and cropped to (default 32); for other formats, a check of the file's size. */
   size?: number;
@@ -238,6 +241,34 @@ function labelsFromArray(arr: NpyArray, name: string, count: number, base: 0 | 1
   return labels;
 }
 
+/**
+ * Refuses training labels that leave some class 0..max without an image. A model gets one class per label up to
+ * the largest, so 1-based labels or one stray large label would give it classes trained on nothing, silently. Test
+ * splits are not checked: a model's classes are fixed by then, and a small test set may well miss some.
+ */
+function checkNoEmptyClasses(labels: Int32Array, name: string, base: 0 | 1, format: 'array' | 'IDX'): void {
+  let max = -1;
+  let maxAt = 0;
+  for (let i = 0; i < labels.length; i++) {
+    if (labels[i]! > max) {
+      max = labels[i]!;
+      maxAt = i;
+    }
+  }
+  const seen = new Uint8Array(max + 1);
+  for (let i = 0; i < labels.length; i++) seen[labels[i]!] = 1;
+  const empty: number[] = [];
+  for (let c = 0; c <= max; c++) if (!seen[c]) empty.push(c);
+  if (empty.length === 0) return;
+  const shown = empty.slice(0, 5).map((c) => c + base).join(', ') + (empty.length > 5 ? ', ...' : '');
+  const used = max + 1 - empty.length;
+  const fix = empty.length === 1 && empty[0] === 0 && base === 0 && format === 'array'
+    ? 'labels look 1-based: pass --label-base 1 (labelBase: 1)'
+    : `the labels skip classes; remap the ${used} classes used to 0..${used - 1}, e.g. with numpy's np.unique(y, return_inverse=True)`;
+  throw dataError(name, `${empty.length} of the ${max + 1} classes ${base}..${max + base} ${empty.length === 1 ? 'has' : 'have'} no image (${shown}); a model takes one class per label ` +
+    `up to the largest (${max + base}, image ${maxAt}), so ${empty.length === 1 ? 'that class' : 'those classes'} would be trained on nothing; ${fix}`);
+}
+
 function checkLabelBase(options: LoadOptions, name: string, format: string): 0 | 1 {
   const base = options.labelBase ?? 0;
   if (base !== 0 && base !== 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `labelBase must be 0 or 1, got ${String(base)}`);
@@ -289,16 +320,20 @@ async function readNpyLabels(path: string): Promise<NpyArray> {
 
 /**
  * Images from a `.npy` file of uint8 (any layout in the module comment), with optional labels from another
- * `.npy` of integers (N,). The second argument is the labels path or the full options.
+ * `.npy` of integers (N,). The second argument is the labels path or the full options; the split says whether
+ * they are training data, whose labels must give every class an image.
  */
-export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: string | LoadOptions): Promise<ImageDataset> {
+export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: string | LoadOptions, split: Split = 'train'): Promise<ImageDataset> {
   const options = optionsFrom(labelsOrOptions);
+  checkOneOf('split', split, ['train', 'test']);
   const base = checkLabelBase(options, imagesPath, 'array');
   const arr = await readNpy(imagesPath);
   const { images, layout } = imagesFromArray(arr, imagesPath, options.channels);
   let labels: Int32Array | null = null;
   if (options.labels) labels = labelsFromArray(await readNpyLabels(options.labels), options.labels, layout.count, base);
-  return checkRequestedShape(makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels), options);
+  const ds = makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels);
+  if (labels && split === 'train') checkNoEmptyClasses(labels, options.labels!, base, 'array');
+  return checkRequestedShape(ds, options);
 }
 
 const NPZ_IMAGE_KEYS = ['images', 'x', 'data', 'arr_0'];
@@ -336,13 +371,18 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
   const present = labelKeys.filter((k) => members.has(k));
   if (present.length > 1) throw dataError(path, `has labels under both ${present.map((k) => `'${k}'`).join(' and ')}; keep one of them`);
   let labels: Int32Array | null = null;
+  let labelsName = '';
   if (present.length === 1) {
     if (options.labels) throw dataError(path, `has its own labels under '${present[0]}', so a separate labels file (${options.labels}) would be ambiguous; drop labels (--labels)`);
-    labels = labelsFromArray(members.get(present[0]!)!, `${path}:${present[0]}`, layout.count, base);
+    labelsName = `${path}:${present[0]}`;
+    labels = labelsFromArray(members.get(present[0]!)!, labelsName, layout.count, base);
   } else if (options.labels) {
-    labels = labelsFromArray(await readNpyLabels(options.labels), options.labels, layout.count, base);
+    labelsName = options.labels;
+    labels = labelsFromArray(await readNpyLabels(options.labels), labelsName, layout.count, base);
   }
-  return checkRequestedShape(makeDataset(path, images, layout.count, layout.channels, layout.size, labels), options);
+  const ds = makeDataset(path, images, layout.count, layout.channels, layout.size, labels);
+  if (labels && split === 'train') checkNoEmptyClasses(labels, labelsName, base, 'array');
+  return checkRequestedShape(ds, options);
 }
 
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
@@ -372,9 +412,11 @@ async function exists(path: string): Promise<boolean> {
 
 /**
  * Images from an unsigned-byte IDX file ((N, S, S), or 4 dims read by the rule for arrays), labels from
- * `options.labels` or the sibling label file when present.
+ * `options.labels` or the sibling label file when present; the split says whether they are training data, whose
+ * labels must give every class an image.
  */
-export async function loadIdxDataset(imagesPath: string, options: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadIdxDataset(imagesPath: string, options: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+  checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, imagesPath, 'IDX');
   const arr = await readIdx(imagesPath);
   if (arr.dims.length === 1) {
@@ -395,7 +437,9 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
     }
     labels = Int32Array.from(l.data);
   }
-  return checkRequestedShape(makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels), options);
+  const ds = makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels);
+  if (labels && split === 'train') checkNoEmptyClasses(labels, labelsPath!, 0, 'IDX');
+  return checkRequestedShape(ds, options);
 }
 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
@@ -453,7 +497,7 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
     return loadImageFolderDataset(spec, split, options);
   }
   const ext = extname(spec).toLowerCase();
-  if (ext === '.npy') return loadNpyDataset(spec, options);
+  if (ext === '.npy') return loadNpyDataset(spec, options, split);
   if (ext === '.npz') return loadNpzDataset(spec, split, options);
   if (ext === '.bin' || isCifarBatchName(spec)) return loadCifarDataset(spec, split, options);
   if (ext === '.gz') throw dataError(spec, 'the file is gzip-compressed; decompress it first (gunzip FILE) and pass the result');
@@ -462,7 +506,7 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   if (startsWith(head, IDX_LABELS_MAGIC)) {
     throw dataError(spec, 'is an IDX label file; pass the image file (e.g. train-images-idx3-ubyte), whose labels are found beside it');
   }
-  if (isIdxHeader(head)) return loadIdxDataset(spec, options);
+  if (isIdxHeader(head)) return loadIdxDataset(spec, options, split);
   throw dataError(spec, `unknown dataset file type; the dataset must be ${SUPPORTED}`);
 }
 

@@ -268,17 +268,17 @@ test('npz layouts: (N,C,H,W), (N,H,W,C), (N,H,W) and flat channel-first rows all
   const nhwc = await load(npz('nhwc.npz', { x: { data: toHwc(chw, N, C, S), shape: [N, S, S, C] } }));
   assert.equal(Array.from(nhwc.images), Array.from(chw));
   assert.is(nhwc.labels, null);
-  const grey = await load(npz('nhw.npz', { data: { data: chw.subarray(0, N * S * S), shape: [N, S, S] }, y: { data: Uint8Array.from([3, 2]), shape: [N] } }));
+  const grey = await load(npz('nhw.npz', { data: { data: chw.subarray(0, N * S * S), shape: [N, S, S] }, y: { data: Uint8Array.from([1, 0]), shape: [N] } }));
   assert.is(grey.channels, 1);
   assert.equal(Array.from(grey.images), Array.from(chw.subarray(0, N * S * S)));
-  assert.equal(Array.from(grey.labels!), [3, 2]);
+  assert.equal(Array.from(grey.labels!), [1, 0]);
   // flat rows as in Imagenet32/64: 48 = 3*4*4 is not a square, so RGB is inferred; labels are int64 counted from 1
-  const flat = await load(npz('flat.npz', { data: { data: chw, shape: [N, C * S * S] }, labels: { data: BigInt64Array.from([1n, 1000n]), shape: [N] } }), 'train', { labelBase: 1 });
+  const flat = await load(npz('flat.npz', { data: { data: chw, shape: [N, C * S * S] }, labels: { data: BigInt64Array.from([2n, 1n]), shape: [N] } }), 'train', { labelBase: 1 });
   assert.is(flat.channels, 3);
   assert.is(flat.size, 4);
   assert.equal(Array.from(flat.images), Array.from(chw));
-  assert.equal(Array.from(flat.labels!), [0, 999]);
-  assert.is(flat.numClasses, 1000);
+  assert.equal(Array.from(flat.labels!), [1, 0]);
+  assert.is(flat.numClasses, 2);
   // 16 values per row is 1 x 4 x 4 and cannot be 3 x S x S
   const flatGrey = await load(npz('flatgrey.npz', { arr_0: { data: chw.subarray(0, 32), shape: [N, 16] } }));
   assert.equal([flatGrey.channels, flatGrey.size], [1, 4]);
@@ -297,19 +297,19 @@ test('the (N,H,W,C) rule: channel-last only when the last dim is 1 or 3 and the 
 
 test('Keras-style x_train/x_test npz follows the split; .npy takes a labels path (the older call form)', async () => {
   const path = npz('keras.npz', {
-    x_train: { data: chw.subarray(0, 2 * 16), shape: [2, 4, 4] }, y_train: { data: Uint8Array.from([7, 8]), shape: [2] },
+    x_train: { data: chw.subarray(0, 2 * 16), shape: [2, 4, 4] }, y_train: { data: Uint8Array.from([1, 0]), shape: [2] },
     x_test: { data: chw.subarray(0, 16), shape: [1, 4, 4] }, y_test: { data: Uint8Array.from([9]), shape: [1] },
   });
-  assert.equal(Array.from((await load(path, 'train')).labels!), [7, 8]);
+  assert.equal(Array.from((await load(path, 'train')).labels!), [1, 0]);
   assert.equal(Array.from((await load(path, 'test')).labels!), [9]);
   const x = join(dir, 'x.npy');
   const y = join(dir, 'y.npy');
   writeFileSync(x, serializeNpy(toHwc(chw, N, C, S), [N, S, S, C]));
-  writeFileSync(y, serializeNpy(BigInt64Array.from([4n, 2n]), [N]));
+  writeFileSync(y, serializeNpy(BigInt64Array.from([1n, 0n]), [N]));
   const ds = await loadDataset(x, 'train', y);
   assert.equal(Array.from(ds.images), Array.from(chw));
-  assert.equal(Array.from(ds.labels!), [4, 2]);
-  assert.is(ds.numClasses, 5);
+  assert.equal(Array.from(ds.labels!), [1, 0]);
+  assert.is(ds.numClasses, 2);
 });
 
 test('array rejections: label range, label count, non-square, bad rows, dtype, shape asked for, unknown file', async () => {
@@ -337,6 +337,36 @@ test('array rejections: label range, label count, non-square, bad rows, dtype, s
   const truncated = join(dir, 'trunc.npy');
   writeFileSync(truncated, serializeNpy(chw, [N, C, S, S]).subarray(0, 100));
   await rejects(loadDataset(truncated), 'ERR_TARFLOW_FILE_FORMAT', /trunc\.npy: .*the file is truncated/);
+});
+
+test('training labels that leave a class without images are refused, with the likely fix; a test split may miss classes', async () => {
+  const x = join(dir, 'gaps-x.npy');
+  writeFileSync(x, serializeNpy(new Uint8Array(8 * 16), [8, 4, 4]));
+  const labels = (name: string, values: number[]) => {
+    const path = join(dir, name);
+    writeFileSync(path, serializeNpy(BigInt64Array.from(values.map(BigInt)), [values.length]));
+    return path;
+  };
+  const oneBased = labels('gaps-1based.npy', [1, 2, 3, 1, 2, 3, 1, 2]);
+  await rejects(loadDataset(x, 'train', { labels: oneBased }), 'ERR_TARFLOW_DATA',
+    /gaps-1based\.npy: 1 of the 4 classes 0\.\.3 has no image \(0\); .*trained on nothing; labels look 1-based: pass --label-base 1 \(labelBase: 1\)/);
+  assert.is((await loadDataset(x, 'train', { labels: oneBased, labelBase: 1 })).numClasses, 3);
+  const stray = labels('gaps-stray.npy', [0, 1, 2, 99, 0, 1, 2, 0]);
+  await rejects(loadDataset(x, 'train', { labels: stray }), 'ERR_TARFLOW_DATA',
+    /gaps-stray\.npy: 96 of the 100 classes 0\.\.99 have no image \(3, 4, 5, 6, 7, \.\.\.\); .*largest \(99, image 3\).*the labels skip classes; remap the 4 classes used to 0\.\.3, e\.g\. with numpy's np\.unique\(y, return_inverse=True\)/);
+  // scoring a model on a small test set that misses some of its classes is fine
+  assert.is((await loadDataset(x, 'test', { labels: stray })).numClasses, 100);
+  // with labelBase 1 the classes are named as the file numbers them
+  await rejects(loadDataset(x, 'train', { labels: labels('gaps-base1.npy', [1, 3, 1, 3, 1, 3, 1, 3]), labelBase: 1 }), 'ERR_TARFLOW_DATA',
+    /1 of the 3 classes 1\.\.3 has no image \(2\); .*the labels skip classes/);
+  await rejects(load(npz('gaps.npz', { images: { data: new Uint8Array(8 * 16), shape: [8, 4, 4] }, y: { data: Int32Array.from([1, 2, 1, 2, 1, 2, 1, 2]), shape: [8] } })),
+    'ERR_TARFLOW_DATA', /gaps\.npz:y: 1 of the 3 classes 0\.\.2 has no image \(0\).*labels look 1-based/);
+  const d = folder('idx-gaps');
+  writeFileSync(join(d, 'train-images-idx3-ubyte'), idx([3, 2, 2], new Uint8Array(12)));
+  writeFileSync(join(d, 'train-labels-idx1-ubyte'), idx([3], Uint8Array.from([0, 200, 1])));
+  // IDX labels have no labelBase, so a missing class 0 there is not put down to 1-based labels
+  await rejects(loadDataset(join(d, 'train-images-idx3-ubyte')), 'ERR_TARFLOW_DATA',
+    /train-labels-idx1-ubyte: 198 of the 201 classes 0\.\.200 have no image \(2, 3, 4, 5, 6, \.\.\.\); .*remap the 3 classes used to 0\.\.2/);
 });
 
 test('a device or FIFO is refused before it is opened or read, as the dataset and as its labels', async () => {
