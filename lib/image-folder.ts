@@ -5,7 +5,7 @@
  * or RGB. A root holding `train/` and `test/` (or `val/`) folders is read per split.
  */
 import type { Dirent } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readlink, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { extname, join } from 'node:path';
 import { TarflowError } from './errors.js';
@@ -77,9 +77,19 @@ async function folderEntries(dir: string): Promise<FolderEntries> {
     let isDir = e.isDirectory();
     let isFile = e.isFile();
     if (e.isSymbolicLink()) {
-      const s = await stat(join(dir, e.name)).catch(() => null);
-      isDir = s?.isDirectory() ?? false;
-      isFile = s?.isFile() ?? false;
+      const path = join(dir, e.name);
+      let s;
+      try {
+        s = await stat(path);
+      } catch (err) {
+        // skipped, the link could drop an image or a whole class from the dataset unnoticed
+        const code = (err as NodeJS.ErrnoException).code;
+        const target = await readlink(path).then((t) => ` (to ${t})`, () => '');
+        const why = code === 'ENOENT' ? `points nowhere${target}` : `cannot be followed${target} (${code ?? 'error'})`;
+        throw new TarflowError('ERR_TARFLOW_DATA', `${path}: the symbolic link ${why}; make it point to the image or folder meant, or remove it`, { cause: err });
+      }
+      isDir = s.isDirectory();
+      isFile = s.isFile();
     }
     if (isDir) dirs.push(e.name);
     else if (isFile) files.push(e.name);

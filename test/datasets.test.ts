@@ -238,6 +238,16 @@ test('image folder rejections: empty folder, no images, empty class, mixed layou
   await rejects(loadDataset(classRoot, 'train', { labels: 'y.npy' }), 'ERR_TARFLOW_DATA', /takes its labels from its class folders; drop labels \(--labels\)/);
 });
 
+test('a link in an image folder that points nowhere is refused and named; a hidden one stays ignored', async () => {
+  const cls = folder('links', 'cls');
+  await writeImage(join(cls, 'a.png'), 8, 8, () => RED);
+  symlinkSync(join(dir, 'nowhere', 'x.png'), join(cls, '.hidden.png'));
+  assert.is((await loadDataset(join(dir, 'links'), 'train', { size: 4 })).count, 1);
+  symlinkSync(join(dir, 'nowhere', 'x.png'), join(cls, 'broken.png'));
+  await rejects(loadDataset(join(dir, 'links'), 'train', { size: 4 }), 'ERR_TARFLOW_DATA',
+    /links\/cls\/broken\.png: the symbolic link points nowhere \(to .*nowhere\/x\.png\); make it point to the image or folder meant, or remove it/);
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // arrays
 
