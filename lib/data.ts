@@ -57,6 +57,11 @@ export interface LoadOptions {
   channels?: number;
   /** Whether the labels of a `.npy`/`.npz` count from 0 (default) or from 1 (downsampled ImageNet); both are stored 0-based. */
   labelBase?: 0 | 1;
+  /**
+   * The model's classes are fixed already (fine-tuning, a given config, an unconditional model): training labels may
+   * then leave classes without images, which a model whose classes come from its labels may not.
+   */
+  classesFixed?: boolean;
   /** Progress of decoding an image folder: (images done, total). */
   onProgress?: (done: number, total: number) => void;
   /** Images of a folder decoded at the same time (default: the number of CPUs, at most 16). */
@@ -66,7 +71,7 @@ export interface LoadOptions {
 }
 
 const LOAD_OPTIONS = {
-  labels: true, size: true, channels: true, labelBase: true, onProgress: true, concurrency: true, signal: true,
+  labels: true, size: true, channels: true, labelBase: true, classesFixed: true, onProgress: true, concurrency: true, signal: true,
 } as const satisfies OptionNames<LoadOptions>;
 
 const require = createRequire(import.meta.url);
@@ -332,7 +337,7 @@ export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: strin
   let labels: Int32Array | null = null;
   if (options.labels) labels = labelsFromArray(await readNpyLabels(options.labels), options.labels, layout.count, base);
   const ds = makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels);
-  if (labels && split === 'train') checkNoEmptyClasses(labels, options.labels!, base, 'array');
+  if (labels && split === 'train' && !options.classesFixed) checkNoEmptyClasses(labels, options.labels!, base, 'array');
   return checkRequestedShape(ds, options);
 }
 
@@ -381,7 +386,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
     labels = labelsFromArray(await readNpyLabels(options.labels), labelsName, layout.count, base);
   }
   const ds = makeDataset(path, images, layout.count, layout.channels, layout.size, labels);
-  if (labels && split === 'train') checkNoEmptyClasses(labels, labelsName, base, 'array');
+  if (labels && split === 'train' && !options.classesFixed) checkNoEmptyClasses(labels, labelsName, base, 'array');
   return checkRequestedShape(ds, options);
 }
 
@@ -438,7 +443,7 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
     labels = Int32Array.from(l.data);
   }
   const ds = makeDataset(imagesPath, images, layout.count, layout.channels, layout.size, labels);
-  if (labels && split === 'train') checkNoEmptyClasses(labels, labelsPath!, 0, 'IDX');
+  if (labels && split === 'train' && !options.classesFixed) checkNoEmptyClasses(labels, labelsPath!, 0, 'IDX');
   return checkRequestedShape(ds, options);
 }
 

@@ -259,7 +259,9 @@ function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config
     size = cfg.imgSize;
     channels = cfg.inChannels;
   }
-  return { labels: spec.labels, size, channels, labelBase: spec.labelBase, ...decodeProgress(ctx) };
+  // Classes come from the labels only for a new conditional model without a config.
+  const classesFixed = cfg !== undefined || spec.conditional === false;
+  return { labels: spec.labels, size, channels, labelBase: spec.labelBase, classesFixed, ...decodeProgress(ctx) };
 }
 
 /**

@@ -616,5 +616,16 @@ test('two runs started into one folder: one trains, the other is refused and cha
   assert.match(String(refused), /out: .*stale is being written by another run \(another job of this process, since now\).*delete .*\.tarflow-lock/);
 });
 
+test('labels that leave classes empty are refused for a new conditional model, not for an unconditional one or an --init', () => {
+  const gappy = join(dir, 'gappy-y.npy');
+  writeFileSync(gappy, serializeNpy(Int32Array.from({ length: N }, (_, i) => (i % 2) * 2), [N]));
+  const common = ['train', '--dataset', imagesPath, '--labels', gappy, '--batch-size', '16', '--steps', '1', '--eval-images', '0'];
+  const refused = run([...common, '--out', join(dir, 'gappy-cond')]);
+  assert.is(refused.code, 1);
+  assert.match(refused.stderr, /1 of the 3 classes 0\.\.2 has no image \(1\)/);
+  assert.is(run([...common, '--unconditional', '--out', join(dir, 'gappy-uncond')]).code, 0);
+  assert.is(run([...common, '--init', join(runDir, 'checkpoint.safetensors'), '--out', join(dir, 'gappy-init')]).code, 0);
+});
+
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 test.run();

@@ -366,6 +366,8 @@ test('training labels that leave a class without images are refused, with the li
     /gaps-stray\.npy: 96 of the 100 classes 0\.\.99 have no image \(3, 4, 5, 6, 7, \.\.\.\); .*largest \(99, image 3\).*the labels skip classes; remap the 4 classes used to 0\.\.3, e\.g\. with numpy's np\.unique\(y, return_inverse=True\)/);
   // scoring a model on a small test set that misses some of its classes is fine
   assert.is((await loadDataset(x, 'test', { labels: stray })).numClasses, 100);
+  // and so is training one whose classes are fixed already (fine-tuning, a config, an unconditional model)
+  assert.is((await loadDataset(x, 'train', { labels: stray, classesFixed: true })).numClasses, 100);
   // with labelBase 1 the classes are named as the file numbers them
   await rejects(loadDataset(x, 'train', { labels: labels('gaps-base1.npy', [1, 3, 1, 3, 1, 3, 1, 3]), labelBase: 1 }), 'ERR_TARFLOW_DATA',
     /1 of the 3 classes 1\.\.3 has no image \(2\); .*the labels skip classes/);
