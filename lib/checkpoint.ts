@@ -103,6 +103,7 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',
     ...(model.trainingNoise === 'gaussian' ? {} : { noise: model.trainingNoise }),
+    ...(model.classNames ? { class_names: JSON.stringify(model.classNames) } : {}),
     ...options.metadata,
   };
   await writeSafetensors(path, stateDict(model, checkOneOf('dtype', options.dtype ?? 'F32', ['F32', 'BF16'] as const)), metadata);
@@ -157,8 +158,10 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
   if (noise !== undefined && noise !== 'gaussian' && noise !== 'uniform') {
     throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'noise'`, "'gaussian' or 'uniform'", describeValue(noise));
   }
+  const classNames = classNamesFromMetadata(file, path, config.numClasses);
   const model = new TarFlow(config, { ...modelOptions, noInit: true });
   model.trainingNoise = noise ?? 'gaussian';
+  model.classNames = classNames;
   try {
     loadStateDict(model, file.tensors, '', path);
   } catch (err) {
@@ -166,6 +169,18 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
     throw err;
   }
   return model;
+}
+
+/** The class names a checkpoint records (metadata 'class_names': a JSON list, one distinct name per class), or null. */
+function classNamesFromMetadata(file: SafetensorsFile, path: string, numClasses: number): string[] | null {
+  const raw = file.metadata.class_names;
+  if (raw === undefined) return null;
+  const names = parseJson(`${path}: metadata 'class_names'`, raw, 'ERR_TARFLOW_CHECKPOINT');
+  if (!Array.isArray(names) || names.length !== numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length) {
+    throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'class_names'`, `a list of ${numClasses} distinct names (one per class of the model)`, describeValue(names),
+      'remove the entry or correct it');
+  }
+  return names as string[];
 }
 
 export type { FloatDType };

@@ -534,6 +534,27 @@ export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; im
   }
 }
 
+/**
+ * The dataset with its labels numbered as the model numbers its classes. Both may name their classes (an image
+ * folder's class folders; the model keeps the names its training data had): a folder that lacks some of the model's
+ * classes numbers the rest differently, and its images would be scored under other classes. So labels are matched by
+ * name, and a class the model does not know is refused. Without names on both sides the labels are taken as they are.
+ */
+export function matchClasses(ds: ImageDataset, modelClasses: readonly string[] | null): ImageDataset {
+  const names = ds.classNames;
+  if (!ds.labels || !names || !modelClasses) return ds;
+  if (names.length === modelClasses.length && names.every((n, i) => n === modelClasses[i])) return ds;
+  const index = new Map(modelClasses.map((n, i) => [n, i]));
+  const unknown = names.filter((n, i) => !index.has(n) && ds.labels!.includes(i));
+  if (unknown.length > 0) {
+    throw new TarflowError('ERR_TARFLOW_DATA', `${ds.name}: class${unknown.length > 1 ? 'es' : ''} ${unknown.slice(0, 5).map((n) => `'${n}'`).join(', ')}` +
+      `${unknown.length > 5 ? ', ...' : ''} ${unknown.length > 1 ? 'are' : 'is'} not among the model's classes (${modelClasses.slice(0, 10).join(', ')}${modelClasses.length > 10 ? ', ...' : ''}); ` +
+      'rename the class folders to the names the model was trained with, or remove those classes');
+  }
+  const labels = ds.labels.map((l) => index.get(names[l]!)!);
+  return { ...ds, labels, numClasses: modelClasses.length, classNames: [...modelClasses] };
+}
+
 /** A small deterministic PRNG (mulberry32) for host-side choices such as the epoch's shuffle. */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;

@@ -3,7 +3,7 @@
  * proper discrete log-likelihood (the ln 128 term is the Jacobian of mapping [0, 256) onto [-1, 1)).
  */
 import type { ImageDataset } from './data.js';
-import { checkDatasetFits } from './data.js';
+import { checkDatasetFits, matchClasses } from './data.js';
 import { TarflowError } from './errors.js';
 import { SEED_RULE, type TarFlow } from './model.js';
 import { checkArray, checkBatch, checkKnownKeys, checkNumber, checkObject, optional, type OptionNames } from './validate.js';
@@ -81,6 +81,7 @@ export function evaluateBpd(model: TarFlow, data: ImageDataset, options: ScoreOp
   checkScoreOptions(options);
   checkKnownKeys('options', options, { ...SCORE_OPTIONS, limit: true });
   const limit = optional(options.limit, (v) => checkNumber('limit', v, { integer: true, min: 1 }));
+  data = matchClasses(data, model.config.numClasses > 0 ? model.classNames : null);
   checkDatasetFits(data, model.config);
   const per = data.channels * data.size * data.size;
   const n = Math.min(limit ?? data.count, data.count);

@@ -239,6 +239,12 @@ export class TarFlow {
    * the Trainer and saved in checkpoints (metadata 'noise'); a model that says nothing is 'gaussian'.
    */
   trainingNoise: TrainingNoise = 'gaussian';
+  /**
+   * The class names by label when the training data named its classes (an image folder's class folders, CIFAR-10),
+   * else null. Set by the Trainer, saved in checkpoints (metadata 'class_names'); evaluation and scoring match a
+   * dataset's classes to them by name.
+   */
+  classNames: string[] | null = null;
   private workspaces = new Map<number, Workspace>();
   private warnedRecompute = false;
   private disposedFlag = false;

@@ -10,7 +10,7 @@ import { configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
-import { loadDataset, type ImageDataset, type LoadOptions } from './data.js';
+import { loadDataset, matchClasses, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
@@ -707,7 +707,7 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<Score
     if (data.channels !== model.config.inChannels || data.size !== model.config.imgSize) {
       throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);
     }
-    const labels = model.config.numClasses > 0 ? data.labels : null;
+    const labels = model.config.numClasses > 0 ? matchClasses(data, model.classNames).labels : null;
     if (model.config.numClasses > 0 && !labels) {
       ctx.log(`the model is class-conditional but ${data.name} has no labels: each image is scored under the mean class embedding ` +
         '(give labels, --labels FILE.npy, to score them under their classes)');

@@ -8,7 +8,7 @@
 import type { FloatDType, Precision, Tensor } from './backend.js';
 import { toReferenceConfig } from './config.js';
 import { configFromMetadata } from './checkpoint.js';
-import { checkDatasetFits, type ImageDataset } from './data.js';
+import { checkDatasetFits, matchClasses, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
 import { TarFlow, VAR_RATE, type Workspace } from './model.js';
@@ -226,10 +226,18 @@ export class Trainer {
   private disposedFlag = false;
 
   /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
-  constructor(readonly model: TarFlow, readonly data: ImageDataset, options: TrainOptions = {},
+  /** The training data, its labels numbered as the model numbers its classes (see matchClasses). */
+  readonly data: ImageDataset;
+
+  constructor(readonly model: TarFlow, data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     model.assertAlive(); // before the gradients and moments are allocated for it
+    const conditional = model.config.numClasses > 0;
+    if (conditional && data?.labels) data = matchClasses(data, model.classNames);
     checkDatasetFits(data, model.config);
+    // The model keeps the names of its classes, so that data numbered another way can be matched to them later.
+    if (conditional && !model.classNames && data.classNames?.length === model.config.numClasses) model.classNames = [...data.classNames];
+    this.data = data;
     checkObject('options', options);
     checkKnownKeys('options', options, TRAIN_OPTIONS);
     this.options = resolveTrainOptions(options, data.count);

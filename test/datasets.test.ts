@@ -10,7 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
-import { loadDataset, imageArrayLayout, makeDataset, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { loadDataset, imageArrayLayout, makeDataset, matchClasses, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { TarFlow } from '../lib/model.js';
+import { Trainer } from '../lib/train.js';
+import { loadModel, saveModel } from '../lib/checkpoint.js';
+import { evaluateBpd } from '../lib/evaluate.js';
 import { validateConfig } from '../lib/config.js';
 import { CIFAR10_CLASSES } from '../lib/cifar.js';
 import { serializeNpy, type NpyData } from '../lib/npy.js';
@@ -379,6 +383,42 @@ test('training labels that leave a class without images are refused, with the li
   // IDX labels have no labelBase, so a missing class 0 there is not put down to 1-based labels
   await rejects(loadDataset(join(d, 'train-images-idx3-ubyte')), 'ERR_TARFLOW_DATA',
     /train-labels-idx1-ubyte: 198 of the 201 classes 0\.\.200 have no image \(2, 3, 4, 5, 6, \.\.\.\); .*remap the 3 classes used to 0\.\.2/);
+});
+
+test('a model keeps the class names of its image folder; evaluating a folder with some classes matches them by name', async () => {
+  const root = folder('named-classes');
+  for (const [cls, colour] of [['cat', RED], ['dog', GREEN], ['emu', BLUE]] as const) {
+    folder('named-classes', 'train', cls);
+    for (let i = 0; i < 6; i++) await writeImage(join(root, 'train', cls, `${i}.png`), 8, 8, () => colour);
+  }
+  folder('dogs-only', 'dog');
+  for (let i = 0; i < 4; i++) await writeImage(join(dir, 'dogs-only', 'dog', `${i}.png`), 8, 8, () => GREEN);
+  folder('birds', 'bird');
+  await writeImage(join(dir, 'birds', 'bird', '0.png'), 8, 8, () => BLUE);
+  const train = await loadDataset(join(root, 'train'), 'train', { size: 8, channels: 3 });
+  const model = new TarFlow({ inChannels: 3, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1, numClasses: 3 }, { device: 'cpu', seed: 1 });
+  const trainer = new Trainer(model, train, { batchSize: 6, steps: 1 });
+  trainer.trainStep();
+  trainer.dispose();
+  assert.equal(model.classNames, ['cat', 'dog', 'emu']);
+  const path = join(dir, 'named.safetensors');
+  await saveModel(path, model);
+  const loaded = await loadModel(path);
+  assert.equal(loaded.classNames, ['cat', 'dog', 'emu']);
+  const dogs = await loadDataset(join(dir, 'dogs-only'), 'test', { size: 8, channels: 3 });
+  assert.equal([...dogs.labels!], [0, 0, 0, 0], 'on its own the folder numbers dog 0');
+  assert.equal([...matchClasses(dogs, loaded.classNames).labels!], [1, 1, 1, 1], "matched: the model's dog");
+  // scored under the model's 'dog', the bits/dim are those of the same images labelled 1 by hand
+  const byName = evaluateBpd(loaded, dogs, { seed: 3 }).bitsPerDim;
+  const byHand = evaluateBpd(loaded, makeDataset('dogs by hand', dogs.images, 4, 3, 8, Int32Array.from([1, 1, 1, 1])), { seed: 3 }).bitsPerDim;
+  assert.is(byName, byHand);
+  const birds = await loadDataset(join(dir, 'birds'), 'test', { size: 8, channels: 3 });
+  assert.throws(() => evaluateBpd(loaded, birds), /birds: class 'bird' is not among the model's classes \(cat, dog, emu\); rename the class folders/);
+  const bad = join(dir, 'bad-names.safetensors');
+  await saveModel(bad, model, { metadata: { class_names: '["cat","cat","emu"]' } });
+  await rejects(loadModel(bad), 'ERR_TARFLOW_CHECKPOINT', /metadata 'class_names': expected a list of 3 distinct names/);
+  loaded.dispose();
+  model.dispose();
 });
 
 test('a device or FIFO is refused before it is opened or read, as the dataset and as its labels', async () => {
