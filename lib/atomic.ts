@@ -142,7 +142,7 @@ function folderError(path: string, what: string, err: unknown): TarflowError {
 export const LOCK_FILE = '.tarflow-lock';
 
 export interface FolderLock {
-  /** Ends the claim (removes the lock file); safe to call twice. */
+  /** Ends the claim (removes the lock file, if it is still this claim's); safe to call twice. */
   release(): Promise<void>;
 }
 
@@ -150,11 +150,18 @@ interface LockOwner {
   pid: number;
   host: string;
   started: string;
+  /** Tells this claim from a later one of the same process. */
+  token: string;
 }
 
+/** When this process started: a claim with its pid that is older was left by an earlier process (a container's pid 1). */
+const PROCESS_STARTED = Date.now() - process.uptime() * 1000;
+
+/** Whether the claim's process may still be running. */
 function ownerAlive(owner: LockOwner): boolean {
   // Another machine's process (a shared network folder) cannot be asked: it counts as running.
   if (owner.host !== os.hostname()) return true;
+  if (owner.pid === process.pid) return Date.parse(owner.started) >= PROCESS_STARTED - 1000;
   try {
     process.kill(owner.pid, 0);
     return true;
@@ -163,43 +170,95 @@ function ownerAlive(owner: LockOwner): boolean {
   }
 }
 
+/** The claim in the lock file, or null when it is not one (then no process can be shown to hold it). */
+async function readClaim(path: string): Promise<LockOwner | null> {
+  const o = JSON.parse(await fsp.readFile(path, 'utf8')) as Partial<LockOwner>;
+  const valid = Number.isInteger(o.pid) && o.pid! > 0 && typeof o.host === 'string' && typeof o.started === 'string' && typeof o.token === 'string';
+  return valid ? (o as LockOwner) : null;
+}
+
 /**
  * Claims an output folder for one run: two runs into one folder (two processes, or two jobs of one process) would
  * each find it free, then overwrite each other's checkpoints or shards, and each report its own as written. The
- * claim is a file made exclusively (O_EXCL) that names its process; one left by a process that no longer runs
- * (killed) is taken over. The caller checks the folder's contents again once it holds the claim.
+ * claim is written whole to a file of its own and hard-linked into place, which fails when a claim is there, so two
+ * runs can never both hold it. A claim whose process no longer runs (killed) is moved aside and taken over; one
+ * from another machine is never (the message says to delete it). The caller checks the folder's contents again once
+ * it holds the claim.
  */
 export async function lockFolder(folder: string, what: string): Promise<FolderLock> {
   const path = nodePath.join(folder, LOCK_FILE);
-  const mine: LockOwner = { pid: process.pid, host: os.hostname(), started: new Date().toISOString() };
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await fsp.writeFile(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw wrapWriteError(path, err);
+  const mine: LockOwner = { pid: process.pid, host: os.hostname(), started: new Date().toISOString(), token: randomBytes(8).toString('hex') };
+  const draft = nodePath.join(folder, `${LOCK_FILE}.${mine.token}`);
+  const failed = (err: unknown) => new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT',
+    `${what}: could not claim ${folder} for this run (${(err as NodeJS.ErrnoException).code ?? (err as Error).message} on ${path}); check that the folder is writable, or delete ${path} if no run is using the folder`, { cause: err });
+  try {
+    await fsp.writeFile(draft, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+  } catch (err) {
+    throw failed(err);
+  }
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await fsp.link(draft, path);
+        break;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EEXIST' && code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'ENOSYS') throw failed(err);
+        if (code !== 'EEXIST') {
+          // No hard links on this file system: an exclusive copy, briefly empty, which the age rule below covers.
+          try {
+            await fsp.copyFile(draft, path, fs.constants.COPYFILE_EXCL);
+            break;
+          } catch (copyErr) {
+            if ((copyErr as NodeJS.ErrnoException).code !== 'EEXIST') throw failed(copyErr);
+          }
+        }
+      }
+      let owner: LockOwner | null;
+      let age: number;
+      try {
+        age = Date.now() - (await fsp.stat(path)).mtimeMs;
+        owner = await readClaim(path).catch((err: unknown) => {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
+          return null;
+        });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile
+        throw failed(err);
+      }
+      // Something that is not a claim (written by hand, or by another tool) is left alone for a while.
+      const held = owner ? ownerAlive(owner) : age < 10_000;
+      if (held || attempt >= 5) {
+        const who = !owner ? 'a lock file that names no process'
+          : owner.pid === process.pid && owner.host === mine.host ? 'another job of this process'
+          : `process ${owner.pid}${owner.host === mine.host ? '' : ` on ${owner.host}`}`;
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: ${folder} is being written by another run (${who}${owner ? `, since ${owner.started}` : ''}); ` +
+          `wait for it to end or choose another folder. If no run is using it, delete ${path}`);
+      }
+      // Taken over by moving it aside first: of two runs that both found it dead, only one can move it, and a live
+      // claim that replaced it meanwhile is put back.
+      const aside = `${draft}.stale`;
+      try {
+        await fsp.rename(path, aside);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw failed(err);
+      }
+      const moved = await readClaim(aside).catch(() => null);
+      if (owner && moved?.token !== owner.token) await fsp.link(aside, path).catch(() => {});
+      await fsp.rm(aside, { force: true });
     }
-    let owner: LockOwner | null = null;
-    try {
-      const o = JSON.parse(await fsp.readFile(path, 'utf8')) as Partial<LockOwner>;
-      if (Number.isInteger(o.pid) && typeof o.host === 'string') owner = { pid: o.pid!, host: o.host, started: String(o.started) };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile
-      // unreadable or torn (a crash while it was written): nobody can be shown to hold it
-    }
-    if (owner && ownerAlive(owner)) {
-      const who = owner.pid === process.pid && owner.host === mine.host ? 'another job of this process' : `process ${owner.pid}${owner.host === mine.host ? '' : ` on ${owner.host}`}`;
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: ${folder} is being written by another run (${who}, since ${owner.started}); ` +
-        `wait for it to end or choose another folder. If no run is using it, delete ${path}`);
-    }
-    await fsp.rm(path, { force: true });
+  } finally {
+    await fsp.rm(draft, { force: true });
   }
   let released = false;
   return {
     async release() {
       if (released) return;
       released = true;
-      await fsp.rm(path, { force: true });
+      // Only this claim: one deleted by hand and taken by another run stays that run's.
+      const current = await readClaim(path).catch(() => null);
+      if (current?.token === mine.token) await fsp.rm(path, { force: true });
     },
   };
 }

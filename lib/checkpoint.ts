@@ -172,7 +172,7 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
 }
 
 /** The class names a checkpoint records (metadata 'class_names': a JSON list, one distinct name per class), or null. */
-function classNamesFromMetadata(file: SafetensorsFile, path: string, numClasses: number): string[] | null {
+export function classNamesFromMetadata(file: SafetensorsFile, path: string, numClasses: number): string[] | null {
   const raw = file.metadata.class_names;
   if (raw === undefined) return null;
   const names = parseJson(`${path}: metadata 'class_names'`, raw, 'ERR_TARFLOW_CHECKPOINT');

@@ -7,6 +7,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { existsSync, realpathSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { lockFolder } from './atomic.js';
 import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
@@ -448,7 +449,15 @@ const commands: Record<string, Command> = {
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${spec.out} holds a training run that is not a demo (${other}), and the demo would start it over; ` +
           `choose another out folder (--out), or continue that run with \`tarflow train --resume --out ${spec.out}\``);
       }
-      await rm(statePath, { force: true });
+      if (existsSync(spec.out)) {
+        // Not under a demo that is running now: its state would be lost.
+        const claim = await lockFolder(spec.out, 'out');
+        try {
+          await rm(statePath, { force: true });
+        } finally {
+          await claim.release();
+        }
+      }
       const r = await train(spec, job);
       printTrainSummary(r, json);
       return r;

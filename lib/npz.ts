@@ -145,5 +145,5 @@ export function parseNpz(buf: Uint8Array, name = 'npz buffer', options: NpzReadO
 }
 
 export async function readNpz(path: string, options?: NpzReadOptions): Promise<Map<string, NpyArray>> {
-  return parseNpz(await readFileForParsing(path, 'npz file'), path, options);
+  return parseNpz(await readFileForParsing(path, 'npz'), path, options);
 }

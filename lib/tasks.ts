@@ -6,7 +6,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
 import { checkFolderCreatable, lockFolder, makeFolder, type FolderLock } from './atomic.js';
-import { configFromMetadata, loadModel, saveModel } from './checkpoint.js';
+import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
@@ -45,6 +45,8 @@ export interface TaskContext {
  * An AbortSignal that asks the task's abort flag whenever it is read. The library's loops (scoring, sampling,
  * decoding) read `signal.aborted` before each batch and hold the thread while they run, so no event could bring the
  * flag to them; read through this signal, an abort stops them before their first batch too, not only after one.
+ * For such polling loops only: its 'abort' event fires when a read finds the flag set, never on its own, so it is
+ * no signal for listeners (addEventListener, AbortSignal.any, streams).
  */
 export function abortSignalOf(ctx: TaskContext): AbortSignal {
   const controller = new AbortController();
@@ -481,6 +483,15 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   }
   const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
+  // A resumed run numbers its labels by the class names it started with, as its saved weights do.
+  if (state) {
+    try {
+      model.classNames = classNamesFromMetadata(state, statePath, config.numClasses) ?? model.classNames;
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+  }
   let trainer: Trainer | undefined;
   let lock: FolderLock | undefined;
   try {
@@ -552,10 +563,7 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
     let samples: string | null = null;
     if (!aborted) {
       // The evaluation and the grid take minutes on a CPU: a stop request ends them too (the checkpoint is saved).
-      const controller = new AbortController();
-      const poll = () => {
-        if (ctx.aborted()) controller.abort();
-      };
+      const signal = abortSignalOf(ctx);
       try {
         const evalImages = spec.evalImages ?? Infinity;
         if (evalImages > 0 && (spec.dataset ?? 'mnist') === 'mnist') {
@@ -563,22 +571,21 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
           const n = Math.min(evalImages, test.count);
           const evalMeter = new RateMeter();
           const r = evaluateBpd(model, test, {
-            limit: n, batchSize: 500, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'evaluate', done, total, ...evalMeter.update(done, total) }); },
+            limit: n, batchSize: 500, signal, onProgress: (done, total) => { ctx.progress({ task: 'evaluate', done, total, ...evalMeter.update(done, total) }); },
           });
           testBpd = r.bitsPerDim;
         } else if (spec.evalImages !== undefined && spec.evalImages > 0) {
           ctx.log(`evalImages (--eval-images) measures the MNIST test set only; for ${data.name} run 'tarflow eval --checkpoint ${ckptPath} --dataset ...'`);
         }
-        poll();
-        if (controller.signal.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'stopped before the sample grid');
+        if (signal.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'stopped before the sample grid');
         const gridPath = join(spec.out, 'samples.png');
         const gridMeter = new RateMeter();
         const written = await writeSampleGrid(model, gridPath, ctx, {
-          guidance, denoiseSigma, temperature, seed: 1, signal: controller.signal, onProgress: (done, total) => { poll(); ctx.progress({ task: 'sample', done, total, ...gridMeter.update(done, total) }); },
+          guidance, denoiseSigma, temperature, seed: 1, signal, onProgress: (done, total) => { ctx.progress({ task: 'sample', done, total, ...gridMeter.update(done, total) }); },
         });
         samples = written ? gridPath : null;
       } catch (err) {
-        if ((err as TarflowError).code !== 'ERR_TARFLOW_ABORTED' || !controller.signal.aborted) throw err;
+        if ((err as TarflowError).code !== 'ERR_TARFLOW_ABORTED' || !signal.aborted) throw err;
         aborted = true;
       }
     }
@@ -678,7 +685,7 @@ export async function runEvaluate(spec: EvaluateSpec, ctx: TaskContext): Promise
   const model = await openModel(spec);
   try {
     const data = await loadDataset(spec.dataset ?? 'mnist', spec.split ?? 'test', {
-      labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
+      labels: spec.labels, labelBase: spec.labelBase, classesFixed: true, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
     });
     const meter = new RateMeter();
     const r = evaluateBpd(model, data, {
@@ -702,7 +709,7 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<Score
   const model = await openModel(spec);
   try {
     const data = await loadDataset(spec.images, 'test', {
-      labels: spec.labels, labelBase: spec.labelBase, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
+      labels: spec.labels, labelBase: spec.labelBase, classesFixed: true, size: model.config.imgSize, channels: model.config.inChannels, ...decodeProgress(ctx),
     });
     if (data.channels !== model.config.inChannels || data.size !== model.config.imgSize) {
       throw new TarflowError('ERR_TARFLOW_SHAPE', `${spec.images} holds ${data.channels} x ${data.size} x ${data.size} images but the model takes ${model.config.inChannels} x ${model.config.imgSize} x ${model.config.imgSize}`);

@@ -7,7 +7,7 @@
  */
 import type { FloatDType, Precision, Tensor } from './backend.js';
 import { toReferenceConfig } from './config.js';
-import { configFromMetadata } from './checkpoint.js';
+import { classNamesFromMetadata, configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, matchClasses, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
@@ -225,29 +225,30 @@ export class Trainer {
   private nonFiniteRun = 0;
   private disposedFlag = false;
 
-  /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
   /** The training data, its labels numbered as the model numbers its classes (see matchClasses). */
   readonly data: ImageDataset;
 
+  /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
   constructor(readonly model: TarFlow, data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     model.assertAlive(); // before the gradients and moments are allocated for it
     const conditional = model.config.numClasses > 0;
     if (conditional && data?.labels) data = matchClasses(data, model.classNames);
     checkDatasetFits(data, model.config);
-    // The model keeps the names of its classes, so that data numbered another way can be matched to them later.
-    if (conditional && !model.classNames && data.classNames?.length === model.config.numClasses) model.classNames = [...data.classNames];
     this.data = data;
     checkObject('options', options);
     checkKnownKeys('options', options, TRAIN_OPTIONS);
     this.options = resolveTrainOptions(options, data.count);
-    model.trainingNoise = this.options.noise; // its samples map back to pixels by the inverse of this noise's map
     this.stepsPerEpoch = Math.floor(data.count / this.options.batchSize);
     const size = model.params.flat.size;
     this.grads = new ParamSet(model.backend, model.config, model.specs, model.dtype);
     this.m = new model.backend.Tensor(model.dtype, [size]);
     this.v = new model.backend.Tensor(model.dtype, [size]);
     this.order = new EpochOrder(data.count, this.options.batchSize, this.options.seed);
+    // Only once nothing can be refused: the model then takes what its training defines.
+    model.trainingNoise = this.options.noise; // its samples map back to pixels by the inverse of this noise's map
+    // It keeps the names of its classes, so that data numbered another way can be matched to them later.
+    if (conditional && !model.classNames && data.classNames?.length === model.config.numClasses) model.classNames = [...data.classNames];
   }
 
   get totalSteps(): number {
@@ -337,6 +338,7 @@ export class Trainer {
       ...extraMetadata,
       config: JSON.stringify(toReferenceConfig(model.config)),
       format: 'tarflow-train-state',
+      ...(model.classNames ? { class_names: JSON.stringify(model.classNames) } : {}),
       train: JSON.stringify({
         step: this.step, updates: this.updates, skippedSteps: this.skippedSteps, nonFiniteRun: this.nonFiniteRun,
         options: this.options, dataset: { name: this.data.name, count: this.data.count }, dtype: model.dtype, precision: model.precision,
@@ -371,6 +373,12 @@ export class Trainer {
         .map((k) => `${k} ${JSON.stringify(saved[k])} saved, ${JSON.stringify(now[k])} now`);
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for a different model config (${differ.join('; ')}); ` +
         'resume with the same preset/config, or leave both out to take the saved one');
+    }
+    // The labels were numbered by this model's class names (or by position, without names) when the trainer was made.
+    const names = classNamesFromMetadata(file, path, this.model.config.numClasses);
+    if (names && JSON.stringify(names) !== JSON.stringify(this.model.classNames)) {
+      throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved by a run whose classes are ${names.join(', ')}, but this model's are ` +
+        `${this.model.classNames ? this.model.classNames.join(', ') : 'unnamed'}; set model.classNames from the state before making the Trainer (the CLI's --resume does)`);
     }
     if (train.datasetCount !== this.data.count || train.batchSize !== this.options.batchSize || train.seed !== this.options.seed) {
       throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${path} was saved for another dataset size, batch size or seed; resume with the same training options`);

@@ -606,14 +606,22 @@ test('two runs started into one folder: one trains, the other is refused and cha
   const dead = spawnSync(process.execPath, ['-e', '']).pid!;
   const stale = join(dir, 'stale');
   mkdirSync(stale);
-  writeFileSync(join(stale, LOCK_FILE), JSON.stringify({ pid: dead, host: hostname(), started: 'then' }));
+  const claim = (pid: number, started: Date) => JSON.stringify({ pid, host: hostname(), started: started.toISOString(), token: 'x' });
+  writeFileSync(join(stale, LOCK_FILE), claim(dead, new Date()));
   const r = await train({ ...spec, out: stale, seed: 1 });
   assert.is(r.steps, 3);
   assert.not.ok(existsSync(join(stale, LOCK_FILE)));
-  // A live one does (this process stands for another run).
-  writeFileSync(join(stale, LOCK_FILE), JSON.stringify({ pid: process.pid, host: hostname(), started: 'now' }));
-  const refused = await train({ ...spec, out: stale, resume: true, steps: 4 }).then(() => null, (e: unknown) => e);
-  assert.match(String(refused), /out: .*stale is being written by another run \(another job of this process, since now\).*delete .*\.tarflow-lock/);
+  // This process's pid from before it started: an earlier process's (a restarted container's pid 1).
+  writeFileSync(join(stale, LOCK_FILE), claim(process.pid, new Date(Date.now() - process.uptime() * 1000 - 60_000)));
+  assert.is((await train({ ...spec, out: stale, resume: true, steps: 4 })).steps, 4);
+  // A live one does (this process stands for another run), and so does a fresh file that is not a claim.
+  const now = new Date();
+  writeFileSync(join(stale, LOCK_FILE), claim(process.pid, now));
+  const refused = await train({ ...spec, out: stale, resume: true, steps: 5 }).then(() => null, (e: unknown) => e);
+  assert.match(String(refused), new RegExp(`out: .*stale is being written by another run \\(another job of this process, since ${now.toISOString()}\\).*delete .*\\.tarflow-lock`));
+  writeFileSync(join(stale, LOCK_FILE), '');
+  assert.match(String(await train({ ...spec, out: stale, resume: true, steps: 5 }).then(() => null, (e: unknown) => e)), /a lock file that names no process/);
+  assert.ok(existsSync(join(stale, LOCK_FILE)), "a refused run leaves the other's claim");
 });
 
 test('labels that leave classes empty are refused for a new conditional model, not for an unconditional one or an --init', () => {
