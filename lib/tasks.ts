@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
-import { checkFolderCreatable, lockFolder, makeFolder, type FolderLock } from './atomic.js';
+import { checkFolderCreatable, lockFolder, makeFolder, statFileForParsing, type FolderLock } from './atomic.js';
 import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
@@ -743,6 +743,7 @@ export async function runScore(spec: ScoreSpec, ctx: TaskContext): Promise<Score
 export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
+    await statFileForParsing(path, 'config'); // not a device or FIFO, which would never finish
     text = await readFile(path, 'utf8');
   } catch (err) {
     throw validationError('ERR_TARFLOW_CONFIG', `config file ${path}`, 'a readable file', (err as Error).message);

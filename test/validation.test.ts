@@ -171,6 +171,8 @@ test('config files: unreadable, not JSON, not an object or not a model config', 
   };
   const missing = join(dir, 'none.json');
   await rejects(() => readConfigFile(missing), CONFIG, `config file ${missing}`, 'a readable file', 'ENOENT');
+  // a device would be read for ever
+  if (existsSync('/dev/zero')) await rejects(() => readConfigFile('/dev/zero'), CONFIG, 'config file /dev/zero', 'a readable file', '/dev/zero: not a regular file but a device');
   const truncated = write('truncated.json', '{"in_channels": 1, "img_');
   await rejects(() => readConfigFile(truncated), CONFIG, `config file ${truncated}`, 'JSON', 'invalid JSON (');
   const list = write('list.json', '[1, 2]');
