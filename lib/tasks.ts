@@ -746,7 +746,10 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
     await statFileForParsing(path, 'config'); // not a device or FIFO, which would never finish
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw validationError('ERR_TARFLOW_CONFIG', `config file ${path}`, 'a readable file', (err as Error).message);
+    // The file system's code (ENOENT) where there is one, else what the check said.
+    const e = err as NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException };
+    const code = e.cause?.code ?? (e.code?.startsWith('ERR_TARFLOW') ? undefined : e.code);
+    throw validationError('ERR_TARFLOW_CONFIG', `config file ${path}`, 'a readable file', code ?? e.message);
   }
   return parseConfigText(text, `config file ${path}`);
 }
