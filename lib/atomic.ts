@@ -270,19 +270,23 @@ export async function lockFolder(folder: string, what: string): Promise<FolderLo
  */
 export async function checkFolderCreatable(path: string, what: string): Promise<void> {
   let at = nodePath.resolve(path);
-  for (;;) {
+  for (let looks = 0; ; looks++) {
     let info: fs.Stats;
     try {
       info = await fsp.stat(at);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      // A link that points nowhere is there, and mkdir cannot pass it.
-      const dangling = code === 'ENOENT' && (await fsp.lstat(at).then(() => true, () => false));
-      if (code === 'ENOENT' && !dangling && nodePath.dirname(at) !== at) {
-        at = nodePath.dirname(at);
-        continue;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw folderError(path, what, err);
+      const entry = await fsp.lstat(at).catch(() => null);
+      // Made by another process since the stat (two runs starting into one folder): look again.
+      if (entry && !entry.isSymbolicLink() && looks < 5) continue;
+      // A link that points nowhere is there, and mkdir cannot pass it (unless its target appeared meanwhile).
+      if (entry) {
+        if (await fsp.stat(at).then(() => true, () => false)) continue;
+        throw folderError(path, what, Object.assign(new Error(`${at} is a link to nothing`), { code: 'EEXIST' }));
       }
-      throw folderError(path, what, dangling ? Object.assign(new Error(`${at} is a link to nothing`), { code: 'EEXIST' }) : err);
+      if (nodePath.dirname(at) === at) throw folderError(path, what, err);
+      at = nodePath.dirname(at);
+      continue;
     }
     if (!info.isDirectory()) throw folderError(path, what, Object.assign(new Error(`${at} is a file`), { code: 'ENOTDIR' }));
     try {

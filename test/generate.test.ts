@@ -32,7 +32,7 @@ test('two generation runs started into one folder: one writes, the other is refu
   const [a, b] = await Promise.allSettled([generateToDisk({ ...base, out }), generateToDisk({ ...base, out, seed: 9 })]);
   const lost = [a, b].filter((r): r is PromiseRejectedResult => r.status === 'rejected');
   assert.is(lost.length, 1, 'exactly one run writes');
-  assert.match(String(lost[0].reason), /is being written by another run|already holds a generation run|written by another run while this one started/);
+  assert.match(String(lost[0].reason), /is being written by another run|already holds a generation run|written by another run while this one started/, String(lost[0].reason));
   const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
   assert.ok(manifest.complete);
   assert.is(manifest.options.seed, (a.status === 'fulfilled' ? 4 : 9));
