@@ -19,7 +19,7 @@ import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions,
 import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
-import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, type OptionNames } from './validate.js';
+import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, optionNames, type OptionNames } from './validate.js';
 
 /**
  * With `resume`, every option the manifest records (checkpoint, count, format, shardSize, labels, denoiseSigma,
@@ -59,10 +59,10 @@ export interface GenerateSpec extends ReverseOptions {
   maxRedraws?: number;
 }
 
-const GENERATE_SPEC = {
+const GENERATE_SPEC = optionNames<GenerateSpec>()({
   ...REVERSE_OPTIONS, checkpoint: true, config: true, count: true, out: true, format: true, shardSize: true, batchSize: true, labels: true,
   denoiseSigma: true, seed: true, temperature: true, device: true, precision: true, resume: true, maxRedraws: true,
-} as const satisfies OptionNames<GenerateSpec>;
+});
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
 async function fileSha256(path: string): Promise<string> {

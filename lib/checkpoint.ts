@@ -8,7 +8,7 @@ import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './co
 import { TarflowError } from './errors.js';
 import { MODEL_OPTIONS, TarFlow, type ModelOptions } from './model.js';
 import { PRETRAINED, pretrainedPath, shippedModel } from './pretrained.js';
-import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, type OptionNames } from './validate.js';
+import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, optionNames, type OptionNames } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -121,7 +121,7 @@ export interface LoadOptions extends ModelOptions {
   config?: Partial<TarFlowConfig> | Record<string, unknown>;
 }
 
-const LOAD_OPTIONS = { ...MODEL_OPTIONS, config: true } as const satisfies OptionNames<LoadOptions>;
+const LOAD_OPTIONS = optionNames<LoadOptions>()({ ...MODEL_OPTIONS, config: true });
 
 /**
  * Loads a checkpoint into a new model: a .safetensors path, or the name of a model shipped in the package

@@ -11,7 +11,7 @@ import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from 
 import { TarflowError } from './errors.js';
 import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
 import {
-  checkArray, checkBoolean, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type OptionNames,
+  checkArray, checkBoolean, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames,
 } from './validate.js';
 
 export const LN_EPS = 1e-5;
@@ -74,7 +74,7 @@ export const MODEL_OPTIONS = {
   device: true, dtype: true, precision: true, seed: true, noInit: true, fusedAttention: true, recompute: true,
 } as const satisfies OptionNames<ModelOptions>;
 export const GUIDANCE_OPTIONS = { guidance: true, guideWhat: true, attnTemp: true, annealed: true } as const satisfies OptionNames<GuidanceOptions>;
-export const REVERSE_OPTIONS = { ...GUIDANCE_OPTIONS, kvCache: true } as const satisfies OptionNames<ReverseOptions>;
+export const REVERSE_OPTIONS = optionNames<ReverseOptions>()({ ...GUIDANCE_OPTIONS, kvCache: true });
 
 /** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
 export const SEED_RULE = { integer: true, min: 0 } as const;

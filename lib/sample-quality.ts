@@ -14,7 +14,7 @@ import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, type ReverseOptions, type TarFlow } from './model.js';
 import { defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
-import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, type OptionNames } from './validate.js';
+import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, optionNames, type OptionNames } from './validate.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
@@ -260,10 +260,10 @@ export interface EvaluateSamplesOptions extends ReverseOptions {
   signal?: AbortSignal;
 }
 
-const EVALUATE_SAMPLES_OPTIONS = {
+const EVALUATE_SAMPLES_OPTIONS = optionNames<EvaluateSamplesOptions>()({
   ...REVERSE_OPTIONS, count: true, denoiseSigma: true, seed: true, temperature: true, k: true, batchSize: true, train: true, test: true, knn: true,
   onProgress: true, signal: true,
-} as const satisfies OptionNames<EvaluateSamplesOptions>;
+});
 
 export interface SampleQuality {
   /** Samples generated and scored. */
@@ -399,10 +399,10 @@ export interface EvalSamplesSpec extends ReverseOptions {
   precision?: Precision;
 }
 
-const EVAL_SAMPLES_SPEC = {
+const EVAL_SAMPLES_SPEC = optionNames<EvalSamplesSpec>()({
   ...REVERSE_OPTIONS, checkpoint: true, config: true, count: true, denoiseSigma: true, seed: true, temperature: true, k: true, batchSize: true,
   device: true, precision: true,
-} as const satisfies OptionNames<EvalSamplesSpec>;
+});
 
 /** The 'eval-samples' task: loads the checkpoint and runs evaluateSamples with progress and abort. */
 export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): Promise<SampleQuality> {

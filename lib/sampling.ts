@@ -6,7 +6,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
-import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, type OptionNames } from './validate.js';
+import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -83,10 +83,10 @@ export interface GenerateOptions extends ReverseOptions {
   signal?: AbortSignal;
 }
 
-export const GENERATE_OPTIONS = {
+export const GENERATE_OPTIONS = optionNames<GenerateOptions>()({
   ...REVERSE_OPTIONS, count: true, labels: true, denoiseSigma: true, seed: true, temperature: true, startIndex: true, batchSize: true,
   maxRedraws: true, onProgress: true, signal: true,
-} as const satisfies OptionNames<GenerateOptions>;
+});
 
 export interface GenerateResult {
   /** count * C * S * S bytes, channel-first. */

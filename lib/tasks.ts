@@ -19,7 +19,7 @@ import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { TRAIN_OPTIONS, Trainer, checkTrainOptionRelations, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
 import {
-  checkBoolean, checkKnownKeys, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, pickKeys, validationError, type OptionNames,
+  checkBoolean, checkKnownKeys, checkLabels, checkNumber, checkObject, checkOneOf, checkString, optional, parseJson, pickKeys, validationError, optionNames, type OptionNames,
 } from './validate.js';
 
 export interface Progress {
@@ -183,15 +183,15 @@ export interface ScoreSpec {
   device?: DeviceOption;
 }
 
-const TRAIN_SPEC = {
+const TRAIN_SPEC = optionNames<TrainSpec>()({
   ...TRAIN_OPTIONS, dataset: true, labels: true, imageSize: true, channels: true, labelBase: true, preset: true, config: true, init: true,
   conditional: true, out: true, resume: true, checkpointEvery: true, sampleEvery: true, evalImages: true, device: true, dtype: true,
   precision: true, recompute: true, initSeed: true, sampleGuidance: true, sampleTemperature: true, tag: true,
-} as const satisfies OptionNames<TrainSpec>;
+});
 const { onProgress: _onProgress, signal: _signal, ...GENERATE_SPEC_OPTIONS } = GENERATE_OPTIONS;
-const SAMPLE_SPEC = {
+const SAMPLE_SPEC = optionNames<SampleSpec>()({
   ...GENERATE_SPEC_OPTIONS, checkpoint: true, config: true, out: true, device: true, precision: true, cols: true,
-} as const satisfies OptionNames<SampleSpec>;
+});
 const EVALUATE_SPEC = {
   checkpoint: true, config: true, dataset: true, labels: true, labelBase: true, split: true, limit: true, batchSize: true, seed: true, device: true,
 } as const satisfies OptionNames<EvaluateSpec>;

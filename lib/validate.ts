@@ -164,10 +164,16 @@ function editDistance(a: string, b: string): number {
 
 /**
  * The option names of an options type T, as a value: `{ a: true, b: true } satisfies OptionNames<T>` makes the
- * compiler refuse a list that misses one of T's keys or names another (written in the literal: a key that comes in
- * by a spread of another list is not checked for belonging), so the run-time list cannot drift from T.
+ * compiler refuse a list that misses one of T's keys or names another, so the run-time list cannot drift from T.
+ * `satisfies` checks only the keys written in the literal; a list that spreads another is built with
+ * `optionNames<T>()({ ...other, c: true })`, which refuses a spread key that T lacks too (the compiler says the
+ * key's value "is not assignable to type 'never'").
  */
 export type OptionNames<T> = Readonly<Record<keyof T, true>>;
+
+export function optionNames<T>() {
+  return <O extends OptionNames<T>>(names: O & { readonly [K in Exclude<keyof O, keyof T>]: never }): O => names;
+}
 
 /**
  * No key outside `known`: a misspelt option (batchsize, step) would otherwise be ignored and its default used
