@@ -438,14 +438,18 @@ export class TarFlow {
   /**
    * Backward of the training loss through the last forward(): accumulates parameter gradients into `grads`
    * (when given) and leaves dLoss/dx in ws.dx. `grads` must be zeroed by the caller at the start of a step.
+   * `lossPerImage` differentiates the sum of the images' losses instead of their mean (B times the gradient).
    */
-  backward(ws: Workspace, grads: ParamSet | null): void {
+  backward(ws: Workspace, grads: ParamSet | null, lossPerImage = false): void {
     this.assertAlive();
     const ops = this.ops;
     const mm = this.matmul;
     const cfg = this.config;
     const { heads, tokens, patchDim } = this.shape;
-    const B = ws.batch;
+    // The batch mean scales every image's gradient by 1/B, and a factor that is not a power of two rounds
+    // differently: with lossPerImage (each image's own loss, as denoising wants) an image's dLoss/dx is the same
+    // bits whatever batch it is computed in.
+    const B = lossPerImage ? 1 : ws.batch;
     const labels = cfg.numClasses > 0 ? ws.labels : null;
     ops.axpby(ws.dz, ws.z, 1 / (B * tokens * patchDim), 0);
     let dOut = ws.dz;

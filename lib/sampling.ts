@@ -16,8 +16,8 @@ export interface DenoiseOptions {
 }
 
 /**
- * One score step: x <- x - lambda * (B*C*S*S*sigma^2) * dL/dx, with L the (mean-reduced) training loss of the
- * batch and the labels, no guidance. Returns the new images (B*C*S*S floats).
+ * One score step: x <- x - lambda * (C*S*S*sigma^2) * dL/dx, with L the sum of the images' training losses (each
+ * a mean over its C*S*S values) under their labels, no guidance. Returns the new images (B*C*S*S floats).
  */
 export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array | null, options: DenoiseOptions): Float32Array {
   const { inChannels: C, imgSize: S } = model.config;
@@ -32,9 +32,11 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
   const ws = model.workspace(B);
   model.setInputs(ws, images, labels);
   model.forward(ws);
-  model.backward(ws, null);
+  // Each image's own loss, not the batch mean: an image denoises to the same bits in any batch (so a generate run
+  // resumed with another --batch-size writes the same files).
+  model.backward(ws, null, true);
   const grad = ws.dx.toArray();
-  const step = lambda * B * per * sigma * sigma;
+  const step = lambda * per * sigma * sigma;
   const out = new Float32Array(images.length);
   for (let i = 0; i < out.length; i++) out[i] = images[i] - step * grad[i];
   return out;

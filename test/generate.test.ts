@@ -6,13 +6,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
 import { TarFlow } from '../lib/model.js';
-import { generate } from '../lib/sampling.js';
+import { denoise, generate } from '../lib/sampling.js';
 import { generateToDisk } from '../lib/jobs.js';
 import { parseNpz, serializeNpz } from '../lib/npz.js';
 import type { Manifest } from '../lib/batch-generate.js';
 import { TarflowError } from '../lib/errors.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
-import { randomizeParams } from './helpers.js';
+import { gaussian, randomizeParams } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-gen-'));
 const ckpt = join(dir, 'model.safetensors');
@@ -63,6 +63,28 @@ test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batc
   for (let c = 0; c < 3; c++) for (let p = 0; p < 64; p++) if (one.images[c * 64 + p] !== data[1 * 192 + p * 3 + c]) same = false;
   assert.ok(same, 'image 21 differs from a direct draw of sample 21');
   model.dispose(); loaded.dispose();
+});
+
+test('denoising gives an image the same bits whatever batch it is in (a resume may change --batch-size)', async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  randomizeParams(model, 11, 0.02);
+  const per = 3 * 8 * 8, B = 6;
+  const next = gaussian(3);
+  const images = Float32Array.from({ length: B * per }, () => next());
+  const labels = Int32Array.from({ length: B }, (_, i) => i % 4);
+  const whole = denoise(model, images, labels, { sigma: 0.1 });
+  let moved = 0;
+  for (let i = 0; i < whole.length; i++) if (whole[i] !== images[i]) moved++;
+  assert.ok(moved > whole.length / 2, `the score step moved ${moved} of ${whole.length} values`);
+  for (const size of [1, 4]) {
+    for (let start = 0; start < B; start += size) {
+      const n = Math.min(size, B - start);
+      const part = denoise(model, images.subarray(start * per, (start + n) * per), labels.subarray(start, start + n), { sigma: 0.1 });
+      const same = part.every((v, i) => Object.is(v, whole[start * per + i]));
+      assert.ok(same, `images ${start}..${start + n - 1} denoised in a batch of ${n} differ from the batch of ${B}`);
+    }
+  }
+  model.dispose();
 });
 
 test('an interrupted run resumes from the manifest alone and ends with the same shards; an option given again must agree', async () => {
