@@ -21,7 +21,7 @@ import type { EvalSamplesSpec } from './sample-quality.js';
 import { pretrainedPath, shippedModel, shippedModelOf } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
 import { TRAIN_OPTIONS, checkTrainOptionRelations, trainOptionRules, type TrainOptions } from './train.js';
-import { checkNumberText, checkOneOf, checkString, describeValue, pickKeys, validationError, type NumberRule } from './validate.js';
+import { checkNumberText, checkOneOf, checkString, describeValue, nearestNames, pickKeys, validationError, type NumberRule } from './validate.js';
 
 export type Values = Record<string, string | boolean | undefined>;
 
@@ -256,7 +256,7 @@ const commands: Record<string, Command> = {
     help: {
       checkpoint: `model checkpoint (.safetensors), or a shipped model's name (default: mnist-cond, with guidance 2 and denoising; mnist-bpd samples at temperature ${LIKELIHOOD_TEMPERATURE})`,
       config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
-      labels: 'one class for all images, or a comma-separated list (default: cycle through the classes)',
+      labels: 'one class for all images, or a comma-separated list; -1 is no class (default: cycle through the classes)',
       guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)',
       seed: 'noise seed (default 0)', temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)',
@@ -301,7 +301,7 @@ const commands: Record<string, Command> = {
       checkpoint: "model checkpoint (.safetensors), or a shipped model's name (required unless --resume)", config: 'JSON config for a checkpoint without metadata',
       count: 'number of images (required unless --resume)',
       out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
-      'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list (default: classes in turn)',
+      'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list; -1 is no class (default: classes in turn)',
       guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
       annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)', seed: 'noise seed (default 0)',
       temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards; options left out are the run\'s own, one given again must agree ' +
@@ -590,6 +590,25 @@ export type CommandLine =
   | { kind: 'run'; command: string; values: Values };
 
 /**
+ * `--seed -1` as `--seed=-1`: node's parser takes a value that starts with a dash for a forgotten value, and its
+ * message would hide the real one (a negative number that the flag's own check then names).
+ */
+function joinNegativeValues(args: readonly string[], options: ParseArgsConfig['options']): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const flag = /^--([^=]+)$/.exec(args[i])?.[1];
+    const next = args[i + 1];
+    if (flag !== undefined && options?.[flag]?.type === 'string' && next !== undefined && /^-(\d|\.\d|Infinity)/.test(next)) {
+      out.push(`${args[i]}=${next}`);
+      i++;
+    } else {
+      out.push(args[i]);
+    }
+  }
+  return out;
+}
+
+/**
  * Splits the arguments into a command and its flags. An unknown command or flag, a flag without its value and a
  * stray positional argument are usage errors (exit code 2); the values themselves are checked by commandSpec.
  */
@@ -597,11 +616,19 @@ export function parseFlags(argv: readonly string[]): CommandLine {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') return { kind: 'usage' };
   const command = checkOneOf('command', name, Object.keys(commands));
+  const options = commands[command].options;
   let values: Values;
   try {
-    values = parseArgs({ args: rest, options: commands[command].options, strict: true, allowPositionals: false }).values as Values;
+    values = parseArgs({ args: joinNegativeValues(rest, options), options, strict: true, allowPositionals: false }).values as Values;
   } catch (err) {
-    if (!(err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) throw err;
+    const code = (err as { code?: string }).code;
+    if (!code?.startsWith('ERR_PARSE_ARGS')) throw err;
+    const unknown = code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-[^']*)'/.exec((err as Error).message)?.[1] : undefined;
+    if (unknown !== undefined) {
+      const near = nearestNames(unknown.replace(/^-+/, ''), Object.keys(options)).map((k) => `'--${k}'`);
+      const hint = near.length > 0 ? `did you mean ${near.join(' or ')}?` : `\`tarflow ${command} --help\` lists them`;
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'option', `one of the options of tarflow ${command}`, describeValue(unknown), hint);
+    }
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', (err as Error).message, { cause: err });
   }
   return values.help ? { kind: 'help', command } : { kind: 'run', command, values };
@@ -610,6 +637,16 @@ export function parseFlags(argv: readonly string[]): CommandLine {
 /** The spec a command's job runs with, from its flags: every value checked, nothing loaded or run. */
 export function commandSpec(line: { command: string; values: Values }): object {
   return commands[line.command].spec(line.values);
+}
+
+/**
+ * The exit code of a command that returned: 130 (as the shell expects of Ctrl-C) only when the interrupt stopped work
+ * short, which a returned result says by `aborted` (training saves and returns); a job that finished its last batch
+ * while the interrupt waited for it did all it was asked, and a script must not take its output for a partial one.
+ */
+export function successExitCode(interrupted: boolean, result: unknown): number {
+  const stoppedShort = typeof result === 'object' && result !== null && (result as { aborted?: unknown }).aborted === true;
+  return interrupted && stoppedShort ? 130 : 0;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -658,7 +695,9 @@ export async function main(argv: string[]): Promise<number> {
     const result = await cmd.run(spec, { onProgress: reporter.onProgress, onLog: reporter.onLog, signal: controller.signal }, json);
     reporter.end();
     if (json) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
-    return interrupts > 0 ? 130 : 0;
+    const code = successExitCode(interrupts > 0, result);
+    if (interrupts > 0 && code === 0) reporter.onLog('the work had finished before the interrupt could stop it: nothing is left to resume');
+    return code;
   } catch (err) {
     reporter.end();
     const e = err as Error & { code?: string };

@@ -79,15 +79,27 @@ export const REVERSE_OPTIONS = optionNames<ReverseOptions>()({ ...GUIDANCE_OPTIO
 /** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
 export const SEED_RULE = { integer: true, min: 0 } as const;
 
-/** Checks guidance options and fills their defaults (no guidance, both parameters guided, temperature 1). */
+/**
+ * Checks guidance options and fills their defaults (no guidance, both parameters guided, temperature 1). The other
+ * three shape the guided term only, so one set away from its default without guidance is refused: it would change
+ * nothing, and a user who set it believes it did.
+ */
 export function resolveGuidance(o: GuidanceOptions): Required<GuidanceOptions> {
   checkObject('options', o);
-  return {
+  const r = {
     guidance: checkNumber('guidance', o.guidance ?? 0, { min: 0 }),
     guideWhat: checkOneOf('guideWhat', o.guideWhat ?? 'ab', ['ab', 'a', 'b']),
     attnTemp: checkNumber('attnTemp', o.attnTemp ?? 1, { above: 0 }),
     annealed: checkBoolean('annealed', o.annealed ?? false),
   };
+  if (r.guidance === 0) {
+    const idle = r.guideWhat !== 'ab' ? ['guideWhat', r.guideWhat] : r.attnTemp !== 1 ? ['attnTemp', r.attnTemp] : r.annealed ? ['annealed', true] : null;
+    if (idle) {
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', idle[0] as string, 'guidance above 0 for it to act', `${describeValue(idle[1])} with guidance 0`,
+        'give a guidance weight, or leave it out');
+    }
+  }
+  return r;
 }
 
 /**

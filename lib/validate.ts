@@ -162,6 +162,12 @@ function editDistance(a: string, b: string): number {
   return d[a.length][b.length];
 }
 
+/** The names a misspelling of `name` most likely meant: a few letters off, as case and a dropped dash are. */
+export function nearestNames(name: string, names: readonly string[]): string[] {
+  const lower = name.toLowerCase();
+  return names.filter((k) => editDistance(k.toLowerCase(), lower) <= Math.min(2, Math.floor(k.length / 3)));
+}
+
 /**
  * The option names of an options type T, as a value: `{ a: true, b: true } satisfies OptionNames<T>` makes the
  * compiler refuse a list that misses one of T's keys or names another, so the run-time list cannot drift from T.
@@ -182,9 +188,8 @@ export function optionNames<T>() {
 export function checkKnownKeys(name: string, value: object, known: Readonly<Record<string, true>>, code: Code = 'ERR_TARFLOW_INVALID_ARGUMENT'): void {
   for (const key of Object.keys(value)) {
     if (Object.hasOwn(known, key) || (value as Record<string, unknown>)[key] === undefined) continue;
-    const lower = key.toLowerCase();
     const names = Object.keys(known);
-    const near = names.filter((k) => editDistance(k.toLowerCase(), lower) <= Math.min(2, Math.floor(k.length / 3)));
+    const near = nearestNames(key, names);
     const hint = near.length > 0 ? `did you mean ${near.map((k) => `'${k}'`).join(' or ')}?` : undefined;
     throw validationError(code, name, `only the options ${names.map((k) => `'${k}'`).join(', ')}`, `the unknown option ${describeValue(key)}`, hint);
   }

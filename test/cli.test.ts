@@ -15,6 +15,7 @@ import { repoRoot } from './helpers.js';
 import { runEvaluate, runSample, runScore } from '../lib/tasks.js';
 import { TarflowError } from '../lib/errors.js';
 import { LOCK_FILE } from '../lib/atomic.js';
+import { successExitCode } from '../lib/cli.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));
 const cli = join(repoRoot, 'dist', 'lib', 'cli.js');
@@ -38,6 +39,14 @@ function run(args: string[]) {
 
 const runDir = join(dir, 'run');
 const baseTrain = ['train', '--dataset', imagesPath, '--labels', labelsPath, '--batch-size', '16', '--out', runDir, '--eval-images', '0'];
+
+test('Ctrl-C exits with 130 only when it stopped work short: a job that finished its last batch exits with 0', () => {
+  assert.is(successExitCode(false, { aborted: false }), 0);
+  assert.is(successExitCode(true, { aborted: true, steps: 12 }), 130, 'training stopped and saved');
+  assert.is(successExitCode(true, { aborted: false, steps: 400 }), 0, 'training had finished');
+  assert.is(successExitCode(true, { images: 100, generated: 100 }), 0, 'a generate run that completed');
+  assert.is(successExitCode(true, null), 0);
+});
 
 test('train writes a checkpoint, its state and a sample grid, and reports JSON', () => {
   const r = run([...baseTrain, '--steps', '4', '--json']);

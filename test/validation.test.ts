@@ -221,6 +221,10 @@ test('guidance options are checked before the inverse starts', () => {
       [{ attnTemp: 0 }, 'attnTemp', 'a positive finite number', '0'],
       [{ annealed: 'yes' }, 'annealed', 'true or false', '"yes"'],
       [{ kvCache: 'fp16' }, 'kvCache', "one of 'fp32', 'bf16'", '"fp16"'],
+      // These shape the guided term only: without guidance they would change nothing.
+      [{ guideWhat: 'b' }, 'guideWhat', 'guidance above 0 for it to act', '"b" with guidance 0'],
+      [{ guidance: 0, attnTemp: 0.5 }, 'attnTemp', 'guidance above 0 for it to act', '0.5 with guidance 0'],
+      [{ annealed: true }, 'annealed', 'guidance above 0 for it to act', 'true with guidance 0'],
     ] as const) {
       refusesFirst(cond, () => cond.reverse(z, out, null, options as never), INVALID, name, expected, got);
     }
@@ -511,6 +515,15 @@ test('command line: each flag is named, with what it must be and what was typed'
       assert.is((err as TarflowError).code, INVALID);
     }
   }
+  // A misspelt flag is answered with the nearest one; a negative number after a flag is its value, checked as such.
+  const misspelt = refuses(() => parseFlags(['generate', '--batchsize', '4']), INVALID, 'option', 'one of the options of tarflow generate', '"--batchsize"');
+  assert.match(misspelt.message, /did you mean '--batch-size'\?$/);
+  assert.match(refuses(() => parseFlags(['train', '--Steps', '4']), INVALID, 'option', 'tarflow train', '"--Steps"').message, /did you mean '--steps'\?$/);
+  assert.match(refuses(() => parseFlags(['sample', '--zzz']), INVALID, 'option', 'tarflow sample', '"--zzz"').message, /`tarflow sample --help` lists them$/);
+  refuses(() => spec('sample', '--seed', '-1'), INVALID, '--seed', 'an integer >= 0', '"-1"');
+  refuses(() => spec('sample', '--guidance', '-0.5'), INVALID, '--guidance', 'a finite number >= 0', '"-0.5"');
+  assert.equal((spec('sample', '--labels', '-1', '--count', '2') as Record<string, unknown>).labels, -1);
+  assert.equal((spec('sample', '--labels', '-1,3') as Record<string, unknown>).labels, [-1, 3]);
   assert.is((spec('sample', '--max-redraws', '8') as Record<string, unknown>).maxRedraws, 8);
   refuses(() => spec('sample', '--max-redraws=-1'), INVALID, '--max-redraws', 'an integer >= 0', '"-1"');
   const reduced = spec('eval-samples', '--checkpoint', 'm', '--precision', 'bf16', '--kv-cache', 'fp32') as Record<string, unknown>;
