@@ -440,6 +440,20 @@ test('a model keeps the class names of its image folder; evaluating a folder wit
   model.dispose();
 });
 
+test('matchClasses refuses a label that has no class name instead of numbering it class 0', () => {
+  // A dataset built by hand (or changed after makeDataset): its label 2 names no class of its two.
+  const ds = makeDataset('hand-made', new Uint8Array(2 * 3 * 8 * 8), 2, 3, 8, Int32Array.from([0, 1]), ['a', 'b']);
+  ds.labels![1] = 2;
+  assert.throws(() => matchClasses(ds, ['b', 'a']), /hand-made: label 2 of image 1 has no class name \(2 names: a, b\)/);
+  const model = new TarFlow({ inChannels: 3, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1, numClasses: 2 }, { device: 'cpu', seed: 1 });
+  model.classNames = ['b', 'a'];
+  try {
+    assert.throws(() => evaluateBpd(model, ds), /label 2 of image 1 has no class name/);
+  } finally {
+    model.dispose();
+  }
+});
+
 test('resuming a named-class run with a config of another class count is refused for the config, not blamed on the state', async () => {
   const root = folder('resume-classes');
   for (const [cls, colour] of [['cat', RED], ['dog', GREEN]] as const) {
