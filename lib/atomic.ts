@@ -177,13 +177,49 @@ async function readClaim(path: string): Promise<LockOwner | null> {
   return valid ? (o as LockOwner) : null;
 }
 
+/** Held, by one run at a time, while a dead claim is removed (see takeOver). */
+const TAKEOVER_FILE = `${LOCK_FILE}.takeover`;
+
+/**
+ * Removes the claim file judged dead, if it is still the one judged, and says whether it went through (false: another
+ * run is taking it over; look again). Only the holder of the takeover file removes a claim, and a new claim is only
+ * ever linked where there is none, so the file found under it cannot be replaced before it is removed: of several
+ * runs that found one dead claim, one removes it, and the rest find the winner's claim, alive. Removing it without
+ * this (or moving it aside and putting back what was not it) lets a slower run remove the live claim that replaced it.
+ * A run killed inside this takeover (milliseconds) leaves the file; lockFolder's message then names it.
+ */
+async function takeOver(folder: string, path: string, judged: fs.Stats, owner: LockOwner | null, mine: LockOwner): Promise<boolean> {
+  const gate = nodePath.join(folder, TAKEOVER_FILE);
+  try {
+    await fsp.writeFile(gate, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    await new Promise((resolve) => setTimeout(resolve, 20 + 30 * Math.random()));
+    return false;
+  }
+  try {
+    const now = await fsp.stat(path).catch((err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    });
+    // The same file (a claim linked after it was removed may reuse its inode, so also the same claim or none).
+    if (now && now.ino === judged.ino && now.dev === judged.dev && now.mtimeMs === judged.mtimeMs) {
+      const still = await readClaim(path).catch(() => null);
+      if ((still?.token ?? null) === (owner?.token ?? null)) await fsp.rm(path, { force: true });
+    }
+  } finally {
+    await fsp.rm(gate, { force: true });
+  }
+  return true;
+}
+
 /**
  * Claims an output folder for one run: two runs into one folder (two processes, or two jobs of one process) would
  * each find it free, then overwrite each other's checkpoints or shards, and each report its own as written. The
  * claim is written whole to a file of its own and hard-linked into place, which fails when a claim is there, so two
- * runs can never both hold it. A claim whose process no longer runs (killed) is moved aside and taken over; one
- * from another machine is never (the message says to delete it). The caller checks the folder's contents again once
- * it holds the claim.
+ * runs can never both hold it. A claim whose process no longer runs (killed) is removed and taken over, by one run
+ * at a time (see takeOver); one from another machine is never (the message says to delete it). The caller checks the
+ * folder's contents again once it holds the claim.
  */
 export async function lockFolder(folder: string, what: string): Promise<FolderLock> {
   const path = nodePath.join(folder, LOCK_FILE);
@@ -197,7 +233,8 @@ export async function lockFolder(folder: string, what: string): Promise<FolderLo
     throw failed(err);
   }
   try {
-    for (let attempt = 0; ; attempt++) {
+    // Takeovers and waits for another run's takeover are counted apart: waiting is no failed takeover.
+    for (let takeovers = 0, gateWaits = 0; ;) {
       try {
         await fsp.link(draft, path);
         break;
@@ -215,9 +252,9 @@ export async function lockFolder(folder: string, what: string): Promise<FolderLo
         }
       }
       let owner: LockOwner | null;
-      let age: number;
+      let judged: fs.Stats;
       try {
-        age = Date.now() - (await fsp.stat(path)).mtimeMs;
+        judged = await fsp.stat(path);
         owner = await readClaim(path).catch((err: unknown) => {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
           return null;
@@ -227,26 +264,24 @@ export async function lockFolder(folder: string, what: string): Promise<FolderLo
         throw failed(err);
       }
       // Something that is not a claim (written by hand, or by another tool) is left alone for a while.
-      const held = owner ? ownerAlive(owner) : age < 10_000;
-      if (held || attempt >= 5) {
+      const held = owner ? ownerAlive(owner) : Date.now() - judged.mtimeMs < 10_000;
+      if (held || takeovers >= 5) {
         const who = !owner ? 'a lock file that names no process'
           : owner.pid === process.pid && owner.host === mine.host ? 'another job of this process'
           : `process ${owner.pid}${owner.host === mine.host ? '' : ` on ${owner.host}`}`;
         throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: ${folder} is being written by another run (${who}${owner ? `, since ${owner.started}` : ''}); ` +
           `wait for it to end or choose another folder. If no run is using it, delete ${path}`);
       }
-      // Taken over by moving it aside first: of two runs that both found it dead, only one can move it, and a live
-      // claim that replaced it meanwhile is put back.
-      const aside = `${draft}.stale`;
       try {
-        await fsp.rename(path, aside);
+        if (await takeOver(folder, path, judged, owner, mine)) takeovers++;
+        else gateWaits++;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw failed(err);
+        throw err instanceof TarflowError ? err : failed(err);
       }
-      const moved = await readClaim(aside).catch(() => null);
-      if (owner && moved?.token !== owner.token) await fsp.link(aside, path).catch(() => {});
-      await fsp.rm(aside, { force: true });
+      if (gateWaits > 100) {
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: another run has been taking over the claim on ${folder} for seconds; ` +
+          `if no run is starting in the folder, delete ${nodePath.join(folder, TAKEOVER_FILE)}`);
+      }
     }
   } finally {
     await fsp.rm(draft, { force: true });

@@ -544,6 +544,12 @@ export function matchClasses(ds: ImageDataset, modelClasses: readonly string[] |
   const names = ds.classNames;
   if (!ds.labels || !names || !modelClasses) return ds;
   if (names.length === modelClasses.length && names.every((n, i) => n === modelClasses[i])) return ds;
+  // A label past the names (a dataset built or changed by hand) would be numbered as the model's class 0, silently.
+  const unnamed = ds.labels.findIndex((l) => !(l >= 0 && l < names.length));
+  if (unnamed >= 0) {
+    throw new TarflowError('ERR_TARFLOW_DATA', `${ds.name}: label ${ds.labels[unnamed]} of image ${unnamed} has no class name (${names.length} names: ` +
+      `${names.slice(0, 10).join(', ')}${names.length > 10 ? ', ...' : ''}); give one name per class, or build the dataset with makeDataset, which checks this`);
+  }
   const index = new Map(modelClasses.map((n, i) => [n, i]));
   const unknown = names.filter((n, i) => !index.has(n) && ds.labels!.includes(i));
   if (unknown.length > 0) {

@@ -483,10 +483,13 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   }
   const seed = trainOptions.seed ?? 0;
   const model = initial ?? new TarFlow(config, { ...modelOptions, seed: spec.initSeed ?? seed });
-  // A resumed run numbers its labels by the class names it started with, as its saved weights do.
+  // A resumed run numbers its labels by the class names it started with, as its saved weights do. They are read
+  // against the state's own class count: a model given another one (--config) is the config's fault, which
+  // restoreState names, not the state's.
   if (state) {
     try {
-      model.classNames = classNamesFromMetadata(state, statePath, config.numClasses) ?? model.classNames;
+      const names = classNamesFromMetadata(state, statePath, (configFromMetadata(state, statePath) ?? config).numClasses);
+      if (names && names.length === config.numClasses) model.classNames = names;
     } catch (err) {
       model.dispose();
       throw err;

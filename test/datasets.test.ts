@@ -21,6 +21,8 @@ import { CIFAR10_CLASSES } from '../lib/cifar.js';
 import { serializeNpy, type NpyData } from '../lib/npy.js';
 import { serializeNpz } from '../lib/npz.js';
 import { repoRoot } from './helpers.js';
+import { TarflowError } from '../lib/errors.js';
+import { runTrain } from '../lib/tasks.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-datasets-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -436,6 +438,35 @@ test('a model keeps the class names of its image folder; evaluating a folder wit
   await rejects(loadModel(bad), 'ERR_TARFLOW_CHECKPOINT', /metadata 'class_names': expected a list of 3 distinct names/);
   loaded.dispose();
   model.dispose();
+});
+
+test('matchClasses refuses a label that has no class name instead of numbering it class 0', () => {
+  // A dataset built by hand (or changed after makeDataset): its label 2 names no class of its two.
+  const ds = makeDataset('hand-made', new Uint8Array(2 * 3 * 8 * 8), 2, 3, 8, Int32Array.from([0, 1]), ['a', 'b']);
+  ds.labels![1] = 2;
+  assert.throws(() => matchClasses(ds, ['b', 'a']), /hand-made: label 2 of image 1 has no class name \(2 names: a, b\)/);
+  const model = new TarFlow({ inChannels: 3, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1, numClasses: 2 }, { device: 'cpu', seed: 1 });
+  model.classNames = ['b', 'a'];
+  try {
+    assert.throws(() => evaluateBpd(model, ds), /label 2 of image 1 has no class name/);
+  } finally {
+    model.dispose();
+  }
+});
+
+test('resuming a named-class run with a config of another class count is refused for the config, not blamed on the state', async () => {
+  const root = folder('resume-classes');
+  for (const [cls, colour] of [['cat', RED], ['dog', GREEN]] as const) {
+    folder('resume-classes', cls);
+    for (let i = 0; i < 4; i++) await writeImage(join(root, cls, `${i}.png`), 8, 8, () => colour);
+  }
+  const ctx = { progress: () => {}, log: () => {}, aborted: () => false };
+  const out = join(dir, 'resume-classes-run');
+  const shape = { inChannels: 3, imgSize: 8, patchSize: 4, channels: 64, numBlocks: 1, layersPerBlock: 1 };
+  await runTrain({ dataset: root, out, steps: 2, batchSize: 4, evalImages: 0, config: { ...shape, numClasses: 2 } }, ctx);
+  const outcome = await runTrain({ dataset: root, out, resume: true, steps: 3, config: { ...shape, numClasses: 3 } }, ctx).then(() => 'resumed', (e: unknown) => e);
+  assert.ok(outcome instanceof TarflowError && outcome.code === 'ERR_TARFLOW_CHECKPOINT', String(outcome));
+  assert.match((outcome as Error).message, /was saved for a different model config \(.*numClasses 2 saved, 3 now.*\); resume with the same preset\/config/);
 });
 
 test('a device or FIFO is refused before it is opened or read, as the dataset and as its labels', async () => {

@@ -7,7 +7,8 @@ import { createRequire } from 'node:module';
 import { PNG } from 'pngjs';
 import { seededRandom } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
-import { writeFileAtomic, writeFileAtomicSync } from '../lib/atomic.js';
+import { LOCK_FILE, lockFolder, writeFileAtomic, writeFileAtomicSync } from '../lib/atomic.js';
+import { spawnSync } from 'node:child_process';
 import {
   parseSafetensors, readSafetensors, serializeSafetensors, writeSafetensors,
   toFloat32, toFloat64, toInt32, f32Tensor, bf16Tensor, i64Tensor, type SafetensorsTensor,
@@ -541,6 +542,31 @@ test('atomic: writes, replaces, leaves no temp files, and cleans up on failure',
   await rejectsCode(writeFileAtomic(d, 'x'), 'ERR_TARFLOW_INVALID_ARGUMENT');
   throwsCode(() => writeFileAtomicSync(d, 'x'), 'ERR_TARFLOW_INVALID_ARGUMENT');
   assert.equal(fs.readdirSync(tmpDir).filter((f) => f.endsWith('.tmp')), []);
+});
+
+test('lockFolder: of several runs that find a dead claim (or old junk) at once, exactly one takes the folder over', async () => {
+  // A claim whose process has exited, and a file that names no process, older than the age rule's 10 s.
+  const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+  const old = new Date(Date.now() - 60_000);
+  const leftovers: Array<[string, string]> = [
+    ['dead', JSON.stringify({ pid: dead, host: os.hostname(), started: old.toISOString(), token: 'dead' })],
+    ['junk', ''],
+  ];
+  for (const [kind, text] of leftovers) {
+    for (let round = 0; round < 25; round++) {
+      const folder = nodePath.join(tmpDir, `lock-${kind}-${round}`);
+      fs.mkdirSync(folder);
+      fs.writeFileSync(nodePath.join(folder, LOCK_FILE), text);
+      fs.utimesSync(nodePath.join(folder, LOCK_FILE), old, old);
+      const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => lockFolder(folder, 'out')));
+      const holders = outcomes.filter((o) => o.status === 'fulfilled');
+      assert.is(holders.length, 1, `${kind}, round ${round}: ${holders.length} runs hold the folder`);
+      for (const o of outcomes) if (o.status === 'rejected') assert.match(String(o.reason), /is being written by another run/);
+      await (holders[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof lockFolder>>>).value.release();
+      // Nothing of the takeover is left behind: no claim, no drafts.
+      assert.equal(fs.readdirSync(folder), [], `${kind}, round ${round}`);
+    }
+  }
 });
 
 test('readers refuse a device or a file too large for one buffer before reading it', async () => {
