@@ -510,9 +510,10 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
         : `${statePath} changed while this run started (another process wrote it); run the command again to resume from it`);
     }
   } catch (err) {
-    await lock?.release();
+    // Native memory first: a release that fails must neither leak it nor replace the error that stopped the run.
     trainer?.dispose();
     model.dispose();
+    await lock?.release().catch(() => {});
     throw err;
   }
   try {
