@@ -40,8 +40,8 @@ export interface GenerateSpec extends ReverseOptions {
   /** Images per shard (default 1000). */
   shardSize?: number;
   batchSize?: number;
-  /** One class for every image, a list (one per image), or undefined: classes in turn (uniform over classes). */
-  labels?: number | number[];
+  /** One class for every image, a list (one per image; an Int32Array too), or undefined: classes in turn (uniform over classes). */
+  labels?: number | number[] | Int32Array;
   denoiseSigma?: number;
   seed?: number;
   /** Scale of the latent noise (GenerateOptions.temperature); default: defaultTemperature (0.7 for likelihood models, else 1). */
@@ -115,9 +115,17 @@ export interface GenerateSummary {
   shards: number;
 }
 
+/**
+ * Labels as a plain list: JSON writes a typed array as an object ({"0": 3, ...}), which a resume could neither
+ * compare with the labels given again nor pass to the sampler. Anything else is left for the checks to name.
+ */
+function plainLabels(labels: unknown): unknown {
+  return ArrayBuffer.isView(labels) && !(labels instanceof DataView) ? Array.from(labels as unknown as ArrayLike<number>) : labels;
+}
+
 function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
   return {
-    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: spec.labels, denoiseSigma: spec.denoiseSigma,
+    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: plainLabels(spec.labels) as GenerateSpec['labels'], denoiseSigma: spec.denoiseSigma,
     seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
     // Recorded only when not the default, so that a manifest written before these options existed still matches
     // a resume with the defaults; a resume must keep them (they change the images).
@@ -131,7 +139,7 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
  * differently (no denoising as sigma 0 or left out; one class as a number or as a list of it) is the same run.
  */
 function imageOptions(o: Partial<Manifest['options']>) {
-  const labels = o.labels;
+  const labels = plainLabels(o.labels) as number | number[] | undefined;
   const oneClass = Array.isArray(labels) && labels.length > 0 && labels.every((l) => l === labels[0]) ? labels[0] : labels;
   const precision = o.precision ?? 'fp32';
   return {
@@ -187,6 +195,11 @@ function checkManifest(m: unknown): Manifest {
   if (options.count !== count) throw validationError(DAMAGED, 'options.count', `${count} (count)`, describeValue(options.count));
   if (options.shardSize !== shardSize) throw validationError(DAMAGED, 'options.shardSize', `${shardSize} (shardSize)`, describeValue(options.shardSize));
   checkOneOf('options.format', options.format, ['png', 'npz'], DAMAGED);
+  // Earlier versions wrote labels given as an Int32Array as an object ({"0": 3, "1": 1, ...}): read as the list it was.
+  const labels = options.labels;
+  if (labels !== null && typeof labels === 'object' && !Array.isArray(labels) && Object.keys(labels).every((k, i) => k === String(i))) {
+    options.labels = Object.values(labels);
+  }
   const nShards = Math.ceil(count / shardSize);
   array('shards', manifest.shards).forEach((s, i) => {
     const shard = checkObject(`shards[${i}]`, s, DAMAGED);

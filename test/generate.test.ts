@@ -436,5 +436,24 @@ test('npz reader rejects damaged archives', () => {
   }
 });
 
+test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
+  const out = join(dir, 'typed-labels');
+  const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
+  const spec = { ...base, out, count: 20, shardSize: 10, labels };
+  await generateToDisk(spec);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.equal(manifest.options.labels, Array.from(labels));
+  const second = readFileSync(join(out, 'shard-00001.npz'));
+  writeFileSync(manifestPath, JSON.stringify({ ...manifest, shards: manifest.shards.slice(0, 1), complete: false }));
+  assert.equal((await generateToDisk({ out, resume: true })).generated, 10, 'left out, the labels are the recorded list');
+  assert.ok(readFileSync(join(out, 'shard-00001.npz')).equals(second));
+  assert.is((await generateToDisk({ ...spec, resume: true })).skipped, 20, 'the same labels as an Int32Array again');
+  assert.is((await generateToDisk({ ...spec, labels: Array.from(labels), resume: true })).skipped, 20, 'and as a list');
+  // A manifest written by earlier versions holds the typed array as an object: read as the list it was.
+  writeFileSync(manifestPath, JSON.stringify({ ...manifest, options: { ...manifest.options, labels: { ...Array.from(labels) } }, shards: manifest.shards.slice(0, 1) }));
+  assert.is((await generateToDisk({ ...spec, resume: true })).generated, 10);
+});
+
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 test.run();
