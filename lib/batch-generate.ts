@@ -9,8 +9,8 @@ import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { checkFolderCreatable, lockFolder, makeFolder, writeFileAtomic, type FolderLock } from './atomic.js';
-import { loadModel } from './checkpoint.js';
-import { toReferenceConfig } from './config.js';
+import { configFromMetadata, loadModel } from './checkpoint.js';
+import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
@@ -18,6 +18,7 @@ import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
+import { readSafetensors } from './safetensors.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, optionNames, type OptionNames } from './validate.js';
 
@@ -251,6 +252,34 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
+const sha256Prefix = (sha: string) => `${sha.slice(0, 12)}...`;
+
+function otherModel(manifestPath: string, checkpoint: string): TarflowError {
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with another model than ${checkpoint} (its config differs); ` +
+    'resume from the same checkpoint, or use another out folder (--out)');
+}
+
+function otherWeights(manifestPath: string, checkpoint: string, then: string, now: string): TarflowError {
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${checkpoint} has now ` +
+    `(SHA-256 ${sha256Prefix(then)} then, ${sha256Prefix(now)} now); resume from the same checkpoint file ` +
+    `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
+}
+
+/**
+ * Refuses a resume from another checkpoint file before the run's recorded config is applied to it: loaded with
+ * that config, another model's tensors fail on a shape, which says nothing of the real problem. Returns the file's
+ * SHA-256 where it was computed.
+ */
+async function checkSameCheckpoint(existing: Manifest, manifestPath: string, checkpoint: string, file: string, givenConfig: GenerateSpec['config']): Promise<string | undefined> {
+  if (existing.checkpointSha256 === undefined) return undefined;
+  // A file that cannot be read is left to loadModel, whose messages say what is wrong with it.
+  const sha = await fileSha256(file).catch(() => undefined);
+  if (sha === undefined || sha === existing.checkpointSha256) return sha;
+  const own = givenConfig ? fromReferenceConfig(givenConfig) : configFromMetadata(await readSafetensors(file), file);
+  if (own && !same(toReferenceConfig(own), existing.config)) throw otherModel(manifestPath, checkpoint);
+  throw otherWeights(manifestPath, checkpoint, existing.checkpointSha256, sha);
+}
+
 export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
   checkObject('spec', given);
   checkKnownKeys('spec', given, GENERATE_SPEC);
@@ -271,6 +300,8 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   await checkFolderCreatable(spec.out, 'out');
+  const checkpointFile = shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint;
+  const earlySha256 = existing ? await checkSameCheckpoint(existing, manifestPath, spec.checkpoint, checkpointFile, given.config) : undefined;
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   let lock: FolderLock | undefined;
   try {
@@ -279,17 +310,12 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     const options = shardOptions({ ...spec, temperature }, count);
     let manifest: Manifest;
     const config = toReferenceConfig(model.config);
-    const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
+    const checkpointSha256 = earlySha256 ?? await fileSha256(checkpointFile);
     const bf16Kernel = options.precision === 'bf16' ? model.backend.bf16GemmKernel?.() : undefined;
     if (existing) {
-      if (JSON.stringify(existing.config) !== JSON.stringify(config)) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with another model than ${spec.checkpoint} (its config differs); ` +
-          'resume from the same checkpoint, or use another out folder (--out)');
-      }
+      if (!same(existing.config, config)) throw otherModel(manifestPath, spec.checkpoint);
       if (existing.checkpointSha256 !== undefined && existing.checkpointSha256 !== checkpointSha256) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${spec.checkpoint} has now ` +
-          `(SHA-256 ${existing.checkpointSha256.slice(0, 12)}... then, ${checkpointSha256.slice(0, 12)}... now); resume from the same checkpoint file ` +
-          `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
+        throw otherWeights(manifestPath, spec.checkpoint, existing.checkpointSha256, checkpointSha256);
       }
       if (existing.device !== undefined && existing.device !== model.backend.device) {
         ctx.log(`${manifestPath}: its shards so far were drawn on the ${existing.device}, the rest will be on the ${model.backend.device}; ` +

@@ -436,6 +436,18 @@ test('npz reader rejects damaged archives', () => {
   }
 });
 
+/** Rejects with the job's error; fails the test if the job succeeds. */
+async function failure(job: Promise<unknown>, what: string): Promise<TarflowError> {
+  try {
+    await job;
+  } catch (err) {
+    assert.instance(err, TarflowError);
+    return err as TarflowError;
+  }
+  assert.unreachable(`${what} succeeded`);
+  throw new Error('unreachable');
+}
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
@@ -453,6 +465,18 @@ test('labels given as an Int32Array are recorded as a list, and a resume compare
   // A manifest written by earlier versions holds the typed array as an object: read as the list it was.
   writeFileSync(manifestPath, JSON.stringify({ ...manifest, options: { ...manifest.options, labels: { ...Array.from(labels) } }, shards: manifest.shards.slice(0, 1) }));
   assert.is((await generateToDisk({ ...spec, resume: true })).generated, 10);
+});
+
+test('a resume from a checkpoint of another architecture is refused as another model, before its tensors are loaded', async () => {
+  const out = join(dir, 'arch');
+  await generateToDisk({ ...base, out, count: 4 });
+  const wide = join(dir, 'arch128.safetensors');
+  const model = new TarFlow({ ...cfg, channels: 128 }, { device: 'cpu', seed: 5 });
+  await saveModel(wide, model);
+  model.dispose();
+  const err = await failure(generateToDisk({ out, resume: true, checkpoint: wide }), 'a resume from another model');
+  assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.match(err.message, /manifest\.json was written with another model than .*arch128\.safetensors \(its config differs\); resume from the same checkpoint, or use another out folder \(--out\)$/);
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
