@@ -292,6 +292,13 @@ export async function checkFolderCreatable(path: string, what: string): Promise<
     try {
       await fsp.access(at, fs.constants.W_OK | fs.constants.X_OK);
     } catch (err) {
+      // The folder itself is there: "could not create" would send the user looking for a creation problem.
+      if (at === nodePath.resolve(path)) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'error';
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: the folder ${JSON.stringify(path)} exists but is not writable (${code}): ` +
+          `${code === 'EROFS' ? 'its file system is mounted read-only' : 'its permissions do not let this user write in it'}; ` +
+          'make it writable (chmod u+w, or a read-write mount) or choose another folder', { cause: err });
+      }
       throw folderError(path, what, err);
     }
     return;

@@ -1,7 +1,7 @@
 /** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
@@ -477,6 +477,31 @@ test('a resume from a checkpoint of another architecture is refused as another m
   const err = await failure(generateToDisk({ out, resume: true, checkpoint: wide }), 'a resume from another model');
   assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
   assert.match(err.message, /manifest\.json was written with another model than .*arch128\.safetensors \(its config differs\); resume from the same checkpoint, or use another out folder \(--out\)$/);
+});
+
+test('an out folder that exists but cannot be written is named as such, not as one that could not be created', async () => {
+  const readOnly = join(dir, 'read-only');
+  mkdirSync(readOnly);
+  chmodSync(readOnly, 0o555);
+  try {
+    // As root, permissions do not stop a write: then a folder of the system that refuses one, where there is one.
+    const folder = [readOnly, '/proc/1'].find((p) => {
+      try {
+        accessSync(p, constants.W_OK | constants.X_OK);
+        return false;
+      } catch {
+        return existsSync(p) && statSync(p).isDirectory();
+      }
+    });
+    if (folder === undefined) {
+      console.log('  (skipped: no folder here refuses this user a write)');
+      return;
+    }
+    const err = await failure(generateToDisk({ ...base, out: folder, count: 2 }), 'a run into a read-only folder');
+    assert.match(err.message, /^out: the folder ".*" exists but is not writable \(E[A-Z]+\): .*; make it writable \(chmod u\+w, or a read-write mount\) or choose another folder$/);
+  } finally {
+    chmodSync(readOnly, 0o755);
+  }
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
