@@ -6,9 +6,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { checkFolderCreatable, lockFolder, makeFolder, writeFileAtomic, type FolderLock } from './atomic.js';
+import {
+  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, writeFileAtomic, type FolderLock,
+} from './atomic.js';
 import { configFromMetadata, loadModel } from './checkpoint.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
@@ -34,7 +36,7 @@ export interface GenerateSpec extends ReverseOptions {
   config?: Record<string, unknown>;
   /** Number of images. Required unless resuming. */
   count?: number;
-  /** Output folder: shards plus manifest.json. */
+  /** Output folder: shards plus manifest.json. A new run needs a new or empty one. */
   out: string;
   /** 'png' (one file per image) or 'npz' (one archive per shard). */
   format?: 'png' | 'npz';
@@ -110,6 +112,8 @@ export interface GenerateSummary {
   images: number;
   generated: number;
   skipped: number;
+  /** Temp files of atomic writes left by a killed run, removed. */
+  staleTempFiles: number;
   seconds: number;
   imagesPerSecond: number;
   redraws: number;
@@ -252,6 +256,40 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
+/** The files of a run's own outputs and manifest, which alone a run removes the temp files of. */
+const RUN_FILE = /^(manifest\.json|shard-\d{5,}\.npz|\d{6,}(-class\d+)?\.png)$/;
+
+/** Leftovers of a run killed as it started (its claim, and the manifest's temp file): no reason to refuse a new run. */
+const startLeftover = (name: string) => isLockFileName(name) || atomicTempTarget(name) === 'manifest.json';
+
+const raced = (manifestPath: string, resuming: boolean) => new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written by another run while this ` +
+  `one started; ${resuming ? 'run the command again to resume from it' : 'continue it with resume: true (--resume) or choose another out folder (--out)'}`);
+
+/**
+ * A new run writes only into an empty or new folder. Its manifest is left to the caller's own check, and seen
+ * here only when another run wrote it meanwhile (which writes it before any image): then that is what is said.
+ */
+async function checkNewRunFolder(out: string, manifestPath: string): Promise<void> {
+  await checkFolderEmpty(out, 'out', 'choose another out folder (--out) or empty this one (resume: true (--resume) continues a run only in a folder ' +
+    'that holds its manifest.json)', (name) => name === 'manifest.json' || startLeftover(name));
+  if ((await readManifest(out, manifestPath)) !== null) throw raced(manifestPath, false);
+}
+
+/**
+ * Removes the temp files of this run's own files that atomic writes of a killed run left in `out` (they would stay
+ * beside the images for good). Only the caller's claim on the folder makes this safe: no other run writes there.
+ */
+async function removeStaleTemps(out: string): Promise<number> {
+  let removed = 0;
+  for (const name of await readdir(out)) {
+    const target = atomicTempTarget(name);
+    if (target === null || !RUN_FILE.test(target)) continue;
+    await rm(join(out, name), { force: true });
+    removed++;
+  }
+  return removed;
+}
+
 const sha256Prefix = (sha: string) => `${sha.slice(0, 12)}...`;
 
 function otherModel(manifestPath: string, checkpoint: string): TarflowError {
@@ -300,6 +338,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   await checkFolderCreatable(spec.out, 'out');
+  if (!existing) await checkNewRunFolder(spec.out, manifestPath);
   const checkpointFile = shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint;
   const earlySha256 = existing ? await checkSameCheckpoint(existing, manifestPath, spec.checkpoint, checkpointFile, given.config) : undefined;
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
@@ -340,12 +379,15 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     await makeFolder(spec.out, 'out');
     lock = await lockFolder(spec.out, 'out');
     // The manifest was read before the claim: another run may have written it since.
-    if (JSON.stringify(await readManifest(spec.out, manifestPath)) !== JSON.stringify(existing)) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written by another run while this one started; ` +
-        (existing ? 'run the command again to resume from it' : 'continue it with resume: true (--resume) or choose another out folder (--out)'));
-    }
+    if (JSON.stringify(await readManifest(spec.out, manifestPath)) !== JSON.stringify(existing)) throw raced(manifestPath, existing !== null);
+    // Likewise the folder's other files (the check before the claim only spared a refused run the model's loading).
+    if (!existing) await checkNewRunFolder(spec.out, manifestPath);
+    const staleTempFiles = await removeStaleTemps(spec.out);
+    if (staleTempFiles > 0) ctx.log(`${spec.out}: removed ${staleTempFiles} temp file${staleTempFiles > 1 ? 's' : ''} that a killed run's writes left behind`);
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
+    // Written before anything is drawn: a run stopped or failed in its first shard can then be resumed.
+    if (!existing) await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));
     const done = new Set(manifest.shards.map((s) => s.index));
     const nShards = Math.ceil(count / shardSize);
     const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
@@ -406,7 +448,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     const seconds = (performance.now() - start) / 1000;
     return {
       out: spec.out, images: count, generated, skipped, seconds, imagesPerSecond: seconds > 0 ? generated / seconds : 0,
-      redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards,
+      redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards, staleTempFiles,
     };
   } finally {
     model.dispose();

@@ -1,13 +1,13 @@
 /** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
 import { TarFlow } from '../lib/model.js';
 import { generate } from '../lib/sampling.js';
-import { generateToDisk } from '../lib/jobs.js';
+import { generateToDisk, sample } from '../lib/jobs.js';
 import { parseNpz, serializeNpz } from '../lib/npz.js';
 import type { Manifest } from '../lib/batch-generate.js';
 import { TarflowError } from '../lib/errors.js';
@@ -448,6 +448,69 @@ async function failure(job: Promise<unknown>, what: string): Promise<TarflowErro
   throw new Error('unreachable');
 }
 
+test('a run stopped in its first shard resumes: the manifest is written before anything is drawn', async () => {
+  const out = join(dir, 'stopped-first');
+  const ac = new AbortController();
+  const spec = { ...base, out, count: 20, shardSize: 20, batchSize: 2 };
+  const err = await failure(generateToDisk(spec, { inline: true, signal: ac.signal, onProgress: () => ac.abort() }), 'a stopped run');
+  assert.is(err.code, 'ERR_TARFLOW_ABORTED');
+  assert.match(err.message, /0 of 1 shards are written and resume: true \(--resume\) continues/);
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.equal([manifest.shards, manifest.complete], [[], false]);
+  const r = await generateToDisk({ out, resume: true });
+  assert.equal([r.generated, r.skipped], [20, 0]);
+  const whole = join(dir, 'stopped-first-whole');
+  await generateToDisk({ ...spec, out: whole });
+  assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(readFileSync(join(whole, 'shard-00000.npz'))));
+});
+
+test('a run that fails on NaN/Inf in its first shard leaves a run that a resume with more redraws continues', async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  // As in the NaN test below: every draw overflows, so the resume fails too, but on the draw, not on the folder.
+  const bias = model.params.get('blocks.1.proj_out.bias');
+  bias.copyFrom((bias.toArray() as Float32Array).fill(200, 0, 48));
+  const inf = join(dir, 'inf.safetensors');
+  await saveModel(inf, model);
+  model.dispose();
+  const out = join(dir, 'nan-first');
+  const first = await failure(generateToDisk({ ...base, checkpoint: inf, out, count: 4, maxRedraws: 0 }), 'an overflowing run');
+  assert.is(first.code, 'ERR_TARFLOW_NON_FINITE');
+  assert.ok(existsSync(join(out, 'manifest.json')), 'no manifest: the run could not be resumed');
+  const again = await failure(generateToDisk({ out, resume: true, maxRedraws: 1 }), 'an overflowing resume');
+  assert.is(again.code, 'ERR_TARFLOW_NON_FINITE', again.message);
+  assert.match(again.message, /in 2 draws/);
+});
+
+test('a new run refuses an out folder that holds other files, naming them; a killed start\'s claim and manifest temp file do not count', async () => {
+  const out = join(dir, 'taken');
+  mkdirSync(out);
+  writeFileSync(join(out, '000000-class0.png'), 'the user\'s own image');
+  writeFileSync(join(out, 'notes.txt'), 'notes');
+  const err = await failure(generateToDisk({ ...base, out, format: 'png', count: 2 }), 'a run into a folder with files');
+  assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.match(err.message, /^out: the folder ".*taken" is not empty \(it holds "000000-class0\.png", "notes\.txt"\); .*choose another out folder \(--out\) or empty this one \(resume: true \(--resume\) continues a run only in a folder that holds its manifest\.json\)/);
+  assert.is(readFileSync(join(out, '000000-class0.png'), 'utf8'), 'the user\'s own image');
+  assert.equal(readdirSync(out).sort(), ['000000-class0.png', 'notes.txt']);
+  const killed = join(dir, 'killed-start');
+  mkdirSync(killed);
+  writeFileSync(join(killed, '.tarflow-lock'), JSON.stringify({ pid: 2 ** 22 + 12345, host: hostname(), started: new Date(0).toISOString(), token: '0123456789abcdef' }));
+  writeFileSync(join(killed, '.manifest.json.4242.0123456789ab.tmp'), '{"format":');
+  const r = await generateToDisk({ ...base, out: killed, format: 'png', count: 2 });
+  assert.is(r.generated, 2);
+  assert.is(r.staleTempFiles, 1);
+  assert.equal(readdirSync(killed).sort(), ['000000-class0.png', '000001-class1.png', 'manifest.json']);
+});
+
+test('sample --out DIR refuses a folder that holds other files; a grid file may go into one', async () => {
+  const out = join(dir, 'sample-taken');
+  mkdirSync(out);
+  writeFileSync(join(out, 'sample-000000.png'), 'mine');
+  const err = await failure(sample({ checkpoint: ckpt, count: 2, out }), 'sample into a folder with files');
+  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "sample-000000\.png"\); .*choose another folder \(--out\) or empty this one$/);
+  assert.is(readFileSync(join(out, 'sample-000000.png'), 'utf8'), 'mine');
+  assert.is((await sample({ checkpoint: ckpt, count: 2, out: join(out, 'grid.png') })).count, 2);
+});
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
@@ -477,6 +540,20 @@ test('a resume from a checkpoint of another architecture is refused as another m
   const err = await failure(generateToDisk({ out, resume: true, checkpoint: wide }), 'a resume from another model');
   assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
   assert.match(err.message, /manifest\.json was written with another model than .*arch128\.safetensors \(its config differs\); resume from the same checkpoint, or use another out folder \(--out\)$/);
+});
+
+test('a resume removes the temp files that a killed run\'s writes left (only of its own files, in the writer\'s pattern)', async () => {
+  const out = join(dir, 'temps');
+  await generateToDisk({ ...base, out, format: 'png', count: 4, shardSize: 2 });
+  const stale = ['.000003-class3.png.4242.0123456789ab.tmp', '.shard-00000.npz.77.abcdefabcdef.tmp', '.manifest.json.9.000000000000.tmp'];
+  const others = ['.notes.txt.4242.0123456789ab.tmp', '.000003-class3.png.4242.xyz.tmp', 'keep.tmp'];
+  for (const name of [...stale, ...others]) writeFileSync(join(out, name), 'x');
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.is(r.staleTempFiles, 3);
+  assert.match(logs.join('\n'), /removed 3 temp files that a killed run's writes left behind/);
+  for (const name of stale) assert.not.ok(existsSync(join(out, name)), name);
+  for (const name of others) assert.ok(existsSync(join(out, name)), name);
 });
 
 test('an out folder that exists but cannot be written is named as such, not as one that could not be created', async () => {
