@@ -1,7 +1,7 @@
 /** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
@@ -9,7 +9,7 @@ import { TarFlow } from '../lib/model.js';
 import { generate } from '../lib/sampling.js';
 import { generateToDisk, sample } from '../lib/jobs.js';
 import { parseNpz, serializeNpz } from '../lib/npz.js';
-import type { Manifest } from '../lib/batch-generate.js';
+import { nameDigitsFor, pngFileName, type Manifest } from '../lib/batch-generate.js';
 import { TarflowError } from '../lib/errors.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
 import { randomizeParams } from './helpers.js';
@@ -511,6 +511,47 @@ test('sample --out DIR refuses a folder that holds other files; a grid file may 
   assert.is((await sample({ checkpoint: ckpt, count: 2, out: join(out, 'grid.png') })).count, 2);
 });
 
+test('a resume checks the finished shards\' files and draws again those missing, cut or not listed (npz), saying why', async () => {
+  const out = join(dir, 'broken-npz');
+  const spec = { ...base, out, count: 40, shardSize: 10 };
+  await generateToDisk(spec);
+  const names = [0, 1, 2, 3].map((k) => `shard-0000${k}.npz`);
+  const original = names.map((f) => readFileSync(join(out, f)));
+  unlinkSync(join(out, names[1]));
+  truncateSync(join(out, names[2]), original[2].length - 50);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  manifest.shards[3].files = [];
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.equal([r.skipped, r.generated, r.redrawnShards], [10, 30, 3]);
+  const log = logs.find((m) => m.includes('finished shards are drawn again')) ?? logs.join('\n');
+  assert.match(log, /3 of 4 finished shards are drawn again/);
+  assert.match(log, /shard 1: shard-00001\.npz is missing; shard 2: shard-00002\.npz is cut short.*; shard 3: the manifest lists no files for it \(this run writes shard-00003\.npz\)/);
+  names.forEach((f, k) => assert.ok(readFileSync(join(out, f)).equals(original[k]), `${f} differs from the first run's`));
+  const done = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.ok(done.complete);
+  assert.equal(done.shards.map((s) => s.files.length), [1, 1, 1, 1]);
+  assert.is((await generateToDisk({ out, resume: true })).redrawnShards, 0, 'whole shards are kept');
+});
+
+test('a resume draws again a PNG shard with a cut or foreign file', async () => {
+  const out = join(dir, 'broken-png');
+  await generateToDisk({ ...base, out, format: 'png', count: 9, shardSize: 3 });
+  const cut = join(out, '000004-class0.png');
+  const foreign = join(out, '000007-class3.png');
+  const [cutBytes, foreignBytes] = [readFileSync(cut), readFileSync(foreign)];
+  truncateSync(cut, cutBytes.length - 12);
+  writeFileSync(foreign, readFileSync(join(dir, 'png', '000000-class3.png')).subarray(0, 16)); // a PNG's start only
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.equal([r.skipped, r.generated, r.redrawnShards], [3, 6, 2]);
+  assert.match(logs.join('\n'), /shard 1: 000004-class0\.png is cut short \(no IEND chunk at its end\); shard 2: 000007-class3\.png is not a PNG/);
+  assert.ok(readFileSync(cut).equals(cutBytes));
+  assert.ok(readFileSync(foreign).equals(foreignBytes));
+});
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
@@ -554,6 +595,20 @@ test('a resume removes the temp files that a killed run\'s writes left (only of 
   assert.match(logs.join('\n'), /removed 3 temp files that a killed run's writes left behind/);
   for (const name of stale) assert.not.ok(existsSync(join(out, name)), name);
   for (const name of others) assert.ok(existsSync(join(out, name)), name);
+});
+
+test('PNG names have as many digits as the last index needs (at least 6), so they sort in image order; the manifest records it', async () => {
+  assert.equal([nameDigitsFor(1), nameDigitsFor(1_000_000), nameDigitsFor(1_000_001), nameDigitsFor(2 ** 32)], [6, 6, 7, 10]);
+  const digits = nameDigitsFor(1_000_001);
+  const names = [100_001, 1_000_000, 999_999].map((i) => pngFileName(i, digits, 0));
+  assert.equal(names, ['0100001-class0.png', '1000000-class0.png', '0999999-class0.png']);
+  assert.equal([...names].sort(), [names[0], names[2], names[1]]);
+  // A run of that many images, stopped at once: its manifest says how its names are written.
+  const out = join(dir, 'million');
+  const ac = new AbortController();
+  await failure(generateToDisk({ ...base, out, format: 'png', count: 1_000_001, shardSize: 2 }, { inline: true, signal: ac.signal, onProgress: () => ac.abort() }), 'a stopped run');
+  assert.is((JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest).nameDigits, 7);
+  assert.is((JSON.parse(readFileSync(join(dir, 'png', 'manifest.json'), 'utf8')) as Manifest).nameDigits, 6);
 });
 
 test('an out folder that exists but cannot be written is named as such, not as one that could not be created', async () => {
