@@ -16,6 +16,15 @@ function tempPathFor(path: string): string {
   return nodePath.join(dir, `.${base}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
 }
 
+/**
+ * The name of the file a temp file of writeFileAtomic stands in for (`.NAME.PID.HEX12.tmp`), or null when `name` is
+ * not one. A process killed between writing and renaming leaves it behind; the run that later holds the folder's
+ * claim may remove the ones of its own files.
+ */
+export function atomicTempTarget(name: string): string | null {
+  return /^\.(.+)\.[1-9]\d*\.[0-9a-f]{12}\.tmp$/.exec(name)?.[1] ?? null;
+}
+
 // Some platforms and file systems (Windows, some network mounts) cannot fsync a directory; the rename has
 // still happened, so durability is merely best effort there rather than a reason to fail the write.
 function isIgnorableDirSyncError(err: unknown): boolean {
@@ -140,6 +149,31 @@ function folderError(path: string, what: string, err: unknown): TarflowError {
 
 /** The file that marks an output folder as being written by a run (see lockFolder). */
 export const LOCK_FILE = '.tarflow-lock';
+
+/** Whether `name` is a claim of lockFolder, the draft of one, or its takeover gate (both left by a killed process). */
+export function isLockFileName(name: string): boolean {
+  return /^\.tarflow-lock(\.[0-9a-f]{16}|\.takeover)?$/.test(name);
+}
+
+/**
+ * Refuses a folder that holds anything but what `ignore` accepts (a missing folder is empty): a command that writes
+ * many files into it would overwrite files of the same names and leave the others beside its own, where a tool that
+ * reads every file in the folder (FID) takes them for its output. `fix` says what to do instead.
+ */
+export async function checkFolderEmpty(path: string, what: string, fix: string, ignore: (name: string) => boolean = () => false): Promise<void> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw folderError(path, what, err);
+  }
+  const held = names.filter((name) => !ignore(name)).sort();
+  if (held.length === 0) return;
+  const shown = held.slice(0, 3).map((name) => JSON.stringify(name)).join(', ') + (held.length > 3 ? ` and ${held.length - 3} more` : '');
+  throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: the folder ${JSON.stringify(path)} is not empty (it holds ${shown}); ` +
+    `many files are written only into an empty or new folder, so that none is overwritten and no other file is mixed with them: ${fix}`);
+}
 
 export interface FolderLock {
   /** Ends the claim (removes the lock file, if it is still this claim's); safe to call twice. */
@@ -327,6 +361,13 @@ export async function checkFolderCreatable(path: string, what: string): Promise<
     try {
       await fsp.access(at, fs.constants.W_OK | fs.constants.X_OK);
     } catch (err) {
+      // The folder itself is there: "could not create" would send the user looking for a creation problem.
+      if (at === nodePath.resolve(path)) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'error';
+        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: the folder ${JSON.stringify(path)} exists but is not writable (${code}): ` +
+          `${code === 'EROFS' ? 'its file system is mounted read-only' : 'its permissions do not let this user write in it'}; ` +
+          'make it writable (chmod u+w, or a read-write mount) or choose another folder', { cause: err });
+      }
       throw folderError(path, what, err);
     }
     return;

@@ -2,15 +2,17 @@
  * Batch offline generation: thousands of samples written to disk in shards (PNG files or .npz archives of
  * uint8 (N, H, W, C) under `arr_0`, the layout FID tools read), with a manifest that makes the run resumable.
  * Image k depends only on (seed, k) and its label, so shards are the same whatever the batch size, and a resumed
- * run skips the shards the manifest lists as finished.
+ * run skips the shards the manifest lists as finished (and draws again those whose files it finds missing or cut).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { checkFolderCreatable, lockFolder, makeFolder, writeFileAtomic, type FolderLock } from './atomic.js';
-import { loadModel } from './checkpoint.js';
-import { toReferenceConfig } from './config.js';
+import {
+  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, writeFileAtomic, type FolderLock,
+} from './atomic.js';
+import { configFromMetadata, loadModel } from './checkpoint.js';
+import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
@@ -18,6 +20,7 @@ import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel } from './pretrained.js';
+import { readSafetensors } from './safetensors.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, optionNames, type OptionNames } from './validate.js';
 
@@ -33,15 +36,15 @@ export interface GenerateSpec extends ReverseOptions {
   config?: Record<string, unknown>;
   /** Number of images. Required unless resuming. */
   count?: number;
-  /** Output folder: shards plus manifest.json. */
+  /** Output folder: shards plus manifest.json. A new run needs a new or empty one. */
   out: string;
   /** 'png' (one file per image) or 'npz' (one archive per shard). */
   format?: 'png' | 'npz';
   /** Images per shard (default 1000). */
   shardSize?: number;
   batchSize?: number;
-  /** One class for every image, a list (one per image), or undefined: classes in turn (uniform over classes). */
-  labels?: number | number[];
+  /** One class for every image, a list (one per image; an Int32Array too), or undefined: classes in turn (uniform over classes). */
+  labels?: number | number[] | Int32Array;
   denoiseSigma?: number;
   seed?: number;
   /** Scale of the latent noise (GenerateOptions.temperature); default: defaultTemperature (0.7 for likelihood models, else 1). */
@@ -97,6 +100,11 @@ export interface Manifest {
    */
   bf16Kernel?: string;
   config: ReturnType<typeof toReferenceConfig>;
+  /**
+   * PNG runs: the digits of the index in each file name (that of count - 1, at least 6), so that names sort in image
+   * order. Absent in older manifests, whose names have 6.
+   */
+  nameDigits?: number;
   options: Omit<GenerateSpec, 'resume' | 'device' | 'batchSize' | 'checkpoint' | 'config' | 'out' | 'count'> & { count: number };
   count: number;
   shardSize: number;
@@ -107,17 +115,31 @@ export interface Manifest {
 export interface GenerateSummary {
   out: string;
   images: number;
+  /** Images drawn by this call, those of shards drawn again (see redrawnShards) included. */
   generated: number;
+  /** Images of shards that were finished and found whole, and so not drawn again. */
   skipped: number;
+  /** Finished shards of a resumed run whose files were missing or damaged, drawn again (the log says why). */
+  redrawnShards: number;
+  /** Temp files of atomic writes left by a killed run, removed. */
+  staleTempFiles: number;
   seconds: number;
   imagesPerSecond: number;
   redraws: number;
   shards: number;
 }
 
+/**
+ * Labels as a plain list: JSON writes a typed array as an object ({"0": 3, ...}), which a resume could neither
+ * compare with the labels given again nor pass to the sampler. Anything else is left for the checks to name.
+ */
+function plainLabels(labels: unknown): unknown {
+  return ArrayBuffer.isView(labels) && !(labels instanceof DataView) ? Array.from(labels as unknown as ArrayLike<number>) : labels;
+}
+
 function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
   return {
-    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: spec.labels, denoiseSigma: spec.denoiseSigma,
+    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: plainLabels(spec.labels) as GenerateSpec['labels'], denoiseSigma: spec.denoiseSigma,
     seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
     // Recorded only when not the default, so that a manifest written before these options existed still matches
     // a resume with the defaults; a resume must keep them (they change the images).
@@ -131,7 +153,7 @@ function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
  * differently (no denoising as sigma 0 or left out; one class as a number or as a list of it) is the same run.
  */
 function imageOptions(o: Partial<Manifest['options']>) {
-  const labels = o.labels;
+  const labels = plainLabels(o.labels) as number | number[] | undefined;
   const oneClass = Array.isArray(labels) && labels.length > 0 && labels.every((l) => l === labels[0]) ? labels[0] : labels;
   const precision = o.precision ?? 'fp32';
   return {
@@ -187,6 +209,12 @@ function checkManifest(m: unknown): Manifest {
   if (options.count !== count) throw validationError(DAMAGED, 'options.count', `${count} (count)`, describeValue(options.count));
   if (options.shardSize !== shardSize) throw validationError(DAMAGED, 'options.shardSize', `${shardSize} (shardSize)`, describeValue(options.shardSize));
   checkOneOf('options.format', options.format, ['png', 'npz'], DAMAGED);
+  // Earlier versions wrote labels given as an Int32Array as an object ({"0": 3, "1": 1, ...}): read as the list it was.
+  const labels = options.labels;
+  if (labels !== null && typeof labels === 'object' && !Array.isArray(labels) && Object.keys(labels).every((k, i) => k === String(i))) {
+    options.labels = Object.values(labels);
+  }
+  optional(manifest.nameDigits, (v) => checkNumber('nameDigits', v, { integer: true, min: 6, max: 16 }, DAMAGED));
   const nShards = Math.ceil(count / shardSize);
   array('shards', manifest.shards).forEach((s, i) => {
     const shard = checkObject(`shards[${i}]`, s, DAMAGED);
@@ -238,6 +266,175 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
+/** Digits of the index in a new PNG run's file names: 6, or more where count - 1 has more, so names sort in image order. */
+export function nameDigitsFor(count: number): number {
+  return Math.max(6, String(count - 1).length);
+}
+
+/** The PNG file of image `index` (its class in the name where the model has classes). */
+export function pngFileName(index: number, digits: number, label: number | undefined): string {
+  return `${String(index).padStart(digits, '0')}${label === undefined ? '' : `-class${label}`}.png`;
+}
+
+const npzFileName = (k: number) => `shard-${String(k).padStart(5, '0')}.npz`;
+
+/** The files of a run's own outputs and manifest, which alone a run removes the temp files of. */
+const RUN_FILE = /^(manifest\.json|shard-\d{5,}\.npz|\d{6,}(-class\d+)?\.png)$/;
+
+/** Leftovers of a run killed as it started (its claim, and the manifest's temp file): no reason to refuse a new run. */
+const startLeftover = (name: string) => isLockFileName(name) || atomicTempTarget(name) === 'manifest.json';
+
+const raced = (manifestPath: string, resuming: boolean) => new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written by another run while this ` +
+  `one started; ${resuming ? 'run the command again to resume from it' : 'continue it with resume: true (--resume) or choose another out folder (--out)'}`);
+
+/**
+ * A new run writes only into an empty or new folder. Its manifest is left to the caller's own check, and seen
+ * here only when another run wrote it meanwhile (which writes it before any image): then that is what is said.
+ */
+async function checkNewRunFolder(out: string, manifestPath: string): Promise<void> {
+  await checkFolderEmpty(out, 'out', 'choose another out folder (--out) or empty this one (resume: true (--resume) continues a run only in a folder ' +
+    'that holds its manifest.json)', (name) => name === 'manifest.json' || startLeftover(name));
+  if ((await readManifest(out, manifestPath)) !== null) throw raced(manifestPath, false);
+}
+
+/**
+ * Removes the temp files of this run's own files that atomic writes of a killed run left in `out` (they would stay
+ * beside the images for good). Only the caller's claim on the folder makes this safe: no other run writes there.
+ */
+async function removeStaleTemps(out: string): Promise<number> {
+  let removed = 0;
+  for (const name of await readdir(out)) {
+    const target = atomicTempTarget(name);
+    if (target === null || !RUN_FILE.test(target)) continue;
+    await rm(join(out, name), { force: true });
+    removed++;
+  }
+  return removed;
+}
+
+/** The file at `path` for `use`, with its size and a reader of up to `length` bytes from `position` (fewer at its end). */
+async function withFile<T>(path: string, use: (size: number, read: (position: number, length: number) => Promise<Buffer>) => Promise<T>): Promise<T> {
+  const handle = await open(path, 'r');
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) return await use(-1, async () => Buffer.alloc(0));
+    return await use(info.size, async (position, length) => {
+      const buffer = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(buffer, 0, length, Math.max(0, position));
+      return buffer.subarray(0, bytesRead);
+    });
+  } finally {
+    await handle.close();
+  }
+}
+
+const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+/** The IEND chunk every complete PNG ends with: length 0, type, CRC. */
+const PNG_END = Buffer.from([0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]);
+
+/**
+ * Why a finished PNG of a resumed run cannot be kept, or null: checked as far as a few bytes at each end allow (the
+ * signature, the IHDR size, the IEND chunk), which finds a cut or foreign file without decoding it.
+ */
+function pngProblem(path: string, side: number): Promise<string | null> {
+  return withFile(path, async (size, read) => {
+    if (size < 0) return 'is not a file';
+    const head = await read(0, 24);
+    if (head.length < 24 || !head.subarray(0, 8).equals(PNG_SIGNATURE) || head.toString('latin1', 12, 16) !== 'IHDR') return 'is not a PNG';
+    const [w, h] = [head.readUInt32BE(16), head.readUInt32BE(20)];
+    if (w !== side || h !== side) return `is ${w}x${h} pixels, not ${side}x${side}`;
+    if (!(await read(size - PNG_END.length, PNG_END.length)).equals(PNG_END)) return 'is cut short (no IEND chunk at its end)';
+    return null;
+  });
+}
+
+/**
+ * Why a finished .npz shard of a resumed run cannot be kept, or null: its ZIP end record and central directory (a
+ * few hundred bytes at its end) must list the members this run writes, stored, with room for every image's bytes,
+ * and account for the whole file. A cut file has no end record where the size says; the members' data is not read.
+ */
+function npzProblem(path: string, images: number, imageBytes: number, conditional: boolean): Promise<string | null> {
+  return withFile(path, async (size, read) => {
+    if (size < 0) return 'is not a file';
+    if (size < 22 + images * imageBytes) return `is cut short (${size} bytes, fewer than its ${images} images take)`;
+    const end = await read(size - 22, 22);
+    if (end.readUInt32LE(0) !== 0x06054b50) return 'is cut short or not an .npz (no ZIP end record at its end)';
+    const entries = end.readUInt16LE(10);
+    const cdSize = end.readUInt32LE(12);
+    const cdOffset = end.readUInt32LE(16);
+    if (cdOffset + cdSize + 22 !== size) return 'is damaged (its ZIP end record does not match its size)';
+    const wanted = new Map([['arr_0.npy', images * imageBytes], ...(conditional ? [['labels.npy', images * 4] as const] : [])]);
+    if (entries !== wanted.size || cdSize > 64 * 1024) return `holds ${entries} arrays, not the ${wanted.size} this run writes`;
+    const cd = await read(cdOffset, cdSize);
+    for (let at = 0, k = 0; k < entries; k++) {
+      if (at + 46 > cd.length || cd.readUInt32LE(at) !== 0x02014b50) return 'is damaged (its ZIP central directory does not parse)';
+      const nameLength = cd.readUInt16LE(at + 28);
+      const name = cd.toString('utf8', at + 46, at + 46 + nameLength);
+      const stored = cd.readUInt32LE(at + 20);
+      const bytes = wanted.get(name);
+      if (bytes === undefined) return `holds an array ${JSON.stringify(name)} that this run does not write`;
+      // An .npy member is its header (a multiple of 64 bytes, far below 64 KiB) and then the data, stored.
+      if (cd.readUInt16LE(at + 10) !== 0 || stored < bytes || stored > bytes + 65536 || cd.readUInt32LE(at + 42) + 30 + nameLength + stored > cdOffset) {
+        return `is damaged (its ${name} is not the array of its ${images} images)`;
+      }
+      wanted.delete(name);
+      at += 46 + nameLength + cd.readUInt16LE(at + 30) + cd.readUInt16LE(at + 32);
+    }
+    return null;
+  });
+}
+
+/**
+ * Why a shard the manifest lists as finished cannot be kept, or null. Images depend only on (seed, index), so one
+ * that fails is drawn again: the manifest would otherwise report images that are not there (deleted or cut files,
+ * a hand-edited list).
+ */
+async function shardProblem(out: string, shard: ShardRecord, expected: string[], check: (path: string) => Promise<string | null>): Promise<string | null> {
+  if (shard.files.length !== expected.length || shard.files.some((f, i) => f !== expected[i])) {
+    const named = expected.length === 1 ? expected[0] : `${expected[0]} to ${expected[expected.length - 1]}`;
+    return `the manifest lists ${shard.files.length === 0 ? 'no files' : 'other files'} for it (this run writes ${named})`;
+  }
+  for (const file of expected) {
+    let problem: string | null;
+    try {
+      problem = await check(join(out, file));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      problem = code === 'ENOENT' ? 'is missing' : `could not be read (${code ?? (err as Error).message})`;
+    }
+    if (problem !== null) return `${file} ${problem}`;
+  }
+  return null;
+}
+
+const sha256Prefix = (sha: string) => `${sha.slice(0, 12)}...`;
+
+function otherModel(manifestPath: string, checkpoint: string): TarflowError {
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with another model than ${checkpoint} (its config differs); ` +
+    'resume from the same checkpoint, or use another out folder (--out)');
+}
+
+function otherWeights(manifestPath: string, checkpoint: string, then: string, now: string): TarflowError {
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${checkpoint} has now ` +
+    `(SHA-256 ${sha256Prefix(then)} then, ${sha256Prefix(now)} now); resume from the same checkpoint file ` +
+    `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
+}
+
+/**
+ * Refuses a resume from another checkpoint file before the run's recorded config is applied to it: loaded with
+ * that config, another model's tensors fail on a shape, which says nothing of the real problem. Returns the file's
+ * SHA-256 where it was computed.
+ */
+async function checkSameCheckpoint(existing: Manifest, manifestPath: string, checkpoint: string, file: string, givenConfig: GenerateSpec['config']): Promise<string | undefined> {
+  if (existing.checkpointSha256 === undefined) return undefined;
+  // A file that cannot be read is left to loadModel, whose messages say what is wrong with it.
+  const sha = await fileSha256(file).catch(() => undefined);
+  if (sha === undefined || sha === existing.checkpointSha256) return sha;
+  const own = givenConfig ? fromReferenceConfig(givenConfig) : configFromMetadata(await readSafetensors(file), file);
+  if (own && !same(toReferenceConfig(own), existing.config)) throw otherModel(manifestPath, checkpoint);
+  throw otherWeights(manifestPath, checkpoint, existing.checkpointSha256, sha);
+}
+
 export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promise<GenerateSummary> {
   checkObject('spec', given);
   checkKnownKeys('spec', given, GENERATE_SPEC);
@@ -258,6 +455,9 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   await checkFolderCreatable(spec.out, 'out');
+  if (!existing) await checkNewRunFolder(spec.out, manifestPath);
+  const checkpointFile = shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint;
+  const earlySha256 = existing ? await checkSameCheckpoint(existing, manifestPath, spec.checkpoint, checkpointFile, given.config) : undefined;
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   let lock: FolderLock | undefined;
   try {
@@ -266,17 +466,12 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     const options = shardOptions({ ...spec, temperature }, count);
     let manifest: Manifest;
     const config = toReferenceConfig(model.config);
-    const checkpointSha256 = await fileSha256(shippedModel(spec.checkpoint) ? pretrainedPath(spec.checkpoint) : spec.checkpoint);
+    const checkpointSha256 = earlySha256 ?? await fileSha256(checkpointFile);
     const bf16Kernel = options.precision === 'bf16' ? model.backend.bf16GemmKernel?.() : undefined;
     if (existing) {
-      if (JSON.stringify(existing.config) !== JSON.stringify(config)) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written with another model than ${spec.checkpoint} (its config differs); ` +
-          'resume from the same checkpoint, or use another out folder (--out)');
-      }
+      if (!same(existing.config, config)) throw otherModel(manifestPath, spec.checkpoint);
       if (existing.checkpointSha256 !== undefined && existing.checkpointSha256 !== checkpointSha256) {
-        throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written from other weights than ${spec.checkpoint} has now ` +
-          `(SHA-256 ${existing.checkpointSha256.slice(0, 12)}... then, ${checkpointSha256.slice(0, 12)}... now); resume from the same checkpoint file ` +
-          `(copy a checkpoint that training still overwrites before generating from it) or use another out folder (--out)`);
+        throw otherWeights(manifestPath, spec.checkpoint, existing.checkpointSha256, checkpointSha256);
       }
       if (existing.device !== undefined && existing.device !== model.backend.device) {
         ctx.log(`${manifestPath}: its shards so far were drawn on the ${existing.device}, the rest will be on the ${model.backend.device}; ` +
@@ -292,21 +487,43 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
       manifest = {
         format: 'tarflow-generate', version: 1, checkpoint: shippedModel(spec.checkpoint) ? spec.checkpoint : resolve(spec.checkpoint),
         checkpointSha256, device: model.backend.device, ...(bf16Kernel === undefined ? {} : { bf16Kernel }),
-        config, options, count, shardSize, shards: [], complete: false,
+        config, ...(format === 'png' ? { nameDigits: nameDigitsFor(count) } : {}), options, count, shardSize, shards: [], complete: false,
       };
     }
-    // Validate labels up front (a bad list fails before any work).
-    resolveLabels(model, count, spec.labels);
+    // Validate labels up front (a bad list fails before any work); they also name the PNG files.
+    const allLabels = resolveLabels(model, count, spec.labels);
     // Made only now that the checkpoint, options and labels have been checked: a refused run leaves no folder.
     await makeFolder(spec.out, 'out');
     lock = await lockFolder(spec.out, 'out');
     // The manifest was read before the claim: another run may have written it since.
-    if (JSON.stringify(await readManifest(spec.out, manifestPath)) !== JSON.stringify(existing)) {
-      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath} was written by another run while this one started; ` +
-        (existing ? 'run the command again to resume from it' : 'continue it with resume: true (--resume) or choose another out folder (--out)'));
-    }
+    if (JSON.stringify(await readManifest(spec.out, manifestPath)) !== JSON.stringify(existing)) throw raced(manifestPath, existing !== null);
+    // Likewise the folder's other files (the check before the claim only spared a refused run the model's loading).
+    if (!existing) await checkNewRunFolder(spec.out, manifestPath);
+    const staleTempFiles = await removeStaleTemps(spec.out);
+    if (staleTempFiles > 0) ctx.log(`${spec.out}: removed ${staleTempFiles} temp file${staleTempFiles > 1 ? 's' : ''} that a killed run's writes left behind`);
     const { inChannels: C, imgSize: S } = model.config;
     const per = C * S * S;
+    const digits = manifest.nameDigits ?? 6;
+    const pngName = (index: number) => pngFileName(index, digits, allLabels?.[index]);
+    const shardFiles = (k: number) => format === 'npz' ? [npzFileName(k)]
+      : Array.from({ length: Math.min(shardSize, count - k * shardSize) }, (_, i) => pngName(k * shardSize + i));
+    const fileProblem = (images: number) => (path: string) => format === 'npz' ? npzProblem(path, images, per, allLabels !== null) : pngProblem(path, S);
+    const damaged: string[] = [];
+    const kept: ShardRecord[] = [];
+    for (const shard of manifest.shards) {
+      const problem = await shardProblem(spec.out, shard, shardFiles(shard.index), fileProblem(shard.count));
+      if (problem === null) kept.push(shard);
+      else damaged.push(`shard ${shard.index}: ${problem}`);
+    }
+    if (damaged.length > 0) {
+      ctx.log(`${manifestPath}: ${damaged.length} of ${manifest.shards.length} finished shards are drawn again (images depend only on the seed and ` +
+        `their index, so they come out the same): ${damaged.slice(0, 5).join('; ')}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ''}`);
+      manifest.shards = kept;
+      manifest.complete = false;
+    }
+    // Written before anything is drawn: a run stopped or failed in its first shard can then be resumed, and one whose
+    // damaged shards are being drawn again no longer lists them.
+    if (!existing || damaged.length > 0) await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));
     const done = new Set(manifest.shards.map((s) => s.index));
     const nShards = Math.ceil(count / shardSize);
     const skipped = manifest.shards.reduce((a, s) => a + s.count, 0);
@@ -337,24 +554,20 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
         if (signal.aborted && (err as TarflowError).code === 'ERR_TARFLOW_ABORTED') throw stopped();
         throw err;
       }
-      const files: string[] = [];
+      const files = shardFiles(k);
       if (format === 'npz') {
         // (N, C, H, W) -> (N, H, W, C)
         const hwc = new Uint8Array(n * per);
         for (let i = 0; i < n; i++)
           for (let c = 0; c < C; c++)
             for (let p = 0; p < S * S; p++) hwc[i * per + p * C + c] = result.images[i * per + c * S * S + p];
-        const file = `shard-${String(k).padStart(5, '0')}.npz`;
         const arrays: Record<string, { data: Uint8Array | Int32Array; shape: number[] }> = { arr_0: { data: hwc, shape: [n, S, S, C] } };
         if (result.labels) arrays.labels = { data: result.labels, shape: [n] };
-        await writeNpz(join(spec.out, file), arrays);
-        files.push(file);
+        await writeNpz(join(spec.out, files[0]), arrays);
       } else {
         for (let i = 0; i < n; i++) {
           const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });
-          const file = `${String(s0 + i).padStart(6, '0')}${result.labels ? `-class${result.labels[i]}` : ''}.png`;
-          await writePng(join(spec.out, file), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
-          files.push(file);
+          await writePng(join(spec.out, files[i]), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
         }
       }
       manifest.shards.push({ index: k, start: s0, count: n, files, redraws: result.redraws });
@@ -367,7 +580,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     const seconds = (performance.now() - start) / 1000;
     return {
       out: spec.out, images: count, generated, skipped, seconds, imagesPerSecond: seconds > 0 ? generated / seconds : 0,
-      redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards,
+      redraws: manifest.shards.reduce((a, s) => a + s.redraws.length, 0), shards: nShards, redrawnShards: damaged.length, staleTempFiles,
     };
   } finally {
     model.dispose();

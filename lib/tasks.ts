@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
-import { checkFolderCreatable, lockFolder, makeFolder, statFileForParsing, type FolderLock } from './atomic.js';
+import { checkFolderCreatable, checkFolderEmpty, lockFolder, makeFolder, statFileForParsing, type FolderLock } from './atomic.js';
 import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from './checkpoint.js';
 import { shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
@@ -645,6 +645,8 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
   }
   const outFolder = gridFile ? dirname(spec.out) : spec.out;
   await checkFolderCreatable(outFolder, 'out');
+  // One PNG per image: a folder that holds others would mix them in (or have some overwritten), as for generate.
+  if (!gridFile) await checkFolderEmpty(outFolder, 'out', 'choose another folder (--out) or empty this one');
   const model = await openModel(spec);
   try {
     const meter = new RateMeter();

@@ -1,15 +1,15 @@
 /** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
 import { TarFlow } from '../lib/model.js';
 import { denoise, generate } from '../lib/sampling.js';
-import { generateToDisk } from '../lib/jobs.js';
+import { generateToDisk, sample } from '../lib/jobs.js';
 import { parseNpz, serializeNpz } from '../lib/npz.js';
-import type { Manifest } from '../lib/batch-generate.js';
+import { nameDigitsFor, pngFileName, type Manifest } from '../lib/batch-generate.js';
 import { TarflowError } from '../lib/errors.js';
 import { parseSafetensors, serializeSafetensors } from '../lib/safetensors.js';
 import { gaussian, randomizeParams } from './helpers.js';
@@ -455,6 +455,206 @@ test('npz reader rejects damaged archives', () => {
     } catch (err) {
       assert.is((err as TarflowError).code, 'ERR_TARFLOW_FILE_FORMAT');
     }
+  }
+});
+
+/** Rejects with the job's error; fails the test if the job succeeds. */
+async function failure(job: Promise<unknown>, what: string): Promise<TarflowError> {
+  try {
+    await job;
+  } catch (err) {
+    assert.instance(err, TarflowError);
+    return err as TarflowError;
+  }
+  assert.unreachable(`${what} succeeded`);
+  throw new Error('unreachable');
+}
+
+test('a run stopped in its first shard resumes: the manifest is written before anything is drawn', async () => {
+  const out = join(dir, 'stopped-first');
+  const ac = new AbortController();
+  const spec = { ...base, out, count: 20, shardSize: 20, batchSize: 2 };
+  const err = await failure(generateToDisk(spec, { inline: true, signal: ac.signal, onProgress: () => ac.abort() }), 'a stopped run');
+  assert.is(err.code, 'ERR_TARFLOW_ABORTED');
+  assert.match(err.message, /0 of 1 shards are written and resume: true \(--resume\) continues/);
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.equal([manifest.shards, manifest.complete], [[], false]);
+  const r = await generateToDisk({ out, resume: true });
+  assert.equal([r.generated, r.skipped], [20, 0]);
+  const whole = join(dir, 'stopped-first-whole');
+  await generateToDisk({ ...spec, out: whole });
+  assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(readFileSync(join(whole, 'shard-00000.npz'))));
+});
+
+test('a run that fails on NaN/Inf in its first shard leaves a run that a resume with more redraws continues', async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  // As in the NaN test below: every draw overflows, so the resume fails too, but on the draw, not on the folder.
+  const bias = model.params.get('blocks.1.proj_out.bias');
+  bias.copyFrom((bias.toArray() as Float32Array).fill(200, 0, 48));
+  const inf = join(dir, 'inf.safetensors');
+  await saveModel(inf, model);
+  model.dispose();
+  const out = join(dir, 'nan-first');
+  const first = await failure(generateToDisk({ ...base, checkpoint: inf, out, count: 4, maxRedraws: 0 }), 'an overflowing run');
+  assert.is(first.code, 'ERR_TARFLOW_NON_FINITE');
+  assert.ok(existsSync(join(out, 'manifest.json')), 'no manifest: the run could not be resumed');
+  const again = await failure(generateToDisk({ out, resume: true, maxRedraws: 1 }), 'an overflowing resume');
+  assert.is(again.code, 'ERR_TARFLOW_NON_FINITE', again.message);
+  assert.match(again.message, /in 2 draws/);
+});
+
+test('a new run refuses an out folder that holds other files, naming them; a killed start\'s claim and manifest temp file do not count', async () => {
+  const out = join(dir, 'taken');
+  mkdirSync(out);
+  writeFileSync(join(out, '000000-class0.png'), 'the user\'s own image');
+  writeFileSync(join(out, 'notes.txt'), 'notes');
+  const err = await failure(generateToDisk({ ...base, out, format: 'png', count: 2 }), 'a run into a folder with files');
+  assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.match(err.message, /^out: the folder ".*taken" is not empty \(it holds "000000-class0\.png", "notes\.txt"\); .*choose another out folder \(--out\) or empty this one \(resume: true \(--resume\) continues a run only in a folder that holds its manifest\.json\)/);
+  assert.is(readFileSync(join(out, '000000-class0.png'), 'utf8'), 'the user\'s own image');
+  assert.equal(readdirSync(out).sort(), ['000000-class0.png', 'notes.txt']);
+  const killed = join(dir, 'killed-start');
+  mkdirSync(killed);
+  writeFileSync(join(killed, '.tarflow-lock'), JSON.stringify({ pid: 2 ** 22 + 12345, host: hostname(), started: new Date(0).toISOString(), token: '0123456789abcdef' }));
+  writeFileSync(join(killed, '.manifest.json.4242.0123456789ab.tmp'), '{"format":');
+  const r = await generateToDisk({ ...base, out: killed, format: 'png', count: 2 });
+  assert.is(r.generated, 2);
+  assert.is(r.staleTempFiles, 1);
+  assert.equal(readdirSync(killed).sort(), ['000000-class0.png', '000001-class1.png', 'manifest.json']);
+});
+
+test('sample --out DIR refuses a folder that holds other files; a grid file may go into one', async () => {
+  const out = join(dir, 'sample-taken');
+  mkdirSync(out);
+  writeFileSync(join(out, 'sample-000000.png'), 'mine');
+  const err = await failure(sample({ checkpoint: ckpt, count: 2, out }), 'sample into a folder with files');
+  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "sample-000000\.png"\); .*choose another folder \(--out\) or empty this one$/);
+  assert.is(readFileSync(join(out, 'sample-000000.png'), 'utf8'), 'mine');
+  assert.is((await sample({ checkpoint: ckpt, count: 2, out: join(out, 'grid.png') })).count, 2);
+});
+
+test('a resume checks the finished shards\' files and draws again those missing, cut or not listed (npz), saying why', async () => {
+  const out = join(dir, 'broken-npz');
+  const spec = { ...base, out, count: 40, shardSize: 10 };
+  await generateToDisk(spec);
+  const names = [0, 1, 2, 3].map((k) => `shard-0000${k}.npz`);
+  const original = names.map((f) => readFileSync(join(out, f)));
+  unlinkSync(join(out, names[1]));
+  truncateSync(join(out, names[2]), original[2].length - 50);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  manifest.shards[3].files = [];
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.equal([r.skipped, r.generated, r.redrawnShards], [10, 30, 3]);
+  const log = logs.find((m) => m.includes('finished shards are drawn again')) ?? logs.join('\n');
+  assert.match(log, /3 of 4 finished shards are drawn again/);
+  assert.match(log, /shard 1: shard-00001\.npz is missing; shard 2: shard-00002\.npz is cut short.*; shard 3: the manifest lists no files for it \(this run writes shard-00003\.npz\)/);
+  names.forEach((f, k) => assert.ok(readFileSync(join(out, f)).equals(original[k]), `${f} differs from the first run's`));
+  const done = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.ok(done.complete);
+  assert.equal(done.shards.map((s) => s.files.length), [1, 1, 1, 1]);
+  assert.is((await generateToDisk({ out, resume: true })).redrawnShards, 0, 'whole shards are kept');
+});
+
+test('a resume draws again a PNG shard with a cut or foreign file', async () => {
+  const out = join(dir, 'broken-png');
+  await generateToDisk({ ...base, out, format: 'png', count: 9, shardSize: 3 });
+  const cut = join(out, '000004-class0.png');
+  const foreign = join(out, '000007-class3.png');
+  const [cutBytes, foreignBytes] = [readFileSync(cut), readFileSync(foreign)];
+  truncateSync(cut, cutBytes.length - 12);
+  writeFileSync(foreign, readFileSync(join(dir, 'png', '000000-class3.png')).subarray(0, 16)); // a PNG's start only
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.equal([r.skipped, r.generated, r.redrawnShards], [3, 6, 2]);
+  assert.match(logs.join('\n'), /shard 1: 000004-class0\.png is cut short \(no IEND chunk at its end\); shard 2: 000007-class3\.png is not a PNG/);
+  assert.ok(readFileSync(cut).equals(cutBytes));
+  assert.ok(readFileSync(foreign).equals(foreignBytes));
+});
+
+test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
+  const out = join(dir, 'typed-labels');
+  const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
+  const spec = { ...base, out, count: 20, shardSize: 10, labels };
+  await generateToDisk(spec);
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  assert.equal(manifest.options.labels, Array.from(labels));
+  const second = readFileSync(join(out, 'shard-00001.npz'));
+  writeFileSync(manifestPath, JSON.stringify({ ...manifest, shards: manifest.shards.slice(0, 1), complete: false }));
+  assert.equal((await generateToDisk({ out, resume: true })).generated, 10, 'left out, the labels are the recorded list');
+  assert.ok(readFileSync(join(out, 'shard-00001.npz')).equals(second));
+  assert.is((await generateToDisk({ ...spec, resume: true })).skipped, 20, 'the same labels as an Int32Array again');
+  assert.is((await generateToDisk({ ...spec, labels: Array.from(labels), resume: true })).skipped, 20, 'and as a list');
+  // A manifest written by earlier versions holds the typed array as an object: read as the list it was.
+  writeFileSync(manifestPath, JSON.stringify({ ...manifest, options: { ...manifest.options, labels: { ...Array.from(labels) } }, shards: manifest.shards.slice(0, 1) }));
+  assert.is((await generateToDisk({ ...spec, resume: true })).generated, 10);
+});
+
+test('a resume from a checkpoint of another architecture is refused as another model, before its tensors are loaded', async () => {
+  const out = join(dir, 'arch');
+  await generateToDisk({ ...base, out, count: 4 });
+  const wide = join(dir, 'arch128.safetensors');
+  const model = new TarFlow({ ...cfg, channels: 128 }, { device: 'cpu', seed: 5 });
+  await saveModel(wide, model);
+  model.dispose();
+  const err = await failure(generateToDisk({ out, resume: true, checkpoint: wide }), 'a resume from another model');
+  assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+  assert.match(err.message, /manifest\.json was written with another model than .*arch128\.safetensors \(its config differs\); resume from the same checkpoint, or use another out folder \(--out\)$/);
+});
+
+test('a resume removes the temp files that a killed run\'s writes left (only of its own files, in the writer\'s pattern)', async () => {
+  const out = join(dir, 'temps');
+  await generateToDisk({ ...base, out, format: 'png', count: 4, shardSize: 2 });
+  const stale = ['.000003-class3.png.4242.0123456789ab.tmp', '.shard-00000.npz.77.abcdefabcdef.tmp', '.manifest.json.9.000000000000.tmp'];
+  const others = ['.notes.txt.4242.0123456789ab.tmp', '.000003-class3.png.4242.xyz.tmp', 'keep.tmp'];
+  for (const name of [...stale, ...others]) writeFileSync(join(out, name), 'x');
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.is(r.staleTempFiles, 3);
+  assert.match(logs.join('\n'), /removed 3 temp files that a killed run's writes left behind/);
+  for (const name of stale) assert.not.ok(existsSync(join(out, name)), name);
+  for (const name of others) assert.ok(existsSync(join(out, name)), name);
+});
+
+test('PNG names have as many digits as the last index needs (at least 6), so they sort in image order; the manifest records it', async () => {
+  assert.equal([nameDigitsFor(1), nameDigitsFor(1_000_000), nameDigitsFor(1_000_001), nameDigitsFor(2 ** 32)], [6, 6, 7, 10]);
+  const digits = nameDigitsFor(1_000_001);
+  const names = [100_001, 1_000_000, 999_999].map((i) => pngFileName(i, digits, 0));
+  assert.equal(names, ['0100001-class0.png', '1000000-class0.png', '0999999-class0.png']);
+  assert.equal([...names].sort(), [names[0], names[2], names[1]]);
+  // A run of that many images, stopped at once: its manifest says how its names are written.
+  const out = join(dir, 'million');
+  const ac = new AbortController();
+  await failure(generateToDisk({ ...base, out, format: 'png', count: 1_000_001, shardSize: 2 }, { inline: true, signal: ac.signal, onProgress: () => ac.abort() }), 'a stopped run');
+  assert.is((JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest).nameDigits, 7);
+  assert.is((JSON.parse(readFileSync(join(dir, 'png', 'manifest.json'), 'utf8')) as Manifest).nameDigits, 6);
+});
+
+test('an out folder that exists but cannot be written is named as such, not as one that could not be created', async () => {
+  const readOnly = join(dir, 'read-only');
+  mkdirSync(readOnly);
+  chmodSync(readOnly, 0o555);
+  try {
+    // As root, permissions do not stop a write: then a folder of the system that refuses one, where there is one.
+    const folder = [readOnly, '/proc/1'].find((p) => {
+      try {
+        accessSync(p, constants.W_OK | constants.X_OK);
+        return false;
+      } catch {
+        return existsSync(p) && statSync(p).isDirectory();
+      }
+    });
+    if (folder === undefined) {
+      console.log('  (skipped: no folder here refuses this user a write)');
+      return;
+    }
+    const err = await failure(generateToDisk({ ...base, out: folder, count: 2 }), 'a run into a read-only folder');
+    assert.match(err.message, /^out: the folder ".*" exists but is not writable \(E[A-Z]+\): .*; make it writable \(chmod u\+w, or a read-write mount\) or choose another folder$/);
+  } finally {
+    chmodSync(readOnly, 0o755);
   }
 });
 
