@@ -11,7 +11,7 @@ import { lockFolder } from './atomic.js';
 import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
-import { SEED_RULE } from './model.js';
+import { resolveGuidance, SEED_RULE } from './model.js';
 import { PRESETS, type PresetName } from './config.js';
 import type { EvaluateSpec, Progress, SampleSpec, ScoreSpec, TrainSpec } from './tasks.js';
 import { readConfigFile, savedRunData } from './tasks.js';
@@ -108,13 +108,28 @@ const datasetHelp = "'mnist' (default), a .npy/.npz of uint8 images ((N,H,W), (N
 const labelsHelp = '.npy of integer labels for a .npy dataset (or an IDX label file); the other formats carry their own';
 const labelBaseHelp = '1 when .npy/.npz labels count from 1, as in downsampled ImageNet (default 0)';
 
-function guidanceArgs(v: Values) {
-  return {
-    guidance: num(v, 'guidance', { min: 0 }),
+/**
+ * The guidance flags, with `defaultGuidance` (a shipped model's) where --guidance is left out. They are checked
+ * together here, as the sampler will (shape options without guidance are refused), so that a command line taken here
+ * is not refused after the model has loaded; a resume's are checked against its manifest later.
+ */
+function guidanceArgs(v: Values, defaultGuidance?: number, resume = false) {
+  const g = {
+    guidance: num(v, 'guidance', { min: 0 }) ?? defaultGuidance,
     guideWhat: oneOf(v, 'guide-what', ['ab', 'a', 'b']),
     attnTemp: num(v, 'attn-temp', { above: 0 }),
     annealed: v.annealed === true,
   };
+  if (!resume) {
+    try {
+      resolveGuidance(g);
+    } catch (err) {
+      if (!(err instanceof TarflowError)) throw err;
+      const flags: Record<string, string> = { guideWhat: '--guide-what', attnTemp: '--attn-temp', annealed: '--annealed' };
+      throw new TarflowError(err.code, err.message.replace(/^(\w+):/, (whole, name: string) => (flags[name] ? `${flags[name]}:` : whole)), { cause: err });
+    }
+  }
+  return g;
 }
 
 const temperatureHelp = `scale of the latent noise (default 1, or ${LIKELIHOOD_TEMPERATURE} for a model trained with uniform dequantization, ` +
@@ -268,10 +283,9 @@ const commands: Record<string, Command> = {
       // guidance and denoising it was trained for unless the flags say otherwise.
       const shipped = shippedModelOf(str(v, 'checkpoint') ?? 'mnist-cond');
       const labels = labelsArg(v);
-      const guidance = guidanceArgs(v);
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
-        ...guidance, guidance: guidance.guidance ?? shipped?.guidance, denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
+        ...guidanceArgs(v, shipped?.guidance), denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
         seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), maxRedraws: num(v, 'max-redraws', COUNT), device: device(v),
         ...samplerPrecisionArgs(v),
@@ -315,13 +329,13 @@ const commands: Record<string, Command> = {
       const resume = v.resume === true;
       // A new run from a shipped model gets the guidance and denoising it was trained for, as `sample` does.
       const shipped = resume ? undefined : shippedModelOf(str(v, 'checkpoint') ?? '');
-      const guidance = guidanceArgs(v);
+      const guidance = guidanceArgs(v, shipped?.guidance, resume);
       return {
         checkpoint: resume && v.checkpoint === undefined ? undefined : checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'),
         count: num(v, 'count', POSITIVE_INT) ?? (resume ? undefined : missing('count', 'the number of images')),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']), shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v),
-        ...guidance, guidance: guidance.guidance ?? shipped?.guidance, annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
+        ...guidance, annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
         denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma, seed: num(v, 'seed', SEED_RULE),
         temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume, device: device(v), ...samplerPrecisionArgs(v),

@@ -500,6 +500,8 @@ test('command line: each flag is named, with what it must be and what was typed'
     [['eval', '--checkpoint', 'm', '--split', 'val'], '--split', "one of 'test', 'train'", '"val"'],
     [['score', '--checkpoint', 'm'], '--images', 'the option is required', 'nothing'],
     [['eval-samples', '--checkpoint', 'm', '--k=-1'], '--k', 'a positive integer', '"-1"'],
+    [['sample', '--checkpoint', 'm.safetensors', '--attn-temp', '0.5'], '--attn-temp', 'guidance above 0 for it to act', '0.5 with guidance 0'],
+    [['generate', '--checkpoint', 'mnist-cond', '--out', 'o', '--count', '5', '--guidance', '1e-400', '--annealed'], '--annealed', 'guidance above 0', 'true with guidance 0'],
     [['demo', '--epochs=-1'], '--epochs', 'a positive finite number', '"-1"'],
   ] as const) {
     refuses(() => spec(...argv), INVALID, name, expected, got);
@@ -524,6 +526,8 @@ test('command line: each flag is named, with what it must be and what was typed'
   refuses(() => spec('sample', '--guidance', '-0.5'), INVALID, '--guidance', 'a finite number >= 0', '"-0.5"');
   assert.equal((spec('sample', '--labels', '-1', '--count', '2') as Record<string, unknown>).labels, -1);
   assert.equal((spec('sample', '--labels', '-1,3') as Record<string, unknown>).labels, [-1, 3]);
+  // mnist-cond's own guidance (2) is what the shape options act on when --guidance is left out.
+  assert.is((spec('sample', '--attn-temp', '0.5') as Record<string, unknown>).guidance, 2);
   assert.is((spec('sample', '--max-redraws', '8') as Record<string, unknown>).maxRedraws, 8);
   refuses(() => spec('sample', '--max-redraws=-1'), INVALID, '--max-redraws', 'an integer >= 0', '"-1"');
   const reduced = spec('eval-samples', '--checkpoint', 'm', '--precision', 'bf16', '--kv-cache', 'fp32') as Record<string, unknown>;
