@@ -19,7 +19,7 @@ import { writeNpz } from './npz.js';
 import { imageGrid, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
-import { pretrainedPath, shippedModel } from './pretrained.js';
+import { pretrainedPath, samplingDefaults, shippedModel } from './pretrained.js';
 import { readSafetensors } from './safetensors.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, optionNames, type OptionNames } from './validate.js';
@@ -137,10 +137,11 @@ function plainLabels(labels: unknown): unknown {
   return ArrayBuffer.isView(labels) && !(labels instanceof DataView) ? Array.from(labels as unknown as ArrayLike<number>) : labels;
 }
 
-function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
+/** `defaults`: a new run's guidance and denoising where the spec leaves them out (a resumed run's absent ones are none). */
+function shardOptions(spec: GenerateSpec, count: number, defaults: { guidance: number; denoiseSigma?: number }): Manifest['options'] {
   return {
-    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: plainLabels(spec.labels) as GenerateSpec['labels'], denoiseSigma: spec.denoiseSigma,
-    seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
+    count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: plainLabels(spec.labels) as GenerateSpec['labels'],
+    denoiseSigma: spec.denoiseSigma ?? defaults.denoiseSigma, seed: spec.seed ?? 0, guidance: spec.guidance ?? defaults.guidance, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
     // Recorded only when not the default, so that a manifest written before these options existed still matches
     // a resume with the defaults; a resume must keep them (they change the images).
     ...(spec.temperature === undefined || spec.temperature === 1 ? {} : { temperature: spec.temperature }),
@@ -463,7 +464,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   try {
     // A new run's default temperature follows the model (a resumed one's is the manifest's, where absent means 1).
     const temperature = existing ? spec.temperature : spec.temperature ?? defaultTemperature(model);
-    const options = shardOptions({ ...spec, temperature }, count);
+    const options = shardOptions({ ...spec, temperature }, count, existing ? { guidance: 0 } : samplingDefaults(spec.checkpoint));
     let manifest: Manifest;
     const config = toReferenceConfig(model.config);
     const checkpointSha256 = earlySha256 ?? await fileSha256(checkpointFile);

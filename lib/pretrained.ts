@@ -57,6 +57,15 @@ export function shippedModelOf(checkpoint: string): PretrainedModel | undefined 
   return Object.values(PRETRAINED).find((m) => resolve(packageRoot, m.file) === path);
 }
 
+/**
+ * The guidance and denoising sigma a run samples with where its caller leaves them out: a shipped model's own (named,
+ * or by its file), else none. `sample` and `generate` use them from the library as from the command line.
+ */
+export function samplingDefaults(checkpoint: string): { guidance: number; denoiseSigma: number | undefined } {
+  const shipped = shippedModelOf(checkpoint);
+  return { guidance: shipped?.guidance ?? 0, denoiseSigma: shipped && shipped.sigma > 0 ? shipped.sigma : undefined };
+}
+
 /** The absolute path of a shipped model, or a clear error when the name is unknown or the file is missing. */
 export function pretrainedPath(name: string): string {
   const entry = shippedModel(name);

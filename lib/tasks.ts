@@ -7,7 +7,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
 import { checkFolderCreatable, checkFolderEmpty, lockFolder, makeFolder, statFileForParsing, type FolderLock } from './atomic.js';
 import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from './checkpoint.js';
-import { shippedModel } from './pretrained.js';
+import { samplingDefaults, shippedModel } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, matchClasses, type ImageDataset, type LoadOptions } from './data.js';
@@ -650,8 +650,10 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
   const model = await openModel(spec);
   try {
     const meter = new RateMeter();
+    const defaults = samplingDefaults(spec.checkpoint);
     const opts: GenerateOptions = {
       ...pickKeys(spec, GENERATE_OPTIONS), count: spec.count, temperature: spec.temperature ?? defaultTemperature(model),
+      guidance: spec.guidance ?? defaults.guidance, denoiseSigma: spec.denoiseSigma ?? defaults.denoiseSigma,
       onProgress: (done, total) => {
         const { rate, etaSeconds } = meter.update(done, total);
         ctx.progress({ task: 'sample', done, total, rate, etaSeconds });

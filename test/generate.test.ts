@@ -65,6 +65,18 @@ test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batc
   model.dispose(); loaded.dispose();
 });
 
+test('the library samples a shipped model with its own guidance and denoising where they are left out, as the command line does', async () => {
+  const out = join(dir, 'shipped-defaults');
+  await generateToDisk({ checkpoint: 'mnist-cond', count: 2, shardSize: 2, format: 'npz', out });
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.is(manifest.options.guidance, 2);
+  assert.is(manifest.options.denoiseSigma, 0.1);
+  const grid = (name: string, extra: object) => sample({ checkpoint: 'mnist-cond', count: 2, labels: [3, 5], out: join(dir, name), ...extra }).then(() => readFileSync(join(dir, name)));
+  const plain = await grid('defaults.png', {});
+  assert.ok(plain.equals(await grid('explicit.png', { guidance: 2, denoiseSigma: 0.1 })), 'left out = mnist-cond\'s guidance 2 and sigma 0.1');
+  assert.not.ok(plain.equals(await grid('unguided.png', { guidance: 0 })), 'guidance 0 given is kept');
+});
+
 test('denoising gives an image the same bits whatever batch it is in (a resume may change --batch-size)', async () => {
   const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
   randomizeParams(model, 11, 0.02);
