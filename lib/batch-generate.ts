@@ -69,8 +69,13 @@ const GENERATE_SPEC = optionNames<GenerateSpec>()({
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
 async function fileSha256(path: string): Promise<string> {
+  return filesSha256([path]);
+}
+
+/** The SHA-256 of files' bytes one after another (a shard's files, in order). */
+async function filesSha256(paths: readonly string[]): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  for (const path of paths) for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
 
@@ -81,6 +86,11 @@ export interface ShardRecord {
   files: string[];
   /** Samples that came out NaN/Inf and were redrawn: their index and the noise stream attempt used. */
   redraws: Array<{ index: number; attempt: number }>;
+  /**
+   * SHA-256 of the shard's files' bytes, in order, as written: a resume draws again a shard whose files changed
+   * since (another run's file of the same name passes every check of its form). Absent in older manifests.
+   */
+  sha256?: string;
 }
 
 export interface Manifest {
@@ -227,6 +237,9 @@ function checkManifest(m: unknown): Manifest {
     if (shard.count !== images) throw validationError(DAMAGED, `shards[${i}].count`, `${images}`, describeValue(shard.count));
     array(`shards[${i}].files`, shard.files);
     array(`shards[${i}].redraws`, shard.redraws);
+    if (shard.sha256 !== undefined && !(typeof shard.sha256 === 'string' && /^[0-9a-f]{64}$/.test(shard.sha256))) {
+      throw validationError(DAMAGED, `shards[${i}].sha256`, 'a SHA-256 in hex', describeValue(shard.sha256));
+    }
   });
   checkBoolean('complete', manifest.complete, DAMAGED);
   return manifest as unknown as Manifest;
@@ -405,6 +418,9 @@ async function shardProblem(out: string, shard: ShardRecord, expected: string[],
     }
     if (problem !== null) return `${file} ${problem}`;
   }
+  if (shard.sha256 !== undefined && (await filesSha256(expected.map((f) => join(out, f)))) !== shard.sha256) {
+    return `${expected.length === 1 ? `${expected[0]} was` : 'its files were'} changed since the run wrote ${expected.length === 1 ? 'it' : 'them'} (SHA-256 differs)`;
+  }
   return null;
 }
 
@@ -571,7 +587,9 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
           await writePng(join(spec.out, files[i]), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
         }
       }
-      manifest.shards.push({ index: k, start: s0, count: n, files, redraws: result.redraws });
+      // Read back for the hash: the writers return no bytes, and the files are in the page cache.
+      const sha256 = await filesSha256(files.map((f) => join(spec.out, f)));
+      manifest.shards.push({ index: k, start: s0, count: n, files, redraws: result.redraws, sha256 });
       manifest.shards.sort((a, b) => a.index - b.index);
       generated += n;
       await writeFileAtomic(manifestPath, JSON.stringify(manifest, null, 1));

@@ -586,6 +586,21 @@ test('a resume draws again a PNG shard with a cut or foreign file', async () => 
   assert.ok(readFileSync(foreign).equals(foreignBytes));
 });
 
+test('a resume draws again a shard whose file another run replaced (right form, other images: its SHA-256 differs)', async () => {
+  const out = join(dir, 'swapped-npz'), other = join(dir, 'swapped-other');
+  await generateToDisk({ ...base, out, count: 20, shardSize: 10 });
+  await generateToDisk({ ...base, out: other, count: 20, shardSize: 10, seed: 99 });
+  const mine = readFileSync(join(out, 'shard-00001.npz'));
+  writeFileSync(join(out, 'shard-00001.npz'), readFileSync(join(other, 'shard-00001.npz')));
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.equal([r.skipped, r.generated, r.redrawnShards], [10, 10, 1]);
+  assert.match(logs.join('\n'), /shard 1: shard-00001\.npz was changed since the run wrote it \(SHA-256 differs\)/);
+  assert.ok(readFileSync(join(out, 'shard-00001.npz')).equals(mine), 'drawn again as the run first drew it');
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
+  assert.ok(manifest.shards.every((sh) => /^[0-9a-f]{64}$/.test(sh.sha256 ?? '')), 'every shard records its hash');
+});
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
