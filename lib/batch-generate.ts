@@ -16,10 +16,10 @@ import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
-import { imageGrid, writePng } from './png.js';
+import { imageGrid, nameDigitsFor, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
-import { pretrainedPath, samplingDefaults, shippedModel } from './pretrained.js';
+import { pretrainedPath, shippedModel, withSamplingDefaults } from './pretrained.js';
 import { readSafetensors } from './safetensors.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, checkString, describeValue, optional, pickKeys, validationError, optionNames, type OptionNames } from './validate.js';
@@ -147,11 +147,10 @@ function plainLabels(labels: unknown): unknown {
   return ArrayBuffer.isView(labels) && !(labels instanceof DataView) ? Array.from(labels as unknown as ArrayLike<number>) : labels;
 }
 
-/** `defaults`: a new run's guidance and denoising where the spec leaves them out (a resumed run's absent ones are none). */
-function shardOptions(spec: GenerateSpec, count: number, defaults: { guidance: number; denoiseSigma?: number }): Manifest['options'] {
+function shardOptions(spec: GenerateSpec, count: number): Manifest['options'] {
   return {
     count, format: spec.format ?? 'png', shardSize: spec.shardSize ?? 1000, labels: plainLabels(spec.labels) as GenerateSpec['labels'],
-    denoiseSigma: spec.denoiseSigma ?? defaults.denoiseSigma, seed: spec.seed ?? 0, guidance: spec.guidance ?? defaults.guidance, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
+    denoiseSigma: spec.denoiseSigma, seed: spec.seed ?? 0, guidance: spec.guidance ?? 0, guideWhat: spec.guideWhat ?? 'ab', attnTemp: spec.attnTemp ?? 1, annealed: spec.annealed ?? false,
     // Recorded only when not the default, so that a manifest written before these options existed still matches
     // a resume with the defaults; a resume must keep them (they change the images).
     ...(spec.temperature === undefined || spec.temperature === 1 ? {} : { temperature: spec.temperature }),
@@ -227,11 +226,15 @@ function checkManifest(m: unknown): Manifest {
   }
   optional(manifest.nameDigits, (v) => checkNumber('nameDigits', v, { integer: true, min: 6, max: 16 }, DAMAGED));
   const nShards = Math.ceil(count / shardSize);
+  const seen = new Set<unknown>();
   array('shards', manifest.shards).forEach((s, i) => {
     const shard = checkObject(`shards[${i}]`, s, DAMAGED);
     for (const key of ['start', 'count'] as const) int(`shards[${i}].${key}`, shard[key], 0);
     // A shard the layout does not have would be taken for finished work, and one of its images never drawn.
     const index = checkNumber(`shards[${i}].index`, shard.index, { integer: true, min: 0, below: nShards }, DAMAGED);
+    // Listed twice, a shard's images would be counted twice (progress past 100%, a summary of more than count).
+    if (seen.has(index)) throw validationError(DAMAGED, `shards[${i}].index`, 'a shard not listed before', `${index} again`);
+    seen.add(index);
     if (shard.start !== index * shardSize) throw validationError(DAMAGED, `shards[${i}].start`, `${index * shardSize} (index x shardSize)`, describeValue(shard.start));
     const images = Math.min(shardSize, count - index * shardSize);
     if (shard.count !== images) throw validationError(DAMAGED, `shards[${i}].count`, `${images}`, describeValue(shard.count));
@@ -280,10 +283,7 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
-/** Digits of the index in a new PNG run's file names: 6, or more where count - 1 has more, so names sort in image order. */
-export function nameDigitsFor(count: number): number {
-  return Math.max(6, String(count - 1).length);
-}
+export { nameDigitsFor };
 
 /** The PNG file of image `index` (its class in the name where the model has classes). */
 export function pngFileName(index: number, digits: number, label: number | undefined): string {
@@ -293,7 +293,7 @@ export function pngFileName(index: number, digits: number, label: number | undef
 const npzFileName = (k: number) => `shard-${String(k).padStart(5, '0')}.npz`;
 
 /** The files of a run's own outputs and manifest, which alone a run removes the temp files of. */
-const RUN_FILE = /^(manifest\.json|shard-\d{5,}\.npz|\d{6,}(-class\d+)?\.png)$/;
+const RUN_FILE = /^(manifest\.json|shard-\d{5,}\.npz|\d{6,}(-class-?\d+)?\.png)$/;
 
 /** Leftovers of a run killed as it started (its claim, and the manifest's temp file): no reason to refuse a new run. */
 const startLeftover = (name: string) => isLockFileName(name) || atomicTempTarget(name) === 'manifest.json';
@@ -388,8 +388,18 @@ function npzProblem(path: string, images: number, imageBytes: number, conditiona
       const bytes = wanted.get(name);
       if (bytes === undefined) return `holds an array ${JSON.stringify(name)} that this run does not write`;
       // An .npy member is its header (a multiple of 64 bytes, far below 64 KiB) and then the data, stored.
-      if (cd.readUInt16LE(at + 10) !== 0 || stored < bytes || stored > bytes + 65536 || cd.readUInt32LE(at + 42) + 30 + nameLength + stored > cdOffset) {
+      const local = cd.readUInt32LE(at + 42);
+      if (cd.readUInt16LE(at + 10) !== 0 || stored < bytes || stored > bytes + 65536 || local + 30 + nameLength + stored > cdOffset) {
         return `is damaged (its ${name} is not the array of its ${images} images)`;
+      }
+      // The .npy header's own length, read where the member starts, pins the data to exactly its images' bytes (the
+      // bounds above would let a shard of other size through, as one of another run with more images per shard).
+      const head = await read(local, 30);
+      const member = local + 30 + (head.length === 30 ? head.readUInt16LE(26) + head.readUInt16LE(28) : 0);
+      const npy = await read(member, 12);
+      const npyHeader = npy.length < 12 || npy.readUInt32BE(0) !== 0x934e554d ? -1 : npy[6] === 1 ? 10 + npy.readUInt16LE(8) : 12 + npy.readUInt32LE(8);
+      if (head.length < 30 || head.readUInt32LE(0) !== 0x04034b50 || npyHeader < 0 || npyHeader + bytes !== stored) {
+        return `is damaged (its ${name} does not hold exactly its ${images} images)`;
       }
       wanted.delete(name);
       at += 46 + nameLength + cd.readUInt16LE(at + 30) + cd.readUInt16LE(at + 32);
@@ -465,8 +475,10 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   if (!existing && given.resume) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `resume: ${manifestPath} does not exist, so there is no run to continue; start a new one without resume (--resume)`);
   }
-  const spec = existing ? resumedSpec(given, existing, manifestPath) : given;
-  checkCheckpointSpec(spec);
+  const resumed = existing ? resumedSpec(given, existing, manifestPath) : given;
+  checkCheckpointSpec(resumed);
+  // A resumed run's guidance and denoising are its manifest's; a new one from a shipped model gets the model's own.
+  const spec = existing ? resumed : withSamplingDefaults(resumed);
   const { count } = resolveGenerateOptions({ ...spec, count: spec.count as number });
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
@@ -480,7 +492,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   try {
     // A new run's default temperature follows the model (a resumed one's is the manifest's, where absent means 1).
     const temperature = existing ? spec.temperature : spec.temperature ?? defaultTemperature(model);
-    const options = shardOptions({ ...spec, temperature }, count, existing ? { guidance: 0 } : samplingDefaults(spec.checkpoint));
+    const options = shardOptions({ ...spec, temperature }, count);
     let manifest: Manifest;
     const config = toReferenceConfig(model.config);
     const checkpointSha256 = earlySha256 ?? await fileSha256(checkpointFile);

@@ -18,7 +18,7 @@ import { readConfigFile, savedRunData } from './tasks.js';
 import { readSafetensors } from './safetensors.js';
 import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
-import { pretrainedPath, shippedModel, shippedModelOf } from './pretrained.js';
+import { shippedModelOf } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
 import { TRAIN_OPTIONS, checkTrainOptionRelations, trainOptionRules, type TrainOptions } from './train.js';
 import { checkNumberText, checkOneOf, checkString, describeValue, nearestNames, pickKeys, validationError, type NumberRule } from './validate.js';
@@ -70,9 +70,12 @@ function required(v: Values, name: string, what: string): string {
 }
 
 /** --checkpoint: a file, or the name of a shipped model (resolved to its file); `fallback` names one when absent. */
+/**
+ * The checkpoint flag as given: a shipped model's name stays a name (the library finds its file), so a generate
+ * manifest records the name, which a resume from another installation of the package still finds.
+ */
 function checkpointArg(v: Values, what: string, fallback?: string): string {
-  const given = str(v, 'checkpoint') ?? fallback ?? missing('checkpoint', what);
-  return shippedModel(given) ? pretrainedPath(given) : given;
+  return str(v, 'checkpoint') ?? fallback ?? missing('checkpoint', what);
 }
 
 function oneOf<T extends string>(v: Values, name: string, allowed: readonly T[]): T | undefined {

@@ -120,3 +120,8 @@ export function toUint8Images(x: Float32Array): Uint8Array {
   }
   return out;
 }
+
+/** Digits of the index in the names of `count` numbered image files: 6, or more where count - 1 has more, so names sort in image order. */
+export function nameDigitsFor(count: number): number {
+  return Math.max(6, String(count - 1).length);
+}

@@ -58,12 +58,14 @@ export function shippedModelOf(checkpoint: string): PretrainedModel | undefined 
 }
 
 /**
- * The guidance and denoising sigma a run samples with where its caller leaves them out: a shipped model's own (named,
- * or by its file), else none. `sample` and `generate` use them from the library as from the command line.
+ * A new sampling run's spec with the guidance and denoising sigma its checkpoint samples with where the caller left
+ * them out: a shipped model's own (named, or by its file), else as given. `sample` and `generate` apply it, from the
+ * library as from the command line.
  */
-export function samplingDefaults(checkpoint: string): { guidance: number; denoiseSigma: number | undefined } {
-  const shipped = shippedModelOf(checkpoint);
-  return { guidance: shipped?.guidance ?? 0, denoiseSigma: shipped && shipped.sigma > 0 ? shipped.sigma : undefined };
+export function withSamplingDefaults<S extends { checkpoint: string; guidance?: number; denoiseSigma?: number }>(spec: S): S {
+  const shipped = shippedModelOf(spec.checkpoint);
+  if (!shipped) return spec;
+  return { ...spec, guidance: spec.guidance ?? shipped.guidance, denoiseSigma: spec.denoiseSigma ?? (shipped.sigma > 0 ? shipped.sigma : undefined) };
 }
 
 /** The absolute path of a shipped model, or a clear error when the name is unknown or the file is missing. */

@@ -7,7 +7,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
 import { checkFolderCreatable, checkFolderEmpty, lockFolder, makeFolder, statFileForParsing, type FolderLock } from './atomic.js';
 import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from './checkpoint.js';
-import { samplingDefaults, shippedModel } from './pretrained.js';
+import { shippedModel, withSamplingDefaults } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, matchClasses, type ImageDataset, type LoadOptions } from './data.js';
@@ -15,7 +15,7 @@ import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
-import { imageGrid, writePng } from './png.js';
+import { imageGrid, nameDigitsFor, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { TRAIN_OPTIONS, Trainer, checkTrainOptionRelations, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
 import {
@@ -630,10 +630,11 @@ async function openModel(spec: { checkpoint: string; config?: Record<string, unk
 /** Image-file names that `sample --out` would otherwise take for a folder name: refused, since only PNG is written. */
 const OTHER_IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif', '.tiff', '.avif'];
 
-export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
-  checkObject('spec', spec);
-  checkKnownKeys('spec', spec, SAMPLE_SPEC); // first, so a misspelt checkpoint is named as such
-  checkCheckpointSpec(spec);
+export async function runSample(given: SampleSpec, ctx: TaskContext): Promise<SampleSummary> {
+  checkObject('spec', given);
+  checkKnownKeys('spec', given, SAMPLE_SPEC); // first, so a misspelt checkpoint is named as such
+  checkCheckpointSpec(given);
+  const spec = withSamplingDefaults(given);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
   optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
@@ -650,10 +651,8 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
   const model = await openModel(spec);
   try {
     const meter = new RateMeter();
-    const defaults = samplingDefaults(spec.checkpoint);
     const opts: GenerateOptions = {
       ...pickKeys(spec, GENERATE_OPTIONS), count: spec.count, temperature: spec.temperature ?? defaultTemperature(model),
-      guidance: spec.guidance ?? defaults.guidance, denoiseSigma: spec.denoiseSigma ?? defaults.denoiseSigma,
       onProgress: (done, total) => {
         const { rate, etaSeconds } = meter.update(done, total);
         ctx.progress({ task: 'sample', done, total, rate, etaSeconds });
@@ -670,10 +669,11 @@ export async function runSample(spec: SampleSpec, ctx: TaskContext): Promise<Sam
       await writePng(spec.out, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
     } else {
       const start = spec.startIndex ?? 0;
+      const digits = nameDigitsFor(start + spec.count); // names sort in image order, as generate's do
       for (let i = 0; i < spec.count; i++) {
         const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });
         const label = result.labels ? `-class${result.labels[i]}` : '';
-        await writePng(join(spec.out, `sample-${String(start + i).padStart(6, '0')}${label}.png`), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
+        await writePng(join(spec.out, `sample-${String(start + i).padStart(digits, '0')}${label}.png`), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
       }
     }
     const seconds = meter.seconds();

@@ -66,15 +66,23 @@ test('npz shards hold uint8 (N, H, W, C) under arr_0, the same whatever the batc
 });
 
 test('the library samples a shipped model with its own guidance and denoising where they are left out, as the command line does', async () => {
-  const out = join(dir, 'shipped-defaults');
-  await generateToDisk({ checkpoint: 'mnist-cond', count: 2, shardSize: 2, format: 'npz', out });
-  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
-  assert.is(manifest.options.guidance, 2);
-  assert.is(manifest.options.denoiseSigma, 0.1);
+  const run = async (name: string, extra: object) => {
+    const out = join(dir, name);
+    await generateToDisk({ checkpoint: 'mnist-cond', count: 2, shardSize: 2, format: 'npz', out, ...extra });
+    return { manifest: JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest, shard: readFileSync(join(out, 'shard-00000.npz')) };
+  };
+  const left = await run('shipped-defaults', {});
+  assert.is(left.manifest.options.guidance, 2);
+  assert.is(left.manifest.options.denoiseSigma, 0.1);
+  assert.ok(left.shard.equals((await run('shipped-explicit', { guidance: 2, denoiseSigma: 0.1 })).shard), 'the images are drawn as the manifest says');
+  assert.not.ok(left.shard.equals((await run('shipped-plain', { guidance: 0 })).shard));
+  // The guidance shape options act on the model's own guidance, so they are not refused as if there were none.
+  assert.is((await run('shipped-annealed', { annealed: true })).manifest.options.annealed, true);
   const grid = (name: string, extra: object) => sample({ checkpoint: 'mnist-cond', count: 2, labels: [3, 5], out: join(dir, name), ...extra }).then(() => readFileSync(join(dir, name)));
   const plain = await grid('defaults.png', {});
   assert.ok(plain.equals(await grid('explicit.png', { guidance: 2, denoiseSigma: 0.1 })), 'left out = mnist-cond\'s guidance 2 and sigma 0.1');
   assert.not.ok(plain.equals(await grid('unguided.png', { guidance: 0 })), 'guidance 0 given is kept');
+  assert.not.ok(plain.equals(await grid('annealed.png', { attnTemp: 0.5 })));
 });
 
 test('denoising gives an image the same bits whatever batch it is in (a resume may change --batch-size)', async () => {
@@ -182,6 +190,8 @@ test('a damaged manifest is refused, with or without resume, and the shards it d
     [JSON.stringify({ ...good, shards: [{ ...good.shards[0], index: 2 }] }), /shards\[0\]\.index: expected an integer in \[0, 2\), got 2/],
     [JSON.stringify({ ...good, shards: [{ ...good.shards[1], start: 0 }] }), /shards\[0\]\.start: expected 2 \(index x shardSize\), got 0/],
     [JSON.stringify({ ...good, shards: [{ ...good.shards[0], count: 1 }] }), /shards\[0\]\.count: expected 2, got 1/],
+    [JSON.stringify({ ...good, shards: [good.shards[0], good.shards[0]], complete: false }), /shards\[1\]\.index: expected a shard not listed before, got 0 again/],
+    [JSON.stringify({ ...good, shards: [{ ...good.shards[0], sha256: 'abc' }] }), /shards\[0\]\.sha256: expected a SHA-256 in hex, got "abc"/],
   ];
   for (const [text, why] of cases) {
     writeFileSync(manifestPath, text);
@@ -601,6 +611,23 @@ test('a resume draws again a shard whose file another run replaced (right form, 
   assert.ok(manifest.shards.every((sh) => /^[0-9a-f]{64}$/.test(sh.sha256 ?? '')), 'every shard records its hash');
 });
 
+test('a resume draws again an .npz shard of another image count, even from a manifest without hashes', async () => {
+  const out = join(dir, 'npz-count'), wide = join(dir, 'npz-count-wide');
+  await generateToDisk({ ...base, out, count: 20, shardSize: 10 });
+  await generateToDisk({ ...base, out: wide, count: 20, shardSize: 20 });
+  const mine = readFileSync(join(out, 'shard-00000.npz'));
+  writeFileSync(join(out, 'shard-00000.npz'), readFileSync(join(wide, 'shard-00000.npz'))); // 20 images where 10 belong
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  for (const shard of manifest.shards) delete shard.sha256; // as written before shards were hashed
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.is(r.redrawnShards, 1);
+  assert.match(logs.join('\n'), /shard 0: shard-00000\.npz is damaged \(its arr_0\.npy does not hold exactly its 10 images\)/);
+  assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(mine));
+});
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
@@ -635,13 +662,14 @@ test('a resume from a checkpoint of another architecture is refused as another m
 test('a resume removes the temp files that a killed run\'s writes left (only of its own files, in the writer\'s pattern)', async () => {
   const out = join(dir, 'temps');
   await generateToDisk({ ...base, out, format: 'png', count: 4, shardSize: 2 });
-  const stale = ['.000003-class3.png.4242.0123456789ab.tmp', '.shard-00000.npz.77.abcdefabcdef.tmp', '.manifest.json.9.000000000000.tmp'];
+  const stale = ['.000003-class3.png.4242.0123456789ab.tmp', '.shard-00000.npz.77.abcdefabcdef.tmp', '.manifest.json.9.000000000000.tmp',
+    '.000001-class-1.png.5.0123456789ab.tmp']; // an image drawn without a class (label -1)
   const others = ['.notes.txt.4242.0123456789ab.tmp', '.000003-class3.png.4242.xyz.tmp', 'keep.tmp'];
   for (const name of [...stale, ...others]) writeFileSync(join(out, name), 'x');
   const logs: string[] = [];
   const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
-  assert.is(r.staleTempFiles, 3);
-  assert.match(logs.join('\n'), /removed 3 temp files that a killed run's writes left behind/);
+  assert.is(r.staleTempFiles, 4);
+  assert.match(logs.join('\n'), /removed 4 temp files that a killed run's writes left behind/);
   for (const name of stale) assert.not.ok(existsSync(join(out, name)), name);
   for (const name of others) assert.ok(existsSync(join(out, name)), name);
 });
