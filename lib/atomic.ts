@@ -165,8 +165,11 @@ export async function checkFolderEmpty(path: string, what: string, fix: string, 
   try {
     names = await fsp.readdir(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw folderError(path, what, err);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code !== 'EACCES' && code !== 'EPERM') throw folderError(path, what, err);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${what}: the folder ${JSON.stringify(path)} exists but cannot be listed (${code ?? 'error'}); ` +
+      'give this user read permission on it (chmod u+r) or choose another folder', { cause: err });
   }
   const held = names.filter((name) => !ignore(name)).sort();
   if (held.length === 0) return;

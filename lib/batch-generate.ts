@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readdir, readFile, rm } from 'node:fs/promises';
+import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
   atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, writeFileAtomic, type FolderLock,
@@ -166,9 +166,13 @@ function imageOptions(o: Partial<Manifest['options']>) {
   const labels = plainLabels(o.labels) as number | number[] | undefined;
   const oneClass = Array.isArray(labels) && labels.length > 0 && labels.every((l) => l === labels[0]) ? labels[0] : labels;
   const precision = o.precision ?? 'fp32';
+  // Without guidance its shape options change no image, and earlier versions recorded them even so: such a run
+  // resumes with their defaults, which the sampler takes (it refuses them set without guidance).
+  const guided = (o.guidance ?? 0) > 0;
   return {
     count: o.count, format: o.format ?? 'png', shardSize: o.shardSize ?? 1000, labels: oneClass, denoiseSigma: o.denoiseSigma || 0,
-    seed: o.seed ?? 0, guidance: o.guidance ?? 0, guideWhat: o.guideWhat ?? 'ab', attnTemp: o.attnTemp ?? 1, annealed: o.annealed ?? false,
+    seed: o.seed ?? 0, guidance: o.guidance ?? 0, guideWhat: guided ? o.guideWhat ?? 'ab' : 'ab', attnTemp: guided ? o.attnTemp ?? 1 : 1,
+    annealed: guided ? o.annealed ?? false : false,
     temperature: o.temperature ?? 1, precision, kvCache: o.kvCache ?? precision,
   };
 }
@@ -317,17 +321,25 @@ async function checkNewRunFolder(out: string, manifestPath: string): Promise<voi
  */
 async function removeStaleTemps(out: string): Promise<number> {
   let removed = 0;
-  for (const name of await readdir(out)) {
-    const target = atomicTempTarget(name);
-    if (target === null || !RUN_FILE.test(target)) continue;
-    await rm(join(out, name), { force: true });
-    removed++;
+  try {
+    for (const name of await readdir(out)) {
+      const target = atomicTempTarget(name);
+      if (target === null || !RUN_FILE.test(target)) continue;
+      await rm(join(out, name), { force: true });
+      removed++;
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `out: could not list or clean the folder ${JSON.stringify(out)} (${code}); ` +
+      'give this user read and write permission on it (chmod u+rwx) or choose another folder', { cause: err });
   }
   return removed;
 }
 
 /** The file at `path` for `use`, with its size and a reader of up to `length` bytes from `position` (fewer at its end). */
 async function withFile<T>(path: string, use: (size: number, read: (position: number, length: number) => Promise<Buffer>) => Promise<T>): Promise<T> {
+  // Looked at before it is opened: opening a FIFO put where a shard was would wait for a writer for good.
+  if (!(await stat(path)).isFile()) return use(-1, async () => Buffer.alloc(0));
   const handle = await open(path, 'r');
   try {
     const info = await handle.stat();
@@ -546,7 +558,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     }
     if (damaged.length > 0) {
       ctx.log(`${manifestPath}: ${damaged.length} of ${manifest.shards.length} finished shards are drawn again (images depend only on the seed and ` +
-        `their index, so they come out the same): ${damaged.slice(0, 5).join('; ')}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ''}`);
+        `their index: the same bits on the same device and version): ${damaged.slice(0, 5).join('; ')}${damaged.length > 5 ? `; and ${damaged.length - 5} more` : ''}`);
       manifest.shards = kept;
       manifest.complete = false;
     }

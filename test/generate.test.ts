@@ -1,5 +1,6 @@
 /** Batch offline generation: shards independent of batch size, resume after interruption, npz layout, NaN handling. */
 import { test } from 'uvu';
+import { execFileSync } from 'node:child_process';
 import * as assert from 'uvu/assert';
 import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
@@ -625,6 +626,36 @@ test('a resume draws again an .npz shard of another image count, even from a man
   const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
   assert.is(r.redrawnShards, 1);
   assert.match(logs.join('\n'), /shard 0: shard-00000\.npz is damaged \(its arr_0\.npy does not hold exactly its 10 images\)/);
+  assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(mine));
+});
+
+test('a run whose manifest records guidance shape options without guidance (as earlier versions wrote) resumes', async () => {
+  const out = join(dir, 'idle-shape'), whole = join(dir, 'idle-shape-whole');
+  const spec = { ...base, guidance: 0, count: 20, shardSize: 10 };
+  await generateToDisk({ ...spec, out: whole });
+  await generateToDisk({ ...spec, out });
+  const manifestPath = join(out, 'manifest.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  manifest.options = { ...manifest.options, attnTemp: 0.5, annealed: true };
+  manifest.shards = manifest.shards.slice(0, 1);
+  manifest.complete = false;
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  const r = await generateToDisk({ out, resume: true });
+  assert.equal([r.skipped, r.generated], [10, 10]);
+  assert.ok(readFileSync(join(out, 'shard-00001.npz')).equals(readFileSync(join(whole, 'shard-00001.npz'))), 'the options changed no image');
+});
+
+test('a resume draws again a shard whose file became a FIFO, without waiting on it', async () => {
+  if (process.platform === 'win32') return;
+  const out = join(dir, 'fifo-shard');
+  await generateToDisk({ ...base, out, count: 20, shardSize: 10 });
+  const mine = readFileSync(join(out, 'shard-00000.npz'));
+  unlinkSync(join(out, 'shard-00000.npz'));
+  execFileSync('mkfifo', [join(out, 'shard-00000.npz')]);
+  const logs: string[] = [];
+  const r = await generateToDisk({ out, resume: true }, { onLog: (m) => logs.push(m) });
+  assert.is(r.redrawnShards, 1);
+  assert.match(logs.join('\n'), /shard 0: shard-00000\.npz is not a file/);
   assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(mine));
 });
 
