@@ -588,7 +588,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
           ...pickKeys(spec, GENERATE_OPTIONS), temperature, count: n, startIndex: s0, labels, batchSize: spec.batchSize, signal,
           onProgress: (d) => {
             const done = skipped + generated + d;
-            ctx.progress({ task: 'sample', done, total: count, ...meter.update(done, count) });
+            ctx.progress({ task: 'generate', done, total: count, ...meter.update(done, count) });
           },
         });
       } catch (err) {

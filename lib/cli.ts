@@ -69,9 +69,8 @@ function required(v: Values, name: string, what: string): string {
   return str(v, name) ?? missing(name, what);
 }
 
-/** --checkpoint: a file, or the name of a shipped model (resolved to its file); `fallback` names one when absent. */
 /**
- * The checkpoint flag as given: a shipped model's name stays a name (the library finds its file), so a generate
+ * The checkpoint flag as given (`fallback` when absent): a shipped model's name stays a name (the library finds its file), so a generate
  * manifest records the name, which a resume from another installation of the package still finds.
  */
 function checkpointArg(v: Values, what: string, fallback?: string): string {
@@ -112,20 +111,22 @@ const labelsHelp = '.npy of integer labels for a .npy dataset (or an IDX label f
 const labelBaseHelp = '1 when .npy/.npz labels count from 1, as in downsampled ImageNet (default 0)';
 
 /**
- * The guidance flags, with `defaultGuidance` (a shipped model's) where --guidance is left out. They are checked
- * together here, as the sampler will (shape options without guidance are refused), so that a command line taken here
- * is not refused after the model has loaded; a resume's are checked against its manifest later.
+ * The guidance flags as given. They are checked together here, as the sampler will (shape options without guidance
+ * are refused), so that a command line taken here is not refused after the model has loaded: against
+ * `checkpoint`'s shipped guidance where --guidance is left out, which the library fills in (`withSamplingDefaults`;
+ * undefined for a command that fills in nothing).
+ * A resume's are checked against its manifest later.
  */
-function guidanceArgs(v: Values, defaultGuidance?: number, resume = false) {
+function guidanceArgs(v: Values, checkpoint: string | undefined, resume = false) {
   const g = {
-    guidance: num(v, 'guidance', { min: 0 }) ?? defaultGuidance,
+    guidance: num(v, 'guidance', { min: 0 }),
     guideWhat: oneOf(v, 'guide-what', ['ab', 'a', 'b']),
     attnTemp: num(v, 'attn-temp', { above: 0 }),
     annealed: v.annealed === true,
   };
   if (!resume) {
     try {
-      resolveGuidance(g);
+      resolveGuidance({ ...g, guidance: g.guidance ?? (checkpoint === undefined ? undefined : shippedModelOf(checkpoint)?.guidance) });
     } catch (err) {
       if (!(err instanceof TarflowError)) throw err;
       const flags: Record<string, string> = { guideWhat: '--guide-what', attnTemp: '--attn-temp', annealed: '--annealed' };
@@ -282,13 +283,13 @@ const commands: Record<string, Command> = {
       cols: 'grid columns', 'max-redraws': 'redraws of a NaN/Inf sample before the command fails (default 3)', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): SampleSpec {
-      // Without --checkpoint (or with a shipped model's name or file) the package's own model samples, with the
-      // guidance and denoising it was trained for unless the flags say otherwise.
-      const shipped = shippedModelOf(str(v, 'checkpoint') ?? 'mnist-cond');
+      // Without --checkpoint the package's own model samples; a shipped model gets the guidance and denoising it
+      // was trained for from the library where the flags leave them out.
+      const checkpoint = checkpointArg(v, '', 'mnist-cond');
       const labels = labelsArg(v);
       return {
-        checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
-        ...guidanceArgs(v, shipped?.guidance), denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma,
+        checkpoint, count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
+        ...guidanceArgs(v, checkpoint), denoiseSigma: num(v, 'denoise', { min: 0 }),
         seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
         out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), maxRedraws: num(v, 'max-redraws', COUNT), device: device(v),
         ...samplerPrecisionArgs(v),
@@ -330,16 +331,17 @@ const commands: Record<string, Command> = {
       // A resume takes what is left out from its manifest, so nothing may be filled in here: no defaults, and
       // --annealed left out is not false.
       const resume = v.resume === true;
-      // A new run from a shipped model gets the guidance and denoising it was trained for, as `sample` does.
-      const shipped = resume ? undefined : shippedModelOf(str(v, 'checkpoint') ?? '');
-      const guidance = guidanceArgs(v, shipped?.guidance, resume);
+      // A new run from a shipped model gets the guidance and denoising it was trained for (from the library, as
+      // `sample` does).
+      const checkpoint = resume && v.checkpoint === undefined ? undefined : checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name');
+      const guidance = guidanceArgs(v, checkpoint, resume);
       return {
-        checkpoint: resume && v.checkpoint === undefined ? undefined : checkpointArg(v, 'a model checkpoint FILE or a shipped model\'s name'),
+        checkpoint,
         count: num(v, 'count', POSITIVE_INT) ?? (resume ? undefined : missing('count', 'the number of images')),
         out: required(v, 'out', 'an output folder'),
         format: oneOf(v, 'format', ['png', 'npz']), shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v),
         ...guidance, annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
-        denoiseSigma: num(v, 'denoise', { min: 0 }) ?? shipped?.sigma, seed: num(v, 'seed', SEED_RULE),
+        denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
         temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume, device: device(v), ...samplerPrecisionArgs(v),
       };
@@ -372,7 +374,8 @@ const commands: Record<string, Command> = {
     spec(v): EvalSamplesSpec {
       return {
         checkpoint: checkpointArg(v, '', 'mnist-cond'), count: num(v, 'count', POSITIVE_INT),
-        ...guidanceArgs(v), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
+        // eval-samples measures what it is told: a shipped model's guidance is not filled in (default 0).
+        ...guidanceArgs(v, undefined), denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
         temperature: temperatureArg(v), k: num(v, 'k', POSITIVE_INT), batchSize: num(v, 'batch-size', POSITIVE_INT), device: device(v), ...samplerPrecisionArgs(v),
       };
     },

@@ -23,7 +23,7 @@ import {
 } from './validate.js';
 
 export interface Progress {
-  task: 'train' | 'sample' | 'evaluate' | 'score';
+  task: 'train' | 'sample' | 'generate' | 'evaluate' | 'score';
   /** Units done and total (steps for training, images otherwise). */
   done: number;
   total: number;

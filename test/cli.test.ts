@@ -182,6 +182,9 @@ test("the library takes a shipped model's name wherever it takes a checkpoint, a
   const c = run(['sample', '--checkpoint', 'mnist-cond', '--count', '3', '--labels', '4', '--out', fromCli]);
   assert.is(c.code, 0, c.stderr);
   assert.equal(readFileSync(fromLibrary), readFileSync(fromCli), 'the same file, the same settings, the same images');
+  const explicit = join(dir, 'cli-explicit.png');
+  assert.is(run(['sample', '--checkpoint', 'mnist-cond', '--count', '3', '--labels', '4', '--guidance', '2', '--denoise', '0.1', '--out', explicit]).code, 0);
+  assert.equal(readFileSync(fromCli), readFileSync(explicit), "left out on the command line = mnist-cond's guidance 2 and sigma 0.1");
 });
 
 test('generate: the shipped model samples at its own temperature; a run failed on NaN/Inf resumes, from --out alone, with more redraws', () => {

@@ -497,8 +497,10 @@ test('a run stopped in its first shard resumes: the manifest is written before a
   const out = join(dir, 'stopped-first');
   const ac = new AbortController();
   const spec = { ...base, out, count: 20, shardSize: 20, batchSize: 2 };
-  const err = await failure(generateToDisk(spec, { inline: true, signal: ac.signal, onProgress: () => ac.abort() }), 'a stopped run');
+  const tasks: string[] = [];
+  const err = await failure(generateToDisk(spec, { inline: true, signal: ac.signal, onProgress: (p) => { tasks.push(p.task); ac.abort(); } }), 'a stopped run');
   assert.is(err.code, 'ERR_TARFLOW_ABORTED');
+  assert.equal([...new Set(tasks)], ['generate'], 'progress names the job');
   assert.match(err.message, /0 of 1 shards are written and resume: true \(--resume\) continues/);
   const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
   assert.equal([manifest.shards, manifest.complete], [[], false]);
