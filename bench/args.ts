@@ -10,6 +10,11 @@ import { TarflowError } from '../lib/errors.js';
 export const BENCH_PARTS = ['gemm', 'attention', 'loader', 'train', 'sample', 'profile', 'kv-cache', 'targets'] as const;
 export type BenchPart = (typeof BENCH_PARTS)[number];
 
+/** The parts whose matrix products --precision sets. */
+const PRECISION_PARTS: readonly BenchPart[] = ['gemm', 'attention', 'train', 'profile', 'targets'];
+/** The parts that run the data loader, whose threads --workers sets. */
+const WORKER_PARTS: readonly BenchPart[] = ['loader', 'train', 'profile', 'targets'];
+
 export interface BenchArgs {
   help: boolean;
   /** Undefined: TARFLOW_DEVICE, else auto (as the library does). */
@@ -32,16 +37,17 @@ and sampling (images/s); with --only profile, each op's share of a training step
 KV cache does to samples; the GPU targets table by default on CUDA, with --only targets anywhere.
 
   --device auto|cpu|cuda     the backend (default auto, or TARFLOW_DEVICE)
-  --only PARTS               comma-separated: ${BENCH_PARTS.join(', ')}
+  --only PARTS               comma-separated (or repeated): ${BENCH_PARTS.join(', ')}
   --quick                    fewer and shorter rounds (numbers noisier)
-  --precision fp32|bf16      the matrix products of the gemm, attention and train rows (default fp32;
+  --precision fp32|bf16      the matrix products of the ${PRECISION_PARTS.join(', ')} parts (default fp32;
                              the targets table defaults to bf16 on CUDA)
-  --workers N                data loader threads, 0 to 64 (0: on the main thread; default: the loader's own)
+  --workers N                data loader threads of the ${WORKER_PARTS.join(', ')} parts, 0 to 64
+                             (0: on the main thread; default: the loader's own)
   --count N                  samples for --only kv-cache (default 500)
   --help                     this text`;
 
 function invalid(message: string): TarflowError {
-  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${message}. Run \`npm run bench -- --help\` for the options.`);
+  return new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${message.replace(/\.$/, '')}. Run \`npm run bench -- --help\` for the options.`);
 }
 
 function wholeNumber(flag: string, text: string | undefined, min: number, max: number): number | undefined {
@@ -59,7 +65,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
       strict: true,
       allowPositionals: false,
       options: {
-        help: { type: 'boolean', short: 'h' }, device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string' },
+        help: { type: 'boolean', short: 'h' }, device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string', multiple: true },
         workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' },
       },
     }));
@@ -73,12 +79,19 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
   if (precision !== undefined && precision !== 'fp32' && precision !== 'bf16') throw invalid(`--precision must be fp32 or bf16, got "${precision}"`);
   let only: Set<BenchPart> | null = null;
   if (values.only !== undefined) {
-    const parts = values.only.split(',').map((p) => p.trim()).filter((p) => p !== '');
+    // Repeated, the lists add up: the last one alone would drop the parts named before it without a word.
+    const parts = values.only.flatMap((list) => list.split(',')).map((p) => p.trim()).filter((p) => p !== '');
     const unknown = parts.filter((p) => !(BENCH_PARTS as readonly string[]).includes(p));
-    if (parts.length === 0 || unknown.length > 0) throw invalid(`--only takes parts from ${BENCH_PARTS.join(', ')}; "${unknown.length ? unknown.join(', ') : values.only}" is not one`);
+    if (parts.length === 0 || unknown.length > 0) throw invalid(`--only takes parts from ${BENCH_PARTS.join(', ')}; "${unknown.length ? unknown.join(', ') : values.only.join(',')}" is not one`);
     only = new Set(parts as BenchPart[]);
   }
   if (values.count !== undefined && !only?.has('kv-cache')) throw invalid('--count is the sample count of the kv-cache part; add --only kv-cache');
+  // Otherwise the run would measure what the flag did not ask for and print it as if it had.
+  const usedBy = (flag: string, parts: readonly BenchPart[]) => {
+    if (only && !parts.some((p) => only!.has(p))) throw invalid(`${flag} applies to the ${parts.join(', ')} parts; --only ${[...only].join(',')} runs none of them`);
+  };
+  if (values.precision !== undefined) usedBy('--precision', PRECISION_PARTS);
+  if (values.workers !== undefined) usedBy('--workers', WORKER_PARTS);
   return {
     help: values.help === true,
     device,

@@ -3,8 +3,9 @@
  * project's measurement, and the floor each row is bound by, from the model's work (bench/cost.ts) over two rates
  * measured in the same run: the bf16 matrix rate (the GEMM row) and the device copy rate.
  *
- * Every timing waits for the device (backend.synchronize) and is the median of repeated runs after warm-up, on
- * fresh random inputs. On the CPU the ImageNet 64 rows would take hours, so they are skipped there and the kernel
+ * Every timing waits for the device (backend.synchronize) and follows a warm-up run; the kernel, training and
+ * denoising rows take the median of repeated runs (a sampling row, seconds to minutes long, one run), each on new
+ * random inputs (drawn untimed before a kernel or denoising run; a training step takes the next batch). On the CPU the ImageNet 64 rows would take hours, so they are skipped there and the kernel
  * rows use smaller shapes; the table still shows what the code measures.
  */
 import { type Backend, type Precision, type Tensor } from '../lib/backend.js';
@@ -14,6 +15,7 @@ import { TarFlow } from '../lib/model.js';
 import { denoise, generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { attentionBenchFlops, modelCost } from './cost.js';
+import { median } from './kernels.js';
 
 /** The ImageNet 64 likelihood model of the paper's table: patch 2, width 768, 8 blocks of 8 layers. */
 export const IMAGENET64: TarFlowConfig = {
@@ -21,7 +23,7 @@ export const IMAGENET64: TarFlowConfig = {
 };
 const MNIST_SMALL: TarFlowConfig = { inChannels: 1, imgSize: 28, numClasses: 10, nvp: true, headDim: 64, expansion: 4, ...PRESETS.small };
 
-interface Row {
+export interface Row {
   work: string;
   official: string;
   goal: string;
@@ -30,6 +32,8 @@ interface Row {
   floor: string;
   /** ours / floor for rates (1 = at the floor); empty where there is no floor. */
   gap: string;
+  /** The measurement threw; `ours` and `floor` say what. */
+  failed?: true;
 }
 
 export interface TargetsOptions {
@@ -37,11 +41,8 @@ export interface TargetsOptions {
   /** Largest seconds a sampling row may take; a longer one is measured on a smaller batch and says so. */
   maxSeconds: number;
   log: (line: string) => void;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+  /** The training rows' data loader threads (--workers); undefined: the loader's default. */
+  workers?: number;
 }
 
 /** Median seconds of `fn` over `repeats` runs after `warmup`; `prepare` (untimed) refreshes the inputs first. */
@@ -76,13 +77,13 @@ function syntheticImages(config: TarFlowConfig, count: number): ImageDataset {
 }
 
 /** Runs one measurement; a failure (out of memory, say) becomes the row's entry instead of ending the table. */
-function attempt(rows: Row[], work: string, official: string, goal: string, measure: () => Omit<Row, 'official' | 'goal' | 'work'> & { work?: string }): void {
+export function attempt(rows: Row[], work: string, official: string, goal: string, measure: () => Omit<Row, 'official' | 'goal' | 'work'> & { work?: string }): void {
   try {
     const r = measure();
     rows.push({ work, official, goal, ...r });
   } catch (err) {
     const e = err as Error & { code?: string };
-    rows.push({ work, official, goal, ours: `failed: ${e.code ?? e.name}`, floor: e.message.slice(0, 120), gap: '' });
+    rows.push({ work, official, goal, ours: `failed: ${e.code ?? e.name}`, floor: e.message.slice(0, 120), gap: '', failed: true });
   }
 }
 
@@ -100,10 +101,11 @@ function copyRate(backend: Backend, values: number): number {
   }
 }
 
-function gemmRate(backend: Backend, n: number, precision: Precision): number {
+export function gemmRate(backend: Backend, n: number, precision: Precision): number {
   const x = randomTensor(backend, [n, n], 1), w = randomTensor(backend, [n, n], 2), y = new backend.Tensor('float32', [n, n]);
+  let seed = 10;
   try {
-    return (2 * n ** 3) / timeMedian(backend, () => backend.ops.linear(y, x, w, null, false, { precision }), 5);
+    return (2 * n ** 3) / timeMedian(backend, () => backend.ops.linear(y, x, w, null, false, { precision }), 5, 1, () => backend.ops.normal(x, seed++, 0, 0));
   } finally {
     for (const t of [x, w, y]) t.dispose();
   }
@@ -122,11 +124,16 @@ function attentionRates(backend: Backend, B: number, H: number, T: number, d: nu
     const backward = fused
       ? () => backend.ops.flashAttentionBackward(dqkv, dout, qkv, out, saved, H, 1, mm)
       : () => backend.ops.attentionBackward(dqkv, dout, qkv, saved, H, 1, mm);
-    const tf = timeMedian(backend, forward, 5);
+    let seed = 10;
+    const refresh = () => {
+      backend.ops.normal(qkv, seed++, 0, 0);
+      backend.ops.normal(dout, seed++, 0, 0);
+    };
+    const tf = timeMedian(backend, forward, 5, 1, refresh);
     const tfb = timeMedian(backend, () => {
       forward();
       backward();
-    }, 5);
+    }, 5, 1, refresh);
     return { forward: flops.forward / tf, forwardBackward: flops.forwardBackward / tfb };
   } finally {
     for (const t of [qkv, out, saved, dout, dqkv]) t.dispose();
@@ -134,9 +141,9 @@ function attentionRates(backend: Backend, B: number, H: number, T: number, d: nu
 }
 
 /** Training images/s at batch B (median step) and the peak native (device) bytes of a step, workspace included. */
-function trainRate(backend: Backend, config: TarFlowConfig, data: ImageDataset, B: number, steps: number, precision: Precision, recompute = false) {
+function trainRate(backend: Backend, config: TarFlowConfig, data: ImageDataset, B: number, steps: number, precision: Precision, workers: number | undefined, recompute = false) {
   const model = new TarFlow(config, { device: backend.device, seed: 0, precision, recompute });
-  const trainer = new Trainer(model, data, { batchSize: B, steps: steps + 2, seed: 0, noise: 'uniform' });
+  const trainer = new Trainer(model, data, { batchSize: B, steps: steps + 2, seed: 0, noise: 'uniform' }, { workers });
   try {
     backend.ops.nativeMemory(true);
     trainer.trainStep(); // sizes the workspace
@@ -150,15 +157,16 @@ function trainRate(backend: Backend, config: TarFlowConfig, data: ImageDataset, 
 }
 
 /**
- * Unguided exact sampling, images/s at `batch`. When a probe batch of 16 says the full batch would take longer
- * than maxSeconds, the probe's rate is reported with its batch size instead.
+ * Unguided exact sampling, images/s at `batch`: one run after one of the same size (the KV cache and workspace are
+ * sized, on CUDA the sampler's graph captured, by the first). When a probe batch of 16 says the full batch would
+ * take longer than maxSeconds, the probe's rate is reported with its batch size instead.
  */
-function samplingRate(model: TarFlow, batch: number, maxSeconds: number): { imagesPerSecond: number; batch: number } {
-  const run = (n: number) => timeMedian(model.backend, () => generate(model, { count: n, batchSize: n, seed: 7 }), 1, 0);
+export function samplingRate(model: TarFlow, batch: number, maxSeconds: number): { imagesPerSecond: number; batch: number } {
+  let seed = 7;
+  const run = (n: number) => timeMedian(model.backend, () => generate(model, { count: n, batchSize: n, seed: seed++ }), 1, 1);
   const probe = Math.min(16, batch);
   const tProbe = run(probe);
   if (probe === batch || tProbe * (batch / probe) > maxSeconds) return { imagesPerSecond: probe / tProbe, batch: probe };
-  run(batch); // warm-up at the full batch (workspace sizes)
   return { imagesPerSecond: batch / run(batch), batch };
 }
 
@@ -197,7 +205,7 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
   let inetBytes = NaN;
   onGpu('training, ImageNet 64 model (patch 2, width 768, 8x8, batch 32)', '79.5 img/s eager, 96.9 torch.compile', '>= 130 img/s', () => {
     o.log('training the ImageNet 64 model, batch 32');
-    const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 5, precision);
+    const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 5, precision, o.workers);
     inetBytes = t.bytes;
     const floor = matrix / inet.trainFlops;
     return { ours: fmt(t.imagesPerSecond, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
@@ -206,7 +214,7 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
   // the row above.
   onGpu('its peak device memory at batch 32', '61 GiB', '<= 35 GiB', () => {
     o.log('training the ImageNet 64 model, batch 32, with block recomputation');
-    const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 3, precision, true);
+    const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 3, precision, o.workers, true);
     return {
       ours: `${fmt(t.bytes / 2 ** 30, 'GiB')} recomputing (${fmt(t.imagesPerSecond, 'img/s')}); ${fmt(inetBytes / 2 ** 30, 'GiB')} without`,
       floor: '', gap: '',
@@ -216,7 +224,7 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
   const mnistData = await loadMnist('train');
   attempt(rows, 'training, MNIST small preset, batch 256', '6,000-8,000 img/s', '>= 25,000 img/s', () => {
     o.log('training MNIST small, batch 256');
-    const t = trainRate(backend, MNIST_SMALL, mnistData, 256, gpu ? 10 : 3, precision);
+    const t = trainRate(backend, MNIST_SMALL, mnistData, 256, gpu ? 10 : 3, precision, o.workers);
     const floor = matrix / mnist.trainFlops;
     return { ours: fmt(t.imagesPerSecond, 'img/s', 0), floor: `${fmt(floor, 'img/s', 0)} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
   });

@@ -57,4 +57,29 @@ test('bench arguments: typos and bad values are refused by name before any work'
   refused(['--count', '5'], /add --only kv-cache/);
 });
 
+test('bench arguments: --only given twice runs the parts of both lists', () => {
+  assert.equal([...parseBenchArgs(['--only', 'gemm', '--only', 'attention,loader']).only!], ['gemm', 'attention', 'loader']);
+  refused(['--only', 'gemm', '--only', 'atention'], /"atention" is not one/);
+});
+
+test('bench arguments: --precision and --workers are refused when --only runs no part they change', () => {
+  refused(['--only', 'sample', '--precision', 'bf16'], /--precision applies to the gemm, attention, train, profile, targets parts; --only sample runs none of them/);
+  refused(['--only', 'kv-cache', '--precision', 'fp32'], /--precision applies to/);
+  refused(['--only', 'gemm,attention', '--workers', '2'], /--workers applies to the loader, train, profile, targets parts; --only gemm,attention runs none of them/);
+  assert.is(parseBenchArgs(['--only', 'sample,train', '--precision', 'bf16']).precision, 'bf16');
+  assert.is(parseBenchArgs(['--only', 'profile', '--workers', '0']).workers, 0);
+  assert.is(parseBenchArgs(['--workers', '3', '--precision', 'bf16']).workers, 3, 'the default parts include both');
+  assert.match(BENCH_USAGE, /--workers N +data loader threads of the loader, train, profile, targets parts/);
+});
+
+test('bench arguments: a refusal ends in one full stop before the pointer to --help', () => {
+  try {
+    parseBenchArgs(['--workers', '-1']);
+    assert.unreachable('accepted');
+  } catch (err) {
+    assert.not.match((err as Error).message, /\.\./);
+    assert.match((err as Error).message, /'--workers=-XYZ'\. Run `npm run bench -- --help`/);
+  }
+});
+
 test.run();
