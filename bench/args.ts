@@ -28,7 +28,11 @@ export interface BenchArgs {
   precision?: Precision;
   /** Samples for the kv-cache accuracy part. */
   count: number;
+  /** One JSON document (bench/report.ts) on stdout at the end; the text lines go to stderr. */
+  json: boolean;
 }
+
+
 
 export const BENCH_USAGE = `npm run bench [-- OPTIONS]
 
@@ -44,6 +48,8 @@ KV cache does to samples; the GPU targets table by default on CUDA, with --only 
   --workers N                data loader threads of the ${WORKER_PARTS.join(', ')} parts, 0 to 64
                              (0: on the main thread; default: the loader's own)
   --count N                  samples for --only kv-cache (default 500)
+  --json                     one JSON document on stdout at the end (rows, failures, the targets table;
+                             its shape: bench/report.ts); the text lines go to stderr
   --help                     this text`;
 
 function invalid(message: string): TarflowError {
@@ -66,7 +72,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
       allowPositionals: false,
       options: {
         help: { type: 'boolean', short: 'h' }, device: { type: 'string' }, quick: { type: 'boolean' }, only: { type: 'string', multiple: true },
-        workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' },
+        workers: { type: 'string' }, precision: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' },
       },
     }));
   } catch (err) {
@@ -100,6 +106,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
     workers: wholeNumber('--workers', values.workers, 0, 64),
     precision,
     count: wholeNumber('--count', values.count, 1, 1_000_000) ?? 500,
+    json: values.json === true,
   };
 }
 

@@ -6,6 +6,7 @@ import type { Backend, Precision, Tensor } from '../lib/backend.js';
 // Shared with the tests (it imports nothing of the test runner).
 import { withEnv } from '../test/helpers.js';
 import { attentionBenchFlops } from './cost.js';
+import type { BenchRow } from './report.js';
 
 /** The middle value; of an even count, the mean of the two middle ones. */
 export function median(xs: number[]): number {
@@ -103,4 +104,27 @@ export function attentionCases(backend: Backend, precision: Precision): KernelCa
     ];
   }));
   return { ...cases, fused };
+}
+
+/** What benchmark.js measured of one case: calls per second, the relative margin of error (percent), and the calls timed. */
+export interface KernelTiming {
+  hz: number;
+  rme: number;
+  samples: number;
+}
+
+/**
+ * A kernel case's row. Its name drops the padding that aligns the shapes in the text ("qkv   M=..."), which a
+ * reader of the JSON would have to match exactly.
+ */
+export function kernelRow(part: 'gemm' | 'attention', precision: Precision, c: KernelCase, t: KernelTiming, fused?: boolean): BenchRow {
+  return {
+    part, name: c.name.replace(/\s+/g, ' '), value: (c.flops * t.hz) / 1e9, unit: 'GFLOP/s', precision,
+    mean_ms: 1000 / t.hz, samples: t.samples, rme_percent: t.rme, flops: c.flops, ...(fused === undefined ? {} : { fused }),
+  };
+}
+
+/** The row's text line: `label`, the case's own (aligned) name padded to `width`, then the rate. */
+export function formatKernelRow(label: string, width: number, c: KernelCase, r: BenchRow): string {
+  return `${label} ${c.name.padEnd(width)} ${r.value.toFixed(1).padStart(7)} GFLOP/s  (${r.mean_ms!.toFixed(3)} ms, ±${r.rme_percent!.toFixed(1)}%)`;
 }

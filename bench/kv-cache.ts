@@ -13,6 +13,7 @@ import { loadMnist } from '../lib/data.js';
 import { pretrainedPath, PRETRAINED } from '../lib/pretrained.js';
 import { generate } from '../lib/sampling.js';
 import { knnClassify } from '../lib/sample-quality.js';
+import type { BenchRow, Measured } from './report.js';
 
 interface Variant {
   name: string;
@@ -27,7 +28,7 @@ const VARIANTS: Variant[] = [
   { name: 'bf16 products and KV cache', precision: 'bf16', kvCache: 'bf16' },
 ];
 
-export async function kvCacheAccuracy(device: DeviceOption, count: number, log: (line: string) => void): Promise<string> {
+export async function kvCacheAccuracy(device: DeviceOption, count: number, log: (line: string) => void): Promise<Measured> {
   const shipped = PRETRAINED['mnist-cond'];
   const path = pretrainedPath('mnist-cond');
   const train = await loadMnist('train');
@@ -36,6 +37,7 @@ export async function kvCacheAccuracy(device: DeviceOption, count: number, log: 
     { label: `guidance ${shipped.guidance}, denoised (sigma ${shipped.sigma})`, guidance: shipped.guidance, denoiseSigma: shipped.sigma },
     { label: 'no guidance, not denoised', guidance: 0, denoiseSigma: undefined },
   ];
+  const rows: BenchRow[] = [];
   const lines = [
     `${count} samples of mnist-cond (classes in turn, seed 0); pixel differences in 8-bit levels against fp32`,
     '',
@@ -67,14 +69,18 @@ export async function kvCacheAccuracy(device: DeviceOption, count: number, log: 
           reference = images;
         }
         const n = images.length;
-        const diff = v.precision === 'fp32' && v.kvCache === 'fp32'
+        const row: BenchRow = { part: 'kv-cache', name: `${s.label}: ${v.name}`, value: (100 * correct) / count, unit: '% kNN accuracy (k=3)', images: count };
+        // The reference against itself would read as "no difference", which is not a measurement.
+        if (v.precision !== 'fp32' || v.kvCache !== 'fp32') Object.assign(row, { pixels_differ_percent: (100 * differ) / n, mean_abs_diff: sum / n, max_abs_diff: max });
+        rows.push(row);
+        const diff = row.pixels_differ_percent === undefined
           ? ['-', '-', '-']
-          : [`${((100 * differ) / n).toFixed(2)}%`, (sum / n).toFixed(3), String(max)];
-        lines.push(`| ${s.label} | ${v.name} | ${diff.join(' | ')} | ${((100 * correct) / count).toFixed(1)}% |`);
+          : [`${row.pixels_differ_percent.toFixed(2)}%`, row.mean_abs_diff!.toFixed(3), String(row.max_abs_diff)];
+        lines.push(`| ${s.label} | ${v.name} | ${diff.join(' | ')} | ${row.value.toFixed(1)}% |`);
       } finally {
         model.dispose();
       }
     }
   }
-  return lines.join('\n');
+  return { rows, text: lines.join('\n') };
 }

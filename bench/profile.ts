@@ -3,7 +3,8 @@
  * The training rows say how fast a step is; this says which op to make faster. Every op of the backend's table is
  * timed while a real Trainer runs, so the breakdown is of the step users run, not of a microbenchmark.
  */
-import type { Backend } from '../lib/backend.js';
+import type { Backend, Precision } from '../lib/backend.js';
+import type { BenchRow } from './report.js';
 
 export interface OpTime {
   op: string;
@@ -77,4 +78,17 @@ export function formatProfile(title: string, p: StepProfile, minShare = 0.005): 
     ...(rest.length ? [line(`${rest.length} other ops`, rest.reduce((s, r) => s + r.msPerStep, 0), String(Math.round(rest.reduce((s, r) => s + r.callsPerStep, 0))), rest.reduce((s, r) => s + r.share, 0))] : []),
     line('outside the ops', p.msPerStep * p.outsideOps, '', p.outsideOps),
   ].join('\n');
+}
+
+/**
+ * The profile as report rows: the whole step under `name`, then every op (not only those formatProfile shows) and the
+ * time outside the ops under `name: op`.
+ */
+export function profileRows(name: string, p: StepProfile, steps: number, precision: Precision): BenchRow[] {
+  const row = (suffix: string, ms: number, more: Partial<BenchRow>): BenchRow => ({ part: 'profile', name: `${name}${suffix}`, value: ms, unit: 'ms/step', precision, samples: steps, ...more });
+  return [
+    row('', p.msPerStep, {}),
+    ...p.ops.map((o) => row(`: ${o.op}`, o.msPerStep, { calls_per_step: o.callsPerStep, share_percent: 100 * o.share })),
+    row(': outside the ops', p.msPerStep * p.outsideOps, { share_percent: 100 * p.outsideOps }),
+  ];
 }

@@ -1,6 +1,6 @@
 /**
  * The whole-step rows of `npm run bench`: training images/s (--only train, and the models --only profile times)
- * and sampling time (--only sample). Each returns its line, so that the tests can run one row.
+ * and sampling time (--only sample). Each returns its row and the line printed from it, so that the tests can run one row.
  */
 import type { Backend, Precision } from '../lib/backend.js';
 import { loadModel } from '../lib/checkpoint.js';
@@ -11,6 +11,7 @@ import { pretrainedPath, shippedModel } from '../lib/pretrained.js';
 import { defaultTemperature, generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { median } from './kernels.js';
+import type { BenchRow, Measured } from './report.js';
 
 /** The shipped likelihood model's shape (models/mnist-bpd): patch 2, so 196 tokens, trained at batch 64. */
 export const BPD_SHAPE = { patchSize: 2, channels: 128, numBlocks: 4, layersPerBlock: 2, numClasses: 0 };
@@ -49,7 +50,7 @@ export async function trainingRun(o: StepOptions, preset: keyof typeof PRESETS |
 }
 
 /** Training images/s: the median of `steps` steps after one that sizes the workspace. */
-export async function trainingRow(o: StepOptions, preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<string> {
+export async function trainingRow(o: StepOptions, preset: keyof typeof PRESETS | 'bpd', batch: number, steps: number, shipped?: string): Promise<Measured> {
   const { model, trainer } = await trainingRun(o, preset, batch, steps, shipped);
   try {
     const times: number[] = [];
@@ -62,12 +63,21 @@ export async function trainingRow(o: StepOptions, preset: keyof typeof PRESETS |
     // Matrix work dominates: 2 (forward) + 4 (backward) flops per weight per token.
     const gflopPerImage = (model.parameterCount * 6) / 1e9;
     const perImage = gflopPerImage * model.shape.tokens;
-    const kernel = o.precision === 'bf16' ? ` (${o.backend.bf16GemmKernel?.() ?? 'bf16'})` : '';
-    return `train ${preset}${shipped !== undefined ? ` (${shipped} weights)` : ''} batch ${batch} ${o.precision}${kernel}: ${(batch / (ms / 1000)).toFixed(1)} images/s (median step ${ms.toFixed(0)} ms of ${steps}; ${(perImage * batch / (ms / 1000)).toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`;
+    const kernel = o.precision === 'bf16' ? o.backend.bf16GemmKernel?.() : undefined;
+    const row: BenchRow = {
+      part: 'train', name: `${preset}${shipped !== undefined ? ` (${shipped} weights)` : ''} batch ${batch}`, value: batch / (ms / 1000), unit: 'images/s',
+      precision: o.precision, ...(kernel === undefined ? {} : { kernel }), median_ms: ms, samples: steps, batch, gflops_effective: (perImage * batch) / (ms / 1000),
+    };
+    return { rows: [row], text: formatTraining(row) };
   } finally {
     trainer.dispose();
     model.dispose();
   }
+}
+
+export function formatTraining(r: BenchRow): string {
+  const kernel = r.precision === 'bf16' ? ` (${r.kernel ?? 'bf16'})` : '';
+  return `train ${r.name} ${r.precision}${kernel}: ${r.value.toFixed(1)} images/s (median step ${r.median_ms!.toFixed(0)} ms of ${r.samples}; ${r.gflops_effective!.toFixed(0)} GFLOP/s effective, counting 6 flops per weight per token)`;
 }
 
 /**
@@ -76,7 +86,7 @@ export async function trainingRow(o: StepOptions, preset: keyof typeof PRESETS |
  * temperature `tarflow sample` uses for it (the likelihood model's inverse overflows float32 at 1 often enough to
  * run out of redraws).
  */
-export async function samplingRow(backend: Backend, name: keyof typeof PRESETS | 'mnist-cond' | 'mnist-bpd', count: number, guidance: number, repeats: number): Promise<string> {
+export async function samplingRow(backend: Backend, name: keyof typeof PRESETS | 'mnist-cond' | 'mnist-bpd', count: number, guidance: number, repeats: number): Promise<Measured> {
   const { device } = backend;
   const model = shippedModel(name) ? await loadModel(pretrainedPath(name), { device })
     : new TarFlow({ inChannels: 1, imgSize: 28, numClasses: 10, ...PRESETS[name as keyof typeof PRESETS] }, { device, seed: 0 });
@@ -91,8 +101,12 @@ export async function samplingRow(backend: Backend, name: keyof typeof PRESETS |
       times.push(performance.now() - t0);
     }
     const ms = median(times);
+    const row: BenchRow = {
+      part: 'sample', name: `${name}${guidance ? ' guided' : ''}`, value: count / (ms / 1000), unit: 'images/s', median_ms: ms, samples: repeats,
+      batch: count, guidance, temperature,
+    };
     const how = `${guidance ? ` guided (w=${guidance})` : ' unguided'}${temperature !== 1 ? `, temperature ${temperature}` : ''}`;
-    return `sample ${name} ${count} images${how}: ${(ms / 1000).toFixed(3)} s (${(count / (ms / 1000)).toFixed(0)} images/s, median of ${repeats})`;
+    return { rows: [row], text: `sample ${name} ${row.batch} images${how}: ${(row.median_ms! / 1000).toFixed(3)} s (${row.value.toFixed(0)} images/s, median of ${row.samples})` };
   } finally {
     model.dispose();
   }

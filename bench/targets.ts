@@ -16,6 +16,7 @@ import { denoise, generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { attentionBenchFlops, modelCost } from './cost.js';
 import { median } from './kernels.js';
+import type { TargetsReportRow } from './report.js';
 
 /** The ImageNet 64 likelihood model of the paper's table: patch 2, width 768, 8 blocks of 8 layers. */
 export const IMAGENET64: TarFlowConfig = {
@@ -23,17 +24,33 @@ export const IMAGENET64: TarFlowConfig = {
 };
 const MNIST_SMALL: TarFlowConfig = { inChannels: 1, imgSize: 28, numClasses: 10, nvp: true, headDim: 64, expansion: 4, ...PRESETS.small };
 
-export interface Row {
+/** What a row is measured against: the official figure and the goal, as the table prints them and as numbers where each is one figure in `unit`. */
+export interface Target {
   work: string;
   official: string;
   goal: string;
+  unit: string;
+  officialValue?: number;
+  goalValue?: number;
+}
+
+/** A measurement's cells, and the numbers they print. */
+export interface Measurement {
   ours: string;
   /** The best this row could do at the measured rates, in the row's unit, and what bounds it. */
   floor: string;
   /** ours / floor for rates (1 = at the floor); empty where there is no floor. */
   gap: string;
+  oursValue?: number;
+  floorValue?: number;
+  ofFloor?: number;
+  /** The other figures `ours` prints, by name (the report's `more`). */
+  more?: Record<string, number>;
+}
+
+export interface Row extends Target, Measurement {
   /** The measurement threw; `ours` and `floor` say what. */
-  failed?: true;
+  failed?: { code: string; message: string };
 }
 
 export interface TargetsOptions {
@@ -77,18 +94,42 @@ function syntheticImages(config: TarFlowConfig, count: number): ImageDataset {
 }
 
 /** Runs one measurement; a failure (out of memory, say) becomes the row's entry instead of ending the table. */
-export function attempt(rows: Row[], work: string, official: string, goal: string, measure: () => Omit<Row, 'official' | 'goal' | 'work'> & { work?: string }): void {
+export function attempt(rows: Row[], target: Target, measure: () => Measurement): void {
   try {
-    const r = measure();
-    rows.push({ work, official, goal, ...r });
+    rows.push({ ...target, ...measure() });
   } catch (err) {
     const e = err as Error & { code?: string };
-    rows.push({ work, official, goal, ours: `failed: ${e.code ?? e.name}`, floor: e.message.slice(0, 120), gap: '', failed: true });
+    const code = e.code ?? e.name;
+    rows.push({ ...target, ours: `failed: ${code}`, floor: e.message.slice(0, 120), gap: '', failed: { code, message: e.message } });
   }
 }
 
 const fmt = (v: number, unit: string, digits = 1) => (Number.isFinite(v) ? `${v.toFixed(digits)} ${unit}` : 'n/a');
 const ratio = (ours: number, floor: number) => (Number.isFinite(ours) && Number.isFinite(floor) && floor > 0 ? `${((100 * ours) / floor).toFixed(0)}%` : '');
+
+/** A rate and its floor, what bounds the floor, the cells printed with `digits` decimals. */
+function rateAgainstFloor(ours: number, floor: number, unit: string, digits: number, bound: string, oursNote = ''): Measurement {
+  return {
+    ours: `${fmt(ours, unit, digits)}${oursNote}`, floor: `${fmt(floor, unit, digits)} (${bound})`, gap: ratio(ours, floor),
+    oursValue: ours, floorValue: floor, ofFloor: ours / floor,
+  };
+}
+
+/** The table's rows for `--json`: a cell that is one figure as its number, the others as their text. */
+export function targetsReport(rows: Row[]): TargetsReportRow[] {
+  return rows.map((r) => ({
+    work: r.work,
+    unit: r.unit,
+    official: r.officialValue ?? r.official,
+    goal: r.goalValue ?? r.goal,
+    ours: r.oursValue ?? r.ours,
+    // A failed row's floor cell holds its error, which `failed` gives.
+    floor: r.floorValue ?? (r.floor === '' || r.failed ? null : r.floor),
+    of_floor: r.ofFloor ?? null,
+    ...(r.more ? { more: r.more } : {}),
+    ...(r.failed ? { failed: r.failed } : {}),
+  }));
+}
 
 /** The copy rate in bytes/s (read + write) of one large device-to-device copy. */
 function copyRate(backend: Backend, values: number): number {
@@ -190,9 +231,9 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
   o.log(`matrix ${fmt(matrix / 1e12, 'TFLOP/s', 2)}, copy ${fmt(copy / 1e9, 'GB/s')}`);
   const inet = modelCost(IMAGENET64);
   const mnist = modelCost(MNIST_SMALL);
-  const onGpu = (work: string, official: string, goal: string, measure: Parameters<typeof attempt>[4]) => {
-    if (gpu) attempt(rows, work, official, goal, measure);
-    else rows.push({ work, official, goal, ours: 'skipped on the CPU', floor: '', gap: '' });
+  const onGpu = (target: Target, measure: () => Measurement) => {
+    if (gpu) attempt(rows, target, measure);
+    else rows.push({ ...target, ours: 'skipped on the CPU', floor: '', gap: '' });
   };
   // The sampler's KV cache follows the precision (bf16: 2 bytes per key or value read, fp32: 4); weights stay fp32
   // in memory and the batch shares their reads.
@@ -201,32 +242,33 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
     const tokenSteps = cfg.numBlocks * (cfg.imgSize / cfg.patchSize) ** 2;
     return copy / (kvBytes * cost.kvReadsPerImage + (4 * cost.weightsPerTokenStep * tokenSteps) / batch);
   };
+  const imagesPerSecond = (work: string, official: string, goal: string, officialValue?: number, goalValue?: number): Target =>
+    ({ work, official, goal, unit: 'img/s', officialValue, goalValue });
 
   let inetBytes = NaN;
-  onGpu('training, ImageNet 64 model (patch 2, width 768, 8x8, batch 32)', '79.5 img/s eager, 96.9 torch.compile', '>= 130 img/s', () => {
+  onGpu(imagesPerSecond('training, ImageNet 64 model (patch 2, width 768, 8x8, batch 32)', '79.5 img/s eager, 96.9 torch.compile', '>= 130 img/s', undefined, 130), () => {
     o.log('training the ImageNet 64 model, batch 32');
     const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 5, precision, o.workers);
     inetBytes = t.bytes;
-    const floor = matrix / inet.trainFlops;
-    return { ours: fmt(t.imagesPerSecond, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
+    return rateAgainstFloor(t.imagesPerSecond, matrix / inet.trainFlops, 'img/s', 1, 'matrix rate');
   });
   // The memory goal with block recomputation (ModelOptions.recompute), at the speed it leaves; without it, the peak of
   // the row above.
-  onGpu('its peak device memory at batch 32', '61 GiB', '<= 35 GiB', () => {
+  onGpu({ work: 'its peak device memory at batch 32', official: '61 GiB', goal: '<= 35 GiB', unit: 'GiB', officialValue: 61, goalValue: 35 }, () => {
     o.log('training the ImageNet 64 model, batch 32, with block recomputation');
     const t = trainRate(backend, IMAGENET64, syntheticImages(IMAGENET64, 64), 32, 3, precision, o.workers, true);
+    const gib = t.bytes / 2 ** 30, withoutGib = inetBytes / 2 ** 30;
     return {
-      ours: `${fmt(t.bytes / 2 ** 30, 'GiB')} recomputing (${fmt(t.imagesPerSecond, 'img/s')}); ${fmt(inetBytes / 2 ** 30, 'GiB')} without`,
-      floor: '', gap: '',
+      ours: `${fmt(gib, 'GiB')} recomputing (${fmt(t.imagesPerSecond, 'img/s')}); ${fmt(withoutGib, 'GiB')} without`,
+      floor: '', gap: '', oursValue: gib, more: { recomputing_img_per_s: t.imagesPerSecond, without_recomputing_gib: withoutGib },
     };
   });
 
   const mnistData = await loadMnist('train');
-  attempt(rows, 'training, MNIST small preset, batch 256', '6,000-8,000 img/s', '>= 25,000 img/s', () => {
+  attempt(rows, imagesPerSecond('training, MNIST small preset, batch 256', '6,000-8,000 img/s', '>= 25,000 img/s', undefined, 25_000), () => {
     o.log('training MNIST small, batch 256');
     const t = trainRate(backend, MNIST_SMALL, mnistData, 256, gpu ? 10 : 3, precision, o.workers);
-    const floor = matrix / mnist.trainFlops;
-    return { ours: fmt(t.imagesPerSecond, 'img/s', 0), floor: `${fmt(floor, 'img/s', 0)} (matrix rate)`, gap: ratio(t.imagesPerSecond, floor) };
+    return rateAgainstFloor(t.imagesPerSecond, matrix / mnist.trainFlops, 'img/s', 0, 'matrix rate');
   });
 
   const withModel = <T>(config: TarFlowConfig, use: (m: TarFlow) => T): T => {
@@ -237,44 +279,49 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
       model.dispose();
     }
   };
-  onGpu('exact sequential sampling, ImageNet 64 model, batch 256', '0.57 img/s', '>= 30 img/s', () => withModel(IMAGENET64, (model) => {
+  // A sampling row's floor is that of the batch it measured, which maxSeconds may have made smaller than its title's.
+  onGpu(imagesPerSecond('exact sequential sampling, ImageNet 64 model, batch 256', '0.57 img/s', '>= 30 img/s', 0.57, 30), () => withModel(IMAGENET64, (model) => {
     o.log('exact sampling, ImageNet 64 model');
     const s = samplingRate(model, 256, o.maxSeconds);
-    const floor = samplingFloor(inet, IMAGENET64, s.batch);
-    return { ours: `${fmt(s.imagesPerSecond, 'img/s', 2)} at batch ${s.batch}`, floor: `${fmt(floor, 'img/s')} (KV cache reads)`, gap: ratio(s.imagesPerSecond, floor) };
+    const m = rateAgainstFloor(s.imagesPerSecond, samplingFloor(inet, IMAGENET64, s.batch), 'img/s', 2, 'KV cache reads', ` at batch ${s.batch}`);
+    return { ...m, floor: `${fmt(m.floorValue!, 'img/s')} (KV cache reads)`, more: { batch: s.batch } };
   }));
-  attempt(rows, 'sampling, MNIST small, batch 1000, no guidance', '2,466 img/s', '>= 25,000 img/s', () => withModel(MNIST_SMALL, (model) => {
+  attempt(rows, imagesPerSecond('sampling, MNIST small, batch 1000, no guidance', '2,466 img/s', '>= 25,000 img/s', 2466, 25_000), () => withModel(MNIST_SMALL, (model) => {
     o.log('sampling MNIST small, batch 1000, no guidance');
     const s = samplingRate(model, 1000, o.maxSeconds);
-    const floor = samplingFloor(mnist, MNIST_SMALL, s.batch);
-    return { ours: `${fmt(s.imagesPerSecond, 'img/s', 0)} at batch ${s.batch}`, floor: `${fmt(floor, 'img/s', 0)} (KV cache and weight reads)`, gap: ratio(s.imagesPerSecond, floor) };
+    const m = rateAgainstFloor(s.imagesPerSecond, samplingFloor(mnist, MNIST_SMALL, s.batch), 'img/s', 0, 'KV cache and weight reads', ` at batch ${s.batch}`);
+    return { ...m, more: { batch: s.batch } };
   }));
-  onGpu('denoising step, ImageNet 64 model, batch 16', '103 img/s', '>= 200 img/s', () => withModel(IMAGENET64, (model) => {
+  onGpu(imagesPerSecond('denoising step, ImageNet 64 model, batch 16', '103 img/s', '>= 200 img/s', 103, 200), () => withModel(IMAGENET64, (model) => {
     o.log('denoising step, ImageNet 64 model, batch 16');
-    const d = denoiseRate(model, 16);
-    const floor = matrix / inet.denoiseFlops;
-    return { ours: fmt(d, 'img/s'), floor: `${fmt(floor, 'img/s')} (matrix rate)`, gap: ratio(d, floor) };
+    return rateAgainstFloor(denoiseRate(model, 16), matrix / inet.denoiseFlops, 'img/s', 1, 'matrix rate');
   }));
 
   // bf16 on the GPU: the kernel that ran, and the mma.sync kernel beside it when that was wgmma (TARFLOW_CUDA_GEMM).
   let gemmOurs = fmt(matrix / 1e12, 'TFLOP/s', 2);
+  const gemmMore: Record<string, number> = {};
   const kernel = gpu && precision === 'bf16' ? backend.bf16GemmKernel?.() : undefined;
   if (kernel) gemmOurs += ` (${kernel})`;
   if (kernel === 'wgmma') {
     const before = process.env.TARFLOW_CUDA_GEMM;
     process.env.TARFLOW_CUDA_GEMM = 'mma';
     try {
-      gemmOurs += `, mma.sync ${fmt(gemmRate(backend, gemmN, precision) / 1e12, 'TFLOP/s', 2)}`;
+      gemmMore.mma_sync = gemmRate(backend, gemmN, precision) / 1e12;
+      gemmOurs += `, mma.sync ${fmt(gemmMore.mma_sync, 'TFLOP/s', 2)}`;
     } finally {
       if (before === undefined) delete process.env.TARFLOW_CUDA_GEMM;
       else process.env.TARFLOW_CUDA_GEMM = before;
     }
   }
-  rows.push({ work: `${precision} GEMM ${gemmN}^3`, official: '728 TFLOP/s (cuBLAS, 8192^3)', goal: '>= 620 TFLOP/s, own kernel',
-    ours: gemmOurs, floor: '', gap: '' });
+  rows.push({ work: `${precision} GEMM ${gemmN}^3`, official: '728 TFLOP/s (cuBLAS, 8192^3)', goal: '>= 620 TFLOP/s, own kernel', unit: 'TFLOP/s',
+    officialValue: 728, goalValue: 620, ours: gemmOurs, floor: '', gap: '', oursValue: matrix / 1e12, ...(kernel === 'wgmma' ? { more: gemmMore } : {}) });
 
   const [aB, aH, aT, ad] = gpu ? [32, 12, 1024, 64] : [2, 12, 256, 64];
-  attempt(rows, `causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`, '253 TFLOP/s fwd, 211 fwd+bwd (FlashAttention-2)', '>= 300 fwd, >= 250 fwd+bwd', () => {
+  const attentionTarget: Target = {
+    work: `causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`, official: '253 TFLOP/s fwd, 211 fwd+bwd (FlashAttention-2)',
+    goal: '>= 300 fwd, >= 250 fwd+bwd', unit: 'TFLOP/s',
+  };
+  attempt(rows, attentionTarget, () => {
     o.log(`causal attention, batch ${aB}, ${aH} heads, ${aT} tokens, head ${ad}`);
     // The fused ops are what the model trains with on CUDA, in bf16 there as FlashAttention-2's figures are (tensor-core
     // kernels); the unfused ones beside them for comparison.
@@ -285,6 +332,11 @@ export async function targetsTable(backend: Backend, o: TargetsOptions): Promise
       ours: `fused ${attPrecision} ${fmt(att.forward / 1e12, 'fwd', 2)}, ${fmt(att.forwardBackward / 1e12, 'fwd+bwd TFLOP/s', 2)} `
         + `(unfused ${fmt(plain.forward / 1e12, 'fwd', 2)}, ${fmt(plain.forwardBackward / 1e12, 'fwd+bwd', 2)})`,
       floor: `${fmt(matrix / 1e12, 'TFLOP/s', 2)} (matrix rate)`, gap: `${ratio(att.forward, matrix)} / ${ratio(att.forwardBackward, matrix)}`,
+      oursValue: att.forward / 1e12, floorValue: matrix / 1e12, ofFloor: att.forward / matrix,
+      more: {
+        forward_backward: att.forwardBackward / 1e12, of_floor_forward_backward: att.forwardBackward / matrix,
+        unfused_forward: plain.forward / 1e12, unfused_forward_backward: plain.forwardBackward / 1e12,
+      },
     };
   });
   return rows;

@@ -72,6 +72,12 @@ test('bench arguments: --precision and --workers are refused when --only runs no
   assert.match(BENCH_USAGE, /--workers N +data loader threads of the loader, train, profile, targets parts/);
 });
 
+test('bench arguments: --json is off unless asked for', () => {
+  assert.is(parseBenchArgs([]).json, false);
+  assert.is(parseBenchArgs(['--json', '--only', 'gemm']).json, true);
+  assert.match(BENCH_USAGE, /--json +one JSON document on stdout/);
+});
+
 test('bench arguments: a refusal ends in one full stop before the pointer to --help', () => {
   try {
     parseBenchArgs(['--workers', '-1']);

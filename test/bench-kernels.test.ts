@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { attentionBenchFlops } from '../bench/cost.js';
-import { attentionCases, gemmCases, GEMM_SHAPES, median } from '../bench/kernels.js';
+import { attentionCases, formatKernelRow, gemmCases, GEMM_SHAPES, kernelRow, median } from '../bench/kernels.js';
 import { getBackend, type Backend } from '../lib/backend.js';
 
 const cpu = getBackend('cpu');
@@ -88,6 +88,14 @@ test('bench kernel rows free their tensors, also when an allocation is refused',
     cpu.ops.setMemoryLimit(limitBytes);
   }
   assert.is(cpu.ops.nativeMemory().bytes, before, 'what was made before the refusal is freed');
+});
+
+test('bench kernel rows: the report row\'s rate is the case\'s flops at benchmark.js\'s rate, its name without the alignment, and the text prints it', () => {
+  const c = { name: 'qkv   M=12544 N=384 K=128', flops: 2e9, run: () => {} };
+  const r = kernelRow('gemm', 'bf16', c, { hz: 100, rme: 2.34, samples: 9 });
+  assert.equal(r, { part: 'gemm', name: 'qkv M=12544 N=384 K=128', value: 200, unit: 'GFLOP/s', precision: 'bf16', mean_ms: 10, samples: 9, rme_percent: 2.34, flops: 2e9 });
+  assert.is(formatKernelRow('gemm bf16', 30, c, r), 'gemm bf16 qkv   M=12544 N=384 K=128        200.0 GFLOP/s  (10.000 ms, ±2.3%)');
+  assert.is(kernelRow('attention', 'fp32', c, { hz: 1, rme: 0, samples: 5 }, false).fused, false);
 });
 
 test.run();

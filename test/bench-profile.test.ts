@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { formatProfile, profileSteps } from '../bench/profile.js';
+import { formatProfile, profileRows, profileSteps } from '../bench/profile.js';
 import { getBackend } from '../lib/backend.js';
 
 const backend = getBackend('cpu');
@@ -36,6 +36,20 @@ test('profile: counts each op per step, puts the op table back, and formats the 
     w.dispose();
     y.dispose();
   }
+});
+
+test('profile rows: the step, every op and the time outside them, in ms per step', () => {
+  // Binary fractions, so that the percentages come out exact.
+  const p = { msPerStep: 100, ops: [{ op: 'linear', msPerStep: 50, callsPerStep: 3, share: 0.5 }, { op: 'copy', msPerStep: 0.390625, callsPerStep: 1, share: 0.00390625 }], outsideOps: 0.49609375 };
+  const rows = profileRows('small', p, 4, 'fp32');
+  assert.equal(rows.map((r) => [r.name, r.value, r.share_percent]), [['small', 100, undefined], ['small: linear', 50, 50], ['small: copy', 0.390625, 0.390625], ['small: outside the ops', 49.609375, 49.609375]]);
+  for (const r of rows) {
+    assert.is(r.part, 'profile');
+    assert.is(r.unit, 'ms/step');
+    assert.is(r.samples, 4);
+  }
+  assert.is(rows[1].calls_per_step, 3);
+  assert.match(formatProfile('t', p), /1 other ops/, 'the text folds the smallest ops; the rows keep them');
 });
 
 test.run();

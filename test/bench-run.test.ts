@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import type { BenchReport } from '../bench/report.js';
 import { getBackend } from '../lib/backend.js';
 import { repoRoot } from './helpers.js';
 
@@ -40,6 +41,52 @@ test('bench: a row that fails says so on its line, the next part still runs, and
   assert.match(r.stdout, /^attention: failed: ERR_TARFLOW_OUT_OF_MEMORY: .* 25690112 bytes are in use/m, 'the GEMM rows\' tensors were freed first');
   assert.is(r.stderr.trim(), 'tarflow bench: 2 rows failed (see "failed:" above)');
   assert.not.match(r.stdout + r.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('bench --json: stdout is one JSON document of the rows, each a number in its unit, the same the text lines print', () => {
+  const r = bench(['--device', 'cpu', '--only', 'gemm', '--quick', '--json']);
+  assert.is(r.status, 0, r.stderr);
+  // JSON.parse of the whole of stdout: a stray text line there would throw.
+  const report = JSON.parse(r.stdout) as BenchReport;
+  assert.is(report.device, 'cpu');
+  assert.is(report.quick, true);
+  assert.is(report.precision, 'fp32');
+  assert.is(report.node, process.version);
+  assert.type(report.cpu, 'string');
+  assert.ok(report.threads >= 1);
+  assert.ok(Math.abs(Date.parse(report.started) - Date.now()) < 600_000, `started ${report.started}`);
+  assert.equal(report.failed, []);
+  assert.is(report.targets, undefined, 'no targets part run');
+  assert.equal(report.rows.map((row) => row.name), ['1024^3', 'qkv M=12544 N=384 K=128', 'proj M=12544 N=128 K=128', 'fc1 M=12544 N=512 K=128',
+    'fc2 M=12544 N=128 K=512', 'decode M=100 N=512 K=128']);
+  for (const row of report.rows) {
+    assert.is(row.part, 'gemm');
+    assert.is(row.unit, 'GFLOP/s');
+    assert.ok(Number.isFinite(row.value) && row.value > 0, `${row.name}: ${row.value}`);
+    assert.ok(row.samples! >= 5, `${row.name}: ${row.samples} samples`);
+    assert.ok(Math.abs(row.value - row.flops! / row.mean_ms! / 1e6) < 1e-6 * row.value, `${row.name}: the rate is the flops over the mean time`);
+    // The text went to stderr, printed from the same row.
+    assert.ok(r.stderr.includes(`${row.value.toFixed(1)} GFLOP/s  (${row.mean_ms!.toFixed(3)} ms`), `${row.name}'s text line`);
+  }
+  assert.match(r.stderr, /^tarflow bench on cpu, \d+ threads \(quick\)\n/);
+});
+
+test('bench --json: rows that fail are listed under failed, with exit 1 and stdout still only the document', () => {
+  const r = bench(['--device', 'cpu', '--only', 'gemm,attention', '--quick', '--json'], { TARFLOW_MEMORY_LIMIT: '30000000' });
+  assert.is(r.status, 1, r.stderr);
+  const report = JSON.parse(r.stdout) as BenchReport;
+  assert.equal(report.rows, []);
+  assert.equal(report.failed.map((f) => [f.part, f.name, f.code]), [['gemm', 'gemm', 'ERR_TARFLOW_OUT_OF_MEMORY'], ['attention', 'attention', 'ERR_TARFLOW_OUT_OF_MEMORY']]);
+  assert.match(report.failed[1].message, /25690112 bytes are in use/);
+  assert.match(r.stderr, /^gemm: failed: ERR_TARFLOW_OUT_OF_MEMORY: /m);
+  assert.match(r.stderr, /tarflow bench: 2 rows failed/);
+});
+
+test('bench --json: a bad argument is still one line on stderr and exit 2, with nothing on stdout', () => {
+  const r = bench(['--json', '--only', 'gem']);
+  assert.is(r.status, 2, r.stderr);
+  assert.is(r.stdout, '');
+  assert.match(r.stderr, /^tarflow bench: --only takes parts from .*"gem" is not one.*\n$/);
 });
 
 test.run();

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { profileSteps } from '../bench/profile.js';
-import { attempt, gemmRate, samplingRate, type Row } from '../bench/targets.js';
+import { attempt, gemmRate, samplingRate, targetsReport, type Row } from '../bench/targets.js';
 import { getBackend, type Backend } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
 
@@ -42,13 +42,30 @@ test('targets sampling rate: the reported run follows one of the same batch size
 
 test('targets rows: a measurement that throws becomes a row marked failed (the bench then exits 1)', () => {
   const rows: Row[] = [];
-  attempt(rows, 'work', 'official', 'goal', () => ({ ours: '1 img/s', floor: '', gap: '' }));
-  attempt(rows, 'broken', 'official', 'goal', () => {
+  const target = { work: 'work', official: 'official', goal: 'goal', unit: 'img/s' };
+  attempt(rows, target, () => ({ ours: '1 img/s', floor: '', gap: '' }));
+  attempt(rows, { ...target, work: 'broken' }, () => {
     throw Object.assign(new Error('no memory'), { code: 'ERR_TARFLOW_OUT_OF_MEMORY' });
   });
   assert.is(rows[0].failed, undefined);
-  assert.is(rows[1].failed, true);
+  assert.equal(rows[1].failed, { code: 'ERR_TARFLOW_OUT_OF_MEMORY', message: 'no memory' });
   assert.is(rows[1].ours, 'failed: ERR_TARFLOW_OUT_OF_MEMORY');
+});
+
+test('targets report: a cell that is one figure is its number, other cells their text, a failure its error', () => {
+  const rows: Row[] = [];
+  const target = { work: 'sampling', official: '2,466 img/s', goal: '>= 25,000 img/s', unit: 'img/s', officialValue: 2466, goalValue: 25_000 };
+  attempt(rows, target, () => ({ ours: '151 img/s at batch 1000', floor: '1681 img/s (reads)', gap: '9%', oursValue: 151.2, floorValue: 1681.3, ofFloor: 0.09, more: { batch: 1000 } }));
+  attempt(rows, { work: 'training', official: '6,000-8,000 img/s', goal: '>= 25,000 img/s', unit: 'img/s', goalValue: 25_000 }, () => {
+    throw Object.assign(new Error('no memory'), { code: 'ERR_TARFLOW_OUT_OF_MEMORY' });
+  });
+  rows.push({ work: 'imagenet', official: '0.57 img/s', goal: '>= 30 img/s', unit: 'img/s', ours: 'skipped on the CPU', floor: '', gap: '' });
+  assert.equal(targetsReport(rows), [
+    { work: 'sampling', unit: 'img/s', official: 2466, goal: 25_000, ours: 151.2, floor: 1681.3, of_floor: 0.09, more: { batch: 1000 } },
+    { work: 'training', unit: 'img/s', official: '6,000-8,000 img/s', goal: 25_000, ours: 'failed: ERR_TARFLOW_OUT_OF_MEMORY', floor: null, of_floor: null,
+      failed: { code: 'ERR_TARFLOW_OUT_OF_MEMORY', message: 'no memory' } },
+    { work: 'imagenet', unit: 'img/s', official: '0.57 img/s', goal: '>= 30 img/s', ours: 'skipped on the CPU', floor: null, of_floor: null },
+  ]);
 });
 
 test.run();
