@@ -26,13 +26,15 @@ export interface BenchArgs {
   workers?: number;
   /** Undefined: fp32 for the GEMM and training rows, and the targets table's own default (bf16 on CUDA). */
   precision?: Precision;
-  /** Samples for the kv-cache accuracy part. */
+  /** Samples for the kv-cache accuracy part: --count, else 500, or 100 with --quick. */
   count: number;
   /** One JSON document (bench/report.ts) on stdout at the end; the text lines go to stderr. */
   json: boolean;
 }
 
-
+/** kv-cache samples without --count: the part draws them eight times and classifies each draw, so --quick takes a fifth of the time. */
+const KV_CACHE_COUNT = 500;
+const KV_CACHE_QUICK_COUNT = 100;
 
 export const BENCH_USAGE = `npm run bench [-- OPTIONS]
 
@@ -41,13 +43,14 @@ and sampling (images/s); with --only profile, each op's share of a training step
 KV cache does to samples; the GPU targets table by default on CUDA, with --only targets anywhere.
 
   --device auto|cpu|cuda     the backend (default auto, or TARFLOW_DEVICE)
-  --only PARTS               comma-separated (or repeated): ${BENCH_PARTS.join(', ')}
-  --quick                    fewer and shorter rounds (numbers noisier)
+  --only PARTS               comma-separated (or repeated): ${BENCH_PARTS.slice(0, 5).join(', ')},
+                             ${BENCH_PARTS.slice(5).join(', ')}
+  --quick                    fewer and shorter rounds (numbers noisier; kv-cache: ${KV_CACHE_QUICK_COUNT} samples unless --count)
   --precision fp32|bf16      the matrix products of the ${PRECISION_PARTS.join(', ')} parts (default fp32;
                              the targets table defaults to bf16 on CUDA)
   --workers N                data loader threads of the ${WORKER_PARTS.join(', ')} parts, 0 to 64
                              (0: on the main thread; default: the loader's own)
-  --count N                  samples for --only kv-cache (default 500)
+  --count N                  samples for --only kv-cache (default ${KV_CACHE_COUNT}, ${KV_CACHE_QUICK_COUNT} with --quick)
   --json                     one JSON document on stdout at the end (rows, failures, the targets table;
                              its shape: bench/report.ts); the text lines go to stderr
   --help                     this text`;
@@ -105,7 +108,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
     only,
     workers: wholeNumber('--workers', values.workers, 0, 64),
     precision,
-    count: wholeNumber('--count', values.count, 1, 1_000_000) ?? 500,
+    count: wholeNumber('--count', values.count, 1, 1_000_000) ?? (values.quick ? KV_CACHE_QUICK_COUNT : KV_CACHE_COUNT),
     json: values.json === true,
   };
 }

@@ -14,7 +14,7 @@ import type { BenchRow, Measured } from './report.js';
 
 /** The text lines' common start: what is loaded, how, and on how many threads. */
 export function loaderLabel(dataName: string, batch: number, augment: string, workers: number): string {
-  return `loader ${dataName} batch ${batch} (${augment}), ${workers} workers`;
+  return `loader ${dataName} batch ${batch} (${augment}), ${workers} worker${workers === 1 ? '' : 's'}`;
 }
 
 /** The rate row's line. */

@@ -10,7 +10,7 @@
  * e.g. in their share of subnormal floats), and the time to draw 100 samples, from fresh weights and from the
  * shipped models (bench/steps.ts). A row that fails says so on its line, the others still run, and the exit status
  * is 1. With --only kv-cache, what a bf16 KV cache and bf16 products do to the shipped model's samples
- * (bench/kv-cache.ts; --count N samples, default 500). With --only profile, each op's share of a
+ * (bench/kv-cache.ts; --count N samples, default 500, 100 with --quick). With --only profile, each op's share of a
  * training step (bench/profile.ts). Last, the GPU targets table (bench/targets.ts): by default on CUDA, with --only
  * targets anywhere. With --json, stdout is one JSON document at the end
  * (bench/report.ts: the rows the text lines are printed from), and the text goes to stderr.
@@ -53,6 +53,9 @@ try {
 } catch (err) {
   refuse(err);
 }
+// getBackend's CPU-fallback warning is emitted on a later tick, and the kernel rows run synchronously: without this
+// wait it came after them, under the numbers it qualifies.
+await new Promise((resolve) => setImmediate(resolve));
 /** The device the backend resolved to (auto and TARFLOW_DEVICE settled once), for every model the benchmark makes. */
 const device = backend.device;
 /** --precision: the matrix products of the GEMM and training benchmarks (default fp32; the targets table's own default is bf16 on CUDA). */

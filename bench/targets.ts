@@ -104,7 +104,14 @@ export function attempt(rows: Row[], target: Target, measure: () => Measurement)
   }
 }
 
-const fmt = (v: number, unit: string, digits = 1) => (Number.isFinite(v) ? `${v.toFixed(digits)} ${unit}` : 'n/a');
+/**
+ * `decimals` decimals, or 3 significant digits where those would show fewer: two decimals made a CPU's 0.0234
+ * TFLOP/s "0.02", and 0.0249 the same.
+ */
+export function figure(v: number, decimals: number): string {
+  return v !== 0 && Math.abs(v) < 10 ** (2 - decimals) ? v.toPrecision(3) : v.toFixed(decimals);
+}
+const fmt = (v: number, unit: string, digits = 1) => (Number.isFinite(v) ? `${figure(v, digits)} ${unit}` : 'n/a');
 const ratio = (ours: number, floor: number) => (Number.isFinite(ours) && Number.isFinite(floor) && floor > 0 ? `${((100 * ours) / floor).toFixed(0)}%` : '');
 
 /** A rate and its floor, what bounds the floor, the cells printed with `digits` decimals. */

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { BENCH_USAGE, parseBenchArgs, runsPart } from '../bench/args.js';
+import { BENCH_PARTS, BENCH_USAGE, parseBenchArgs, runsPart } from '../bench/args.js';
 import { TarflowError } from '../lib/errors.js';
 
 function refused(argv: string[], pattern: RegExp) {
@@ -72,10 +72,22 @@ test('bench arguments: --precision and --workers are refused when --only runs no
   assert.match(BENCH_USAGE, /--workers N +data loader threads of the loader, train, profile, targets parts/);
 });
 
+test('bench arguments: --quick draws fewer kv-cache samples unless --count says how many, and --help says so', () => {
+  assert.is(parseBenchArgs(['--only', 'kv-cache']).count, 500);
+  assert.is(parseBenchArgs(['--only', 'kv-cache', '--quick']).count, 100);
+  assert.is(parseBenchArgs(['--only', 'kv-cache', '--quick', '--count', '20']).count, 20);
+  assert.match(BENCH_USAGE, /--count N +samples for --only kv-cache \(default 500, 100 with --quick\)/);
+});
+
 test('bench arguments: --json is off unless asked for', () => {
   assert.is(parseBenchArgs([]).json, false);
   assert.is(parseBenchArgs(['--json', '--only', 'gemm']).json, true);
   assert.match(BENCH_USAGE, /--json +one JSON document on stdout/);
+});
+
+test('bench arguments: no line of --help is wider than 120 columns, and every part is still named', () => {
+  for (const line of BENCH_USAGE.split('\n')) assert.ok(line.length <= 120, `${line.length} columns: ${line}`);
+  for (const part of BENCH_PARTS) assert.ok(BENCH_USAGE.includes(` ${part}`), part);
 });
 
 test('bench arguments: a refusal ends in one full stop before the pointer to --help', () => {

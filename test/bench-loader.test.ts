@@ -1,7 +1,13 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { formatLoaderRate, formatLoaderWaiting } from '../bench/loader.js';
+import { formatLoaderRate, formatLoaderWaiting, loaderLabel } from '../bench/loader.js';
 import type { BenchRow } from '../bench/report.js';
+
+test('bench loader rows: one worker is "1 worker", any other count plural', () => {
+  assert.is(loaderLabel('mnist-train', 256, 'flips', 1), 'loader mnist-train batch 256 (flips), 1 worker');
+  assert.match(loaderLabel('mnist-train', 256, 'flips', 0), /, 0 workers$/);
+  assert.match(loaderLabel('mnist-train', 256, 'flips', 2), /, 2 workers$/);
+});
 
 test('bench loader rows: the text lines print the rows\' numbers', () => {
   const common = { part: 'loader' as const, samples: 3, batch: 256, workers: 1 };

@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -87,6 +89,27 @@ test('bench --json: a bad argument is still one line on stderr and exit 2, with 
   assert.is(r.status, 2, r.stderr);
   assert.is(r.stdout, '');
   assert.match(r.stderr, /^tarflow bench: --only takes parts from .*"gem" is not one.*\n$/);
+});
+
+test('bench --device auto: the CPU-fallback warning comes before the first row, not after the kernel rows', () => {
+  if (cudaAnswers()) return;
+  const dir = mkdtempSync(join(tmpdir(), 'tarflow-bench-'));
+  const file = join(dir, 'out.txt');
+  // stdout and stderr into one file, so that their order is the order written; the memory cap makes the row quick.
+  const fd = openSync(file, 'w');
+  try {
+    spawnSync(process.execPath, [run, '--device', 'auto', '--only', 'gemm', '--quick'], {
+      stdio: ['ignore', fd, fd], env: { ...process.env, TARFLOW_QUIET: '', TARFLOW_MEMORY_LIMIT: '30000000' }, timeout: 120_000,
+    });
+    closeSync(fd);
+    const out = readFileSync(file, 'utf8');
+    const warning = out.indexOf('TARFLOW_CPU_FALLBACK');
+    const row = out.indexOf('gemm: failed');
+    assert.ok(warning >= 0 && row >= 0, out);
+    assert.ok(warning < row, out);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();

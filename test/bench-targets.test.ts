@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { profileSteps } from '../bench/profile.js';
-import { attempt, gemmRate, samplingRate, targetsReport, type Row } from '../bench/targets.js';
+import { attempt, figure, gemmRate, samplingRate, targetsReport, type Row } from '../bench/targets.js';
 import { getBackend, type Backend } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
 
@@ -50,6 +50,17 @@ test('targets rows: a measurement that throws becomes a row marked failed (the b
   assert.is(rows[0].failed, undefined);
   assert.equal(rows[1].failed, { code: 'ERR_TARFLOW_OUT_OF_MEMORY', message: 'no memory' });
   assert.is(rows[1].ours, 'failed: ERR_TARFLOW_OUT_OF_MEMORY');
+});
+
+test('targets figures: small values keep three significant digits (two decimals made 0.0234 TFLOP/s "0.02")', () => {
+  assert.is(figure(0.0234, 2), '0.0234');
+  assert.is(figure(0.18, 2), '0.180');
+  assert.is(figure(0.000123, 2), '0.000123');
+  assert.is(figure(1.2345, 2), '1.23', 'three significant digits already');
+  assert.is(figure(728.4, 2), '728.40', 'large values keep their decimals');
+  assert.is(figure(68.04, 0), '68.0');
+  assert.is(figure(1681.3, 0), '1681');
+  assert.is(figure(0, 2), '0.00');
 });
 
 test('targets report: a cell that is one figure is its number, other cells their text, a failure its error', () => {
