@@ -67,13 +67,13 @@ export async function loaderBench(quick: boolean, workers: number | undefined, e
       };
       const label = loaderLabel(data.name, batchSize, augment, loader.workers);
       const name = `${data.name} batch ${batchSize} (${augment})`;
-      const common = { part: 'loader' as const, samples: rounds, batch: batchSize, workers: loader.workers };
+      const common = { samples: rounds, batch: batchSize, workers: loader.workers };
       const rate = median(Array.from({ length: rounds }, () => run().rate));
-      const rateRow: BenchRow = { ...common, name, value: rate, unit: 'images/s', goal, goal_ratio: rate / goal };
+      const rateRow: BenchRow = { part: 'loader', name, value: rate, unit: 'images/s', ...common, goal, goal_ratio: rate / goal };
       emit({ rows: [rateRow], text: formatLoaderRate(label, rateRow) });
       for (const [kind, busy] of consumers) {
         const waiting = median(Array.from({ length: rounds }, () => run(busy).waiting));
-        const row: BenchRow = { ...common, name: `${name}, consumer ${kind}`, value: 100 * waiting, unit: '% of the time waiting', busy_ms: busyMs };
+        const row: BenchRow = { part: 'loader', name: `${name}, consumer ${kind}`, value: 100 * waiting, unit: '% of the time waiting', ...common, busy_ms: busyMs };
         emit({ rows: [row], text: formatLoaderWaiting(label, kind, row) });
       }
     } finally {
