@@ -13,6 +13,7 @@ import { TarflowError } from '../lib/errors.js';
 import { checkScoreOptions } from '../lib/evaluate.js';
 import { resolveGenerateOptions, type GenerateOptions } from '../lib/sampling.js';
 import type { SafetensorsFile } from '../lib/safetensors.js';
+import { withSamplingDefaults } from '../lib/pretrained.js';
 import { parseConfigText } from '../lib/tasks.js';
 import { checkTrainOptionRelations, checkTrainOptions } from '../lib/train.js';
 import { int, pick, type Rng } from './helpers.js';
@@ -219,7 +220,13 @@ function checkSpec(command: string, spec: Record<string, unknown>): void {
   // A resumed run's --min-lr is checked against its saved --lr, which the command line cannot know.
   if (command === 'train' || command === 'demo') (spec.resume ? checkTrainOptions : checkTrainOptionRelations)(spec);
   else if (command === 'eval' || command === 'score') checkScoreOptions(spec);
-  else resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 } as GenerateOptions);
+  else {
+    // sample and a new generate run sample a shipped model with its own guidance where left out, as the library
+    // does before its checks (eval-samples and a resume fill in nothing).
+    const filled = (command === 'sample' || command === 'generate') && !spec.resume && typeof spec.checkpoint === 'string'
+      ? withSamplingDefaults(spec as Record<string, unknown> & { checkpoint: string }) : spec;
+    resolveGenerateOptions({ ...filled, count: spec.count ?? 1000 } as GenerateOptions);
+  }
 }
 
 test('fuzz: command lines', () => {

@@ -460,12 +460,12 @@ test('Ctrl-C (SIGINT) during generation stops at the next batch and exits with 1
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;
-    if (/sample \d+\/5000/.test(stderr) && !child.killed) child.kill('SIGINT');
+    if (/generate \d+\/5000/.test(stderr) && !child.killed) child.kill('SIGINT');
   });
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
   assert.is(code, 130, stderr);
   assert.match(stderr, /generation was stopped; 0 of 1 shards are written/);
-  const seen = [...stderr.matchAll(/sample (\d+)\/5000/g)].map((m) => Number(m[1]));
+  const seen = [...stderr.matchAll(/generate (\d+)\/5000/g)].map((m) => Number(m[1]));
   assert.ok(Math.max(...seen) < 5000, `stopped at ${Math.max(...seen)} of 5000 images, inside the only shard`);
 });
 
