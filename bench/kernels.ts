@@ -23,6 +23,8 @@ export interface KernelCase {
   flops: number;
   /** One call of the kernel(s), returning once the device has finished them. */
   run: () => void;
+  /** The bf16 GEMM kernel the case pins (CPU bf16 rows: AMX or the reference); absent where the library picks. */
+  kernel?: string;
 }
 
 export interface KernelCases {
@@ -31,7 +33,8 @@ export interface KernelCases {
   dispose(): void;
 }
 
-function randomTensor(backend: Backend, shape: number[], seed: number): Tensor {
+/** A float32 tensor of standard normal values (the library's own generator, so the same seed gives the same values). */
+export function randomTensor(backend: Backend, shape: number[], seed: number): Tensor {
   const t = new backend.Tensor('float32', shape);
   backend.ops.normal(t, seed, 0, 0);
   return t;
@@ -72,6 +75,7 @@ export function gemmCases(backend: Backend, precision: Precision): KernelCases {
     return kernels.map((kernel) => ({
       name: kernel ? `${shape} ${kernel}` : shape,
       flops: 2 * m * n * k,
+      ...(kernel ? { kernel } : {}),
       run: kernel ? () => withEnv('TARFLOW_CPU_GEMM', kernel, product) : product,
     }));
   }));
@@ -120,7 +124,8 @@ export interface KernelTiming {
 export function kernelRow(part: 'gemm' | 'attention', precision: Precision, c: KernelCase, t: KernelTiming, fused?: boolean): BenchRow {
   return {
     part, name: c.name.replace(/\s+/g, ' '), value: (c.flops * t.hz) / 1e9, unit: 'GFLOP/s', precision,
-    mean_ms: 1000 / t.hz, samples: t.samples, rme_percent: t.rme, flops: c.flops, ...(fused === undefined ? {} : { fused }),
+    mean_ms: 1000 / t.hz, samples: t.samples, rme_percent: t.rme, flops: c.flops, ...(c.kernel ? { kernel: c.kernel } : {}),
+    ...(fused === undefined ? {} : { fused }),
   };
 }
 

@@ -26,6 +26,8 @@ export interface BenchReport {
   failed: BenchFailure[];
   /** The GPU targets table, when the targets part ran. */
   targets?: TargetsReportRow[];
+  /** The matrix products of the targets table (its own default: bf16 on CUDA, whatever `precision` says). */
+  targets_precision?: Precision;
 }
 
 /**
@@ -53,7 +55,7 @@ export interface BenchRow {
   flops?: number;
   /** attention: the fused kernels (CUDA) rather than the training ops that save the probabilities. */
   fused?: boolean;
-  /** The bf16 GEMM kernel that ran, where a choice exists (train rows in bf16). */
+  /** The bf16 GEMM kernel that ran, where a choice exists (train rows in bf16; gemm rows on the CPU in bf16). */
   kernel?: string;
   /** Images per batch (loader, train) or per sampling run (sample). */
   batch?: number;

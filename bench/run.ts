@@ -1,5 +1,6 @@
 /**
- * npm run bench [-- --device cpu|cuda] [-- --quick] [-- --only PARTS] [-- --precision fp32|bf16] [-- --workers N]
+ * npm run bench [-- --device auto|cpu|cuda] [-- --quick] [-- --only PARTS] [-- --precision fp32|bf16] [-- --workers N]
+ * [-- --count N] [-- --json]
  * (`npm run bench -- --help` lists the options; bench/args.ts parses them.)
  *
  * Kernel microbenchmarks (benchmark.js; bench/kernels.ts): GEMM at the model's shapes and 1024^3, in GFLOP/s; causal
@@ -169,6 +170,7 @@ if (runs('targets')) {
     const targetPrecision: Precision = args.precision ?? (backend.device === 'cuda' ? 'bf16' : 'fp32');
     const rows = await targetsTable(backend, { precision: targetPrecision, maxSeconds: quick ? 20 : 120, workers, log: (line) => say(`targets: ${line}`) });
     report.targets = targetsReport(rows);
+    report.targets_precision = targetPrecision;
     // The table prints a failed row's error in its cells; the report lists it with the other failures too.
     for (const r of rows) if (r.failed) report.failed.push({ part: 'targets', name: r.work, ...r.failed });
     return { rows: [], text: `\nGPU targets (${targetPrecision}; floor = the model's work over the matrix and copy rates measured above)\n${formatTargets(rows)}` };

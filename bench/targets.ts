@@ -15,7 +15,7 @@ import { TarFlow } from '../lib/model.js';
 import { denoise, generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { attentionBenchFlops, modelCost } from './cost.js';
-import { median } from './kernels.js';
+import { median, randomTensor } from './kernels.js';
 import type { TargetsReportRow } from './report.js';
 
 /** The ImageNet 64 likelihood model of the paper's table: patch 2, width 768, 8 blocks of 8 layers. */
@@ -76,12 +76,6 @@ function timeMedian(backend: Backend, fn: () => void, repeats: number, warmup = 
   return median(times);
 }
 
-function randomTensor(backend: Backend, shape: number[], seed: number): Tensor {
-  const t = new backend.Tensor('float32', shape);
-  backend.ops.normal(t, seed, 0, 0);
-  return t;
-}
-
 function syntheticImages(config: TarFlowConfig, count: number): ImageDataset {
   const per = config.inChannels * config.imgSize * config.imgSize;
   const images = new Uint8Array(count * per);
@@ -93,13 +87,17 @@ function syntheticImages(config: TarFlowConfig, count: number): ImageDataset {
   return { name: 'random', images, labels: null, count, channels: config.inChannels, size: config.imgSize, numClasses: 0 };
 }
 
-/** Runs one measurement; a failure (out of memory, say) becomes the row's entry instead of ending the table. */
+/**
+ * Runs one measurement; a library error (out of memory, say) becomes the row's entry instead of ending the table.
+ * Anything else is a bug in the benchmark and ends the run with its stack, as in the other parts.
+ */
 export function attempt(rows: Row[], target: Target, measure: () => Measurement): void {
   try {
     rows.push({ ...target, ...measure() });
   } catch (err) {
-    const e = err as Error & { code?: string };
-    const code = e.code ?? e.name;
+    const e = err as Error & { code?: unknown };
+    if (typeof e?.code !== 'string' || !e.code.startsWith('ERR_TARFLOW_')) throw err;
+    const code = e.code;
     rows.push({ ...target, ours: `failed: ${code}`, floor: e.message.slice(0, 120), gap: '', failed: { code, message: e.message } });
   }
 }
@@ -138,36 +136,44 @@ export function targetsReport(rows: Row[]): TargetsReportRow[] {
   }));
 }
 
-/** The copy rate in bytes/s (read + write) of one large device-to-device copy. */
-function copyRate(backend: Backend, values: number): number {
-  const a = randomTensor(backend, [values], 1), b = new backend.Tensor('float32', [values]);
+/**
+ * `measure` with the tensors it `keep`s freed afterwards, also when a later allocation fails: left alive (GBs at the
+ * ImageNet 64 shapes), they would count in the peak memory row and starve the rows after.
+ */
+function withTensors<R>(measure: (keep: <T extends Tensor>(t: T) => T) => R): R {
+  const tensors: Tensor[] = [];
   try {
-    return (2 * 4 * values) / timeMedian(backend, () => backend.ops.copy(b, a), 5);
+    return measure((t) => (tensors.push(t), t));
   } finally {
-    a.dispose();
-    b.dispose();
+    for (const t of tensors) t.dispose();
   }
 }
 
+/** The copy rate in bytes/s (read + write) of one large device-to-device copy. */
+function copyRate(backend: Backend, values: number): number {
+  return withTensors((keep) => {
+    const a = keep(randomTensor(backend, [values], 1)), b = keep(new backend.Tensor('float32', [values]));
+    return (2 * 4 * values) / timeMedian(backend, () => backend.ops.copy(b, a), 5);
+  });
+}
+
 export function gemmRate(backend: Backend, n: number, precision: Precision): number {
-  const x = randomTensor(backend, [n, n], 1), w = randomTensor(backend, [n, n], 2), y = new backend.Tensor('float32', [n, n]);
-  let seed = 10;
-  try {
+  return withTensors((keep) => {
+    const x = keep(randomTensor(backend, [n, n], 1)), w = keep(randomTensor(backend, [n, n], 2)), y = keep(new backend.Tensor('float32', [n, n]));
+    let seed = 10;
     return (2 * n ** 3) / timeMedian(backend, () => backend.ops.linear(y, x, w, null, false, { precision }), 5, 1, () => backend.ops.normal(x, seed++, 0, 0));
-  } finally {
-    for (const t of [x, w, y]) t.dispose();
-  }
+  });
 }
 
 // fused: flashAttention and its backward (saving lse [B,H,T]); otherwise attention (saving probs [B,H,T,T]).
 function attentionRates(backend: Backend, B: number, H: number, T: number, d: number, precision: Precision, fused: boolean): { forward: number; forwardBackward: number } {
   const W = H * d;
-  const qkv = randomTensor(backend, [B, T, 3 * W], 3), out = new backend.Tensor('float32', [B, T, W]);
-  const saved = new backend.Tensor('float32', fused ? [B, H, T] : [B, H, T, T]);
-  const dout = randomTensor(backend, [B, T, W], 4), dqkv = new backend.Tensor('float32', [B, T, 3 * W]);
   const flops = attentionBenchFlops(B, H, T, d);
   const mm = { precision };
-  try {
+  return withTensors((keep) => {
+    const qkv = keep(randomTensor(backend, [B, T, 3 * W], 3)), out = keep(new backend.Tensor('float32', [B, T, W]));
+    const saved = keep(new backend.Tensor('float32', fused ? [B, H, T] : [B, H, T, T]));
+    const dout = keep(randomTensor(backend, [B, T, W], 4)), dqkv = keep(new backend.Tensor('float32', [B, T, 3 * W]));
     const forward = fused ? () => backend.ops.flashAttention(out, saved, qkv, H, 1, mm) : () => backend.ops.attention(out, saved, qkv, H, 1, mm);
     const backward = fused
       ? () => backend.ops.flashAttentionBackward(dqkv, dout, qkv, out, saved, H, 1, mm)
@@ -183,15 +189,19 @@ function attentionRates(backend: Backend, B: number, H: number, T: number, d: nu
       backward();
     }, 5, 1, refresh);
     return { forward: flops.forward / tf, forwardBackward: flops.forwardBackward / tfb };
-  } finally {
-    for (const t of [qkv, out, saved, dout, dqkv]) t.dispose();
-  }
+  });
 }
 
 /** Training images/s at batch B (median step) and the peak native (device) bytes of a step, workspace included. */
 function trainRate(backend: Backend, config: TarFlowConfig, data: ImageDataset, B: number, steps: number, precision: Precision, workers: number | undefined, recompute = false) {
   const model = new TarFlow(config, { device: backend.device, seed: 0, precision, recompute });
-  const trainer = new Trainer(model, data, { batchSize: B, steps: steps + 2, seed: 0, noise: 'uniform' }, { workers });
+  let trainer: Trainer;
+  try {
+    trainer = new Trainer(model, data, { batchSize: B, steps: steps + 2, seed: 0, noise: 'uniform' }, { workers });
+  } catch (err) {
+    model.dispose();
+    throw err;
+  }
   try {
     backend.ops.nativeMemory(true);
     trainer.trainStep(); // sizes the workspace

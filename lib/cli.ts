@@ -18,7 +18,7 @@ import { readConfigFile, savedRunData } from './tasks.js';
 import { readSafetensors } from './safetensors.js';
 import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
-import { shippedModelOf } from './pretrained.js';
+import { withSamplingDefaults } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
 import { TRAIN_OPTIONS, checkTrainOptionRelations, trainOptionRules, type TrainOptions } from './train.js';
 import { checkNumberText, checkOneOf, checkString, describeValue, nearestNames, pickKeys, validationError, type NumberRule } from './validate.js';
@@ -126,7 +126,7 @@ function guidanceArgs(v: Values, checkpoint: string | undefined, resume = false)
   };
   if (!resume) {
     try {
-      resolveGuidance({ ...g, guidance: g.guidance ?? (checkpoint === undefined ? undefined : shippedModelOf(checkpoint)?.guidance) });
+      resolveGuidance(checkpoint === undefined ? g : withSamplingDefaults({ ...g, checkpoint }));
     } catch (err) {
       if (!(err instanceof TarflowError)) throw err;
       const flags: Record<string, string> = { guideWhat: '--guide-what', attnTemp: '--attn-temp', annealed: '--annealed' };

@@ -50,6 +50,9 @@ test('targets rows: a measurement that throws becomes a row marked failed (the b
   assert.is(rows[0].failed, undefined);
   assert.equal(rows[1].failed, { code: 'ERR_TARFLOW_OUT_OF_MEMORY', message: 'no memory' });
   assert.is(rows[1].ours, 'failed: ERR_TARFLOW_OUT_OF_MEMORY');
+  // A bug in the benchmark is not a measurement that failed: it ends the run with its stack, as in the other parts.
+  assert.throws(() => attempt(rows, { ...target, work: 'bug' }, () => (undefined as unknown as { x: number }).x as never), TypeError);
+  assert.is(rows.length, 2);
 });
 
 test('targets figures: small values keep three significant digits (two decimals made 0.0234 TFLOP/s "0.02")', () => {

@@ -194,7 +194,7 @@ test('generate: the shipped model samples at its own temperature; a run failed o
   const ownManifest = JSON.parse(readFileSync(join(own, 'manifest.json'), 'utf8'));
   assert.is(ownManifest.options.temperature, 0.7);
   assert.is(ownManifest.checkpoint, 'mnist-bpd', 'the name, which another installation of the package finds too, not this one\'s path');
-  // At temperature 1 about one sample in six overflows float32 (README), so with no redraws allowed the run fails.
+  // At temperature 1 about a fifth of the samples overflow float32 (README), so with no redraws allowed the run fails.
   // The first seed whose first failure is not image 0 shows that the shards before it are kept.
   let out = '';
   let first = 0;
