@@ -70,8 +70,8 @@ function required(v: Values, name: string, what: string): string {
 }
 
 /**
- * The checkpoint flag as given (`fallback` when absent): a shipped model's name stays a name (the library finds its file), so a generate
- * manifest records the name, which a resume from another installation of the package still finds.
+ * The checkpoint flag as given (`fallback` when absent): a shipped model's name stays a name (the library finds its
+ * file), so a generate manifest records the name, which a resume from another installation of the package still finds.
  */
 function checkpointArg(v: Values, what: string, fallback?: string): string {
   return str(v, 'checkpoint') ?? fallback ?? missing('checkpoint', what);
@@ -112,10 +112,9 @@ const labelBaseHelp = '1 when .npy/.npz labels count from 1, as in downsampled I
 
 /**
  * The guidance flags as given. They are checked together here, as the sampler will (shape options without guidance
- * are refused), so that a command line taken here is not refused after the model has loaded: against
- * `checkpoint`'s shipped guidance where --guidance is left out, which the library fills in (`withSamplingDefaults`;
- * undefined for a command that fills in nothing).
- * A resume's are checked against its manifest later.
+ * are refused), so that a command line taken here is not refused after the model has loaded: with `checkpoint`'s
+ * shipped guidance where --guidance is left out, as the library fills it in (`withSamplingDefaults`; `checkpoint`
+ * undefined for a command that fills in nothing). A resume's are checked against its manifest later.
  */
 function guidanceArgs(v: Values, checkpoint: string | undefined, resume = false) {
   const g = {
