@@ -40,14 +40,19 @@ export function randomTensor(backend: Backend, shape: number[], seed: number): T
   return t;
 }
 
+/** Tensors freed together: `keep` adds one and returns it, `dispose` frees all kept so far. */
+export function tensorSet(): { keep: <T extends Tensor>(t: T) => T; dispose: () => void } {
+  const tensors: Tensor[] = [];
+  return { keep: (t) => (tensors.push(t), t), dispose: () => tensors.splice(0).forEach((t) => t.dispose()) };
+}
+
 /** The cases `make` returns, with a dispose for the tensors it `keep`s; when an allocation fails (the memory cap), those made so far are freed. */
 function allocating(make: (keep: <T extends Tensor>(t: T) => T) => KernelCase[]): KernelCases {
-  const tensors: Tensor[] = [];
-  const dispose = () => tensors.splice(0).forEach((t) => t.dispose());
+  const set = tensorSet();
   try {
-    return { cases: make((t) => (tensors.push(t), t)), dispose };
+    return { cases: make(set.keep), dispose: set.dispose };
   } catch (err) {
-    dispose();
+    set.dispose();
     throw err;
   }
 }

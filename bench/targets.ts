@@ -15,7 +15,7 @@ import { TarFlow } from '../lib/model.js';
 import { denoise, generate } from '../lib/sampling.js';
 import { Trainer } from '../lib/train.js';
 import { attentionBenchFlops, modelCost } from './cost.js';
-import { median, randomTensor } from './kernels.js';
+import { median, randomTensor, tensorSet } from './kernels.js';
 import type { TargetsReportRow } from './report.js';
 
 /** The ImageNet 64 likelihood model of the paper's table: patch 2, width 768, 8 blocks of 8 layers. */
@@ -141,11 +141,11 @@ export function targetsReport(rows: Row[]): TargetsReportRow[] {
  * ImageNet 64 shapes), they would count in the peak memory row and starve the rows after.
  */
 function withTensors<R>(measure: (keep: <T extends Tensor>(t: T) => T) => R): R {
-  const tensors: Tensor[] = [];
+  const set = tensorSet();
   try {
-    return measure((t) => (tensors.push(t), t));
+    return measure(set.keep);
   } finally {
-    for (const t of tensors) t.dispose();
+    set.dispose();
   }
 }
 
