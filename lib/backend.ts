@@ -87,12 +87,14 @@ export interface Ops {
   axpby(y: Tensor, x: Tensor, alpha: number, beta: number): void;
   rowSumSquares(out: Tensor, x: Tensor): void;
   sumSquares(x: Tensor): number;
+  /** Unused by lib/ (training checks sumSquares for NaN/Inf); kept as a plain op the tests and the GPU run check. */
   allFinite(x: Tensor): boolean;
   varUpdate(variance: Tensor, z: Tensor, rate: number): void;
   mulBroadcast(x: Tensor, s: Tensor): void;
   flipTokens(y: Tensor, x: Tensor): void;
   patchify(out: Tensor, x: Tensor, patchSize: number): void;
   unpatchify(out: Tensor, x: Tensor, patchSize: number): void;
+  /** gelu and geluBackward: unfused references that linear's GELU epilogue is tested against; lib/ calls linear. */
   gelu(y: Tensor, x: Tensor): void;
   geluBackward(dx: Tensor, dy: Tensor, x: Tensor): void;
   addPosClass(h: Tensor, pos: Tensor, classEmbed: Tensor | null, labels: Tensor | null, flip: boolean): void;

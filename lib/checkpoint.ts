@@ -3,7 +3,6 @@
  * load_state_dict, and converted reference checkpoints load here), with the model config in the metadata.
  */
 import { existsSync } from 'node:fs';
-import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { MODEL_OPTIONS, TarFlow, type ModelOptions } from './model.js';
@@ -183,4 +182,3 @@ export function classNamesFromMetadata(file: SafetensorsFile, path: string, numC
   return names as string[];
 }
 
-export type { FloatDType };

@@ -1,7 +1,8 @@
 /**
  * The TarFlow model (see ../shared/docs/tarflow-spec.md): patchify, N flow blocks of causal Transformer layers
  * with an affine autoregressive coupling, alternating patch order. Forward (data -> latent, with log-dets) saves
- * what the explicit backward needs; the sequential inverse with guidance samples; a score step denoises.
+ * what the explicit backward needs; the sequential inverse with guidance samples. The denoising step, built from
+ * the backward here, is in sampling.ts.
  *
  * Every computation is a call into the backend's op table on native tensors; this file only sequences them.
  */
@@ -111,12 +112,12 @@ interface LayerActs {
   mid: Tensor; ln2: Tensor; mean2: Tensor; rstd2: Tensor; fc1: Tensor; act: Tensor;
 }
 
-/** Activations of one block; `hs[l]` is the input of layer l and hs[L] the input of proj_out. */
+/** Activations of one block; `layerInputs[l]` is the input of layer l and layerInputs[L] the input of proj_out. */
 interface BlockActs {
-  up: Tensor;
-  hs: Tensor[];
+  orderedInput: Tensor;
+  layerInputs: Tensor[];
   layers: LayerActs[];
-  o: Tensor;
+  couplingParams: Tensor;
   v: Tensor;
   out: Tensor;
 }
@@ -134,7 +135,7 @@ export class Workspace {
   dz!: Tensor;
   readonly dIn: Tensor[] = [];
   dv!: Tensor;
-  dup!: Tensor;
+  dOrderedInput!: Tensor;
   dout!: Tensor;
   dh!: Tensor;
   dln!: Tensor;
@@ -171,7 +172,7 @@ export class Workspace {
     this.labels = t([B], 'int32');
     this.patches = t([B, T, D]);
     const layerActs = () => {
-      const hs = [t([B, T, W])];
+      const layerInputs = [t([B, T, W])];
       const layers: LayerActs[] = [];
       for (let l = 0; l < cfg.layersPerBlock; l++) {
         layers.push({
@@ -180,24 +181,24 @@ export class Workspace {
           att: t([B, T, W]), mid: t([B, T, W]), ln2: t([B, T, W]), mean2: t([B, T]), rstd2: t([B, T]),
           fc1: t([B, T, F]), act: t([B, T, F]),
         });
-        hs.push(t([B, T, W]));
+        layerInputs.push(t([B, T, W]));
       }
-      return { hs, layers };
+      return { layerInputs, layers };
     };
     const shared = this.recompute ? layerActs() : null;
     for (let k = 0; k < cfg.numBlocks; k++) {
       const flip = k % 2 === 1;
       const prevOut = k === 0 ? this.patches : this.blocks[k - 1].out;
-      const { hs, layers } = shared ?? layerActs();
+      const { layerInputs, layers } = shared ?? layerActs();
       const v = t([B, T, D]);
-      this.blocks.push({ up: flip ? t([B, T, D]) : prevOut, hs, layers, o: t([B, T, s.outDim]), v, out: flip ? t([B, T, D]) : v });
+      this.blocks.push({ orderedInput: flip ? t([B, T, D]) : prevOut, layerInputs, layers, couplingParams: t([B, T, s.outDim]), v, out: flip ? t([B, T, D]) : v });
       this.dIn.push(t([B, T, D]));
     }
     this.logdet = t([B]);
     this.sumsq = t([B]);
     this.dz = t([B, T, D]);
     this.dv = t([B, T, D]);
-    this.dup = t([B, T, D]);
+    this.dOrderedInput = t([B, T, D]);
     this.dout = t([B, T, s.outDim]);
     this.dh = t([B, T, W]);
     this.dln = t([B, T, W]);
@@ -329,7 +330,8 @@ export class TarFlow {
     checkNumber('batch', batch, { integer: true, min: 1 });
     let ws = this.workspaces.get(batch);
     if (!ws) {
-      // Keep one workspace: a new batch size (the last, partial batch of an epoch) replaces the old one.
+      // Keep at most two: a full batch and the last, partial one (an epoch's tail, a scoring or generation run's
+      // remainder); a third size frees both, so a caller cycling through sizes does not pile up activations.
       if (this.workspaces.size >= 2) this.releaseWorkspaces();
       ws = this.allocateWorkspace(batch);
       this.workspaces.set(batch, ws);
@@ -405,9 +407,9 @@ export class TarFlow {
       const a = ws.blocks[k];
       const flip = k % 2 === 1;
       const input = k === 0 ? ws.patches : ws.blocks[k - 1].out;
-      if (flip) ops.flipTokens(a.up, input);
+      if (flip) ops.flipTokens(a.orderedInput, input);
       this.blockLayersForward(ws, k);
-      ops.couplingForward(a.v, ws.logdet, a.up, a.o, cfg.nvp, k > 0);
+      ops.couplingForward(a.v, ws.logdet, a.orderedInput, a.couplingParams, cfg.nvp, k > 0);
       if (flip) ops.flipTokens(a.out, a.v);
     }
     const B = ws.batch;
@@ -418,7 +420,10 @@ export class TarFlow {
     return { loss, logdet };
   }
 
-  /** Block k's Transformer from its (token-ordered) input a.up to the coupling parameters a.o, saving activations. */
+  /**
+   * Block k's Transformer from its (token-ordered) input a.orderedInput to the coupling parameters
+   * a.couplingParams, saving activations.
+   */
   private blockLayersForward(ws: Workspace, k: number): void {
     const ops = this.ops;
     const mm = this.matmul;
@@ -428,23 +433,23 @@ export class TarFlow {
     const p = this.params.blocks[k];
     const a = ws.blocks[k];
     const flip = k % 2 === 1;
-    ops.linear(a.hs[0], a.up, p.projInWeight, p.projInBias, false, mm);
-    ops.addPosClass(a.hs[0], p.pos, p.classEmbed, labels, flip);
+    ops.linear(a.layerInputs[0], a.orderedInput, p.projInWeight, p.projInBias, false, mm);
+    ops.addPosClass(a.layerInputs[0], p.pos, p.classEmbed, labels, flip);
     for (let l = 0; l < cfg.layersPerBlock; l++) {
       const w = p.layers[l];
       const s = a.layers[l];
-      ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.hs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
+      ops.layerNorm(s.ln1, s.mean1, s.rstd1, a.layerInputs[l], w.ln1Weight, w.ln1Bias, LN_EPS);
       ops.linear(s.qkv, s.ln1, w.qkvWeight, w.qkvBias, false, mm);
       if (ws.fusedAttention) ops.flashAttention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
       else ops.attention(s.att, s.attnSaved, s.qkv, heads, 1, mm);
-      ops.copy(s.mid, a.hs[l]);
+      ops.copy(s.mid, a.layerInputs[l]);
       ops.linear(s.mid, s.att, w.projWeight, w.projBias, true, mm);
       ops.layerNorm(s.ln2, s.mean2, s.rstd2, s.mid, w.ln2Weight, w.ln2Bias, LN_EPS);
       ops.linear(s.fc1, s.ln2, w.fc1Weight, w.fc1Bias, false, { ...mm, gelu: s.act });
-      ops.copy(a.hs[l + 1], s.mid);
-      ops.linear(a.hs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true, mm);
+      ops.copy(a.layerInputs[l + 1], s.mid);
+      ops.linear(a.layerInputs[l + 1], s.act, w.fc2Weight, w.fc2Bias, true, mm);
     }
-    ops.linear(a.o, a.hs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false, mm);
+    ops.linear(a.couplingParams, a.layerInputs[cfg.layersPerBlock], p.projOutWeight, p.projOutBias, false, mm);
   }
 
   /**
@@ -474,9 +479,9 @@ export class TarFlow {
       if (ws.recompute && k < cfg.numBlocks - 1) this.blockLayersForward(ws, k);
       const dv = flip ? ws.dv : dOut;
       if (flip) ops.flipTokens(ws.dv, dOut);
-      ops.couplingBackward(ws.dup, ws.dout, dv, a.up, a.o, cfg.nvp, -1 / B);
+      ops.couplingBackward(ws.dOrderedInput, ws.dout, dv, a.orderedInput, a.couplingParams, cfg.nvp, -1 / B);
       const L = cfg.layersPerBlock;
-      ops.linearBackward(ws.dh, g?.projOutWeight ?? null, g?.projOutBias ?? null, ws.dout, a.hs[L], p.projOutWeight, false, mm);
+      ops.linearBackward(ws.dh, g?.projOutWeight ?? null, g?.projOutBias ?? null, ws.dout, a.layerInputs[L], p.projOutWeight, false, mm);
       for (let l = L - 1; l >= 0; l--) {
         const w = p.layers[l];
         const gw = g ? g.layers[l] : null;
@@ -489,13 +494,13 @@ export class TarFlow {
         if (ws.fusedAttention) ops.flashAttentionBackward(ws.dqkv, ws.datt, s.qkv, s.att, s.attnSaved, heads, 1, mm);
         else ops.attentionBackward(ws.dqkv, ws.datt, s.qkv, s.attnSaved, heads, 1, mm);
         ops.linearBackward(ws.dln, gw?.qkvWeight ?? null, gw?.qkvBias ?? null, ws.dqkv, s.ln1, w.qkvWeight, false, mm);
-        this.layerNormBackward(ws.dh, gw?.ln1Weight, gw?.ln1Bias, ws.dln, a.hs[l], s.mean1, s.rstd1, w.ln1Weight);
+        this.layerNormBackward(ws.dh, gw?.ln1Weight, gw?.ln1Bias, ws.dln, a.layerInputs[l], s.mean1, s.rstd1, w.ln1Weight);
       }
       if (g) ops.addPosClassBackward(g.pos, g.classEmbed, ws.dh, labels, flip);
-      ops.linearBackward(ws.dup, g?.projInWeight ?? null, g?.projInBias ?? null, ws.dh, a.up, p.projInWeight, true, mm);
+      ops.linearBackward(ws.dOrderedInput, g?.projInWeight ?? null, g?.projInBias ?? null, ws.dh, a.orderedInput, p.projInWeight, true, mm);
       const dIn = ws.dIn[k];
-      if (flip) ops.flipTokens(dIn, ws.dup);
-      else ops.copy(dIn, ws.dup);
+      if (flip) ops.flipTokens(dIn, ws.dOrderedInput);
+      else ops.copy(dIn, ws.dOrderedInput);
       dOut = dIn;
     }
     ops.unpatchify(ws.dx, dOut, cfg.patchSize);

@@ -1,6 +1,7 @@
 /**
- * Training: AdamW with the warm-up + cosine schedule, noise augmentation (Gaussian) or uniform dequantization,
- * label drop, optional horizontal flip and gradient clipping, skipping of non-finite steps, and the VP prior update.
+ * Training: the step (forward, backward, gradient clipping, the fused AdamW op), the warm-up + cosine schedule,
+ * skipping of non-finite steps, the VP prior update, and saving and resuming the training state. A batch's noise
+ * (Gaussian, or uniform dequantization), label drop and flips are drawn by BatchMaker in loader.ts.
  *
  * Every random choice is a pure function of (seed, step), so a run resumed from a saved state continues exactly
  * as an uninterrupted run would, whatever the thread count.

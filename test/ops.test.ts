@@ -1,10 +1,26 @@
 /** Properties of single ops that the model's guarantees rest on. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { getBackend } from '../lib/backend.js';
+import { getBackend, type Ops } from '../lib/backend.js';
 import { TarFlow } from '../lib/model.js';
 
 const b = getBackend('cpu');
+
+// Every op of the TypeScript interface, once: the Record type makes tsc reject a missing or an unknown name.
+const OP_NAMES: Record<keyof Ops, true> = {
+  copy: true, axpby: true, rowSumSquares: true, sumSquares: true, allFinite: true, varUpdate: true, mulBroadcast: true,
+  flipTokens: true, patchify: true, unpatchify: true, gelu: true, geluBackward: true, addPosClass: true,
+  addPosClassBackward: true, layerNorm: true, layerNormBackward: true, linear: true, linearBackward: true, attention: true,
+  attentionBackward: true, flashAttention: true, flashAttentionBackward: true, couplingForward: true, couplingBackward: true,
+  normal: true, uniform: true, adamw: true, blockReverse: true, getThreads: true, nativeMemory: true, setMemoryLimit: true,
+  setThreads: true,
+};
+
+// The native table (native/common/op_table.h) and lib/backend.ts's Ops are written separately; cuda-parity compares
+// the two native tables, and this keeps the TypeScript one in step with them.
+test('the native op table has exactly the ops of the TypeScript Ops interface', () => {
+  assert.equal(Object.keys(b.ops).sort(), Object.keys(OP_NAMES).sort());
+});
 
 test('noise: any window of a stream equals the same elements of a longer read (batch-size independence)', () => {
   for (const kind of ['normal', 'uniform'] as const) {

@@ -7,7 +7,7 @@
 
 // An op that only reads or sets host bookkeeping (memory counters, the thread count). On the CUDA addon it must keep
 // answering after a sticky GPU error has made the backend refuse device work, so that a service can still report and
-// clean up; on the CPU addon every op is one of these.
+// clean up. On the CPU addon nothing is sticky, and the only difference is that TF_OP runs with denormals flushed.
 #define TF_HOST_OP(name)                                                \
   static Napi::Value name##_impl(const Napi::CallbackInfo& info);       \
   static Napi::Value name(const Napi::CallbackInfo& info) {             \

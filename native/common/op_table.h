@@ -1,6 +1,10 @@
 // The operation table both addons export (ops): every layer file's ops, under the same names on both backends,
 // so lib/ never knows which backend it drives. Each backend's addon.cc adds what differs (its thread count,
 // device queries) and sets the exports.
+//
+// A new op touches: its layer's list below; its argument parsing in op_args.{h,cc} (shared, so both backends
+// check the same things); its TF_OP in native/cpu/<layer>.cc and native/cuda/<layer>.cu; the Ops interface in
+// lib/backend.ts; and a case in test/cuda-parity.test.ts (the GPU against the CPU) beside its CPU test.
 #pragma once
 #include <napi.h>
 
@@ -29,7 +33,7 @@ namespace tf {
 using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
 
 // The table: the ops of every layer (one register_<layer> per layer file, the same files on both sides), then
-// getThreads and setThreads (the backend's own), then nativeMemory.
+// getThreads and setThreads (the backend's own), then nativeMemory and setMemoryLimit.
 Napi::Object make_op_table(Napi::Env env, OpFn get_threads, OpFn set_threads);
 
 // setThreads(n): the requested thread count, checked to be in [1, 256].

@@ -1,10 +1,11 @@
 // Causal multi-head self-attention over patch tokens, training form.
 // qkv is the output of one linear layer: columns [0,W) queries, [W,2W) keys, [2W,3W) values; head j uses
-// columns [64j, 64j+64) of each. Logits are q.k / (sqrt(headDim) * temp).
+// columns [j*hd, (j+1)*hd) of each, hd = W / heads. Logits are q.k / (sqrt(headDim) * temp).
 // With precision 'bf16' every product takes bf16 inputs (gemm.h's reference of the GPU's tensor-core path); the
 // softmax and its backward stay fp32.
 // The softmax probabilities are saved for the backward: at the sequence lengths a CPU trains on, the T x T
 // matrix per head is small next to the MLP activations, and reusing it makes the backward two GEMMs cheaper.
+// Sampling's attention (one query token against a KV cache) is written separately, in reverse.cc's token loop.
 #include <algorithm>
 #include <cmath>
 #include <limits>

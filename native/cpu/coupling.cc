@@ -3,6 +3,8 @@
 // where (a, b) are the block output o split in halves (NVP) or a = 0, b = o (VP): the shift by one makes
 // position i depend only on tokens before it. logdet = -mean(a) over the T*D entries (the zero row included).
 // exp is evaluated in the working precision's float (fp32 for float32), matching the reference.
+// The inverse (sampling), with the guidance mix, is not here: it runs inside the sampler's token loop, in
+// reverse.cc, and a change to the coupling must be made there too.
 #include <cmath>
 
 #include "../common/op.h"

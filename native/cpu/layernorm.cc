@@ -1,5 +1,6 @@
-// LayerNorm over the last dimension, statistics in double-free float32 (fp32 whatever the working precision,
-// as the spec asks; float64 tensors use double throughout). mean and rstd are saved for the backward.
+// LayerNorm over the last dimension. Statistics are in the tensors' own float type: fp32 for float32 tensors,
+// whatever the matrix products' precision (the spec keeps them fp32 under bf16), and double for the float64 tensors
+// of the gradient checks. mean and rstd are saved for the backward.
 #include <cmath>
 
 #include "../common/op.h"

@@ -3,7 +3,8 @@
 // for the backward exactly as on the CPU.
 //
 // The model trains through flash_attention.cu (no T x T matrix in memory); these kernels stay as the plain reference
-// that the fused ones are tested against.
+// that the fused ones are tested against. Sampling's single-token attention over the KV cache is in reverse.cu
+// (decode_attention_kernel, and the split-KV pair with decode_tile.h).
 #include <cmath>
 
 #include "../common/op.h"

@@ -1,7 +1,7 @@
 // The affine autoregressive coupling of one flow block: the CUDA twin of native/cpu/coupling.cc.
 //   v_0 = u_0,  v_i = (u_i - b_{i-1}) * exp(-a_{i-1}) for i >= 1;  logdet = -mean(a) over the T*D entries.
 // exp runs in the working precision (fp32 for float32), as on the CPU. The log-determinant is one block per
-// sample with a fixed-order tree sum.
+// sample with a fixed-order tree sum. The inverse with the guidance mix is reverse.cu's update_kernel.
 #include "../common/op.h"
 #include "../common/op_args.h"
 #include "../common/op_table.h"
