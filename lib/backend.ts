@@ -17,7 +17,8 @@ export type DeviceOption = 'auto' | DeviceName;
  * Working precision of the matrix products: 'fp32', or 'bf16' mixed precision (float32 tensors only): the inputs of
  * every product are rounded to bf16, sums stay fp32 (tensor cores on the GPU; the CPU emulates the rounding).
  */
-export type Precision = 'fp32' | 'bf16';
+export const PRECISIONS = ['fp32', 'bf16'] as const;
+export type Precision = (typeof PRECISIONS)[number];
 
 /** The last, optional argument of the matrix ops. */
 export interface MatmulOptions {

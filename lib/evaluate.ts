@@ -6,9 +6,10 @@ import type { ImageDataset } from './data.js';
 import { checkDatasetFits, matchClasses } from './data.js';
 import { TarflowError } from './errors.js';
 import { SEED_RULE, type TarFlow } from './model.js';
+import { pixelLevels } from './pixels.js';
+import { STREAMS } from './streams.js';
 import { checkArray, checkBatch, checkKnownKeys, checkNumber, checkObject, optional, type OptionNames } from './validate.js';
 
-const STREAM_DEQUANT = 21;
 
 export interface ScoreOptions {
   batchSize?: number;
@@ -47,16 +48,18 @@ export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Arr
   const out = new Float64Array(N);
   const noise = new model.backend.Tensor(model.dtype, [batch * per]);
   const host = model.dtype === 'float32' ? new Float32Array(batch * per) : new Float64Array(batch * per);
+  // bits/dim is always under uniform dequantization, whatever noise the model was trained with
+  const levels = pixelLevels('uniform');
   try {
     for (let start = 0; start < N; start += batch) {
       if (options.signal?.aborted) throw new TarflowError('ERR_TARFLOW_ABORTED', 'scoring was aborted');
       const B = Math.min(batch, N - start);
       const ws = model.workspace(B);
       const x = B === batch ? host : host.subarray(0, B * per);
-      for (let i = 0; i < B * per; i++) x[i] = images[start * per + i] / 128 - 1;
+      for (let i = 0; i < B * per; i++) x[i] = levels[images[start * per + i]!]!;
       ws.x.copyFrom(x);
       const nz = B === batch ? noise : noise.view(0, [B * per]);
-      model.ops.uniform(nz, seed, STREAM_DEQUANT, start * per);
+      model.ops.uniform(nz, seed, STREAMS.evalDequant, start * per);
       model.ops.axpby(ws.x, nz, 1 / 128, 1);
       if (nz !== noise) nz.dispose();
       model.setLabels(ws, labels ? labels.subarray(start, start + B) : null);

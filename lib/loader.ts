@@ -15,19 +15,18 @@ import { availableParallelism } from 'node:os';
 import { getBackend, type FloatDType, type Tensor } from './backend.js';
 import { epochPermutation, type ImageDataset } from './data.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
+import type { TrainingNoise } from './model.js';
+import { pixelLevels } from './pixels.js';
+import { STREAMS } from './streams.js';
 import { checkNumber } from './validate.js';
 
-// Streams of the counter-based generator, one per kind of random draw.
-const STREAM_NOISE = 11;
-const STREAM_LABEL_DROP = 12;
-const STREAM_FLIP = 13;
 
 /** How batches are drawn and augmented (the training options of the same names). */
 export interface AugmentOptions {
   batchSize: number;
   seed: number;
   /** 'gaussian': x + sigma * N(0, 1), pixels scaled by p/127.5 - 1; 'uniform': dequantization (p + U)/128 - 1. */
-  noise: 'gaussian' | 'uniform';
+  noise: TrainingNoise;
   sigma: number;
   /** Probability that an image's label is replaced by -1 (only when labels are delivered). */
   labelDrop: number;
@@ -96,9 +95,6 @@ export interface BatchSource {
 
 export type BatchRecipe = Required<Pick<LoaderOptions, keyof AugmentOptions | 'dtype' | 'labels'>>;
 
-// Gaussian training maps p -> p/127.5 - 1; uniform dequantization maps p -> (p + U)/128 - 1.
-const LUT_GAUSSIAN = Float64Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
-const LUT_UNIFORM = Float64Array.from({ length: 256 }, (_, p) => p / 128 - 1);
 
 /** Prepares batches (on a worker, or on the caller's thread when there are none), drawing noise on the CPU. */
 export class BatchMaker {
@@ -126,19 +122,19 @@ export class BatchMaker {
     const { ops } = getBackend('cpu');
     const B = r.batchSize, per = this.per, S = this.source.size, rows = this.source.channels * S;
     const idx = this.order.indices(step);
-    const flips = r.hflip ? this.perImage(STREAM_FLIP, step) : null;
+    const flips = r.hflip ? this.perImage(STREAMS.flip, step) : null;
     // The noise array becomes the batch: pixels are added into it in place, and it is what gets transferred.
     let x: Float32Array | Float64Array;
     let scale: number;
     if (r.noise === 'uniform' || r.sigma > 0) {
-      ops[r.noise === 'uniform' ? 'uniform' : 'normal'](this.noise, r.seed, STREAM_NOISE, step * B * per);
+      ops[r.noise === 'uniform' ? 'uniform' : 'normal'](this.noise, r.seed, STREAMS.trainingNoise, step * B * per);
       x = this.noise.toArray() as Float32Array | Float64Array;
       scale = r.noise === 'uniform' ? 1 / 128 : r.sigma;
     } else {
       x = r.dtype === 'float32' ? new Float32Array(B * per) : new Float64Array(B * per);
       scale = 0;
     }
-    const lut = r.noise === 'uniform' ? LUT_UNIFORM : LUT_GAUSSIAN;
+    const lut = pixelLevels(r.noise);
     const src = this.source.images;
     for (let b = 0; b < B; b++) {
       const base = idx[b] * per;
@@ -155,7 +151,7 @@ export class BatchMaker {
     const labels = new Int32Array(B).fill(-1);
     const dataLabels = this.source.labels;
     if (r.labels && dataLabels) {
-      const drops = r.labelDrop > 0 ? this.perImage(STREAM_LABEL_DROP, step) : null;
+      const drops = r.labelDrop > 0 ? this.perImage(STREAMS.labelDrop, step) : null;
       for (let b = 0; b < B; b++) if (drops === null || drops[b] >= r.labelDrop) labels[b] = dataLabels[idx[b]];
     }
     return { step, images: x, labels };

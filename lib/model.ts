@@ -7,10 +7,11 @@
  * Every computation is a call into the backend's op table on native tensors; this file only sequences them.
  */
 import type { Backend, FloatDType, MatmulOptions, Precision, Tensor } from './backend.js';
-import { getBackend, type DeviceOption } from './backend.js';
+import { PRECISIONS, getBackend, type DeviceOption } from './backend.js';
 import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
+import { STREAMS } from './streams.js';
 import {
   checkArray, checkBoolean, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames,
 } from './validate.js';
@@ -268,7 +269,7 @@ export class TarFlow {
     checkObject('options', options);
     checkKnownKeys('options', options, MODEL_OPTIONS);
     this.dtype = checkOneOf('dtype', options.dtype ?? 'float32', ['float32', 'float64']);
-    this.precision = checkOneOf('precision', options.precision ?? 'fp32', ['fp32', 'bf16']);
+    this.precision = checkOneOf('precision', options.precision ?? 'fp32', PRECISIONS);
     if (this.precision === 'bf16' && this.dtype !== 'float32') {
       throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'precision', "'fp32' with dtype 'float64'", "'bf16'", "bf16 mixed precision needs dtype 'float32'");
     }
@@ -310,10 +311,10 @@ export class TarFlow {
       }
       const scratch = scratchFor(s.size);
       if (s.init.kind === 'normal') {
-        this.ops.normal(scratch, seed, 1000 + i, 0);
+        this.ops.normal(scratch, seed, STREAMS.paramInit + i, 0);
         this.ops.axpby(view, scratch, s.init.std, 0);
       } else {
-        this.ops.uniform(scratch, seed, 1000 + i, 0);
+        this.ops.uniform(scratch, seed, STREAMS.paramInit + i, 0);
         const u = scratch.toArray();
         const bound = s.init.bound;
         for (let j = 0; j < u.length; j++) u[j] = (2 * u[j] - 1) * bound;
@@ -538,7 +539,7 @@ export class TarFlow {
     this.assertAlive();
     const cfg = this.config;
     const { guidance: w, guideWhat: what, attnTemp: tau, annealed } = resolveGuidance(options);
-    const kvCache = checkOneOf('kvCache', options.kvCache ?? this.precision, ['fp32', 'bf16']);
+    const kvCache = checkOneOf('kvCache', options.kvCache ?? this.precision, PRECISIONS);
     if (kvCache === 'bf16' && this.dtype !== 'float32') {
       throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'kvCache', "'fp32' with dtype 'float64'", "'bf16'", "a bf16 cache needs dtype 'float32'");
     }

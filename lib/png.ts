@@ -1,6 +1,6 @@
 /**
- * PNG output for samples and data previews. Encoding goes through pngjs; the grid and float-to-byte helpers
- * exist so that every caller maps model outputs to pixels the same way.
+ * PNG output for samples and data previews. Encoding goes through pngjs; images arrive as bytes (pixels.ts maps
+ * model space to bytes).
  */
 import { PNG } from 'pngjs';
 import { writeFileAtomic } from './atomic.js';
@@ -31,7 +31,7 @@ export function encodePng(pixels: Uint8Array, width: number, height: number, cha
     throw invalid(`encodePng: channels must be 1 (grey) or 3 (RGB), got ${String(channels)}; convert the image first`);
   }
   if (!(pixels instanceof Uint8Array)) {
-    throw invalid('encodePng: pixels must be a Uint8Array of HWC bytes; use toUint8Images to convert floats');
+    throw invalid('encodePng: pixels must be a Uint8Array of HWC bytes (sampling returns its images as bytes)');
   }
   const expected = width * height * channels;
   if (expected > MAX_PIXEL_BYTES) {
@@ -72,7 +72,7 @@ export function imageGrid(
   positiveInt(height, 'height', 'imageGrid');
   positiveInt(width, 'width', 'imageGrid');
   if (!(images instanceof Uint8Array)) {
-    throw invalid('imageGrid: images must be a Uint8Array of N*C*H*W bytes; use toUint8Images to convert floats');
+    throw invalid('imageGrid: images must be a Uint8Array of N*C*H*W bytes, as sampling returns them');
   }
   const per = channels * height * width;
   if (images.length !== n * per) {
@@ -107,18 +107,6 @@ export function imageGrid(
     }
   }
   return { pixels, width: outW, height: outH };
-}
-
-/** Maps model-space floats in [-1, 1] to bytes by round((v + 1) * 127.5), clamped to 0..255; NaN becomes 0. */
-export function toUint8Images(x: Float32Array): Uint8Array {
-  if (!(x instanceof Float32Array)) throw invalid('toUint8Images: expected a Float32Array of values in [-1, 1]');
-  const out = new Uint8Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const v = Math.round((x[i]! + 1) * 127.5);
-    // written so that NaN fails both comparisons and lands on 0
-    out[i] = v >= 255 ? 255 : v > 0 ? v : 0;
-  }
-  return out;
 }
 
 /** Digits of the index in the names of `count` numbered image files: 6, or more where count - 1 has more, so names sort in image order. */

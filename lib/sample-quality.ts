@@ -8,7 +8,7 @@
  * nearest are re-ranked with exact integer distances on the host, so a copied image is at distance exactly 0
  * and the result does not depend on the blocking.
  */
-import type { Backend, DeviceOption, Precision, Tensor } from './backend.js';
+import { PRECISIONS, type Backend, type DeviceOption, type Precision, type Tensor } from './backend.js';
 import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
@@ -410,7 +410,7 @@ export async function runEvalSamples(spec: EvalSamplesSpec, ctx: TaskContext): P
   checkKnownKeys('spec', spec, EVAL_SAMPLES_SPEC); // first, so a misspelt checkpoint is named as such
   checkCheckpointSpec(spec);
   optional(spec.k, (v) => positiveInt('k', v));
-  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
+  optional(spec.precision, (v) => checkOneOf('precision', v, PRECISIONS));
   resolveGenerateOptions({ ...spec, count: spec.count ?? 1000 }, 28 * 28);
   const model = await loadModel(spec.checkpoint, { device: spec.device, config: spec.config, precision: spec.precision });
   try {

@@ -3,9 +3,11 @@
  * step that denoises, and detection of non-finite samples.
  */
 import { constants as bufferConstants } from 'node:buffer';
-import type { Precision, Tensor as TensorHandle } from './backend.js';
+import { PRECISIONS, type Precision, type Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
+import { modelToPixels } from './pixels.js';
+import { STREAMS } from './streams.js';
 import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
@@ -44,7 +46,6 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
 
 export type { GuidanceOptions, ReverseOptions };
 
-const STREAM_LATENT = 31;
 
 /**
  * The temperature likelihood models (uniform dequantization) sample at by default: the shipped mnist-bpd and the
@@ -139,21 +140,8 @@ export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1)
     temperature: checkNumber('temperature', options.temperature ?? 1, { min: 0 }),
     denoiseSigma: optional(options.denoiseSigma, (v) => checkNumber('denoiseSigma', v, { min: 0 })),
     guidance: resolveGuidance(options),
-    kvCache: optional(options.kvCache, (v) => checkOneOf<Precision>('kvCache', v, ['fp32', 'bf16'])),
+    kvCache: optional(options.kvCache, (v) => checkOneOf<Precision>('kvCache', v, PRECISIONS)),
   };
-}
-
-/**
- * Model space back to pixels, by the inverse of the map training used: Gaussian-noise models were trained on
- * p/127.5 - 1 (rounded back, as the reference saves images); uniform dequantization put pixel p anywhere in
- * [p/128 - 1, (p + 1)/128 - 1), so a value maps to the bin it falls in.
- */
-function floatsToBytes(x: ArrayLike<number>, out: Uint8Array, offset: number, noise: TrainingNoise): void {
-  const uniform = noise === 'uniform';
-  for (let i = 0; i < x.length; i++) {
-    const v = uniform ? Math.floor((x[i] + 1) * 128) : Math.round((x[i] + 1) * 127.5);
-    out[offset + i] = v < 0 ? 0 : v > 255 ? 255 : v;
-  }
 }
 
 function finite(x: ArrayLike<number>, start: number, n: number): boolean {
@@ -191,11 +179,11 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
       lab = labels ? new Tensor('int32', [B], Int32Array.from(localIdx, (i) => labels[i])) : null;
       // Image k's latent is elements [k*T*D, (k+1)*T*D) of the stream: independent of batching.
       const contiguous = globalIdx.every((g, i) => g === globalIdx[0] + i);
-      if (contiguous) model.ops.normal(z, seed, STREAM_LATENT + attempt, globalIdx[0] * T * D);
+      if (contiguous) model.ops.normal(z, seed, STREAMS.sampleLatent + attempt, globalIdx[0] * T * D);
       else {
         globalIdx.forEach((g, i) => {
           const row = z!.view(i * T * D, [T * D]);
-          model.ops.normal(row, seed, STREAM_LATENT + attempt, g * T * D);
+          model.ops.normal(row, seed, STREAMS.sampleLatent + attempt, g * T * D);
           row.dispose();
         });
       }
@@ -242,7 +230,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
         redraws.push({ index: start + s + i, attempt });
         img = draw([start + s + i], [s + i], attempt);
       }
-      floatsToBytes(img, images, (s + i) * per, model.trainingNoise);
+      modelToPixels(img, images, (s + i) * per, model.trainingNoise);
     }
     options.onProgress?.(s + B, count);
   }

@@ -6,13 +6,13 @@
  * Every random choice is a pure function of (seed, step), so a run resumed from a saved state continues exactly
  * as an uninterrupted run would, whatever the thread count.
  */
-import type { FloatDType, Precision, Tensor } from './backend.js';
+import { PRECISIONS, type FloatDType, type Precision, type Tensor } from './backend.js';
 import { toReferenceConfig } from './config.js';
 import { classNamesFromMetadata, configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, matchClasses, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
-import { TarFlow, VAR_RATE, type Workspace } from './model.js';
+import { TarFlow, VAR_RATE, type TrainingNoise, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule, type OptionNames } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsFile, type SafetensorsTensor } from './safetensors.js';
@@ -35,7 +35,7 @@ export interface TrainOptions {
   eps?: number;
   weightDecay?: number;
   /** 'gaussian' noise augmentation x + sigma*eps (default) or 'uniform' dequantization (likelihood models). */
-  noise?: 'gaussian' | 'uniform';
+  noise?: TrainingNoise;
   /** Gaussian noise level (default 0.1, the MNIST setting). */
   sigma?: number;
   /** Probability of dropping a label for classifier-free guidance (default 0.1; conditional models only). */
@@ -168,7 +168,7 @@ function readTrainMetadata(file: SafetensorsFile, path: string) {
     options,
     dtype: optional(train.dtype, (v) => checkOneOf<FloatDType>(`${field}.dtype`, v, ['float32', 'float64'], 'ERR_TARFLOW_CHECKPOINT')),
     // Absent in states written before it was saved: those runs said nothing, and any precision resumes them.
-    precision: optional(train.precision, (v) => checkOneOf<Precision>(`${field}.precision`, v, ['fp32', 'bf16'], 'ERR_TARFLOW_CHECKPOINT')),
+    precision: optional(train.precision, (v) => checkOneOf<Precision>(`${field}.precision`, v, PRECISIONS, 'ERR_TARFLOW_CHECKPOINT')),
   };
 }
 

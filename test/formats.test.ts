@@ -15,7 +15,8 @@ import {
 } from '../lib/safetensors.js';
 import { parseNpy, readNpy, serializeNpy, writeNpy, labelsToInt32 } from '../lib/npy.js';
 import { parseIdx, readIdx } from '../lib/idx.js';
-import { encodePng, imageGrid, toUint8Images, writePng } from '../lib/png.js';
+import { encodePng, imageGrid, writePng } from '../lib/png.js';
+import { modelToPixels, pixelLevels } from '../lib/pixels.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // helpers
@@ -517,9 +518,19 @@ test('png: imageGrid tiles CHW images into HWC with padding', () => {
   throwsCode(() => imageGrid(imgs, n, C, H, W, { padValue: 300 }), 'ERR_TARFLOW_INVALID_ARGUMENT');
 });
 
-test('png: toUint8Images maps [-1, 1] to 0..255 with clamping', () => {
-  const out = toUint8Images(new Float32Array([-1, 1, 0, NaN, 2, -3, Infinity, -Infinity, -0.5]));
-  assert.equal([...out], [0, 255, 128, 0, 255, 0, 255, 0, 64]);
+test('pixels: each noise maps bytes to model space and back to the same bytes; out-of-range and NaN clamp', () => {
+  for (const noise of ['gaussian', 'uniform'] as const) {
+    const levels = pixelLevels(noise);
+    assert.equal(levels[0], -1);
+    const back = new Uint8Array(256);
+    modelToPixels(levels, back, 0, noise);
+    assert.equal([...back], Array.from({ length: 256 }, (_, p) => p), noise);
+  }
+  // uniform dequantization: anywhere in pixel 10's bin [10/128 - 1, 11/128 - 1) is pixel 10; Gaussian rounds
+  const out = new Uint8Array(6);
+  modelToPixels([10.999 / 128 - 1, 2, -3, NaN], out, 0, 'uniform');
+  modelToPixels([10.4 / 127.5 - 1, 10.6 / 127.5 - 1], out, 4, 'gaussian');
+  assert.equal([...out], [10, 255, 0, 0, 10, 11]);
 });
 
 // ---------------------------------------------------------------------------------------------------------

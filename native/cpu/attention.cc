@@ -15,7 +15,7 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
-#include "gelu.h"
+#include "fast_exp.h"
 #include "gemm.h"
 
 namespace tf {

@@ -17,6 +17,7 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
+#include "fast_exp.h"
 #include "gelu.h"
 #include "gemm.h"
 #include "layernorm.h"
