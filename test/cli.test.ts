@@ -165,6 +165,19 @@ test('the shipped likelihood model samples at its own temperature (0.7) unless -
   assert.not.ok(own.equals(grid('bpd-1.png', '--temperature', '1')));
 });
 
+test('--denoise is refused for a model trained with uniform dequantization, naming the flag and the fix, before any folder is made', () => {
+  const out = join(dir, 'bpd-denoised');
+  for (const args of [['sample', '--out', join(out, 'grid.png')], ['sample', '--out', out], ['generate', '--count', '2', '--out', out]]) {
+    const r = run([args[0], '--checkpoint', 'mnist-bpd', '--denoise', '0.1', ...args.slice(1)]);
+    assert.is(r.code, 1, args.join(' '));
+    assert.match(r.stderr, new RegExp(`^tarflow ${args[0]}: --denoise: the model was trained with uniform dequantization .*; sample this model without denoising ` +
+      '\\(leave out --denoise and denoiseSigma\\), or denoise the samples of a model trained with Gaussian noise', 'm'));
+  }
+  assert.not.ok(existsSync(out), 'a refused command made its output folder');
+  // --denoise 0 is no denoising, which every model allows
+  assert.is(run(['sample', '--checkpoint', 'mnist-bpd', '--denoise', '0', '--count', '2', '--out', join(out, 'grid.png')]).code, 0);
+});
+
 test("the library takes a shipped model's name wherever it takes a checkpoint, as the command line does", async () => {
   const m = await loadModel('mnist-bpd');
   try {
