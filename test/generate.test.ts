@@ -584,10 +584,10 @@ test('a new run refuses an out folder that holds other files, naming them; a kil
 test('sample --out DIR refuses a folder that holds other files; a grid file may go into one', async () => {
   const out = join(dir, 'sample-taken');
   mkdirSync(out);
-  writeFileSync(join(out, 'sample-000000.png'), 'mine');
+  writeFileSync(join(out, '000000-class0.png'), 'mine');
   const err = await failure(sample({ checkpoint: ckpt, count: 2, out }), 'sample into a folder with files');
-  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "sample-000000\.png"\); .*choose another folder \(--out\) or empty this one$/);
-  assert.is(readFileSync(join(out, 'sample-000000.png'), 'utf8'), 'mine');
+  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "000000-class0\.png"\); .*choose another folder \(--out\) or empty this one$/);
+  assert.is(readFileSync(join(out, '000000-class0.png'), 'utf8'), 'mine');
   assert.is((await sample({ checkpoint: ckpt, count: 2, out: join(out, 'grid.png') })).count, 2);
 });
 
