@@ -115,26 +115,28 @@ export function attentionCases(backend: Backend, precision: Precision): KernelCa
   return { ...cases, fused };
 }
 
-/** What benchmark.js measured of one case: calls per second, the relative margin of error (percent), and the calls timed. */
+/** What benchmark.js measured of one case: its samples and their relative margin of error (percent). */
 export interface KernelTiming {
-  hz: number;
+  /** Seconds per call, one value per timed cycle (benchmark.js's `stats.sample`, each the mean call of its cycle). */
+  sample: readonly number[];
   rme: number;
-  samples: number;
 }
 
 /**
- * A kernel case's row. Its name drops the padding that aligns the shapes in the text ("qkv   M=..."), which a
- * reader of the JSON would have to match exactly.
+ * A kernel case's row, at the median of benchmark.js's samples (its own figure, `hz`, is their mean): the other parts
+ * report medians, and one slow cycle (another process took the cores) moves a mean, not a median. Its name drops the
+ * padding that aligns the shapes in the text ("qkv   M=..."), which a reader of the JSON would have to match exactly.
  */
 export function kernelRow(part: 'gemm' | 'attention', precision: Precision, c: KernelCase, t: KernelTiming, fused?: boolean): BenchRow {
+  const seconds = median([...t.sample]);
   return {
-    part, name: c.name.replace(/\s+/g, ' '), value: (c.flops * t.hz) / 1e9, unit: 'GFLOP/s', precision,
-    mean_ms: 1000 / t.hz, samples: t.samples, rme_percent: t.rme, flops: c.flops, ...(c.kernel ? { kernel: c.kernel } : {}),
+    part, name: c.name.replace(/\s+/g, ' '), value: c.flops / seconds / 1e9, unit: 'GFLOP/s', precision,
+    median_ms: 1000 * seconds, samples: t.sample.length, rme_percent: t.rme, flops: c.flops, ...(c.kernel ? { kernel: c.kernel } : {}),
     ...(fused === undefined ? {} : { fused }),
   };
 }
 
 /** The row's text line: `label`, the case's own (aligned) name padded to `width`, then the rate. */
 export function formatKernelRow(label: string, width: number, c: KernelCase, r: BenchRow): string {
-  return `${label} ${c.name.padEnd(width)} ${r.value.toFixed(1).padStart(7)} GFLOP/s  (${r.mean_ms!.toFixed(3)} ms, ±${r.rme_percent!.toFixed(1)}%)`;
+  return `${label} ${c.name.padEnd(width)} ${r.value.toFixed(1).padStart(7)} GFLOP/s  (median ${r.median_ms!.toFixed(3)} ms of ${r.samples}, ±${r.rme_percent!.toFixed(1)}%)`;
 }

@@ -43,13 +43,14 @@ export interface BenchRow {
   unit: string;
   /** The matrix products' precision, for the rows it sets. */
   precision?: Precision;
-  /** The median time of one timed run (a training step, one batch of samples). */
+  /**
+   * The median time of one timed run (a training step, one batch of samples; gemm and attention: one call, the median
+   * of benchmark.js's samples, each the mean call of one timed cycle), from which `value` comes.
+   */
   median_ms?: number;
-  /** The mean time of one call (gemm and attention: benchmark.js's mean, from which `value` comes). */
-  mean_ms?: number;
-  /** Timed runs (calls, steps, rounds) the figure comes from. */
+  /** Timed runs (steps, rounds; gemm and attention: benchmark.js's cycles) the figure comes from. */
   samples?: number;
-  /** benchmark.js's relative margin of error of the mean, in percent. */
+  /** gemm and attention: benchmark.js's relative margin of error of its samples' mean, in percent, as a measure of their spread. */
   rme_percent?: number;
   /** Flops one timed call counts (gemm, attention). */
   flops?: number;

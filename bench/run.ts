@@ -112,7 +112,7 @@ function kernelSuite(part: 'gemm' | 'attention', label: string, width: number, k
           fail(part, c.name.replace(/\s+/g, ' '), `${label} ${b.name}`, b.error);
           return;
         }
-        const r = kernelRow(part, precision, c, { hz: b.hz, rme: b.stats.rme, samples: b.stats.sample.length }, fused);
+        const r = kernelRow(part, precision, c, { sample: b.stats.sample, rme: b.stats.rme }, fused);
         record({ rows: [r], text: formatKernelRow(label, width, c, r) });
       })
       .run({ async: false });

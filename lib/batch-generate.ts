@@ -16,8 +16,8 @@ import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import type { DeviceOption, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
-import { imageGrid, nameDigitsFor, writePng } from './png.js';
-import { GENERATE_OPTIONS, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
+import { imageGrid, nameDigitsFor, pngFileName, writePng } from './png.js';
+import { GENERATE_OPTIONS, checkDenoisable, defaultTemperature, generate, resolveGenerateOptions, resolveLabels, type ReverseOptions } from './sampling.js';
 import { REVERSE_OPTIONS } from './model.js';
 import { pretrainedPath, shippedModel, withSamplingDefaults } from './pretrained.js';
 import { readSafetensors } from './safetensors.js';
@@ -287,12 +287,7 @@ function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 
   return precision === 'fp32' && kvCache === 'fp32' ? {} : { precision, kvCache };
 }
 
-export { nameDigitsFor };
-
-/** The PNG file of image `index` (its class in the name where the model has classes). */
-export function pngFileName(index: number, digits: number, label: number | undefined): string {
-  return `${String(index).padStart(digits, '0')}${label === undefined ? '' : `-class${label}`}.png`;
-}
+export { nameDigitsFor, pngFileName };
 
 const npzFileName = (k: number) => `shard-${String(k).padStart(5, '0')}.npz`;
 
@@ -533,6 +528,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     }
     // Validate labels up front (a bad list fails before any work); they also name the PNG files.
     const allLabels = resolveLabels(model, count, spec.labels);
+    checkDenoisable(model, 'denoiseSigma', spec.denoiseSigma); // before the folder and its manifest, as the labels
     // Made only now that the checkpoint, options and labels have been checked: a refused run leaves no folder.
     await makeFolder(spec.out, 'out');
     lock = await lockFolder(spec.out, 'out');

@@ -276,7 +276,7 @@ const commands: Record<string, Command> = {
       config: 'JSON config for a checkpoint without metadata', count: 'number of images (default 100)',
       labels: 'one class for all images, or a comma-separated list; -1 is no class (default: cycle through the classes)',
       guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass (default 1)',
-      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond); Gaussian-noise models only',
       seed: 'noise seed (default 0)', temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)',
       out: 'a .png grid (default samples.png) or a folder for one PNG per image',
       cols: 'grid columns', 'max-redraws': 'redraws of a NaN/Inf sample before the command fails (default 3)', ...samplerPrecisionHelp, ...commonHelp,
@@ -320,7 +320,7 @@ const commands: Record<string, Command> = {
       out: 'output folder (shards and manifest.json)', format: "'png' (one file per image, default) or 'npz' (uint8 (N,H,W,C) arrays under arr_0)",
       'shard-size': 'images per shard (default 1000)', labels: 'one class for all, or a comma-separated list; -1 is no class (default: classes in turn)',
       guidance: 'guidance weight w (default 0; 2 for mnist-cond)', 'guide-what': 'guide ab (default), a or b', 'attn-temp': 'attention temperature of the unconditional pass',
-      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond)', seed: 'noise seed (default 0)',
+      annealed: 'anneal guidance over the sequence', denoise: 'denoise with one score step at this noise level, the training sigma (default: none; 0.1 for mnist-cond); Gaussian-noise models only', seed: 'noise seed (default 0)',
       temperature: temperatureHelp, 'batch-size': 'images per batch (default 256)', resume: 'continue the run in --out, skipping finished shards; options left out are the run\'s own, one given again must agree ' +
         '(--batch-size, --device and --max-redraws may change)',
       'max-redraws': 'redraws of a NaN/Inf sample before the run fails (default 3); a resume may raise it',
@@ -367,7 +367,7 @@ const commands: Record<string, Command> = {
       checkpoint: "class-conditional MNIST checkpoint (.safetensors), or a shipped model's name (default: mnist-cond)", config: 'JSON config for a checkpoint without metadata',
       count: 'samples to generate, classes in turn (default 1000)', guidance: 'guidance weight w (default 0)', 'guide-what': 'guide ab (default), a or b',
       'attn-temp': 'attention temperature of the unconditional pass', annealed: 'anneal guidance over the sequence',
-      denoise: 'denoise with one score step at this noise level (the training sigma)', seed: 'noise seed (default 0)',
+      denoise: 'denoise with one score step at this noise level (the training sigma); Gaussian-noise models only', seed: 'noise seed (default 0)',
       temperature: temperatureHelp, k: 'neighbours that vote (default 3)', 'batch-size': 'images per sampling batch (default 256)', ...samplerPrecisionHelp, ...commonHelp,
     },
     spec(v): EvalSamplesSpec {

@@ -113,3 +113,11 @@ export function imageGrid(
 export function nameDigitsFor(count: number): number {
   return Math.max(6, String(count - 1).length);
 }
+
+/**
+ * The PNG file of image `index` (its class in the name where the model has classes), for `generate` and for `sample
+ * --out DIR` alike. A generate run's resume looks for its finished shards under these names, so they stay as they are.
+ */
+export function pngFileName(index: number, digits: number, label: number | undefined): string {
+  return `${String(index).padStart(digits, '0')}${label === undefined ? '' : `-class${label}`}.png`;
+}

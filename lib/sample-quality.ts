@@ -13,7 +13,7 @@ import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, type ReverseOptions, type TarFlow } from './model.js';
-import { defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
+import { checkDenoisable, defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
 import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, optionNames, type OptionNames } from './validate.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
@@ -321,6 +321,7 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   };
   // Checked before MNIST is read: generate() would only see them after.
   const { count, batchSize: batch } = resolveGenerateOptions({ ...sampling, count: options.count ?? 1000, batchSize: options.batchSize }, dim);
+  checkDenoisable(model, 'denoiseSigma', sampling.denoiseSigma);
   const start = performance.now();
   const train = options.train ?? await loadMnist('train');
   const test = options.test ?? await loadMnist('test');

@@ -30,6 +30,7 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
   checkObject('options', options);
   checkKnownKeys('options', options, { sigma: true, lambda: true } satisfies OptionNames<DenoiseOptions>);
   const sigma = checkNumber('sigma', options.sigma, { min: 0 });
+  checkDenoisable(model, 'sigma', sigma);
   const lambda = checkNumber('lambda', options.lambda ?? 1);
   const ws = model.workspace(B);
   model.setInputs(ws, images, labels);
@@ -42,6 +43,22 @@ export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array
   const out = new Float32Array(images.length);
   for (let i = 0; i < out.length; i++) out[i] = images[i] - step * grad[i];
   return out;
+}
+
+/**
+ * Refuses a score step for a model trained with uniform dequantization. The step is Tweedie's estimate of the clean
+ * image only when the model's density is that of data plus Gaussian noise of level sigma: such a model's samples carry
+ * that noise, and the step removes it. A likelihood model learnt the data spread uniformly over each pixel's bin, so
+ * there is no Gaussian noise in its samples, no sigma for which the step estimates anything, and a sigma given
+ * anyway would move every sample along a density gradient that is flat inside a bin and steep at its edges (its
+ * samples already map back to pixels by the bin they fall in). Sigma 0 is no step, and always allowed.
+ */
+export function checkDenoisable(model: TarFlow, name: string, sigma: number | undefined): void {
+  if (sigma === undefined || sigma === 0 || model.trainingNoise !== 'uniform') return;
+  throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: the model was trained with uniform dequantization (its checkpoint records ` +
+    `noise 'uniform'), not with Gaussian noise, so its samples hold no noise of level ${sigma} for the denoising step to remove (the step ` +
+    'estimates the clean image only for a model of Gaussian-noised data); sample this model without denoising (leave out --denoise and ' +
+    "denoiseSigma), or denoise the samples of a model trained with Gaussian noise (train --noise gaussian --sigma S) at its sigma");
 }
 
 export type { GuidanceOptions, ReverseOptions };
@@ -160,6 +177,7 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   checkObject('options', options);
   checkKnownKeys('options', options, GENERATE_OPTIONS);
   const { count, seed, startIndex: start, batchSize, maxRedraws, temperature, denoiseSigma, guidance, kvCache } = resolveGenerateOptions(options, per);
+  checkDenoisable(model, 'denoiseSigma', denoiseSigma);
   const batch = Math.min(batchSize, count);
   const labels = resolveLabels(model, count, options.labels, start);
   const images = new Uint8Array(count * per);

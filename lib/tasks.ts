@@ -15,7 +15,7 @@ import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
-import { imageGrid, nameDigitsFor, writePng } from './png.js';
+import { imageGrid, nameDigitsFor, pngFileName, writePng } from './png.js';
 import { GENERATE_OPTIONS, defaultTemperature, generate, LIKELIHOOD_TEMPERATURE, resolveGenerateOptions, type GenerateOptions } from './sampling.js';
 import { TRAIN_OPTIONS, Trainer, checkTrainOptionRelations, checkTrainOptions, resumeOptions, type TrainOptions } from './train.js';
 import {
@@ -669,11 +669,11 @@ export async function runSample(given: SampleSpec, ctx: TaskContext): Promise<Sa
       await writePng(spec.out, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
     } else {
       const start = spec.startIndex ?? 0;
-      const digits = nameDigitsFor(start + spec.count); // names sort in image order, as generate's do
+      // Named as generate names its PNGs, so that a tool (or script) reads a folder of either the same way.
+      const digits = nameDigitsFor(start + spec.count);
       for (let i = 0; i < spec.count; i++) {
         const img = imageGrid(result.images.subarray(i * per, (i + 1) * per), 1, C, S, S, { cols: 1, pad: 0 });
-        const label = result.labels ? `-class${result.labels[i]}` : '';
-        await writePng(join(spec.out, `sample-${String(start + i).padStart(digits, '0')}${label}.png`), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
+        await writePng(join(spec.out, pngFileName(start + i, digits, result.labels?.[i])), img.pixels, img.width, img.height, C === 1 ? 1 : 3);
       }
     }
     const seconds = meter.seconds();

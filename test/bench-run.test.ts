@@ -66,9 +66,10 @@ test('bench --json: stdout is one JSON document of the rows, each a number in it
     assert.is(row.unit, 'GFLOP/s');
     assert.ok(Number.isFinite(row.value) && row.value > 0, `${row.name}: ${row.value}`);
     assert.ok(row.samples! >= 5, `${row.name}: ${row.samples} samples`);
-    assert.ok(Math.abs(row.value - row.flops! / row.mean_ms! / 1e6) < 1e-6 * row.value, `${row.name}: the rate is the flops over the mean time`);
+    assert.ok(Math.abs(row.value - row.flops! / row.median_ms! / 1e6) < 1e-6 * row.value, `${row.name}: the rate is the flops over the median time`);
+    assert.not.ok('mean_ms' in row, `${row.name}: one statistic, the median, in every part`);
     // The text went to stderr, printed from the same row.
-    assert.ok(r.stderr.includes(`${row.value.toFixed(1)} GFLOP/s  (${row.mean_ms!.toFixed(3)} ms`), `${row.name}'s text line`);
+    assert.ok(r.stderr.includes(`${row.value.toFixed(1)} GFLOP/s  (median ${row.median_ms!.toFixed(3)} ms of ${row.samples}`), `${row.name}'s text line`);
   }
   assert.match(r.stderr, /^tarflow bench on cpu, \d+ threads \(quick\)\n/);
 });

@@ -129,7 +129,7 @@ test('train --init starts from a checkpoint\'s weights and config, with a fresh 
   assert.match(uncond.stderr, /class-conditional \(3 classes\); drop conditional: false \(--unconditional\)/);
 });
 
-test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
+test('sample writes a PNG grid of the right size, and a folder of PNGs named and drawn as generate\'s', () => {
   const grid = join(dir, 'grid.png');
   const r = run(['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '6', '--guidance', '1.5', '--denoise', '0.1', '--out', grid, '--json']);
   assert.is(r.code, 0, r.stderr);
@@ -141,7 +141,12 @@ test('sample writes a PNG grid of the right size, and a folder of PNGs', () => {
   const r2 = run(['sample', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '4', '--labels', '2', '--out', folder]);
   assert.is(r2.code, 0, r2.stderr);
   const files = readdirSync(folder).sort();
-  assert.equal(files, ['sample-000000-class2.png', 'sample-000001-class2.png', 'sample-000002-class2.png', 'sample-000003-class2.png']);
+  assert.equal(files, ['000000-class2.png', '000001-class2.png', '000002-class2.png', '000003-class2.png']);
+  const generated = join(dir, 'each-generated');
+  const r3 = run(['generate', '--checkpoint', join(runDir, 'checkpoint.safetensors'), '--count', '4', '--labels', '2', '--out', generated]);
+  assert.is(r3.code, 0, r3.stderr);
+  assert.equal(readdirSync(generated).filter((f) => f !== 'manifest.json').sort(), files);
+  for (const f of files) assert.ok(readFileSync(join(folder, f)).equals(readFileSync(join(generated, f))), `${f}: sample and generate drew different images`);
 });
 
 test('sample without --checkpoint uses the shipped mnist-cond model (guided, denoised)', () => {
@@ -163,6 +168,19 @@ test('the shipped likelihood model samples at its own temperature (0.7) unless -
   const own = grid('bpd-default.png');
   assert.ok(own.equals(grid('bpd-07.png', '--temperature', '0.7')));
   assert.not.ok(own.equals(grid('bpd-1.png', '--temperature', '1')));
+});
+
+test('--denoise is refused for a model trained with uniform dequantization, naming the flag and the fix, before any folder is made', () => {
+  const out = join(dir, 'bpd-denoised');
+  for (const args of [['sample', '--out', join(out, 'grid.png')], ['sample', '--out', out], ['generate', '--count', '2', '--out', out]]) {
+    const r = run([args[0], '--checkpoint', 'mnist-bpd', '--denoise', '0.1', ...args.slice(1)]);
+    assert.is(r.code, 1, args.join(' '));
+    assert.match(r.stderr, new RegExp(`^tarflow ${args[0]}: --denoise: the model was trained with uniform dequantization .*; sample this model without denoising ` +
+      '\\(leave out --denoise and denoiseSigma\\), or denoise the samples of a model trained with Gaussian noise', 'm'));
+  }
+  assert.not.ok(existsSync(out), 'a refused command made its output folder');
+  // --denoise 0 is no denoising, which every model allows
+  assert.is(run(['sample', '--checkpoint', 'mnist-bpd', '--denoise', '0', '--count', '2', '--out', join(out, 'grid.png')]).code, 0);
 });
 
 test("the library takes a shipped model's name wherever it takes a checkpoint, as the command line does", async () => {

@@ -466,6 +466,39 @@ test('with denoising, a non-finite sample is redrawn (not fed to the score step)
   model.dispose();
 });
 
+test('a model trained with uniform dequantization refuses a denoising step (sigma 0 is none) in generate, denoise, sample and generateToDisk', async () => {
+  const model = new TarFlow(cfg, { device: 'cpu', seed: 5 });
+  randomizeParams(model, 12, 0.02);
+  model.trainingNoise = 'uniform';
+  const uniform = join(dir, 'uniform-denoise.safetensors');
+  await saveModel(uniform, model);
+  const refused = async (what: string, name: string, call: () => unknown) => {
+    try {
+      await call();
+    } catch (err) {
+      assert.is((err as TarflowError).code, 'ERR_TARFLOW_INVALID_ARGUMENT', what);
+      assert.match((err as Error).message, new RegExp(`^${name}: the model was trained with uniform dequantization \\(its checkpoint records noise 'uniform'\\), ` +
+        'not with Gaussian noise, so its samples hold no noise of level 0\\.1 for the denoising step to remove'), what);
+      return;
+    }
+    assert.unreachable(`${what} denoised a likelihood model's samples`);
+  };
+  try {
+    await refused('generate', 'denoiseSigma', () => generate(model, { count: 2, labels: [0, 1], denoiseSigma: 0.1 }));
+    await refused('denoise', 'sigma', () => denoise(model, new Float32Array(2 * 192), Int32Array.of(0, 1), { sigma: 0.1 }));
+    assert.equal(generate(model, { count: 2, labels: [0, 1], denoiseSigma: 0 }).images, generate(model, { count: 2, labels: [0, 1] }).images);
+    const out = join(dir, 'uniform-denoised');
+    await refused('generateToDisk', 'denoiseSigma', () => generateToDisk({ checkpoint: uniform, count: 2, out, denoiseSigma: 0.1 }));
+    await refused('sample', 'denoiseSigma', () => sample({ checkpoint: uniform, count: 2, out, denoiseSigma: 0.1 }));
+    assert.not.ok(existsSync(out), 'a refused run made its folder');
+    // The same model trained with Gaussian noise denoises.
+    model.trainingNoise = 'gaussian';
+    assert.not.equal(generate(model, { count: 2, labels: [0, 1], denoiseSigma: 0.1 }).images, generate(model, { count: 2, labels: [0, 1] }).images);
+  } finally {
+    model.dispose();
+  }
+});
+
 test('npz reader rejects damaged archives', () => {
   const good = serializeNpz({ arr_0: { data: new Uint8Array([1, 2, 3, 4]), shape: [2, 2] } });
   assert.equal(Array.from(parseNpz(good).get('arr_0')!.data as Uint8Array), [1, 2, 3, 4]);
@@ -551,10 +584,10 @@ test('a new run refuses an out folder that holds other files, naming them; a kil
 test('sample --out DIR refuses a folder that holds other files; a grid file may go into one', async () => {
   const out = join(dir, 'sample-taken');
   mkdirSync(out);
-  writeFileSync(join(out, 'sample-000000.png'), 'mine');
+  writeFileSync(join(out, '000000-class0.png'), 'mine');
   const err = await failure(sample({ checkpoint: ckpt, count: 2, out }), 'sample into a folder with files');
-  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "sample-000000\.png"\); .*choose another folder \(--out\) or empty this one$/);
-  assert.is(readFileSync(join(out, 'sample-000000.png'), 'utf8'), 'mine');
+  assert.match(err.message, /^out: the folder ".*sample-taken" is not empty \(it holds "000000-class0\.png"\); .*choose another folder \(--out\) or empty this one$/);
+  assert.is(readFileSync(join(out, '000000-class0.png'), 'utf8'), 'mine');
   assert.is((await sample({ checkpoint: ckpt, count: 2, out: join(out, 'grid.png') })).count, 2);
 });
 

@@ -6,8 +6,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -19,7 +19,7 @@ import { parseNpz } from '../lib/npz.js';
 import { train } from '../lib/jobs.js';
 import { generate } from '../lib/sampling.js';
 import { repoRoot } from './helpers.js';
-import { makeFolder } from '../lib/atomic.js';
+import { LOCK_FILE, lockFolder, makeFolder } from '../lib/atomic.js';
 import { TarflowError } from '../lib/errors.js';
 
 setFlagsFromString('--expose-gc');
@@ -501,6 +501,114 @@ test('SIGKILL during generation never leaves a torn shard or manifest; --resume 
 });
 
 test.after(() => rmSync(dir, { recursive: true, force: true }));
+/**
+ * Lock files as a process SIGKILLed while it claimed a folder leaves them: each names that process, which wrote them
+ * itself (its own pid, this machine) and then was killed. Returns the paths, by kind.
+ */
+function killedClaimer(folder: string, kinds: Array<'claim' | 'gate' | 'draft'>): Record<string, string> {
+  const token = 'd'.repeat(16);
+  const names = { claim: LOCK_FILE, gate: `${LOCK_FILE}.takeover`, draft: `${LOCK_FILE}.${token}` };
+  const paths = Object.fromEntries(kinds.map((k) => [k, join(folder, names[k])]));
+  const script = `const fs = require('node:fs'), os = require('node:os');
+    const record = JSON.stringify({ pid: process.pid, host: os.hostname(), started: new Date().toISOString(), token: '${token}' }) + '\\n';
+    for (const p of ${JSON.stringify(Object.values(paths))}) fs.writeFileSync(p, record);
+    process.kill(process.pid, 'SIGKILL');`;
+  const r = spawnSync(process.execPath, ['-e', script]);
+  assert.is(r.signal, 'SIGKILL', r.stderr?.toString());
+  return paths;
+}
+
+/** The warnings emitted while `run` runs. */
+async function warningsOf<T>(run: () => Promise<T>): Promise<{ result: T; warnings: Error[] }> {
+  const warnings: Error[] = [];
+  const listen = (w: Error) => warnings.push(w);
+  process.on('warning', listen);
+  try {
+    const result = await run();
+    await tick(); // warnings are emitted on the next tick
+    return { result, warnings };
+  } finally {
+    process.off('warning', listen);
+  }
+}
+
+test('a takeover gate and a draft claim left by a SIGKILLed process of this machine are removed, with a warning; the folder is claimed', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'tarflow-lock-'));
+  try {
+    // The gate over a dead claim used to block the folder until deleted by hand; without the claim, it and the
+    // draft stayed in the folder for good.
+    for (const kinds of [['claim', 'gate', 'draft'], ['gate', 'draft']] as Array<Array<'claim' | 'gate' | 'draft'>>) {
+      const folder = join(root, kinds.join('-'));
+      mkdirSync(folder);
+      const left = killedClaimer(folder, kinds);
+      const { result: lock, warnings } = await warningsOf(() => lockFolder(folder, 'out'));
+      assert.equal(readdirSync(folder), [LOCK_FILE], `${kinds}: only this run's claim is left`);
+      const stale = warnings.filter((w) => (w as Error & { code?: string }).code === 'TARFLOW_STALE_LOCK').map((w) => w.message);
+      assert.is(stale.length, 2, stale.join('\n'));
+      assert.ok(stale.some((m) => m.includes(`out: removed ${left.gate}, the takeover gate of process `) && m.includes('which no longer runs')), stale.join('\n'));
+      assert.ok(stale.some((m) => m.includes(`out: removed ${left.draft}, a draft claim of process `)), stale.join('\n'));
+      await lock.release();
+      assert.equal(readdirSync(folder), []);
+    }
+    // Of several runs that find a dead claim behind a dead gate at once, exactly one takes the folder.
+    for (let round = 0; round < 10; round++) {
+      const folder = join(root, `contended-${round}`);
+      mkdirSync(folder);
+      killedClaimer(folder, ['claim', 'gate']);
+      const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => lockFolder(folder, 'out')));
+      const holders = outcomes.filter((o): o is PromiseFulfilledResult<Awaited<ReturnType<typeof lockFolder>>> => o.status === 'fulfilled');
+      assert.is(holders.length, 1, `round ${round}: ${holders.length} runs hold the folder`);
+      for (const o of outcomes) if (o.status === 'rejected') assert.match(String(o.reason), /is being written by another run/);
+      await holders[0].value.release();
+      assert.equal(readdirSync(folder), [], `round ${round}`);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a takeover gate or draft that cannot be shown dead (another machine\'s, a running process\'s, not a whole record) is kept, as before', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'tarflow-lock-'));
+  const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+  const old = new Date(Date.now() - 60_000);
+  const record = (pid: number, host: string, token: string) => `${JSON.stringify({ pid, host, started: old.toISOString(), token })}\n`;
+  try {
+    const gates: Array<[string, string]> = [
+      ['other-host', record(dead, `not-${hostname()}`, 'a'.repeat(16))],
+      ['running', record(process.ppid, hostname(), 'b'.repeat(16))],
+      ['partial', ''],
+    ];
+    // Each behind a dead claim: the run waits for the gate's holder, then names the file to delete.
+    const outcomes = await Promise.all(gates.map(async ([name, text]) => {
+      const folder = join(root, name);
+      mkdirSync(folder);
+      writeFileSync(join(folder, LOCK_FILE), record(dead, hostname(), 'c'.repeat(16)));
+      utimesSync(join(folder, LOCK_FILE), old, old);
+      const gate = join(folder, `${LOCK_FILE}.takeover`);
+      writeFileSync(gate, text);
+      const err = await lockFolder(folder, 'out').then(() => null, (e: unknown) => e);
+      return { name, gate, err };
+    }));
+    for (const { name, gate, err } of outcomes) {
+      assert.ok(err instanceof TarflowError, `${name}: ${String(err)}`);
+      assert.match((err as Error).message, new RegExp(`another run has been taking over the claim on .*; if no run is starting in the folder, delete ${gate.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`), name);
+      assert.ok(existsSync(gate), `${name}: the gate was removed`);
+    }
+    const folder = join(root, 'drafts');
+    mkdirSync(folder);
+    const kept = [[`not-${hostname()}`, dead, 'e'], [hostname(), process.ppid, 'f']].map(([host, pid, t]) => {
+      const token = String(t).repeat(16);
+      writeFileSync(join(folder, `${LOCK_FILE}.${token}`), record(pid as number, host as string, token));
+      return `${LOCK_FILE}.${token}`;
+    });
+    const lock = await lockFolder(folder, 'out');
+    assert.equal(readdirSync(folder).sort(), [LOCK_FILE, ...kept].sort());
+    await lock.release();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('output folders: nested ones are made, a file in the way is named, and a place that refuses (procfs) fails instead of hanging', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'tarflow-folder-'));
   try {
