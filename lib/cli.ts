@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `tarflow` command: train, sample, eval, score and demo. Progress goes to stderr (a live bar on a
- * terminal, plain lines otherwise); results go to stdout, as JSON with --json.
+ * The `tarflow` command: train, sample, generate, eval, eval-samples, score and demo (`tarflow --help` lists them
+ * with their flags). Progress goes to stderr (a live bar on a terminal, plain lines otherwise); results go to
+ * stdout, as JSON with --json.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { existsSync, realpathSync } from 'node:fs';
@@ -11,7 +12,8 @@ import { lockFolder } from './atomic.js';
 import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
-import { resolveGuidance, SEED_RULE } from './model.js';
+import { resolveGuidance } from './guidance.js';
+import { SEED_RULE } from './model.js';
 import { PRESETS, type PresetName } from './config.js';
 import type { EvaluateSpec, Progress, SampleSpec, ScoreSpec, TrainSpec } from './tasks.js';
 import { readConfigFile, savedRunData } from './tasks.js';

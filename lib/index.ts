@@ -1,13 +1,14 @@
 /**
  * tarflow: TarFlow normalizing flows (Zhai et al., 2024) on native kernels.
  *
- * High level (async, on a worker thread): train, sample, evaluate, score.
- * Low level (synchronous, on the calling thread): TarFlow, Trainer, generate, denoise, scoreImages.
+ * High level (async, on a worker thread): train, sample, evaluate, score, generateToDisk, evalSamples.
+ * Low level (synchronous, on the calling thread): TarFlow, Trainer, generate, denoise, scoreImages, evaluateBpd.
  */
 export { TarflowError, type TarflowErrorCode } from './errors.js';
 export { getBackend, type Backend, type Tensor, type DeviceOption, type DType, type FloatDType, type Ops, type Precision } from './backend.js';
 export { PRESETS, validateConfig, modelShape, toReferenceConfig, fromReferenceConfig, type TarFlowConfig, type ReferenceConfig, type PresetName } from './config.js';
-export { TarFlow, Workspace, type ModelOptions, type TrainingNoise, type GuidanceOptions, type ReverseOptions, type ForwardResult } from './model.js';
+export { TarFlow, Workspace, type ModelOptions, type TrainingNoise, type ReverseOptions, type ForwardResult } from './model.js';
+export type { GuidanceOptions } from './guidance.js';
 export { ParamSet, parameterLayout } from './params.js';
 export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type StepResult } from './train.js';
 export { generate, denoise, resolveLabels, defaultTemperature, LIKELIHOOD_TEMPERATURE, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';

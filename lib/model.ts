@@ -11,6 +11,7 @@ import { PRECISIONS, getBackend, type DeviceOption } from './backend.js';
 import { modelShape, validateConfig, type ModelShape, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
 import { ParamSet, parameterLayout, type BlockTensors, type ParamSpec } from './params.js';
+import { GUIDANCE_OPTIONS, resolveGuidance, type GuidanceOptions } from './guidance.js';
 import { STREAMS } from './streams.js';
 import {
   checkArray, checkBoolean, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames,
@@ -51,17 +52,6 @@ export interface ModelOptions {
   recompute?: boolean | 'auto';
 }
 
-export interface GuidanceOptions {
-  /** Guidance weight w (0 = none). */
-  guidance?: number;
-  /** Which coupling parameters to guide: 'ab' (default), 'a' or 'b'. */
-  guideWhat?: 'ab' | 'a' | 'b';
-  /** Attention temperature tau_u of the unconditional pass. */
-  attnTemp?: number;
-  /** g_i = w (i+1)/(T-1) instead of a constant w. */
-  annealed?: boolean;
-}
-
 /** Options of the exact inverse (reverse, and so generate): guidance, and the storage of the sampler's KV cache. */
 export interface ReverseOptions extends GuidanceOptions {
   /**
@@ -75,34 +65,10 @@ export interface ReverseOptions extends GuidanceOptions {
 export const MODEL_OPTIONS = {
   device: true, dtype: true, precision: true, seed: true, noInit: true, fusedAttention: true, recompute: true,
 } as const satisfies OptionNames<ModelOptions>;
-export const GUIDANCE_OPTIONS = { guidance: true, guideWhat: true, attnTemp: true, annealed: true } as const satisfies OptionNames<GuidanceOptions>;
 export const REVERSE_OPTIONS = optionNames<ReverseOptions>()({ ...GUIDANCE_OPTIONS, kvCache: true });
 
 /** Seeds of the counter-based generator: the native ops take any integer in [0, 2^53). */
 export const SEED_RULE = { integer: true, min: 0 } as const;
-
-/**
- * Checks guidance options and fills their defaults (no guidance, both parameters guided, temperature 1). The other
- * three shape the guided term only, so one set away from its default without guidance is refused: it would change
- * nothing, and a user who set it believes it did.
- */
-export function resolveGuidance(o: GuidanceOptions): Required<GuidanceOptions> {
-  checkObject('options', o);
-  const r = {
-    guidance: checkNumber('guidance', o.guidance ?? 0, { min: 0 }),
-    guideWhat: checkOneOf('guideWhat', o.guideWhat ?? 'ab', ['ab', 'a', 'b']),
-    attnTemp: checkNumber('attnTemp', o.attnTemp ?? 1, { above: 0 }),
-    annealed: checkBoolean('annealed', o.annealed ?? false),
-  };
-  if (r.guidance === 0) {
-    const idle = r.guideWhat !== 'ab' ? ['guideWhat', r.guideWhat] : r.attnTemp !== 1 ? ['attnTemp', r.attnTemp] : r.annealed ? ['annealed', true] : null;
-    if (idle) {
-      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', idle[0] as string, 'guidance above 0 for it to act', `${describeValue(idle[1])} with guidance 0`,
-        'give a guidance weight, or leave it out');
-    }
-  }
-  return r;
-}
 
 /**
  * Saved activations of one layer. attnSaved is what the attention backward needs: the probabilities [B,H,T,T], or

@@ -5,7 +5,8 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { PRECISIONS, type Precision, type Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
-import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
+import { resolveGuidance, type GuidanceOptions } from './guidance.js';
+import { REVERSE_OPTIONS, SEED_RULE, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
 import { modelToPixels } from './pixels.js';
 import { STREAMS } from './streams.js';
 import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
