@@ -6,14 +6,13 @@
 import { Worker } from 'node:worker_threads';
 import { getBackend, type DeviceOption } from './backend.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
-import {
-  runEvaluate, runSample, runScore, runTrain,
-  type EvaluateSpec, type Progress, type SampleSpec, type SampleSummary, type ScoreSpec, type ScoreSummary, type TaskContext, type TrainSpec, type TrainSummary,
+import type {
+  EvaluateSpec, Progress, SampleSpec, SampleSummary, ScoreSpec, ScoreSummary, TaskContext, TrainSpec, TrainSummary,
 } from './tasks.js';
 import { checkKnownKeys, checkObject, type OptionNames } from './validate.js';
-import type { TaskName } from './worker.js';
-import { runGenerate, type GenerateSpec, type GenerateSummary } from './batch-generate.js';
-import { runEvalSamples, type EvalSamplesSpec, type SampleQuality } from './sample-quality.js';
+import { runTask, type TaskName } from './task-runners.js';
+import type { GenerateSpec, GenerateSummary } from './batch-generate.js';
+import type { EvalSamplesSpec, SampleQuality } from './sample-quality.js';
 
 export interface JobOptions {
   onProgress?: (progress: Progress) => void;
@@ -38,8 +37,7 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
       log: (m) => options.onLog?.(m),
       aborted: () => options.signal?.aborted ?? false,
     };
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate, 'eval-samples': runEvalSamples } as const;
-    return (runners[task] as (s: unknown, c: TaskContext) => Promise<T>)(spec, ctx);
+    return runTask(task, spec, ctx) as Promise<T>;
   }
   // Resolve the device here: a bad device fails fast, and the CPU-fallback notice is printed once, not per worker.
   const device = (spec as { device?: DeviceOption }).device;

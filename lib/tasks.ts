@@ -372,25 +372,29 @@ function modelConfigFor(spec: TrainSpec, data: ImageDataset): TarFlowConfig {
   });
 }
 
+/** A grid's columns: one per class when the labels cycle through the classes (no labels given), else a square. */
+function gridColumns(model: TarFlow, count: number, labelsGiven: boolean): number {
+  const classes = model.config.numClasses;
+  return classes > 0 && !labelsGiven ? Math.min(count, classes) : Math.ceil(Math.sqrt(count));
+}
+
 /**
- * Writes a grid of `count` samples (with guidance and denoising as given) to `path`. A training run's grid is a
+ * Writes a grid of samples (ten per class, or 100; with guidance and denoising as given) to `path`. A training run's grid is a
  * by-product: when a sample stays non-finite (likelihood models often overflow in the inverse), the run says so and
  * goes on without the grid (returns false) instead of failing after the checkpoint was saved.
  */
-async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, options: Omit<GenerateOptions, 'count'> & { count?: number; cols?: number }): Promise<boolean> {
-  const n = options.count ?? (model.config.numClasses > 0 ? model.config.numClasses * 10 : 100);
-  const { cols: _cols, ...generateOptions } = options;
+async function writeSampleGrid(model: TarFlow, path: string, ctx: TaskContext, options: Omit<GenerateOptions, 'count' | 'labels'>): Promise<boolean> {
+  const n = model.config.numClasses > 0 ? model.config.numClasses * 10 : 100;
   let result;
   try {
-    result = generate(model, { ...generateOptions, count: n });
+    result = generate(model, { ...options, count: n });
   } catch (err) {
     if ((err as TarflowError).code !== 'ERR_TARFLOW_NON_FINITE') throw err;
     ctx.log(`no sample grid ${path}: ${(err as Error).message}`);
     return false;
   }
   const { inChannels: C, imgSize: S } = model.config;
-  const cols = options.cols ?? (model.config.numClasses > 0 ? Math.min(n, model.config.numClasses) : Math.ceil(Math.sqrt(n)));
-  const grid = imageGrid(result.images, n, C, S, S, { cols });
+  const grid = imageGrid(result.images, n, C, S, S, { cols: gridColumns(model, n, false) });
   await writePng(path, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
   return true;
 }
@@ -664,8 +668,7 @@ export async function runSample(given: SampleSpec, ctx: TaskContext): Promise<Sa
     const result = generate(model, opts);
     await makeFolder(outFolder, 'out'); // only now: a refused or failed draw leaves no folder
     if (gridFile) {
-      const cols = spec.cols ?? (model.config.numClasses > 0 && spec.labels === undefined ? Math.min(spec.count, model.config.numClasses) : Math.ceil(Math.sqrt(spec.count)));
-      const grid = imageGrid(result.images, spec.count, C, S, S, { cols });
+      const grid = imageGrid(result.images, spec.count, C, S, S, { cols: spec.cols ?? gridColumns(model, spec.count, spec.labels !== undefined) });
       await writePng(spec.out, grid.pixels, grid.width, grid.height, C === 1 ? 1 : 3);
     } else {
       const start = spec.startIndex ?? 0;

@@ -3,11 +3,8 @@
  * The abort flag is shared memory, so the task sees a cancel between two steps without yielding to its own loop.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { runGenerate } from './batch-generate.js';
-import { runEvalSamples } from './sample-quality.js';
-import { runEvaluate, runSample, runScore, runTrain, type TaskContext } from './tasks.js';
-
-export type TaskName = 'train' | 'sample' | 'evaluate' | 'score' | 'generate' | 'eval-samples';
+import { runTask, type TaskName } from './task-runners.js';
+import type { TaskContext } from './tasks.js';
 
 interface WorkerInput {
   task: TaskName;
@@ -24,8 +21,7 @@ async function main(): Promise<void> {
     aborted: () => Atomics.load(flag, 0) !== 0,
   };
   try {
-    const runners = { train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate, 'eval-samples': runEvalSamples } as const;
-    const value = await (runners[task] as (s: unknown, c: TaskContext) => Promise<unknown>)(spec, ctx);
+    const value = await runTask(task, spec, ctx);
     parentPort!.postMessage({ type: 'result', value });
   } catch (err) {
     const e = err as Error & { code?: string };

@@ -154,7 +154,9 @@ void reverse_images(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& 
           vc[(r * Tn + i) * W + j] = to_cache<C>(qkv[r * 3 * W + 2 * W + j]);
         }
       parallel_for(R * H, 4, [&](int64_t s, int64_t e) {
-        std::vector<T> logits(i + 1);
+        // One logits row per thread, kept across token steps and calls: no allocation inside the token loop.
+        static thread_local std::vector<T> logits;
+        if (logits.size() < size_t(i + 1)) logits.resize(size_t(Tn));
         for (int64_t rh = s; rh < e; ++rh) {
           int64_t r = rh / H, hh = rh % H;
           T scale = T(scale_c / (r >= B ? opt.temp_uncond : 1.0));
