@@ -23,7 +23,7 @@ import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
-import { checkKnownKeys, checkOneOf, describeValue, validationError, type OptionNames } from './validate.js';
+import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, describeValue, validationError, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -299,6 +299,8 @@ function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
   const options = typeof arg === 'string' ? { labels: arg } : arg ?? {};
   if (typeof options !== 'object' || options === null) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${options === null ? 'null' : typeof options}`);
   checkKnownKeys('options', options, LOAD_OPTIONS);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   if (options.size !== undefined && (!Number.isInteger(options.size) || options.size < 1)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `size must be a positive integer, got ${String(options.size)}; pass the model's image side (size; --image-size on the command line)`);
   }
@@ -391,7 +393,9 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
 }
 
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
-export async function loadCifarDataset(path: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadCifarDataset(path: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  const options = optionsFrom(givenOptions);
+  checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, path, 'CIFAR-10');
   if (options.labels) throw dataError(path, `CIFAR-10 batches carry their own labels; drop labels (--labels) ${options.labels}`);
   const info = await stat(path).catch(() => null);
@@ -420,7 +424,8 @@ async function exists(path: string): Promise<boolean> {
  * `options.labels` or the sibling label file when present; the split says whether they are training data, whose
  * labels must give every class an image.
  */
-export async function loadIdxDataset(imagesPath: string, options: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+export async function loadIdxDataset(imagesPath: string, givenOptions: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+  const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, imagesPath, 'IDX');
   const arr = await readIdx(imagesPath);
@@ -448,7 +453,9 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
 }
 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
-export async function loadImageFolderDataset(root: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadImageFolderDataset(root: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  const options = optionsFrom(givenOptions);
+  checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, root, 'image folder');
   if (options.labels) throw dataError(root, `an image folder takes its labels from its class folders; drop labels (--labels) ${options.labels}`);
   const r = await loadImageFolder(root, {

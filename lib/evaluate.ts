@@ -6,7 +6,7 @@ import type { ImageDataset } from './data.js';
 import { checkDatasetFits, matchClasses } from './data.js';
 import { TarflowError } from './errors.js';
 import { SEED_RULE, type TarFlow } from './model.js';
-import { checkArray, checkBatch, checkKnownKeys, checkNumber, checkObject, optional, type OptionNames } from './validate.js';
+import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkNumber, checkObject, checkSignal, optional, type OptionNames } from './validate.js';
 
 const STREAM_DEQUANT = 21;
 
@@ -43,6 +43,8 @@ export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Arr
   model.checkLabels(labels, N);
   const { batchSize, seed } = checkScoreOptions(options);
   checkKnownKeys('options', options, SCORE_OPTIONS);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   const batch = Math.min(batchSize, N);
   const out = new Float64Array(N);
   const noise = new model.backend.Tensor(model.dtype, [batch * per]);

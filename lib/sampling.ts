@@ -6,7 +6,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
-import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
+import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, checkSignal, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -172,6 +172,8 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   checkObject('options', options);
   checkKnownKeys('options', options, GENERATE_OPTIONS);
   const { count, seed, startIndex: start, batchSize, maxRedraws, temperature, denoiseSigma, guidance, kvCache } = resolveGenerateOptions(options, per);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   const batch = Math.min(batchSize, count);
   const labels = resolveLabels(model, count, options.labels, start);
   const images = new Uint8Array(count * per);

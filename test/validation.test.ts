@@ -12,7 +12,7 @@ import { getBackend } from '../lib/backend.js';
 import { fromReferenceConfig, validateConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
 import { loadModel, saveModel } from '../lib/checkpoint.js';
 import { commandSpec, parseFlags } from '../lib/cli.js';
-import { loadDataset, loadMnist, makeDataset } from '../lib/data.js';
+import { loadCifarDataset, loadDataset, loadIdxDataset, loadImageFolderDataset, loadMnist, makeDataset } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { evaluateBpd, scoreImages } from '../lib/evaluate.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train } from '../lib/jobs.js';
@@ -421,6 +421,49 @@ test('a misspelt option is refused at every entry point, naming the options and 
   assert.not.ok(existsSync(join(dir, 'keys-run')) || existsSync(join(dir, 'keys-gen')), 'a refused job leaves no folder');
   // An option left out by writing it as undefined is no misspelling.
   assert.is(resolveTrainOptions({ batchSize: 16, steps: undefined }, 32).steps, 2);
+});
+
+test('callbacks and abort signals are checked up front; a job refused for one never starts its worker', async () => {
+  const ckpt = join(dir, 'callbacks.safetensors');
+  await saveModel(ckpt, cond);
+  const out = join(dir, 'callbacks', 'grid.png');
+  const spec = { checkpoint: ckpt, out, count: 2, labels: 0 };
+  await rejects(() => sample(spec, { signal: {} as never }), INVALID, 'signal', 'an AbortSignal', '{}');
+  await rejects(() => sample(spec, { onProgress: 'x' as never }), INVALID, 'onProgress', 'a function', '"x"');
+  await rejects(() => sample(spec, { onLog: 5 as never }), INVALID, 'onLog', 'a function', '5');
+  await rejects(() => sample(spec, { inline: 'yes' as never }), INVALID, 'inline', 'true or false', '"yes"');
+  // A spec crosses to the worker thread as a copy: what cannot be copied is named, not a DataCloneError.
+  await rejects(() => sample({ ...spec, onProgress: () => 1 } as never), INVALID, 'spec.onProgress', 'a value that can be copied to a worker thread', 'a function');
+  await rejects(() => sample({ ...spec, seed: Symbol('s') } as never), INVALID, 'spec.seed', 'a value that can be copied to a worker thread', 'a symbol');
+  const images = new Uint8Array(2 * PER);
+  refusesFirst(cond, () => generate(cond, { count: 2, labels: 0, onProgress: 'x' } as never), INVALID, 'onProgress', 'a function', '"x"');
+  refusesFirst(cond, () => generate(cond, { count: 2, labels: 0, signal: true } as never), INVALID, 'signal', 'an AbortSignal', 'true');
+  refusesFirst(cond, () => scoreImages(cond, images, null, { onProgress: 1 } as never), INVALID, 'onProgress', 'a function', '1');
+  refusesFirst(cond, () => scoreImages(cond, images, null, { signal: 'stop' } as never), INVALID, 'signal', 'an AbortSignal', '"stop"');
+  await rejects(() => loadDataset(join(dir, 'none'), 'train', { signal: {} } as never), INVALID, 'signal', 'an AbortSignal', '{}');
+  await rejects(() => loadDataset(join(dir, 'none'), 'train', { onProgress: 'x' } as never), INVALID, 'onProgress', 'a function', '"x"');
+  // A worker that was started in spite of a refusal would write the grid shortly after.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  assert.not.ok(existsSync(out), 'a refused job wrote nothing');
+});
+
+test('the dataset loaders called directly check their options as loadDataset does', async () => {
+  const missing = join(dir, 'none');
+  const unknown = "the unknown option \"sise\"; did you mean 'size'?";
+  await rejects(() => loadImageFolderDataset(missing, 'train', { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  await rejects(() => loadCifarDataset(missing, 'train', { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  await rejects(() => loadIdxDataset(missing, { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  for (const load of [() => loadImageFolderDataset(missing, 'train', 5 as never), () => loadCifarDataset(missing, 'train', 5 as never), () => loadIdxDataset(missing, 5 as never)]) {
+    try {
+      await load();
+      assert.unreachable('options 5 taken');
+    } catch (err) {
+      assert.instance(err, TarflowError);
+      assert.is((err as TarflowError).code, INVALID, (err as Error).message);
+    }
+  }
+  await rejects(() => loadImageFolderDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
+  await rejects(() => loadCifarDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
 });
 
 test('training: contradictory or meaningless options are refused, not ignored', async () => {
