@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import type { FloatDType } from './backend.js';
 import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
 import { TarflowError } from './errors.js';
-import { MODEL_OPTIONS, TarFlow, type ModelOptions } from './model.js';
+import { MODEL_OPTIONS, TarFlow, checkModel, type ModelOptions } from './model.js';
 import { PRETRAINED, pretrainedPath, shippedModel } from './pretrained.js';
 import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, optionNames, type OptionNames } from './validate.js';
 import {
@@ -27,7 +27,7 @@ function hostFloat32(a: Float32Array | Float64Array | Int32Array): Float32Array 
 
 /** The reference state_dict of a model: parameters, the `var` buffer and each block's `attn_mask`. */
 export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<string, SafetensorsTensor> {
-  model.assertAlive();
+  checkModel(model).assertAlive();
   const out = new Map<string, SafetensorsTensor>();
   const make = (data: Float32Array, shape: number[]) => (dtype === 'BF16' ? bf16Tensor(data, shape) : f32Tensor(data, shape));
   const flat = hostFloat32(model.params.flat.toArray());
@@ -46,6 +46,7 @@ export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<st
  * shape; `attn_mask` buffers are accepted and ignored; anything else is an error that names it.
  */
 export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTensor>, prefix = '', source = 'checkpoint'): void {
+  checkModel(model).assertAlive();
   const expected = new Map(model.specs.map((s) => [s.name, s]));
   const host = model.dtype === 'float64' ? new Float64Array(model.params.flat.size) : new Float32Array(model.params.flat.size);
   const problems: string[] = [];
@@ -98,7 +99,7 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
 export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
   checkObject('options', options);
   checkKnownKeys('options', options, { dtype: true, metadata: true } satisfies OptionNames<SaveOptions>);
-  model.assertAlive();
+  checkModel(model).assertAlive();
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',

@@ -5,7 +5,7 @@
 import type { ImageDataset } from './data.js';
 import { checkDatasetFits, matchClasses } from './data.js';
 import { TarflowError } from './errors.js';
-import { SEED_RULE, type TarFlow } from './model.js';
+import { SEED_RULE, checkModel, type TarFlow } from './model.js';
 import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkNumber, checkObject, checkSignal, optional, type OptionNames } from './validate.js';
 
 const STREAM_DEQUANT = 21;
@@ -36,6 +36,7 @@ export function checkScoreOptions(options: Pick<ScoreOptions, 'batchSize' | 'see
  * (null scores under the mean class embedding).
  */
 export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Array | null, options: ScoreOptions = {}): Float64Array {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
   checkArray('images', images, [Uint8Array]);
@@ -79,6 +80,7 @@ export interface EvaluateResult {
 
 /** Dataset-average bits/dim (conditional models use the dataset's labels). */
 export function evaluateBpd(model: TarFlow, data: ImageDataset, options: ScoreOptions & { limit?: number } = {}): EvaluateResult {
+  checkModel(model);
   checkObject('data', data);
   checkScoreOptions(options);
   checkKnownKeys('options', options, { ...SCORE_OPTIONS, limit: true });

@@ -5,7 +5,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 import type { Precision, Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
-import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
+import { REVERSE_OPTIONS, SEED_RULE, resolveGuidance, checkModel, type GuidanceOptions, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
 import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, checkSignal, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
@@ -20,6 +20,7 @@ export interface DenoiseOptions {
  * a mean over its C*S*S values) under their labels, no guidance. Returns the new images (B*C*S*S floats).
  */
 export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array | null, options: DenoiseOptions): Float32Array {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
   checkArray('images', images, [Float32Array]);
@@ -57,6 +58,7 @@ export const LIKELIHOOD_TEMPERATURE = 0.7;
  * model trained with uniform dequantization (its checkpoint says so), 1 otherwise.
  */
 export function defaultTemperature(model: TarFlow): number {
+  checkModel(model);
   return model.trainingNoise === 'uniform' ? LIKELIHOOD_TEMPERATURE : 1;
 }
 
@@ -100,6 +102,7 @@ export interface GenerateResult {
 
 /** Resolves the labels option into one label per image (null for an unconditional model). */
 export function resolveLabels(model: TarFlow, count: number, labels: GenerateOptions['labels'], startIndex = 0): Int32Array | null {
+  checkModel(model);
   const n = model.config.numClasses;
   if (n === 0) {
     // -1 means "no class", as for a conditional model's unguided draws; anything else asks for a class it has not got
@@ -166,6 +169,7 @@ function finite(x: ArrayLike<number>, start: number, n: number): boolean {
  * step. A sample that comes out NaN/Inf is redrawn from the next noise stream (recorded), never returned silently.
  */
 export function generate(model: TarFlow, options: GenerateOptions): GenerateResult {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const { tokens: T, patchDim: D } = model.shape;
   const per = C * S * S;

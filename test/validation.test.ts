@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getBackend } from '../lib/backend.js';
 import { fromReferenceConfig, validateConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
-import { loadModel, saveModel } from '../lib/checkpoint.js';
+import { loadModel, loadStateDict, saveModel, stateDict } from '../lib/checkpoint.js';
 import { commandSpec, parseFlags } from '../lib/cli.js';
 import { loadCifarDataset, loadDataset, loadIdxDataset, loadImageFolderDataset, loadMnist, makeDataset } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { evaluateBpd, scoreImages } from '../lib/evaluate.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train } from '../lib/jobs.js';
 import { TarFlow } from '../lib/model.js';
-import { evaluateSamples, knnClassify } from '../lib/sample-quality.js';
+import { checkMnistConditional, evaluateSamples, knnClassify } from '../lib/sample-quality.js';
 import { defaultTemperature, LIKELIHOOD_TEMPERATURE } from '../lib/sampling.js';
 import { denoise, generate, resolveLabels } from '../lib/sampling.js';
 import { readConfigFile } from '../lib/tasks.js';
@@ -445,6 +445,30 @@ test('callbacks and abort signals are checked up front; a job refused for one ne
   // A worker that was started in spite of a refusal would write the grid shortly after.
   await new Promise((resolve) => setTimeout(resolve, 3000));
   assert.not.ok(existsSync(out), 'a refused job wrote nothing');
+});
+
+test('every call that takes a model refuses what is not one, naming the argument', async () => {
+  const data = makeDataset('toy', new Uint8Array(4 * PER), 4, 1, 8, null);
+  const calls: Array<[string, (m: never) => unknown]> = [
+    ['generate', (m) => generate(m, { count: 1 })],
+    ['denoise', (m) => denoise(m, new Float32Array(PER), null, { sigma: 0.1 })],
+    ['resolveLabels', (m) => resolveLabels(m, 1, undefined)],
+    ['defaultTemperature', (m) => defaultTemperature(m)],
+    ['scoreImages', (m) => scoreImages(m, new Uint8Array(PER), null)],
+    ['evaluateBpd', (m) => evaluateBpd(m, data)],
+    ['stateDict', (m) => stateDict(m)],
+    ['loadStateDict', (m) => loadStateDict(m, new Map())],
+    ['Trainer', (m) => new Trainer(m, data, { batchSize: 2 })],
+    ['checkMnistConditional', (m) => checkMnistConditional(m)],
+  ];
+  for (const [what, call] of calls) {
+    for (const [value, got] of [[null, 'null'], ['mnist-cond', '"mnist-cond"'], [{ config: base }, '{config: {inChannels: 1']] as const) {
+      const err = refuses(() => call(value as never), INVALID, 'model', 'a TarFlow model', got);
+      assert.ok(err.message.length > 0, what);
+    }
+  }
+  await rejects(() => saveModel(join(dir, 'not-a-model.safetensors'), 'mnist-cond' as never), INVALID, 'model', 'a TarFlow model', '"mnist-cond"');
+  await rejects(() => evaluateSamples(null as never), INVALID, 'model', 'a TarFlow model', 'null');
 });
 
 test('the dataset loaders called directly check their options as loadDataset does', async () => {
