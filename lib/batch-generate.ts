@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
-  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, writeFileAtomic, type FolderLock,
+  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, statFileForParsing, writeFileAtomic, type FolderLock,
 } from './atomic.js';
 import { configFromMetadata, loadModel } from './checkpoint.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
@@ -69,6 +69,8 @@ const GENERATE_SPEC = optionNames<GenerateSpec>()({
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
 async function fileSha256(path: string): Promise<string> {
+  // Looked at first: reading a FIFO given as the checkpoint would wait for a writer for good.
+  await statFileForParsing(path, 'checkpoint');
   return filesSha256([path]);
 }
 
