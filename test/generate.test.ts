@@ -682,6 +682,28 @@ test('a resume from a checkpoint path that is a FIFO is refused as loadModel ref
   }
 });
 
+test('a manifest.json or a claim on the folder that is a FIFO is refused, without waiting on it', async () => {
+  if (process.platform === 'win32') return;
+  for (const name of ['manifest.json', '.tarflow-lock']) {
+    for (const resume of [false, true]) {
+      const out = join(dir, `fifo-${name}-${resume}`);
+      mkdirSync(out);
+      const fifo = join(out, name);
+      execFileSync('mkfifo', [fifo]);
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<'hung'>((resolve) => { timer = setTimeout(() => resolve('hung'), 20_000); });
+      try {
+        const outcome = await Promise.race([failure(generateToDisk({ ...base, out, count: 4, resume }), `a run into a folder whose ${name} is a FIFO`), hung]);
+        assert.ok(outcome !== 'hung', `the run waited on ${name}, a FIFO, for a writer`);
+        if (name === 'manifest.json') assert.match((outcome as TarflowError).message, /manifest\.json: not a regular file but a FIFO/);
+      } finally {
+        clearTimeout(timer);
+        try { closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)); } catch { /* no reader waiting */ }
+      }
+    }
+  }
+});
+
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {
   const out = join(dir, 'typed-labels');
   const labels = Int32Array.from({ length: 20 }, (_, i) => (i * 3) % 4);
