@@ -126,6 +126,14 @@ test('safetensors: round trip with metadata, sorted contiguous layout, aligned h
   assert.equal(serializeSafetensors(file.tensors, file.metadata), bytes);
 });
 
+test('safetensors: a tensor named like an Object property (__proto__, constructor) round trips', () => {
+  const t = f32Tensor(new Float32Array([1, 2]), [2]);
+  const names = ['__proto__', 'constructor', 'toString', 'b'];
+  const file = parseSafetensors(serializeSafetensors(new Map(names.map((n) => [n, t]))));
+  assert.equal([...file.tensors.keys()].sort(), [...names].sort());
+  for (const n of names) assert.equal([...toFloat32(file.tensors.get(n)!)], [1, 2], n);
+});
+
 test('safetensors: file round trip through writeSafetensors/readSafetensors', async () => {
   const p = nodePath.join(tmpDir, 'ckpt.safetensors');
   const t = new Map<string, SafetensorsTensor>([['w', f32Tensor(new Float32Array([1, 2, 3]), [3])]]);
