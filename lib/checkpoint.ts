@@ -141,6 +141,9 @@ const LOAD_OPTIONS = optionNames<LoadOptions>()({ ...MODEL_OPTIONS, config: true
  * refused: loading one could execute code.
  */
 export async function loadModel(checkpoint: string, options: LoadOptions = {}): Promise<TarFlow> {
+  if (typeof checkpoint !== 'string') {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'checkpoint', `a .safetensors file or the name of a shipped model (${Object.keys(PRETRAINED).join(', ')})`, describeValue(checkpoint));
+  }
   const path = shippedModel(checkpoint) ? pretrainedPath(checkpoint) : checkpoint;
   if (/\.(pth|pt|ckpt|pkl|bin)$/i.test(path)) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',

@@ -23,7 +23,7 @@ import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
-import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, describeValue, validationError, type OptionNames } from './validate.js';
+import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, checkString, describeValue, validationError, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -394,6 +394,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
 
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
 export async function loadCifarDataset(path: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  checkString('path', path);
   const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, path, 'CIFAR-10');
@@ -454,6 +455,7 @@ export async function loadIdxDataset(imagesPath: string, givenOptions: LoadOptio
 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
 export async function loadImageFolderDataset(root: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  checkString('root', root);
   const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, root, 'image folder');

@@ -487,6 +487,11 @@ test('the dataset loaders called directly check their options as loadDataset doe
     }
   }
   await rejects(() => loadImageFolderDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
+  // a path that is no string is named as such, not looked up as 'null' or converted (a symbol would throw)
+  await rejects(() => loadImageFolderDataset(null as never), INVALID, 'root', 'a non-empty string', 'null');
+  await rejects(() => loadCifarDataset(5 as never), INVALID, 'path', 'a non-empty string', '5');
+  await rejects(() => loadCifarDataset(Symbol('p') as never), INVALID, 'path', 'a non-empty string', 'a symbol');
+  await rejects(() => loadModel(Symbol('p') as never), INVALID, 'checkpoint', 'a .safetensors file or the name of a shipped model', 'a symbol');
   await rejects(() => loadCifarDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
 });
 
