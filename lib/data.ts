@@ -121,6 +121,7 @@ export function makeDataset(name: string, images: Uint8Array, count: number, cha
     }
   }
   const ds: ImageDataset = { name, images, labels, count, channels, size, numClasses };
+  if (classNames !== undefined) checkClassNames(name, classNames);
   if (classNames) {
     if (numClasses > classNames.length) {
       throw new TarflowError('ERR_TARFLOW_DATA', `${name}: label ${numClasses - 1} has no name among the ${classNames.length} class names; pass one name per class`);
@@ -524,6 +525,16 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   throw dataError(spec, `unknown dataset file type; the dataset must be ${SUPPORTED}`);
 }
 
+/**
+ * Class names are saved in the checkpoint (metadata 'class_names'), which loadModel reads back only as distinct
+ * strings: any other list would let a run train to the end and leave a checkpoint that cannot be loaded.
+ */
+function checkClassNames(name: string, classNames: unknown): void {
+  if (!Array.isArray(classNames) || !classNames.every((n) => typeof n === 'string') || new Set(classNames).size !== classNames.length) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: classNames`, 'a list of distinct strings, one name per class', describeValue(classNames));
+  }
+}
+
 /** Checks that a dataset fits a model (image size, channels, labels), naming the mismatch. */
 export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; imgSize: number; numClasses: number }): void {
   const d = ds as Partial<ImageDataset> | null;
@@ -532,6 +543,7 @@ export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; im
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'data: expected an ImageDataset (images, labels, count, channels, size, numClasses, name); ' +
       'load one with loadDataset or loadMnist, or build one from arrays with makeDataset');
   }
+  if (ds.classNames !== undefined) checkClassNames(ds.name, ds.classNames);
   if (ds.channels !== cfg.inChannels || ds.size !== cfg.imgSize) {
     throw new TarflowError('ERR_TARFLOW_SHAPE', `${ds.name} has ${ds.channels} x ${ds.size} x ${ds.size} images but the model takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize}`);
   }

@@ -232,6 +232,8 @@ export class Trainer {
   constructor(readonly model: TarFlow, data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
     checkModel(model).assertAlive(); // before the gradients and moments are allocated for it
+    checkObject('loaderOptions', loaderOptions);
+    checkKnownKeys('loaderOptions', loaderOptions, { workers: true, prefetch: true } satisfies OptionNames<typeof loaderOptions>);
     const conditional = model.config.numClasses > 0;
     if (conditional && data?.labels) data = matchClasses(data, model.classNames);
     checkDatasetFits(data, model.config);

@@ -471,6 +471,23 @@ test('every call that takes a model refuses what is not one, naming the argument
   await rejects(() => evaluateSamples(null as never), INVALID, 'model', 'a TarFlow model', 'null');
 });
 
+test('class names that a checkpoint could not record are refused where a dataset is made or trained on', () => {
+  const images = new Uint8Array(6 * PER);
+  const labels = Int32Array.from({ length: 6 }, (_, i) => i % 3);
+  // Taken as they were, they went into the checkpoint's metadata, which loadModel then refused.
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, ['a', 'a', 'b']), INVALID, 'toy: classNames', 'distinct', '["a", "a", "b"]');
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, [1, 2, 3] as never), INVALID, 'toy: classNames', 'distinct', '[1, 2, 3]');
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, 'abc' as never), INVALID, 'toy: classNames', 'distinct', '"abc"');
+  const handMade = { ...makeDataset('toy', images, 6, 1, 8, labels), classNames: ['x', 'x', 'y'] };
+  refusesFirst(cond, () => new Trainer(cond, handMade, { batchSize: 2 }), INVALID, 'toy: classNames', 'distinct', '["x", "x", "y"]');
+});
+
+test('a Trainer refuses loader options it does not know, as it refuses training options', () => {
+  const data = makeDataset('toy', new Uint8Array(8 * PER), 8, 1, 8, Int32Array.from({ length: 8 }, (_, i) => i % 3));
+  refusesFirst(cond, () => new Trainer(cond, data, { batchSize: 2 }, { wokers: 2 } as never), INVALID, 'loaderOptions', "'workers', 'prefetch'", "the unknown option \"wokers\"; did you mean 'workers'?");
+  refusesFirst(cond, () => new Trainer(cond, data, { batchSize: 2 }, 'x' as never), INVALID, 'loaderOptions', 'an object', '"x"');
+});
+
 test('the dataset loaders called directly check their options as loadDataset does', async () => {
   const missing = join(dir, 'none');
   const unknown = "the unknown option \"sise\"; did you mean 'size'?";
