@@ -111,6 +111,11 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
   checkObject('options', options);
   checkKnownKeys('options', options, { dtype: true, metadata: true } satisfies OptionNames<SaveOptions>);
   checkModel(model).assertAlive();
+  // Checked as loadModel reads them back (classNamesFromMetadata): the field is the caller's to set.
+  const names = model.classNames;
+  if (names !== null && (!Array.isArray(names) || names.length !== model.config.numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length)) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model.classNames', `a list of ${model.config.numClasses} distinct names (one per class of the model) or null`, describeValue(names));
+  }
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',

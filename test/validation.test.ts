@@ -482,6 +482,25 @@ test('class names that a checkpoint could not record are refused where a dataset
   refusesFirst(cond, () => new Trainer(cond, handMade, { batchSize: 2 }), INVALID, 'toy: classNames', 'distinct', '["x", "x", "y"]');
 });
 
+test('saveModel refuses class names on the model that loadModel would refuse to read back', async () => {
+  const m = new TarFlow({ ...base, numClasses: 3 }, { device: 'cpu', seed: 1 });
+  try {
+    const path = join(dir, 'names.safetensors');
+    for (const [names, got] of [[['a', 'a', 'b'], '["a", "a", "b"]'], [['a', 'b'], '["a", "b"]'], [[1, 2, 3], '[1, 2, 3]']] as const) {
+      m.classNames = names as never;
+      await rejects(() => saveModel(path, m), INVALID, 'model.classNames', 'a list of 3 distinct names', got);
+      assert.not.ok(existsSync(path), 'nothing written');
+    }
+    m.classNames = ['a', 'b', 'c'];
+    await saveModel(path, m);
+    const back = await loadModel(path, { device: 'cpu' });
+    assert.equal(back.classNames, ['a', 'b', 'c']);
+    back.dispose();
+  } finally {
+    m.dispose();
+  }
+});
+
 test('a Trainer refuses loader options it does not know, as it refuses training options', () => {
   const data = makeDataset('toy', new Uint8Array(8 * PER), 8, 1, 8, Int32Array.from({ length: 8 }, (_, i) => i % 3));
   refusesFirst(cond, () => new Trainer(cond, data, { batchSize: 2 }, { wokers: 2 } as never), INVALID, 'loaderOptions', "'workers', 'prefetch'", "the unknown option \"wokers\"; did you mean 'workers'?");
