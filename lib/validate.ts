@@ -152,7 +152,11 @@ export function checkCallback(name: string, value: unknown): void {
 
 /** An AbortSignal (from an AbortController), or undefined: anything else would never abort, or would throw when listened to. */
 export function checkSignal(name: string, value: unknown): void {
-  if (value !== undefined && !(value instanceof AbortSignal)) {
+  // By its shape, not instanceof: a signal of another realm (a vm context) or of a polyfill works as well.
+  const signal = value as { aborted?: unknown; addEventListener?: unknown; removeEventListener?: unknown } | null;
+  const isSignal = typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' &&
+    typeof signal.addEventListener === 'function' && typeof signal.removeEventListener === 'function';
+  if (value !== undefined && !isSignal) {
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', name, 'an AbortSignal', describeValue(value), 'pass the signal of an AbortController (controller.signal)');
   }
 }
