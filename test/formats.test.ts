@@ -699,7 +699,7 @@ function fuzz(label: string, base: Uint8Array, parse: (b: Uint8Array) => unknown
   assert.ok(parsed + rejected === cases);
 }
 
-test('fuzz: safetensors, npy and idx survive seeded mutations', () => {
+test('fuzz: safetensors, npy, npz and idx survive seeded mutations', () => {
   const st = serializeSafetensors({
     a: f32Tensor(new Float32Array([1, 2, 3, 4]), [2, 2]),
     b: bf16Tensor(new Float32Array([5, 6]), [2]),
@@ -720,6 +720,8 @@ test('fuzz: safetensors, npy and idx survive seeded mutations', () => {
   }, 777);
   fuzz('npy-labels', serializeNpy(new BigInt64Array([1n, 2n, 3n]), [3]), (b) => labelsToInt32(parseNpy(b)), 4242);
   fuzz('idx', idxFile([3, 4, 4]), parseIdx, 99);
+  const npz = serializeNpz({ x: { data: Uint8Array.from({ length: 32 }, (_, i) => i), shape: [2, 1, 4, 4] }, y: { data: new BigInt64Array([1n, 2n]), shape: [2] } });
+  fuzz('npz', npz, (b) => parseNpz(b, 'npz', { labelMembers: ['y'] }), 2024);
 });
 
 test.run();
