@@ -254,7 +254,7 @@ async function takeOver(folder: string, path: string, judged: fs.Stats, owner: L
     });
     // The same file (a claim linked after it was removed may reuse its inode, so also the same claim or none).
     if (now && now.ino === judged.ino && now.dev === judged.dev && now.mtimeMs === judged.mtimeMs) {
-      const still = await readClaim(path).catch(() => null);
+      const still = now.isFile() ? await readClaim(path).catch(() => null) : null;
       if ((still?.token ?? null) === (owner?.token ?? null)) {
         await fsp.rm(path, { force: true });
         result = 'removed';
@@ -352,7 +352,8 @@ export async function lockFolder(folder: string, what: string): Promise<FolderLo
       let judged: fs.Stats;
       try {
         judged = await fsp.stat(path);
-        owner = await readClaim(path).catch((err: unknown) => {
+        // Not read unless a plain file: reading a FIFO would wait for a writer for good.
+        owner = !judged.isFile() ? null : await readClaim(path).catch((err: unknown) => {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
           return null;
         });

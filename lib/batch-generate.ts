@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
-  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, writeFileAtomic, type FolderLock,
+  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, statFileForParsing, writeFileAtomic, type FolderLock,
 } from './atomic.js';
 import { configFromMetadata, loadModel } from './checkpoint.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
@@ -69,6 +69,8 @@ const GENERATE_SPEC = optionNames<GenerateSpec>()({
 
 /** The SHA-256 of a file, read in chunks (a checkpoint can be gigabytes). */
 async function fileSha256(path: string): Promise<string> {
+  // Looked at first: reading a FIFO given as the checkpoint would wait for a writer for good.
+  await statFileForParsing(path, 'checkpoint');
   return filesSha256([path]);
 }
 
@@ -261,8 +263,15 @@ async function readManifest(out: string, manifestPath: string): Promise<Manifest
     `shards in ${out} are finished, so the run can neither continue nor start over there: delete the folder, or choose another out folder (--out)`, { cause });
   let text: string;
   try {
+    // Looked at first: a FIFO put where the manifest goes would make the read wait for a writer for good.
+    const info = await stat(manifestPath);
+    if (!info.isFile()) {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${manifestPath}: not a regular file but ${describeFileKind(info)}, ` +
+        `so it holds no run's manifest; delete it, or choose another out folder (--out)`);
+    }
     text = await readFile(manifestPath, 'utf8');
   } catch (err) {
+    if (err instanceof TarflowError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     // ENOTDIR: out is a file, which makeFolder then names.
     if (code === 'ENOENT' || code === 'ENOTDIR') return null;
@@ -279,6 +288,10 @@ async function readManifest(out: string, manifestPath: string): Promise<Manifest
   } catch (err) {
     throw damaged((err as Error).message, err);
   }
+}
+
+function describeFileKind(info: { isFIFO(): boolean; isDirectory(): boolean; isSocket(): boolean }): string {
+  return info.isFIFO() ? 'a FIFO' : info.isDirectory() ? 'a folder' : info.isSocket() ? 'a socket' : 'a device';
 }
 
 function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 'kvCache'> {

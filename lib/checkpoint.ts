@@ -3,9 +3,10 @@
  * load_state_dict, and converted reference checkpoints load here), with the model config in the metadata.
  */
 import { existsSync } from 'node:fs';
-import { fromReferenceConfig, toReferenceConfig, type TarFlowConfig } from './config.js';
+import { fromReferenceConfig, modelShape, toReferenceConfig, type TarFlowConfig } from './config.js';
+import { parameterLayout, type ParamSpec } from './params.js';
 import { TarflowError } from './errors.js';
-import { MODEL_OPTIONS, TarFlow, type ModelOptions } from './model.js';
+import { MODEL_OPTIONS, TarFlow, checkModel, type ModelOptions } from './model.js';
 import { PRETRAINED, pretrainedPath, shippedModel } from './pretrained.js';
 import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, optionNames, type OptionNames } from './validate.js';
 import {
@@ -26,7 +27,7 @@ function hostFloat32(a: Float32Array | Float64Array | Int32Array): Float32Array 
 
 /** The reference state_dict of a model: parameters, the `var` buffer and each block's `attn_mask`. */
 export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<string, SafetensorsTensor> {
-  model.assertAlive();
+  checkModel(model).assertAlive();
   const out = new Map<string, SafetensorsTensor>();
   const make = (data: Float32Array, shape: number[]) => (dtype === 'BF16' ? bf16Tensor(data, shape) : f32Tensor(data, shape));
   const flat = hostFloat32(model.params.flat.toArray());
@@ -40,26 +41,18 @@ export function stateDict(model: TarFlow, dtype: 'F32' | 'BF16' = 'F32'): Map<st
   return out;
 }
 
-/**
- * Copies a state_dict (names after `prefix`) into the model. Every parameter must be present with its exact
- * shape; `attn_mask` buffers are accepted and ignored; anything else is an error that names it.
- */
-export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTensor>, prefix = '', source = 'checkpoint'): void {
-  const expected = new Map(model.specs.map((s) => [s.name, s]));
-  const host = model.dtype === 'float64' ? new Float64Array(model.params.flat.size) : new Float32Array(model.params.flat.size);
+/** What keeps a state_dict from fitting a model of `config` (names and shapes), each named; empty when it fits. */
+function stateDictMismatches(config: TarFlowConfig, specs: readonly ParamSpec[], tensors: Map<string, SafetensorsTensor>, prefix: string): string[] {
+  const expected = new Map(specs.map((s) => [s.name, s]));
+  const { tokens, patchDim } = modelShape(config);
   const problems: string[] = [];
   const seen = new Set<string>();
-  let variance: Float32Array | Float64Array | null = null;
   for (const [fullName, t] of tensors) {
     if (!fullName.startsWith(prefix)) continue;
     const name = fullName.slice(prefix.length);
     if (/^blocks\.\d+\.attn_mask$/.test(name)) continue;
-    const convert = (x: SafetensorsTensor) => (model.dtype === 'float64' ? toFloat64(x) : toFloat32(x));
     if (name === 'var') {
-      const { tokens, patchDim } = model.shape;
-      if (t.shape.length !== 2 || t.shape[0] !== tokens || t.shape[1] !== patchDim) {
-        problems.push(`'var' has shape [${t.shape}] but the config needs [${tokens}, ${patchDim}]`);
-      } else variance = convert(t);
+      if (t.shape.length !== 2 || t.shape[0] !== tokens || t.shape[1] !== patchDim) problems.push(`'var' has shape [${t.shape}] but the config needs [${tokens}, ${patchDim}]`);
       continue;
     }
     const spec = expected.get(name);
@@ -67,27 +60,46 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
       problems.push(`unexpected tensor '${name}'`);
       continue;
     }
+    seen.add(name);
     if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
       problems.push(`'${name}' has shape [${t.shape}] but the config needs [${spec.shape}]`);
-      seen.add(name);
-      continue;
     }
-    let values: Float32Array | Float64Array;
-    try {
-      values = convert(t);
-    } catch (err) {
-      problems.push(`'${name}': ${(err as Error).message}`);
-      seen.add(name);
-      continue;
-    }
-    host.set(values, spec.offset);
-    seen.add(name);
   }
   for (const name of expected.keys()) if (!seen.has(name)) problems.push(`missing tensor '${name}'`);
-  if (problems.length) {
-    const shown = problems.slice(0, 8).join('; ') + (problems.length > 8 ? `; and ${problems.length - 8} more` : '');
-    throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source} does not match the model config: ${shown}. Check that the config (config, or the --config file) is the one the checkpoint was trained with.`);
+  return problems;
+}
+
+function mismatchError(source: string, problems: readonly string[]): TarflowError {
+  const shown = problems.slice(0, 8).join('; ') + (problems.length > 8 ? `; and ${problems.length - 8} more` : '');
+  return new TarflowError('ERR_TARFLOW_CHECKPOINT', `${source} does not match the model config: ${shown}. Check that the config (config, or the --config file) is the one the checkpoint was trained with.`);
+}
+
+/**
+ * Copies a state_dict (names after `prefix`) into the model. Every parameter must be present with its exact
+ * shape; `attn_mask` buffers are accepted and ignored; anything else is an error that names it.
+ */
+export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTensor>, prefix = '', source = 'checkpoint'): void {
+  checkModel(model).assertAlive();
+  const mismatches = stateDictMismatches(model.config, model.specs, tensors, prefix);
+  if (mismatches.length) throw mismatchError(source, mismatches);
+  const expected = new Map(model.specs.map((s) => [s.name, s]));
+  const host = model.dtype === 'float64' ? new Float64Array(model.params.flat.size) : new Float32Array(model.params.flat.size);
+  const problems: string[] = [];
+  let variance: Float32Array | Float64Array | null = null;
+  const convert = (x: SafetensorsTensor) => (model.dtype === 'float64' ? toFloat64(x) : toFloat32(x));
+  for (const [fullName, t] of tensors) {
+    if (!fullName.startsWith(prefix)) continue;
+    const name = fullName.slice(prefix.length);
+    const spec = expected.get(name);
+    if (name !== 'var' && !spec) continue; // an attn_mask
+    try {
+      if (spec) host.set(convert(t), spec.offset);
+      else variance = convert(t);
+    } catch (err) {
+      problems.push(`'${name}': ${(err as Error).message}`);
+    }
   }
+  if (problems.length) throw mismatchError(source, problems);
   model.params.flat.copyFrom(host);
   if (variance) model.variance.copyFrom(variance);
   else model.variance.fill(1);
@@ -97,7 +109,12 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
 export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
   checkObject('options', options);
   checkKnownKeys('options', options, { dtype: true, metadata: true } satisfies OptionNames<SaveOptions>);
-  model.assertAlive();
+  checkModel(model).assertAlive();
+  // Checked as loadModel reads them back (classNamesFromMetadata): the field is the caller's to set.
+  const names = model.classNames;
+  if (names !== null && (!Array.isArray(names) || names.length !== model.config.numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length)) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model.classNames', `a list of ${model.config.numClasses} distinct names (one per class of the model) or null`, describeValue(names));
+  }
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),
     format: 'tarflow',
@@ -128,6 +145,9 @@ const LOAD_OPTIONS = optionNames<LoadOptions>()({ ...MODEL_OPTIONS, config: true
  * refused: loading one could execute code.
  */
 export async function loadModel(checkpoint: string, options: LoadOptions = {}): Promise<TarFlow> {
+  if (typeof checkpoint !== 'string') {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'checkpoint', `a .safetensors file or the name of a shipped model (${Object.keys(PRETRAINED).join(', ')})`, describeValue(checkpoint));
+  }
   const path = shippedModel(checkpoint) ? pretrainedPath(checkpoint) : checkpoint;
   if (/\.(pth|pt|ckpt|pkl|bin)$/i.test(path)) {
     throw new TarflowError('ERR_TARFLOW_CHECKPOINT',
@@ -158,6 +178,9 @@ export async function loadModel(checkpoint: string, options: LoadOptions = {}): 
     throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'noise'`, "'gaussian' or 'uniform'", describeValue(noise));
   }
   const classNames = classNamesFromMetadata(file, path, config.numClasses);
+  // Before anything is allocated: the config comes from the file too, and may claim a model far larger than it.
+  const mismatches = stateDictMismatches(config, parameterLayout(config), file.tensors, '');
+  if (mismatches.length) throw mismatchError(path, mismatches);
   const model = new TarFlow(config, { ...modelOptions, noInit: true });
   model.trainingNoise = noise ?? 'gaussian';
   model.classNames = classNames;

@@ -4,14 +4,16 @@
  * `data_batch_1.bin` .. `data_batch_5.bin` are the training split, `test_batch.bin` the test split.
  */
 import { readdir } from 'node:fs/promises';
-import { basename, join } from 'node:path';
-import { readFileForParsing } from './atomic.js';
+import { basename, dirname, join } from 'node:path';
+import { readFileForParsing, statFileForParsing } from './atomic.js';
 import { TarflowError } from './errors.js';
 
 export const CIFAR_SIZE = 32;
 export const CIFAR_CHANNELS = 3;
 const PIXELS = CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE;
 const RECORD = 1 + PIXELS;
+/** The largest Uint8Array this Node.js makes. */
+const MAX_BUFFER_BYTES = 2 ** 32;
 
 /** The class names in label order, as listed in the distribution's batches.meta.txt. */
 export const CIFAR10_CLASSES: readonly string[] = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'];
@@ -77,6 +79,13 @@ export async function cifarBatchFiles(dir: string, split: 'train' | 'test'): Pro
 
 /** Reads and concatenates batch files. */
 export async function readCifarBatches(files: readonly string[]): Promise<CifarBatch> {
+  // Sized from the files before any is read: each may be up to 2 GB, and the batches are joined into one buffer.
+  let records = 0;
+  for (const f of files) records += Math.floor((await statFileForParsing(f, 'CIFAR-10 batch')).size / RECORD);
+  if (records * PIXELS > MAX_BUFFER_BYTES) {
+    throw new TarflowError('ERR_TARFLOW_DATA', `${dirname(files[0]!)}: ${files.length} batch files hold ${records} images of ${CIFAR_CHANNELS} x ${CIFAR_SIZE} x ${CIFAR_SIZE}, ` +
+      `${(records * PIXELS / 2 ** 30).toFixed(1)} GiB, more than one buffer can hold (4 GiB); pass one batch file, or move the extra batches out of the folder`);
+  }
   const parts: CifarBatch[] = [];
   for (const f of files) parts.push(await readCifarBatch(f));
   if (parts.length === 1) return parts[0]!;

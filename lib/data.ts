@@ -23,7 +23,7 @@ import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
-import { checkKnownKeys, checkOneOf, describeValue, validationError, type OptionNames } from './validate.js';
+import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, checkString, describeValue, validationError, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -121,6 +121,7 @@ export function makeDataset(name: string, images: Uint8Array, count: number, cha
     }
   }
   const ds: ImageDataset = { name, images, labels, count, channels, size, numClasses };
+  if (classNames !== undefined) checkClassNames(name, classNames);
   if (classNames) {
     if (numClasses > classNames.length) {
       throw new TarflowError('ERR_TARFLOW_DATA', `${name}: label ${numClasses - 1} has no name among the ${classNames.length} class names; pass one name per class`);
@@ -299,6 +300,8 @@ function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
   const options = typeof arg === 'string' ? { labels: arg } : arg ?? {};
   if (typeof options !== 'object' || options === null) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${options === null ? 'null' : typeof options}`);
   checkKnownKeys('options', options, LOAD_OPTIONS);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   if (options.size !== undefined && (!Number.isInteger(options.size) || options.size < 1)) {
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `size must be a positive integer, got ${String(options.size)}; pass the model's image side (size; --image-size on the command line)`);
   }
@@ -391,7 +394,10 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
 }
 
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
-export async function loadCifarDataset(path: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadCifarDataset(path: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  checkString('path', path);
+  const options = optionsFrom(givenOptions);
+  checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, path, 'CIFAR-10');
   if (options.labels) throw dataError(path, `CIFAR-10 batches carry their own labels; drop labels (--labels) ${options.labels}`);
   const info = await stat(path).catch(() => null);
@@ -420,7 +426,8 @@ async function exists(path: string): Promise<boolean> {
  * `options.labels` or the sibling label file when present; the split says whether they are training data, whose
  * labels must give every class an image.
  */
-export async function loadIdxDataset(imagesPath: string, options: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+export async function loadIdxDataset(imagesPath: string, givenOptions: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+  const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, imagesPath, 'IDX');
   const arr = await readIdx(imagesPath);
@@ -448,7 +455,10 @@ export async function loadIdxDataset(imagesPath: string, options: LoadOptions = 
 }
 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
-export async function loadImageFolderDataset(root: string, split: Split = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadImageFolderDataset(root: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+  checkString('root', root);
+  const options = optionsFrom(givenOptions);
+  checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, root, 'image folder');
   if (options.labels) throw dataError(root, `an image folder takes its labels from its class folders; drop labels (--labels) ${options.labels}`);
   const r = await loadImageFolder(root, {
@@ -515,6 +525,16 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
   throw dataError(spec, `unknown dataset file type; the dataset must be ${SUPPORTED}`);
 }
 
+/**
+ * Class names are saved in the checkpoint (metadata 'class_names'), which loadModel reads back only as distinct
+ * strings: any other list would let a run train to the end and leave a checkpoint that cannot be loaded.
+ */
+function checkClassNames(name: string, classNames: unknown): void {
+  if (!Array.isArray(classNames) || !classNames.every((n) => typeof n === 'string') || new Set(classNames).size !== classNames.length) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: classNames`, 'a list of distinct strings, one name per class', describeValue(classNames));
+  }
+}
+
 /** Checks that a dataset fits a model (image size, channels, labels), naming the mismatch. */
 export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; imgSize: number; numClasses: number }): void {
   const d = ds as Partial<ImageDataset> | null;
@@ -523,6 +543,7 @@ export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; im
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'data: expected an ImageDataset (images, labels, count, channels, size, numClasses, name); ' +
       'load one with loadDataset or loadMnist, or build one from arrays with makeDataset');
   }
+  if (ds.classNames !== undefined) checkClassNames(ds.name, ds.classNames);
   if (ds.channels !== cfg.inChannels || ds.size !== cfg.imgSize) {
     throw new TarflowError('ERR_TARFLOW_SHAPE', `${ds.name} has ${ds.channels} x ${ds.size} x ${ds.size} images but the model takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize}`);
   }

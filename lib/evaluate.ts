@@ -5,10 +5,10 @@
 import type { ImageDataset } from './data.js';
 import { checkDatasetFits, matchClasses } from './data.js';
 import { TarflowError } from './errors.js';
-import { SEED_RULE, type TarFlow } from './model.js';
+import { SEED_RULE, checkModel, type TarFlow } from './model.js';
 import { pixelLevels } from './pixels.js';
 import { STREAMS } from './streams.js';
-import { checkArray, checkBatch, checkKnownKeys, checkNumber, checkObject, optional, type OptionNames } from './validate.js';
+import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkNumber, checkObject, checkSignal, optional, type OptionNames } from './validate.js';
 
 
 export interface ScoreOptions {
@@ -37,6 +37,7 @@ export function checkScoreOptions(options: Pick<ScoreOptions, 'batchSize' | 'see
  * (null scores under the mean class embedding).
  */
 export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Array | null, options: ScoreOptions = {}): Float64Array {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
   checkArray('images', images, [Uint8Array]);
@@ -44,6 +45,8 @@ export function scoreImages(model: TarFlow, images: Uint8Array, labels: Int32Arr
   model.checkLabels(labels, N);
   const { batchSize, seed } = checkScoreOptions(options);
   checkKnownKeys('options', options, SCORE_OPTIONS);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   const batch = Math.min(batchSize, N);
   const out = new Float64Array(N);
   const noise = new model.backend.Tensor(model.dtype, [batch * per]);
@@ -80,6 +83,7 @@ export interface EvaluateResult {
 
 /** Dataset-average bits/dim (conditional models use the dataset's labels). */
 export function evaluateBpd(model: TarFlow, data: ImageDataset, options: ScoreOptions & { limit?: number } = {}): EvaluateResult {
+  checkModel(model);
   checkObject('data', data);
   checkScoreOptions(options);
   checkKnownKeys('options', options, { ...SCORE_OPTIONS, limit: true });

@@ -9,7 +9,7 @@ import { TarflowError, type TarflowErrorCode } from './errors.js';
 import type {
   EvaluateSpec, Progress, SampleSpec, SampleSummary, ScoreSpec, ScoreSummary, TaskContext, TrainSpec, TrainSummary,
 } from './tasks.js';
-import { checkKnownKeys, checkObject, type OptionNames } from './validate.js';
+import { checkBoolean, checkCallback, checkKnownKeys, checkObject, checkSignal, describeValue, optional, validationError, type OptionNames } from './validate.js';
 import { runTask, type TaskName } from './task-runners.js';
 import type { GenerateSpec, GenerateSummary } from './batch-generate.js';
 import type { EvalSamplesSpec, SampleQuality } from './sample-quality.js';
@@ -22,11 +22,41 @@ export interface JobOptions {
   inline?: boolean;
 }
 
+/**
+ * The spec reaches the worker as a structured clone; a value that has none (a function, a symbol, a proxy) would
+ * fail as a DataCloneError that names no field.
+ */
+function checkCopyable(spec: object): void {
+  const copyable = (v: unknown) => {
+    try {
+      structuredClone(v);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (copyable(spec)) return;
+  const expected = 'a value that can be copied to a worker thread (strings, numbers, booleans, arrays and plain objects)';
+  for (const key of Object.keys(spec)) {
+    const value = (spec as Record<string, unknown>)[key];
+    if (!copyable(value)) {
+      const misplaced = typeof value === 'function' || value instanceof AbortSignal;
+      throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `spec.${key}`, expected, describeValue(value),
+        misplaced ? 'callbacks and the AbortSignal go in the job options (the second argument)' : undefined);
+    }
+  }
+  throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'spec', expected, `${describeValue(spec)}, which cannot be copied (a proxy?)`, 'pass a plain object');
+}
+
 function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Promise<T> {
   try {
     checkObject('spec', spec);
     checkObject('options', options);
     checkKnownKeys('options', options, { onProgress: true, onLog: true, signal: true, inline: true } satisfies OptionNames<JobOptions>);
+    checkCallback('onProgress', options.onProgress);
+    checkCallback('onLog', options.onLog);
+    checkSignal('signal', options.signal);
+    optional(options.inline, (v) => checkBoolean('inline', v));
   } catch (err) {
     return Promise.reject(err);
   }
@@ -42,6 +72,7 @@ function runJob<T>(task: TaskName, spec: object, options: JobOptions = {}): Prom
   // Resolve the device here: a bad device fails fast, and the CPU-fallback notice is printed once, not per worker.
   const device = (spec as { device?: DeviceOption }).device;
   try {
+    checkCopyable(spec);
     getBackend(device);
   } catch (err) {
     return Promise.reject(err);

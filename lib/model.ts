@@ -542,3 +542,14 @@ export class TarFlow {
     this.disposedFlag = true;
   }
 }
+
+/**
+ * A model argument, checked before anything reads its config: a stray value (null, a model's name, a plain
+ * object) would otherwise fail as a TypeError deep inside the call.
+ */
+export function checkModel(value: unknown): TarFlow {
+  if (!(value instanceof TarFlow)) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model', 'a TarFlow model (new TarFlow(config) or await loadModel(path or name))', describeValue(value));
+  }
+  return value;
+}

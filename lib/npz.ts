@@ -7,6 +7,7 @@ import { inflateRawSync } from 'node:zlib';
 import { readFileForParsing, writeFileAtomic } from './atomic.js';
 import { TarflowError } from './errors.js';
 import { parseNpy, serializeNpy, type NpyArray, type NpyData } from './npy.js';
+import { checkObject, describeValue, validationError } from './validate.js';
 
 const CRC_TABLE = (() => {
   const t = new Uint32Array(256);
@@ -29,8 +30,10 @@ export function serializeNpz(arrays: Record<string, { data: NpyData; shape: numb
   const locals: Uint8Array[] = [];
   const centrals: Uint8Array[] = [];
   let offset = 0;
+  checkObject('arrays', arrays);
   const names = Object.keys(arrays);
   for (const name of names) {
+    checkObject(`arrays.${name}`, arrays[name]);
     const body = serializeNpy(arrays[name].data, arrays[name].shape);
     const fileName = Buffer.from(`${name}.npy`, 'utf8');
     if (body.length >= 0xffffffff || offset >= 0xffffffff) {
@@ -85,6 +88,10 @@ export interface NpzReadOptions {
 
 /** Parses an .npz buffer into its arrays (member names without `.npy`). */
 export function parseNpz(buf: Uint8Array, name = 'npz buffer', options: NpzReadOptions = {}): Map<string, NpyArray> {
+  if (!(buf instanceof Uint8Array)) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'buffer', 'a Uint8Array (or Buffer) holding the .npz file', describeValue(buf), 'read the file into a Buffer first, or use readNpz(path)');
+  }
+  checkObject('options', options);
   const fail = (why: string): never => {
     throw new TarflowError('ERR_TARFLOW_FILE_FORMAT', `${name}: ${why}; the file is truncated or not an .npz archive`);
   };
@@ -103,7 +110,8 @@ export function parseNpz(buf: Uint8Array, name = 'npz buffer', options: NpzReadO
   const cdSize = view.getUint32(eocd + 12, true);
   const cdOffset = view.getUint32(eocd + 16, true);
   if (cdOffset + cdSize > eocd) fail('central directory lies outside the file');
-  const out = new Map<string, NpyArray>();
+  const members: Array<{ member: string; method: number; crc: number; size: number; start: number; dataStart: number; end: number }> = [];
+  const names = new Set<string>();
   let p = cdOffset;
   for (let e = 0; e < entries; e++) {
     if (p + 46 > cdOffset + cdSize || view.getUint32(p, true) !== 0x02014b50) fail(`bad central directory entry ${e}`);
@@ -122,7 +130,20 @@ export function parseNpz(buf: Uint8Array, name = 'npz buffer', options: NpzReadO
     if (localOffset + 30 > buf.length || view.getUint32(localOffset, true) !== 0x04034b50) fail(`member '${member}' has no local header`);
     const dataStart = localOffset + 30 + view.getUint16(localOffset + 26, true) + view.getUint16(localOffset + 28, true);
     if (dataStart + compSize > buf.length) fail(`member '${member}' runs past the end of the file`);
-    const raw = buf.subarray(dataStart, dataStart + compSize);
+    // Readers disagree on which of two same-named members wins, so the archive means different data to each.
+    if (names.has(member)) fail(`member '${member}' appears twice in the directory`);
+    names.add(member);
+    members.push({ member, method, crc, size, start: localOffset, dataStart, end: dataStart + compSize });
+  }
+  // Every member is decoded into its own array: entries that point at the same bytes (a "zip bomb" without
+  // nesting) would turn a small file into one copy per entry, so each member must own its bytes.
+  const byStart = [...members].sort((a, b) => a.start - b.start);
+  for (let i = 1; i < byStart.length; i++) {
+    if (byStart[i]!.start < byStart[i - 1]!.end) fail(`members '${byStart[i - 1]!.member}' and '${byStart[i]!.member}' share bytes`);
+  }
+  const out = new Map<string, NpyArray>();
+  for (const { member, method, crc, size, dataStart, end } of members) {
+    const raw = buf.subarray(dataStart, end);
     let body: Uint8Array;
     if (method === 0) body = raw;
     else if (method === 8) {

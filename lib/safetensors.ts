@@ -226,7 +226,10 @@ export function serializeSafetensors(
     if (BigInt(t.data.byteLength) !== expected) {
       throw new TarflowError('ERR_TARFLOW_SHAPE', `serializeSafetensors: tensor ${describe(key)} (${t.dtype}, shape ${fmtShape(t.shape)}) needs ${expected > BigInt(t.data.byteLength) ? `more than ${t.data.byteLength}` : expected} bytes but has ${t.data.byteLength}; fix the shape or the data`);
     }
-    header[key] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    // defineProperty: assigned, a tensor named "__proto__" would change the header's prototype and be left out
+    Object.defineProperty(header, key, {
+      value: { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] }, enumerable: true, writable: true, configurable: true,
+    });
     offset += t.data.byteLength;
   }
   const json = new TextEncoder().encode(JSON.stringify(header));

@@ -12,7 +12,7 @@ import { PRECISIONS, type Backend, type DeviceOption, type Precision, type Tenso
 import { loadModel } from './checkpoint.js';
 import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
-import { REVERSE_OPTIONS, type ReverseOptions, type TarFlow } from './model.js';
+import { REVERSE_OPTIONS, checkModel, type ReverseOptions, type TarFlow } from './model.js';
 import { checkDenoisable, defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
 import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, optionNames, type OptionNames } from './validate.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
@@ -291,6 +291,7 @@ export interface SampleQuality {
 
 /** Refuses models this evaluation cannot judge, naming what it needs. */
 export function checkMnistConditional(model: TarFlow): void {
+  checkModel(model);
   const { inChannels, imgSize, numClasses } = model.config;
   if (inChannels !== 1 || imgSize !== 28) {
     throw new TarflowError('ERR_TARFLOW_SHAPE',

@@ -6,10 +6,10 @@ import { constants as bufferConstants } from 'node:buffer';
 import { PRECISIONS, type Precision, type Tensor as TensorHandle } from './backend.js';
 import { TarflowError } from './errors.js';
 import { resolveGuidance, type GuidanceOptions } from './guidance.js';
-import { REVERSE_OPTIONS, SEED_RULE, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
+import { REVERSE_OPTIONS, SEED_RULE, checkModel, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
 import { modelToPixels } from './pixels.js';
 import { STREAMS } from './streams.js';
-import { checkArray, checkBatch, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
+import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, checkSignal, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
   /** The noise level the model was trained with. */
@@ -23,6 +23,7 @@ export interface DenoiseOptions {
  * a mean over its C*S*S values) under their labels, no guidance. Returns the new images (B*C*S*S floats).
  */
 export function denoise(model: TarFlow, images: Float32Array, labels: Int32Array | null, options: DenoiseOptions): Float32Array {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const per = C * S * S;
   checkArray('images', images, [Float32Array]);
@@ -76,6 +77,7 @@ export const LIKELIHOOD_TEMPERATURE = 0.7;
  * model trained with uniform dequantization (its checkpoint says so), 1 otherwise.
  */
 export function defaultTemperature(model: TarFlow): number {
+  checkModel(model);
   return model.trainingNoise === 'uniform' ? LIKELIHOOD_TEMPERATURE : 1;
 }
 
@@ -119,6 +121,7 @@ export interface GenerateResult {
 
 /** Resolves the labels option into one label per image (null for an unconditional model). */
 export function resolveLabels(model: TarFlow, count: number, labels: GenerateOptions['labels'], startIndex = 0): Int32Array | null {
+  checkModel(model);
   const n = model.config.numClasses;
   if (n === 0) {
     // -1 means "no class", as for a conditional model's unguided draws; anything else asks for a class it has not got
@@ -172,6 +175,7 @@ function finite(x: ArrayLike<number>, start: number, n: number): boolean {
  * step. A sample that comes out NaN/Inf is redrawn from the next noise stream (recorded), never returned silently.
  */
 export function generate(model: TarFlow, options: GenerateOptions): GenerateResult {
+  checkModel(model);
   const { inChannels: C, imgSize: S } = model.config;
   const { tokens: T, patchDim: D } = model.shape;
   const per = C * S * S;
@@ -179,6 +183,8 @@ export function generate(model: TarFlow, options: GenerateOptions): GenerateResu
   checkKnownKeys('options', options, GENERATE_OPTIONS);
   const { count, seed, startIndex: start, batchSize, maxRedraws, temperature, denoiseSigma, guidance, kvCache } = resolveGenerateOptions(options, per);
   checkDenoisable(model, 'denoiseSigma', denoiseSigma);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   const batch = Math.min(batchSize, count);
   const labels = resolveLabels(model, count, options.labels, start);
   const images = new Uint8Array(count * per);

@@ -12,6 +12,7 @@ import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, matchClasses, type ImageDataset, type LoadOptions } from './data.js';
 import type { DeviceOption, FloatDType, Precision } from './backend.js';
+import { layoutSize, parameterLayout } from './params.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
 import { SEED_RULE, TarFlow, checkRecompute } from './model.js';
@@ -481,6 +482,14 @@ export async function runTrain(given: TrainSpec, ctx: TaskContext): Promise<Trai
   try {
     config = initial?.config ?? stateConfig ?? modelConfigFor(spec, data);
     if (!state) checkMeaningful(given, trainOptions.noise, config.numClasses > 0);
+    // The state's config comes from the file too: its tensors must hold a model of that size before one is made
+    // (with gradients and moments, four times its parameters). Another config given is left to restoreState to name.
+    if (state && JSON.stringify(configFromMetadata(state, statePath)) === JSON.stringify(config)) {
+      const params = state.tensors.get('params');
+      if (!params || params.shape.reduce((a, b) => a * b, 1) !== layoutSize(parameterLayout(config))) {
+        throw new TarflowError('ERR_TARFLOW_CHECKPOINT', `${statePath}: tensor 'params' is missing or has the wrong size for the model config it records; the file is damaged`);
+      }
+    }
   } catch (err) {
     initial?.dispose();
     throw err;

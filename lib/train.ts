@@ -12,7 +12,7 @@ import { classNamesFromMetadata, configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, matchClasses, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
-import { TarFlow, VAR_RATE, type TrainingNoise, type Workspace } from './model.js';
+import { TarFlow, VAR_RATE, checkModel, type TrainingNoise, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule, type OptionNames } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsFile, type SafetensorsTensor } from './safetensors.js';
@@ -232,7 +232,9 @@ export class Trainer {
   /** `loaderOptions`: the threads that prepare batches ahead (see BatchLoader); they never change a result. */
   constructor(readonly model: TarFlow, data: ImageDataset, options: TrainOptions = {},
     private readonly loaderOptions: Pick<LoaderOptions, 'workers' | 'prefetch'> = {}) {
-    model.assertAlive(); // before the gradients and moments are allocated for it
+    checkModel(model).assertAlive(); // before the gradients and moments are allocated for it
+    checkObject('loaderOptions', loaderOptions);
+    checkKnownKeys('loaderOptions', loaderOptions, { workers: true, prefetch: true } satisfies OptionNames<typeof loaderOptions>);
     const conditional = model.config.numClasses > 0;
     if (conditional && data?.labels) data = matchClasses(data, model.classNames);
     checkDatasetFits(data, model.config);

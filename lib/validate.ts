@@ -142,6 +142,25 @@ export function checkString(name: string, value: unknown, code: Code = 'ERR_TARF
   return value;
 }
 
+/**
+ * A callback option, or undefined. Checked up front: a non-function would otherwise fail only when first called,
+ * deep in a run, after its work had started.
+ */
+export function checkCallback(name: string, value: unknown): void {
+  if (value !== undefined && typeof value !== 'function') throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', name, 'a function', describeValue(value));
+}
+
+/** An AbortSignal (from an AbortController), or undefined: anything else would never abort, or would throw when listened to. */
+export function checkSignal(name: string, value: unknown): void {
+  // By its shape, not instanceof: a signal of another realm (a vm context) or of a polyfill works as well.
+  const signal = value as { aborted?: unknown; addEventListener?: unknown; removeEventListener?: unknown } | null;
+  const isSignal = typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' &&
+    typeof signal.addEventListener === 'function' && typeof signal.removeEventListener === 'function';
+  if (value !== undefined && !isSignal) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', name, 'an AbortSignal', describeValue(value), 'pass the signal of an AbortController (controller.signal)');
+  }
+}
+
 /** A plain object (not null, not an array): an options bag, a spec, a config. */
 export function checkObject(name: string, value: unknown, code: Code = 'ERR_TARFLOW_INVALID_ARGUMENT'): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value) || ArrayBuffer.isView(value)) {

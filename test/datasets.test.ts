@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -538,6 +538,19 @@ test('CIFAR-10 rejections: truncated record, bad label, missing split, label bas
   writeFileSync(join(onlyTrain, 'data_batch_1.bin'), cifarBatch([1], 0));
   await rejects(loadDataset(onlyTrain, 'test'), 'ERR_TARFLOW_DATA', /none of the test split \(test_batch\.bin\)/);
   await rejects(loadDataset(onlyTrain, 'train', { labelBase: 1 }), 'ERR_TARFLOW_INVALID_ARGUMENT', /labelBase 1 applies to \.npy\/\.npz labels only/);
+});
+
+test('CIFAR-10: batches that together hold more than one buffer can are refused before any is read', async () => {
+  // Sparse files: 3 x 1.5 GB of records (each file under the 2 GB a read takes) that no buffer could hold together.
+  const big = folder('cifar-too-big');
+  for (let k = 1; k <= 3; k++) {
+    const f = join(big, `data_batch_${k}.bin`);
+    closeSync(openSync(f, 'w'));
+    truncateSync(f, 3073 * 500_000);
+  }
+  const before = process.memoryUsage().rss;
+  await rejects(loadDataset(big), 'ERR_TARFLOW_DATA', /cifar-too-big: 3 batch files hold 1500000 images of 3 x 32 x 32, 4\.3 GiB, more than one buffer can hold \(4 GiB\)/);
+  assert.ok(process.memoryUsage().rss - before < 256 << 20, 'the batches were read before the refusal');
 });
 
 function idx(dims: number[], data: Uint8Array, type = 0x08): Uint8Array {

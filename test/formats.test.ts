@@ -15,6 +15,7 @@ import {
 } from '../lib/safetensors.js';
 import { parseNpy, readNpy, serializeNpy, writeNpy, labelsToInt32 } from '../lib/npy.js';
 import { parseIdx, readIdx } from '../lib/idx.js';
+import { parseNpz, serializeNpz } from '../lib/npz.js';
 import { encodePng, imageGrid, writePng } from '../lib/png.js';
 import { modelToPixels, pixelLevels } from '../lib/pixels.js';
 
@@ -124,6 +125,14 @@ test('safetensors: round trip with metadata, sorted contiguous layout, aligned h
   assert.is(bytes.length, 8 + headerLen + 60);
   // re-serializing what was parsed gives the same bytes
   assert.equal(serializeSafetensors(file.tensors, file.metadata), bytes);
+});
+
+test('safetensors: a tensor named like an Object property (__proto__, constructor) round trips', () => {
+  const t = f32Tensor(new Float32Array([1, 2]), [2]);
+  const names = ['__proto__', 'constructor', 'toString', 'b'];
+  const file = parseSafetensors(serializeSafetensors(new Map(names.map((n) => [n, t]))));
+  assert.equal([...file.tensors.keys()].sort(), [...names].sort());
+  for (const n of names) assert.equal([...toFloat32(file.tensors.get(n)!)], [1, 2], n);
 });
 
 test('safetensors: file round trip through writeSafetensors/readSafetensors', async () => {
@@ -400,6 +409,45 @@ test('npy: hostile and unsupported files', () => {
   assert.equal([...labelsToInt32(parseNpy(serializeNpy(new Uint32Array([2 ** 31 - 1]), [1])))], [2 ** 31 - 1]);
 });
 
+/** An .npz whose central directory lists the one member of `base` once per name, every entry at the same bytes. */
+function npzSharingBytes(base: Uint8Array, names: string[]): Uint8Array {
+  const buf = Buffer.from(base);
+  const eocd = buf.length - 22;
+  const cdOffset = buf.readUInt32LE(eocd + 16);
+  const entry = buf.subarray(cdOffset, cdOffset + 46);
+  const cd = Buffer.concat(names.map((n) => {
+    const name = Buffer.from(n);
+    const e = Buffer.concat([entry, name]);
+    e.writeUInt16LE(name.length, 28);
+    return e;
+  }));
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(names.length, 8);
+  end.writeUInt16LE(names.length, 10);
+  end.writeUInt32LE(cd.length, 12);
+  end.writeUInt32LE(cdOffset, 16);
+  return new Uint8Array(Buffer.concat([buf.subarray(0, cdOffset), cd, end]));
+}
+
+test('npz: hostile archives and arguments', () => {
+  const FF = 'ERR_TARFLOW_FILE_FORMAT';
+  const base = serializeNpz({ x: { data: new Uint8Array(1000), shape: [1000] } });
+  assert.equal([...parseNpz(base).keys()], ['x']);
+  // Members that share their bytes would let a small file expand once per directory entry (each is copied
+  // into its own array): 65,535 entries over one 100 MB member would ask for 6.5 TB.
+  throwsCode(() => parseNpz(npzSharingBytes(base, ['a.npy', 'b.npy', 'c.npy']), 'bomb.npz'), FF, /^bomb\.npz: members 'a\.npy' and 'b\.npy' share bytes/);
+  // The same name twice is ambiguous: readers differ on which one wins.
+  const twice = Buffer.from(serializeNpz({ x: { data: new Uint8Array(4), shape: [4] }, y: { data: new Uint8Array(4), shape: [4] } }));
+  for (let i = twice.indexOf('y.npy'); i >= 0; i = twice.indexOf('y.npy', i + 1)) twice[i] = 'x'.charCodeAt(0);
+  throwsCode(() => parseNpz(new Uint8Array(twice), 'twice.npz'), FF, /^twice\.npz: member 'x\.npy' appears twice/);
+  throwsCode(() => parseNpz('x.npz' as never), 'ERR_TARFLOW_INVALID_ARGUMENT', /^buffer: expected a Uint8Array/);
+  throwsCode(() => parseNpz(null as never), 'ERR_TARFLOW_INVALID_ARGUMENT', /^buffer: expected a Uint8Array/);
+  throwsCode(() => parseNpz(base, 'n', null as never), 'ERR_TARFLOW_INVALID_ARGUMENT', /^options: expected an object/);
+  throwsCode(() => serializeNpz(null as never), 'ERR_TARFLOW_INVALID_ARGUMENT', /^arrays: expected an object/);
+  throwsCode(() => serializeNpz({ x: 5 } as never), 'ERR_TARFLOW_INVALID_ARGUMENT', /^arrays\.x: expected an object/);
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // IDX
 
@@ -662,7 +710,7 @@ function fuzz(label: string, base: Uint8Array, parse: (b: Uint8Array) => unknown
   assert.ok(parsed + rejected === cases);
 }
 
-test('fuzz: safetensors, npy and idx survive seeded mutations', () => {
+test('fuzz: safetensors, npy, npz and idx survive seeded mutations', () => {
   const st = serializeSafetensors({
     a: f32Tensor(new Float32Array([1, 2, 3, 4]), [2, 2]),
     b: bf16Tensor(new Float32Array([5, 6]), [2]),
@@ -683,6 +731,8 @@ test('fuzz: safetensors, npy and idx survive seeded mutations', () => {
   }, 777);
   fuzz('npy-labels', serializeNpy(new BigInt64Array([1n, 2n, 3n]), [3]), (b) => labelsToInt32(parseNpy(b)), 4242);
   fuzz('idx', idxFile([3, 4, 4]), parseIdx, 99);
+  const npz = serializeNpz({ x: { data: Uint8Array.from({ length: 32 }, (_, i) => i), shape: [2, 1, 4, 4] }, y: { data: new BigInt64Array([1n, 2n]), shape: [2] } });
+  fuzz('npz', npz, (b) => parseNpz(b, 'npz', { labelMembers: ['y'] }), 2024);
 });
 
 test.run();

@@ -2,7 +2,7 @@
 import { test } from 'uvu';
 import { execFileSync } from 'node:child_process';
 import * as assert from 'uvu/assert';
-import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { accessSync, chmodSync, closeSync, constants, openSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { saveModel } from '../lib/checkpoint.js';
@@ -692,6 +692,49 @@ test('a resume draws again a shard whose file became a FIFO, without waiting on 
   assert.is(r.redrawnShards, 1);
   assert.match(logs.join('\n'), /shard 0: shard-00000\.npz is not a file/);
   assert.ok(readFileSync(join(out, 'shard-00000.npz')).equals(mine));
+});
+
+test('a resume from a checkpoint path that is a FIFO is refused as loadModel refuses one, without waiting on it', async () => {
+  if (process.platform === 'win32') return;
+  const out = join(dir, 'fifo-checkpoint');
+  await generateToDisk({ ...base, out, count: 4 });
+  const fifo = join(dir, 'pipe.safetensors');
+  execFileSync('mkfifo', [fifo]);
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<'hung'>((resolve) => { timer = setTimeout(() => resolve('hung'), 20_000); });
+  try {
+    const outcome = await Promise.race([failure(generateToDisk({ out, resume: true, checkpoint: fifo }), 'a resume from a FIFO'), hung]);
+    assert.ok(outcome !== 'hung', 'the resume waited on the FIFO for a writer');
+    const err = outcome as TarflowError;
+    assert.is(err.code, 'ERR_TARFLOW_INVALID_ARGUMENT');
+    assert.match(err.message, /pipe\.safetensors: not a regular file but a FIFO/);
+  } finally {
+    clearTimeout(timer);
+    // a reader still waiting on the FIFO is let go
+    try { closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)); } catch { /* no reader waiting */ }
+  }
+});
+
+test('a manifest.json or a claim on the folder that is a FIFO is refused, without waiting on it', async () => {
+  if (process.platform === 'win32') return;
+  for (const name of ['manifest.json', '.tarflow-lock']) {
+    for (const resume of [false, true]) {
+      const out = join(dir, `fifo-${name}-${resume}`);
+      mkdirSync(out);
+      const fifo = join(out, name);
+      execFileSync('mkfifo', [fifo]);
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<'hung'>((resolve) => { timer = setTimeout(() => resolve('hung'), 20_000); });
+      try {
+        const outcome = await Promise.race([failure(generateToDisk({ ...base, out, count: 4, resume }), `a run into a folder whose ${name} is a FIFO`), hung]);
+        assert.ok(outcome !== 'hung', `the run waited on ${name}, a FIFO, for a writer`);
+        if (name === 'manifest.json') assert.match((outcome as TarflowError).message, /manifest\.json: not a regular file but a FIFO/);
+      } finally {
+        clearTimeout(timer);
+        try { closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)); } catch { /* no reader waiting */ }
+      }
+    }
+  }
 });
 
 test('labels given as an Int32Array are recorded as a list, and a resume compares them by value', async () => {

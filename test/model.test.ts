@@ -16,7 +16,8 @@ import type { FloatDType, Tensor } from '../lib/backend.js';
 import { fromReferenceConfig, modelShape, toReferenceConfig, validateConfig, type TarFlowConfig } from '../lib/config.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { loadModel, saveModel, stateDict } from '../lib/checkpoint.js';
-import { writeSafetensors } from '../lib/safetensors.js';
+import { f32Tensor, writeSafetensors } from '../lib/safetensors.js';
+import { getBackend } from '../lib/backend.js';
 import { gaussian, randomizeParams, relError } from './helpers.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -518,6 +519,20 @@ test('checkpoint round trip: parameters, variance, forward output and config', a
   sameParams(camel, model, 'camel');
   camel.dispose();
   model.dispose();
+});
+
+test('a checkpoint whose config is far larger than its tensors is refused before the model is allocated', async () => {
+  // A few hundred bytes whose metadata claims a model of 0.8 GB (or 200 GB): its tensors are checked against the
+  // config first, so a hostile file cannot make a server reserve memory the file does not hold.
+  const ops = getBackend('cpu').ops;
+  for (const channels of [1024, 8192]) {
+    const config = { in_channels: 1, img_size: 28, patch_size: 4, channels, num_blocks: channels === 1024 ? 4 : 8, layers_per_block: channels === 1024 ? 4 : 8, nvp: true, num_classes: 0 };
+    const path = tmpPath(`claims-${channels}.safetensors`);
+    await writeSafetensors(path, { var: f32Tensor(new Float32Array(49 * 16), [49, 16]) }, { config: JSON.stringify(config), format: 'tarflow' });
+    const before = ops.nativeMemory(true).bytes; // true: the peak starts again from here
+    await rejectsCode(() => loadModel(path, { device: 'cpu' }), 'ERR_TARFLOW_CHECKPOINT', /does not match the model config: missing tensor 'blocks\.0\.proj_in\.weight'/);
+    assert.ok(ops.nativeMemory().peakBytes - before < 1 << 20, `${channels} channels: ${ops.nativeMemory().peakBytes - before} bytes allocated for a file of ${fs.statSync(path).size}`);
+  }
 });
 
 test('checkpoint errors: config mismatch, unknown field, truncated file, corrupt header, .pth', async () => {

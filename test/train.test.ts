@@ -10,6 +10,9 @@ import { Trainer, learningRate, resolveTrainOptions } from '../lib/train.js';
 import type { TarFlowConfig } from '../lib/config.js';
 import { TarflowError } from '../lib/errors.js';
 import { readSafetensors, writeSafetensors } from '../lib/safetensors.js';
+import { writeNpy } from '../lib/npy.js';
+import { runTrain } from '../lib/tasks.js';
+import { getBackend } from '../lib/backend.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-train-'));
 
@@ -148,6 +151,27 @@ test('a disposed model or trainer refuses work with ERR_TARFLOW_DISPOSED, and a 
   const saved = await t.saveState(join(dir, 'gone-state.safetensors')).then(() => null, (e: unknown) => e);
   assert.ok(saved instanceof TarflowError && saved.code === 'ERR_TARFLOW_DISPOSED', String(saved));
   model.dispose();
+});
+
+test('a training state whose config claims a far larger model than its tensors is refused before that model is made', async () => {
+  const n = 16;
+  const x = join(dir, 'claims-x.npy');
+  await writeNpy(x, Uint8Array.from({ length: n * 64 }, (_, i) => (i * 37) % 256), [n, 1, 8, 8]);
+  const out = join(dir, 'claims-run');
+  const ctx = { progress: () => {}, log: () => {}, aborted: () => false };
+  const config = { in_channels: 1, img_size: 8, patch_size: 4, channels: 64, num_blocks: 1, layers_per_block: 1, nvp: true, num_classes: 0 };
+  await runTrain({ dataset: x, out, steps: 1, batchSize: 4, evalImages: 0, config }, ctx);
+  const statePath = join(out, 'train-state.safetensors');
+  const state = await readSafetensors(statePath);
+  // 200 MB of parameters (and as much again for each of the gradients and the two moments) over a state of 60 KB
+  await writeSafetensors(statePath, state.tensors, { ...state.metadata, config: JSON.stringify({ ...config, channels: 512, num_blocks: 4, layers_per_block: 4 }) });
+  const ops = getBackend('cpu').ops;
+  const before = ops.nativeMemory(true).bytes;
+  const outcome = await runTrain({ out, resume: true }, ctx).then(() => 'resumed', (e: unknown) => e);
+  assert.ok(outcome instanceof TarflowError && outcome.code === 'ERR_TARFLOW_CHECKPOINT', String(outcome));
+  assert.match((outcome as Error).message, /train-state\.safetensors: tensor 'params' is missing or has the wrong size/);
+  const peak = ops.nativeMemory().peakBytes - before;
+  assert.ok(peak < 32 << 20, `${peak} bytes allocated for the model the state claims`);
 });
 
 test('learning rate: warm-up from minLr to the peak, cosine back to minLr at the last step', () => {

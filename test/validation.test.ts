@@ -10,14 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getBackend } from '../lib/backend.js';
 import { fromReferenceConfig, validateConfig, toReferenceConfig, type TarFlowConfig } from '../lib/config.js';
-import { loadModel, saveModel } from '../lib/checkpoint.js';
+import { loadModel, loadStateDict, saveModel, stateDict } from '../lib/checkpoint.js';
 import { commandSpec, parseFlags } from '../lib/cli.js';
-import { loadDataset, loadMnist, makeDataset } from '../lib/data.js';
+import { loadCifarDataset, loadDataset, loadIdxDataset, loadImageFolderDataset, loadMnist, makeDataset } from '../lib/data.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
 import { evaluateBpd, scoreImages } from '../lib/evaluate.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train } from '../lib/jobs.js';
 import { TarFlow } from '../lib/model.js';
-import { evaluateSamples, knnClassify } from '../lib/sample-quality.js';
+import { checkMnistConditional, evaluateSamples, knnClassify } from '../lib/sample-quality.js';
 import { defaultTemperature, LIKELIHOOD_TEMPERATURE } from '../lib/sampling.js';
 import { denoise, generate, resolveLabels } from '../lib/sampling.js';
 import { readConfigFile } from '../lib/tasks.js';
@@ -421,6 +421,114 @@ test('a misspelt option is refused at every entry point, naming the options and 
   assert.not.ok(existsSync(join(dir, 'keys-run')) || existsSync(join(dir, 'keys-gen')), 'a refused job leaves no folder');
   // An option left out by writing it as undefined is no misspelling.
   assert.is(resolveTrainOptions({ batchSize: 16, steps: undefined }, 32).steps, 2);
+});
+
+test('callbacks and abort signals are checked up front; a job refused for one never starts its worker', async () => {
+  const ckpt = join(dir, 'callbacks.safetensors');
+  await saveModel(ckpt, cond);
+  const out = join(dir, 'callbacks', 'grid.png');
+  const spec = { checkpoint: ckpt, out, count: 2, labels: 0 };
+  await rejects(() => sample(spec, { signal: {} as never }), INVALID, 'signal', 'an AbortSignal', '{}');
+  await rejects(() => sample(spec, { onProgress: 'x' as never }), INVALID, 'onProgress', 'a function', '"x"');
+  await rejects(() => sample(spec, { onLog: 5 as never }), INVALID, 'onLog', 'a function', '5');
+  await rejects(() => sample(spec, { inline: 'yes' as never }), INVALID, 'inline', 'true or false', '"yes"');
+  // A spec crosses to the worker thread as a copy: what cannot be copied is named, not a DataCloneError.
+  await rejects(() => sample({ ...spec, onProgress: () => 1 } as never), INVALID, 'spec.onProgress', 'a value that can be copied to a worker thread', 'a function');
+  await rejects(() => sample({ ...spec, seed: Symbol('s') } as never), INVALID, 'spec.seed', 'a value that can be copied to a worker thread', 'a symbol');
+  const images = new Uint8Array(2 * PER);
+  refusesFirst(cond, () => generate(cond, { count: 2, labels: 0, onProgress: 'x' } as never), INVALID, 'onProgress', 'a function', '"x"');
+  refusesFirst(cond, () => generate(cond, { count: 2, labels: 0, signal: true } as never), INVALID, 'signal', 'an AbortSignal', 'true');
+  refusesFirst(cond, () => scoreImages(cond, images, null, { onProgress: 1 } as never), INVALID, 'onProgress', 'a function', '1');
+  refusesFirst(cond, () => scoreImages(cond, images, null, { signal: 'stop' } as never), INVALID, 'signal', 'an AbortSignal', '"stop"');
+  await rejects(() => loadDataset(join(dir, 'none'), 'train', { signal: {} } as never), INVALID, 'signal', 'an AbortSignal', '{}');
+  await rejects(() => loadDataset(join(dir, 'none'), 'train', { onProgress: 'x' } as never), INVALID, 'onProgress', 'a function', '"x"');
+  // A worker that was started in spite of a refusal would write the grid shortly after.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  assert.not.ok(existsSync(out), 'a refused job wrote nothing');
+});
+
+test('every call that takes a model refuses what is not one, naming the argument', async () => {
+  const data = makeDataset('toy', new Uint8Array(4 * PER), 4, 1, 8, null);
+  const calls: Array<[string, (m: never) => unknown]> = [
+    ['generate', (m) => generate(m, { count: 1 })],
+    ['denoise', (m) => denoise(m, new Float32Array(PER), null, { sigma: 0.1 })],
+    ['resolveLabels', (m) => resolveLabels(m, 1, undefined)],
+    ['defaultTemperature', (m) => defaultTemperature(m)],
+    ['scoreImages', (m) => scoreImages(m, new Uint8Array(PER), null)],
+    ['evaluateBpd', (m) => evaluateBpd(m, data)],
+    ['stateDict', (m) => stateDict(m)],
+    ['loadStateDict', (m) => loadStateDict(m, new Map())],
+    ['Trainer', (m) => new Trainer(m, data, { batchSize: 2 })],
+    ['checkMnistConditional', (m) => checkMnistConditional(m)],
+  ];
+  for (const [what, call] of calls) {
+    for (const [value, got] of [[null, 'null'], ['mnist-cond', '"mnist-cond"'], [{ config: base }, '{config: {inChannels: 1']] as const) {
+      const err = refuses(() => call(value as never), INVALID, 'model', 'a TarFlow model', got);
+      assert.ok(err.message.length > 0, what);
+    }
+  }
+  await rejects(() => saveModel(join(dir, 'not-a-model.safetensors'), 'mnist-cond' as never), INVALID, 'model', 'a TarFlow model', '"mnist-cond"');
+  await rejects(() => evaluateSamples(null as never), INVALID, 'model', 'a TarFlow model', 'null');
+});
+
+test('class names that a checkpoint could not record are refused where a dataset is made or trained on', () => {
+  const images = new Uint8Array(6 * PER);
+  const labels = Int32Array.from({ length: 6 }, (_, i) => i % 3);
+  // Taken as they were, they went into the checkpoint's metadata, which loadModel then refused.
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, ['a', 'a', 'b']), INVALID, 'toy: classNames', 'distinct', '["a", "a", "b"]');
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, [1, 2, 3] as never), INVALID, 'toy: classNames', 'distinct', '[1, 2, 3]');
+  refuses(() => makeDataset('toy', images, 6, 1, 8, labels, 'abc' as never), INVALID, 'toy: classNames', 'distinct', '"abc"');
+  const handMade = { ...makeDataset('toy', images, 6, 1, 8, labels), classNames: ['x', 'x', 'y'] };
+  refusesFirst(cond, () => new Trainer(cond, handMade, { batchSize: 2 }), INVALID, 'toy: classNames', 'distinct', '["x", "x", "y"]');
+});
+
+test('saveModel refuses class names on the model that loadModel would refuse to read back', async () => {
+  const m = new TarFlow({ ...base, numClasses: 3 }, { device: 'cpu', seed: 1 });
+  try {
+    const path = join(dir, 'names.safetensors');
+    for (const [names, got] of [[['a', 'a', 'b'], '["a", "a", "b"]'], [['a', 'b'], '["a", "b"]'], [[1, 2, 3], '[1, 2, 3]']] as const) {
+      m.classNames = names as never;
+      await rejects(() => saveModel(path, m), INVALID, 'model.classNames', 'a list of 3 distinct names', got);
+      assert.not.ok(existsSync(path), 'nothing written');
+    }
+    m.classNames = ['a', 'b', 'c'];
+    await saveModel(path, m);
+    const back = await loadModel(path, { device: 'cpu' });
+    assert.equal(back.classNames, ['a', 'b', 'c']);
+    back.dispose();
+  } finally {
+    m.dispose();
+  }
+});
+
+test('a Trainer refuses loader options it does not know, as it refuses training options', () => {
+  const data = makeDataset('toy', new Uint8Array(8 * PER), 8, 1, 8, Int32Array.from({ length: 8 }, (_, i) => i % 3));
+  refusesFirst(cond, () => new Trainer(cond, data, { batchSize: 2 }, { wokers: 2 } as never), INVALID, 'loaderOptions', "'workers', 'prefetch'", "the unknown option \"wokers\"; did you mean 'workers'?");
+  refusesFirst(cond, () => new Trainer(cond, data, { batchSize: 2 }, 'x' as never), INVALID, 'loaderOptions', 'an object', '"x"');
+});
+
+test('the dataset loaders called directly check their options as loadDataset does', async () => {
+  const missing = join(dir, 'none');
+  const unknown = "the unknown option \"sise\"; did you mean 'size'?";
+  await rejects(() => loadImageFolderDataset(missing, 'train', { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  await rejects(() => loadCifarDataset(missing, 'train', { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  await rejects(() => loadIdxDataset(missing, { sise: 16 } as never), INVALID, 'options', "'size'", unknown);
+  for (const load of [() => loadImageFolderDataset(missing, 'train', 5 as never), () => loadCifarDataset(missing, 'train', 5 as never), () => loadIdxDataset(missing, 5 as never)]) {
+    try {
+      await load();
+      assert.unreachable('options 5 taken');
+    } catch (err) {
+      assert.instance(err, TarflowError);
+      assert.is((err as TarflowError).code, INVALID, (err as Error).message);
+    }
+  }
+  await rejects(() => loadImageFolderDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
+  // a path that is no string is named as such, not looked up as 'null' or converted (a symbol would throw)
+  await rejects(() => loadImageFolderDataset(null as never), INVALID, 'root', 'a non-empty string', 'null');
+  await rejects(() => loadCifarDataset(5 as never), INVALID, 'path', 'a non-empty string', '5');
+  await rejects(() => loadCifarDataset(Symbol('p') as never), INVALID, 'path', 'a non-empty string', 'a symbol');
+  await rejects(() => loadModel(Symbol('p') as never), INVALID, 'checkpoint', 'a .safetensors file or the name of a shipped model', 'a symbol');
+  await rejects(() => loadCifarDataset(missing, 'val' as never), INVALID, 'split', "one of 'train', 'test'", '"val"');
 });
 
 test('training: contradictory or meaningless options are refused, not ignored', async () => {
