@@ -42,7 +42,7 @@ export interface ImageDataset {
 
 export type Split = 'train' | 'test';
 
-export interface LoadOptions {
+export interface DatasetLoadOptions {
   /**
    * Labels file: a `.npy` of integers for `.npy` images (or an `.npz` without labels), an IDX label file for IDX images.
    * Training labels (the train split) must give every class 0..max an image; a test split may miss classes.
@@ -72,7 +72,7 @@ export interface LoadOptions {
 
 const LOAD_OPTIONS = {
   labels: true, size: true, channels: true, labelBase: true, classesFixed: true, onProgress: true, concurrency: true, signal: true,
-} as const satisfies OptionNames<LoadOptions>;
+} as const satisfies OptionNames<DatasetLoadOptions>;
 
 const require = createRequire(import.meta.url);
 
@@ -275,7 +275,7 @@ function checkNoEmptyClasses(labels: Int32Array, name: string, base: 0 | 1, form
     `up to the largest (${max + base}, image ${maxAt}), so ${empty.length === 1 ? 'that class' : 'those classes'} would be trained on nothing; ${fix}`);
 }
 
-function checkLabelBase(options: LoadOptions, name: string, format: string): 0 | 1 {
+function checkLabelBase(options: DatasetLoadOptions, name: string, format: string): 0 | 1 {
   const base = options.labelBase ?? 0;
   if (base !== 0 && base !== 1) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `labelBase must be 0 or 1, got ${String(base)}`);
   if (base === 1 && format !== 'array') {
@@ -285,7 +285,7 @@ function checkLabelBase(options: LoadOptions, name: string, format: string): 0 |
 }
 
 /** Refuses a file whose shape contradicts an explicit size or channel count rather than training on the wrong shape. */
-function checkRequestedShape(ds: ImageDataset, options: LoadOptions): ImageDataset {
+function checkRequestedShape(ds: ImageDataset, options: DatasetLoadOptions): ImageDataset {
   const badSize = options.size !== undefined && options.size !== ds.size;
   const badChannels = options.channels !== undefined && options.channels !== ds.channels;
   if (badSize || badChannels) {
@@ -296,7 +296,7 @@ function checkRequestedShape(ds: ImageDataset, options: LoadOptions): ImageDatas
   return ds;
 }
 
-function optionsFrom(arg: LoadOptions | string | undefined): LoadOptions {
+function optionsFrom(arg: DatasetLoadOptions | string | undefined): DatasetLoadOptions {
   const options = typeof arg === 'string' ? { labels: arg } : arg ?? {};
   if (typeof options !== 'object' || options === null) throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset options must be an object (or a labels path), got ${options === null ? 'null' : typeof options}`);
   checkKnownKeys('options', options, LOAD_OPTIONS);
@@ -331,7 +331,7 @@ async function readNpyLabels(path: string): Promise<NpyArray> {
  * `.npy` of integers (N,). The second argument is the labels path or the full options; the split says whether
  * they are training data, whose labels must give every class an image.
  */
-export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: string | LoadOptions, split: Split = 'train'): Promise<ImageDataset> {
+export async function loadNpyDataset(imagesPath: string, labelsOrOptions?: string | DatasetLoadOptions, split: Split = 'train'): Promise<ImageDataset> {
   const options = optionsFrom(labelsOrOptions);
   checkOneOf('split', split, ['train', 'test']);
   const base = checkLabelBase(options, imagesPath, 'array');
@@ -353,7 +353,7 @@ const NPZ_IGNORED_KEYS = ['mean'];
  * Images from an `.npz` archive: `x_train`/`x_test` (by split, Keras style) or `images`, `x`, `data` or `arr_0`
  * (or the only member); labels from `y_train`/`y_test`, `labels` or `y` when present.
  */
-export async function loadNpzDataset(path: string, split: Split = 'train', labelsOrOptions?: string | LoadOptions): Promise<ImageDataset> {
+export async function loadNpzDataset(path: string, split: Split = 'train', labelsOrOptions?: string | DatasetLoadOptions): Promise<ImageDataset> {
   const options = optionsFrom(labelsOrOptions);
   const base = checkLabelBase(options, path, 'array');
   const members = await readNpz(path, { labelMembers: [...NPZ_LABEL_KEYS, 'y_train', 'y_test'] });
@@ -394,7 +394,7 @@ export async function loadNpzDataset(path: string, split: Split = 'train', label
 }
 
 /** CIFAR-10 from one binary batch file, or the `split` batches of a folder (cifar-10-batches-bin). */
-export async function loadCifarDataset(path: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadCifarDataset(path: string, split: Split = 'train', givenOptions: DatasetLoadOptions = {}): Promise<ImageDataset> {
   checkString('path', path);
   const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
@@ -426,7 +426,7 @@ async function exists(path: string): Promise<boolean> {
  * `options.labels` or the sibling label file when present; the split says whether they are training data, whose
  * labels must give every class an image.
  */
-export async function loadIdxDataset(imagesPath: string, givenOptions: LoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
+export async function loadIdxDataset(imagesPath: string, givenOptions: DatasetLoadOptions = {}, split: Split = 'train'): Promise<ImageDataset> {
   const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
   checkLabelBase(options, imagesPath, 'IDX');
@@ -455,7 +455,7 @@ export async function loadIdxDataset(imagesPath: string, givenOptions: LoadOptio
 }
 
 /** A folder of PNG/JPEG images, resized and centre-cropped to `size` (default 32), grey or RGB by `channels` (default 3). */
-export async function loadImageFolderDataset(root: string, split: Split = 'train', givenOptions: LoadOptions = {}): Promise<ImageDataset> {
+export async function loadImageFolderDataset(root: string, split: Split = 'train', givenOptions: DatasetLoadOptions = {}): Promise<ImageDataset> {
   checkString('root', root);
   const options = optionsFrom(givenOptions);
   checkOneOf('split', split, ['train', 'test']);
@@ -494,7 +494,7 @@ const SUPPORTED = "'mnist', a .npy or .npz file of uint8 images, a CIFAR-10 batc
  * folder of batches (by split), an IDX image file (found by its magic number), or an image folder (by split when
  * it holds train/ and test/ folders). The third argument is the options, or (the older form) a labels path.
  */
-export async function loadDataset(spec: string, split: Split = 'train', labelsOrOptions?: string | LoadOptions): Promise<ImageDataset> {
+export async function loadDataset(spec: string, split: Split = 'train', labelsOrOptions?: string | DatasetLoadOptions): Promise<ImageDataset> {
   const options = optionsFrom(labelsOrOptions);
   if (split !== 'train' && split !== 'test') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `split must be 'train' or 'test', got '${String(split)}'`);
   if (typeof spec !== 'string' || spec === '') throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `dataset must be ${SUPPORTED}`);

@@ -14,7 +14,7 @@ export { Trainer, learningRate, resolveTrainOptions, type TrainOptions, type Ste
 export { generate, denoise, resolveLabels, defaultTemperature, LIKELIHOOD_TEMPERATURE, type GenerateOptions, type GenerateResult, type DenoiseOptions } from './sampling.js';
 export { scoreImages, evaluateBpd, type ScoreOptions, type EvaluateResult } from './evaluate.js';
 export { saveModel, loadModel, stateDict, loadStateDict, configFromMetadata, type SaveOptions, type LoadOptions } from './checkpoint.js';
-export { loadMnist, loadNpyDataset, loadNpzDataset, loadCifarDataset, loadIdxDataset, loadImageFolderDataset, loadDataset, makeDataset, type ImageDataset, type LoadOptions as DatasetLoadOptions } from './data.js';
+export { loadMnist, loadNpyDataset, loadNpzDataset, loadCifarDataset, loadIdxDataset, loadImageFolderDataset, loadDataset, makeDataset, type ImageDataset, type DatasetLoadOptions } from './data.js';
 export { CIFAR10_CLASSES } from './cifar.js';
 export { PRETRAINED, pretrainedPath, type PretrainedModel } from './pretrained.js';
 export { train, sample, evaluate, score, generateToDisk, evalSamples, type JobOptions } from './jobs.js';

@@ -10,7 +10,7 @@ import { classNamesFromMetadata, configFromMetadata, loadModel, saveModel } from
 import { shippedModel, withSamplingDefaults } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
-import { loadDataset, matchClasses, type ImageDataset, type LoadOptions } from './data.js';
+import { loadDataset, matchClasses, type ImageDataset, type DatasetLoadOptions } from './data.js';
 import type { DeviceOption, FloatDType, Precision } from './backend.js';
 import { layoutSize, parameterLayout } from './params.js';
 import { TarflowError } from './errors.js';
@@ -249,7 +249,7 @@ async function exists(path: string): Promise<boolean> {
  * Loader options of a training run. An explicit config fixes the image shape an image folder is decoded to, so
  * the folder fits the model; a contradicting --image-size/--channels is refused rather than silently overridden.
  */
-function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config: TarFlowConfig; source: string }): LoadOptions {
+function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config: TarFlowConfig; source: string }): DatasetLoadOptions {
   let size = spec.imageSize;
   let channels = spec.channels;
   const cfg = fixed?.config ?? (spec.config ? fromReferenceConfig(spec.config) : undefined);
@@ -271,7 +271,7 @@ function trainDatasetOptions(spec: TrainSpec, ctx: TaskContext, fixed?: { config
  * Decoding an image folder can take minutes, and the Progress tasks are the model's own, so it is reported as
  * log lines at most every 5 s; an abort between images stops the decoding.
  */
-function decodeProgress(ctx: TaskContext): Pick<LoadOptions, 'onProgress' | 'signal'> {
+function decodeProgress(ctx: TaskContext): Pick<DatasetLoadOptions, 'onProgress' | 'signal'> {
   let last = -Infinity;
   return {
     signal: abortSignalOf(ctx),

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
-import { loadDataset, imageArrayLayout, makeDataset, matchClasses, type ImageDataset, type LoadOptions } from '../lib/data.js';
+import { loadDataset, imageArrayLayout, makeDataset, matchClasses, type ImageDataset, type DatasetLoadOptions } from '../lib/data.js';
 import { TarFlow } from '../lib/model.js';
 import { Trainer } from '../lib/train.js';
 import { loadModel, saveModel } from '../lib/checkpoint.js';
@@ -273,7 +273,7 @@ function npz(name: string, arrays: Record<string, { data: NpyData; shape: number
   return path;
 }
 
-async function load(path: string, split: 'train' | 'test' = 'train', options: LoadOptions = {}): Promise<ImageDataset> {
+async function load(path: string, split: 'train' | 'test' = 'train', options: DatasetLoadOptions = {}): Promise<ImageDataset> {
   return loadDataset(path, split, options);
 }
 
