@@ -105,6 +105,8 @@ export function loadStateDict(model: TarFlow, tensors: Map<string, SafetensorsTe
   else model.variance.fill(1);
 }
 
+const RESERVED_METADATA = ['config', 'format', 'noise', 'class_names'];
+
 /** Writes the model as a reference-compatible safetensors checkpoint, atomically. */
 export async function saveModel(path: string, model: TarFlow, options: SaveOptions = {}): Promise<void> {
   checkObject('options', options);
@@ -114,6 +116,13 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
   const names = model.classNames;
   if (names !== null && (!Array.isArray(names) || names.length !== model.config.numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length)) {
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model.classNames', `a list of ${model.config.numClasses} distinct names (one per class of the model) or null`, describeValue(names));
+  }
+  // The entries loadModel reads come from the model: one given here would replace them, and a wrong one would leave a
+  // file that does not load (or loads as another model).
+  const reserved = Object.keys(options.metadata ?? {}).find((k) => RESERVED_METADATA.includes(k));
+  if (reserved !== undefined) {
+    throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `options.metadata.${reserved}`, `an entry other than ${RESERVED_METADATA.join(', ')} (written from the model)`,
+      describeValue(options.metadata![reserved]), 'set model.classNames or model.trainingNoise instead, or leave the entry out');
   }
   const metadata: Record<string, string> = {
     config: JSON.stringify(toReferenceConfig(model.config)),

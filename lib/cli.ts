@@ -640,21 +640,9 @@ export function parseFlags(argv: readonly string[]): CommandLine {
   const options = commands[command].options;
   let values: Values;
   try {
-    const parsed = parseArgs({ args: joinNegativeValues(rest, options), options, strict: true, allowPositionals: false, tokens: true });
-    values = parsed.values as Values;
-    // parseArgs keeps the last of a repeated flag; `--count 2 ... --count 3` is more likely a slip than a choice.
-    const seen = new Map<string, string | undefined>();
-    for (const token of parsed.tokens) {
-      if (token.kind !== 'option') continue;
-      if (seen.has(token.name)) {
-        const first = seen.get(token.name);
-        const got = first === undefined ? 'the flag twice' : `${describeValue(first)} and then ${describeValue(token.value)}`;
-        throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `--${token.name}`, 'one value', got, 'give the flag once');
-      }
-      seen.set(token.name, token.value);
-    }
+    // A flag given twice takes its last value, as most commands do: a wrapper script's defaults stay overridable.
+    values = parseArgs({ args: joinNegativeValues(rest, options), options, strict: true, allowPositionals: false }).values as Values;
   } catch (err) {
-    if (err instanceof TarflowError) throw err;
     const code = (err as { code?: string }).code;
     if (!code?.startsWith('ERR_PARSE_ARGS')) throw err;
     const unknown = code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-[^']*)'/.exec((err as Error).message)?.[1] : undefined;

@@ -15,7 +15,7 @@ import { TarFlow } from '../lib/model.js';
 import { Trainer } from '../lib/train.js';
 import { loadModel, saveModel } from '../lib/checkpoint.js';
 import { evaluateBpd } from '../lib/evaluate.js';
-import { readSafetensors } from '../lib/safetensors.js';
+import { readSafetensors, writeSafetensors } from '../lib/safetensors.js';
 import { validateConfig } from '../lib/config.js';
 import { CIFAR10_CLASSES } from '../lib/cifar.js';
 import { serializeNpy, type NpyData } from '../lib/npy.js';
@@ -434,7 +434,10 @@ test('a model keeps the class names of its image folder; evaluating a folder wit
   const birds = await loadDataset(join(dir, 'birds'), 'test', { size: 8, channels: 3 });
   assert.throws(() => evaluateBpd(loaded, birds), /birds: class 'bird' is not among the model's classes \(cat, dog, emu\); rename the class folders/);
   const bad = join(dir, 'bad-names.safetensors');
-  await saveModel(bad, model, { metadata: { class_names: '["cat","cat","emu"]' } });
+  // saveModel writes class_names from the model only; a hand-made file can still say anything
+  await rejects(saveModel(bad, model, { metadata: { class_names: '["cat","cat","emu"]' } }), 'ERR_TARFLOW_INVALID_ARGUMENT', /^options\.metadata\.class_names: expected an entry other than config, format, noise, class_names/);
+  const good = await readSafetensors(path);
+  await writeSafetensors(bad, good.tensors, { ...good.metadata, class_names: '["cat","cat","emu"]' });
   await rejects(loadModel(bad), 'ERR_TARFLOW_CHECKPOINT', /metadata 'class_names': expected a list of 3 distinct names/);
   loaded.dispose();
   model.dispose();

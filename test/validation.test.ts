@@ -617,9 +617,9 @@ test('command line: each flag is named, with what it must be and what was typed'
     refuses(() => spec(...argv), INVALID, name, expected, got);
   }
   refuses(() => parseFlags(['trian']), INVALID, 'command', "one of 'train', 'sample'", '"trian"');
-  // parseArgs alone would keep the last of a repeated flag
-  refuses(() => parseFlags(['sample', '--count', '2', '--out', 'g.png', '--count=3']), INVALID, '--count', 'one value', '"2" and then "3"');
-  refuses(() => parseFlags(['sample', '--json', '--json']), INVALID, '--json', 'one value', 'the flag twice');
+  // a repeated flag takes its last value (a wrapper's defaults can be overridden)
+  const twice = parseFlags(['sample', '--count', '2', '--out', 'g.png', '--count=3']);
+  assert.is(twice.kind === 'run' && twice.values.count, '3');
   refuses(() => parseFlags(['constructor']), INVALID, 'command', "one of 'train'", '"constructor"');
   for (const argv of [['train', '--bogus'], ['train', '--steps'], ['sample', '--', 'x'], ['eval', '--json=1']]) {
     try {
