@@ -50,7 +50,7 @@ export interface BenchRow {
   median_ms?: number;
   /** Timed runs (steps, rounds; gemm and attention: benchmark.js's cycles) the figure comes from. */
   samples?: number;
-  /** gemm and attention: benchmark.js's relative margin of error of its samples' mean, in percent, as a measure of their spread. */
+  /** gemm and attention: benchmark.js's relative margin of error of its samples' mean, in percent (95%; it shrinks with more samples). */
   rme_percent?: number;
   /** Flops one timed call counts (gemm, attention). */
   flops?: number;

@@ -209,10 +209,24 @@ function ownerAlive(owner: LockOwner): boolean {
 
 /** The claim in the lock file, or null when it is not one (then no process can be shown to hold it). */
 async function readClaim(path: string): Promise<LockOwner | null> {
-  const o = JSON.parse(await fsp.readFile(path, 'utf8')) as Partial<LockOwner>;
+  // Opened without blocking and looked at before reading: a FIFO put at a lock file's name would make a plain read
+  // wait for a writer for good, and a link to a device could read without end. Neither is a claim.
+  const handle = await fsp.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  let text: string;
+  try {
+    const info = await handle.stat();
+    if (!info.isFile() || info.size > MAX_CLAIM_BYTES) return null;
+    text = await handle.readFile('utf8');
+  } finally {
+    await handle.close();
+  }
+  const o = JSON.parse(text) as Partial<LockOwner>;
   const valid = Number.isInteger(o.pid) && o.pid! > 0 && typeof o.host === 'string' && typeof o.started === 'string' && typeof o.token === 'string';
   return valid ? (o as LockOwner) : null;
 }
+
+/** A claim is one line of JSON (pid, host, start time, token); anything much larger is not one. */
+const MAX_CLAIM_BYTES = 4096;
 
 /** Held, by one run at a time, while a dead claim is removed (see takeOver). */
 const TAKEOVER_FILE = `${LOCK_FILE}.takeover`;
@@ -463,13 +477,17 @@ export async function statFileForParsing(path: string, what: string): Promise<fs
   }
   if (info.isDirectory()) throw readError(path, what, Object.assign(new Error(`${path} is a folder`), { code: 'EISDIR' }));
   if (!info.isFile()) {
-    const kind = info.isFIFO() ? 'a FIFO' : info.isCharacterDevice() || info.isBlockDevice() ? 'a device' : info.isSocket() ? 'a socket' : 'not a plain file';
-    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${path}: not a regular file but ${kind}, which is never read as the ${what} file (it may never end); pass a file`);
+    throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${path}: not a regular file but ${describeFileKind(info)}, which is never read as the ${what} file (it may never end); pass a file`);
   }
   if (info.size > MAX_READ_BYTES) {
     throw readError(path, what, Object.assign(new Error(`${path} is ${info.size} bytes`), { code: 'ERR_FS_FILE_TOO_LARGE' }));
   }
   return info;
+}
+
+/** What a path that is not a regular file is, for messages. */
+export function describeFileKind(info: fs.Stats): string {
+  return info.isFIFO() ? 'a FIFO' : info.isDirectory() ? 'a folder' : info.isCharacterDevice() || info.isBlockDevice() ? 'a device' : info.isSocket() ? 'a socket' : 'not a plain file';
 }
 
 function readError(path: string, what: string, err: unknown): TarflowError {

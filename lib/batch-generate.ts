@@ -9,11 +9,11 @@ import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
-  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, isLockFileName, lockFolder, makeFolder, statFileForParsing, writeFileAtomic, type FolderLock,
+  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, describeFileKind, isLockFileName, lockFolder, makeFolder, statFileForParsing, writeFileAtomic, type FolderLock,
 } from './atomic.js';
 import { configFromMetadata, loadModel } from './checkpoint.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
-import type { DeviceOption, Precision } from './backend.js';
+import { PRECISIONS, type DeviceOption, type Precision } from './backend.js';
 import { TarflowError } from './errors.js';
 import { writeNpz } from './npz.js';
 import { imageGrid, nameDigitsFor, pngFileName, writePng } from './png.js';
@@ -290,10 +290,6 @@ async function readManifest(out: string, manifestPath: string): Promise<Manifest
   }
 }
 
-function describeFileKind(info: { isFIFO(): boolean; isDirectory(): boolean; isSocket(): boolean }): string {
-  return info.isFIFO() ? 'a FIFO' : info.isDirectory() ? 'a folder' : info.isSocket() ? 'a socket' : 'a device';
-}
-
 function reducedPrecision(spec: GenerateSpec): Pick<GenerateSpec, 'precision' | 'kvCache'> {
   const precision = spec.precision ?? 'fp32';
   const kvCache = spec.kvCache ?? precision;
@@ -500,7 +496,7 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
   // A resumed run's guidance and denoising are its manifest's; a new one from a shipped model gets the model's own.
   const spec = existing ? resumed : withSamplingDefaults(resumed);
   const { count } = resolveGenerateOptions({ ...spec, count: spec.count as number });
-  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
+  optional(spec.precision, (v) => checkOneOf('precision', v, PRECISIONS));
   const format = checkOneOf('format', spec.format ?? 'png', ['png', 'npz']);
   const shardSize = checkNumber('shardSize', spec.shardSize ?? 1000, { integer: true, min: 1 });
   await checkFolderCreatable(spec.out, 'out');
@@ -541,7 +537,14 @@ export async function runGenerate(given: GenerateSpec, ctx: TaskContext): Promis
     }
     // Validate labels up front (a bad list fails before any work); they also name the PNG files.
     const allLabels = resolveLabels(model, count, spec.labels);
-    checkDenoisable(model, 'denoiseSigma', spec.denoiseSigma); // before the folder and its manifest, as the labels
+    try {
+      checkDenoisable(model, 'denoiseSigma', spec.denoiseSigma); // before the folder and its manifest, as the labels
+    } catch (err) {
+      // A run begun before denoising was refused for such models: its manifest's sigma cannot be left out on resume.
+      if (!existing) throw err;
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', `${(err as Error).message}. This run's manifest (${manifestPath}) records ` +
+        `denoiseSigma ${spec.denoiseSigma}, which a resume must keep, so it cannot be resumed: start it again in a new --out folder without --denoise`);
+    }
     // Made only now that the checkpoint, options and labels have been checked: a refused run leaves no folder.
     await makeFolder(spec.out, 'out');
     lock = await lockFolder(spec.out, 'out');

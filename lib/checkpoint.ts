@@ -8,7 +8,7 @@ import { parameterLayout, type ParamSpec } from './params.js';
 import { TarflowError } from './errors.js';
 import { MODEL_OPTIONS, TarFlow, checkModel, type ModelOptions } from './model.js';
 import { PRETRAINED, pretrainedPath, shippedModel } from './pretrained.js';
-import { checkKnownKeys, checkObject, checkOneOf, describeValue, parseJson, validationError, optionNames, type OptionNames } from './validate.js';
+import { checkKnownKeys, checkObject, checkOneOf, describeValue, isClassNameList, parseJson, validationError, optionNames, type OptionNames } from './validate.js';
 import {
   bf16Tensor, f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors,
   type SafetensorsFile, type SafetensorsTensor,
@@ -17,7 +17,10 @@ import {
 export interface SaveOptions {
   /** Storage precision of the weights: 'F32' (default) or 'BF16' (half the size; for sampling models). */
   dtype?: 'F32' | 'BF16';
-  /** Extra metadata entries (strings). */
+  /**
+   * Extra metadata entries (strings). Not config, format, noise or class_names: those are written from the model
+   * (model.trainingNoise, model.classNames), and one given here is refused.
+   */
   metadata?: Record<string, string>;
 }
 
@@ -114,7 +117,7 @@ export async function saveModel(path: string, model: TarFlow, options: SaveOptio
   checkModel(model).assertAlive();
   // Checked as loadModel reads them back (classNamesFromMetadata): the field is the caller's to set.
   const names = model.classNames;
-  if (names !== null && (!Array.isArray(names) || names.length !== model.config.numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length)) {
+  if (names !== null && !isClassNameList(names, model.config.numClasses)) {
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model.classNames', `a list of ${model.config.numClasses} distinct names (one per class of the model) or null`, describeValue(names));
   }
   // The entries loadModel reads come from the model: one given here would replace them, and a wrong one would leave a
@@ -207,10 +210,10 @@ export function classNamesFromMetadata(file: SafetensorsFile, path: string, numC
   const raw = file.metadata.class_names;
   if (raw === undefined) return null;
   const names = parseJson(`${path}: metadata 'class_names'`, raw, 'ERR_TARFLOW_CHECKPOINT');
-  if (!Array.isArray(names) || names.length !== numClasses || !names.every((n) => typeof n === 'string') || new Set(names).size !== names.length) {
+  if (!isClassNameList(names, numClasses)) {
     throw validationError('ERR_TARFLOW_CHECKPOINT', `${path}: metadata 'class_names'`, `a list of ${numClasses} distinct names (one per class of the model)`, describeValue(names),
       'remove the entry or correct it');
   }
-  return names as string[];
+  return names;
 }
 

@@ -12,7 +12,10 @@ export const CIFAR_SIZE = 32;
 export const CIFAR_CHANNELS = 3;
 const PIXELS = CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE;
 const RECORD = 1 + PIXELS;
-/** The largest Uint8Array this Node.js makes. */
+/**
+ * 4 GiB: the largest Buffer on Node.js 20, the oldest this package supports; kept on later versions (which allow
+ * more) so that a dataset that loads on one supported version loads on all.
+ */
 const MAX_BUFFER_BYTES = 2 ** 32;
 
 /** The class names in label order, as listed in the distribution's batches.meta.txt. */

@@ -13,7 +13,7 @@ import { configFromMetadata } from './checkpoint.js';
 import { TarflowError } from './errors.js';
 import { evalSamples, evaluate, generateToDisk, sample, score, train, type JobOptions } from './jobs.js';
 import { resolveGuidance } from './guidance.js';
-import { SEED_RULE } from './model.js';
+import { SEED_RULE, TRAINING_NOISES } from './model.js';
 import { PRESETS, type PresetName } from './config.js';
 import type { EvaluateSpec, Progress, SampleSpec, ScoreSpec, TrainSpec } from './tasks.js';
 import { readConfigFile, savedRunData } from './tasks.js';
@@ -22,6 +22,8 @@ import type { GenerateSpec } from './batch-generate.js';
 import type { EvalSamplesSpec } from './sample-quality.js';
 import { withSamplingDefaults } from './pretrained.js';
 import { LIKELIHOOD_TEMPERATURE } from './sampling.js';
+import { MAX_REDRAWS } from './streams.js';
+import { PRECISIONS } from './backend.js';
 import { TRAIN_OPTIONS, checkTrainOptionRelations, trainOptionRules, type TrainOptions } from './train.js';
 import { checkNumberText, checkOneOf, checkString, describeValue, nearestNames, pickKeys, validationError, type NumberRule } from './validate.js';
 
@@ -52,6 +54,7 @@ const commonHelp = {
 
 const POSITIVE_INT = { integer: true, min: 1 } as const;
 const COUNT = { integer: true, min: 0 } as const;
+const REDRAWS = { integer: true, min: 0, max: MAX_REDRAWS } as const;
 
 function num(v: Values, name: string, rule: NumberRule): number | undefined {
   const raw = str(v, name);
@@ -145,7 +148,7 @@ function temperatureArg(v: Values) {
 
 /** The precision of a sampler: its matrix products, and the storage of its KV cache (default: the same). */
 function samplerPrecisionArgs(v: Values) {
-  return { precision: oneOf(v, 'precision', ['fp32', 'bf16']), kvCache: oneOf(v, 'kv-cache', ['fp32', 'bf16']) };
+  return { precision: oneOf(v, 'precision', PRECISIONS), kvCache: oneOf(v, 'kv-cache', PRECISIONS) };
 }
 const samplerPrecisionOptions = { precision: { type: 'string' }, 'kv-cache': { type: 'string' } } as const;
 const samplerPrecisionHelp = {
@@ -226,10 +229,10 @@ function trainSpecFrom(v: Values): TrainSpec {
     channels: channels === undefined ? undefined : Number(channels), labelBase: labelBaseArg(v),
     preset, conditional: v.unconditional ? false : undefined,
     out: str(v, 'out') ?? join('runs', `${base}-${preset ?? 'tiny'}`), init: str(v, 'init'), resume: v.resume === true,
-    ...trainOptionArgs(v), noise: oneOf(v, 'noise', ['gaussian', 'uniform']), hflip: v.hflip === true || undefined,
+    ...trainOptionArgs(v), noise: oneOf(v, 'noise', TRAINING_NOISES), hflip: v.hflip === true || undefined,
     checkpointEvery: num(v, 'checkpoint-every', POSITIVE_INT), sampleEvery: num(v, 'sample-every', COUNT),
     sampleTemperature: num(v, 'sample-temperature', { min: 0 }),
-    evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', ['fp32', 'bf16']), recompute: v.recompute === true || undefined,
+    evalImages: num(v, 'eval-images', COUNT), device: device(v), precision: oneOf(v, 'precision', PRECISIONS), recompute: v.recompute === true || undefined,
   };
   // The flags' relations (--min-lr at most --lr) are checked now too; a resumed run's are checked against its saved options.
   if (!spec.resume) checkTrainOptionRelations(pickKeys(spec, TRAIN_OPTIONS));
@@ -292,7 +295,7 @@ const commands: Record<string, Command> = {
         checkpoint, count: num(v, 'count', POSITIVE_INT) ?? (Array.isArray(labels) ? labels.length : 100), labels,
         ...guidanceArgs(v, checkpoint), denoiseSigma: num(v, 'denoise', { min: 0 }),
         seed: num(v, 'seed', SEED_RULE), temperature: temperatureArg(v), batchSize: num(v, 'batch-size', POSITIVE_INT),
-        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), maxRedraws: num(v, 'max-redraws', COUNT), device: device(v),
+        out: str(v, 'out') ?? 'samples.png', cols: num(v, 'cols', POSITIVE_INT), maxRedraws: num(v, 'max-redraws', REDRAWS), device: device(v),
         ...samplerPrecisionArgs(v),
       };
     },
@@ -343,7 +346,7 @@ const commands: Record<string, Command> = {
         format: oneOf(v, 'format', ['png', 'npz']), shardSize: num(v, 'shard-size', POSITIVE_INT), labels: labelsArg(v),
         ...guidance, annealed: resume && v.annealed === undefined ? undefined : v.annealed === true,
         denoiseSigma: num(v, 'denoise', { min: 0 }), seed: num(v, 'seed', SEED_RULE),
-        temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', COUNT),
+        temperature: temperatureArg(v), maxRedraws: num(v, 'max-redraws', REDRAWS),
         batchSize: num(v, 'batch-size', POSITIVE_INT), resume, device: device(v), ...samplerPrecisionArgs(v),
       };
     },

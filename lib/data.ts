@@ -23,7 +23,7 @@ import { isIdxHeader, readIdx } from './idx.js';
 import { DEFAULT_IMAGE_CHANNELS, DEFAULT_IMAGE_SIZE, isImageFile, loadImageFolder } from './image-folder.js';
 import { labelsToInt32, readNpy, type NpyArray } from './npy.js';
 import { readNpz } from './npz.js';
-import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, checkString, describeValue, validationError, type OptionNames } from './validate.js';
+import { checkCallback, checkKnownKeys, checkOneOf, checkSignal, checkString, describeValue, isClassNameList, validationError, type OptionNames } from './validate.js';
 
 export interface ImageDataset {
   name: string;
@@ -121,7 +121,7 @@ export function makeDataset(name: string, images: Uint8Array, count: number, cha
     }
   }
   const ds: ImageDataset = { name, images, labels, count, channels, size, numClasses };
-  if (classNames !== undefined) checkClassNames(name, classNames);
+  if (classNames != null) checkClassNames(name, classNames); // null: no names, as leaving them out
   if (classNames) {
     if (numClasses > classNames.length) {
       throw new TarflowError('ERR_TARFLOW_DATA', `${name}: label ${numClasses - 1} has no name among the ${classNames.length} class names; pass one name per class`);
@@ -530,7 +530,7 @@ export async function loadDataset(spec: string, split: Split = 'train', labelsOr
  * strings: any other list would let a run train to the end and leave a checkpoint that cannot be loaded.
  */
 function checkClassNames(name: string, classNames: unknown): void {
-  if (!Array.isArray(classNames) || !classNames.every((n) => typeof n === 'string') || new Set(classNames).size !== classNames.length) {
+  if (!isClassNameList(classNames)) {
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', `${name}: classNames`, 'a list of distinct strings, one name per class', describeValue(classNames));
   }
 }
@@ -543,7 +543,7 @@ export function checkDatasetFits(ds: ImageDataset, cfg: { inChannels: number; im
     throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'data: expected an ImageDataset (images, labels, count, channels, size, numClasses, name); ' +
       'load one with loadDataset or loadMnist, or build one from arrays with makeDataset');
   }
-  if (ds.classNames !== undefined) checkClassNames(ds.name, ds.classNames);
+  if (ds.classNames != null) checkClassNames(ds.name, ds.classNames);
   if (ds.channels !== cfg.inChannels || ds.size !== cfg.imgSize) {
     throw new TarflowError('ERR_TARFLOW_SHAPE', `${ds.name} has ${ds.channels} x ${ds.size} x ${ds.size} images but the model takes ${cfg.inChannels} x ${cfg.imgSize} x ${cfg.imgSize}`);
   }

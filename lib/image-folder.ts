@@ -250,7 +250,8 @@ export async function loadImageFolder(root: string, options: ImageFolderOptions 
   const count = listing.files.length;
   const per = channels * size * size;
   const bytes = count * per;
-  // checked before allocating, so a huge folder fails with advice rather than a RangeError from V8
+  // Checked before allocating, so a huge folder fails with advice rather than a RangeError from V8. 4 GiB is the
+  // largest Buffer on Node.js 20 (the oldest supported); kept on later versions so a folder loads on all of them.
   const maxBytes = 2 ** 32;
   if (bytes > maxBytes) {
     throw new TarflowError('ERR_TARFLOW_DATA', `${listing.root}: ${count} images of ${channels} x ${size} x ${size} need ${(bytes / 2 ** 30).toFixed(1)} GiB, more than one buffer can hold (4 GiB); ` +

@@ -20,7 +20,8 @@ import {
 export const LN_EPS = 1e-5;
 export const VAR_RATE = 0.1;
 
-export type TrainingNoise = 'gaussian' | 'uniform';
+export const TRAINING_NOISES = ['gaussian', 'uniform'] as const;
+export type TrainingNoise = (typeof TRAINING_NOISES)[number];
 
 export interface ModelOptions {
   device?: DeviceOption;

@@ -14,7 +14,7 @@ import { loadMnist, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { REVERSE_OPTIONS, checkModel, type ReverseOptions, type TarFlow } from './model.js';
 import { checkDenoisable, defaultTemperature, generate, resolveGenerateOptions } from './sampling.js';
-import { checkArray, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, optional, validationError, optionNames, type OptionNames } from './validate.js';
+import { checkArray, checkCallback, checkKnownKeys, checkLength, checkNumber, checkObject, checkOneOf, checkSignal, optional, validationError, optionNames, type OptionNames } from './validate.js';
 import { RateMeter, abortSignalOf, checkCheckpointSpec, type TaskContext } from './tasks.js';
 
 export interface KnnReference {
@@ -109,6 +109,8 @@ export function knnClassify(backend: Backend, reference: KnnReference, queries: 
   checkNumber('k', k, { integer: true, min: 1, max: R }, 'ERR_TARFLOW_INVALID_ARGUMENT');
   checkObject('options', opts);
   checkKnownKeys('options', opts, KNN_OPTIONS);
+  checkCallback('onProgress', opts.onProgress);
+  checkSignal('signal', opts.signal);
   // No block needs more rows than there are queries: a huge queryBlock would otherwise size its buffers by itself.
   const queryBlock = Math.min(positiveInt('queryBlock', opts.queryBlock ?? 512), Math.max(1, queries.length / dim));
   const referenceBlock = Math.min(positiveInt('referenceBlock', opts.referenceBlock ?? 8192), R);
@@ -313,6 +315,8 @@ export async function evaluateSamples(model: TarFlow, options: EvaluateSamplesOp
   checkMnistConditional(model);
   checkObject('options', options);
   checkKnownKeys('options', options, EVALUATE_SAMPLES_OPTIONS);
+  checkCallback('onProgress', options.onProgress);
+  checkSignal('signal', options.signal);
   const k = positiveInt('k', options.k ?? 3);
   const dim = 28 * 28;
   const sampling = {

@@ -8,7 +8,7 @@ import { TarflowError } from './errors.js';
 import { resolveGuidance, type GuidanceOptions } from './guidance.js';
 import { REVERSE_OPTIONS, SEED_RULE, checkModel, type ReverseOptions, type TarFlow, type TrainingNoise } from './model.js';
 import { modelToPixels } from './pixels.js';
-import { STREAMS } from './streams.js';
+import { MAX_REDRAWS, STREAMS } from './streams.js';
 import { checkArray, checkBatch, checkCallback, checkKnownKeys, checkLabels, checkLength, checkNumber, checkObject, checkOneOf, checkSignal, describeValue, optional, validationError, optionNames, type OptionNames } from './validate.js';
 
 export interface DenoiseOptions {
@@ -157,7 +157,8 @@ export function resolveGenerateOptions(options: GenerateOptions, imageBytes = 1)
     // image k's noise starts at element k * imageBytes of its stream, and stream offsets stop at 2^53
     startIndex: checkNumber('startIndex', options.startIndex ?? 0, { integer: true, min: 0, max: Math.max(0, Math.floor(2 ** 53 / imageBytes) - count) }),
     batchSize: checkNumber('batchSize', options.batchSize ?? 256, { integer: true, min: 1 }),
-    maxRedraws: checkNumber('maxRedraws', options.maxRedraws ?? 3, { integer: true, min: 0 }),
+    // At most MAX_REDRAWS: redraw r draws from stream sampleLatent + r, and the streams above belong to initialisation.
+    maxRedraws: checkNumber('maxRedraws', options.maxRedraws ?? 3, { integer: true, min: 0, max: MAX_REDRAWS }),
     temperature: checkNumber('temperature', options.temperature ?? 1, { min: 0 }),
     denoiseSigma: optional(options.denoiseSigma, (v) => checkNumber('denoiseSigma', v, { min: 0 })),
     guidance: resolveGuidance(options),

@@ -14,6 +14,10 @@ export const STREAMS = {
   evalDequant: 21,
   /** Sampling: the latent noise, plus the redraw attempt (31 for the first draw, 32 for the first redraw, ...). */
   sampleLatent: 31,
+  // 32 to 999: the redraws (MAX_REDRAWS)
   /** Initialisation: plus the parameter tensor's index in the layout (params.ts). */
   paramInit: 1000,
 } as const;
+
+/** The most redraws of one sample (maxRedraws, --max-redraws), so that its streams stay below paramInit's. */
+export const MAX_REDRAWS = STREAMS.paramInit - STREAMS.sampleLatent - 1;

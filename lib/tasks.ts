@@ -11,7 +11,7 @@ import { shippedModel, withSamplingDefaults } from './pretrained.js';
 import { readSafetensors, type SafetensorsFile } from './safetensors.js';
 import { PRESETS, fromReferenceConfig, type PresetName, type TarFlowConfig } from './config.js';
 import { loadDataset, matchClasses, type ImageDataset, type DatasetLoadOptions } from './data.js';
-import type { DeviceOption, FloatDType, Precision } from './backend.js';
+import { PRECISIONS, type DeviceOption, type FloatDType, type Precision } from './backend.js';
 import { layoutSize, parameterLayout } from './params.js';
 import { TarflowError } from './errors.js';
 import { checkScoreOptions, evaluateBpd, scoreImages } from './evaluate.js';
@@ -310,7 +310,7 @@ function checkTrainSpec(spec: TrainSpec): void {
   for (const flag of ['conditional', 'resume'] as const) optional(spec[flag], (v) => checkBoolean(flag, v));
   optional(spec.recompute, checkRecompute);
   checkOneOf('dtype', spec.dtype ?? 'float32', ['float32', 'float64']);
-  checkOneOf('precision', spec.precision ?? 'fp32', ['fp32', 'bf16']);
+  checkOneOf('precision', spec.precision ?? 'fp32', PRECISIONS);
   optional(spec.initSeed, (v) => checkNumber('initSeed', v, SEED_RULE));
   optional(spec.checkpointEvery, (v) => checkNumber('checkpointEvery', v, { integer: true, min: 1 }));
   optional(spec.sampleEvery, (v) => checkNumber('sampleEvery', v, { integer: true, min: 0 }));
@@ -650,7 +650,7 @@ export async function runSample(given: SampleSpec, ctx: TaskContext): Promise<Sa
   const spec = withSamplingDefaults(given);
   checkString('out', spec.out);
   resolveGenerateOptions(spec);
-  optional(spec.precision, (v) => checkOneOf('precision', v, ['fp32', 'bf16']));
+  optional(spec.precision, (v) => checkOneOf('precision', v, PRECISIONS));
   optional(spec.cols, (v) => checkNumber('cols', v, { integer: true, min: 1 }));
   const gridFile = /\.png$/i.test(spec.out);
   if (!gridFile && OTHER_IMAGE_EXTENSIONS.includes(extname(spec.out).toLowerCase())) {

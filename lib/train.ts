@@ -12,7 +12,7 @@ import { classNamesFromMetadata, configFromMetadata } from './checkpoint.js';
 import { checkDatasetFits, matchClasses, type ImageDataset } from './data.js';
 import { TarflowError } from './errors.js';
 import { BatchLoader, EpochOrder, type LoaderOptions } from './loader.js';
-import { TarFlow, VAR_RATE, checkModel, type TrainingNoise, type Workspace } from './model.js';
+import { TRAINING_NOISES, TarFlow, VAR_RATE, checkModel, type TrainingNoise, type Workspace } from './model.js';
 import { ParamSet } from './params.js';
 import { checkBoolean, checkKnownKeys, checkNumber, checkObject, checkOneOf, describeValue, optional, parseJson, validationError, type NumberRule, type OptionNames } from './validate.js';
 import { f32Tensor, readSafetensors, toFloat32, toFloat64, writeSafetensors, type SafetensorsFile, type SafetensorsTensor } from './safetensors.js';
@@ -106,7 +106,7 @@ export function checkTrainOptions(o: TrainOptions) {
     beta2: num('beta2') ?? 0.95,
     eps: num('eps') ?? 1e-8,
     weightDecay: num('weightDecay') ?? 1e-4,
-    noise: checkOneOf('noise', o.noise ?? 'gaussian', ['gaussian', 'uniform']),
+    noise: checkOneOf('noise', o.noise ?? 'gaussian', TRAINING_NOISES),
     sigma: num('sigma') ?? 0.1,
     labelDrop: num('labelDrop') ?? 0.1,
     hflip: checkBoolean('hflip', o.hflip ?? false),

@@ -260,3 +260,8 @@ export function checkLabels(name: string, labels: ArrayLike<number>, numClasses:
 export function optional<V, T>(value: V | undefined, check: (v: V) => T): T | undefined {
   return value === undefined ? undefined : check(value);
 }
+
+/** Class names as a checkpoint records them (metadata 'class_names'): distinct strings, `count` of them when given. */
+export function isClassNameList(value: unknown, count?: number): value is string[] {
+  return Array.isArray(value) && (count === undefined || value.length === count) && value.every((n) => typeof n === 'string') && new Set(value).size === value.length;
+}

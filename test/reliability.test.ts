@@ -5,7 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -567,7 +567,14 @@ test('a takeover gate and a draft claim left by a SIGKILLed process of this mach
   }
 });
 
-test('a takeover gate or draft that cannot be shown dead (another machine\'s, a running process\'s, not a whole record) is kept, as before', async () => {
+/** The promise, or a failure once `seconds` have passed: a hang fails the test instead of stopping the suite. */
+function withinSeconds<T>(seconds: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`still waiting after ${seconds} s`)), seconds * 1000); });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+test('a takeover gate or draft that cannot be shown dead (another machine\'s, a running process\'s, not a whole record, a FIFO) is kept, as before', async () => {
   const root = mkdtempSync(join(tmpdir(), 'tarflow-lock-'));
   const dead = spawnSync(process.execPath, ['-e', '']).pid!;
   const old = new Date(Date.now() - 60_000);
@@ -577,6 +584,7 @@ test('a takeover gate or draft that cannot be shown dead (another machine\'s, a 
       ['other-host', record(dead, `not-${hostname()}`, 'a'.repeat(16))],
       ['running', record(process.ppid, hostname(), 'b'.repeat(16))],
       ['partial', ''],
+      ['fifo', ''], // read as a claim, a FIFO would wait for a writer for good
     ];
     // Each behind a dead claim: the run waits for the gate's holder, then names the file to delete.
     const outcomes = await Promise.all(gates.map(async ([name, text]) => {
@@ -585,8 +593,9 @@ test('a takeover gate or draft that cannot be shown dead (another machine\'s, a 
       writeFileSync(join(folder, LOCK_FILE), record(dead, hostname(), 'c'.repeat(16)));
       utimesSync(join(folder, LOCK_FILE), old, old);
       const gate = join(folder, `${LOCK_FILE}.takeover`);
-      writeFileSync(gate, text);
-      const err = await lockFolder(folder, 'out').then(() => null, (e: unknown) => e);
+      if (name === 'fifo') execFileSync('mkfifo', [gate]);
+      else writeFileSync(gate, text);
+      const err = await withinSeconds(20, lockFolder(folder, 'out')).then(() => null, (e: unknown) => e);
       return { name, gate, err };
     }));
     for (const { name, gate, err } of outcomes) {
@@ -601,7 +610,9 @@ test('a takeover gate or draft that cannot be shown dead (another machine\'s, a 
       writeFileSync(join(folder, `${LOCK_FILE}.${token}`), record(pid as number, host as string, token));
       return `${LOCK_FILE}.${token}`;
     });
-    const lock = await lockFolder(folder, 'out');
+    kept.push(`${LOCK_FILE}.${'0'.repeat(16)}`);
+    execFileSync('mkfifo', [join(folder, kept.at(-1)!)]);
+    const lock = await withinSeconds(20, lockFolder(folder, 'out'));
     assert.equal(readdirSync(folder).sort(), [LOCK_FILE, ...kept].sort());
     await lock.release();
   } finally {
