@@ -9,7 +9,7 @@ import { attentionBenchFlops } from './cost.js';
 import type { BenchRow } from './report.js';
 
 /** The middle value; of an even count, the mean of the two middle ones. */
-export function median(xs: number[]): number {
+export function median(xs: readonly number[]): number {
   if (xs.length === 0) throw new RangeError('median of no values');
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
@@ -128,7 +128,7 @@ export interface KernelTiming {
  * padding that aligns the shapes in the text ("qkv   M=..."), which a reader of the JSON would have to match exactly.
  */
 export function kernelRow(part: 'gemm' | 'attention', precision: Precision, c: KernelCase, t: KernelTiming, fused?: boolean): BenchRow {
-  const seconds = median([...t.sample]);
+  const seconds = median(t.sample);
   return {
     part, name: c.name.replace(/\s+/g, ' '), value: c.flops / seconds / 1e9, unit: 'GFLOP/s', precision,
     median_ms: 1000 * seconds, samples: t.sample.length, rme_percent: t.rme, flops: c.flops, ...(c.kernel ? { kernel: c.kernel } : {}),
