@@ -3,8 +3,7 @@
  * apart from the benchmark.js runner in run.ts so that the tests can check both without timing anything.
  */
 import type { Backend, Precision, Tensor } from '../lib/backend.js';
-// Shared with the tests (it imports nothing of the test runner).
-import { withEnv } from '../test/helpers.js';
+import { withEnv } from './env.js';
 import { attentionBenchFlops } from './cost.js';
 import type { BenchRow } from './report.js';
 

@@ -8,9 +8,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import {
-  atomicTempTarget, checkFolderCreatable, checkFolderEmpty, describeFileKind, isLockFileName, lockFolder, makeFolder, statFileForParsing, writeFileAtomic, type FolderLock,
-} from './atomic.js';
+import { atomicTempTarget, checkFolderCreatable, checkFolderEmpty, makeFolder, writeFileAtomic } from './atomic.js';
+import { isLockFileName, lockFolder, type FolderLock } from './folder-lock.js';
+import { describeFileKind, statFileForParsing } from './read-file.js';
 import { configFromMetadata, loadModel } from './checkpoint.js';
 import { fromReferenceConfig, toReferenceConfig } from './config.js';
 import { PRECISIONS, type DeviceOption, type Precision } from './backend.js';

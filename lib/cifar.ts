@@ -5,7 +5,7 @@
  */
 import { readdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { readFileForParsing, statFileForParsing } from './atomic.js';
+import { readFileForParsing, statFileForParsing } from './read-file.js';
 import { TarflowError } from './errors.js';
 
 export const CIFAR_SIZE = 32;

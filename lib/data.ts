@@ -15,7 +15,7 @@
 import { open, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { basename, dirname, extname, join } from 'node:path';
-import { statFileForParsing } from './atomic.js';
+import { statFileForParsing } from './read-file.js';
 import { MAX_CLASSES } from './config.js';
 import { CIFAR10_CLASSES, cifarBatchFiles, isCifarBatchName, readCifarBatches } from './cifar.js';
 import { TarflowError } from './errors.js';
@@ -580,30 +580,4 @@ export function matchClasses(ds: ImageDataset, modelClasses: readonly string[] |
   }
   const labels = ds.labels.map((l) => index.get(names[l]!)!);
   return { ...ds, labels, numClasses: modelClasses.length, classNames: [...modelClasses] };
-}
-
-/** A small deterministic PRNG (mulberry32) for host-side choices such as the epoch's shuffle. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** The order of epoch `epoch` under `seed`: a Fisher-Yates shuffle that depends only on (seed, epoch). */
-export function epochPermutation(count: number, seed: number, epoch: number): Uint32Array {
-  const rand = seededRandom((Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(epoch + 1, 0x85ebca6b)) >>> 0);
-  const p = new Uint32Array(count);
-  for (let i = 0; i < count; i++) p[i] = i;
-  for (let i = count - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    const t = p[i];
-    p[i] = p[j];
-    p[j] = t;
-  }
-  return p;
 }

@@ -3,7 +3,7 @@
  * count, big-endian 32-bit dimensions, then the raw data. Only unsigned-byte files (labels and images) are
  * needed, so other element types are refused rather than half-supported.
  */
-import { readFileForParsing } from './atomic.js';
+import { readFileForParsing } from './read-file.js';
 import { TarflowError } from './errors.js';
 
 export interface IdxArray {

@@ -24,7 +24,8 @@ export {
   type KnnReference, type KnnOptions, type KnnResult, type EvaluateSamplesOptions, type SampleQuality, type DistanceStats, type EvalSamplesSpec,
 } from './sample-quality.js';
 export { readNpz, writeNpz, parseNpz, serializeNpz } from './npz.js';
-export type { Progress, TrainSpec, TrainSummary, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec, ScoreSummary } from './tasks.js';
+export type { Progress, SampleSpec, SampleSummary, EvaluateSpec, ScoreSpec, ScoreSummary } from './tasks.js';
+export type { TrainSpec, TrainSummary } from './train-task.js';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './safetensors.js';
 export { readNpy, writeNpy, parseNpy } from './npy.js';
 export { encodePng, writePng, imageGrid } from './png.js';

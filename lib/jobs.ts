@@ -7,8 +7,9 @@ import { Worker } from 'node:worker_threads';
 import { getBackend, type DeviceOption } from './backend.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
 import type {
-  EvaluateSpec, Progress, SampleSpec, SampleSummary, ScoreSpec, ScoreSummary, TaskContext, TrainSpec, TrainSummary,
+  EvaluateSpec, Progress, SampleSpec, SampleSummary, ScoreSpec, ScoreSummary, TaskContext,
 } from './tasks.js';
+import type { TrainSpec, TrainSummary } from './train-task.js';
 import { checkBoolean, checkCallback, checkKnownKeys, checkObject, checkSignal, describeValue, optional, validationError, type OptionNames } from './validate.js';
 import { runTask, type TaskName } from './task-runners.js';
 import type { GenerateSpec, GenerateSummary } from './batch-generate.js';

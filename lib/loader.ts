@@ -13,7 +13,8 @@
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { getBackend, type FloatDType, type Tensor } from './backend.js';
-import { epochPermutation, type ImageDataset } from './data.js';
+import type { ImageDataset } from './data.js';
+import { epochPermutation } from './random.js';
 import { TarflowError, type TarflowErrorCode } from './errors.js';
 import type { TrainingNoise } from './model.js';
 import { pixelLevels } from './pixels.js';

@@ -3,7 +3,8 @@
  * prepared in Python reach this library. The header is a Python dict literal; it is parsed here by a small
  * strict grammar, never evaluated, and pickled object arrays are refused outright.
  */
-import { readFileForParsing, writeFileAtomic } from './atomic.js';
+import { writeFileAtomic } from './atomic.js';
+import { readFileForParsing } from './read-file.js';
 import { TarflowError } from './errors.js';
 
 export type NpyDType = 'u1' | 'i1' | 'i2' | 'u2' | 'i4' | 'u4' | 'i8' | 'u8' | 'f4' | 'f8' | 'b1';

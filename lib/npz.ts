@@ -4,7 +4,8 @@
  * every offset and size against the buffer before touching it.
  */
 import { inflateRawSync } from 'node:zlib';
-import { readFileForParsing, writeFileAtomic } from './atomic.js';
+import { writeFileAtomic } from './atomic.js';
+import { readFileForParsing } from './read-file.js';
 import { TarflowError } from './errors.js';
 import { parseNpy, serializeNpy, type NpyArray, type NpyData } from './npy.js';
 import { checkObject, describeValue, validationError } from './validate.js';

@@ -4,7 +4,8 @@
  * anywhere, so the parser treats every number in the header as hostile until it has been checked against the
  * real size of the buffer.
  */
-import { readFileForParsing, writeFileAtomic } from './atomic.js';
+import { writeFileAtomic } from './atomic.js';
+import { readFileForParsing } from './read-file.js';
 import { TarflowError } from './errors.js';
 
 export type SafetensorsDType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'U8' | 'I8' | 'BOOL';

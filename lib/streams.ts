@@ -1,7 +1,8 @@
 /**
  * The stream ids of the counter-based generator (native/common Philox), all in one table. A draw is a pure function
  * of (seed, stream, offset), which is what makes training resume exactly and sample k the same image at any batch
- * size; two kinds of draw that shared a stream id would draw the same numbers, so each has its own.
+ * size; two kinds of draw that shared a stream id would draw the same numbers, so each has its own. The host's own
+ * draws (the epoch's shuffle) are random.ts.
  */
 export const STREAMS = {
   /** Training: the batch's Gaussian noise or uniform dequantization, offset by step and position. */

@@ -4,7 +4,8 @@
  */
 import { runGenerate } from './batch-generate.js';
 import { runEvalSamples } from './sample-quality.js';
-import { runEvaluate, runSample, runScore, runTrain, type TaskContext } from './tasks.js';
+import { runEvaluate, runSample, runScore, type TaskContext } from './tasks.js';
+import { runTrain } from './train-task.js';
 
 export const TASK_RUNNERS = {
   train: runTrain, sample: runSample, evaluate: runEvaluate, score: runScore, generate: runGenerate, 'eval-samples': runEvalSamples,

@@ -1,5 +1,5 @@
 /**
- * Worker-thread entry: runs one task (see tasks.ts) off the caller's event loop, posting progress and the result.
+ * Worker-thread entry: runs one task (see task-runners.ts) off the caller's event loop, posting progress and the result.
  * The abort flag is shared memory, so the task sees a cancel between two steps without yielding to its own loop.
  */
 import { parentPort, workerData } from 'node:worker_threads';

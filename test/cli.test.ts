@@ -14,7 +14,7 @@ import { PRETRAINED, pretrainedPath } from '../lib/pretrained.js';
 import { repoRoot } from './helpers.js';
 import { runEvaluate, runSample, runScore } from '../lib/tasks.js';
 import { TarflowError } from '../lib/errors.js';
-import { LOCK_FILE } from '../lib/atomic.js';
+import { LOCK_FILE } from '../lib/folder-lock.js';
 import { successExitCode } from '../lib/cli.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-cli-'));

@@ -22,7 +22,7 @@ import { serializeNpy, type NpyData } from '../lib/npy.js';
 import { serializeNpz } from '../lib/npz.js';
 import { repoRoot } from './helpers.js';
 import { TarflowError } from '../lib/errors.js';
-import { runTrain } from '../lib/tasks.js';
+import { runTrain } from '../lib/train-task.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-datasets-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -5,9 +5,10 @@ import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { createRequire } from 'node:module';
 import { PNG } from 'pngjs';
-import { seededRandom } from '../lib/data.js';
+import { seededRandom } from '../lib/random.js';
 import { TarflowError, type TarflowErrorCode } from '../lib/errors.js';
-import { LOCK_FILE, lockFolder, writeFileAtomic, writeFileAtomicSync } from '../lib/atomic.js';
+import { writeFileAtomic, writeFileAtomicSync } from '../lib/atomic.js';
+import { LOCK_FILE, lockFolder } from '../lib/folder-lock.js';
 import { spawnSync } from 'node:child_process';
 import {
   parseSafetensors, readSafetensors, serializeSafetensors, writeSafetensors,

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { commandSpec, parseFlags } from '../lib/cli.js';
 import { configFromMetadata } from '../lib/checkpoint.js';
 import { fromReferenceConfig, modelShape, toReferenceConfig, validateConfig, type TarFlowConfig } from '../lib/config.js';
-import { seededRandom } from '../lib/data.js';
+import { seededRandom } from '../lib/random.js';
 import { TarflowError } from '../lib/errors.js';
 import { checkScoreOptions } from '../lib/evaluate.js';
 import { resolveGenerateOptions, type GenerateOptions } from '../lib/sampling.js';

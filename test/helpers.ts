@@ -2,7 +2,7 @@
 import { readdirSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { seededRandom } from '../lib/data.js';
+import { seededRandom } from '../lib/random.js';
 import type { DeviceName, Precision } from '../lib/backend.js';
 import type { TarFlowConfig } from '../lib/config.js';
 import { TarFlow } from '../lib/model.js';
@@ -10,6 +10,9 @@ import { ParamSet } from '../lib/params.js';
 import { bf16Tensor, toFloat32 } from '../lib/safetensors.js';
 import { delimiter, join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+// The benchmark uses it too, and bench/ may not import from test/.
+export { withEnv } from '../bench/env.js';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -204,17 +207,5 @@ export function modelErrors(cfg: Partial<TarFlowConfig>, batch: number, a: RunSp
   } finally {
     ma.dispose();
     mb.dispose();
-  }
-}
-
-/** fn() with one environment variable set (the native side reads switches like TARFLOW_CPU_GEMM at each call), restored afterwards. */
-export function withEnv<R>(name: string, value: string, fn: () => R): R {
-  const before = process.env[name];
-  process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
   }
 }

@@ -10,7 +10,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { getBackend, type Backend, type DeviceName, type Tensor } from '../lib/backend.js';
-import { seededRandom } from '../lib/data.js';
+import { seededRandom } from '../lib/random.js';
 import { int, pick, type Rng } from './helpers.js';
 
 

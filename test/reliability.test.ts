@@ -19,7 +19,8 @@ import { parseNpz } from '../lib/npz.js';
 import { train } from '../lib/jobs.js';
 import { generate } from '../lib/sampling.js';
 import { repoRoot } from './helpers.js';
-import { LOCK_FILE, lockFolder, makeFolder } from '../lib/atomic.js';
+import { makeFolder } from '../lib/atomic.js';
+import { LOCK_FILE, lockFolder } from '../lib/folder-lock.js';
 import { TarflowError } from '../lib/errors.js';
 
 setFlagsFromString('--expose-gc');

@@ -11,7 +11,7 @@ import type { TarFlowConfig } from '../lib/config.js';
 import { TarflowError } from '../lib/errors.js';
 import { readSafetensors, writeSafetensors } from '../lib/safetensors.js';
 import { writeNpy } from '../lib/npy.js';
-import { runTrain } from '../lib/tasks.js';
+import { runTrain } from '../lib/train-task.js';
 import { getBackend } from '../lib/backend.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tarflow-train-'));
