@@ -247,6 +247,13 @@ test('hostile op arguments are refused with a code: overflowing shapes, 0-d tens
   refused('flipTokens between overlapping views', () => b.ops.flipTokens(p.view(1, [1, 1, 2]), p.view(0, [1, 1, 2])), 'ERR_TARFLOW_INVALID_ARGUMENT');
   assert.throws(() => b.ops.flipTokens(p.view(1, [1, 1, 2]), p.view(0, [1, 1, 2])), (e: Error) => /^flipTokens: y and x/.test(e.message), 'the op is named once');
   b.ops.copy(p, p); // the same elements: a no-op, allowed
+  // The coupling's GPU kernels write while other threads read: du over u, or do over dv, would give wrong gradients.
+  const c = T([2, 3, 4]), o8 = T([2, 3, 8]), dv4 = T([2, 3, 4]), do8 = T([2, 3, 8]);
+  refused('couplingBackward with du = u', () => b.ops.couplingBackward(c, do8, dv4, c, o8, true, 1), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  refused('couplingBackward with do = o', () => b.ops.couplingBackward(dv4, o8, T([2, 3, 4]), c, o8, true, 1), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  refused('couplingForward with v over o', () => b.ops.couplingForward(o8.view(0, [2, 3, 4]), T([2]), c, o8, true, false), 'ERR_TARFLOW_INVALID_ARGUMENT');
+  b.ops.couplingBackward(dv4, do8, dv4, c, o8, true, 1); // du = dv: each element reads its gradient before writing it
+  b.ops.couplingForward(c, T([2]), c, o8, true, false); // v = u, in place
   // Widths of 0 (a division by zero in the class-embedding check) and empty tensors with huge other dims (hours of
   // empty loops).
   refused('addPosClass with W = 0 and a classEmbed', () => b.ops.addPosClass(T([1, 2, 0]), T([2, 0]), T([3, 1, 2]), null, false), 'ERR_TARFLOW_SHAPE');

@@ -106,8 +106,11 @@ test('models and their workspaces are freed by dispose', async () => {
   const after = ops.nativeMemory();
   assert.ok(after.buffers <= before.buffers, `${after.buffers - before.buffers} native buffers outlived dispose`);
   assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
-  // A simulated leak of 4 KB a cycle (a Buffer kept per cycle) showed as 46 MiB besides the two largest steps.
-  assert.ok(growth < 16, message);
+  // A simulated leak of 4 KB a cycle (a Buffer kept per cycle) showed as 46 MiB besides the two largest steps. On a
+  // machine busy with a training run and a test suite beside this one, no leak showed as 16.1 and 16.3 MiB, spread
+  // over four steps of 5-9 MiB (the allocator's per-thread arenas filling as the pool's chunks land on other threads);
+  // 10,000 cycles (test:stress) stay under the same bound, which a leak proportional to the cycles would not.
+  assert.ok(growth < 24, message);
 });
 
 test('10,000 guided, denoised sampling calls keep resident memory flat', async () => {
@@ -481,20 +484,33 @@ test('SIGKILL during generation never leaves a torn shard or manifest; --resume 
   let seed = 777;
   const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
   let kills = 0;
+  const manifest = join(out, 'manifest.json');
   for (let attempt = 0; attempt < (stress ? 10 : 3); attempt++) {
-    const child = cliGenerate(out, existsSync(join(out, 'manifest.json')));
+    const child = cliGenerate(out, existsSync(manifest));
     const code = await new Promise<number | null>((resolve) => {
-      const timer = setTimeout(() => { child.kill('SIGKILL'); kills++; }, 250 + rand() * 600);
-      child.on('exit', (c) => { clearTimeout(timer); resolve(c); });
+      // The first run is killed only once it has written its manifest: on a loaded machine its start alone took longer
+      // than 850 ms, three runs died before any manifest, and the final --resume then had no run to continue.
+      let timer: NodeJS.Timeout | undefined;
+      const kill = () => { child.kill('SIGKILL'); kills++; };
+      const started = setInterval(() => {
+        if (attempt > 0 || existsSync(manifest)) {
+          clearInterval(started);
+          timer = setTimeout(kill, attempt > 0 ? 250 + rand() * 600 : rand() * 600);
+        }
+      }, 10);
+      child.on('exit', (c) => { clearInterval(started); clearTimeout(timer); resolve(c); });
     });
     if (code === 0) break;
-    if (existsSync(join(out, 'manifest.json'))) {
-      const m = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { shards: Array<{ files: string[] }> };
+    if (existsSync(manifest)) {
+      const m = JSON.parse(readFileSync(manifest, 'utf8')) as { shards: Array<{ files: string[] }> };
       for (const shard of m.shards) for (const f of shard.files) parseNpz(readFileSync(join(out, f)));
     }
   }
   assert.ok(kills >= 1, 'no generation run was interrupted');
-  assert.is(await new Promise((resolve) => cliGenerate(out, true).on('exit', resolve)), 0);
+  const resumed = cliGenerate(out, true);
+  let stderr = '';
+  resumed.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  assert.is(await new Promise((resolve) => resumed.on('exit', resolve)), 0, `the final --resume failed: ${stderr}`);
   for (let k = 0; k < 40; k++) { // 20000 images in shards of 500
     const f = `shard-${String(k).padStart(5, '0')}.npz`;
     assert.ok(readFileSync(join(out, f)).equals(readFileSync(join(reference, f))), `${f} differs after kill and resume`);

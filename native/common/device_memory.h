@@ -20,4 +20,7 @@ void fill(void* dst, DType dtype, int64_t n, double value);
 // Called around every exported op (see op.h): refuse work on a broken backend, then surface launch errors.
 void backend_enter();
 void backend_leave();
+// Called instead of backend_leave when the op threw: takes the launch error its earlier launches may have left, so the
+// next op is not blamed for it (a sticky one marks the backend broken). Never throws.
+void backend_abandon() noexcept;
 }  // namespace tf

@@ -23,7 +23,13 @@
   static Napi::Value name(const Napi::CallbackInfo& info) {             \
     return tf::guard(info.Env(), [&]() {                                \
       tf::backend_enter();                                              \
-      Napi::Value result = name##_impl(info);                           \
+      Napi::Value result;                                               \
+      try {                                                             \
+        result = name##_impl(info);                                     \
+      } catch (...) {                                                   \
+        tf::backend_abandon();                                          \
+        throw;                                                          \
+      }                                                                 \
       tf::backend_leave();                                              \
       return result;                                                    \
     });                                                                 \

@@ -309,6 +309,16 @@ void fill(void* dst, DType dtype, int64_t n, double value) {
 
 void backend_enter() { cuda::ensure_usable(); }
 
+void backend_abandon() noexcept {
+  if (!cuda::t_ctx) return;
+  const cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess || !cuda::is_sticky(err)) return;  // a non-sticky one belongs to the op that threw
+  try {
+    cuda::mark_broken(std::string("CUDA error after an op failed (") + cuda::error_text(err) + ")");
+  } catch (...) {
+  }
+}
+
 void backend_leave() {
   if (!cuda::t_ctx) return;  // the op touched no GPU state (getThreads, argument errors before any launch)
   cuda::check_launch("kernel launch");

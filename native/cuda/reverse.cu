@@ -16,6 +16,7 @@
 //   graph      (default) as direct, but the first step is enqueued and the second captured in a CUDA Graph,
 //              replayed for the rest: one launch per step instead of about 10 per layer. Never under
 //              TARFLOW_CUDA_SYNC=1, whose per-op synchronisation compute-sanitizer runs rely on.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -205,14 +206,19 @@ Mode sampler_mode() {
   }
 }
 
+// The most dynamic shared memory one block may opt in to on this device.
+size_t max_shared_per_block() {
+  int dev = 0, max_smem = 0;
+  cuda::check(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda::check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
+  return size_t(max_smem);
+}
+
 // Raises a kernel's dynamic shared memory limit past the default 48 KiB when it needs more, or says it cannot.
 template <typename Kernel>
 void allow_shared(Kernel kernel, size_t bytes, const std::string& why) {
   if (bytes <= 48 * 1024) return;
-  int dev = 0, max_smem = 0;
-  cuda::check(cudaGetDevice(&dev), "cudaGetDevice");
-  cuda::check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
-  if (bytes > size_t(max_smem)) throw shape_error("blockReverse: " + why + " exceed the attention kernel's shared memory");
+  if (bytes > max_shared_per_block()) throw shape_error("blockReverse: " + why + " exceed the attention kernel's shared memory");
   cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "cudaFuncSetAttribute");
 }
 
@@ -261,15 +267,23 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const bool guided = opt.guidance > 0 && (opt.guide_a || opt.guide_b);
   const int64_t R = guided ? 2 * B : B;
   const int64_t n_cls = w.cls ? w.cls->numel() / W : 0;
-  const Mode mode = sampler_mode();
   const decode::Problem dp{R, B, H, Tn, W, hd};
+  Mode mode = sampler_mode();
+  // The split kernel stages a 64-key chunk of keys and values per head in shared memory, which for very wide heads
+  // (over about 440 floats on an H100) does not fit; the reference kernel's shared memory grows with the tokens
+  // instead, so such models still sample (as on the CPU), only without the split and the graph.
+  if (mode != Mode::Reference && sizeof(T) * dp.shared_words() > std::max<size_t>(48 * 1024, max_shared_per_block())) mode = Mode::Reference;
   const bool split = mode != Mode::Reference;
   cudaStream_t s = stream();
 
   // One allocation per call (not per step) for everything the token loop needs, counted against the memory limit.
-  const size_t xs_bytes = sizeof(T) * B * Tn * D, embed_bytes = sizeof(T) * R * W, cache_bytes = sizeof(C) * (L * R * Tn * W + 1),
-               work_bytes = sizeof(T) * (R * W * 3 + R * 3 * W + R * (F + 1) + R * Do + R * D + 2 * R),
-               part_bytes = split ? sizeof(T) * (dp.ml_words() + dp.o_words()) : 1;
+  // The working rows share one buffer, each starting on 16 bytes so the products keep their vector loads.
+  const auto padded = [](int64_t n) { constexpr int64_t a = 16 / sizeof(T); return (n + a - 1) / a * a; };
+  const int64_t rows_w = padded(R * W), rows_qkv = padded(R * 3 * W), rows_f = padded(R * F), rows_o = padded(R * Do),
+                rows_d = padded(R * D);
+  const size_t xs_bytes = sizeof(T) * B * Tn * D, embed_bytes = sizeof(T) * R * W, cache_bytes = sizeof(C) * L * R * Tn * W,
+               work_bytes = sizeof(T) * (rows_w * 3 + rows_qkv + rows_f + rows_o + rows_d + 2 * R),
+               part_bytes = split ? sizeof(T) * (dp.ml_words() + dp.o_words()) : 0;
   const MemoryReservation counted(xs_bytes + embed_bytes + 2 * cache_bytes + work_bytes + part_bytes + sizeof(int64_t),
                                   "blockReverse's KV cache and working rows");
   cuda::Buffer xs_buf(xs_bytes), embed_buf(embed_bytes), kc_buf(cache_bytes), vc_buf(cache_bytes), work_buf(work_bytes),
@@ -279,13 +293,13 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   C* kcache = kc_buf.as<C>();
   C* vcache = vc_buf.as<C>();
   T* h = work_buf.as<T>();
-  T* ln = h + R * W;
-  T* att = ln + R * W;
-  T* qkv = att + R * W;
-  T* f = qkv + R * 3 * W;
-  T* o = f + R * (F + 1);
-  T* tok = o + R * Do;
-  T* mean = tok + R * D;
+  T* ln = h + rows_w;
+  T* att = ln + rows_w;
+  T* qkv = att + rows_w;
+  T* f = qkv + rows_qkv;
+  T* o = f + rows_f;
+  T* tok = o + rows_o;
+  T* mean = tok + rows_d;
   T* rstd = mean + R;
   T* part_ml = part_buf.as<T>();
   T* part_o = part_ml + dp.ml_words();
