@@ -550,6 +550,11 @@ export class TarFlow {
  */
 export function checkModel(value: unknown): TarFlow {
   if (!(value instanceof TarFlow)) {
+    // Its tensors belong to the other copy's native addon, which this copy's ops cannot read: refused, with the cause.
+    if (typeof value === 'object' && value !== null && value.constructor?.name === 'TarFlow') {
+      throw new TarflowError('ERR_TARFLOW_INVALID_ARGUMENT', 'model: this TarFlow was made by another copy of the tarflow package ' +
+        '(two versions installed side by side?); load or create it with the same tarflow import that you pass it to (npm ls tarflow shows the copies)');
+    }
     throw validationError('ERR_TARFLOW_INVALID_ARGUMENT', 'model', 'a TarFlow model (new TarFlow(config) or await loadModel(path or name))', describeValue(value));
   }
   return value;

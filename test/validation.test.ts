@@ -474,6 +474,11 @@ test('every call that takes a model refuses what is not one, naming the argument
   }
   await rejects(() => saveModel(join(dir, 'not-a-model.safetensors'), 'mnist-cond' as never), INVALID, 'model', 'a TarFlow model', '"mnist-cond"');
   await rejects(() => evaluateSamples(null as never), INVALID, 'model', 'a TarFlow model', 'null');
+  // A model from a second installed copy of the package: instanceof fails, and the message says why.
+  const otherCopy = new (class TarFlow {})();
+  for (const [what, call] of calls) {
+    assert.throws(() => call(otherCopy as never), (e: Error) => (e as TarflowError).code === INVALID && /another copy of the tarflow package/.test(e.message), what);
+  }
 });
 
 test('class names that a checkpoint could not record are refused where a dataset is made or trained on', () => {
