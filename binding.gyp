@@ -12,6 +12,7 @@
         "native/cpu/attention.cc",
         "native/cpu/coupling.cc",
         "native/cpu/elementwise.cc",
+        "native/cpu/embedding.cc",
         "native/cpu/flash_attention.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gemm_amx.cc",

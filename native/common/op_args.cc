@@ -271,6 +271,8 @@ GeluBackwardArgs parse_gelu_backward(const Napi::CallbackInfo& info) {
   return {dx, dy, x};
 }
 
+// ---- embedding ----
+
 AddPosClassArgs parse_add_pos_class(const Napi::CallbackInfo& info) {
   AddPosClassArgs a;
   a.h = tensor_arg(info, 0, "h");

@@ -86,6 +86,8 @@ struct GeluBackwardArgs {
 };
 GeluBackwardArgs parse_gelu_backward(const Napi::CallbackInfo& info);
 
+// ---- embedding ----
+
 // addPosClass(h[B,T,W], pos[T,W], classEmbed|null, labels|null, flip). Every label is below n_cls (checked on the
 // host: on the CUDA backend that is one small copy that waits for the stream).
 struct AddPosClassArgs {

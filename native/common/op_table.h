@@ -15,7 +15,8 @@
 // TF_EXPORT_OP, so the two backends' tables cannot drift apart.
 #define TF_ELEMENTWISE_OPS(X)                                                                                         \
   X(copy) X(axpby) X(rowSumSquares) X(sumSquares) X(allFinite) X(varUpdate) X(mulBroadcast) X(flipTokens) X(patchify) \
-  X(unpatchify) X(gelu) X(geluBackward) X(addPosClass) X(addPosClassBackward)
+  X(unpatchify) X(gelu) X(geluBackward)
+#define TF_EMBEDDING_OPS(X) X(addPosClass) X(addPosClassBackward)
 #define TF_LAYERNORM_OPS(X) X(layerNorm) X(layerNormBackward)
 #define TF_LINEAR_OPS(X) X(linear) X(linearBackward)
 #define TF_ATTENTION_OPS(X) X(attention) X(attentionBackward)
