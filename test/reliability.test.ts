@@ -107,9 +107,9 @@ test('models and their workspaces are freed by dispose', async () => {
   assert.ok(after.buffers <= before.buffers, `${after.buffers - before.buffers} native buffers outlived dispose`);
   assert.ok(after.handles <= before.handles, `${after.handles - before.handles} tensor handles outlived their collection`);
   // A simulated leak of 4 KB a cycle (a Buffer kept per cycle) showed as 46 MiB besides the two largest steps. On a
-  // machine busy with a training run and a test suite beside this one, no leak showed as 16.1 and 16.3 MiB, spread
-  // over four steps of 5-9 MiB (the allocator's per-thread arenas filling as the pool's chunks land on other threads);
-  // 10,000 cycles (test:stress) stay under the same bound, which a leak proportional to the cycles would not.
+  // machine busy with a training run and a test suite beside this one, the growth was 16.1 and 16.3 MiB, spread over
+  // four steps of 5-9 MiB, with the native buffer and handle counts flat (no leak); 10,000 cycles (test:stress) stay
+  // under the same bound, which a leak proportional to the cycles would not.
   assert.ok(growth < 24, message);
 });
 

@@ -478,7 +478,8 @@ CouplingForwardArgs parse_coupling_forward(const Napi::CallbackInfo& info) {
   expect_same_dtype(v, u, "v", "u");
   expect_same_dtype(logdet, u, "logdet", "u");
   // Each element reads o's row before it; only u itself may be overwritten in place.
-  if (v->overlaps(o) || (v->overlaps(u) && !v->same_elements(u))) throw arg_error("couplingForward: v must not share elements with o, or with u unless it is u itself");
+  if (v->overlaps(o) || (v->overlaps(u) && !v->same_elements(u)))
+    throw arg_error("couplingForward: v must not share elements with o, or with u unless it is u itself");
   return {v, logdet, u, o, nvp, accumulate, d};
 }
 
@@ -498,7 +499,8 @@ CouplingBackwardArgs parse_coupling_backward(const Napi::CallbackInfo& info) {
   // The GPU writes du and do while other threads still read u, o and dv: only dv itself may become du.
   if (du->overlaps(u) || du->overlaps(o) || du->overlaps(dout) || (du->overlaps(dv) && !du->same_elements(dv)))
     throw arg_error("couplingBackward: du must not share elements with u, o or do, or with dv unless it is dv itself");
-  if (dout->overlaps(u) || dout->overlaps(o) || dout->overlaps(dv)) throw arg_error("couplingBackward: do must not share elements with u, o or dv");
+  if (dout->overlaps(u) || dout->overlaps(o) || dout->overlaps(dv))
+    throw arg_error("couplingBackward: do must not share elements with u, o or dv");
   return {du, dout, dv, u, o, nvp, logdet_grad, d};
 }
 

@@ -16,7 +16,6 @@
 //   graph      (default) as direct, but the first step is enqueued and the second captured in a CUDA Graph,
 //              replayed for the rest: one launch per step instead of about 10 per layer. Never under
 //              TARFLOW_CUDA_SYNC=1, whose per-op synchronisation compute-sanitizer runs rely on.
-#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -272,7 +271,8 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   // The split kernel stages a 64-key chunk of keys and values per head in shared memory, which for very wide heads
   // (over about 440 floats on an H100) does not fit; the reference kernel's shared memory grows with the tokens
   // instead, so such models still sample (as on the CPU), only without the split and the graph.
-  if (mode != Mode::Reference && sizeof(T) * dp.shared_words() > std::max<size_t>(48 * 1024, max_shared_per_block())) mode = Mode::Reference;
+  const size_t split_smem = sizeof(T) * dp.shared_words();
+  if (mode != Mode::Reference && split_smem > 48 * 1024 && split_smem > max_shared_per_block()) mode = Mode::Reference;
   const bool split = mode != Mode::Reference;
   cudaStream_t s = stream();
 
@@ -315,7 +315,7 @@ void block_reverse(T* x, int64_t B, int64_t Tn, int64_t D, const BlockWeights& w
   const T* pos = w.pos->data<T>();
   const double scale_c = 1.0 / std::sqrt(double(hd));
   const T scale_cond = T(scale_c / 1.0), scale_uncond = T(scale_c / opt.temp_uncond);
-  const size_t attn_smem_base = sizeof(T) * kThreads, split_smem = sizeof(T) * dp.shared_words();
+  const size_t attn_smem_base = sizeof(T) * kThreads;
   constexpr int kPack = 16 / sizeof(C);
   const bool packed = decode::pack_width<C>(dp) == kPack;
   if (split) {
