@@ -15,7 +15,7 @@
         "native/cpu/embedding.cc",
         "native/cpu/flash_attention.cc",
         "native/cpu/gemm.cc",
-        "native/cpu/gemm_amx.cc",
+        "native/cpu/gemm_bf16.cc",
         "native/cpu/layernorm.cc",
         "native/cpu/linear.cc",
         "native/cpu/reverse.cc",

@@ -140,7 +140,8 @@ export interface Backend {
   /**
    * For benchmarks and diagnostics: which kernel bf16 matrix products run on now. CUDA: 'wgmma' (H100/H200 with the
    * default sm_90a build) or 'mma' (`TARFLOW_CUDA_GEMM` chooses; see native/cuda/gemm_bf16.cu). CPU: 'amx' (Xeons
-   * with AMX) or 'reference' (`TARFLOW_CPU_GEMM` chooses; see native/cpu/gemm_amx.cc).
+   * with AMX), 'avx512bf16' (AMD Zen 4 and later, Intel Cooper Lake) or 'reference' (`TARFLOW_CPU_GEMM` chooses; see
+   * native/cpu/gemm_bf16.cc).
    */
   bf16GemmKernel?(): string;
 }

@@ -107,8 +107,8 @@ export interface Manifest {
   /** The backend that drew the shards ('cpu' or 'cuda'): a resume on the other one is told that they differ by rounding. */
   device?: string;
   /**
-   * With bf16 products, the kernel that ran them ('amx' or 'reference' on the CPU, 'wgmma' or 'mma' on the GPU;
-   * TARFLOW_CPU_GEMM / TARFLOW_CUDA_GEMM): another one rounds differently, which a resume is told.
+   * With bf16 products, the kernel that ran them ('amx', 'avx512bf16' or 'reference' on the CPU, 'wgmma' or 'mma' on
+   * the GPU; TARFLOW_CPU_GEMM / TARFLOW_CUDA_GEMM): another one rounds differently, which a resume is told.
    */
   bf16Kernel?: string;
   config: ReturnType<typeof toReferenceConfig>;

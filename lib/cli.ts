@@ -153,7 +153,7 @@ function samplerPrecisionArgs(v: Values) {
 }
 const samplerPrecisionOptions = { precision: { type: 'string' }, 'kv-cache': { type: 'string' } } as const;
 const samplerPrecisionHelp = {
-  precision: "'fp32' (default) or 'bf16' matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
+  precision: "'fp32' (default) or 'bf16' matrix products (tensor cores on the GPU; AMX or AVX-512 BF16 on CPUs that have them, else emulated, not faster)",
   'kv-cache': "'fp32' or 'bf16' storage of the sampler's keys and values: half the memory and the bytes read per token (default: --precision)",
 };
 
@@ -215,7 +215,7 @@ const trainHelp: Record<string, string> = {
   'sample-every': 'write a sample grid every N steps (default: only at the end)',
   'sample-temperature': `temperature of the sample grids (default ${LIKELIHOOD_TEMPERATURE} with --noise uniform, else 1)`,
   'eval-images': 'MNIST test images for the final bits/dim (default: all; 0 skips; for other data use tarflow eval)',
-  precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; AMX tiles on CPUs that have them, else emulated, not faster)",
+  precision: "'fp32' (default) or 'bf16' mixed precision for the matrix products (tensor cores on the GPU; AMX or AVX-512 BF16 on CPUs that have them, else emulated, not faster)",
   recompute: "keep one block's activations and recompute the others in the backward: memory divided by the block count, for about one more forward pass; same results (without this flag it happens only when the activations do not fit)",
 };
 

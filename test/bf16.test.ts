@@ -2,7 +2,8 @@
  * bf16 mixed precision without a GPU: the index logic of the two tensor-core GEMMs (mma.sync, and wgmma on sm_90a),
  * run on the CPU for every thread (test/native/mma_tile_test.cc, wgmma_tile_test.cc); the CPU backend's reference
  * kernel, which is the reference for the GPU's bf16 results (bf16-rounded inputs, fp32 sums: bit for bit the float32
- * product of rounded inputs); its AMX kernel (native/cpu/gemm_amx.cc) against the reference; the fused GELU output;
+ * product of rounded inputs); its fast kernels (AMX, AVX-512 BF16: native/cpu/gemm_bf16.cc) against the reference,
+ * on CPUs that have them; the fused GELU output;
  * and a whole model in bf16 against float32. The GPU's bf16 kernels are compared with all of this in
  * cuda-parity.test.ts.
  */
@@ -19,16 +20,29 @@ const bf16: MatmulOptions = { precision: 'bf16' };
 /** fn() with the CPU's bf16 kernel chosen by TARFLOW_CPU_GEMM (read by every bf16 product). */
 const withCpuGemm = <R>(kind: string, fn: () => R): R => withEnv('TARFLOW_CPU_GEMM', kind, fn);
 
-/** Whether the CPU reports the AMX-BF16 and AMX-TILE instructions (Linux only; elsewhere AMX is not built). */
-function cpuHasAmx(): boolean {
+/** The CPU's fast bf16 kernels, each with the /proc/cpuinfo flags of its instructions (their packing also needs AVX-512F, BW). */
+const FAST_KERNELS = { amx: ['amx_bf16', 'amx_tile'], avx512bf16: ['avx512_bf16'] } as const;
+type FastKernel = keyof typeof FAST_KERNELS;
+
+/** Whether the CPU reports a kernel's instructions (Linux x64 only; elsewhere the fast kernels are not built). */
+function cpuHas(kernel: FastKernel): boolean {
   try {
     const flags = readFileSync('/proc/cpuinfo', 'utf8');
-    return /\bamx_bf16\b/.test(flags) && /\bamx_tile\b/.test(flags) && process.arch === 'x64';
+    return process.arch === 'x64' && [...FAST_KERNELS[kernel], 'avx512f', 'avx512bw'].every((f) => new RegExp(`\\b${f}\\b`).test(flags));
   } catch {
     return false;
   }
 }
-const amx = withCpuGemm('auto', () => cpu.bf16GemmKernel!()) === 'amx';
+/** The coded error TARFLOW_CPU_GEMM=<kernel> gives here, or null where that kernel runs. */
+const refusal = (kernel: FastKernel) => withCpuGemm(kernel, () => {
+  try {
+    assert.is(cpu.bf16GemmKernel!(), kernel);
+    return null;
+  } catch (e) {
+    return e as Error & { code?: string };
+  }
+});
+const usable = (Object.keys(FAST_KERNELS) as FastKernel[]).filter((k) => refusal(k) === null);
 
 test('the bf16 GEMM kernel\'s per-thread index logic, run on the CPU against the PTX fragment layouts', () => {
   const failure = runNativeCheck('mma_tile_test');
@@ -72,17 +86,20 @@ test('the reference kernel: linear and linearBackward in bf16 are the float32 pr
   assert.ok(err > 1e-4 && err < 1e-2, `bf16 vs float32 dx: relative error ${err}`);
 }));
 
-test('TARFLOW_CPU_GEMM picks the bf16 kernel: auto takes AMX where the CPU has it, amx insists, other values are refused', () => {
+test('TARFLOW_CPU_GEMM picks the bf16 kernel: auto takes AMX, else AVX-512 BF16, where the CPU has it; a named kernel insists; other values are refused', () => {
   assert.is(withCpuGemm('reference', () => cpu.bf16GemmKernel!()), 'reference');
-  assert.ok(!amx || cpuHasAmx(), 'AMX chosen on a CPU that does not report it');
-  if (amx) {
-    assert.is(withCpuGemm('amx', () => cpu.bf16GemmKernel!()), 'amx');
-  } else {
-    const err = withCpuGemm('amx', () => { try { cpu.bf16GemmKernel!(); } catch (e) { return e as Error & { code?: string }; } });
-    assert.is(err?.code, 'ERR_TARFLOW_DEVICE');
-    assert.match(err!.message, /TARFLOW_CPU_GEMM=amx: .*\(use auto or reference\)/);
-    // On a CPU with AMX only the operating system may refuse it; a failed self-check against the reference is a bug.
-    if (cpuHasAmx()) assert.match(err!.message, /operating system|kernel did not grant/, err!.message);
+  assert.is(withCpuGemm('auto', () => cpu.bf16GemmKernel!()), usable[0] ?? 'reference', `usable here: ${usable.join(', ') || 'none'}`);
+  for (const kernel of Object.keys(FAST_KERNELS) as FastKernel[]) {
+    const err = refusal(kernel);
+    if (err === null) {
+      assert.ok(cpuHas(kernel), `${kernel} chosen on a CPU that does not report its instructions`);
+      continue;
+    }
+    assert.is(err.code, 'ERR_TARFLOW_DEVICE');
+    assert.match(err.message, new RegExp(`TARFLOW_CPU_GEMM=${kernel}: .*\\(use auto or reference\\)`));
+    // On a CPU with the instructions only the operating system may refuse them; a failed self-check against the
+    // reference is a bug.
+    if (cpuHas(kernel)) assert.match(err.message, /operating system|kernel did not grant/, err.message);
   }
   const x = T([2, 4]), w = T([3, 4]), y = T([2, 3]);
   assert.is(withCpuGemm('fast', () => code(() => cpu.bf16GemmKernel!())), 'ERR_TARFLOW_INVALID_ARGUMENT');
@@ -91,19 +108,20 @@ test('TARFLOW_CPU_GEMM picks the bf16 kernel: auto takes AMX where the CPU has i
   assert.is(withCpuGemm('fast', () => code(() => cpu.ops.linear(y, x, w, null, false))), 'none');
 });
 
-// AMX sums the same exact bf16 products in its own order: results within fp32 rounding of the reference, and still
+// AMX and AVX-512 BF16 sum the same exact bf16 products in their own orders: results within fp32 rounding of the
+// reference, and still
 // independent of the thread count and of the other rows of the batch. Shapes with tails in M, N and K (16-row tiles,
 // 32-wide K steps), the epilogues, and every transpose (linear: B transposed; dx: neither; dweight: A transposed;
 // attention's backward: the remaining one).
-test('the AMX kernel (where the CPU has it) is within fp32 rounding of the reference, whatever the threads or the batch', () => {
-  if (!amx) {
-    assert.is(cpu.bf16GemmKernel!(), 'reference');
+for (const kernel of Object.keys(FAST_KERNELS) as FastKernel[]) test(`the ${kernel} kernel (where the CPU has it) is within fp32 rounding of the reference, whatever the threads or the batch`, () => {
+  if (!usable.includes(kernel)) {
+    assert.ok(refusal(kernel) !== null);
     return;
   }
-  const both = (fn: () => Float32Array[]) => [withCpuGemm('amx', fn), withCpuGemm('reference', fn)];
+  const both = (fn: () => Float32Array[]) => [withCpuGemm(kernel, fn), withCpuGemm('reference', fn)];
   const close = (a: Float32Array[], b: Float32Array[], what: string, tol = 1e-5) => a.forEach((v, i) => {
     const err = relError(v, b[i]);
-    assert.ok(err < tol, `${what} output ${i}: AMX vs reference relative error ${err}`);
+    assert.ok(err < tol, `${what} output ${i}: ${kernel} vs reference relative error ${err}`);
   });
   for (const [M, N, K] of [[1, 1, 1], [5, 17, 33], [77, 40, 70], [300, 520, 129]]) {
     const x = randn(M * K, 21), w = randn(N * K, 22, 0.3), b = randn(N, 23), dy = randn(M * N, 24), prior = randn(M * N, 25), u = randn(M * K, 26);
@@ -118,7 +136,7 @@ test('the AMX kernel (where the CPU has it) is within fp32 rounding of the refer
     const threads = cpu.ops.getThreads();
     cpu.ops.setThreads(1);
     try {
-      withCpuGemm('amx', products).forEach((v, i) => assert.equal(Array.from(v), Array.from(fast[i]), `${M}x${N}x${K} output ${i}, one thread`));
+      withCpuGemm(kernel, products).forEach((v, i) => assert.equal(Array.from(v), Array.from(fast[i]), `${M}x${N}x${K} output ${i}, one thread`));
     } finally {
       cpu.ops.setThreads(threads);
     }
@@ -127,7 +145,7 @@ test('the AMX kernel (where the CPU has it) is within fp32 rounding of the refer
   const [M, N, K] = [70, 48, 100];
   const x = randn(M * K, 31), w = randn(N * K, 32, 0.3);
   x[K * 5] = NaN;  // a NaN in row 5 stays in row 5
-  const rows = (m: number) => withCpuGemm('amx', () => {
+  const rows = (m: number) => withCpuGemm(kernel, () => {
     const y = T([m, N]);
     cpu.ops.linear(y, T([m, K], x.subarray(0, m * K)), T([N, K], w), null, false, bf16);
     return y.toArray() as Float32Array;

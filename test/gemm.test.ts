@@ -14,7 +14,7 @@ import { onPath, runNativeCheck } from './helpers.js';
 
 function gemmChecks(arch: string[], cross: { cxx: string; runner: string; args: string[] } | null = null): string | null {
   return runNativeCheck('gemm_bench', {
-    sources: ['native/cpu/gemm_bench.cc', 'native/cpu/gemm.cc', 'native/cpu/gemm_amx.cc', 'native/common/threads.cc'],
+    sources: ['native/cpu/gemm_bench.cc', 'native/cpu/gemm.cc', 'native/cpu/gemm_bf16.cc', 'native/common/threads.cc'],
     flags: ['-std=c++20', '-pthread', '-fno-math-errno', '-fno-trapping-math', '-fopenmp-simd', ...arch],
     sanitize: false,
     args: ['--quick', ...(cross?.args ?? [])],

@@ -17,8 +17,8 @@ TF_OP(setThreads) {
   return info.Env().Undefined();
 }
 
-// bf16GemmKernel() -> 'amx' | 'reference': the kernel bf16 products run on now (TARFLOW_CPU_GEMM, native/cpu/gemm_amx.cc);
-// the first call on a CPU with AMX runs its check. For tests and benchmarks.
+// bf16GemmKernel() -> 'amx' | 'avx512bf16' | 'reference': the kernel bf16 products run on now (TARFLOW_CPU_GEMM,
+// native/cpu/gemm_bf16.cc); the first call on a CPU with AMX or AVX-512 BF16 runs its check. For tests and benchmarks.
 TF_OP(bf16GemmKernel) { return Napi::String::New(info.Env(), cpu_bf16_gemm_kernel()); }
 
 }  // namespace

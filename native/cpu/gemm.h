@@ -31,7 +31,7 @@ struct GemmEpilogue {
 // column n0 (the epilogue's pointers share C's origin). Shared by both CPU kernels. gemm.cc calls it per panel (MR
 // rows by up to NC columns) rather than per MR x NR tile: the activation rows it reads or writes are then long enough
 // for the hardware prefetcher, and the loops long enough to vectorise without remainders; per tile, the same work
-// took twice as long (gemm_bench's fc cases). gemm_amx.cc calls it per 32 rows by up to 128 columns of C.
+// took twice as long (gemm_bench's fc cases). gemm_bf16.cc calls it per 32 rows by up to 128 columns of C.
 template <typename T>
 inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t at, int64_t n0, int64_t mr, int64_t nr) {
   for (int64_t r = 0; r < mr; ++r) {
@@ -53,9 +53,9 @@ inline void apply_epilogue(const GemmEpilogue<T>& ep, T* c, int64_t ldc, int64_t
 // Causal structure a product may skip (attention's, where half of every T x T matrix is masked). With diag d:
 //   kLowerC: only C[i, j] with j <= i + d is wanted; C's other elements are left unspecified.
 //   kLowerA: op(A)[i, k] == 0 for k > i + d;  kUpperA: op(A)[i, k] == 0 for k < i + d (the caller guarantees it).
-// The reference kernel skips the MR x NR tiles and the k ranges of each MR-row panel outside the structure, AMX its
-// 32 x 32 blocks and 32-wide k steps; the elements computed equal the full product's bit for bit: the skipped terms
-// are exact zeros (B finite), and the rest are added in the same order.
+// The reference kernel skips the MR x NR tiles and the k ranges of each MR-row panel outside the structure, the fast
+// bf16 kernels their 32 x 32 blocks and 32-wide k steps; the elements computed equal the full product's bit for bit:
+// the skipped terms are exact zeros (B finite), and the rest are added in the same order.
 struct GemmTriangle {
   enum Kind { kNone, kLowerC, kLowerA, kUpperA } kind = kNone;
   int64_t diag = 0;
@@ -73,7 +73,7 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 // The same product at a working precision. Precision::BF16 (float only) rounds op(A) and op(B) to bf16 and keeps
 // fp32 sums: the CPU reference of the GPU's tensor-core path (bf16 products are exact in fp32, so the two differ
 // only in the order of the sums). It rounds copies of the operands: a reference, not a fast path; where the CPU has
-// AMX, gemm_bf16_fast below runs instead (TARFLOW_CPU_GEMM).
+// AMX or AVX-512 BF16, gemm_bf16_fast below runs instead (TARFLOW_CPU_GEMM).
 template <typename T>
 void gemm(Precision precision, bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool parallel = true,
@@ -107,12 +107,13 @@ template <typename T>
 void gemm(int64_t M, T alpha, const T* A, int64_t lda, const PackedB<T>& B, T beta, T* C, int64_t ldc, bool parallel = true,
           const GemmEpilogue<T>* epilogue = nullptr);
 
-// The fast bf16 path (gemm_amx.cc): when TARFLOW_CPU_GEMM and the CPU allow it, computes the bf16 product on AMX
-// tiles and returns true; otherwise returns false and the caller runs the reference. Needs M, N, K > 0, alpha != 0.
+// The fast bf16 path (gemm_bf16.cc): when TARFLOW_CPU_GEMM and the CPU allow it, computes the bf16 product on AMX
+// tiles or with AVX-512 BF16 and returns true; otherwise returns false and the caller runs the reference. Needs M, N,
+// K > 0, alpha != 0.
 bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
                     int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* epilogue,
                     GemmTriangle triangle);
-// 'amx' or 'reference': the kernel bf16 products run on now (throws for a TARFLOW_CPU_GEMM it cannot honour).
+// 'amx', 'avx512bf16' or 'reference': the kernel bf16 products run on now (throws for a TARFLOW_CPU_GEMM it cannot honour).
 const char* cpu_bf16_gemm_kernel();
 // The most working memory a bf16 product of these dims allocates (operand copies), on either path.
 size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K);

@@ -1,6 +1,6 @@
 // Standalone correctness check and benchmark for tf::gemm (not part of the addon).
 //   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread native/cpu/gemm_bench.cc native/cpu/gemm.cc
-//       native/cpu/gemm_amx.cc native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
+//       native/cpu/gemm_bf16.cc native/common/threads.cc -o /tmp/gemm_bench && /tmp/gemm_bench
 // Options: --quick (checks only), --f32 (float checks only), --bf16 (benchmarks of bf16 products), --bench-only,
 // --filter SUBSTRING (benchmarks whose name contains it), --seconds S (time per benchmark, default 0.05 s per trial).
 #include <chrono>
@@ -25,7 +25,7 @@ double trial_seconds = 0.05;
 // --f32: only the float cases (the SIMD kernels'), for slow runs such as the aarch64 build under qemu; double and bf16
 // products run the portable kernel, which the native runs check.
 bool f32_only = false;
-// --bf16: the benchmarks run bf16 products (AMX where usable, TARFLOW_CPU_GEMM) instead of float ones.
+// --bf16: the benchmarks run bf16 products (AMX or AVX-512 BF16 where usable, TARFLOW_CPU_GEMM) instead of float ones.
 tf::Precision bench_precision = tf::Precision::F32;
 
 template <typename T>

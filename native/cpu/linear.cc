@@ -17,7 +17,7 @@
 namespace tf {
 namespace {
 
-// Under precision 'bf16' the GEMM multiplies rounded copies of its two operands (gemm.cc, gemm_amx.cc). They grow with
+// Under precision 'bf16' the GEMM multiplies rounded copies of its two operands (gemm.cc, gemm_bf16.cc). They grow with
 // the batch, so they count against the memory limit as tensors do, for the op's duration: the larger of the op's
 // products, (M, N, K) each.
 void count_bf16_copies(std::optional<MemoryReservation>& counted, Precision precision, std::initializer_list<std::array<int64_t, 3>> products) {

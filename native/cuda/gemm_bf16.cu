@@ -3,7 +3,7 @@
 // multiplied by mma.sync.m16n8k16 into fp32 accumulators (sm_80 and newer); the epilogue (alpha, beta, bias, GELU)
 // is the float kernel's. The per-thread index logic is in mma_tile.h, which test/native/mma_tile_test.cc runs on
 // the CPU for every thread against an emulated mma.sync; gemm.cu's float kernel stays the reference path. The CPU
-// reference of its results is the bf16 path of native/cpu/gemm.cc (gemm.h), not gemm_amx.cc, which is a fast path.
+// reference of its results is the bf16 path of native/cpu/gemm.cc (gemm.h), not the CPU's gemm_bf16.cc, which holds its fast paths.
 //
 // Two shared stages: while the warps multiply one K slice, every thread holds its part of the next slice in
 // registers (its global loads in flight during the multiply) and stores it to the other stage afterwards, so one

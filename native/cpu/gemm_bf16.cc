@@ -1,30 +1,34 @@
-// bf16 matrix products on Intel AMX (Advanced Matrix Extensions: Xeon Sapphire Rapids and later), the CPU's fast
-// path for precision 'bf16'.
+// The CPU's fast bf16 matrix products, on the CPU's own bf16 instructions: Intel AMX tiles (Xeon Sapphire Rapids and
+// later) or AVX-512 BF16 (Intel Cooper Lake and later Xeons, AMD Zen 4 and later: Ryzen 7040 laptops, EPYC Genoa).
 //
 // Why: the reference bf16 product (gemm.cc) rounds copies of the operands to bf16 and multiplies them with the
-// float kernel, at the fp32 rate of AVX-512. AMX multiplies bf16 tiles in hardware (TDPBF16PS: a 16 x 16 fp32 tile
-// += a 16 x 32 bf16 tile times a 32 x 16 one, 16 K pairs per element) at several times that rate.
+// float kernel, at the fp32 rate of AVX-512, or slower (the copies). AMX multiplies bf16 tiles in hardware
+// (TDPBF16PS: a 16 x 16 fp32 tile += a 16 x 32 bf16 tile times a 32 x 16 one, 16 K pairs per element) at several
+// times that rate; VDPBF16PS does two products per fp32 lane where an FMA does one.
 //
 // What changes: nothing in the products (bf16 x bf16 is exact in fp32); the fp32 sums run in the hardware's own
-// order, so results differ from the reference's at fp32 rounding, as the GPU's tensor cores do. The hardware also
-// treats bf16 denormal inputs as zero (2^-133 x 2^126 gives 0), below 1.2e-38 where nothing here lives. What stays: every element of C is summed by the same tile instructions over
-// the whole of K whatever the thread count and whatever M is, so results are deterministic and a sample's rows give
-// the same bits in any batch.
+// order, so results differ from the reference's at fp32 rounding, as the GPU's tensor cores do, and the two kernels
+// differ from each other likewise. The hardware also treats bf16 denormal inputs as zero (2^-133 x 2^126 gives 0),
+// below 1.2e-38 where nothing here lives. What stays: every element of C is summed by the same instructions over the
+// whole of K whatever the thread count and whatever M is, so results are deterministic and a sample's rows give the
+// same bits in any batch.
 //
-// Selection (TARFLOW_CPU_GEMM, read per product): 'auto' (default) uses AMX where it is usable, 'reference' the
-// reference, 'amx' insists. Usable means: the CPU has AMX-BF16, AMX-TILE and (for the packing) AVX-512F/BW, the
-// operating system enables their state, the kernel grants this process the tile state (arch_prctl
+// Selection (TARFLOW_CPU_GEMM, read per product): 'auto' (default) uses AMX where it is usable, else AVX-512 BF16
+// where that is, else the reference; 'reference', 'amx' and 'avx512bf16' name one (and a named fast kernel that
+// cannot run here is an error). Usable means: the CPU has the instructions and (for the packing) AVX-512F/BW, the
+// operating system enables their state, for AMX the kernel grants this process the tile state (arch_prctl
 // ARCH_REQ_XCOMP_PERM, Linux 5.16+), and a check passes: on small-integer operands, where every sum is exact in any
-// order, AMX must reproduce the reference bit for bit for all four transposes with tails in M, N and K.
+// order, the kernel must reproduce the reference bit for bit for all four transposes with tails in M, N and K.
 //
-// Layout: op(B) is packed once per product to the pair-interleaved ("VNNI") form TDPBF16PS reads: per 16 columns,
-// K/2 rows of 16 (k, k+1) pairs, K padded to 32. Each task then walks its blocks of 32 rows of C: it packs those rows
-// of op(A) to bf16 rows of K (a tile row is 64 bytes) in a per-thread buffer that stays in L2, computes every 32 x 32
-// block of the rows in four accumulator tiles over the whole of K, and folds the finished rows into C, 128 columns
-// at a time, with alpha, beta and the epilogue (gemm.h), as the reference kernel does per panel. Packing all of a
-// row-major op(A) up front and reading it back sent the activations through memory twice more: per block, the
-// likelihood model's products with K of 384 or 512 run 1.5 to 1.8 times faster (gemm_bench --bf16, 2-core Xeon with
-// AMX). A transposed op(A) is still packed whole first (see gemm_amx).
+// Layout, shared by both kernels: op(B) is packed once per product to the pair-interleaved ("VNNI") form both
+// instructions read: per 16 columns, K/2 rows of 16 (k, k+1) pairs, K padded to 32. Each task then walks its blocks
+// of 32 rows of C: it packs those rows of op(A) to bf16 rows of K (a tile row is 64 bytes) in a per-thread buffer
+// that stays in L2, computes every 32 x 32 block of the rows over the whole of K (AmxBlock: four accumulator tiles;
+// Avx512Bf16Block: 8 rows at a time in registers), and folds the finished rows into C, 128 columns at a time, with
+// alpha, beta and the epilogue (gemm.h), as the reference kernel does per panel. Packing all of a row-major op(A) up
+// front and reading it back sent the activations through memory twice more: per block, the likelihood model's
+// products with K of 384 or 512 run 1.5 to 1.8 times faster (gemm_bench --bf16, 2-core Xeon with AMX). A transposed
+// op(A) is still packed whole first (see gemm_packed_bf16).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -43,13 +47,13 @@
 #include "scratch.h"
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define TF_HAVE_AMX 1
+#define TF_HAVE_X86_BF16 1
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #else
-#define TF_HAVE_AMX 0
+#define TF_HAVE_X86_BF16 0
 #endif
 
 // GCC 12's AVX-512 headers seed masked intrinsics with a self-initialised _mm512_undefined_ps(), which
@@ -61,9 +65,14 @@
 namespace tf {
 namespace {
 
-enum class Choice { Auto, Reference, Amx };  // the order of TARFLOW_CPU_GEMM's values
+enum class Choice { Auto, Reference, Amx, Avx512Bf16 };  // the order of TARFLOW_CPU_GEMM's values
 
-Choice requested_kernel() { return static_cast<Choice>(env_choice("TARFLOW_CPU_GEMM", {"auto", "reference", "amx"})); }
+Choice requested_kernel() {
+  return static_cast<Choice>(env_choice("TARFLOW_CPU_GEMM", {"auto", "reference", "amx", "avx512bf16"}));
+}
+
+enum class Kernel { Reference, Amx, Avx512Bf16 };
+constexpr const char* kKernelNames[] = {"reference", "amx", "avx512bf16"};  // what bf16GemmKernel() reports
 
 constexpr int64_t kBlock = 32;  // rows and columns of C per task step: 2 x 2 tiles of 16 x 16
 constexpr int64_t kStepK = 32;  // bf16 values of K per tile row (64 bytes)
@@ -71,7 +80,7 @@ constexpr int64_t kGroupCols = 128;  // columns of C finished together: 32 x 128
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-#if TF_HAVE_AMX
+#if TF_HAVE_X86_BF16
 
 // The memory layout LDTILECFG reads (palette 1: rows and bytes per row of each tile).
 struct alignas(64) TileConfig {
@@ -96,19 +105,27 @@ struct TileState {
   TileState& operator=(const TileState&) = delete;
 };
 
-// Why AMX cannot run here, or empty: the instructions, the operating system's support of their state, and the
-// permission to use it (granted once per process; Linux refuses it when a signal stack is too small for the state).
-std::string amx_missing() {
+// Why `kernel` cannot run here, or empty: the instructions, the operating system's support of their register state,
+// and (AMX) the permission to use it (granted once per process; Linux refuses it when a signal stack is too small
+// for the state). The operand packing uses AVX-512F and BW (every CPU with AMX or AVX-512 BF16 so far has them; a
+// build for an older target still compiles them, per function).
+std::string missing(Kernel kernel) {
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24)))
-    return "this CPU has no AMX-BF16 (it came with Xeon Sapphire Rapids)";
-  // The operand packing uses AVX-512F and BW (every AMX CPU so far has them; a build for an older target still
-  // compiles them, per function).
-  if (!(b & (1u << 16)) || !(b & (1u << 30))) return "this CPU has AMX but not AVX-512F and AVX-512BW";
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return "this CPU does not report its extended features";
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 30));  // AVX-512F, AVX-512BW
+  if (kernel == Kernel::Amx) {
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return "this CPU has no AMX-BF16 (it came with Xeon Sapphire Rapids)";
+    if (!avx512) return "this CPU has AMX but not AVX-512F and AVX-512BW";
+  } else {
+    unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+    if (!__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) || !(a1 & (1u << 5)) || !avx512)
+      return "this CPU has no AVX-512 BF16 (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and later have it)";
+  }
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return "the operating system does not enable XSAVE";
   uint32_t xcr0_lo = 0, xcr0_hi = 0;
   __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   if ((xcr0_lo & 0xe6u) != 0xe6u) return "the operating system does not enable the AVX-512 register state";
+  if (kernel != Kernel::Amx) return {};
   if ((xcr0_lo & (3u << 17)) != (3u << 17)) return "the operating system does not enable the AMX tile state";
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
@@ -262,25 +279,95 @@ void finish_rows(const float* acc, float alpha, float beta, float* C, int64_t ld
 }
 
 // Per-thread working memory of the row blocks: the block of op(A) (kept in L2 while every column of C uses it).
-thread_local Scratch amx_a_block;
+thread_local Scratch a_block_scratch;
+
+// The two ways to compute one 32 x 32 block of C over K steps [s_begin, s_end): `a0` its 32 packed rows of op(A)
+// (`rows` of them real, the rest zero), `b0` the packed panel of its first 16 columns (the next 16 follow at
+// b0 + b_panel), sums stored to `acc` (row stride kGroupCols). Each is constructed once per task, so the AMX tile
+// configuration is loaded once for all of the task's blocks.
+struct AmxBlock {
+  TileState tiles;  // tiles 0-3 the four 16 x 16 accumulators, 4-5 the A tiles, 6-7 the B tiles
+
+  __attribute__((target("amx-tile,amx-bf16"))) void operator()(const uint16_t* a0, int64_t Kp, const uint16_t* b0, int64_t b_panel,
+                                                                 int64_t s_begin, int64_t s_end, int64_t /*rows*/, float* acc) const {
+    const uint16_t* a1 = a0 + 16 * Kp;
+    const uint16_t* b1 = b0 + b_panel;
+    const int64_t a_stride = Kp * 2;
+    constexpr int64_t acc_stride = kGroupCols * 4;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t s = s_begin; s < s_end; ++s) {
+      _tile_loadd(4, a0 + s * kStepK, a_stride);
+      _tile_loadd(5, a1 + s * kStepK, a_stride);
+      _tile_loadd(6, b0 + s * 16 * 32, 64);
+      _tile_loadd(7, b1 + s * 16 * 32, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, acc, acc_stride);
+    _tile_stored(1, acc + 16, acc_stride);
+    _tile_stored(2, acc + 16 * kGroupCols, acc_stride);
+    _tile_stored(3, acc + 16 * kGroupCols + 16, acc_stride);
+  }
+};
+
+// AVX-512 BF16 (VDPBF16PS: 16 fp32 lanes each += the two products of a (k, k + 1) pair) reads the same packed
+// operands: a pair-row of a B panel is one vector of 16 columns' pairs, and a row's pair of A is one 32-bit
+// broadcast. Eight rows at a time: 16 accumulators (8 rows x 32 columns) and the two B vectors stay in the 32
+// registers, and each K pair costs 2 loads and 8 broadcasts for 16 dot products. Rows past `rows` are padding and
+// are skipped, which the sampler's short batches (a few images per thread) gain from.
+struct Avx512Bf16Block {
+  static constexpr int kRows = 8;
+
+  __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void eight_rows(const uint16_t* a, int64_t Kp, const uint16_t* b0,
+                                                                                  const uint16_t* b1, int64_t p_begin, int64_t p_end,
+                                                                                  float* acc) {
+    __m512 c[kRows][2];
+    for (int r = 0; r < kRows; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const __m512bh x0 = (__m512bh)_mm512_loadu_si512(b0 + p * 32);
+      const __m512bh x1 = (__m512bh)_mm512_loadu_si512(b1 + p * 32);
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, a + r * Kp + 2 * p, sizeof pair);
+        const __m512bh y = (__m512bh)_mm512_set1_epi32(pair);
+        c[r][0] = _mm512_dpbf16_ps(c[r][0], y, x0);
+        c[r][1] = _mm512_dpbf16_ps(c[r][1], y, x1);
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      _mm512_storeu_ps(acc + r * kGroupCols, c[r][0]);
+      _mm512_storeu_ps(acc + r * kGroupCols + 16, c[r][1]);
+    }
+  }
+
+  void operator()(const uint16_t* a0, int64_t Kp, const uint16_t* b0, int64_t b_panel, int64_t s_begin, int64_t s_end, int64_t rows,
+                  float* acc) const {
+    // A K step is 32 values, 16 pairs.
+    for (int64_t r = 0; r < rows; r += kRows)
+      eight_rows(a0 + r * Kp, Kp, b0, b0 + b_panel, s_begin * 16, s_end * 16, acc + r * kGroupCols);
+  }
+};
 
 // Row blocks [b0, b1) of C (32 rows each; the last may be short), every column, from op(A) and the packed op(B):
 // each block packs its 32 rows of row-major op(A) (or takes them from `a_packed`, all of op(A) packed up front), then
-// per group of kGroupCols columns runs every 32 x 32 block over the whole of K in four accumulator tiles and
-// finishes the group. Under a triangle (gemm.h), a block skips the 32-wide K steps whose A is all zero and the
-// column blocks not wanted.
-__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_blocks(const uint16_t* a_packed, const float* A, int64_t lda,
-                                                                                   const uint16_t* bp, int64_t Kp, int64_t M,
-                                                                                   int64_t N, int64_t K, int64_t b0, int64_t b1,
-                                                                                   float alpha, float beta, float* C, int64_t ldc,
-                                                                                   const GemmEpilogue<float>* ep,
-                                                                                   const GemmTriangle& tri) {
+// per group of kGroupCols columns computes every 32 x 32 block over the whole of K with `block` and finishes the
+// group. Under a triangle (gemm.h), a block skips the 32-wide K steps whose A is all zero and the column blocks not
+// wanted.
+template <typename Block>
+__attribute__((target("avx512f,avx512bw"))) void row_blocks(const Block& block, const uint16_t* a_packed, const float* A, int64_t lda,
+                                                            const uint16_t* bp, int64_t Kp, int64_t M, int64_t N, int64_t K, int64_t b0,
+                                                            int64_t b1, float alpha, float beta, float* C, int64_t ldc,
+                                                            const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
   const int64_t Np = round_up(N, kBlock);
-  uint16_t* const block = a_packed ? nullptr : static_cast<uint16_t*>(amx_a_block.get(sizeof(uint16_t) * static_cast<size_t>(kBlock * Kp)));
+  uint16_t* const a_block =
+      a_packed ? nullptr : static_cast<uint16_t*>(a_block_scratch.get(sizeof(uint16_t) * static_cast<size_t>(kBlock * Kp)));
   alignas(64) float acc[kBlock * kGroupCols];
-  const TileState tiles;
-  const int64_t a_stride = Kp * 2, steps = Kp / kStepK, b_panel = (Kp / 2) * 32;  // b_panel: elements per 16 columns
-  constexpr int64_t acc_stride = kGroupCols * 4;
+  const int64_t steps = Kp / kStepK, b_panel = (Kp / 2) * 32;  // b_panel: elements per 16 columns
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t i = blk * kBlock;
     const int64_t last_row = std::min(i + kBlock, M) - 1;
@@ -289,41 +376,20 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw"))) void amx_row_block
     if (tri.kind == GemmTriangle::kLowerA) s_end = (std::clamp<int64_t>(last_row + tri.diag + 1, 0, K) + kStepK - 1) / kStepK;
     if (tri.kind == GemmTriangle::kUpperA) s_begin = std::clamp<int64_t>(i + tri.diag, 0, K) / kStepK;
     if (j_end == 0) continue;  // no column of these rows is wanted
-    if (!a_packed) pack_a_block(M, K, A, lda, block, Kp, i, s_begin * kStepK, std::max(s_begin, s_end) * kStepK);
-    const uint16_t* a0 = a_packed ? a_packed + i * Kp : block;
-    const uint16_t* a1 = a0 + 16 * Kp;
+    if (!a_packed) pack_a_block(M, K, A, lda, a_block, Kp, i, s_begin * kStepK, std::max(s_begin, s_end) * kStepK);
+    const uint16_t* a0 = a_packed ? a_packed + i * Kp : a_block;
     for (int64_t g = 0; g < j_end; g += kGroupCols) {
       const int64_t g_end = std::min(g + kGroupCols, j_end);
-      for (int64_t j = g; j < g_end; j += kBlock) {
-        const uint16_t* bj0 = bp + (j / 16) * b_panel;
-        const uint16_t* bj1 = bj0 + b_panel;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t s = s_begin; s < s_end; ++s) {
-          _tile_loadd(4, a0 + s * kStepK, a_stride);
-          _tile_loadd(5, a1 + s * kStepK, a_stride);
-          _tile_loadd(6, bj0 + s * 16 * 32, 64);
-          _tile_loadd(7, bj1 + s * 16 * 32, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-        float* at = acc + (j - g);
-        _tile_stored(0, at, acc_stride);
-        _tile_stored(1, at + 16, acc_stride);
-        _tile_stored(2, at + 16 * kGroupCols, acc_stride);
-        _tile_stored(3, at + 16 * kGroupCols + 16, acc_stride);
-      }
+      for (int64_t j = g; j < g_end; j += kBlock)
+        block(a0, Kp, bp + (j / 16) * b_panel, b_panel, s_begin, s_end, last_row + 1 - i, acc + (j - g));
       finish_rows(acc, alpha, beta, C, ldc, i, g, last_row + 1 - i, std::min(g_end, N) - g, ep);
     }
   }
 }
 
-void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-              int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep, const GemmTriangle& tri) {
+void gemm_packed_bf16(Kernel kernel, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep,
+                      const GemmTriangle& tri) {
   const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
   // Uninitialised: the packs write every element, padding included. A transposed op(A) (the weight gradient's dY^T,
   // K the token count) is packed whole up front: per block, each stored row would be read 128 bytes at a time.
@@ -336,72 +402,86 @@ void gemm_amx(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float a
   if (transA) run(Mp / kBlock, 1, [&](int64_t s, int64_t e) { pack_a_transposed(M, K, A, lda, ap.get() + s * kBlock * Kp, Kp, s * kBlock, (e - s) * kBlock); });
   run(Np / 16, 1, [&](int64_t s, int64_t e) { pack_b(transB, K, N, B, ldb, bp.get(), Kp, s * 16, e * 16); });
   run(Mp / kBlock, 1, [&](int64_t s, int64_t e) {
-    amx_row_blocks(ap.get(), A, lda, bp.get(), Kp, M, N, K, s, e, alpha, beta, C, ldc, ep, tri);
+    const auto rows = [&](const auto& block) { row_blocks(block, ap.get(), A, lda, bp.get(), Kp, M, N, K, s, e, alpha, beta, C, ldc, ep, tri); };
+    if (kernel == Kernel::Amx) rows(AmxBlock{});
+    else rows(Avx512Bf16Block{});
   });
 }
 
 #else
 
-std::string amx_missing() { return "AMX needs an x86-64 Linux build"; }
+std::string missing(Kernel) { return "the CPU's bf16 kernels need an x86-64 Linux build"; }
 
-void gemm_amx(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*, int64_t, bool,
-              const GemmEpilogue<float>*, const GemmTriangle&) {
-  throw Error("ERR_TARFLOW_NATIVE", "AMX is not compiled into this build");
+void gemm_packed_bf16(Kernel, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+                      int64_t, bool, const GemmEpilogue<float>*, const GemmTriangle&) {
+  throw Error("ERR_TARFLOW_NATIVE", "the CPU's bf16 kernels are not compiled into this build");
 }
 
 #endif
 
-// Empty when AMX reproduces the reference on the check problems (exact_gemm_check.h), else what differed.
-std::string check_amx_against_reference() {
+// Empty when `kernel` reproduces the reference on the check problems (exact_gemm_check.h), else what differed.
+std::string check_against_reference(Kernel kernel) {
   for (int t = 0; t < 4; ++t) {
-    const ExactGemmCheck p(t, 70, 50, 90, 3, 12345u);
-    std::vector<float> by_reference = p.c, by_amx = p.c;
+    const ExactGemmCheck p(t, 70, 50, 95, 3, 12345u);  // K 95: the last K pair is half padding
+    std::vector<float> by_reference = p.c, by_kernel = p.c;
     gemm<float>(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_reference.data(), p.ldc, false);
-    gemm_amx(p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_amx.data(), p.ldc, false, nullptr, {});
-    const std::string difference = p.first_difference(by_amx.data(), "AMX", by_reference.data(), "the reference");
+    gemm_packed_bf16(kernel, p.transA, p.transB, p.M, p.N, p.K, 1.0f, p.a.data(), p.lda, p.b.data(), p.ldb, 1.0f, by_kernel.data(), p.ldc,
+                     false, nullptr, {});
+    const std::string difference = p.first_difference(by_kernel.data(), kKernelNames[int(kernel)], by_reference.data(), "the reference");
     if (!difference.empty()) return difference;
   }
   return {};
 }
 
-// Decided once per process, then read without the lock: `usable` is published after `why`.
-struct AmxStanding {
+// Whether a kernel can run here, decided once per process, then read without the lock: `usable` is published after
+// `why`.
+struct Standing {
   std::once_flag decided;
   std::atomic<bool> usable{false};
   std::string why;  // when not usable
 };
-AmxStanding amx_standing;
+Standing standings[3];  // by Kernel; the reference's is never asked
 
-bool use_amx() {
-  const Choice choice = requested_kernel();
-  if (choice == Choice::Reference) return false;
-  AmxStanding& s = amx_standing;
-  std::call_once(s.decided, [&s] {
-    s.why = amx_missing();
+bool usable(Kernel kernel) {
+  Standing& s = standings[int(kernel)];
+  std::call_once(s.decided, [&s, kernel] {
+    s.why = missing(kernel);
     if (s.why.empty()) {
-      const std::string mismatch = check_amx_against_reference();
+      const std::string mismatch = check_against_reference(kernel);
       if (!mismatch.empty()) {
-        std::fprintf(stderr, "tarflow: the AMX bf16 GEMM is not used: it failed its check against the reference: %s. bf16 products "
-                             "run on the reference kernel; please report this.\n", mismatch.c_str());
+        std::fprintf(stderr, "tarflow: the %s bf16 GEMM is not used: it failed its check against the reference: %s. bf16 products "
+                             "run on the next kernel; please report this.\n", kKernelNames[int(kernel)], mismatch.c_str());
         s.why = "it failed its check against the reference kernel: " + mismatch;
       }
     }
     s.usable.store(s.why.empty(), std::memory_order_release);
   });
-  const bool usable = s.usable.load(std::memory_order_acquire);
-  if (!usable && choice == Choice::Amx) throw Error("ERR_TARFLOW_DEVICE", "TARFLOW_CPU_GEMM=amx: " + s.why + " (use auto or reference)");
-  return usable;
+  return s.usable.load(std::memory_order_acquire);
+}
+
+// The kernel TARFLOW_CPU_GEMM asks for, or 'auto''s pick: AMX, else AVX-512 BF16, else the reference. A named kernel
+// that cannot run here is an error rather than a silent fallback, so a benchmark measures what it names.
+Kernel chosen_kernel() {
+  const Choice choice = requested_kernel();
+  if (choice == Choice::Reference) return Kernel::Reference;
+  if (choice == Choice::Auto) return usable(Kernel::Amx) ? Kernel::Amx : usable(Kernel::Avx512Bf16) ? Kernel::Avx512Bf16 : Kernel::Reference;
+  const Kernel named = choice == Choice::Amx ? Kernel::Amx : Kernel::Avx512Bf16;
+  if (!usable(named))
+    throw Error("ERR_TARFLOW_DEVICE", std::string("TARFLOW_CPU_GEMM=") + kKernelNames[int(named)] + ": " + standings[int(named)].why +
+                                          " (use auto or reference)");
+  return named;
 }
 
 }  // namespace
 
-const char* cpu_bf16_gemm_kernel() { return use_amx() ? "amx" : "reference"; }
+const char* cpu_bf16_gemm_kernel() { return kKernelNames[int(chosen_kernel())]; }
 
 bool gemm_bf16_fast(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
                     int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const GemmEpilogue<float>* ep,
                     GemmTriangle tri) {
-  if (!use_amx()) return false;
-  gemm_amx(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep, tri);
+  const Kernel kernel = chosen_kernel();
+  if (kernel == Kernel::Reference) return false;
+  gemm_packed_bf16(kernel, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, ep, tri);
   return true;
 }
 
@@ -409,10 +489,11 @@ size_t bf16_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;  // no product runs
   const size_t reference = sizeof(float) * static_cast<size_t>((M + N) * K);
   // The packed op(B), and op(A) whole when transposed, else a block of it per task (parallel_ranges <= Mp / 32 of them).
-  // The per-thread blocks are kept between products, so steady-state calls do not allocate.
+  // The per-thread blocks are kept between products, so steady-state calls do not allocate. Both fast kernels pack
+  // the same way.
   const int64_t Mp = round_up(M, kBlock), Np = round_up(N, kBlock), Kp = round_up(K, kStepK);
-  const size_t amx = sizeof(uint16_t) * static_cast<size_t>((Np + Mp) * Kp);
-  return std::max(reference, amx);
+  const size_t packed = sizeof(uint16_t) * static_cast<size_t>((Np + Mp) * Kp);
+  return std::max(reference, packed);
 }
 
 }  // namespace tf
