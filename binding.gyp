@@ -14,10 +14,13 @@
         "native/cpu/elementwise.cc",
         "native/cpu/embedding.cc",
         "native/cpu/flash_attention.cc",
+        "native/cpu/gelu.cc",
         "native/cpu/gemm.cc",
         "native/cpu/gemm_bf16.cc",
         "native/cpu/layernorm.cc",
         "native/cpu/linear.cc",
+        "native/cpu/patches.cc",
+        "native/cpu/prior.cc",
         "native/cpu/reverse.cc",
         "native/cpu/rng.cc"
       ],

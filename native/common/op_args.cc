@@ -205,6 +205,8 @@ RowSumSquaresArgs parse_row_sum_squares(const Napi::CallbackInfo& info) {
 ReduceArgs parse_sum_squares(const Napi::CallbackInfo& info) { return {tensor_arg(info, 0, "x")}; }
 ReduceArgs parse_all_finite(const Napi::CallbackInfo& info) { return {tensor_arg(info, 0, "x")}; }
 
+// ---- prior ----
+
 MulBroadcastArgs parse_mul_broadcast(const Napi::CallbackInfo& info) {
   Tensor* x = tensor_arg(info, 0, "x");
   Tensor* s = tensor_arg(info, 1, "s");
@@ -225,6 +227,8 @@ VarUpdateArgs parse_var_update(const Napi::CallbackInfo& info) {
     throw shape_error("z must be [B, ...var's shape], got " + z->describe() + " for var " + var->describe());
   return {var, z, rate, B, n};
 }
+
+// ---- patches ----
 
 FlipTokensArgs parse_flip_tokens(const Napi::CallbackInfo& info) {
   Tensor* y = tensor_arg(info, 0, "y");
@@ -251,6 +255,8 @@ PatchArgs parse_unpatchify(const Napi::CallbackInfo& info) {
   int64_t P = int_arg(info, 2, "patchSize");
   return patch_args(x, out, P);
 }
+
+// ---- gelu ----
 
 GeluArgs parse_gelu(const Napi::CallbackInfo& info) {
   Tensor* y = tensor_arg(info, 0, "y");

@@ -43,6 +43,8 @@ struct ReduceArgs {
 ReduceArgs parse_sum_squares(const Napi::CallbackInfo& info);
 ReduceArgs parse_all_finite(const Napi::CallbackInfo& info);
 
+// ---- prior ----
+
 // mulBroadcast(x[B, ...], s[...]): n is the size of s, which tiles x.
 struct MulBroadcastArgs {
   Tensor *x, *s;
@@ -57,6 +59,8 @@ struct VarUpdateArgs {
   int64_t B, n;
 };
 VarUpdateArgs parse_var_update(const Napi::CallbackInfo& info);
+
+// ---- patches ----
 
 // flipTokens(y[B,T,D], x[B,T,D]); y and x are different tensors.
 struct FlipTokensArgs {
@@ -73,6 +77,8 @@ struct PatchArgs {
 };
 PatchArgs parse_patchify(const Napi::CallbackInfo& info);
 PatchArgs parse_unpatchify(const Napi::CallbackInfo& info);
+
+// ---- gelu ----
 
 // gelu(y, x)
 struct GeluArgs {

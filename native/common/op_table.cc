@@ -6,6 +6,9 @@
 
 namespace tf {
 void register_elementwise(Napi::Env, Napi::Object);
+void register_prior(Napi::Env, Napi::Object);
+void register_patches(Napi::Env, Napi::Object);
+void register_gelu(Napi::Env, Napi::Object);
 void register_embedding(Napi::Env, Napi::Object);
 void register_layernorm(Napi::Env, Napi::Object);
 void register_linear(Napi::Env, Napi::Object);
@@ -46,8 +49,9 @@ TF_HOST_OP(setMemoryLimit) {
 
 Napi::Object make_op_table(Napi::Env env, OpFn get_threads, OpFn set_threads) {
   Napi::Object ops = Napi::Object::New(env);
-  for (Registrar r : {register_elementwise, register_embedding, register_layernorm, register_linear, register_attention,
-                      register_flash_attention, register_coupling, register_rng, register_adamw, register_reverse})
+  for (Registrar r : {register_elementwise, register_prior, register_patches, register_gelu, register_embedding,
+                      register_layernorm, register_linear, register_attention, register_flash_attention,
+                      register_coupling, register_rng, register_adamw, register_reverse})
     r(env, ops);
   export_op(env, ops, "getThreads", get_threads);
   export_op(env, ops, "setThreads", set_threads);

@@ -13,9 +13,10 @@
 // The ops of each layer, in table order. Each name is both the op's JavaScript name and the name of its TF_OP
 // function in that layer's file on each backend; every layer file's register_<layer>() exports its list with
 // TF_EXPORT_OP, so the two backends' tables cannot drift apart.
-#define TF_ELEMENTWISE_OPS(X)                                                                                         \
-  X(copy) X(axpby) X(rowSumSquares) X(sumSquares) X(allFinite) X(varUpdate) X(mulBroadcast) X(flipTokens) X(patchify) \
-  X(unpatchify) X(gelu) X(geluBackward)
+#define TF_ELEMENTWISE_OPS(X) X(copy) X(axpby) X(rowSumSquares) X(sumSquares) X(allFinite)
+#define TF_PRIOR_OPS(X) X(varUpdate) X(mulBroadcast)
+#define TF_PATCH_OPS(X) X(flipTokens) X(patchify) X(unpatchify)
+#define TF_GELU_OPS(X) X(gelu) X(geluBackward)
 #define TF_EMBEDDING_OPS(X) X(addPosClass) X(addPosClassBackward)
 #define TF_LAYERNORM_OPS(X) X(layerNorm) X(layerNormBackward)
 #define TF_LINEAR_OPS(X) X(linear) X(linearBackward)

@@ -1,8 +1,8 @@
-// Small memory-bound ops: copies, scaled adds, reductions, the token-order flip, patchify and GELU (the position and
-// class embeddings are in embedding.cc). Each parallelises over rows so results do not depend on the thread count.
+// Small memory-bound ops that no one layer owns: copies, scaled adds, the reductions and allFinite (the layers' own
+// ops are in theirs: patches.cc, gelu.cc, prior.cc, embedding.cc). Each parallelises over rows so results do not
+// depend on the thread count.
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <vector>
 #include <cstring>
 
@@ -10,7 +10,6 @@
 #include "../common/op_args.h"
 #include "../common/op_table.h"
 #include "../common/threads.h"
-#include "gelu.h"
 
 namespace tf {
 namespace {
@@ -97,120 +96,6 @@ TF_OP(allFinite) {
     return finite.load();
   });
   return Napi::Boolean::New(info.Env(), ok);
-}
-
-// mulBroadcast(x[B, ...], s[...]): x[b] *= s for every leading index b (the VP prior's sqrt(var) on latents).
-TF_OP(mulBroadcast) {
-  const MulBroadcastArgs args = parse_mul_broadcast(info);
-  const int64_t n = args.n;
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    T* xp = args.x->data<T>();
-    const T* sp = args.s->data<T>();
-    parallel_for(args.x->numel() / n, 1, [&](int64_t s, int64_t e) {
-      for (int64_t b = s; b < e; ++b)
-        for (int64_t i = 0; i < n; ++i) xp[b * n + i] *= sp[i];
-    });
-  });
-  return info.Env().Undefined();
-}
-
-// varUpdate(var[T,D], z[B,T,D], rate): var += rate * (mean_b z^2 - var)  (the VP prior's running variance)
-TF_OP(varUpdate) {
-  const VarUpdateArgs args = parse_var_update(info);
-  const int64_t B = args.B, n = args.n;
-  const double rate = args.rate;
-  dispatch_float(args.z->dtype(), [&]<typename T>() {
-    T* vp = args.var->data<T>();
-    const T* zp = args.z->data<T>();
-    parallel_for(n, 256, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        double acc = 0;
-        for (int64_t b = 0; b < B; ++b) acc += double(zp[b * n + i]) * double(zp[b * n + i]);
-        vp[i] = static_cast<T>(vp[i] + rate * (acc / B - vp[i]));
-      }
-    });
-  });
-  return info.Env().Undefined();
-}
-
-// flipTokens(y[B,T,D], x[B,T,D]): y[b,t] = x[b,T-1-t] (the odd blocks' patch order; its own inverse)
-TF_OP(flipTokens) {
-  const FlipTokensArgs args = parse_flip_tokens(info);
-  const int64_t B = args.B, T = args.T;
-  size_t row = args.D * dtype_size(args.x->dtype());
-  const char* xp = args.x->data<char>();
-  char* yp = args.y->data<char>();
-  parallel_for(B * T, 64, [&](int64_t s, int64_t e) {
-    for (int64_t r = s; r < e; ++r) {
-      int64_t b = r / T, t = r % T;
-      std::memcpy(yp + (b * T + t) * row, xp + (b * T + (T - 1 - t)) * row, row);
-    }
-  });
-  return info.Env().Undefined();
-}
-
-// patchify(out[B,T,D], x[B,C,S,S], P): patch t row-major over the grid, value index c*P*P + ky*P + kx.
-// unpatchify is the exact inverse (and so also patchify's backward).
-template <typename T, bool kToPatches>
-void patch_copy(T* patches, T* image, int64_t B, int64_t C, int64_t S, int64_t P) {
-  int64_t G = S / P, Tn = G * G, D = C * P * P;
-  parallel_for(B * Tn, 16, [&](int64_t s, int64_t e) {
-    for (int64_t r = s; r < e; ++r) {
-      int64_t b = r / Tn, t = r % Tn, gy = t / G, gx = t % G;
-      T* prow = patches + r * D;
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t ky = 0; ky < P; ++ky) {
-          T* img = image + ((b * C + c) * S + gy * P + ky) * S + gx * P;
-          T* pat = prow + c * P * P + ky * P;
-          for (int64_t kx = 0; kx < P; ++kx) {
-            if (kToPatches) pat[kx] = img[kx];
-            else img[kx] = pat[kx];
-          }
-        }
-    }
-  });
-}
-
-TF_OP(patchify) {
-  const PatchArgs args = parse_patchify(info);
-  dispatch_float(args.image->dtype(), [&]<typename T>() {
-    patch_copy<T, true>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C, args.S, args.P);
-  });
-  return info.Env().Undefined();
-}
-
-TF_OP(unpatchify) {
-  const PatchArgs args = parse_unpatchify(info);
-  dispatch_float(args.patches->dtype(), [&]<typename T>() {
-    patch_copy<T, false>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C, args.S, args.P);
-  });
-  return info.Env().Undefined();
-}
-
-// gelu(y, x) and geluBackward(dx, dy, x): the exact (erf) GELU.
-TF_OP(gelu) {
-  const GeluArgs args = parse_gelu(info);
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    const T* xp = args.x->data<T>();
-    T* yp = args.y->data<T>();
-    parallel_for(args.x->numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) yp[i] = tf::gelu(xp[i]);
-    });
-  });
-  return info.Env().Undefined();
-}
-
-TF_OP(geluBackward) {
-  const GeluBackwardArgs args = parse_gelu_backward(info);
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    const T* xp = args.x->data<T>();
-    const T* dyp = args.dy->data<T>();
-    T* dxp = args.dx->data<T>();
-    parallel_for(args.x->numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) dxp[i] = dyp[i] * tf::gelu_grad(xp[i]);
-    });
-  });
-  return info.Env().Undefined();
 }
 
 }  // namespace

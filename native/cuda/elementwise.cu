@@ -1,8 +1,7 @@
-// Small memory-bound ops: the CUDA twin of native/cpu/elementwise.cc (the embeddings are in embedding.cu).
+// Small memory-bound ops: the CUDA twin of native/cpu/elementwise.cc (the layers' own ops are in theirs: patches.cu,
+// gelu.cu, prior.cu, embedding.cu).
 // Reductions are deterministic: fixed blocks, tree sums in a fixed order, then a final pass in block order; the only
 // atomic-free "flag" is allFinite's, whose result does not depend on which thread writes it.
-#include <cmath>
-
 #include "../common/op.h"
 #include "../common/op_args.h"
 #include "../common/op_table.h"
@@ -56,51 +55,6 @@ __global__ void all_finite_kernel(int* bad, const T* x, int64_t n) {
     T v = x[i] * T(0);  // NaN for NaN or +-Inf, as on the CPU
     if (v != v) *bad = 1;  // every writer stores the same value: no atomic needed
   }
-}
-
-template <typename T>
-__global__ void mul_broadcast_kernel(T* x, const T* s, int64_t total, int64_t n) {
-  TF_GRID_LOOP(i, total) x[i] *= s[i % n];
-}
-
-template <typename T>
-__global__ void var_update_kernel(T* var, const T* z, int64_t B, int64_t n, double rate) {
-  TF_GRID_LOOP(i, n) {
-    double acc = 0;
-    for (int64_t b = 0; b < B; ++b) acc += double(z[b * n + i]) * double(z[b * n + i]);
-    var[i] = static_cast<T>(var[i] + rate * (acc / B - var[i]));
-  }
-}
-
-template <typename T>
-__global__ void flip_kernel(T* y, const T* x, int64_t B, int64_t Tn, int64_t D) {
-  TF_GRID_LOOP(idx, B * Tn * D) {
-    int64_t k = idx % D, t = (idx / D) % Tn, b = idx / (Tn * D);
-    y[idx] = x[(b * Tn + (Tn - 1 - t)) * D + k];
-  }
-}
-
-// One thread per image element; the patch index follows the spec's layout (c*P*P + ky*P + kx).
-template <typename T, bool kToPatches>
-__global__ void patch_kernel(T* patches, T* image, int64_t B, int64_t C, int64_t S, int64_t P) {
-  const int64_t G = S / P, Tn = G * G, D = C * P * P;
-  TF_GRID_LOOP(idx, B * C * S * S) {
-    int64_t xx = idx % S, yy = (idx / S) % S, c = (idx / (S * S)) % C, b = idx / (C * S * S);
-    int64_t gy = yy / P, ky = yy % P, gx = xx / P, kx = xx % P;
-    int64_t p = ((b * Tn) + gy * G + gx) * D + c * P * P + ky * P + kx;
-    if (kToPatches) patches[p] = image[idx];
-    else image[idx] = patches[p];
-  }
-}
-
-template <typename T>
-__global__ void gelu_kernel(T* y, const T* x, int64_t n) {
-  TF_GRID_LOOP(i, n) y[i] = cuda::gelu_value(x[i]);
-}
-
-template <typename T>
-__global__ void gelu_backward_kernel(T* dx, const T* dy, const T* x, int64_t n) {
-  TF_GRID_LOOP(i, n) dx[i] = dy[i] * cuda::gelu_grad_value(x[i]);
 }
 
 // copy(dst, src)
@@ -170,84 +124,6 @@ TF_OP(allFinite) {
     return bad == 0;
   });
   return Napi::Boolean::New(info.Env(), ok);
-}
-
-// mulBroadcast(x[B, ...], s[...]): x[b] *= s for every leading index b.
-TF_OP(mulBroadcast) {
-  const MulBroadcastArgs args = parse_mul_broadcast(info);
-  int64_t total = args.x->numel();
-  if (total == 0) return info.Env().Undefined();
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    mul_broadcast_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(args.x->data<T>(), args.s->data<T>(), total, args.n);
-  });
-  return info.Env().Undefined();
-}
-
-// varUpdate(var[T,D], z[B,T,D], rate): var += rate * (mean_b z^2 - var)
-TF_OP(varUpdate) {
-  const VarUpdateArgs args = parse_var_update(info);
-  const int64_t n = args.n;
-  if (n == 0) return info.Env().Undefined();
-  dispatch_float(args.z->dtype(), [&]<typename T>() {
-    var_update_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.var->data<T>(), args.z->data<T>(), args.B, n, args.rate);
-  });
-  return info.Env().Undefined();
-}
-
-// flipTokens(y[B,T,D], x[B,T,D]): y[b,t] = x[b,T-1-t]
-TF_OP(flipTokens) {
-  const FlipTokensArgs args = parse_flip_tokens(info);
-  int64_t n = args.x->numel();
-  if (n == 0) return info.Env().Undefined();
-  if (args.x->dtype() == DType::F64) {
-    flip_kernel<double><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<double>(), args.x->data<double>(), args.B, args.T, args.D);
-  } else {
-    // float32 and int32 are both 4-byte values: move them as bits.
-    flip_kernel<int32_t><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<int32_t>(), args.x->data<int32_t>(), args.B, args.T, args.D);
-  }
-  return info.Env().Undefined();
-}
-
-TF_OP(patchify) {
-  const PatchArgs args = parse_patchify(info);
-  int64_t n = args.image->numel();
-  if (n == 0) return info.Env().Undefined();
-  dispatch_float(args.image->dtype(), [&]<typename T>() {
-    patch_kernel<T, true><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C,
-                                                                              args.S, args.P);
-  });
-  return info.Env().Undefined();
-}
-
-TF_OP(unpatchify) {
-  const PatchArgs args = parse_unpatchify(info);
-  int64_t n = args.image->numel();
-  if (n == 0) return info.Env().Undefined();
-  dispatch_float(args.patches->dtype(), [&]<typename T>() {
-    patch_kernel<T, false><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.patches->data<T>(), args.image->data<T>(), args.B, args.C,
-                                                                               args.S, args.P);
-  });
-  return info.Env().Undefined();
-}
-
-TF_OP(gelu) {
-  const GeluArgs args = parse_gelu(info);
-  int64_t n = args.x->numel();
-  if (n == 0) return info.Env().Undefined();
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    gelu_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.y->data<T>(), args.x->data<T>(), n);
-  });
-  return info.Env().Undefined();
-}
-
-TF_OP(geluBackward) {
-  const GeluBackwardArgs args = parse_gelu_backward(info);
-  int64_t n = args.x->numel();
-  if (n == 0) return info.Env().Undefined();
-  dispatch_float(args.x->dtype(), [&]<typename T>() {
-    gelu_backward_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(args.dx->data<T>(), args.dy->data<T>(), args.x->data<T>(), n);
-  });
-  return info.Env().Undefined();
 }
 
 }  // namespace
