@@ -22,7 +22,7 @@ export interface KernelCase {
   flops: number;
   /** One call of the kernel(s), returning once the device has finished them. */
   run: () => void;
-  /** The bf16 GEMM kernel the case pins (CPU bf16 rows: AMX or the reference); absent where the library picks. */
+  /** The bf16 GEMM kernel the case pins (CPU bf16 rows: the fast kernel auto picks, or the reference); absent where the library picks. */
   kernel?: string;
 }
 

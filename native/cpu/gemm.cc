@@ -61,7 +61,9 @@ constexpr int kMRf = 14, kNRf = 32, kNRfNarrow = 16, kVecF32 = 16;
 
 // kDirectA: read A straight from row-major storage (row stride lda) instead of a packed panel. For narrow N
 // the A panel is used by only a couple of kernel calls, so transposing it into a packed panel costs as much
-// as the multiply itself.
+// as the multiply itself. Otherwise A is k-major, MR values a k step: a packed panel (lda 0: steps MR apart), or a
+// transposed A read in place (steps lda apart, the stored rows; gemm_serial_nr says when). Every kernel below
+// takes the same three forms.
 template <bool kDirectA, int NV>
 void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, float* c,
                 int64_t ldc, float alpha, float beta, int mode, int mr, int nr) {
@@ -78,7 +80,7 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
       __m512 av = _mm512_set1_ps(kDirectA ? a[r * lda] : a[r]);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
-    a += kDirectA ? 1 : kMRf;
+    a += kDirectA ? 1 : lda ? lda : kMRf;
     b += NR;
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -129,7 +131,7 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
       acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
     }
-    a += kDirectA ? 1 : kMRf;
+    a += kDirectA ? 1 : lda ? lda : kMRf;
     b += kNRf;
   }
   const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
@@ -204,7 +206,7 @@ void kernel_f32(int64_t kc, const float* __restrict a, int64_t lda, const float*
     fma_lane<3>(acc[3], bv, a0);
     fma_lane<0>(acc[4], bv, a1);
     fma_lane<1>(acc[5], bv, a1);
-    a += kDirectA ? 1 : kMRf;
+    a += kDirectA ? 1 : lda ? lda : kMRf;
     b += 4 * NV;
   }
   // The sums leave the registers unconditionally, every index a constant: GCC 12 keeps acc in memory, storing it at
@@ -260,7 +262,7 @@ void kernel_generic(int64_t kc, const T* __restrict a, int64_t lda, const T* __r
       const T av = kDirectA ? a[r * lda] : a[r];
       for (int j = 0; j < NR; ++j) acc[r][j] += av * b[j];
     }
-    a += kDirectA ? 1 : MR;
+    a += kDirectA ? 1 : lda ? lda : MR;
     b += NR;
   }
   for (int r = 0; r < mr; ++r) {
@@ -567,6 +569,12 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
   // (contiguous broadcasts, no TLB/set pressure from MR row streams). Never when lda is a multiple of 4 KiB:
   // the MR rows would alias to one L1 set and evict each other.
   const bool direct_a = Bk::kInPlaceA && !transA && N <= NR && (lda * sizeof(T)) % 4096 != 0;
+  // A transposed A is already k-major: each k step's MR values of a panel are adjacent in a stored row, so the
+  // kernel can read them where they are, lda apart, instead of from a packed copy. Packing it cost as much as a
+  // third of the weight gradients' products (dY^T X, K the batch's tokens, where each packed value feeds only N
+  // FMAs): in place, the likelihood model's dW products ran 1.45-1.5 times as fast (gemm_bench's dW cases, 2-core
+  // EPYC). Not when lda is a multiple of 4 KiB, as above.
+  const bool in_place_at = Bk::kInPlaceA && transA && (lda * sizeof(T)) % 4096 != 0;
   // The part of B any row may use: columns of a lower C, k of a triangular A (the first and last rows bound it).
   const PanelRange first = panel_range(tri, 0, 1, K, N), last = panel_range(tri, M - 1, 1, K, N);
   const int64_t n_used = last.cols, k_used_begin = first.k_begin, k_used_end = last.k_end;
@@ -582,7 +590,7 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
       else if (b_used) pack_b<T, NR>(transB, transB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, nc, kc, b_scratch);
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min(mcb, M - ic);
-        if (transA && b_used) {
+        if (transA && b_used && !in_place_at) {
           const int64_t block_panels = (mc + MR - 1) / MR;
           // The panels of this block that read step pc + k: those whose rows' k range (panel_range) holds it.
           auto panels = [&](int64_t k) -> std::pair<int64_t, int64_t> {
@@ -623,7 +631,20 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
             if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
             continue;
           }
+          if (in_place_at && mr == MR) {
+            const T* asrc = A + k0 * lda + ic + ir;  // op(A)[ic + ir + r, k] at asrc[(k - k0) * lda + r]
+            for (int64_t jr = 0; jr < ncols; jr += NR) {
+              const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
+              Bk::template kernel<false, NR>(kn, asrc, lda, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+            }
+            if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
+            continue;
+          }
           const T* panel = ap + ir * kc + (k0 - pc) * MR;
+          if (in_place_at) {  // a last, short panel: packed alone, zero-padded to MR rows, the same way
+            pack_a_block_trans<T, MR>(A + pc * lda + ic + ir, lda, mr, kc, ap, [](int64_t) { return std::pair<int64_t, int64_t>{0, 1}; });
+            panel = ap + (k0 - pc) * MR;
+          }
           if (!transA) {
             pack_a_panel<T, MR>(A + (ic + ir) * lda + k0, lda, mr, kn, ap);
             panel = ap;

@@ -160,7 +160,8 @@ int run_triangle_checks(int& cases) {
             cases += 1;
             if (f32_only) continue;
             fails += check_triangle<double>(kind, diag, ta, tb, s[0], s[1], s[2], 1.25, double(beta), !par, !ep);
-            // bf16 products: on AMX where this CPU has it (its own skipping), else the reference's copies.
+            // bf16 products: on AMX or AVX-512 BF16 where this CPU has it (its own skipping), else the reference's
+            // copies. Against the same kernel's full product; its check against the reference is gemm_bf16.cc's.
             fails += check_triangle<float>(kind, diag, ta, tb, s[0], s[1], s[2], 0.75f, beta, par, ep, tf::Precision::BF16);
             cases += 2;
           }
