@@ -33,9 +33,9 @@ export const PRETRAINED: Readonly<Record<string, PretrainedModel>> = {
     description: 'unconditional MNIST likelihood model (patch 2, width 128, 4 blocks x 2 layers, uniform dequantization)',
     sigma: 0,
     guidance: 0,
-    // At 1, about a fifth of the samples overflow float32 in the inverse and are redrawn (28 of the first 100 at seed 0
-    // with run 27's weights, one of them in 5 draws, one more than the default 3 redraws allow), and many digits are
-    // broken; at 0.7, 0 to 3 in 100, clean strokes.
+    // At 1, about a quarter of the samples overflow float32 in the inverse and are redrawn (27 of the first 100 at
+    // seed 0 with run 28's weights, one of them in 4 draws, as many as the default 3 redraws allow), and many digits
+    // are broken; at 0.7, 0 to 3 in 100, clean strokes.
     temperature: LIKELIHOOD_TEMPERATURE,
   },
 };
