@@ -572,8 +572,8 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
   // A transposed A is already k-major: each k step's MR values of a panel are adjacent in a stored row, so the
   // kernel can read them where they are, lda apart, instead of from a packed copy. Packing it cost as much as a
   // third of the weight gradients' products (dY^T X, K the batch's tokens, where each packed value feeds only N
-  // FMAs): in place, the likelihood model's dW products ran 1.45-1.5 times as fast (gemm_bench's dW cases, 2-core
-  // EPYC). Not when lda is a multiple of 4 KiB, as above.
+  // FMAs): in place, the `small` preset's dW products with 384 and 512 rows ran 1.45-1.5 times as fast (gemm_bench's
+  // dW cases, 2-core EPYC; those with 128 rows within noise). Not when lda is a multiple of 4 KiB, as above.
   const bool in_place_at = Bk::kInPlaceA && transA && (lda * sizeof(T)) % 4096 != 0;
   // The part of B any row may use: columns of a lower C, k of a triangular A (the first and last rows bound it).
   const PanelRange first = panel_range(tri, 0, 1, K, N), last = panel_range(tri, M - 1, 1, K, N);
@@ -622,22 +622,21 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
           const bool finished = k1 == range.k_end;  // the epilogue follows the panel's last K block
           const int64_t kn = k1 - k0;
           const T* bpanels = bp + (k0 - pc) * NR;  // panels are k-major: k0's row of each
-          if (direct_a && mr == MR) {
-            const T* asrc = A + (ic + ir) * lda + k0;
+          // The kernel over every NR-column panel of these rows, A read as `a` with step a_ld (the kernel's three forms),
+          // then the epilogue once the last K block has swept them.
+          const auto sweep = [&]<bool kDirectA>(const T* a, int64_t a_ld) {
             for (int64_t jr = 0; jr < ncols; jr += NR) {
               const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
-              Bk::template kernel<true, NR>(kn, asrc, lda, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
+              Bk::template kernel<kDirectA, NR>(kn, a, a_ld, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
             }
             if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
+          };
+          if (direct_a && mr == MR) {
+            sweep.template operator()<true>(A + (ic + ir) * lda + k0, lda);
             continue;
           }
           if (in_place_at && mr == MR) {
-            const T* asrc = A + k0 * lda + ic + ir;  // op(A)[ic + ir + r, k] at asrc[(k - k0) * lda + r]
-            for (int64_t jr = 0; jr < ncols; jr += NR) {
-              const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
-              Bk::template kernel<false, NR>(kn, asrc, lda, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
-            }
-            if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
+            sweep.template operator()<false>(A + k0 * lda + ic + ir, lda);  // op(A)[ic + ir + r, k] at [(k - k0) * lda + r]
             continue;
           }
           const T* panel = ap + ir * kc + (k0 - pc) * MR;
@@ -649,11 +648,7 @@ void gemm_serial_nr(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T
             pack_a_panel<T, MR>(A + (ic + ir) * lda + k0, lda, mr, kn, ap);
             panel = ap;
           }
-          for (int64_t jr = 0; jr < ncols; jr += NR) {
-            const int nr = static_cast<int>(std::min<int64_t>(NR, ncols - jr));
-            Bk::template kernel<false, NR>(kn, panel, 0, bpanels + jr * kc, crow + jr, ldc, alpha, beta, mode, mr, nr);
-          }
-          if (ep && finished) apply_epilogue(*ep, crow, ldc, (ic + ir) * ldc + jc, jc, mr, ncols);
+          sweep.template operator()<false>(panel, 0);
         }
       }
     }
